@@ -1,0 +1,67 @@
+"""The ``hpc-profiler`` command line: one subcommand per stage.
+
+Each subcommand is a thin wrapper over a library function; nothing here
+computes anything itself.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ._version import __version__
+
+
+def _cmd_version(args) -> int:
+    from .backend import gpu_available
+
+    print(f"hpc_profiler {__version__}")
+    if args.verbose:
+        print(f"gpu backend available: {gpu_available()}")
+    return 0
+
+
+def _cmd_config_check(args) -> int:
+    from .config import ConfigError, dump_config, load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: ok (config hash {cfg.hash()})")
+    if args.show:
+        print(dump_config(cfg))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="hpc-profiler",
+        description="Cell Painting images to single-cell features, well profiles and the CPJUMP1 benchmark, "
+        "on CPU or GPU, on a laptop or a Slurm cluster.",
+    )
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sp = sub.add_parser("version", help="print the version")
+    sp.add_argument("-v", "--verbose", action="store_true", help="also report the GPU backend")
+    sp.set_defaults(func=_cmd_version)
+
+    sp = sub.add_parser("config", help="configuration tools")
+    csub = sp.add_subparsers(dest="config_command", metavar="ACTION")
+    csub.required = True
+    cp = csub.add_parser("check", help="validate a config file")
+    cp.add_argument("file")
+    cp.add_argument("--show", action="store_true", help="print the config with defaults filled in")
+    cp.set_defaults(func=_cmd_config_check)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

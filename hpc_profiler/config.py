@@ -1,0 +1,552 @@
+"""Typed, validated configuration read from YAML.
+
+A configuration file is parsed with ``yaml.safe_load`` into the dataclasses
+below. Every key is checked: an unknown key, a wrong type or a channel that the
+pipeline needs but the config does not declare raises :class:`ConfigError`
+naming the file and the dotted key (``segmentation.nuclei.lower_bound``).
+
+The defaults are the settings of the CPJUMP1 CellProfiler 4 analysis pipeline
+(see ``docs/cellprofiler_mapping.md``); ``configs/cpjump1.yaml`` spells them out
+and ``configs/demo.yaml`` is the small embedded default.
+
+Relative paths in a config are resolved against the folder of the config file,
+so a Slurm task that reloads the file from another working directory sees the
+same paths.
+
+:func:`config_hash` identifies results: it hashes the canonical JSON (sorted
+keys) of the sections that change numbers (channels, illumination,
+segmentation, features), so key order, comments, resources and paths do not
+invalidate finished site files.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+CPJUMP1_CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+#: Opera Phenix channel numbers of CPJUMP1 (``-chN`` in the file names).
+CPJUMP1_PHENIX_CHANNELS = {1: "Mito", 2: "AGP", 3: "RNA", 4: "ER", 5: "DNA"}
+OBJECTS = ["Nuclei", "Cells", "Cytoplasm"]
+FEATURE_FAMILIES = [
+    "AreaShape",
+    "Intensity",
+    "RadialDistribution",
+    "Texture",
+    "Granularity",
+    "Correlation",
+    "Neighbors",
+]
+#: Sections whose content changes the numbers a site file holds.
+RESULT_SECTIONS = ("channels", "illumination", "segmentation", "features")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and the dotted key named."""
+
+
+def opt(default: Any = dataclasses.MISSING, doc: str = "", *, factory=None):
+    """A dataclass field with a documentation string (used by the docs)."""
+    md = {"doc": doc}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+# --------------------------------------------------------------------------- input
+@dataclass
+class GalleryInput:
+    """A screen in the Cell Painting Gallery layout (local path or s3:// URL)."""
+
+    root: str = opt(doc="Root of the layout: a local folder or an s3:// URL")
+    batch: str = opt(doc="Batch folder name under images/ and workspace/load_data_csv/")
+    plates: list[str] = opt(factory=list, doc="Plates to process (empty: all plates of the batch)")
+    anonymous: bool = opt(False, doc="Anonymous access to public buckets (like --no-sign-request)")
+    use_illum: bool = opt(True, doc="Use the batch's CellProfiler Illum<Channel>.npy files")
+    endpoint_url: Optional[str] = opt(None, doc="S3 endpoint (for S3-compatible servers)")
+
+
+@dataclass
+class InputConfig:
+    """Where the images are. Exactly one of loaddata_csv, phenix_dir, gallery."""
+
+    loaddata_csv: Optional[str] = opt(
+        None, doc="CellProfiler LoadData CSV (FileName_Orig<Ch>, PathName_Orig<Ch>, Metadata_Plate/Well/Site)"
+    )
+    phenix_dir: Optional[str] = opt(None, doc="Folder of Opera Phenix TIFFs rXXcXXfXXp01-chXsk1fk1fl1.tiff")
+    phenix_plate: Optional[str] = opt(None, doc="Plate name for phenix_dir (default: the folder name)")
+    phenix_channels: dict[int, str] = opt(
+        factory=lambda: dict(CPJUMP1_PHENIX_CHANNELS), doc="Phenix channel number -> channel name"
+    )
+    gallery: Optional[GalleryInput] = opt(None, doc="Cell Painting Gallery layout source")
+    well_metadata_csv: Optional[str] = opt(
+        None, doc="Per-well metadata table (Metadata_Plate, Metadata_Well, more Metadata_* columns)"
+    )
+    illum_dir: Optional[str] = opt(None, doc="Folder of precomputed illumination functions (default: output_dir/illum)")
+    full_scale: float = opt(65535.0, doc="Intensity that maps to 1.0 (CellProfiler divides 16-bit images by 65535)")
+
+
+# --------------------------------------------------------------------------- synth
+@dataclass
+class SynthConfig:
+    """Synthetic CPJUMP1-like batch for tests and the demo (hpc-profiler synth)."""
+
+    modalities: list[Literal["compound", "crispr", "orf"]] = opt(
+        factory=lambda: ["compound"], doc="One plate layout per modality"
+    )
+    replicate_plates: int = opt(2, doc="Plates per modality (replicates)")
+    wells: int = opt(24, doc="Wells per plate (a subset of the 384-well layout, controls included)")
+    sites_per_well: int = opt(2, doc="Sites per well")
+    size: int = opt(540, doc="Site width and height in pixels (CPJUMP1: 1080)")
+    cells_per_site: int = opt(60, doc="Mean number of cells per site")
+    effect_size: float = opt(1.0, doc="Scale of perturbation effects (0: no effects)")
+    seed: int = opt(0, doc="Random seed; the batch is deterministic for a seed")
+
+
+# ----------------------------------------------------------------- illumination
+@dataclass
+class DnaBackgroundConfig:
+    """CorrectIlluminationCalculate 'Background' on DNA, per image, subtracted."""
+
+    enabled: bool = opt(True, doc="Subtract the DNA background before nuclei")
+    block_size: int = opt(30, doc="Block size of the background (minimum per block)")
+    smoothing: float = opt(50.0, doc="Gaussian smoothing of the background, pixels")
+
+
+@dataclass
+class IlluminationConfig:
+    """CorrectIlluminationCalculate/Apply (CPJUMP1 illumination pipeline)."""
+
+    enabled: bool = opt(True, doc="Compute and apply per-plate illumination functions")
+    downsample: int = opt(4, doc="Downsampling factor before smoothing (the pipeline resizes by 0.25)")
+    median_filter_size: int = opt(50, doc="Median filter size on the downsampled average, pixels")
+    robust_minimum_percentile: float = opt(2.0, doc="Function divided by this percentile so that it is >= 1")
+    dna_background: DnaBackgroundConfig = opt(factory=DnaBackgroundConfig, doc="DNA background subtraction")
+
+
+# ----------------------------------------------------------------- segmentation
+@dataclass
+class NucleiConfig:
+    """IdentifyPrimaryObjects on the background-subtracted DNA image."""
+
+    channel: str = opt("DNA", doc="Channel the nuclei are found in")
+    threshold_method: Literal["li", "otsu"] = opt("li", doc="Global threshold (li = Minimum Cross-Entropy)")
+    smoothing_scale: float = opt(3.0, doc="Threshold smoothing scale (CellProfiler's Gaussian scale)")
+    correction_factor: float = opt(1.25, doc="Threshold correction factor")
+    lower_bound: float = opt(0.014, doc="Lower bound on the threshold (of full scale); microscope specific")
+    upper_bound: float = opt(1.0, doc="Upper bound on the threshold")
+    declump_filter_size: int = opt(7, doc="Size of the smoothing filter for declumping (shape)")
+    min_maxima_distance: int = opt(8, doc="Suppress local maxima closer than this, pixels")
+    min_diameter: float = opt(10.0, doc="Discard objects with a smaller equivalent diameter, pixels")
+    max_diameter: float = opt(75.0, doc="Discard objects with a larger equivalent diameter, pixels")
+    exclude_border: bool = opt(True, doc="Discard objects touching the image border")
+    fill_holes: bool = opt(False, doc="Fill holes in nuclei (CPJUMP1: no)")
+
+
+@dataclass
+class CellsConfig:
+    """IdentifySecondaryObjects, 'Watershed - Image', seeded by the nuclei."""
+
+    channel: str = opt("RNA", doc="Channel the cells are grown in")
+    threshold_method: Literal["li", "otsu"] = opt("li", doc="Global threshold for the cell foreground")
+    smoothing_scale: float = opt(0.0, doc="Threshold smoothing scale (0: none)")
+    correction_factor: float = opt(1.0, doc="Threshold correction factor")
+    lower_bound: float = opt(0.005, doc="Lower bound on the threshold")
+    upper_bound: float = opt(0.014, doc="Upper bound on the threshold")
+    fill_holes: bool = opt(True, doc="Fill holes in cells")
+
+
+@dataclass
+class SegmentationConfig:
+    nuclei: NucleiConfig = opt(factory=NucleiConfig, doc="Nuclei settings")
+    cells: CellsConfig = opt(factory=CellsConfig, doc="Cells settings")
+
+
+# ----------------------------------------------------------------- features
+@dataclass
+class RadialConfig:
+    """MeasureObjectIntensityDistribution."""
+
+    bins: int = opt(4, doc="Number of radial bins")
+    scaled: bool = opt(True, doc="Scale bins per object")
+    max_radius: int = opt(100, doc="Maximum radius for unscaled bins")
+
+
+@dataclass
+class TextureConfig:
+    """MeasureTexture (Haralick)."""
+
+    gray_levels: int = opt(256, doc="Gray levels of the co-occurrence matrices")
+    scales: list[int] = opt(factory=lambda: [3, 5, 10], doc="Pixel offsets")
+    image_texture: bool = opt(True, doc="Also measure whole-image texture")
+
+
+@dataclass
+class GranularityConfig:
+    """MeasureGranularity."""
+
+    spectrum_length: int = opt(16, doc="Range of the granular spectrum")
+    subsample_size: float = opt(0.5, doc="Subsampling factor for granularity measurements")
+    image_sample_size: float = opt(0.5, doc="Subsampling factor for background reduction")
+    element_size: int = opt(10, doc="Radius of the structuring element for background reduction")
+
+
+@dataclass
+class CorrelationConfig:
+    """MeasureColocalization (Costes off)."""
+
+    threshold_percent: float = opt(15.0, doc="Threshold as % of the maximum intensity in each object")
+
+
+@dataclass
+class NeighborsConfig:
+    """MeasureObjectNeighbors."""
+
+    cells_distance: int = opt(5, doc="Cells: neighbors within this many pixels")
+    nuclei_distance: int = opt(1, doc="Nuclei: neighbors within this many pixels")
+    cells_adjacent: bool = opt(True, doc="Cells: also adjacent neighbors (Neighbors_*_Adjacent)")
+
+
+@dataclass
+class FeaturesConfig:
+    objects: list[str] = opt(factory=lambda: list(OBJECTS), doc="Objects measured")
+    families: list[str] = opt(factory=lambda: list(FEATURE_FAMILIES), doc="Feature families measured")
+    zernike_degree: int = opt(9, doc="Highest Zernike degree in AreaShape")
+    radial: RadialConfig = opt(factory=RadialConfig, doc="Radial distribution")
+    texture: TextureConfig = opt(factory=TextureConfig, doc="Texture")
+    granularity: GranularityConfig = opt(factory=GranularityConfig, doc="Granularity")
+    correlation: CorrelationConfig = opt(factory=CorrelationConfig, doc="Colocalization")
+    neighbors: NeighborsConfig = opt(factory=NeighborsConfig, doc="Neighbors")
+
+
+# ----------------------------------------------------------------- executor
+@dataclass
+class ExecutorConfig:
+    """Where per-site work runs (submitit AutoExecutor) and with which resources."""
+
+    kind: Literal["auto", "slurm", "local", "debug"] = opt(
+        "auto", doc="auto: Slurm when sbatch is on PATH, else local"
+    )
+    partition: Optional[str] = opt(None, doc="Slurm partition")
+    account: Optional[str] = opt(None, doc="Slurm account")
+    qos: Optional[str] = opt(None, doc="Slurm QoS")
+    time_min: int = opt(60, doc="Time limit per task, minutes")
+    cpus_per_task: int = opt(1, doc="CPUs per task")
+    mem_gb: float = opt(8.0, doc="Memory per task, GB")
+    gres: Optional[str] = opt(None, doc="Generic resources, e.g. gpu:1")
+    gpus_per_node: Optional[int] = opt(None, doc="GPUs per node (alternative to gres)")
+    array_parallelism: int = opt(64, doc="Maximum array tasks running at once")
+    sites_per_task: int = opt(16, doc="Sites per array task")
+    extra_sbatch: list[str] = opt(factory=list, doc="Extra #SBATCH lines (without '#SBATCH')")
+    max_retries: int = opt(3, doc="Resubmissions of a preempted or timed-out task")
+    mpi_ranks: int = opt(2, doc="Ranks for the MPI stages (reduce, evaluate)")
+
+
+# ----------------------------------------------------------------- reduce
+@dataclass
+class FeatureSelectConfig:
+    """pycytominer.feature_select."""
+
+    operations: list[str] = opt(
+        factory=lambda: ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
+        doc="Operations in order",
+    )
+    freq_cut: float = opt(0.05, doc="variance_threshold freq_cut")
+    unique_cut: float = opt(0.01, doc="variance_threshold unique_cut")
+    corr_threshold: float = opt(0.9, doc="correlation_threshold")
+    corr_method: Literal["pearson", "spearman", "kendall"] = opt("pearson", doc="correlation method")
+    na_cutoff: float = opt(0.05, doc="drop_na_columns cutoff")
+    blocklist_file: Optional[str] = opt(None, doc="Blocklist file (default: the shipped pycytominer list)")
+
+
+@dataclass
+class ReduceConfig:
+    """Site files -> well profiles -> normalized -> feature-selected."""
+
+    aggregate: Literal["median", "mean"] = opt("median", doc="Aggregation of cells per well")
+    also_mean: bool = opt(False, doc="Also write a mean-aggregated table")
+    normalize_method: Literal["mad_robustize", "standardize"] = opt("mad_robustize", doc="pycytominer normalize method")
+    normalize_samples: Literal["negcon", "all"] = opt("negcon", doc="Reference wells for normalization")
+    mad_robustize_epsilon: float = opt(1e-18, doc="pycytominer's epsilon")
+    feature_select: FeatureSelectConfig = opt(factory=FeatureSelectConfig, doc="Feature selection")
+    csv: bool = opt(False, doc="Also write CSV tables")
+
+
+# ----------------------------------------------------------------- evaluate
+@dataclass
+class EvaluateConfig:
+    """The CPJUMP1 benchmark (average precision, permutation nulls, q-values)."""
+
+    null_size: int = opt(100000, doc="Permutations per null distribution")
+    seed: int = opt(0, doc="Random seed of the nulls")
+    q_threshold: float = opt(0.05, doc="A class is retrieved when its q-value is below this")
+    tasks: list[str] = opt(
+        factory=lambda: ["replicate", "sister", "compound_gene", "directionality"], doc="Tasks to run"
+    )
+    profiles: Literal["normalized", "feature_selected"] = opt("feature_selected", doc="Input well table")
+
+
+# ----------------------------------------------------------------- top level
+@dataclass
+class Config:
+    name: str = opt("hpc_profiler", doc="Batch name (logs and outputs)")
+    device: Literal["auto", "cpu", "gpu"] = opt("auto", doc="auto: GPU when CuPy sees one")
+    output_dir: str = opt("output", doc="Where site files, tables, logs and plots go")
+    channels: list[str] = opt(factory=lambda: list(CPJUMP1_CHANNELS), doc="Channel names, in order")
+    input: InputConfig = opt(factory=InputConfig, doc="Image source")
+    synth: Optional[SynthConfig] = opt(None, doc="Generate this synthetic batch as the input when it is missing")
+    illumination: IlluminationConfig = opt(factory=IlluminationConfig, doc="Illumination correction")
+    segmentation: SegmentationConfig = opt(factory=SegmentationConfig, doc="Segmentation")
+    features: FeaturesConfig = opt(factory=FeaturesConfig, doc="Features")
+    executor: ExecutorConfig = opt(factory=ExecutorConfig, doc="Executor and resources")
+    reduce: ReduceConfig = opt(factory=ReduceConfig, doc="Reduction to well profiles")
+    evaluate: EvaluateConfig = opt(factory=EvaluateConfig, doc="Benchmark")
+
+    #: file the config was read from (not a YAML key)
+    source: Optional[str] = field(default=None, compare=False, repr=False, metadata={"internal": True})
+
+    # ---------------------------------------------------------------- helpers
+    def path(self, p: Optional[str]) -> Optional[Path]:
+        """Resolve ``p`` against the config file's folder (URLs pass through)."""
+        if p is None:
+            return None
+        if "://" in str(p):
+            return p  # type: ignore[return-value]
+        pp = Path(os.path.expanduser(str(p)))
+        if not pp.is_absolute() and self.source:
+            pp = Path(self.source).resolve().parent / pp
+        return pp
+
+    @property
+    def out(self) -> Path:
+        return self.path(self.output_dir)  # type: ignore[return-value]
+
+    def hash(self) -> str:
+        return config_hash(self)
+
+    def to_dict(self) -> dict:
+        return to_dict(self)
+
+
+# =========================================================================== engine
+def _is_dataclass_type(t) -> bool:
+    return isinstance(t, type) and dataclasses.is_dataclass(t)
+
+
+def _type_name(t) -> str:
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(t))
+    if origin is typing.Union:
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        return " or ".join(_type_name(a) for a in args) + " or null"
+    if origin in (list, dict):
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in typing.get_args(t))}]"
+    if _is_dataclass_type(t):
+        return "mapping"
+    return getattr(t, "__name__", str(t))
+
+
+def _convert(value, t, key: str, where: str):
+    def fail(msg=None):
+        raise ConfigError(
+            f"{where}: {key}: " + (msg or f"expected {_type_name(t)}, got {type(value).__name__} {value!r}")
+        )
+
+    origin = typing.get_origin(t)
+    if origin is typing.Union:
+        args = typing.get_args(t)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(value, inner[0], key, where)
+    if origin is Literal:
+        if value not in typing.get_args(t):
+            fail()
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            fail()
+        (it,) = typing.get_args(t)
+        return [_convert(v, it, f"{key}[{i}]", where) for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            fail()
+        kt, vt = typing.get_args(t)
+        return {
+            _convert(k, kt, f"{key}.{k}", where): _convert(v, vt, f"{key}.{k}", where) for k, v in value.items()
+        }
+    if _is_dataclass_type(t):
+        if not isinstance(value, dict):
+            fail()
+        return _build(t, value, key, where)
+    if t is bool:
+        if not isinstance(value, bool):
+            fail()
+        return value
+    if t is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, str) and value.strip().lstrip("-").isdigit() and key.count(".") and "." in key:
+                return int(value)  # dict keys such as phenix channel numbers
+            fail()
+        return value
+    if t is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail()
+        return float(value)
+    if t is str:
+        if not isinstance(value, str):
+            fail()
+        return value
+    if t is Any:
+        return value
+    fail(f"unsupported type {t}")  # pragma: no cover
+
+
+def _build(cls, data: dict, prefix: str, where: str):
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    kwargs = {}
+    for k, v in data.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if k not in fields:
+            close = difflib.get_close_matches(str(k), list(fields), n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(fields)})"
+            raise ConfigError(f"{where}: {key}: unknown key{hint}")
+        kwargs[k] = _convert(v, hints[k], key, where)
+    for name, f in fields.items():
+        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            key = f"{prefix}.{name}" if prefix else name
+            raise ConfigError(f"{where}: {key}: missing required key")
+    return cls(**kwargs)
+
+
+def validate(cfg: Config, where: str = "<config>") -> Config:
+    """Cross-field checks: channels, inputs, ranges. Raises :class:`ConfigError`."""
+
+    def err(key, msg):
+        raise ConfigError(f"{where}: {key}: {msg}")
+
+    if not cfg.channels:
+        err("channels", "at least one channel is needed")
+    if len(set(cfg.channels)) != len(cfg.channels):
+        err("channels", f"duplicate channel names in {cfg.channels}")
+    for key, ch in (
+        ("segmentation.nuclei.channel", cfg.segmentation.nuclei.channel),
+        ("segmentation.cells.channel", cfg.segmentation.cells.channel),
+    ):
+        if ch not in cfg.channels:
+            err(key, f"channel {ch!r} is not among channels {cfg.channels}")
+    missing = [c for c in cfg.channels if c not in cfg.input.phenix_channels.values()]
+    if cfg.input.phenix_dir is not None and missing:
+        err("input.phenix_channels", f"no Phenix channel number for channel(s) {missing}")
+    sources = [s for s in ("loaddata_csv", "phenix_dir", "gallery") if getattr(cfg.input, s) is not None]
+    if len(sources) > 1:
+        err("input", f"give one image source, not {sources}")
+    for key, lo, hi in (
+        ("segmentation.nuclei", cfg.segmentation.nuclei.lower_bound, cfg.segmentation.nuclei.upper_bound),
+        ("segmentation.cells", cfg.segmentation.cells.lower_bound, cfg.segmentation.cells.upper_bound),
+    ):
+        if not 0.0 <= lo <= hi <= 1.0:
+            err(key, f"need 0 <= lower_bound <= upper_bound <= 1, got [{lo}, {hi}]")
+    for o in cfg.features.objects:
+        if o not in OBJECTS:
+            err("features.objects", f"unknown object {o!r}; known: {OBJECTS}")
+    for fam in cfg.features.families:
+        if fam not in FEATURE_FAMILIES:
+            err("features.families", f"unknown family {fam!r}; known: {FEATURE_FAMILIES}")
+    if cfg.features.zernike_degree < 0:
+        err("features.zernike_degree", "must be >= 0")
+    if cfg.executor.sites_per_task < 1:
+        err("executor.sites_per_task", "must be >= 1")
+    if cfg.illumination.downsample < 1:
+        err("illumination.downsample", "must be >= 1")
+    if cfg.evaluate.null_size < 1:
+        err("evaluate.null_size", "must be >= 1")
+    return cfg
+
+
+def from_dict(data: dict, where: str = "<config>", source: Optional[str] = None) -> Config:
+    """Build and validate a :class:`Config` from a plain mapping."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: top level must be a mapping, got {type(data).__name__}")
+    cfg = _build(Config, data, "", where)
+    cfg.source = source
+    return validate(cfg, where)
+
+
+def load_config(path) -> Config:
+    """Read a YAML config file (``yaml.safe_load``) into a validated :class:`Config`."""
+    path = Path(path)
+    where = str(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{where}: cannot read config: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
+    return from_dict(data, where=where, source=str(path.resolve()))
+
+
+def to_dict(obj) -> Any:
+    """Plain mapping of a config (no internal fields), for hashing and dumping."""
+    if dataclasses.is_dataclass(obj):
+        return {
+            f.name: to_dict(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not f.metadata.get("internal")
+        }
+    if isinstance(obj, list):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def config_hash(cfg: Config, sections=RESULT_SECTIONS) -> str:
+    """Hex SHA-256 (first 16 digits) of the canonical JSON of result sections."""
+    d = to_dict(cfg)
+    payload = {k: d[k] for k in sections}
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dump_config(cfg: Config) -> str:
+    """YAML text of a config (defaults filled in)."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def schema_rows(cls=Config, prefix: str = ""):
+    """(key, type, default, doc) rows for the generated config reference."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("internal"):
+            continue
+        key = f"{prefix}.{f.name}" if prefix else f.name
+        t = hints[f.name]
+        inner = [a for a in typing.get_args(t) if a is not type(None)] if typing.get_origin(t) is typing.Union else [t]
+        if len(inner) == 1 and _is_dataclass_type(inner[0]):
+            rows.append((key, "mapping" + (" or null" if inner[0] is not t else ""), "", f.metadata.get("doc", "")))
+            rows.extend(schema_rows(inner[0], key))
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        rows.append((key, _type_name(t), json.dumps(default, default=str), f.metadata.get("doc", "")))
+    return rows

@@ -1,0 +1,219 @@
+"""One HDF5 file per site, written atomically, validated before it is trusted.
+
+Layout (h5py)::
+
+    /                       attrs: plate, well, site, config_hash, version, backend,
+                                   created, seconds_<stage>..., complete (written last)
+    /objects/<Object>/features        float32 [n_objects, n_features]
+    /objects/<Object>/feature_names   str [n_features]  (e.g. Cells_Intensity_MeanIntensity_DNA)
+    /objects/<Object>/object_number   int32 [n_objects]
+    /objects/<Object>/parent_<Other>  int32 [n_objects]  (parent links, CellProfiler Parent_*)
+    /image/names, /image/values       str [m], float64 [m]  (Image_Count_Cells, thresholds, QC)
+    /labels/<Object>                  int32 [H, W], gzip-compressed
+
+The file is written under a temporary name in the destination folder and
+renamed into place with :func:`os.replace`, which is atomic on POSIX file
+systems: a reader sees either no file or a whole one. Two writers racing on the
+same site each write their own temporary file, and the last rename wins; both
+candidates are complete, so the survivor is valid. A site with zero objects is
+a valid file with zero rows.
+
+:func:`validate_site_file` is what resume logic uses: the file opens, its
+``complete`` flag is set and its config hash matches.
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Optional
+
+import h5py
+import numpy as np
+
+from ._version import __version__
+
+STR = h5py.string_dtype("utf-8")
+
+
+@dataclass
+class ObjectTable:
+    """Per-object measurements of one object set (Nuclei, Cells or Cytoplasm)."""
+
+    names: list[str]
+    values: np.ndarray  # float32 [n, F]
+    object_number: np.ndarray  # int32 [n]
+    parents: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.values = np.asarray(self.values, dtype=np.float32).reshape(len(self.object_number), len(self.names))
+        self.object_number = np.asarray(self.object_number, dtype=np.int32)
+
+
+@dataclass
+class SiteData:
+    """What a site file holds, read back."""
+
+    attrs: dict
+    objects: dict[str, ObjectTable]
+    image: dict[str, float]
+    labels: dict[str, np.ndarray]
+
+
+@dataclass
+class SiteFileStatus:
+    ok: bool
+    reason: str = ""
+
+
+def site_file_name(plate: str, well: str, site) -> str:
+    return f"{plate}_{well}_s{site}.h5"
+
+
+def site_file_path(root, plate: str, well: str, site) -> Path:
+    """``root/sites/<plate>/<plate>_<well>_s<site>.h5``."""
+    return Path(root) / "sites" / str(plate) / site_file_name(plate, well, site)
+
+
+def write_site_file(
+    path,
+    *,
+    plate: str,
+    well: str,
+    site,
+    config_hash: str,
+    backend: str,
+    objects: Mapping[str, ObjectTable],
+    image: Mapping[str, float],
+    labels: Optional[Mapping[str, np.ndarray]] = None,
+    timings: Optional[Mapping[str, float]] = None,
+    attrs: Optional[Mapping[str, object]] = None,
+) -> Path:
+    """Write a site file atomically and return its path."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp.h5")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs.update(
+                {
+                    "plate": str(plate),
+                    "well": str(well),
+                    "site": str(site),
+                    "config_hash": str(config_hash),
+                    "version": __version__,
+                    "backend": str(backend),
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "complete": False,
+                }
+            )
+            for k, v in (attrs or {}).items():
+                f.attrs[k] = v
+            for stage, sec in (timings or {}).items():
+                f.attrs[f"seconds_{stage}"] = float(sec)
+            og = f.create_group("objects")
+            for obj, table in objects.items():
+                g = og.create_group(obj)
+                g.create_dataset("features", data=table.values, dtype="f4", compression="gzip", compression_opts=1, shuffle=True) if table.values.size else g.create_dataset("features", data=table.values, dtype="f4")
+                g.create_dataset("feature_names", data=np.array(table.names, dtype=object), dtype=STR)
+                g.create_dataset("object_number", data=table.object_number, dtype="i4")
+                for other, par in table.parents.items():
+                    g.create_dataset(f"parent_{other}", data=np.asarray(par, dtype=np.int32), dtype="i4")
+            ig = f.create_group("image")
+            names = list(image)
+            ig.create_dataset("names", data=np.array(names, dtype=object), dtype=STR)
+            ig.create_dataset("values", data=np.array([float(image[n]) for n in names], dtype=np.float64))
+            lg = f.create_group("labels")
+            for obj, lab in (labels or {}).items():
+                lg.create_dataset(obj, data=np.asarray(lab, dtype=np.int32), compression="gzip", compression_opts=4, shuffle=True)
+            f.flush()
+            f.attrs["complete"] = True
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def validate_site_file(path, config_hash: Optional[str] = None) -> SiteFileStatus:
+    """Whether ``path`` is a finished site file (for the given config hash)."""
+    path = Path(path)
+    if not path.exists():
+        return SiteFileStatus(False, "missing")
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get("complete", False)):
+                return SiteFileStatus(False, "incomplete (complete flag not set)")
+            if config_hash is not None and f.attrs.get("config_hash") != config_hash:
+                return SiteFileStatus(False, f"stale (config hash {f.attrs.get('config_hash')} != {config_hash})")
+            if "objects" not in f or "image" not in f:
+                return SiteFileStatus(False, "incomplete (groups missing)")
+    except (OSError, KeyError) as exc:
+        return SiteFileStatus(False, f"unreadable ({exc})")
+    return SiteFileStatus(True, "ok")
+
+
+def _decode(a) -> list[str]:
+    return [x.decode() if isinstance(x, bytes) else str(x) for x in a]
+
+
+def read_site_file(path, *, labels: bool = False, objects: Optional[list[str]] = None) -> SiteData:
+    """Read a site file; raises ``OSError`` naming the file when it is not valid."""
+    path = Path(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if not bool(f.attrs.get("complete", False)):
+                raise OSError(f"{path}: site file is incomplete (complete flag not set)")
+            attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}
+            objs = {}
+            for obj in f["objects"]:
+                if objects is not None and obj not in objects:
+                    continue
+                g = f["objects"][obj]
+                parents = {k[len("parent_"):]: g[k][()] for k in g if k.startswith("parent_")}
+                objs[obj] = ObjectTable(
+                    names=_decode(g["feature_names"][()]),
+                    values=g["features"][()],
+                    object_number=g["object_number"][()],
+                    parents=parents,
+                )
+            image = dict(zip(_decode(f["image/names"][()]), f["image/values"][()].tolist()))
+            labs = {k: f["labels"][k][()] for k in f["labels"]} if labels and "labels" in f else {}
+    except OSError as exc:
+        if str(path) in str(exc):
+            raise
+        raise OSError(f"{path}: unreadable site file ({exc})") from exc
+    except KeyError as exc:
+        raise OSError(f"{path}: malformed site file (missing {exc})") from exc
+    return SiteData(attrs=attrs, objects=objs, image=image, labels=labs)
+
+
+def read_cells_table(path, objects=("Cells", "Cytoplasm", "Nuclei")):
+    """Single-cell table of a site: one row per cell, compartments side by side.
+
+    Nuclei, Cells and Cytoplasm share object numbers (labels 1..N), so the
+    compartments are joined on ``ObjectNumber``. ``Metadata_Plate``,
+    ``Metadata_Well`` and ``Metadata_Site`` come first, as in pycytominer.
+    """
+    import pandas as pd
+
+    data = read_site_file(path, objects=list(objects))
+    frames = []
+    for obj in objects:
+        if obj not in data.objects:
+            continue
+        t = data.objects[obj]
+        frames.append(pd.DataFrame(t.values, columns=t.names, index=pd.Index(t.object_number, name="ObjectNumber")))
+    df = pd.concat(frames, axis=1) if frames else pd.DataFrame(index=pd.Index([], name="ObjectNumber"))
+    df = df.reset_index()
+    df.insert(0, "Metadata_Site", str(data.attrs["site"]))
+    df.insert(0, "Metadata_Well", str(data.attrs["well"]))
+    df.insert(0, "Metadata_Plate", str(data.attrs["plate"]))
+    return df
