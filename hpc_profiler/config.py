@@ -323,7 +323,7 @@ class Config:
         pp = Path(os.path.expanduser(str(p)))
         if not pp.is_absolute() and self.source:
             pp = Path(self.source).resolve().parent / pp
-        return pp
+        return Path(os.path.normpath(pp))
 
     @property
     def out(self) -> Path:
