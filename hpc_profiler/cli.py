@@ -8,7 +8,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+import importlib
+
 from ._version import __version__
+
+#: (subcommand, module, add-arguments function, main function, help): each stage's
+#: module owns its arguments and entry point; this file only lists them.
+SUBCOMMANDS = [
+    ("synth", "synth", "add_synth_arguments", "main_synth", "generate a synthetic CPJUMP1-like batch"),
+]
 
 
 def _cmd_version(args) -> int:
@@ -54,6 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("file")
     cp.add_argument("--show", action="store_true", help="print the config with defaults filled in")
     cp.set_defaults(func=_cmd_config_check)
+
+    for name, module, add, main, help_ in SUBCOMMANDS:
+        mod = importlib.import_module(f"hpc_profiler.{module}")
+        sp = sub.add_parser(name, help=help_, description=help_)
+        getattr(mod, add)(sp)
+        sp.set_defaults(func=getattr(mod, main))
     return p
 
 

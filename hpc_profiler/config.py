@@ -92,6 +92,10 @@ class InputConfig:
     )
     illum_dir: Optional[str] = opt(None, doc="Folder of precomputed illumination functions (default: output_dir/illum)")
     full_scale: float = opt(65535.0, doc="Intensity that maps to 1.0 (CellProfiler divides 16-bit images by 65535)")
+    retries: int = opt(4, doc="Read attempts per file on transient storage errors")
+    retry_backoff_s: float = opt(0.25, doc="First retry delay, doubled each attempt")
+    prefetch: int = opt(1, doc="Sites whose images are read ahead while one computes (0: off)")
+    cache_dir: Optional[str] = opt(None, doc="Local cache for remote reads (fsspec filecache); null: off")
 
 
 # --------------------------------------------------------------------------- synth
@@ -255,12 +259,14 @@ class ExecutorConfig:
 class FeatureSelectConfig:
     """pycytominer.feature_select."""
 
-    operations: list[str] = opt(
-        factory=lambda: ["variance_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
-        doc="Operations in order",
+    operations: list[Literal["variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]] = opt(
+        factory=lambda: ["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
+        doc="Operations in order. frequency_threshold (freq_cut/unique_cut) is what pycytominer < 1.3 and "
+        "CPJUMP1 called variance_threshold; variance_threshold is pycytominer >= 1.3's min_variance filter",
     )
-    freq_cut: float = opt(0.05, doc="variance_threshold freq_cut")
-    unique_cut: float = opt(0.01, doc="variance_threshold unique_cut")
+    freq_cut: float = opt(0.05, doc="frequency_threshold freq_cut (2nd most common / most common value count)")
+    unique_cut: float = opt(0.01, doc="frequency_threshold unique_cut (unique values / wells)")
+    min_variance: float = opt(1e-6, doc="variance_threshold: drop features with variance <= this")
     corr_threshold: float = opt(0.9, doc="correlation_threshold")
     corr_method: Literal["pearson", "spearman", "kendall"] = opt("pearson", doc="correlation method")
     na_cutoff: float = opt(0.05, doc="drop_na_columns cutoff")
@@ -281,6 +287,113 @@ class ReduceConfig:
 
 
 # ----------------------------------------------------------------- evaluate
+#: A row rule: column -> accepted values. A row matches a list of rules when it
+#: matches any rule, and a rule when every column holds one of its values.
+RowRules = list[dict[str, list[str]]]
+
+
+@dataclass
+class EvalTaskConfig:
+    """One benchmark task as data (copairs' pair rules plus CPJUMP1 steps).
+
+    ``kind: retrieval`` ranks, for every query profile, its positives and
+    negatives by similarity (copairs ``average_precision`` semantics: two rows
+    are a positive pair when they share every ``pos_sameby`` column and differ
+    in every ``pos_diffby`` column; likewise for negatives). Rows matching
+    ``controls`` get a unique reference index (copairs
+    ``assign_reference_index``), so controls are never positives of each other
+    and trt-trt pairs are never negatives. ``kind: directionality`` compares
+    cosines of ``pair_a`` x ``pair_b`` rows sharing ``pair_by`` with the null of
+    pairs that do not.
+    """
+
+    kind: Literal["retrieval", "directionality"] = opt("retrieval", doc="retrieval (AP) or directionality")
+    subset: RowRules = opt(factory=list, doc="Rows used (empty: all rows)")
+    queries: RowRules = opt(factory=list, doc="Rows reported as queries (empty: every row with a positive)")
+    controls: RowRules = opt(
+        factory=lambda: [{"Metadata_control_type": ["negcon"]}], doc="Reference control rows (negatives pool)"
+    )
+    pos_sameby: list[str] = opt(factory=lambda: ["Metadata_broad_sample"], doc="Positives share these columns")
+    pos_diffby: list[str] = opt(factory=lambda: ["Metadata_Plate"], doc="Positives differ in these columns")
+    neg_sameby: list[str] = opt(factory=list, doc="Negatives share these columns")
+    neg_diffby: list[str] = opt(
+        factory=lambda: ["Metadata_broad_sample"], doc="Negatives differ in these columns"
+    )
+    similarity: Literal["cosine", "abs_cosine"] = opt("cosine", doc="Signed or absolute cosine similarity")
+    consensus_by: list[str] = opt(factory=list, doc="Average replicates by these columns first (empty: no)")
+    group_by: list[str] = opt(
+        factory=lambda: ["Metadata_modality", "Metadata_cell_type", "Metadata_timepoint"],
+        doc="Run the task separately per group (summary rows)",
+    )
+    class_by: list[str] = opt(factory=lambda: ["Metadata_broad_sample"], doc="Columns of a class (mAP, q)")
+    active_from: Optional[str] = opt(None, doc="Keep only classes retrieved by this task (e.g. replicate)")
+    active_by: list[str] = opt(
+        factory=lambda: ["Metadata_broad_sample"], doc="Columns matching rows to active_from's classes"
+    )
+    pair_a: RowRules = opt(factory=list, doc="directionality: first side of the pairs")
+    pair_b: RowRules = opt(factory=list, doc="directionality: second side of the pairs")
+    pair_by: list[str] = opt(factory=lambda: ["Metadata_gene"], doc="directionality: true pairs share these")
+    pair_sameby: list[str] = opt(factory=lambda: ["Metadata_cell_type"], doc="directionality: all pairs share these")
+
+
+def _trt_or_negcon() -> list:
+    return [{"Metadata_pert_type": ["trt"]}, {"Metadata_control_type": ["negcon"]}]
+
+
+def default_eval_tasks() -> dict:
+    """The CPJUMP1 tasks (Chandrasekaran et al. 2024, Figs. 4 and 5) as data.
+
+    1 ``replicate``: perturbation detection, replicates on other plates vs the
+    negative controls of the plate type; 2 ``sister_compound`` /
+    ``sister_crispr``: consensus profiles sharing a gene within a modality
+    (absolute / signed cosine); 3 ``compound_crispr`` / ``compound_orf``:
+    compounds vs genetic perturbations of their target (absolute cosine);
+    4 ``direction_*``: cosine of same-gene pairs vs different-gene pairs.
+    Tasks 2-4 keep only perturbations retrieved by task 1.
+    """
+    trt = [{"Metadata_pert_type": ["trt"]}]
+    active = dict(active_from="replicate", active_by=["Metadata_broad_sample", "Metadata_cell_type", "Metadata_timepoint"])
+    consensus = ["Metadata_broad_sample", "Metadata_timepoint"]
+    tasks = {"replicate": EvalTaskConfig(subset=_trt_or_negcon(), queries=trt)}
+    for mod, sim in (("compound", "abs_cosine"), ("crispr", "cosine")):
+        tasks[f"sister_{mod}"] = EvalTaskConfig(
+            subset=[{"Metadata_pert_type": ["trt"], "Metadata_modality": [mod]}],
+            queries=trt,
+            controls=[],
+            pos_sameby=["Metadata_gene"],
+            pos_diffby=["Metadata_broad_sample"],
+            neg_diffby=["Metadata_gene"],
+            similarity=sim,
+            consensus_by=consensus,
+            **active,
+        )
+    for gen in ("crispr", "orf"):
+        tasks[f"compound_{gen}"] = EvalTaskConfig(
+            subset=[{"Metadata_pert_type": ["trt"], "Metadata_modality": ["compound", gen]}],
+            queries=[{"Metadata_modality": ["compound"]}],
+            controls=[],
+            pos_sameby=["Metadata_gene"],
+            pos_diffby=["Metadata_modality"],
+            neg_diffby=["Metadata_gene", "Metadata_modality"],
+            similarity="abs_cosine",
+            consensus_by=consensus,
+            group_by=["Metadata_cell_type"],
+            **active,
+        )
+    for a, b in (("orf", "crispr"), ("compound", "crispr"), ("compound", "orf")):
+        tasks[f"direction_{a}_{b}"] = EvalTaskConfig(
+            kind="directionality",
+            subset=[{"Metadata_pert_type": ["trt"], "Metadata_modality": [a, b]}],
+            controls=[],
+            consensus_by=consensus,
+            group_by=["Metadata_cell_type"],
+            pair_a=[{"Metadata_modality": [a]}],
+            pair_b=[{"Metadata_modality": [b]}],
+            **active,
+        )
+    return tasks
+
+
 @dataclass
 class EvaluateConfig:
     """The CPJUMP1 benchmark (average precision, permutation nulls, q-values)."""
@@ -289,9 +402,20 @@ class EvaluateConfig:
     seed: int = opt(0, doc="Random seed of the nulls")
     q_threshold: float = opt(0.05, doc="A class is retrieved when its q-value is below this")
     tasks: list[str] = opt(
-        factory=lambda: ["replicate", "sister", "compound_gene", "directionality"], doc="Tasks to run"
+        factory=lambda: list(default_eval_tasks()), doc="Tasks to run (names in definitions), in order"
     )
     profiles: Literal["normalized", "feature_selected"] = opt("feature_selected", doc="Input well table")
+    definitions: dict[str, EvalTaskConfig] = opt(
+        factory=default_eval_tasks, doc="Task definitions by name (replaces the defaults when given)"
+    )
+    class_significance: Literal["geomean_q", "map_permutation"] = opt(
+        "geomean_q",
+        doc="Class q: geometric mean of its queries' BH q-values (paper) or BH over mAP permutation p (copairs)",
+    )
+    map_pvalue: bool = opt(False, doc="Also compute copairs' mAP-level permutation p-value per class")
+    block_size: int = opt(256, doc="Queries per similarity block (BLAS)")
+    plots: bool = opt(True, doc="Write Fig. 4 / Fig. 5 PNGs")
+    csv: bool = opt(True, doc="Also write CSV copies of the tables")
 
 
 # ----------------------------------------------------------------- top level

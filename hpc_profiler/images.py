@@ -16,6 +16,7 @@ remote URLs through fsspec.
 """
 from __future__ import annotations
 
+import io
 from typing import IO, Mapping, Sequence
 
 import numpy as np
@@ -30,17 +31,25 @@ class ImageReadError(SiteInputError):
 
 
 def open_binary(path) -> IO[bytes]:
-    """Open ``path`` for binary reading (local files).
+    """Open a local path or a URL (``s3://...``) for binary reading.
+
+    Everything goes through :func:`storage.read_bytes` (fsspec, bounded retries
+    with backoff for transient errors), so images on a local disk, a shared
+    file system or object storage are read by the same code.
 
     Raises
     ------
     ImageReadError
-        The file does not exist or cannot be opened; the message names it.
+        The file or object does not exist or cannot be read; the message names it.
     """
+    from . import storage
+
     try:
-        return open(path, "rb")
+        return io.BytesIO(storage.read_bytes(path))
+    except storage.MissingObjectError as exc:
+        raise ImageReadError(f"{path}: cannot open image: no such file or object") from exc
     except OSError as exc:
-        raise ImageReadError(f"{path}: cannot open image: {exc.strerror or exc}") from exc
+        raise ImageReadError(f"{path}: cannot open image: {exc}") from exc
 
 
 def read_tiff(path) -> np.ndarray:

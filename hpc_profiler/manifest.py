@@ -300,23 +300,22 @@ def build_manifest(cfg) -> tuple[list[Site], list[SiteProblem]]:
 
     Raises
     ------
-    UnsupportedInputError
-        For ``input.gallery``: the Cell Painting Gallery source is read through
-        object storage, which lands with the object-storage issue.
     ManifestError
         No source configured, or the source is unreadable.
     """
     inp = cfg.input
+    if inp.loaddata_csv is not None or inp.phenix_dir is not None or inp.gallery is not None:
+        from .gallery import configure_storage
+
+        configure_storage(cfg)
     if inp.loaddata_csv is not None:
         return manifest_from_loaddata(cfg.path(inp.loaddata_csv), cfg.channels), []
     if inp.phenix_dir is not None:
         return manifest_from_phenix(cfg.path(inp.phenix_dir), inp.phenix_channels, cfg.channels, inp.phenix_plate)
     if inp.gallery is not None:
-        raise UnsupportedInputError(
-            f"{cfg.source or '<config>'}: input.gallery: the Cell Painting Gallery source is not supported "
-            "by this version; it lands with the object-storage issue. Use input.loaddata_csv with a local "
-            "copy of the batch's load_data_csv meanwhile."
-        )
+        from .gallery import gallery_manifest
+
+        return gallery_manifest(cfg)
     raise ManifestError(
         f"{cfg.source or '<config>'}: input: no image source; set input.loaddata_csv or input.phenix_dir"
     )

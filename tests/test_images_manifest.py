@@ -14,7 +14,6 @@ from hpc_profiler.manifest import (
     ManifestError,
     Site,
     SiteProblem,
-    UnsupportedInputError,
     build_manifest,
     load_manifest,
     manifest_from_loaddata,
@@ -187,9 +186,6 @@ def test_build_manifest_dispatch(tmp_path):
     cfg = from_dict({"input": {"phenix_dir": "imgs", "phenix_plate": "BR00117010"}}, source=str(tmp_path / "c.yaml"))
     sites, problems = build_manifest(cfg)
     assert [s.key for s in sites] == ["BR00117010/A01/1", "BR00117010/C04/2"] and problems == []
-    cfg = from_dict({"input": {"gallery": {"root": "s3://cellpainting-gallery/cpg0000", "batch": "b"}}})
-    with pytest.raises(UnsupportedInputError, match="object-storage"):
-        build_manifest(cfg)
     with pytest.raises(ManifestError, match="no image source"):
         build_manifest(from_dict({}))
 
