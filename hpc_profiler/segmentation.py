@@ -1,0 +1,506 @@
+"""Nuclei, cells and cytoplasm of one site, as the CPJUMP1 CellProfiler pipeline.
+
+What this module reproduces (CellProfiler 4 / ``cellprofiler_library``)
+-----------------------------------------------------------------------
+* **IdentifyPrimaryObjects** (nuclei, on the background-subtracted DNA image):
+  global threshold (Minimum Cross-Entropy = ``threshold_li`` with
+  CellProfiler's tolerance, or Otsu), times the correction factor, clipped to
+  the bounds; the image is Gaussian-smoothed with the "threshold smoothing
+  scale" (``sigma = scale / 0.6744 / 2``, edge corrected) before it is compared
+  with the threshold; 8-connected labelling; no hole filling; declumping by
+  shape (distance transform of the hole-filled foreground, local maxima at
+  least ``min_maxima_distance`` apart on CellProfiler's ``strel_disk``,
+  watershed of the inverted distance, 8-connected); objects touching the
+  border and objects whose area is outside ``pi d**2 / 4`` for ``d`` in
+  ``[min_diameter, max_diameter]`` are discarded; labels renumbered 1..N.
+* **IdentifySecondaryObjects "Watershed - Image"** (cells, on RNA): the
+  thresholded RNA united with the nuclei is the mask of a watershed of
+  ``1 - RNA`` seeded by the nuclei (8-connected); holes are filled. Seeds keep
+  their labels, so every nucleus has exactly one cell with its label.
+* **IdentifyTertiaryObjects** with "Shrink smaller object" (cytoplasm): the
+  cell minus the nucleus' interior, i.e. the cell where the nucleus label is 0
+  or on the nucleus' 8-neighbour outline (``centrosome.cpmorphology.outline``).
+
+Image measurements are named as CellProfiler's Image table without the
+``Image_`` prefix: ``Threshold_FinalThreshold_<Object>``,
+``Threshold_OrigThreshold_<Object>``, ``Count_<Object>``.
+
+Where it deliberately differs
+-----------------------------
+* CellProfiler computes the threshold on the *unsmoothed* image and smooths
+  only the image that is binarised; this is reproduced (so ``OrigThreshold``
+  is ``threshold_li`` of the input image, not of the smoothed one).
+* Shape declumping: CellProfiler breaks distance ties with ``uniform(0, 1e-3)``
+  noise from a seeded NumPy generator; here the noise is an integer hash of the
+  pixel coordinates in [0, 1e-3), identical on CPU and GPU. CellProfiler
+  compares a pixel only with pixels of its own thresholded object when looking
+  for maxima; here the maximum filter sees all pixels (different objects only
+  interact where the distance is below half the suppression radius) and any
+  object left without a maximum is seeded as a whole, so no object is lost.
+  The "size of smoothing filter" (``declump_filter_size``) is used by
+  CellProfiler only for intensity declumping, so it has no effect here either.
+* Hole filling (cells) fills background components (4-connected) that do not
+  touch the image edge and whose neighbours all carry one label; CellProfiler's
+  graph walk additionally fills holes nested inside holes.
+
+Devices
+-------
+Every step runs on the backend of the input (:func:`hpc_profiler.backend.backend_of`)
+except the watershed: cuCIM has no ``segmentation.watershed``, so the two
+watershed calls move their inputs to the host (``bk.to_numpy``), run
+``skimage.segmentation.watershed`` and move the labels back. The cost of those
+transfers on a GPU could not be measured when this was written (no GPU machine);
+``scripts/bench_segmentation.py`` reports it where a GPU exists.
+
+QC: a channel whose pixels are all zero, or with more than
+:data:`SATURATION_WARN_FRACTION` of its pixels at full scale, gives a message
+in :attr:`Segmentation.warnings` naming the channel; segmentation goes on (an
+all-zero DNA image simply yields no nuclei), it never raises for such images.
+A missing channel raises :class:`SegmentationError` naming it.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
+
+import numpy as np
+
+from .backend import backend_of
+from .config import CellsConfig, DnaBackgroundConfig, NucleiConfig, SegmentationConfig
+from .illumination import dna_background, gaussian_edge_corrected, subtract_background
+
+__all__ = [
+    "SATURATION_WARN_FRACTION",
+    "Segmentation",
+    "SegmentationError",
+    "threshold_tolerance",
+    "global_threshold",
+    "threshold_smoothing_sigma",
+    "binarize",
+    "strel_disk",
+    "declump_shape",
+    "remove_border_objects",
+    "filter_on_size",
+    "relabel_consecutive",
+    "outline",
+    "fill_label_holes",
+    "segment_nuclei",
+    "segment_cells",
+    "cytoplasm",
+    "channel_warnings",
+    "segment_site",
+]
+
+#: A channel with more than this fraction of pixels at full scale (>= 1.0) is reported.
+SATURATION_WARN_FRACTION = 0.01
+
+_EIGHT = np.ones((3, 3), dtype=bool)
+_FOUR = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)
+
+
+class SegmentationError(ValueError):
+    """Segmentation cannot run on the given images; the message names the channel."""
+
+
+@dataclass
+class Segmentation:
+    """Labels of one site (int32, 0 = background, 1..N shared by the three sets).
+
+    The label arrays live on the device of the input images.
+    """
+
+    nuclei: object
+    cells: object
+    cytoplasm: object
+    measurements: dict = field(default_factory=dict)
+    warnings: list = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- thresholds
+def threshold_tolerance(image) -> float:
+    """CellProfiler's ``threshold_li`` tolerance: half the smallest gap between
+    distinct intensities, at least ``0.5 / 65536`` (``get_global_threshold``)."""
+    xp = backend_of(image).xp
+    u = xp.unique(image.ravel())
+    if u.size < 2:
+        return 0.5 / 65536
+    return max(float(xp.min(xp.diff(u))) / 2.0, 0.5 / 65536)
+
+
+def global_threshold(image, *, method: str, correction_factor: float, lower_bound: float, upper_bound: float):
+    """CellProfiler's global threshold (``get_global_threshold``).
+
+    Parameters
+    ----------
+    image : array
+        Unsmoothed image (CellProfiler thresholds the raw image).
+    method : {"li", "otsu"}
+        ``li`` = Minimum Cross-Entropy: ``ski.filters.threshold_li`` with
+        :func:`threshold_tolerance`; ``otsu``: ``ski.filters.threshold_otsu``.
+    correction_factor, lower_bound, upper_bound : float
+
+    Returns
+    -------
+    final : float
+        ``min(max(orig * correction_factor, lower_bound), upper_bound)``.
+    orig : float
+        The threshold before correction, clipped to [0, 1] (CellProfiler's
+        ``OrigThreshold``). An empty or constant image gives its value.
+    """
+    bk = backend_of(image)
+    xp = bk.xp
+    if image.size == 0:
+        raw = 0.0
+    else:
+        lo, hi = float(xp.min(image)), float(xp.max(image))
+        if lo == hi:
+            raw = lo
+        elif method == "li":
+            raw = float(bk.ski.filters.threshold_li(image, tolerance=threshold_tolerance(image)))
+        elif method == "otsu":
+            raw = float(bk.ski.filters.threshold_otsu(image))
+        else:
+            raise SegmentationError(f"unknown threshold method {method!r}; known: li, otsu")
+    final = min(max(raw * correction_factor, lower_bound), upper_bound)
+    orig = min(max(raw, 0.0), 1.0)
+    return final, orig
+
+
+def threshold_smoothing_sigma(scale: float) -> float:
+    """CellProfiler's threshold smoothing scale -> Gaussian sigma: ``scale / 0.6744 / 2``.
+
+    Half of the smoothed intensity comes from within the scale's diameter
+    (``apply_threshold`` in ``cellprofiler_library``).
+    """
+    return scale / 0.6744 / 2.0
+
+
+def binarize(image, threshold: float, smoothing_scale: float):
+    """Foreground ``smoothed(image) >= threshold`` (CellProfiler ``apply_threshold``)."""
+    if smoothing_scale > 0:
+        image = gaussian_edge_corrected(image, threshold_smoothing_sigma(smoothing_scale))
+    return image >= threshold
+
+
+# --------------------------------------------------------------------------- label helpers
+def strel_disk(radius: float, xp=np):
+    """Disk footprint ``x**2 + y**2 <= radius**2`` on a ``2 int(radius) + 1`` grid
+    (``centrosome.cpmorphology.strel_disk``)."""
+    r = int(radius)
+    y, x = np.mgrid[-r : r + 1, -r : r + 1]
+    return xp.asarray((x * x + y * y) <= radius * radius)
+
+
+def _tie_noise(shape, xp):
+    """Deterministic noise in [0, 1e-3) from an integer hash of (row, column)."""
+    i = xp.arange(shape[0], dtype=xp.int64)[:, None]
+    j = xp.arange(shape[1], dtype=xp.int64)[None, :]
+    h = ((i * 73856093) ^ (j * 19349663)) % 1000
+    return h.astype(xp.float64) * 1e-6
+
+
+def _watershed_host(bk, image, markers, mask):
+    """``skimage.segmentation.watershed`` (8-connected) on the host; labels back on ``bk``.
+
+    cuCIM has no watershed; this is the only step that leaves the device.
+    """
+    from skimage.segmentation import watershed
+
+    out = watershed(
+        bk.to_numpy(image),
+        markers=bk.to_numpy(markers),
+        mask=bk.to_numpy(mask),
+        connectivity=2,
+    )
+    return bk.asarray(out.astype(np.int32, copy=False))
+
+
+def _lut_apply(xp, labels, keep):
+    """Zero the labels whose entry in boolean ``keep`` (indexed by label) is False."""
+    keep = keep.copy()
+    keep[0] = False
+    return xp.where(keep[labels], labels, 0).astype(xp.int32)
+
+
+def remove_border_objects(labels):
+    """Discard objects with a pixel on the image border (CellProfiler ``filter_on_border``)."""
+    xp = backend_of(labels).xp
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return labels.astype(xp.int32)
+    edge = xp.concatenate([labels[0, :], labels[-1, :], labels[:, 0], labels[:, -1]])
+    keep = xp.ones(n + 1, dtype=bool)
+    keep[edge] = False
+    return _lut_apply(xp, labels, keep)
+
+
+def filter_on_size(labels, min_diameter: float, max_diameter: float):
+    """Discard objects whose area is outside ``[pi min**2 / 4, pi max**2 / 4]``
+    (CellProfiler ``filter_on_size``: equivalent diameter outside the range)."""
+    xp = backend_of(labels).xp
+    n = int(labels.max()) if labels.size else 0
+    if n == 0:
+        return labels.astype(xp.int32)
+    areas = xp.bincount(labels.ravel(), minlength=n + 1)
+    keep = (areas >= math.pi * min_diameter**2 / 4) & (areas <= math.pi * max_diameter**2 / 4)
+    return _lut_apply(xp, labels, keep)
+
+
+def relabel_consecutive(labels):
+    """Renumber the labels present to 1..N in the order of the old numbers.
+
+    Returns
+    -------
+    labels : int32 array
+    n : int
+    """
+    xp = backend_of(labels).xp
+    m = int(labels.max()) if labels.size else 0
+    if m == 0:
+        return xp.zeros(labels.shape, dtype=xp.int32), 0
+    present = xp.bincount(labels.ravel(), minlength=m + 1) > 0
+    present[0] = False
+    lut = (xp.cumsum(present) * present).astype(xp.int32)
+    return lut[labels], int(present.sum())
+
+
+def outline(labels):
+    """Pixels of an object with an 8-neighbour of another value, or on the image edge
+    (``centrosome.cpmorphology.outline``); boolean."""
+    bk = backend_of(labels)
+    eight = bk.xp.asarray(_EIGHT)
+    dil = bk.ndi.grey_dilation(labels, footprint=eight, mode="constant", cval=0)
+    ero = bk.ndi.grey_erosion(labels, footprint=eight, mode="constant", cval=0)
+    return (labels != 0) & ((dil != labels) | (ero != labels))
+
+
+def fill_label_holes(labels):
+    """Fill background holes enclosed by a single object with that object's label.
+
+    A hole is a 4-connected background component that does not touch the
+    image edge and whose 4-neighbours all carry the same label (the simple case
+    of ``centrosome.cpmorphology.fill_labeled_holes``; holes nested inside
+    holes are not filled). Vectorised over components with labelled
+    ``ndimage.minimum``/``maximum``.
+    """
+    bk = backend_of(labels)
+    xp, ndi = bk.xp, bk.ndi
+    labels = labels.astype(xp.int32)
+    bg = labels == 0
+    four = xp.asarray(_FOUR)
+    blab, nb = ndi.label(bg, structure=four)
+    nb = int(nb)
+    if nb == 0 or not labels.any():
+        return labels
+    big = int(labels.max()) + 1
+    dil = ndi.grey_dilation(labels, footprint=four, mode="constant", cval=0)
+    ero = ndi.grey_erosion(xp.where(bg, big, labels), footprint=four, mode="constant", cval=big)
+    idx = xp.arange(1, nb + 1)
+    hi = xp.asarray(ndi.maximum(dil, blab, idx))
+    lo = xp.asarray(ndi.minimum(ero, blab, idx))
+    touches = xp.zeros(nb + 1, dtype=bool)
+    touches[xp.concatenate([blab[0, :], blab[-1, :], blab[:, 0], blab[:, -1]])] = True
+    fill = (hi == lo) & (hi > 0) & (lo < big) & ~touches[1:]
+    lut = xp.zeros(nb + 1, dtype=xp.int32)
+    lut[1:] = xp.where(fill, hi, 0).astype(xp.int32)
+    return xp.where(bg, lut[blab], labels).astype(xp.int32)
+
+
+def declump_shape(components, min_maxima_distance: float):
+    """Split clumped objects by shape (IdentifyPrimaryObjects "Shape"/"Shape").
+
+    Parameters
+    ----------
+    components : int array
+        8-connected labels of the thresholded image.
+    min_maxima_distance : float
+        Maxima closer than this are suppressed: the footprint is
+        ``strel_disk(max(1, d - 0.5))`` as in CellProfiler.
+
+    Returns
+    -------
+    int32 array
+        Watershed of the inverted distance transform from the maxima, within
+        the components (each maximum plateau, 8-connected, is one seed).
+    """
+    bk = backend_of(components)
+    xp, ndi = bk.xp, bk.ndi
+    n = int(components.max()) if components.size else 0
+    if n == 0:
+        return xp.zeros(components.shape, dtype=xp.int32)
+    inside = components > 0
+    fg = ndi.binary_fill_holes(inside)
+    dist = ndi.distance_transform_edt(fg) + _tie_noise(components.shape, xp)
+    dist = xp.where(fg, dist, 0.0)
+    fp = strel_disk(max(1.0, min_maxima_distance - 0.5), xp)
+    peaks = (dist >= ndi.maximum_filter(dist, footprint=fp, mode="constant", cval=0.0)) & inside
+    seeds, n_seeds = ndi.label(peaks, structure=xp.asarray(_EIGHT))
+    n_seeds = int(n_seeds)
+    # any component without a maximum is seeded as a whole
+    seeded = xp.zeros(n + 1, dtype=bool)
+    seeded[components[peaks]] = True
+    orphan = ~seeded
+    orphan[0] = False
+    extra = (xp.cumsum(orphan) * orphan).astype(xp.int32)
+    seeds = xp.where(orphan[components], n_seeds + extra[components], seeds).astype(xp.int32)
+    return _watershed_host(bk, float(dist.max()) - dist, seeds, inside)
+
+
+# --------------------------------------------------------------------------- objects
+def segment_nuclei(dna, params: NucleiConfig):
+    """IdentifyPrimaryObjects on a (background-subtracted) DNA image.
+
+    Parameters
+    ----------
+    dna : array (H, W), float in [0, 1]
+    params : NucleiConfig
+        Threshold method, smoothing scale, correction factor and bounds;
+        declumping distance; diameter range; border exclusion; hole filling.
+
+    Returns
+    -------
+    labels : int32 array (H, W), 1..N
+    measurements : dict
+        ``Threshold_FinalThreshold_Nuclei``, ``Threshold_OrigThreshold_Nuclei``,
+        ``Count_Nuclei``.
+    """
+    bk = backend_of(dna)
+    xp, ndi = bk.xp, bk.ndi
+    img = xp.asarray(dna, dtype=xp.float64)
+    final, orig = global_threshold(
+        img,
+        method=params.threshold_method,
+        correction_factor=params.correction_factor,
+        lower_bound=params.lower_bound,
+        upper_bound=params.upper_bound,
+    )
+    binary = binarize(img, final, params.smoothing_scale)
+    if params.fill_holes:
+        binary = ndi.binary_fill_holes(binary)
+    components, _ = ndi.label(binary, structure=xp.asarray(_EIGHT))
+    labels = declump_shape(components, params.min_maxima_distance)
+    if params.exclude_border:
+        labels = remove_border_objects(labels)
+    labels = filter_on_size(labels, params.min_diameter, params.max_diameter)
+    if params.fill_holes:
+        labels = fill_label_holes(labels)
+    labels, n = relabel_consecutive(labels)
+    return labels, {
+        "Threshold_FinalThreshold_Nuclei": final,
+        "Threshold_OrigThreshold_Nuclei": orig,
+        "Count_Nuclei": float(n),
+    }
+
+
+def segment_cells(rna, nuclei, params: CellsConfig):
+    """IdentifySecondaryObjects "Watershed - Image" seeded by the nuclei.
+
+    Parameters
+    ----------
+    rna : array (H, W), float in [0, 1]
+    nuclei : int32 array (H, W), labels 1..N
+    params : CellsConfig
+
+    Returns
+    -------
+    cells : int32 array (H, W); cell ``k`` contains nucleus ``k``
+    measurements : dict
+        ``Threshold_FinalThreshold_Cells``, ``Threshold_OrigThreshold_Cells``,
+        ``Count_Cells``.
+    """
+    bk = backend_of(rna, nuclei)
+    xp = bk.xp
+    img = xp.asarray(rna, dtype=xp.float64)
+    if tuple(img.shape) != tuple(nuclei.shape):
+        raise SegmentationError(f"cells: image shape {tuple(img.shape)} differs from nuclei {tuple(nuclei.shape)}")
+    final, orig = global_threshold(
+        img,
+        method=params.threshold_method,
+        correction_factor=params.correction_factor,
+        lower_bound=params.lower_bound,
+        upper_bound=params.upper_bound,
+    )
+    n = int(nuclei.max()) if nuclei.size else 0
+    if n == 0:
+        cells = xp.zeros(img.shape, dtype=xp.int32)
+    else:
+        mask = binarize(img, final, params.smoothing_scale) | (nuclei > 0)
+        cells = _watershed_host(bk, 1.0 - img, nuclei.astype(xp.int32), mask)
+        if params.fill_holes:
+            cells = fill_label_holes(cells)
+    return cells, {
+        "Threshold_FinalThreshold_Cells": final,
+        "Threshold_OrigThreshold_Cells": orig,
+        "Count_Cells": float(int((xp.bincount(cells.ravel(), minlength=n + 1)[1:] > 0).sum())),
+    }
+
+
+def cytoplasm(cells, nuclei):
+    """IdentifyTertiaryObjects (shrink primary by 1 px): cells where the nucleus
+    is absent or on its outline; same labels as the cells."""
+    xp = backend_of(cells, nuclei).xp
+    keep = (nuclei == 0) | outline(nuclei)
+    return xp.where(keep, cells, 0).astype(xp.int32)
+
+
+# --------------------------------------------------------------------------- site
+def channel_warnings(images: Mapping) -> list:
+    """QC messages for all-zero or saturated channels (see module docstring)."""
+    out = []
+    for ch, img in images.items():
+        xp = backend_of(img).xp
+        if img.size == 0 or float(xp.max(img)) <= 0.0:
+            out.append(f"channel {ch}: all pixels are zero")
+            continue
+        frac = float(xp.mean(img >= 1.0))
+        if frac > SATURATION_WARN_FRACTION:
+            out.append(
+                f"channel {ch}: {100 * frac:.1f}% of pixels are saturated "
+                f"(> {100 * SATURATION_WARN_FRACTION:.0f}%)"
+            )
+    return out
+
+
+def segment_site(
+    images: Mapping, seg: Optional[SegmentationConfig] = None, dna_bg: Optional[DnaBackgroundConfig] = None
+) -> Segmentation:
+    """Nuclei, cells and cytoplasm of one site.
+
+    Parameters
+    ----------
+    images : dict
+        channel -> illumination-corrected float image in [0, 1] (NumPy or CuPy).
+    seg : SegmentationConfig, optional
+        Defaults to CPJUMP1's settings.
+    dna_bg : DnaBackgroundConfig, optional
+        DNA background subtracted before nuclei (CPJUMP1: block 30, smoothing 50).
+
+    Returns
+    -------
+    Segmentation
+        Labels on the device of the images, the image measurements and QC warnings.
+
+    Raises
+    ------
+    SegmentationError
+        When a channel the segmentation needs is missing or not 2-D.
+    """
+    seg = seg or SegmentationConfig()
+    dna_bg = dna_bg or DnaBackgroundConfig()
+    for role, ch in (("nuclei", seg.nuclei.channel), ("cells", seg.cells.channel)):
+        if ch not in images:
+            raise SegmentationError(f"segmentation: {role} channel {ch!r} is not among the images {list(images)}")
+        if images[ch].ndim != 2:
+            raise SegmentationError(f"segmentation: channel {ch!r} is not a 2-D image (shape {images[ch].shape})")
+    warnings = channel_warnings(images)
+    dna = images[seg.nuclei.channel]
+    if dna_bg.enabled:
+        dna = subtract_background(dna, dna_background(dna, dna_bg.block_size, dna_bg.smoothing))
+    nuclei, m_nuc = segment_nuclei(dna, seg.nuclei)
+    cells, m_cells = segment_cells(images[seg.cells.channel], nuclei, seg.cells)
+    cyto = cytoplasm(cells, nuclei)
+    xp = backend_of(cyto).xp
+    n_cyto = int((xp.bincount(cyto.ravel(), minlength=2)[1:] > 0).sum())
+    measurements = {**m_nuc, **m_cells, "Count_Cytoplasm": float(n_cyto)}
+    return Segmentation(nuclei, cells, cyto, measurements, warnings)

@@ -1,0 +1,319 @@
+"""Segmentation stage: IdentifyPrimaryObjects (nuclei), IdentifySecondaryObjects
+"Watershed - Image" (cells), IdentifyTertiaryObjects (cytoplasm).
+
+References: ground truth of ``hpc_profiler.synth`` sites, scikit-image
+(``threshold_li``, ``regionprops``), centrosome (CellProfiler's library:
+``outline``, ``fill_labeled_holes``, ``strel_disk``, ``smooth_with_function_and_mask``)
+and hand-built images. All calls use the CPJUMP1 parameters of
+:class:`hpc_profiler.config.SegmentationConfig`.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import skimage.filters
+import skimage.measure
+
+from hpc_profiler.config import DnaBackgroundConfig, IlluminationConfig, SegmentationConfig
+from hpc_profiler.illumination import apply_illum, dna_background, subtract_background
+from hpc_profiler.segmentation import (
+    SegmentationError,
+    binarize,
+    cytoplasm,
+    fill_label_holes,
+    filter_on_size,
+    global_threshold,
+    outline,
+    relabel_consecutive,
+    remove_border_objects,
+    segment_cells,
+    segment_nuclei,
+    segment_site,
+    strel_disk,
+    threshold_smoothing_sigma,
+)
+
+SEG = SegmentationConfig()
+BG = IlluminationConfig().dna_background
+
+
+# --------------------------------------------------------------------------- helpers
+def iou_matrix(pred, gt):
+    """IoU of every predicted (rows) and ground-truth (columns) object, labels 1..N."""
+    n_p, n_g = int(pred.max()), int(gt.max())
+    pairs = pred.ravel().astype(np.int64) * (n_g + 1) + gt.ravel()
+    c = np.bincount(pairs, minlength=(n_p + 1) * (n_g + 1)).reshape(n_p + 1, n_g + 1)
+    inter = c[1:, 1:]
+    union = c.sum(1)[1:, None] + c.sum(0)[None, 1:] - inter
+    return inter / np.maximum(union, 1)
+
+
+def drop_border_objects(gt):
+    edge = np.unique(np.concatenate([gt[0], gt[-1], gt[:, 0], gt[:, -1]]))
+    out = gt.copy()
+    out[np.isin(out, edge[edge > 0])] = 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def synth_sites():
+    """Three synthetic sites, illumination-corrected with their known vignette, segmented."""
+    synth = pytest.importorskip("hpc_profiler.synth")
+    out = []
+    for seed in (1, 2, 3):
+        s = synth.synthesize_site(seed, size=540, n_cells=60, channels=["DNA", "RNA"])
+        images = {c: apply_illum(s.images[c] / 65535.0, s.vignette[c]) for c in s.images}
+        out.append((s, images, segment_site(images, SEG, BG)))
+    return out
+
+
+# --------------------------------------------------------------------------- accuracy on synthetic sites
+def test_nuclei_f1_and_iou_against_ground_truth(synth_sites):
+    for s, _, seg in synth_sites:
+        gt = drop_border_objects(s.nuclei)  # the pipeline discards border nuclei
+        ids = np.unique(gt)[1:]
+        iou = iou_matrix(seg.nuclei, gt)[:, ids - 1]
+        matched = iou >= 0.5  # at most one match per row and column when IoU > 0.5
+        tp = int(matched.sum())
+        f1 = 2 * tp / (iou.shape[0] + iou.shape[1])
+        assert f1 >= 0.9, f"F1 {f1:.3f} ({iou.shape[0]} found, {iou.shape[1]} true, {tp} matched)"
+        assert iou[matched].mean() >= 0.8
+
+
+def test_cells_mean_iou_against_ground_truth(synth_sites):
+    for s, _, seg in synth_sites:
+        gt = drop_border_objects(s.nuclei)
+        ids = np.unique(gt)[1:]
+        nuc_iou = iou_matrix(seg.nuclei, gt)[:, ids - 1]
+        pred_i, gt_j = np.nonzero(nuc_iou >= 0.5)
+        cell_iou = iou_matrix(seg.cells, s.cells)[pred_i, ids[gt_j] - 1]
+        assert cell_iou.mean() >= 0.7, f"mean cell IoU {cell_iou.mean():.3f}"
+
+
+def test_label_sets_are_consistent(synth_sites):
+    for _, _, seg in synth_sites:
+        n = int(seg.measurements["Count_Nuclei"])
+        assert n > 0
+        for lab in (seg.nuclei, seg.cells, seg.cytoplasm):
+            assert lab.dtype == np.int32
+            np.testing.assert_array_equal(np.unique(lab), np.arange(n + 1))  # 1..N consecutive, shared
+        # every nucleus lies inside the cell with its label
+        inside = seg.nuclei > 0
+        np.testing.assert_array_equal(seg.cells[inside], seg.nuclei[inside])
+        assert seg.measurements["Count_Cells"] == n == seg.measurements["Count_Cytoplasm"]
+        # each cell is one 8-connected piece
+        for k, sl in enumerate(ndi.find_objects(seg.cells), start=1):
+            assert ndi.label(seg.cells[sl] == k, np.ones((3, 3)))[1] == 1, f"cell {k} is in pieces"
+
+
+def test_cytoplasm_never_overlaps_the_shrunk_nucleus(synth_sites):
+    cpm = pytest.importorskip("centrosome.cpmorphology")
+    for _, _, seg in synth_sites:
+        rim = cpm.outline(seg.nuclei) > 0
+        interior = (seg.nuclei > 0) & ~rim
+        assert not (seg.cytoplasm[interior] > 0).any()
+        # cytoplasm = cell outside the nucleus interior, same labels
+        expected = np.where(interior, 0, seg.cells)
+        np.testing.assert_array_equal(seg.cytoplasm, expected)
+
+
+def test_no_nucleus_touches_the_border(synth_sites):
+    for s, _, seg in synth_sites:
+        assert (s.nuclei[0] > 0).any() or (s.nuclei[:, 0] > 0).any()  # the synthetic site has border nuclei
+        edges = np.concatenate([seg.nuclei[0], seg.nuclei[-1], seg.nuclei[:, 0], seg.nuclei[:, -1]])
+        assert not edges.any()
+
+
+def test_nuclei_equivalent_diameters_within_bounds(synth_sites):
+    for _, _, seg in synth_sites:
+        d = np.array([p.equivalent_diameter_area for p in skimage.measure.regionprops(seg.nuclei)])
+        assert d.min() >= SEG.nuclei.min_diameter and d.max() <= SEG.nuclei.max_diameter
+
+
+# --------------------------------------------------------------------------- thresholds
+def test_li_threshold_equals_skimage_threshold_li(synth_sites):
+    """CellProfiler computes the threshold on the unsmoothed image (smoothing only
+    shapes the binarised image): OrigThreshold = threshold_li(image, tolerance as CP)."""
+    nuc = SEG.nuclei
+    for _, images, seg in synth_sites:
+        dna = images["DNA"]
+        dna = subtract_background(dna, dna_background(dna, BG.block_size, BG.smoothing)).astype(np.float64)
+        tol = max(np.min(np.diff(np.unique(dna))) / 2, 0.5 / 65536)
+        ref = skimage.filters.threshold_li(dna, tolerance=tol)
+        m = seg.measurements
+        assert abs(m["Threshold_OrigThreshold_Nuclei"] - ref) <= 1e-6
+        final = min(max(ref * nuc.correction_factor, nuc.lower_bound), nuc.upper_bound)
+        assert abs(m["Threshold_FinalThreshold_Nuclei"] - final) <= 1e-6
+        rna = np.asarray(images["RNA"], np.float64)
+        tol = max(np.min(np.diff(np.unique(rna))) / 2, 0.5 / 65536)
+        ref = skimage.filters.threshold_li(rna, tolerance=tol)
+        cel = SEG.cells
+        assert abs(m["Threshold_OrigThreshold_Cells"] - ref) <= 1e-6
+        assert abs(m["Threshold_FinalThreshold_Cells"] - min(max(ref, cel.lower_bound), cel.upper_bound)) <= 1e-6
+
+
+def test_threshold_bounds_apply():
+    img = np.zeros((50, 50))
+    img[10:20, 10:20] = 0.005  # raw Li threshold far below the nuclei lower bound
+    final, orig = global_threshold(img, method="li", correction_factor=1.25, lower_bound=0.014, upper_bound=1.0)
+    assert final == 0.014 and 0 < orig < 0.005
+    final, _ = global_threshold(img * 100, method="li", correction_factor=1.0, lower_bound=0.005, upper_bound=0.014)
+    assert final == 0.014
+    final, orig = global_threshold(np.full((4, 4), 0.3), method="li", correction_factor=1.25, lower_bound=0, upper_bound=1)
+    assert orig == 0.3 and final == pytest.approx(0.375)  # constant image: CellProfiler's shortcut
+
+
+def test_threshold_smoothing_matches_cellprofiler_apply_threshold():
+    smooth = pytest.importorskip("centrosome.smooth")
+    assert threshold_smoothing_sigma(SEG.nuclei.smoothing_scale) == pytest.approx(3 / 0.6744 / 2)
+    rng = np.random.default_rng(4)
+    img = ndi.gaussian_filter(rng.random((80, 70)), 2)
+    t = float(np.median(img))
+    sigma = SEG.nuclei.smoothing_scale / 0.6744 / 2.0
+    blurred = smooth.smooth_with_function_and_mask(
+        img, lambda x: ndi.gaussian_filter(x, sigma, mode="constant", cval=0), np.ones(img.shape, bool)
+    )
+    np.testing.assert_array_equal(binarize(img, t, SEG.nuclei.smoothing_scale), blurred >= t)
+    np.testing.assert_array_equal(binarize(img, t, 0.0), img >= t)
+
+
+# --------------------------------------------------------------------------- label helpers vs CellProfiler
+def _random_labels(seed, shape=(60, 80), n=25):
+    rng = np.random.default_rng(seed)
+    markers = np.zeros(shape, np.int32)
+    markers[rng.integers(0, shape[0], n), rng.integers(0, shape[1], n)] = np.arange(1, n + 1)
+    lab = ndi.grey_dilation(markers, size=(7, 7))
+    lab[rng.random(shape) < 0.05] = 0  # pepper holes
+    return lab
+
+
+def test_outline_matches_centrosome():
+    cpm = pytest.importorskip("centrosome.cpmorphology")
+    for seed in range(3):
+        lab = _random_labels(seed)
+        np.testing.assert_array_equal(outline(lab), cpm.outline(lab) > 0)
+
+
+def test_fill_label_holes_matches_centrosome():
+    cpm = pytest.importorskip("centrosome.cpmorphology")
+    for seed in range(3):
+        lab = _random_labels(seed)
+        np.testing.assert_array_equal(fill_label_holes(lab), cpm.fill_labeled_holes(lab))
+
+
+def test_strel_disk_matches_centrosome():
+    cpm = pytest.importorskip("centrosome.cpmorphology")
+    for r in (1, 2.5, SEG.nuclei.min_maxima_distance - 0.5, 21):
+        np.testing.assert_array_equal(strel_disk(r), cpm.strel_disk(r).astype(bool))
+
+
+def test_border_size_relabel_filters():
+    lab = np.zeros((40, 40), np.int32)
+    lab[0:5, 10:15] = 1  # touches the border
+    lab[10:13, 10:13] = 2  # 9 px: diameter 3.4 < 10
+    lab[20:35, 20:35] = 5  # 225 px: diameter 16.9
+    out = remove_border_objects(lab)
+    assert set(np.unique(out)) == {0, 2, 5}
+    out = filter_on_size(out, SEG.nuclei.min_diameter, SEG.nuclei.max_diameter)
+    assert set(np.unique(out)) == {0, 5}
+    d = skimage.measure.regionprops(out)[0].equivalent_diameter_area
+    assert SEG.nuclei.min_diameter <= d <= SEG.nuclei.max_diameter
+    rel, n = relabel_consecutive(out)
+    assert n == 1 and set(np.unique(rel)) == {0, 1} and rel.dtype == np.int32
+
+
+# --------------------------------------------------------------------------- declumping and cells, by hand
+def test_two_touching_nuclei_are_split():
+    yy, xx = np.mgrid[:120, :120]
+    dna = np.full((120, 120), 0.004)
+    a = (yy - 60) ** 2 + (xx - 48) ** 2 <= 14**2
+    b = (yy - 60) ** 2 + (xx - 73) ** 2 <= 14**2
+    dna[a | b] = 0.08
+    labels, m = segment_nuclei(dna, SEG.nuclei)
+    assert m["Count_Nuclei"] == 2
+    assert labels[60, 40] != labels[60, 80] and labels[60, 40] > 0 and labels[60, 80] > 0
+
+
+def test_cells_grow_from_nuclei_within_foreground():
+    yy, xx = np.mgrid[:100, :100]
+    nuclei = np.zeros((100, 100), np.int32)
+    nuclei[(yy - 50) ** 2 + (xx - 30) ** 2 <= 8**2] = 1
+    nuclei[(yy - 50) ** 2 + (xx - 70) ** 2 <= 8**2] = 2
+    rna = np.full((100, 100), 0.002)
+    rna[20:80, 10:90] = 0.02
+    rna[30:36, 20:28] = 0.002  # a dim hole inside cell 1
+    rna[48:53, 28:33] = 0.002  # dim pixels inside nucleus 1
+    cells, m = segment_cells(rna, nuclei, SEG.cells)
+    assert m["Count_Cells"] == 2
+    np.testing.assert_array_equal(np.unique(cells), [0, 1, 2])
+    assert (cells[20:80, 10:90] > 0).all()  # the whole foreground, the hole filled
+    assert (cells[30:36, 20:28] == 1).all()
+    assert not cells[:15].any() and not cells[85:].any()
+    assert cells[50, 15] == 1 and cells[50, 85] == 2
+    no_fill, _ = segment_cells(rna, nuclei, dataclasses.replace(SEG.cells, fill_holes=False))
+    assert not no_fill[30:36, 20:28].any()  # the hole stays without fill_holes
+    assert (no_fill[48:53, 28:33] == 1).all()  # nuclei are part of the watershed mask
+
+
+def test_cytoplasm_by_hand():
+    cells = np.zeros((12, 12), np.int32)
+    nuclei = np.zeros((12, 12), np.int32)
+    cells[1:10, 1:10] = 1
+    nuclei[3:8, 3:8] = 1  # 5 x 5 nucleus: its 3 x 3 interior leaves the cytoplasm
+    cells[0:4, 10:12] = 2
+    nuclei[0:2, 10:12] = 2  # on the image edge: all outline, nothing removed
+    expected = cells.copy()
+    expected[4:7, 4:7] = 0
+    np.testing.assert_array_equal(cytoplasm(cells, nuclei), expected)
+
+
+# --------------------------------------------------------------------------- edge cases
+def test_empty_site_gives_empty_labels():
+    z = np.zeros((128, 128), np.float32)
+    seg = segment_site({"DNA": z, "RNA": z, "ER": z}, SEG, BG)
+    for lab in (seg.nuclei, seg.cells, seg.cytoplasm):
+        assert lab.shape == (128, 128) and lab.dtype == np.int32 and not lab.any()
+    assert seg.measurements["Count_Nuclei"] == 0 and seg.measurements["Count_Cells"] == 0
+    assert seg.measurements["Count_Cytoplasm"] == 0
+    assert set(seg.measurements) == {
+        "Threshold_FinalThreshold_Nuclei",
+        "Threshold_OrigThreshold_Nuclei",
+        "Count_Nuclei",
+        "Threshold_FinalThreshold_Cells",
+        "Threshold_OrigThreshold_Cells",
+        "Count_Cells",
+        "Count_Cytoplasm",
+    }
+    assert any("DNA" in w and "zero" in w for w in seg.warnings)
+    assert any("ER" in w for w in seg.warnings)
+
+
+def test_saturated_channel_warns_without_crashing(synth_sites):
+    _, images, _ = synth_sites[0]
+    images = dict(images)
+    rna = images["RNA"].copy()
+    rna[:200] = 1.0
+    images["RNA"] = rna
+    seg = segment_site(images, SEG, BG)
+    assert any(w.startswith("channel RNA") and "saturated" in w for w in seg.warnings)
+    assert not any("DNA" in w for w in seg.warnings)
+    assert seg.measurements["Count_Nuclei"] > 0
+
+
+def test_missing_channel_is_named():
+    with pytest.raises(SegmentationError, match="'RNA'"):
+        segment_site({"DNA": np.zeros((16, 16))}, SEG, BG)
+
+
+def test_background_subtraction_can_be_disabled():
+    yy, xx = np.mgrid[:100, :100]
+    dna = 0.004 + 0.0002 * xx  # a ramp, no nuclei
+    dna[(yy - 50) ** 2 + (xx - 50) ** 2 <= 10**2] = 0.06
+    z = np.zeros_like(dna)
+    on = segment_site({"DNA": dna, "RNA": z}, SEG, DnaBackgroundConfig())
+    off = segment_site({"DNA": dna, "RNA": z}, SEG, DnaBackgroundConfig(enabled=False))
+    assert on.measurements["Count_Nuclei"] == 1 == off.measurements["Count_Nuclei"]
+    assert on.measurements["Threshold_OrigThreshold_Nuclei"] != off.measurements["Threshold_OrigThreshold_Nuclei"]
