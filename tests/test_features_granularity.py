@@ -1,0 +1,180 @@
+"""Granularity (MeasureGranularity) against cp_measure, a direct transcription and closed forms."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import skimage.morphology
+from skimage.segmentation import expand_labels
+
+from hpc_profiler.config import GranularityConfig
+from hpc_profiler.features.granularity import measure_granularity, object_sampler
+
+CFG = GranularityConfig()
+PARAMS = dict(
+    spectrum_length=CFG.spectrum_length,
+    subsample_size=CFG.subsample_size,
+    image_sample_size=CFG.image_sample_size,
+    element_size=CFG.element_size,
+)
+
+
+def blob_site(size=200, n=30, seed=7):
+    """Nuclei (ellipses), Cells (expanded, touching) and a granular image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    nuclei = np.zeros((size, size), np.int32)
+    k = 0
+    for _ in range(n * 10):
+        cy, cx = rng.uniform(8, size - 8, 2)
+        a, b = rng.uniform(3, 8, 2)
+        m = ((yy - cy) / a) ** 2 + ((xx - cx) / b) ** 2 <= 1
+        if ndi.binary_dilation(m, iterations=3)[nuclei > 0].any():
+            continue
+        k += 1
+        nuclei[m] = k
+        if k == n:
+            break
+    cells = expand_labels(nuclei, distance=8).astype(np.int32)
+    spots = np.zeros((size, size))
+    spots[tuple(rng.integers(0, size, (2, 400)))] = rng.uniform(0.2, 1.0, 400)
+    img = ndi.gaussian_filter(spots, 1.5) * 4 + 0.1 * (cells > 0) + 0.05 * ndi.gaussian_filter(
+        rng.random((size, size)), 8
+    )
+    return nuclei, cells, k, np.clip(img, 0, 1)
+
+
+def test_granularity_matches_cp_measure():
+    from cp_measure.core.measuregranularity import get_granularity
+
+    nuclei, cells, n, img = blob_site()
+    assert 20 <= n <= 40
+    per_obj, _ = measure_granularity(img, "Mito", {"Nuclei": nuclei, "Cells": cells}, {"Nuclei": n, "Cells": n}, **PARAMS)
+    rows, failures = [], []
+    for obj, labels in (("Nuclei", nuclei), ("Cells", cells)):
+        ref = get_granularity(
+            labels, img,
+            subsample_size=CFG.subsample_size, image_sample_size=CFG.image_sample_size,
+            element_size=CFG.element_size, granular_spectrum_length=CFG.spectrum_length,
+        )
+        for k in range(1, CFG.spectrum_length + 1):
+            o, r = per_obj[obj][f"Granularity_{k}_Mito"], ref[f"Granularity_{k}"]
+            assert o.shape == (n,) and o.dtype == np.float64
+            rel = np.abs(o - r) / np.maximum(np.abs(r), 1e-12)
+            pr = 1.0 if np.ptp(r) == 0 and np.ptp(o) == 0 else float(np.corrcoef(o, r)[0, 1])
+            med = float(np.median(rel))
+            rows.append((f"{obj}_Granularity_{k}_Mito", pr, med, float(np.abs(o - r).max())))
+            if not (pr >= 0.99 and med <= 1e-3):
+                failures.append(rows[-1][0])
+    print(f"\n{'feature':32s} {'pearson':>9s} {'med_rel':>9s} {'max_abs':>9s}")
+    for name, pr, med, mx in rows:
+        print(f"{name:32s} {pr:9.6f} {med:9.2e} {mx:9.2e}")
+    assert not failures, f"granularity off vs cp_measure: {failures}"
+    # the spectrum is informative here (not all zeros)
+    assert np.abs(per_obj["Cells"]["Granularity_2_Mito"]).max() > 1
+
+
+def reference_image_spectrum(img, ng, sub, back_sub, radius, labels=None):
+    """CellProfiler 4 run_on_image_setting written out with scipy/skimage.
+
+    Returns the image spectrum and, when ``labels`` is given, the object spectra
+    ``[ng, N]`` (full-resolution ``map_coordinates`` + ``ndimage.mean`` per step).
+    """
+    h, w = img.shape
+    nh, nw = h * sub, w * sub
+    i, j = np.mgrid[0:nh, 0:nw].astype(float) / sub
+    pixels = ndi.map_coordinates(img, (i, j), order=1)
+    bh, bw = nh * back_sub, nw * back_sub
+    i, j = np.mgrid[0:bh, 0:bw].astype(float) / back_sub
+    back = ndi.map_coordinates(pixels, (i, j), order=1)
+    fp = skimage.morphology.disk(radius, dtype=bool)
+    back = skimage.morphology.dilation(skimage.morphology.erosion(back, footprint=fp), footprint=fp)
+    i, j = np.mgrid[0:nh, 0:nw].astype(float)
+    i *= (bh - 1) / (nh - 1)
+    j *= (bw - 1) / (nw - 1)
+    pixels = pixels - ndi.map_coordinates(back, (i, j), order=1)
+    pixels[pixels < 0] = 0
+    start = pixels.mean()
+    current, start = start, max(start, np.finfo(float).eps)
+    cross = skimage.morphology.disk(1, dtype=bool)
+    ero, out, obj_out = pixels.copy(), [], []
+    if labels is not None:
+        index = np.arange(1, labels.max() + 1)
+        obj_current = np.nan_to_num(ndi.mean(img, labels, index))
+        obj_start = np.maximum(obj_current, np.finfo(float).eps)
+        ui, uj = np.mgrid[0:h, 0:w].astype(float)
+        ui *= (nh - 1) / (h - 1)
+        uj *= (nw - 1) / (w - 1)
+    for _ in range(ng):
+        ero = skimage.morphology.erosion(ero, footprint=cross)
+        rec = skimage.morphology.reconstruction(ero, pixels, footprint=cross)
+        out.append((current - rec.mean()) * 100 / start)
+        current = rec.mean()
+        if labels is not None:
+            new = np.nan_to_num(ndi.mean(ndi.map_coordinates(rec, (ui, uj), order=1), labels, index))
+            obj_out.append((obj_current - new) * 100 / obj_start)
+            obj_current = new
+    if labels is None:
+        return np.array(out)
+    return np.array(out), np.array(obj_out)
+
+
+@pytest.mark.parametrize("shape", [(120, 120), (101, 87)])
+def test_image_granularity_matches_transcription(shape):
+    nuclei, cells, n, img = blob_site(size=120, n=10, seed=2)
+    img = img[: shape[0], : shape[1]]
+    nuclei = nuclei[: shape[0], : shape[1]]
+    nuclei = relabel(nuclei)
+    n = int(nuclei.max())
+    per_obj, image_level = measure_granularity(img, "DNA", {"Nuclei": nuclei}, {"Nuclei": n}, **PARAMS)
+    ref, ref_obj = reference_image_spectrum(
+        img, CFG.spectrum_length, CFG.subsample_size, CFG.image_sample_size, CFG.element_size, labels=nuclei
+    )
+    got = np.array([image_level[f"Granularity_{k}_DNA"] for k in range(1, CFG.spectrum_length + 1)])
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    got_obj = np.array([per_obj["Nuclei"][f"Granularity_{k}_DNA"] for k in range(1, CFG.spectrum_length + 1)])
+    assert got_obj.shape == (CFG.spectrum_length, n) and n >= 5
+    np.testing.assert_allclose(got_obj, ref_obj, rtol=1e-9, atol=1e-9)
+    assert all(isinstance(v, float) for v in image_level.values())
+
+
+def relabel(labels):
+    """Labels 1..N for the objects left after cropping."""
+    ids = np.unique(labels[labels > 0])
+    lut = np.zeros(labels.max() + 1, np.int32)
+    lut[ids] = np.arange(1, ids.size + 1)
+    return lut[labels]
+
+
+def test_constant_image_closed_form():
+    """Constant image: the background removes everything, so the object spectrum is
+    100 % in the first step (the start mean is the raw image) and 0 after. An
+    object without pixels is NaN. The image spectrum divides interpolation
+    round-off (~1e-17) by itself, as CellProfiler does: compared with the
+    transcription, not with 0."""
+    labels = np.zeros((80, 80), np.int32)
+    labels[10:30, 10:40] = 1
+    labels[30:60, 10:40] = 2  # touching label 1
+    img = np.full((80, 80), 0.4)
+    per_obj, image_level = measure_granularity(img, "ER", {"Cells": labels}, {"Cells": 3}, **PARAMS)
+    g = np.array([per_obj["Cells"][f"Granularity_{k}_ER"] for k in range(1, 17)])
+    np.testing.assert_allclose(g[0, :2], 100.0)
+    np.testing.assert_allclose(g[1:, :2], 0.0, atol=1e-12)
+    assert np.isnan(g[:, 2]).all()
+    ref = reference_image_spectrum(img, 16, CFG.subsample_size, CFG.image_sample_size, CFG.element_size)
+    np.testing.assert_allclose([image_level[f"Granularity_{k}_ER"] for k in range(1, 17)], ref, atol=1e-12)
+    assert all(np.isfinite(v) for v in image_level.values())
+
+
+def test_shared_sampler_and_empty_sets():
+    nuclei, cells, n, img = blob_site(size=100, n=8, seed=4)
+    a, _ = measure_granularity(img, "RNA", {"Cells": cells}, {"Cells": n}, **PARAMS)
+    b, _ = measure_granularity(
+        img, "RNA", {"Cells": cells}, {"Cells": n}, samplers={"Cells": object_sampler(cells, n, CFG.subsample_size)}, **PARAMS
+    )
+    for key in a["Cells"]:
+        np.testing.assert_array_equal(a["Cells"][key], b["Cells"][key])
+    empty, _ = measure_granularity(img, "RNA", {"Nuclei": np.zeros_like(cells)}, {"Nuclei": 0}, **PARAMS)
+    assert all(v.shape == (0,) for v in empty["Nuclei"].values())
+    with pytest.raises(ValueError, match="RNA/Cells"):
+        measure_granularity(img, "RNA", {"Cells": cells[:-1]}, {"Cells": n}, **PARAMS)

@@ -1,0 +1,216 @@
+"""Texture (MeasureTexture / Haralick) against cp_measure, mahotas and closed forms."""
+from __future__ import annotations
+
+import mahotas
+import numpy as np
+import pytest
+import scipy.ndimage as ndi
+import skimage.exposure
+import skimage.util
+
+from hpc_profiler.config import TextureConfig
+from hpc_profiler.features import texture as tx
+from hpc_profiler.features.texture import (
+    HARALICK_FEATURES,
+    measure_image_texture,
+    measure_texture,
+    quantize,
+    texture_geometry,
+)
+
+CFG = TextureConfig()
+SCALES = tuple(CFG.scales)
+LEVELS = CFG.gray_levels
+
+
+def ellipse_site(size=160, n=30, seed=3):
+    """Deterministic ellipses (some touching, some tiny) and a textured image."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    labels = np.zeros((size, size), np.int32)
+    k = 0
+    for _ in range(n * 4):
+        cy, cx = rng.uniform(6, size - 6, 2)
+        a, b = rng.uniform(2.5, 15, 2)
+        th = rng.uniform(0, np.pi)
+        y, x = yy - cy, xx - cx
+        u = (x * np.cos(th) + y * np.sin(th)) / a
+        v = (-x * np.sin(th) + y * np.cos(th)) / b
+        m = (u * u + v * v) <= 1
+        if (labels[m] > 0).mean() > 0.25:  # allow overlap -> touching objects
+            continue
+        k += 1
+        labels[m & (labels == 0)] = k
+        if k == n:
+            break
+    labels = relabel(labels)
+    tex = ndi.gaussian_filter(rng.random((size, size)), 1.2)
+    tex = (tex - tex.min()) / (tex.max() - tex.min())
+    img = 0.02 + 0.45 * tex * (labels > 0) + 0.05 * rng.random((size, size))
+    return labels, int(labels.max()), np.clip(img, 0, 1)
+
+
+def relabel(labels):
+    """Labels 1..N in order of first appearance (drops objects fully overwritten)."""
+    ids = np.unique(labels[labels > 0])
+    lut = np.zeros(labels.max() + 1, np.int32)
+    lut[ids] = np.arange(1, ids.size + 1)
+    return lut[labels]
+
+
+def cp_measure_per_object(labels, n, img, scale):
+    """cp_measure 0.3.0 get_texture, one object mask at a time."""
+    from cp_measure.core.measuretexture import get_texture
+
+    out = {}
+    for i in range(1, n + 1):
+        res = get_texture((labels == i).astype(np.int32), img, scale=scale, gray_levels=LEVELS)
+        for key, val in res.items():
+            out.setdefault(key, []).append(float(val[0]))
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def test_texture_matches_cp_measure_per_object():
+    labels, n, img = ellipse_site()
+    assert 20 <= n <= 40
+    ours = measure_texture(labels, n, img, "RNA", scales=SCALES, gray_levels=LEVELS)
+    assert len(ours) == 13 * 4 * len(SCALES)
+    rows, failures = [], []
+    for s in SCALES:
+        ref = cp_measure_per_object(labels, n, img, s)
+        for key, r in ref.items():
+            feat, rest = key.split("_", 1)
+            name = f"Texture_{feat}_RNA_{rest}"
+            o = ours[name]
+            assert o.shape == (n,) and o.dtype == np.float64
+            np.testing.assert_array_equal(np.isnan(o), np.isnan(r), err_msg=f"NaN pattern of {name}")
+            ok = np.isfinite(r)
+            rel = np.abs(o[ok] - r[ok]) / np.maximum(np.abs(r[ok]), 1e-12)
+            med = float(np.median(rel))
+            const = np.ptp(r[ok]) == 0
+            pr = 1.0 if const else float(np.corrcoef(o[ok], r[ok])[0, 1])
+            rows.append((name, ok.sum(), pr, med))
+            if not (pr >= 0.99 and med <= 1e-3):
+                failures.append(name)
+    print(f"\n{'feature':48s} {'n':>3s} {'pearson':>9s} {'med_rel':>9s}")
+    for name, cnt, pr, med in rows:
+        print(f"{name:48s} {cnt:3d} {pr:9.6f} {med:9.2e}")
+    assert not failures, f"texture features off vs cp_measure: {failures}"
+    # small objects: scale 10 leaves some undefined, and they must be NaN here too
+    assert np.isnan(ours[f"Texture_Contrast_RNA_10_00_{LEVELS}"]).any()
+
+
+@pytest.mark.parametrize("scale", [3, 10])
+def test_image_texture_matches_mahotas(scale):
+    labels, _, img = ellipse_site(size=120, seed=5)
+    ours = measure_image_texture(img, "ER", scales=(scale,), gray_levels=LEVELS)
+    ref = mahotas.features.haralick(skimage.util.img_as_ubyte(img), distance=scale)  # run_image's call
+    got = np.array([[ours[f"Texture_{f}_ER_{scale}_{d:02d}_{LEVELS}"] for f in HARALICK_FEATURES] for d in range(4)])
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+
+
+def test_quantize_matches_skimage_and_rescale():
+    rng = np.random.default_rng(0)
+    for dtype in (np.float64, np.float32):
+        img = rng.random((50, 40)).astype(dtype)
+        img[0, :4] = [0.0, 1.0, 0.5 / 255, 1.5 / 255]  # rounding edges
+        np.testing.assert_array_equal(quantize(img, 256), skimage.util.img_as_ubyte(img))
+        ref8 = skimage.exposure.rescale_intensity(
+            skimage.util.img_as_ubyte(img), in_range=(0, 255), out_range=(0, 7)
+        ).astype(np.uint8)
+        np.testing.assert_array_equal(quantize(img, 8), ref8)
+    with pytest.raises(TypeError):
+        quantize(np.zeros((3, 3), np.uint16))
+
+
+def stripes(h, w, a, b):
+    """Vertical stripes alternating the gray levels a and b column by column."""
+    img = np.where(np.arange(w)[None, :] % 2 == 0, a, b) * np.ones((h, 1))
+    return img / 255.0
+
+
+@pytest.mark.parametrize("scale", [3, 5, 10])
+def test_stripes_closed_form(scale):
+    """Two-level stripes: GLCM is {(a,b): 1/2} or {(a,a),(b,b): 1/2 each}."""
+    a, b = 40, 200
+    img = stripes(40, 40, a, b)
+    labels = np.zeros(img.shape, np.int32)
+    labels[3:37, 2:38] = 1
+    got = measure_texture(labels, 1, img, "AGP", scales=(scale,), gray_levels=256)
+
+    def feat(name, d):
+        return got[f"Texture_{name}_AGP_{scale}_{d:02d}_256"][0]
+
+    mixed_dirs = [0, 1, 3] if scale % 2 else []  # odd column shift -> pairs (a, b)
+    for d in range(4):
+        mixed = d in mixed_dirs
+        assert feat("AngularSecondMoment", d) == pytest.approx(0.5)
+        assert feat("Entropy", d) == pytest.approx(1.0)
+        assert feat("Contrast", d) == pytest.approx((a - b) ** 2 if mixed else 0.0)
+        assert feat("Correlation", d) == pytest.approx(-1.0 if mixed else 1.0)
+        assert feat("Variance", d) == pytest.approx(((a - b) / 2) ** 2)
+        assert feat("SumAverage", d) == pytest.approx(a + b)
+        assert feat("InverseDifferenceMoment", d) == pytest.approx(1 / ((a - b) ** 2 + 1) if mixed else 1.0)
+        assert feat("DifferenceEntropy", d) == pytest.approx(0.0)
+        # P(|i-j|) is a single 1 in a vector of length max level + 1 = b + 1
+        fm1 = b + 1
+        assert feat("DifferenceVariance", d) == pytest.approx(np.var(np.eye(fm1)[0]))
+    # the whole image (mahotas with zeros kept) sees the same stripes
+    img_feats = measure_image_texture(img, "AGP", scales=(scale,), gray_levels=256)
+    ref = mahotas.features.haralick(skimage.util.img_as_ubyte(img), distance=scale)
+    got_img = [img_feats[f"Texture_{f}_AGP_{scale}_00_256"] for f in HARALICK_FEATURES]
+    np.testing.assert_allclose(got_img, ref[0], rtol=1e-9, atol=1e-12)
+
+
+def test_constant_and_degenerate_objects():
+    """Constant object: defined values (mahotas' conventions); no valid pair: NaN."""
+    img = np.full((60, 60), 0.3)
+    img[40:, :] = 0.0  # a region quantized to 0 (background for mahotas)
+    labels = np.zeros((60, 60), np.int32)
+    labels[5:25, 5:25] = 1  # constant, nonzero
+    labels[45:55, 5:25] = 2  # all pixels at level 0 -> no valid pair
+    labels[5:8, 40:43] = 3  # 3x3: too small for scale 3 or 5
+    # label 4 has no pixels (empty compartment)
+    got = measure_texture(labels, 4, img, "DNA", scales=(3, 5), gray_levels=256)
+    q = skimage.util.img_as_ubyte(img)
+    ref = mahotas.features.haralick(np.where(labels == 1, q, 0)[5:25, 5:25], distance=3, ignore_zeros=True)
+    ours1 = np.array([[got[f"Texture_{f}_DNA_3_{d:02d}_256"][0] for f in HARALICK_FEATURES] for d in range(4)])
+    np.testing.assert_allclose(ours1, ref, rtol=1e-9, atol=1e-12)
+    assert ours1[0, 0] == 1.0 and ours1[0, 1] == 0.0 and ours1[0, 2] == 1.0  # ASM, Contrast, Correlation
+    for f in HARALICK_FEATURES:
+        for s in (3, 5):
+            vals = got[f"Texture_{f}_DNA_{s}_00_256"]
+            assert np.isfinite(vals[0])
+            assert np.isnan(vals[1:]).all(), (f, s, vals)
+    with pytest.raises(ValueError):
+        mahotas.features.haralick(np.where(labels == 2, q, 0)[45:55, 5:25], distance=3, ignore_zeros=True)
+    # constant images at the image level are defined too (zeros are kept there)
+    for value in (0.0, 0.3):
+        res = measure_image_texture(np.full((30, 30), value), "DNA", scales=(3,), gray_levels=256)
+        ref = mahotas.features.haralick(skimage.util.img_as_ubyte(np.full((30, 30), value)), distance=3)
+        got_img = [res[f"Texture_{f}_DNA_3_02_256"] for f in HARALICK_FEATURES]
+        np.testing.assert_allclose(got_img, ref[2], rtol=1e-9, atol=1e-12)
+    # no objects at all
+    empty = measure_texture(np.zeros((20, 20), np.int32), 0, np.zeros((20, 20)), "DNA", scales=(3,))
+    assert len(empty) == 52 and all(v.shape == (0,) for v in empty.values())
+
+
+def test_sort_path_and_shared_geometry_agree(monkeypatch):
+    labels, n, img = ellipse_site(size=100, n=20, seed=11)
+    base = measure_texture(labels, n, img, "Mito", scales=(3,), gray_levels=256)
+    geom = texture_geometry(labels, (3,))
+    shared = measure_texture(labels, n, img, "Mito", scales=(3,), gray_levels=256, geometry=geom)
+    monkeypatch.setattr(tx, "BINCOUNT_BUDGET", 1)  # force xp.unique counting
+    sorted_path = measure_texture(labels, n, img, "Mito", scales=(3,), gray_levels=256)
+    for key in base:
+        np.testing.assert_array_equal(base[key], shared[key])
+        np.testing.assert_allclose(base[key], sorted_path[key], rtol=1e-12, equal_nan=True)
+
+
+def test_errors_name_the_channel():
+    with pytest.raises(ValueError, match="DNA"):
+        measure_texture(np.zeros((5, 5), np.int32), 0, np.zeros((6, 5)), "DNA")
+    labels = np.zeros((8, 8), np.int32)
+    labels[1:4, 1:4] = 3
+    with pytest.raises(ValueError, match="exceeds"):
+        measure_texture(labels, 2, np.zeros((8, 8)), "DNA")
