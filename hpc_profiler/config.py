@@ -259,7 +259,9 @@ class ExecutorConfig:
 class FeatureSelectConfig:
     """pycytominer.feature_select."""
 
-    operations: list[Literal["variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]] = opt(
+    operations: list[
+        Literal["variance_threshold", "frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"]
+    ] = opt(
         factory=lambda: ["frequency_threshold", "correlation_threshold", "drop_na_columns", "blocklist"],
         doc="Operations in order. frequency_threshold (freq_cut/unique_cut) is what pycytominer < 1.3 and "
         "CPJUMP1 called variance_threshold; variance_threshold is pycytominer >= 1.3's min_variance filter",
