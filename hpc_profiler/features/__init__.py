@@ -1,0 +1,408 @@
+"""Single-cell features of one site: the feature families and their assembler.
+
+Each family is a module of pure array functions (CPU or GPU through
+:mod:`hpc_profiler.backend`) reproducing one CellProfiler 4 measurement module:
+
+==================  ====================================  ==================================
+family              CellProfiler module                   module / function
+==================  ====================================  ==================================
+AreaShape           MeasureObjectSizeShape                ``shape.measure_areashape``
+Intensity           MeasureObjectIntensity                ``intensity.measure_intensity``
+RadialDistribution  MeasureObjectIntensityDistribution    ``radial.measure_radial_distribution``
+Texture             MeasureTexture                        ``texture.measure_texture``
+Granularity         MeasureGranularity                    ``granularity.measure_granularity``
+Correlation         MeasureColocalization                 ``correlation.measure_correlation``
+Neighbors           MeasureObjectNeighbors                ``neighbors.measure_neighbors``
+==================  ====================================  ==================================
+
+:func:`measure_site` runs the families selected in
+:class:`hpc_profiler.config.FeaturesConfig` on the objects Nuclei, Cells and
+Cytoplasm of a site (label images sharing the numbers 1..N) and returns one
+:class:`hpc_profiler.sitefile.ObjectTable` per object, with CellProfiler's
+column names prefixed by the compartment as pycytominer writes them
+(``Cells_Intensity_MeanIntensity_DNA``), plus the image-level measurements
+(``Image_Count_Cells``, ``Image_Texture_*``, ``Image_Granularity_*``) and the
+seconds spent per family.
+
+:func:`feature_names` gives the same column lists without computing anything:
+a site with zero cells still yields tables with every column and no row.
+
+The CPJUMP1 choices made here (see ``docs/feature_differences.md``):
+
+* Neighbors: Cells within ``neighbors.cells_distance`` (5) px and adjacent,
+  Nuclei within ``neighbors.nuclei_distance`` (1) px, none for Cytoplasm.
+* ``Location_Center_X/Y`` (written by CellProfiler's Identify modules) are the
+  object centroids (from ``shape.measure_areashape``, or
+  ``_objects.centroids`` when AreaShape is not selected); the ``*_Z`` location columns of 2-D images,
+  ``Number_Object_Number``/``ObjectNumber`` (the ``object_number`` array),
+  ``Parent_*`` (the ``parents`` arrays) and ``Children_*_Count`` (always 1
+  with shared numbering) are not feature columns.
+"""
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Optional, Sequence
+
+import numpy as np
+
+from ..backend import backend_of
+from ..config import FEATURE_FAMILIES, OBJECTS, FeaturesConfig
+from ..sitefile import ObjectTable
+from .correlation import correlation_feature_names, measure_correlation
+from .neighbors import measure_neighbors, neighbor_feature_names
+
+__all__ = [
+    "SiteFeatures",
+    "measure_site",
+    "feature_names",
+    "image_feature_names",
+    "family_feature_names",
+    "family_of",
+    "neighbor_distances",
+    "AREASHAPE_FEATURES",
+]
+
+#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D).
+AREASHAPE_FEATURES = (
+    "Area", "BoundingBoxArea", "BoundingBoxMaximum_X", "BoundingBoxMaximum_Y", "BoundingBoxMinimum_X",
+    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "Eccentricity", "EquivalentDiameter",
+    "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter", "MaximumRadius",
+    "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation", "Perimeter", "Solidity",
+)
+#: MeasureObjectIntensity columns per channel (``Intensity_<name>_<channel>``).
+INTENSITY_FEATURES = (
+    "IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity",
+    "IntegratedIntensityEdge", "MeanIntensityEdge", "StdIntensityEdge", "MinIntensityEdge", "MaxIntensityEdge",
+    "LowerQuartileIntensity", "MedianIntensity", "UpperQuartileIntensity", "MADIntensity", "MassDisplacement",
+)
+#: Location columns MeasureObjectIntensity writes per channel.
+INTENSITY_LOCATIONS = ("CenterMassIntensity_X", "CenterMassIntensity_Y", "MaxIntensity_X", "MaxIntensity_Y")
+RADIAL_FEATURES = ("FracAtD", "MeanFrac", "RadialCV")
+#: Columns the assembler computes itself (CellProfiler's Identify modules write them).
+LOCATION_CENTER = ("Location_Center_X", "Location_Center_Y")
+
+
+@dataclass
+class SiteFeatures:
+    """The features of one site.
+
+    Attributes
+    ----------
+    objects : dict[str, ObjectTable]
+        Per object (Nuclei, Cells, Cytoplasm): prefixed column names, float32
+        values on the host, object numbers 1..N and parent links.
+    image : dict[str, float]
+        Image-level measurements, ``Image_`` prefixed.
+    seconds : dict[str, float]
+        Wall seconds per family (device synchronised before each reading).
+    """
+
+    objects: dict[str, ObjectTable]
+    image: dict[str, float]
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------- names
+def neighbor_distances(obj: str, params: FeaturesConfig) -> list[Optional[int]]:
+    """Neighbour settings measured for ``obj`` (``None`` = adjacent), CPJUMP1 style."""
+    nb = params.neighbors
+    if obj == "Cells":
+        return [nb.cells_distance] + ([None] if nb.cells_adjacent else [])
+    if obj == "Nuclei":
+        return [nb.nuclei_distance]
+    return []
+
+
+def _zernike_names(degree: int) -> list[str]:
+    return [f"AreaShape_Zernike_{n}_{m}" for n in range(degree + 1) for m in range(n + 1) if (n - m) % 2 == 0]
+
+
+def _texture_names(channel: str, params: FeaturesConfig) -> list[str]:
+    from .texture import DIRECTIONS, HARALICK_FEATURES, texture_feature_name
+
+    t = params.texture
+    return [
+        texture_feature_name(f, channel, s, d, t.gray_levels)
+        for s in t.scales
+        for d in range(len(DIRECTIONS))
+        for f in HARALICK_FEATURES
+    ]
+
+
+def family_feature_names(family: str, obj: str, channels: Sequence[str], params: FeaturesConfig) -> list[str]:
+    """Column names (without the object prefix) of one family for one object."""
+    if family == "AreaShape":
+        return [f"AreaShape_{f}" for f in AREASHAPE_FEATURES] + _zernike_names(params.zernike_degree)
+    if family == "Intensity":
+        return [f"Intensity_{f}_{c}" for c in channels for f in INTENSITY_FEATURES] + [
+            f"Location_{f}_{c}" for c in channels for f in INTENSITY_LOCATIONS
+        ]
+    if family == "RadialDistribution":
+        b = params.radial.bins
+        return [f"RadialDistribution_{f}_{c}_{i}of{b}" for c in channels for f in RADIAL_FEATURES for i in range(1, b + 1)]
+    if family == "Texture":
+        return [n for c in channels for n in _texture_names(c, params)]
+    if family == "Granularity":
+        return [f"Granularity_{k}_{c}" for c in channels for k in range(1, params.granularity.spectrum_length + 1)]
+    if family == "Correlation":
+        return correlation_feature_names(channels) if len(channels) > 1 else []
+    if family == "Neighbors":
+        return [n for d in neighbor_distances(obj, params) for n in neighbor_feature_names(d)]
+    raise ValueError(f"unknown feature family {family!r}; known: {FEATURE_FAMILIES}")
+
+
+def family_of(name: str) -> str:
+    """Family of an unprefixed column name (``Location_Center_X`` -> ``Location``)."""
+    head = name.split("_", 1)[0]
+    if head == "Location":
+        return "Location" if name in LOCATION_CENTER else "Intensity"
+    return head
+
+
+def feature_names(channels: Sequence[str], params: FeaturesConfig) -> dict[str, list[str]]:
+    """Exact column lists of :func:`measure_site`, per object, without computing.
+
+    Returns
+    -------
+    dict[str, list[str]]
+        ``{object: ["Cells_AreaShape_Area", ...]}`` for each of
+        ``params.objects``, families in :data:`hpc_profiler.config.FEATURE_FAMILIES`
+        order (``Location_Center_X/Y`` first).
+    """
+    out = {}
+    for obj in params.objects:
+        names = list(LOCATION_CENTER)
+        for fam in FEATURE_FAMILIES:
+            if fam in params.families:
+                names += family_feature_names(fam, obj, channels, params)
+        out[obj] = [f"{obj}_{n}" for n in names]
+    return out
+
+
+def image_feature_names(channels: Sequence[str], params: FeaturesConfig) -> list[str]:
+    """Image-level columns of :func:`measure_site` (``Image_`` prefixed)."""
+    names = [f"Image_Count_{o}" for o in params.objects]
+    if "Texture" in params.families and params.texture.image_texture:
+        names += [f"Image_{n}" for c in channels for n in _texture_names(c, params)]
+    if "Granularity" in params.families:
+        names += [f"Image_Granularity_{k}_{c}" for c in channels for k in range(1, params.granularity.spectrum_length + 1)]
+    return names
+
+
+# ----------------------------------------------------------------- compute
+class _Timer:
+    """Accumulate synchronised wall seconds per family."""
+
+    def __init__(self, bk):
+        self.bk = bk
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, family: str):
+        timer = self
+
+        class _Ctx:
+            def __enter__(self):
+                timer.bk.synchronize()
+                self.t0 = time.perf_counter()
+
+            def __exit__(self, *exc):
+                timer.bk.synchronize()
+                timer.seconds[family] = timer.seconds.get(family, 0.0) + time.perf_counter() - self.t0
+                return False
+
+        return _Ctx()
+
+
+def _family_module(name: str):
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def _object_features(obj, lab, n, images, channels, params, timer) -> dict:
+    """Unprefixed columns of one object from every selected family except Granularity."""
+    fams = params.families
+    out = {}
+    from ._objects import centroids, edge_mask, object_pixels
+
+    op = object_pixels(lab, n)
+    if "AreaShape" in fams:  # MeasureObjectSizeShape also returns Location_Center_X/Y
+        with timer("AreaShape"):
+            out.update(
+                _family_module("shape").measure_areashape(lab, n, zernike_degree=params.zernike_degree, objects=op)
+            )
+    else:
+        cy, cx = centroids(op)
+        out["Location_Center_X"], out["Location_Center_Y"] = cx, cy
+    if "Intensity" in fams:
+        with timer("Intensity"):
+            mod = _family_module("intensity")
+            edges = edge_mask(lab)
+            for c in channels:
+                out.update(mod.measure_intensity(lab, n, images[c], c, objects=op, edges=edges))
+    if "RadialDistribution" in fams:
+        with timer("RadialDistribution"):
+            mod = _family_module("radial")
+            r = params.radial
+            geometry = mod.radial_geometry(
+                lab, n, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius, objects=op
+            )
+            for c in channels:
+                out.update(
+                    mod.measure_radial_distribution(
+                        lab, n, images[c], c, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius,
+                        geometry=geometry,
+                    )
+                )
+    if "Texture" in fams:
+        with timer("Texture"):
+            mod = _family_module("texture")
+            t = params.texture
+            geometry = mod.texture_geometry(lab, t.scales)
+            for c in channels:
+                out.update(
+                    mod.measure_texture(
+                        lab, n, images[c], c, scales=t.scales, gray_levels=t.gray_levels, geometry=geometry
+                    )
+                )
+    if "Correlation" in fams and len(channels) > 1:
+        with timer("Correlation"):
+            out.update(
+                measure_correlation(
+                    lab, n, images, channels, threshold_percent=params.correlation.threshold_percent
+                )
+            )
+    if "Neighbors" in fams:
+        with timer("Neighbors"):
+            for d in neighbor_distances(obj, params):
+                out.update(measure_neighbors(lab, n, distance=d))
+    return out
+
+
+def _granularity(images, labels, n, channels, params, timer):
+    """Per-object and image-level granularity (one call per channel, all objects)."""
+    per_object = {o: {} for o in labels}
+    image = {}
+    mod = _family_module("granularity")
+    g = params.granularity
+    with timer("Granularity"):
+        for c in channels:
+            po, im = mod.measure_granularity(
+                images[c], c, labels, {o: n for o in labels},
+                spectrum_length=g.spectrum_length, subsample_size=g.subsample_size,
+                image_sample_size=g.image_sample_size, element_size=g.element_size,
+            )
+            for o in labels:
+                per_object[o].update(po[o])
+            image.update(im)
+    return per_object, image
+
+
+def _host_column(v, n) -> np.ndarray:
+    a = np.asarray(backend_of(v).to_numpy(v), dtype=np.float64).reshape(-1)
+    if a.shape[0] != n:
+        raise ValueError(f"expected {n} values, got {a.shape[0]}")
+    return a
+
+
+def measure_site(
+    images: Mapping[str, object],
+    labels: Mapping[str, object],
+    params: FeaturesConfig,
+    channels: Sequence[str],
+    *,
+    n_objects: Optional[int] = None,
+) -> SiteFeatures:
+    """All selected feature families for the objects of one site.
+
+    Parameters
+    ----------
+    images : mapping channel -> (H, W) float array in [0, 1]
+        Illumination-corrected images (NumPy or CuPy: the backend follows them).
+    labels : mapping object -> (H, W) int array
+        Label images of ``params.objects`` sharing the numbers 1..N (a cytoplasm
+        may be empty; its features are then NaN).
+    params : FeaturesConfig
+        Families, objects and the families' parameters.
+    channels : sequence of str
+        Channels measured, in the configured order.
+    n_objects : int, optional
+        N; defaults to the largest label over the label images.
+
+    Returns
+    -------
+    SiteFeatures
+        Tables whose columns equal :func:`feature_names` (ValueError naming the
+        object and the columns otherwise).
+    """
+    missing = [o for o in params.objects if o not in labels]
+    if missing:
+        raise ValueError(f"measure_site: no label image for object(s) {missing}; got {sorted(labels)}")
+    missing = [c for c in channels if c not in images]
+    if missing:
+        raise ValueError(f"measure_site: no image for channel(s) {missing}; got {sorted(images)}")
+    unknown = [o for o in params.objects if o not in OBJECTS]
+    if unknown:
+        raise ValueError(f"measure_site: unknown object(s) {unknown}; known: {OBJECTS}")
+    bk = backend_of(*[labels[o] for o in params.objects], *[images[c] for c in channels])
+    xp = bk.xp
+    labs = {o: xp.asarray(labels[o]).astype(xp.int32, copy=False) for o in params.objects}
+    imgs = {c: xp.asarray(images[c], dtype=xp.float64) for c in channels}
+    shapes = {tuple(a.shape) for a in (*labs.values(), *imgs.values())}
+    if len(shapes) != 1:
+        raise ValueError(f"measure_site: images and labels differ in shape: {sorted(shapes)}")
+    if n_objects is None:
+        n_objects = max([int(a.max()) if a.size else 0 for a in labs.values()] + [0])
+    n = int(n_objects)
+    names = feature_names(channels, params)
+    timer = _Timer(bk)
+
+    image: dict[str, float] = {f"Image_Count_{o}": float(n) for o in params.objects}
+    if "Texture" in params.families and params.texture.image_texture:
+        mod = _family_module("texture")
+        t = params.texture
+        with timer("Texture"):
+            for c in channels:
+                for k, v in mod.measure_image_texture(imgs[c], c, scales=t.scales, gray_levels=t.gray_levels).items():
+                    image[f"Image_{k}"] = float(v)
+
+    per_object = {o: {} for o in params.objects}
+    if "Granularity" in params.families:
+        gran_obj, gran_img = _granularity(imgs, labs, n, channels, params, timer)
+        image.update({f"Image_{k}": float(v) for k, v in gran_img.items()})
+        for o in params.objects:
+            per_object[o].update(gran_obj[o])
+
+    tables = {}
+    numbers = np.arange(1, n + 1, dtype=np.int32)
+    for o in params.objects:
+        cols = per_object[o]
+        if n > 0:
+            cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer))
+        expected = [k[len(o) + 1:] for k in names[o]]
+        if n > 0 and set(cols) != set(expected):
+            extra = sorted(set(cols) - set(expected))
+            lost = sorted(set(expected) - set(cols))
+            raise ValueError(
+                f"measure_site: {o} columns differ from feature_names: unexpected {extra[:5]}"
+                f"{'...' if len(extra) > 5 else ''}, missing {lost[:5]}{'...' if len(lost) > 5 else ''}"
+            )
+        values = np.empty((n, len(expected)), dtype=np.float32)
+        for j, k in enumerate(expected):
+            if n:
+                values[:, j] = _host_column(cols[k], n)
+        parents = {}
+        if o == "Cells":
+            parents = {"Nuclei": numbers.copy()}
+        elif o == "Cytoplasm":
+            parents = {"Nuclei": numbers.copy(), "Cells": numbers.copy()}
+        tables[o] = ObjectTable(names=list(names[o]), values=values, object_number=numbers.copy(), parents=parents)
+    expected_image = image_feature_names(channels, params)
+    if set(image) != set(expected_image):
+        raise ValueError(
+            f"measure_site: image columns differ from image_feature_names: "
+            f"unexpected {sorted(set(image) - set(expected_image))[:5]}, "
+            f"missing {sorted(set(expected_image) - set(image))[:5]}"
+        )
+    image = {k: image[k] for k in expected_image}
+    return SiteFeatures(objects=tables, image=image, seconds=timer.seconds)

@@ -1,0 +1,228 @@
+"""Object neighbours: CellProfiler 4 **MeasureObjectNeighbors** (objects vs themselves).
+
+For every object of a label image, with the neighbours being the other objects
+of the same image (CPJUMP1: Cells within 5 px, Cells adjacent, Nuclei within
+1 px):
+
+=============================  ==================================================
+column                         definition (CellProfiler 4)
+=============================  ==================================================
+``NumberOfNeighbors``          other objects with a pixel inside the object
+                               dilated by a disk of radius ``distance``
+                               (``x^2 + y^2 <= distance^2``)
+``PercentTouching``            100 x share of the object's outline pixels that
+                               lie within a disk of radius ``distance + 0.5`` of
+                               another object's pixel
+``FirstClosestObjectNumber``   the other object with the nearest centre
+``FirstClosestDistance``       distance between the two centres, pixels
+``SecondClosestObjectNumber``  the other object with the second nearest centre
+``SecondClosestDistance``      its centre distance
+``AngleBetweenNeighbors``      angle (degrees) at the object's centre between the
+                               vectors to the first and second closest centres
+=============================  ==================================================
+
+"Centre" is the centroid of the object's pixels (``centers_of_labels``), the
+outline is CellProfiler's ``outline``: a labelled pixel with an 8-neighbour of
+another value, or on the image border. "Adjacent" is a distance of 1 (a
+4-connected step for the neighbour count, the 3 x 3 square for touching). The
+column suffix is the distance (``_5``) or ``Adjacent``.
+
+With fewer than two objects every column is 0; with exactly two, the second
+closest number, distance and the angle are 0 (CellProfiler's conventions).
+
+Vectorised over all objects: the neighbour search only visits outline pixels
+(the pixel of an object nearest to any outside point is always an outline
+pixel, so this finds exactly the pairs CellProfiler's per-object dilation finds)
+and gathers the labels at every offset of the disk (a loop over offsets, not
+over objects). Runs on CPU or GPU through :mod:`hpc_profiler.backend`.
+
+Deliberate differences (``docs/feature_differences.md``):
+
+* CellProfiler by default also counts objects that the identification module
+  discarded for touching the image border ("Consider objects discarded for
+  touching image border?" = Yes). The discarded objects are not kept by our
+  segmentation, so neighbours are counted among the final objects only (the
+  setting "No").
+* An object without pixels (possible only for an empty compartment) gets 0
+  neighbours, object numbers 0 and NaN distances/angle instead of an error.
+* The angle's cosine is clipped to [-1, 1] before ``arccos`` (CellProfiler can
+  return NaN for collinear centres by rounding).
+* ``cp_measure`` 0.3.0 reports the object itself as ``FirstClosestObjectNumber``
+  and the nearest other object as ``SecondClosestObjectNumber``; we follow
+  CellProfiler (the nearest and second-nearest *other* objects).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+
+from ..backend import backend_of
+
+MEASUREMENTS = (
+    "NumberOfNeighbors",
+    "PercentTouching",
+    "FirstClosestObjectNumber",
+    "FirstClosestDistance",
+    "SecondClosestObjectNumber",
+    "SecondClosestDistance",
+    "AngleBetweenNeighbors",
+)
+
+
+def neighbor_scale(distance: Optional[int]) -> str:
+    """Column suffix: ``"Adjacent"`` for ``None``, else the distance (``"5"``)."""
+    return "Adjacent" if distance is None else str(int(distance))
+
+
+def neighbor_feature_names(distance: Optional[int]) -> list[str]:
+    """Column names :func:`measure_neighbors` returns for ``distance``."""
+    s = neighbor_scale(distance)
+    return [f"Neighbors_{m}_{s}" for m in MEASUREMENTS]
+
+
+def disk_offsets(radius: float) -> np.ndarray:
+    """(dy, dx) offsets of CellProfiler's ``strel_disk(radius)`` (``dy^2+dx^2 <= r^2``)."""
+    r = int(radius)
+    dy, dx = np.mgrid[-r : r + 1, -r : r + 1]
+    keep = dy * dy + dx * dx <= radius * radius
+    return np.stack([dy[keep], dx[keep]], axis=1)
+
+
+def outline_mask(xp, labels):
+    """CellProfiler's ``outline``: labelled pixels with an 8-neighbour of another
+    value, plus labelled pixels on the image border."""
+    diff = xp.zeros(labels.shape, dtype=bool)
+    for (sa, sb) in (
+        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+        ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+        ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
+    ):
+        d = labels[sa] != labels[sb]
+        diff[sa] |= d
+        diff[sb] |= d
+    diff[0, :] = True
+    diff[-1, :] = True
+    diff[:, 0] = True
+    diff[:, -1] = True
+    return diff & (labels != 0)
+
+
+def object_centers(xp, labels, n):
+    """Centroids (y, x) of objects 1..n, NaN for objects without pixels."""
+    inside = (labels > 0) & (labels <= n)
+    ys, xs = xp.nonzero(inside)
+    idx = labels[inside].astype(xp.int64) - 1
+    cnt = xp.bincount(idx, minlength=n)[:n].astype(xp.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cy = xp.bincount(idx, weights=ys.astype(xp.float64), minlength=n)[:n] / cnt
+        cx = xp.bincount(idx, weights=xs.astype(xp.float64), minlength=n)[:n] / cnt
+    return cy, cx, cnt
+
+
+def _closest(xp, cy, cx, has):
+    """Indices of the nearest and second-nearest other objects (stable ties)."""
+    n = cy.shape[0]
+    d = xp.sqrt((cy[:, None] - cy[None, :]) ** 2 + (cx[:, None] - cx[None, :]) ** 2)
+    d[~has, :] = xp.inf
+    d[:, ~has] = xp.inf
+    d[xp.arange(n), xp.arange(n)] = xp.inf
+    order = xp.argsort(d, axis=1, kind="stable")
+    return order[:, 0], order[:, 1] if n > 1 else order[:, 0]
+
+
+def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dict:
+    """Neighbour measurements of each object against the other objects.
+
+    Parameters
+    ----------
+    labels : int array (H, W)
+        Label image, objects 1..N.
+    n_objects : int
+        N; row ``i`` is label ``i + 1``.
+    distance : int or None
+        CellProfiler's "Within a specified distance" in pixels (columns
+        ``..._<distance>``), or ``None`` for "Adjacent" (columns ``..._Adjacent``,
+        computed as distance 1).
+
+    Returns
+    -------
+    dict[str, array of shape (N,), float64]
+        Keys as in :func:`neighbor_feature_names`.
+
+    Notes
+    -----
+    Reproduces CellProfiler 4 ``MeasureObjectNeighbors.run`` with
+    "neighbors are objects" (see the module docstring).
+    """
+    bk = backend_of(labels)
+    xp = bk.xp
+    n = int(n_objects)
+    names = neighbor_feature_names(distance)
+    radius = 1 if distance is None else int(distance)
+    if radius < 0:
+        raise ValueError(f"neighbor distance must be >= 0, got {distance}")
+    zeros = {k: xp.zeros(n, dtype=xp.float64) for k in names}
+    labels = xp.asarray(labels)
+    if n < 2:
+        return zeros
+    labels = xp.where(labels <= n, labels, 0).astype(xp.int32)
+    cy, cx, cnt = object_centers(xp, labels, n)
+    has = cnt > 0
+    s = neighbor_scale(distance)
+
+    # --- closest objects by centre distance, angle between them
+    first, second = _closest(xp, cy, cx, has)
+    v1y, v1x = cy[first] - cy, cx[first] - cx
+    if n > 2:
+        v2y, v2x = cy[second] - cy, cx[second] - cx
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cos = (v1y * v2y + v1x * v2x) / xp.sqrt((v1y**2 + v1x**2) * (v2y**2 + v2x**2))
+        angle = xp.degrees(xp.arccos(xp.clip(cos, -1.0, 1.0)))
+        second_number = (second + 1).astype(xp.float64)
+    else:
+        v2y = v2x = xp.zeros(n)
+        angle = xp.zeros(n)
+        second_number = xp.zeros(n)
+    first_number = (first + 1).astype(xp.float64)
+    first_number[~has] = 0
+    second_number[~has] = 0
+
+    # --- neighbours and touching, from the outline pixels
+    outline = outline_mask(xp, labels)
+    oy, ox = xp.nonzero(outline)
+    own = labels[oy, ox]
+    pad = radius + 1
+    padded = xp.pad(labels, pad, mode="constant")
+    width = padded.shape[1]
+    padded = padded.ravel()
+    base = (oy + pad) * width + (ox + pad)  # flat index of each outline pixel in ``padded``
+    offsets_touch = disk_offsets(radius + 0.5)
+    in_count = set(map(tuple, disk_offsets(radius).tolist()))
+    touching = xp.zeros(own.shape, dtype=bool)
+    pair_codes = []
+    for dy, dx in offsets_touch.tolist():
+        q = padded[base + (dy * width + dx)]
+        other = (q != 0) & (q != own)
+        touching |= other
+        if (dy, dx) in in_count:
+            pair_codes.append(own[other].astype(xp.int64) * (n + 1) + q[other])
+    codes = xp.unique(xp.concatenate(pair_codes)) if pair_codes else xp.zeros(0, xp.int64)
+    n_neighbors = xp.bincount(codes // (n + 1), minlength=n + 1)[1 : n + 1].astype(xp.float64)
+    perim = xp.bincount(own, minlength=n + 1)[1 : n + 1].astype(xp.float64)
+    touch = xp.bincount(own[touching], minlength=n + 1)[1 : n + 1].astype(xp.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        percent = xp.where(perim > 0, 100.0 * touch / xp.maximum(perim, 1), 0.0)
+
+    nan = xp.asarray(np.nan)
+    out = {
+        f"Neighbors_NumberOfNeighbors_{s}": n_neighbors,
+        f"Neighbors_PercentTouching_{s}": percent,
+        f"Neighbors_FirstClosestObjectNumber_{s}": first_number,
+        f"Neighbors_FirstClosestDistance_{s}": xp.where(has, xp.sqrt(v1y**2 + v1x**2), nan),
+        f"Neighbors_SecondClosestObjectNumber_{s}": second_number,
+        f"Neighbors_SecondClosestDistance_{s}": xp.where(has, xp.sqrt(v2y**2 + v2x**2), nan),
+        f"Neighbors_AngleBetweenNeighbors_{s}": xp.where(has, angle, nan),
+    }
+    return {k: xp.asarray(out[k], dtype=xp.float64) for k in names}

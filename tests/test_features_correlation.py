@@ -1,0 +1,167 @@
+"""Colocalization (MeasureColocalization, Costes off) against cp_measure and hand cases."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.draw import ellipse
+
+from hpc_profiler.config import CorrelationConfig
+from hpc_profiler.features.correlation import (
+    channel_pairs,
+    correlation_feature_names,
+    measure_correlation,
+)
+
+cm = pytest.importorskip("cp_measure.core.measurecolocalization")
+
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+THR = CorrelationConfig().threshold_percent  # the pipeline's 15 %
+
+
+def _site(seed=0, size=200):
+    """~25 ellipses (some touching) and 5 textured channels with a real dynamic range."""
+    rng = np.random.default_rng(seed)
+    lab = np.zeros((size, size), np.int32)
+    k = 0
+    for cy in range(22, size - 10, 38):
+        for cx in range(22, size - 10, 38):
+            k += 1
+            rr, cc = ellipse(
+                cy + rng.integers(-4, 5), cx + rng.integers(-4, 5), rng.integers(12, 22), rng.integers(10, 19),
+                shape=lab.shape, rotation=rng.uniform(0, np.pi),
+            )
+            lab[rr, cc] = k
+    shared = ndi.gaussian_filter(rng.random((size, size)), 2.0)
+    imgs = {}
+    for i, c in enumerate(CHANNELS):
+        own = ndi.gaussian_filter(rng.random((size, size)), 1.0 + i)
+        spots = ndi.gaussian_filter((rng.random((size, size)) > 0.995).astype(float), 1.5)
+        img = 0.4 * (shared - shared.min()) + 0.3 * (own - own.min()) + 8.0 * spots
+        imgs[c] = np.clip(img / img.max(), 0, 1)
+    return lab, int(lab.max()), imgs
+
+
+def _compare(ours, ref):
+    """Pearson r across objects and median relative difference."""
+    ours, ref = np.asarray(ours, float), np.asarray(ref, float)
+    ok = np.isfinite(ours) & np.isfinite(ref)
+    assert ok.sum() >= 10
+    o, r = ours[ok], ref[ok]
+    pr = 1.0 if np.ptp(o) == 0 and np.ptp(r) == 0 else float(np.corrcoef(o, r)[0, 1])
+    rel = float(np.median(np.abs(o - r) / np.maximum(np.abs(r), 1e-12)))
+    return pr, rel
+
+
+def test_names_match_reference_pairs():
+    names = correlation_feature_names(CHANNELS)
+    assert len(names) == 10 * 8
+    assert "Correlation_Correlation_AGP_DNA" in names and "Correlation_Correlation_DNA_AGP" not in names
+    assert {"Correlation_K_AGP_DNA", "Correlation_K_DNA_AGP", "Correlation_RWC_Mito_RNA"} <= set(names)
+    assert channel_pairs(CHANNELS)[0] == ("AGP", "DNA")
+
+
+def test_against_cp_measure():
+    lab, n, imgs = _site()
+    ours = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR)
+    assert set(ours) == set(correlation_feature_names(CHANNELS))
+    rows = []
+    thr = int(THR)
+    assert thr == THR  # cp_measure takes an integer percentage
+    for a, b in channel_pairs(CHANNELS):
+        x, y = imgs[a], imgs[b]
+        p = cm.get_correlation_pearson(x, y, lab)
+        m = cm.get_correlation_manders_fold(x, y, lab, thr=thr)
+        o = cm.get_correlation_overlap(x, y, lab, thr=thr)
+        pairs = {
+            f"Correlation_Correlation_{a}_{b}": p["Correlation_Pearson"],
+            f"Correlation_Manders_{a}_{b}": m["Correlation_Manders_1"],
+            f"Correlation_Manders_{b}_{a}": m["Correlation_Manders_2"],
+            f"Correlation_Overlap_{a}_{b}": o["Correlation_Overlap"],
+            f"Correlation_K_{a}_{b}": o["Correlation_K_1"],
+            f"Correlation_K_{b}_{a}": o["Correlation_K_2"],
+        }
+        for name, ref in pairs.items():
+            rows.append((name, *_compare(ours[name], ref)))
+    print(f"\n{'feature':45s} {'pearson_r':>10s} {'median_rel':>11s}")
+    for name, pr, rel in rows:
+        print(f"{name:45s} {pr:10.6f} {rel:11.2e}")
+    bad = [r for r in rows if not (r[1] >= 0.99 and r[2] <= 1e-3)]
+    assert not bad, f"correlation features off cp_measure: {bad}"
+    # the data exercise the threshold: Manders is not trivially 1 everywhere
+    assert np.nanmin(ours["Correlation_Manders_AGP_DNA"]) < 0.99
+
+
+def test_rwc_single_objects_against_cp_measure():
+    """cp_measure ranks per object, CellProfiler per image: equal for one object."""
+    lab, n, imgs = _site(seed=3)
+    rows = {}
+    for k, sl in enumerate(ndi.find_objects(lab), start=1):
+        one = (lab[sl] == k).astype(np.int32)
+        crop = {c: imgs[c][sl] for c in CHANNELS}
+        ours = measure_correlation(one, 1, crop, CHANNELS, threshold_percent=THR)
+        for a, b in channel_pairs(CHANNELS)[:4]:
+            ref = cm.get_correlation_rwc(crop[a], crop[b], one, thr=int(THR))
+            rows.setdefault(f"Correlation_RWC_{a}_{b}", []).append((ours[f"Correlation_RWC_{a}_{b}"][0], ref["Correlation_RWC_1"][0]))
+            rows.setdefault(f"Correlation_RWC_{b}_{a}", []).append((ours[f"Correlation_RWC_{b}_{a}"][0], ref["Correlation_RWC_2"][0]))
+    for name, vals in rows.items():
+        o, r = np.array(vals).T
+        pr, rel = _compare(o, r)
+        print(f"{name:45s} {pr:10.6f} {rel:11.2e}")
+        np.testing.assert_allclose(o, r, rtol=1e-9, err_msg=name)
+
+
+def test_rwc_ranks_are_image_wide_by_hand():
+    # object 1: x=(0.2,0.4), y=(0.4,0.2); object 2: x=y=(0.6,0.8)
+    lab = np.array([[1, 1, 2, 2]], np.int32)
+    x = np.array([[0.2, 0.4, 0.6, 0.8]])
+    y = np.array([[0.4, 0.2, 0.6, 0.8]])
+    out = measure_correlation(lab, 2, {"A": x, "B": y}, ["A", "B"], threshold_percent=THR)
+    # image-wide dense ranks 0..3, R = 4: object 1 has |dRank| = 1 -> w = 3/4
+    np.testing.assert_allclose(out["Correlation_RWC_A_B"], [0.75, 1.0])
+    np.testing.assert_allclose(out["Correlation_RWC_B_A"], [0.75, 1.0])
+    np.testing.assert_allclose(out["Correlation_Correlation_A_B"], [-1.0, 1.0])
+    # thresholds: 15 % of 0.4 and of 0.8 -> every pixel is above
+    np.testing.assert_allclose(out["Correlation_Manders_A_B"], [1.0, 1.0])
+    np.testing.assert_allclose(out["Correlation_K_A_B"], [0.16 / 0.20, 1.0])
+    np.testing.assert_allclose(out["Correlation_Overlap_A_B"], [0.16 / 0.20, 1.0])
+
+
+def test_threshold_by_hand():
+    lab = np.ones((1, 4), np.int32)
+    x = np.array([[1.0, 0.5, 0.1, 0.0]])
+    y = np.array([[0.1, 1.0, 1.0, 0.5]])
+    out = measure_correlation(lab, 1, {"A": x, "B": y}, ["A", "B"], threshold_percent=20.0)
+    # x >= 0.2: pixels 0,1; y >= 0.2: pixels 1,2,3; both: pixel 1
+    np.testing.assert_allclose(out["Correlation_Manders_A_B"], [0.5 / 1.5])
+    np.testing.assert_allclose(out["Correlation_Manders_B_A"], [1.0 / 2.5])
+    np.testing.assert_allclose(out["Correlation_K_A_B"], [0.5 / 0.25])
+    np.testing.assert_allclose(out["Correlation_K_B_A"], [0.5 / 1.0])
+    np.testing.assert_allclose(out["Correlation_Overlap_A_B"], [1.0])
+
+
+def test_constant_image_edge_cases():
+    """CellProfiler's values for constant channels: r undefined, the rest defined."""
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:8, 2:8] = 1
+    lab[10:16, 10:18] = 2
+    imgs = {"A": np.full((20, 20), 0.5), "B": np.full((20, 20), 0.25), "Z": np.zeros((20, 20))}
+    out = measure_correlation(lab, 3, imgs, ["A", "B", "Z"], threshold_percent=THR)
+    assert all(v.shape == (3,) and v.dtype == np.float64 for v in out.values())
+    assert np.isnan(out["Correlation_Correlation_A_B"]).all()  # 0/0 as in CellProfiler
+    np.testing.assert_allclose(out["Correlation_Manders_A_B"][:2], 1.0)
+    np.testing.assert_allclose(out["Correlation_RWC_A_B"][:2], 1.0)
+    np.testing.assert_allclose(out["Correlation_Overlap_A_B"][:2], 1.0)
+    np.testing.assert_allclose(out["Correlation_K_A_B"][:2], 0.5)  # sum(xy)/sum(x^2) = 0.25/0.5
+    np.testing.assert_allclose(out["Correlation_K_B_A"][:2], 2.0)
+    # a channel of zeros: every pixel is "above" 0, denominators are 0 -> NaN
+    assert np.isnan(out["Correlation_Manders_Z_A"][:2]).all()
+    np.testing.assert_allclose(out["Correlation_Manders_A_Z"][:2], 1.0)
+    # object 3 has no pixels: NaN everywhere, never an error
+    assert all(np.isnan(v[2]) for v in out.values())
+
+
+def test_zero_objects():
+    out = measure_correlation(np.zeros((8, 8), np.int32), 0, {"A": np.ones((8, 8)), "B": np.ones((8, 8))}, ["A", "B"])
+    assert list(out) == correlation_feature_names(["A", "B"])
+    assert all(v.shape == (0,) for v in out.values())
