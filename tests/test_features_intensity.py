@@ -1,0 +1,147 @@
+"""Intensity features (hpc_profiler.features.intensity) against cp_measure and by hand."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpc_profiler.features._objects import object_pixels, segment_quantile, segment_sort
+from hpc_profiler.features.intensity import measure_intensity
+from test_features_shape import compare_table, make_site, single_masks
+
+
+def cp_quantile(values, q):
+    """CellProfiler's quantile by hand: index n*q, linear interpolation, clamped."""
+    v = np.sort(values)
+    pos = len(v) * q
+    k = int(np.floor(pos))
+    if k >= len(v) - 1:
+        return v[-1]
+    f = pos - k
+    return v[k] * (1 - f) + v[k + 1] * f
+
+
+def test_segment_quantile_matches_hand_computed():
+    rng = np.random.default_rng(3)
+    obj = np.repeat(np.arange(5), [1, 2, 3, 7, 10])
+    vals = rng.random(obj.size)
+    s = segment_sort(vals, obj)
+    counts = np.bincount(obj)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    for q in (0.25, 0.5, 0.75):
+        got = segment_quantile(s, starts, counts, q)
+        want = [cp_quantile(vals[obj == i], q) for i in range(5)]
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-14)
+
+
+def test_intensity_matches_cp_measure_all_channels():
+    cpm = pytest.importorskip("cp_measure.core.measureobjectintensity")
+    labels, n, images = make_site(seed=1)
+    op = object_pixels(labels, n)
+    masks = single_masks(labels, n)
+    failed = []
+    for ch in ("DNA", "Mito"):
+        ours = measure_intensity(labels, n, images[ch], ch, objects=op)
+        ref_rows = [cpm.get_intensity(m, images[ch], legacy=True) for m in masks]
+        ref = {}
+        for key in ref_rows[0]:
+            if key.endswith("_Z"):
+                continue
+            name = key.replace("Location_", "Location_", 1)
+            ref[f"{name}_{ch}"] = np.array([r[key][0] for r in ref_rows])
+        assert set(ref) <= set(ours), f"missing columns: {set(ref) - set(ours)}"
+        failed += compare_table(ours, ref, f"Intensity {ch} vs cp_measure (legacy=True)")
+    assert not failed, f"features outside the contract: {failed}"
+
+
+def test_intensity_column_names_match_cellprofiler_reference(repo_root):
+    ref = repo_root.parent / "shared" / "data" / "cellprofiler_reference" / "Cells_columns.txt"
+    if not ref.exists():
+        pytest.skip(f"{ref} not present (../shared is not checked out)")
+    cols = set(ref.read_text().split())
+    labels, n, images = make_site(seed=2)
+    ours = measure_intensity(labels, n, images["ER"], "ER")
+    missing = [c for c in ours if c not in cols]
+    assert not missing, f"not CellProfiler column names: {missing}"
+    expected = {c for c in cols if c.endswith("_ER") and c.startswith(("Intensity_", "Location_"))
+                and not c.endswith("_Z_ER")}
+    assert expected == set(ours)
+
+
+def test_empty_object_gives_nan_not_crash():
+    labels, n, images = make_site(seed=4)
+    out = measure_intensity(labels, n + 1, images["RNA"], "RNA")
+    for name, v in out.items():
+        assert v.shape == (n + 1,), name
+        if name.startswith("Intensity_Integrated"):
+            assert v[-1] == 0
+        else:
+            assert np.isnan(v[-1]), name
+        assert np.all(np.isfinite(v[:-1]) | ~np.isfinite(v[:-1]))
+    assert np.isfinite(out["Intensity_MedianIntensity_RNA"][:-1]).all()
+
+
+def test_hand_computed_object():
+    labels = np.zeros((7, 8), np.int32)
+    labels[1:5, 2:6] = 1  # 4x4 square
+    img = np.zeros((7, 8))
+    img[1:5, 2:6] = np.arange(16).reshape(4, 4) / 16.0
+    out = measure_intensity(labels, 1, img, "X")
+    vals = np.arange(16) / 16.0
+    assert out["Intensity_IntegratedIntensity_X"][0] == pytest.approx(vals.sum())
+    assert out["Intensity_StdIntensity_X"][0] == pytest.approx(vals.std())
+    assert out["Intensity_MedianIntensity_X"][0] == pytest.approx(cp_quantile(vals, 0.5))
+    assert out["Intensity_LowerQuartileIntensity_X"][0] == pytest.approx(vals[4])
+    # edge = the 12 outer pixels of the square
+    edge = np.ones((4, 4), bool)
+    edge[1:3, 1:3] = False
+    ev = (np.arange(16).reshape(4, 4) / 16.0)[edge]
+    assert out["Intensity_IntegratedIntensityEdge_X"][0] == pytest.approx(ev.sum())
+    assert out["Intensity_MinIntensityEdge_X"][0] == 0
+    assert out["Location_MaxIntensity_X_X"][0] == 5 and out["Location_MaxIntensity_Y_X"][0] == 4
+    ys, xs = np.mgrid[1:5, 2:6]
+    w = np.arange(16).reshape(4, 4) / 16.0
+    cy, cx = (ys * w).sum() / w.sum(), (xs * w).sum() / w.sum()
+    assert out["Location_CenterMassIntensity_Y_X"][0] == pytest.approx(cy)
+    assert out["Intensity_MassDisplacement_X"][0] == pytest.approx(np.hypot(cy - 2.5, cx - 3.5))
+
+
+def test_segment_reductions_with_empty_segments():
+    from hpc_profiler.features._objects import repeat_index, segment_max, segment_min, segment_sum
+
+    counts = np.array([3, 0, 1, 0, 4])
+    starts = np.cumsum(counts) - counts
+    obj = repeat_index(counts)
+    np.testing.assert_array_equal(obj, np.repeat(np.arange(5), counts))
+    v = np.array([0.3, 0.1, 0.2, 0.9, 0.5, 0.4, 0.8, 0.6])
+    np.testing.assert_allclose(segment_sum(v, starts, counts), [0.6, 0, 0.9, 0, 2.3])
+    np.testing.assert_array_equal(segment_min(v, starts, counts), [0.1, np.nan, 0.9, np.nan, 0.4])
+    np.testing.assert_array_equal(segment_max(v, starts, counts), [0.3, np.nan, 0.9, np.nan, 0.8])
+
+
+def test_intensity_matches_cp_measure_on_synthetic_cytoplasm():
+    from test_features_shape import synth_objects
+
+    cpm = pytest.importorskip("cp_measure.core.measureobjectintensity")
+    objects, images = synth_objects()
+    lab = objects["Cytoplasm"]
+    n = int(lab.max())
+    ours = measure_intensity(lab, n, images["AGP"], "AGP")
+    rows = [cpm.get_intensity(m, images["AGP"], legacy=True) for m in single_masks(lab, n)]
+    ref = {f"{k}_AGP": np.array([r[k][0] for r in rows]) for k in rows[0] if not k.endswith("_Z")}
+    assert not compare_table(ours, ref, f"Intensity Cytoplasm (synthetic site, {n} objects) vs cp_measure")
+
+
+def test_mad_without_second_sort_matches_definition():
+    # ties, odd/even sizes, single values: CellProfiler's MAD = n*q-quantile of |x - median|
+    from hpc_profiler.features.intensity import intensity_statistics
+
+    rng = np.random.default_rng(7)
+    sizes = [1, 2, 3, 4, 5, 8, 13, 50, 101]
+    obj = np.repeat(np.arange(len(sizes)), sizes)
+    vals = np.round(rng.random(obj.size) * 6) / 6  # many ties
+    out = intensity_statistics(vals, obj, len(sizes))
+    for i in range(len(sizes)):
+        v = vals[obj == i]
+        med = cp_quantile(v, 0.5)
+        assert out["Median"][i] == pytest.approx(med, abs=1e-14)
+        assert out["MAD"][i] == pytest.approx(cp_quantile(np.abs(v - med), 0.5), abs=1e-14), i
