@@ -7,6 +7,7 @@ lays a batch out as::
     images/<batch>/illum/<plate>/<plate>_Illum<Ch>.npy        CellProfiler illumination functions
     workspace/load_data_csv/<batch>/<plate>/load_data.csv    LoadData CSVs
     workspace/load_data_csv/<batch>/<plate>/load_data_with_illum.csv
+    (either CSV may be gzipped: ``.csv.gz``)
 
 The LoadData CSVs name the images by ``FileName_Orig<Ch>`` plus either
 ``URL_Orig<Ch>`` (some batches) or a ``PathName_Orig<Ch>`` of the machine
@@ -18,6 +19,9 @@ works from a local copy, a shared file system or ``s3://``.
 :func:`gallery_manifest` writes one plain LoadData CSV per plate (absolute
 paths or URLs) under ``<out>/manifest/`` and reads it with
 :func:`manifest.manifest_from_loaddata`: one LoadData reader for every source.
+:func:`load_illum_npy` reads a plate's CellProfiler illumination functions
+(the ``.npy`` files named by :attr:`manifest.Site.illum_files`) with
+``numpy.load(allow_pickle=False)``, for :func:`illumination.apply_illum`.
 """
 from __future__ import annotations
 
@@ -38,6 +42,25 @@ def join(root: str, *parts: str) -> str:
 def load_data_csv_url(root: str, batch: str, plate: str, with_illum: bool) -> str:
     name = "load_data_with_illum.csv" if with_illum else "load_data.csv"
     return join(root, "workspace", "load_data_csv", batch, plate, name)
+
+
+def loaddata_candidates(root: str, batch: str, plate: str, with_illum: bool) -> list[str]:
+    """LoadData CSV URLs to try, in order: with illumination columns first when
+    wanted, each as ``.csv`` then ``.csv.gz`` (some Gallery batches are gzipped)."""
+    plain = load_data_csv_url(root, batch, plate, False)
+    urls = [load_data_csv_url(root, batch, plate, True)] if with_illum else []
+    urls.append(plain)
+    return [u for url in urls for u in (url, url + ".gz")]
+
+
+def _first_existing(urls: Sequence[str]) -> str:
+    """The first of ``urls`` that exists, else the last one of plain ``.csv`` (so
+    that the error names the file one would expect)."""
+    for url in urls:
+        if storage.exists(url):
+            return url
+    plain = [u for u in urls if not u.endswith(".gz")]
+    return plain[-1] if plain else urls[-1]
 
 
 def illum_url(root: str, batch: str, plate: str, channel: str) -> str:
@@ -78,10 +101,13 @@ def plate_loaddata(root: str, batch: str, plate: str, channels: Sequence[str], u
     """The plate's LoadData table with image (and illumination) locations under ``root``."""
     import pandas as pd
 
-    url = load_data_csv_url(root, batch, plate, use_illum)
-    if use_illum and not storage.exists(url):
-        url = load_data_csv_url(root, batch, plate, False)
-    df = pd.read_csv(io.BytesIO(storage.read_bytes(url)), dtype=str, keep_default_na=False)
+    url = _first_existing(loaddata_candidates(root, batch, plate, use_illum))
+    df = pd.read_csv(
+        io.BytesIO(storage.read_bytes(url)),
+        dtype=str,
+        keep_default_na=False,
+        compression="gzip" if url.endswith(".gz") else None,
+    )
     if "Metadata_Plate" not in df.columns:
         df["Metadata_Plate"] = plate
     for ch in channels:
@@ -141,3 +167,66 @@ def configure_storage(cfg) -> storage.StorageOptions:
             cache_dir=str(cfg.path(cfg.input.cache_dir)) if cfg.input.cache_dir else None,
         )
     )
+
+
+def read_npy(url) -> "np.ndarray":
+    """One ``.npy`` array (a CellProfiler illumination function) from a path or URL.
+
+    Read through :func:`storage.read_bytes` and parsed with
+    ``numpy.load(allow_pickle=False)``: a file from a bucket stays data.
+
+    Raises
+    ------
+    storage.MissingObjectError
+        No such file/object (names ``url``).
+    ValueError
+        Not a plain numeric ``.npy`` array (names ``url``).
+    """
+    import numpy as np
+
+    data = storage.read_bytes(url)
+    try:
+        arr = np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise ValueError(f"{url}: not a readable .npy array ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "fiu":
+        raise ValueError(f"{url}: expected a numeric array, got {type(arr).__name__} {getattr(arr, 'dtype', '')}")
+    return arr
+
+
+def load_illum_npy(illum_files, channels: Sequence[str]) -> dict:
+    """The plate's CellProfiler illumination functions: channel -> float32 array.
+
+    Parameters
+    ----------
+    illum_files : dict
+        Channel -> ``<plate>_Illum<Ch>.npy`` path or URL, as in
+        :attr:`manifest.Site.illum_files` of a Gallery manifest.
+    channels : list of str
+
+    Returns
+    -------
+    dict
+        Channel -> 2-D float32 array, ready for
+        :func:`illumination.apply_illum` (CorrectIlluminationApply "Divide").
+
+    Raises
+    ------
+    ValueError
+        A channel without a file, or a file that is not a 2-D numeric array;
+        the message names the channel and the URL.
+    storage.MissingObjectError, storage.StorageError
+        The file cannot be read (names the URL).
+    """
+    import numpy as np
+
+    out = {}
+    for ch in channels:
+        url = (illum_files or {}).get(ch)
+        if not url:
+            raise ValueError(f"no illumination function for channel {ch}")
+        arr = read_npy(url)
+        if arr.ndim != 2:
+            raise ValueError(f"{url}: illumination function of channel {ch} has shape {arr.shape}, expected 2-D")
+        out[ch] = arr.astype(np.float32)
+    return out

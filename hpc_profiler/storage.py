@@ -83,15 +83,24 @@ def filesystem(url: str):
                 kw.setdefault("anon", _OPTIONS.anonymous)
                 if _OPTIONS.endpoint_url:
                     kw.setdefault("client_kwargs", {})["endpoint_url"] = _OPTIONS.endpoint_url
-                # s3fs has its own retry loop; ours is the bounded one
-                kw.setdefault("retries", 1)
+                # botocore retries connection errors itself (legacy mode: up to 5
+                # attempts); one attempt per call here, ours is the bounded loop
+                cfg_kw = dict(kw.get("config_kwargs") or {})
+                cfg_kw.setdefault("retries", {"max_attempts": 1, "mode": "standard"})
+                kw["config_kwargs"] = cfg_kw
                 kw.setdefault("skip_instance_cache", True)
             if _OPTIONS.cache_dir and proto != "file":
                 fs = fsspec.filesystem(
                     "filecache", target_protocol=proto, target_options=kw, cache_storage=_OPTIONS.cache_dir
                 )
+                target = fs.fs
             else:
                 fs = fsspec.filesystem(proto, **kw)
+                target = fs
+            if proto in ("s3", "s3a"):
+                # s3fs's own retry loop (class attribute ``retries``, 5 by default,
+                # not a constructor argument) is switched off the same way
+                target.retries = 1
             _FS_CACHE[key] = fs
     return fs
 
