@@ -35,6 +35,11 @@ die() { echo "[start_local_slurm] error: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (try: sudo bash $0)"
 
+# one start at a time (parallel test sessions may call this together)
+mkdir -p "$(dirname "$STATE")"
+exec 9>"${STATE}.lock"
+flock -w 120 9 || die "another start_local_slurm.sh holds ${STATE}.lock"
+
 # ------------------------------------------------------------------ packages
 need_install=0
 for exe in slurmctld slurmd sbatch sinfo munged mpirun mpicc; do

@@ -1,0 +1,704 @@
+"""Submitting the per-plate and per-site work as job arrays, resuming, and recording failures.
+
+This is the outer layer of the pipeline (issue 5): it turns the idempotent work
+functions of :mod:`hpc_profiler.pipeline` into array jobs through
+``submitit.AutoExecutor`` (the Slurm backend when ``sbatch`` is on PATH, else
+local processes; or forced by ``executor.kind``).
+
+* ``hpc-profiler submit illum CONFIG`` - one array task per plate
+  (:func:`hpc_profiler.pipeline.illum_plate`).
+* ``hpc-profiler submit extract CONFIG`` - one array task per chunk of
+  ``executor.sites_per_task`` sites (:func:`hpc_profiler.pipeline.extract_site`).
+* ``hpc-profiler run-task --stage S --task-id N CONFIG`` - the same work for
+  plain ``sbatch`` templates (``slurm/*.sbatch``), without submitit.
+
+Layout under ``output_dir`` (``<out>``)::
+
+    manifest.parquet                  every site of the batch (manifest.save_manifest)
+    batches/<batch>/sites.parquet     the sites one submission scheduled (pending only)
+    batches/<batch>/batch.json        stage, job ids, counts, executor (read by `status`)
+    failures/<stage>/<plate>/<plate>_<well>_s<site>.json   one file per failed site
+    failures/illum/<plate>.json       one file per failed plate
+    logs/%j/                          submitit's per-job folder (stdout, stderr, pickles)
+    logs/work/<stage>/<task>.jsonl    per-site work log (done/skipped/failed, seconds)
+
+Resume: a site is done when its site file validates (complete flag and config
+hash, :func:`hpc_profiler.sitefile.validate_site_file`), a plate's
+illumination when its file carries the config hash. Submitting again schedules
+only what is not done; ``dry_run`` only counts it.
+
+Faults: a site whose work raises is recorded in the failure table (plate, well,
+site, error type, message, task id, time; written atomically, removed when the
+site later succeeds) and the task goes on with the next site. A task that is
+preempted or reaches its time limit is checkpointed by submitit
+(:class:`StageTask` is a ``submitit.helpers.Checkpointable``) and requeued;
+the requeued task skips the sites already done, so it continues from the first
+unfinished one. Requeues are bounded by ``executor.max_retries``.
+
+Tasks receive only (path of the scheduled-sites Parquet file, index range) or
+(manifest path, plate): never the manifest itself.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+import submitit
+from submitit.core.utils import UncompletedJobError
+
+from . import manifest as manifest_mod
+from . import pipeline, sitefile
+from .config import Config, ConfigError, load_config
+
+STAGES = ("illum", "extract")
+
+
+class OrchestrationError(RuntimeError):
+    """A submission cannot be made as asked (the message says why and what to do)."""
+
+
+# =========================================================================== layout
+def manifest_path(cfg: Config) -> Path:
+    """``<out>/manifest.parquet``: every site of the batch."""
+    return cfg.out / "manifest.parquet"
+
+
+def batches_dir(cfg: Config) -> Path:
+    return cfg.out / "batches"
+
+
+def logs_dir(cfg: Config) -> Path:
+    """``<out>/logs``: submitit's job folders (``%j``) and the work logs."""
+    return cfg.out / "logs"
+
+
+def worklog_dir(cfg: Config, stage: str) -> Path:
+    return logs_dir(cfg) / "work" / stage
+
+
+def failures_dir(cfg: Config, stage: str) -> Path:
+    return cfg.out / "failures" / stage
+
+
+def failure_path(cfg: Config, stage: str, plate: str, well: Optional[str] = None, site=None) -> Path:
+    """File of one failure record: per site for ``extract``, per plate for ``illum``."""
+    if stage == "illum":
+        return failures_dir(cfg, stage) / f"{plate}.json"
+    return failures_dir(cfg, stage) / str(plate) / f"{Path(sitefile.site_file_name(plate, well, site)).stem}.json"
+
+
+def current_task_id() -> str:
+    """Identifier of the running task: ``<array job>_<task>``, the Slurm job id, or ``local-<pid>``."""
+    env = os.environ
+    if env.get("SLURM_ARRAY_JOB_ID") and env.get("SLURM_ARRAY_TASK_ID"):
+        return f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
+    if env.get("SLURM_JOB_ID"):
+        return env["SLURM_JOB_ID"]
+    if env.get("SUBMITIT_LOCAL_JOB_ID"):
+        return f"local-{env['SUBMITIT_LOCAL_JOB_ID']}"
+    return f"local-{os.getpid()}"
+
+
+# ============================================================ small atomic files
+def _write_json_atomic(path: Path, obj) -> Path:
+    """Write JSON next to ``path`` then rename over it (readers never see half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w") as fh:
+            json.dump(obj, fh, indent=1, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            pass
+        raise
+    return path
+
+
+def read_json(path: Path):
+    with open(path) as fh:
+        return json.load(fh)
+
+
+# =========================================================================== failures
+def record_failure(
+    cfg: Config, stage: str, exc: BaseException, *, plate: str, well=None, site=None, batch: str = ""
+) -> Path:
+    """Write the failure record of one site (or plate, for ``illum``); returns its path.
+
+    The record holds plate, well, site, stage, ``error_type`` (the exception
+    class), ``message`` (which names the file for input errors), ``task`` (the
+    Slurm array task), ``batch``, ``time`` and the last lines of the traceback.
+    """
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    rec = {
+        "stage": stage,
+        "plate": str(plate),
+        "well": None if well is None else str(well),
+        "site": None if site is None else str(site),
+        "error_type": type(exc).__name__,
+        "message": str(exc),
+        "task": current_task_id(),
+        "batch": batch,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "traceback": tb[-4000:],
+    }
+    return _write_json_atomic(failure_path(cfg, stage, plate, well, site), rec)
+
+
+def clear_failure(cfg: Config, stage: str, *, plate: str, well=None, site=None) -> bool:
+    """Remove the failure record of a site that has now succeeded; True when one existed."""
+    try:
+        failure_path(cfg, stage, plate, well, site).unlink()
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def list_failures(cfg: Config, stage: str) -> list[dict]:
+    """All failure records of a stage, sorted by (plate, well, site)."""
+    root = failures_dir(cfg, stage)
+    if not root.exists():
+        return []
+    recs = []
+    for p in sorted(root.rglob("*.json")):
+        try:
+            rec = read_json(p)
+        except (OSError, ValueError):
+            continue  # being replaced right now
+        rec["path"] = str(p)
+        recs.append(rec)
+    return sorted(recs, key=lambda r: (r.get("plate") or "", r.get("well") or "", str(r.get("site") or "")))
+
+
+# =========================================================================== work log
+class WorkLog:
+    """Append-only JSON-lines log of one task: one record per site (or plate) handled.
+
+    Each task writes its own file (``logs/work/<stage>/<task>.jsonl``), so no
+    two processes append to the same file. Records: ``key``, ``status``
+    (``done``, ``skipped`` = already valid, ``failed``), ``start``, ``end``,
+    ``seconds``, ``task``, ``batch``.
+    """
+
+    def __init__(self, cfg: Config, stage: str, batch: str = ""):
+        self.task = current_task_id()
+        self.batch = batch
+        self.path = worklog_dir(cfg, stage) / f"{self.task}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def add(self, key: str, status: str, start: float, end: float) -> None:
+        rec = {"key": key, "status": status, "start": start, "end": end, "seconds": end - start,
+               "task": self.task, "batch": self.batch}
+        with open(self.path, "a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+
+
+def read_worklog(cfg: Config, stage: str) -> list[dict]:
+    """Every work-log record of a stage (all tasks)."""
+    root = worklog_dir(cfg, stage)
+    recs = []
+    if root.exists():
+        for p in sorted(root.glob("*.jsonl")):
+            with open(p) as fh:
+                for line in fh:
+                    line = line.strip()
+                    if line:
+                        try:
+                            recs.append(json.loads(line))
+                        except ValueError:
+                            pass  # a line cut by a kill
+    return recs
+
+
+# =========================================================================== planning
+def load_or_build_manifest(cfg: Config, rebuild: bool = False) -> list:
+    """The batch's sites: ``<out>/manifest.parquet``, built from ``cfg.input`` when missing."""
+    path = manifest_path(cfg)
+    if path.exists() and not rebuild:
+        return manifest_mod.load_manifest(path)
+    sites, _problems = manifest_mod.build_manifest(cfg)  # incomplete sites stay in: they fail visibly
+    if not sites:
+        raise OrchestrationError(f"{cfg.source or '<config>'}: the image source lists no sites")
+    manifest_mod.save_manifest(sites, path)
+    return sites
+
+
+def site_done(cfg: Config, site) -> bool:
+    """A site is done when its file validates for the current config hash."""
+    return sitefile.validate_site_file(pipeline.site_path(cfg, site), cfg.hash()).ok
+
+
+def illum_done(cfg: Config, plate: str) -> bool:
+    """A plate's illumination is done when its file exists with the current config hash."""
+    if not cfg.illumination.enabled:
+        return True
+    return pipeline._illum_valid(pipeline.illum_path(cfg, plate), cfg)
+
+
+def plates_of(sites: Iterable) -> list[str]:
+    return sorted({s.plate for s in sites})
+
+
+def pending_sites(cfg: Config, sites: Sequence) -> list:
+    """Sites whose file does not validate, in manifest order."""
+    return [s for s in sites if not site_done(cfg, s)]
+
+
+def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
+    """``[(0, size), (size, 2 size), ..., (k, n)]``: the index ranges of the array tasks."""
+    if size < 1:
+        raise ValueError(f"sites_per_task must be >= 1, got {size}")
+    return [(a, min(a + size, n)) for a in range(0, n, size)]
+
+
+# =========================================================================== task work
+def remove_stale_temps(path: Path) -> int:
+    """Delete temporary files a killed writer left next to ``path`` (``.<name>.<id>.tmp*``).
+
+    Called only by the task that owns the site, before it writes the site
+    again, so no live writer's file is removed. Returns how many were removed.
+    """
+    n = 0
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp*"):
+        try:
+            tmp.unlink()
+            n += 1
+        except FileNotFoundError:
+            pass
+    return n
+
+
+def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str = "", progress=None) -> dict:
+    """Extract sites ``start:stop`` of a saved site list; the body of one extract task.
+
+    Sites already done are skipped; a site that raises is recorded in the
+    failure table and the task continues. Returns counts
+    ``{"done", "skipped", "failed", "seconds"}``.
+    """
+    sites = manifest_mod.load_manifest(sites_path, range(start, stop))
+    log = WorkLog(cfg, "extract", batch)
+    counts = {"done": 0, "skipped": 0, "failed": 0}
+    illum_cache: dict = {}
+    t_task = time.time()
+    for site in sites:
+        t0 = time.time()
+        if site_done(cfg, site):
+            clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
+            status = "skipped"
+        else:
+            remove_stale_temps(pipeline.site_path(cfg, site))
+            try:
+                if site.plate not in illum_cache:
+                    illum_cache[site.plate] = pipeline.load_illum_for(cfg, site.plate)
+                pipeline.extract_site(cfg, site, illum_cache[site.plate])
+            except UncompletedJobError:
+                raise  # submitit's "out of requeues" signal, not a site failure
+            except Exception as exc:
+                record_failure(cfg, "extract", exc, plate=site.plate, well=site.well, site=site.site, batch=batch)
+                status = "failed"
+            else:
+                clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
+                status = "done"
+        log.add(site.key, status, t0, time.time())
+        counts[status] += 1
+        if progress is not None:
+            progress.update(1)
+    counts["seconds"] = time.time() - t_task
+    return counts
+
+
+def run_illum_plate(cfg: Config, manifest_file, plate: str, batch: str = "") -> dict:
+    """Compute one plate's illumination functions; the body of one illum task."""
+    log = WorkLog(cfg, "illum", batch)
+    t0 = time.time()
+    if illum_done(cfg, plate):
+        status = "skipped"
+    else:
+        sites = [s for s in manifest_mod.load_manifest(manifest_file) if s.plate == plate]
+        if cfg.illumination.enabled:
+            remove_stale_temps(pipeline.illum_path(cfg, plate))
+        try:
+            pipeline.illum_plate(cfg, plate, sites)
+        except UncompletedJobError:
+            raise
+        except Exception as exc:
+            record_failure(cfg, "illum", exc, plate=plate, batch=batch)
+            status = "failed"
+        else:
+            status = "done"
+    if status != "failed":
+        clear_failure(cfg, "illum", plate=plate)
+    log.add(plate, status, t0, time.time())
+    return {"done": int(status == "done"), "skipped": int(status == "skipped"),
+            "failed": int(status == "failed"), "seconds": time.time() - t0}
+
+
+class StageTask(submitit.helpers.Checkpointable):
+    """One array task: ``task(start, stop)`` for extract, ``task(plate)`` for illum.
+
+    Holds only the config, the stage, the path of the site list and the batch
+    id. As a ``Checkpointable``, a task that is preempted or times out is
+    requeued by submitit with the same arguments; since finished sites are
+    skipped it continues from the first unfinished one. :meth:`checkpoint`
+    refuses after ``executor.max_retries`` requeues, which ends the task.
+    """
+
+    def __init__(self, cfg: Config, stage: str, sites_path: str, batch: str):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; expected one of {STAGES}")
+        self.cfg = cfg
+        self.stage = stage
+        self.sites_path = str(sites_path)
+        self.batch = batch
+        self.requeues = 0
+
+    def __call__(self, *args) -> dict:
+        if self.stage == "extract":
+            start, stop = args
+            return run_extract_range(self.cfg, self.sites_path, int(start), int(stop), self.batch)
+        (plate,) = args
+        return run_illum_plate(self.cfg, self.sites_path, plate, self.batch)
+
+    def checkpoint(self, *args, **kwargs):
+        if self.requeues >= self.cfg.executor.max_retries:
+            return None  # submitit then ends the task as failed
+        self.requeues += 1
+        return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
+
+
+# =========================================================================== executor
+def resolve_kind(cfg: Config, kind: Optional[str] = None) -> str:
+    """``slurm``, ``local`` or ``debug``: ``auto`` is Slurm when ``sbatch`` is on PATH."""
+    kind = kind or cfg.executor.kind
+    if kind == "auto":
+        return "slurm" if shutil.which("sbatch") else "local"
+    if kind not in ("slurm", "local", "debug"):
+        raise OrchestrationError(f"executor.kind {kind!r}: expected auto, slurm, local or debug")
+    return kind
+
+
+def parse_extra_sbatch(lines: Sequence[str]) -> dict:
+    """``["--constraint=a100", "exclusive", "#SBATCH --reservation r"]`` -> ``slurm_additional_parameters``.
+
+    Accepts ``--key=value``, ``--key value``, ``key=value`` and bare flags
+    (``--exclusive`` -> ``{"exclusive": True}``, which submitit writes as a
+    flag). Short options (``-C x``) are refused: write their long names, which
+    read unambiguously in a config.
+    """
+    out = {}
+    for raw in lines:
+        line = raw.strip()
+        if line.startswith("#SBATCH"):
+            line = line[len("#SBATCH"):].strip()
+        if not line:
+            continue
+        if line.startswith("-") and not line.startswith("--"):
+            raise OrchestrationError(f"executor.extra_sbatch: {raw!r}: use the long option (--name=value)")
+        line = line[2:] if line.startswith("--") else line
+        if "=" in line:
+            key, value = line.split("=", 1)
+        elif " " in line:
+            key, value = line.split(None, 1)
+        else:
+            key, value = line, True
+        out[key.strip().replace("-", "_")] = value.strip() if isinstance(value, str) else value
+    return out
+
+
+def executor_parameters(cfg: Config, stage: str, kind: str) -> dict:
+    """``AutoExecutor.update_parameters`` arguments from ``cfg.executor``."""
+    ex = cfg.executor
+    params = {
+        "name": f"{cfg.name}-{stage}",
+        "timeout_min": int(ex.time_min),
+        "cpus_per_task": int(ex.cpus_per_task),
+        "mem_gb": float(ex.mem_gb),
+    }
+    if ex.gpus_per_node is not None:
+        params["gpus_per_node"] = int(ex.gpus_per_node)
+    if kind == "slurm":
+        params["slurm_array_parallelism"] = int(ex.array_parallelism)
+        for key in ("partition", "account", "qos", "gres"):
+            value = getattr(ex, key)
+            if value:
+                params[f"slurm_{key}"] = value
+        extra = parse_extra_sbatch(ex.extra_sbatch)
+        if extra:
+            params["slurm_additional_parameters"] = extra
+        # keep BLAS/OpenMP threads to the CPUs the task asked for
+        params["slurm_setup"] = [f"export OMP_NUM_THREADS={int(ex.cpus_per_task)}"]
+    return params
+
+
+def make_executor(cfg: Config, stage: str, kind: Optional[str] = None):
+    """A ``submitit.AutoExecutor`` logging to ``<out>/logs/%j``."""
+    kind = resolve_kind(cfg, kind)
+    # requeues after a time-out are bounded by submitit; after preemption by StageTask.checkpoint
+    extra = {"slurm_max_num_timeout": int(cfg.executor.max_retries)} if kind == "slurm" else {}
+    ex = submitit.AutoExecutor(folder=logs_dir(cfg) / "%j", cluster=kind, **extra)
+    ex.update_parameters(**executor_parameters(cfg, stage, kind))
+    return ex
+
+
+# =========================================================================== submit
+@dataclass
+class SubmitResult:
+    """What one ``submit`` did.
+
+    ``n_scheduled`` items (sites for extract, plates for illum) in ``n_tasks``
+    array tasks; ``n_done`` were already finished and not scheduled.
+    """
+
+    stage: str
+    batch: str
+    kind: str
+    n_total: int
+    n_done: int
+    n_scheduled: int
+    n_tasks: int
+    dry_run: bool
+    batch_dir: Optional[Path] = None
+    job_ids: list = field(default_factory=list)
+    jobs: list = field(default_factory=list, repr=False)
+    results: list = field(default_factory=list, repr=False)
+
+    def summary(self) -> str:
+        what = "sites" if self.stage == "extract" else "plates"
+        verb = "would run" if self.dry_run else "scheduled"
+        s = (f"{self.stage}: {self.n_total} {what}, {self.n_done} done, {self.n_scheduled} {verb} "
+             f"in {self.n_tasks} task(s)")
+        if self.job_ids:
+            s += f" [{self.kind} job {self.job_ids[0].split('_')[0]}, batch {self.batch}]"
+        return s
+
+
+def _new_batch_id(stage: str) -> str:
+    return f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _missing_illum(cfg: Config, sites: Sequence) -> list[str]:
+    if not cfg.illumination.enabled:
+        return []
+    return [p for p in plates_of(sites) if not illum_done(cfg, p)]
+
+
+def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = False,
+                 kind: Optional[str] = None) -> SubmitResult:
+    """Schedule what is not done of ``stage`` as one array job.
+
+    Parameters
+    ----------
+    cfg : Config
+    stage : {"illum", "extract"}
+    dry_run : bool
+        Only count what would run; nothing is written or submitted.
+    wait : bool
+        Block until every task has finished (a tqdm progress bar on a
+        terminal); task results go to ``SubmitResult.results``.
+    kind : str, optional
+        Override ``cfg.executor.kind``.
+
+    Raises
+    ------
+    OrchestrationError
+        Unknown stage, or ``extract`` while some plate lacks its illumination
+        functions (submit ``illum`` first).
+    """
+    if stage not in STAGES:
+        raise OrchestrationError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    kind = resolve_kind(cfg, kind)
+    # the manifest is rebuilt at every submission, so sites added to the input are picked up
+    sites = manifest_mod.build_manifest(cfg)[0] if dry_run else load_or_build_manifest(cfg, rebuild=True)
+    batch = _new_batch_id(stage)
+    if stage == "extract":
+        todo = pending_sites(cfg, sites)
+        n_total = len(sites)
+        if todo and not dry_run:
+            missing = _missing_illum(cfg, todo)
+            if missing:
+                raise OrchestrationError(
+                    f"extract: plates {', '.join(missing)} have no illumination functions in "
+                    f"{pipeline.illum_path(cfg, missing[0]).parent}; run `hpc-profiler submit illum` first"
+                )
+        ranges = chunk_ranges(len(todo), cfg.executor.sites_per_task)
+        args: list = [[a for a, _ in ranges], [b for _, b in ranges]]
+    else:
+        plates = plates_of(sites)
+        todo = [p for p in plates if not illum_done(cfg, p)]
+        n_total = len(plates)
+        args = [list(todo)]
+    n_tasks = len(args[0])
+    result = SubmitResult(stage=stage, batch=batch, kind=kind, n_total=n_total, n_done=n_total - len(todo),
+                          n_scheduled=len(todo), n_tasks=n_tasks, dry_run=dry_run)
+    if dry_run or not todo:
+        return result
+
+    bdir = batches_dir(cfg) / batch
+    bdir.mkdir(parents=True, exist_ok=True)
+    if stage == "extract":
+        sites_path = manifest_mod.save_manifest(todo, bdir / "sites.parquet")
+    else:
+        sites_path = manifest_path(cfg)
+    task = StageTask(cfg, stage, str(sites_path), batch)
+    executor = make_executor(cfg, stage, kind)
+    jobs = executor.map_array(task, *args)
+    result.batch_dir = bdir
+    result.jobs = jobs
+    result.job_ids = [str(j.job_id) for j in jobs]
+    _write_json_atomic(bdir / "batch.json", {
+        "batch": batch, "stage": stage, "kind": kind, "created": time.time(),
+        "n_scheduled": len(todo), "n_tasks": n_tasks, "job_ids": result.job_ids,
+        "sites_per_task": cfg.executor.sites_per_task, "config_hash": cfg.hash(),
+    })
+    if wait:
+        result.results = wait_for(jobs, total=len(todo) if stage == "extract" else n_tasks)
+    return result
+
+
+def wait_for(jobs: list, total: Optional[int] = None) -> list:
+    """Wait for submitit jobs, with a tqdm bar on a terminal; returns their results.
+
+    A task that failed as a whole (killed, out of requeues) is returned as
+    its exception, so one lost task does not hide the others' results.
+    """
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # pragma: no cover - tqdm is a dependency
+        tqdm = None
+    bar = tqdm(total=total or len(jobs), unit="site", disable=not sys.stderr.isatty()) if tqdm else None
+    results = {}
+    for job in submitit.helpers.as_completed(jobs, poll_frequency=1):
+        try:
+            res = job.result()
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, not lost
+            res = exc
+        results[job.job_id] = res
+        if bar is not None:
+            n = sum(res.get(k, 0) for k in ("done", "skipped", "failed")) if isinstance(res, dict) else 1
+            bar.update(n)
+    if bar is not None:
+        bar.close()
+    return [results[j.job_id] for j in jobs]
+
+
+# =========================================================================== plain sbatch
+def task_count(cfg: Config, stage: str) -> int:
+    """Array size for the plain sbatch templates (writes the manifest when missing)."""
+    sites = load_or_build_manifest(cfg)
+    if stage == "illum":
+        return len(plates_of(sites))
+    return len(chunk_ranges(len(sites), cfg.executor.sites_per_task))
+
+
+def run_task(cfg: Config, stage: str, task_id: int) -> dict:
+    """Task ``task_id`` of a plain sbatch array over the full manifest.
+
+    ``extract``: sites ``[N * sites_per_task, (N + 1) * sites_per_task)`` of
+    ``<out>/manifest.parquet``; ``illum``: the N-th plate (sorted). Done work
+    is skipped, so rerunning the whole array resumes.
+    """
+    mpath = manifest_path(cfg)
+    if not mpath.exists():
+        load_or_build_manifest(cfg)
+    if stage == "illum":
+        plates = plates_of(manifest_mod.load_manifest(mpath))
+        if not 0 <= task_id < len(plates):
+            raise OrchestrationError(f"illum: task id {task_id} outside 0..{len(plates) - 1} ({len(plates)} plates)")
+        return run_illum_plate(cfg, mpath, plates[task_id], batch=f"sbatch-{stage}")
+    if stage != "extract":
+        raise OrchestrationError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    n = manifest_mod.manifest_length(mpath)
+    ranges = chunk_ranges(n, cfg.executor.sites_per_task)
+    if not 0 <= task_id < len(ranges):
+        raise OrchestrationError(f"extract: task id {task_id} outside 0..{len(ranges) - 1} ({n} sites)")
+    start, stop = ranges[task_id]
+    return run_extract_range(cfg, mpath, start, stop, batch=f"sbatch-{stage}")
+
+
+# =========================================================================== CLI
+def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``hpc-profiler submit``."""
+    parser.add_argument("stage", choices=STAGES, help="illum: one task per plate; extract: chunks of sites")
+    parser.add_argument("config", help="config file (YAML)")
+    parser.add_argument("--dry-run", action="store_true", help="print how many would run; submit nothing")
+    parser.add_argument("--wait", action="store_true", help="wait for the tasks (progress bar)")
+    parser.add_argument("--kind", choices=["auto", "slurm", "local", "debug"], default=None,
+                        help="override executor.kind")
+
+
+def main_submit(args) -> int:
+    """``hpc-profiler submit STAGE CONFIG``: exit 0 when submitted (or nothing to do)."""
+    try:
+        cfg = load_config(args.config)
+        res = submit_stage(cfg, args.stage, dry_run=args.dry_run, wait=args.wait, kind=args.kind)
+    except (ConfigError, OrchestrationError, manifest_mod.ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(res.summary())
+    if res.job_ids:
+        print(f"logs: {logs_dir(cfg)}/<job id>   status: hpc-profiler status {shlex.quote(args.config)}")
+    if args.wait and res.results:
+        failed = sum(r.get("failed", 0) if isinstance(r, dict) else 1 for r in res.results)
+        if failed:
+            print(f"{failed} failed; see: hpc-profiler status --failed {shlex.quote(args.config)}", file=sys.stderr)
+            return 1
+    return 0
+
+
+def add_run_task_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``hpc-profiler run-task`` (plain sbatch templates)."""
+    parser.add_argument("config", help="config file (YAML)")
+    parser.add_argument("--stage", choices=STAGES, required=True)
+    parser.add_argument("--task-id", type=int, default=None,
+                        help="array task index (default: $SLURM_ARRAY_TASK_ID)")
+    parser.add_argument("--count", action="store_true",
+                        help="print the number of array tasks (writes the manifest) and exit")
+
+
+def main_run_task(args) -> int:
+    """``hpc-profiler run-task``: exit 0 when every site of the task is done, 1 when some failed."""
+    try:
+        cfg = load_config(args.config)
+        if args.count:
+            print(task_count(cfg, args.stage))
+            return 0
+        task_id = args.task_id
+        if task_id is None:
+            env = os.environ.get("SLURM_ARRAY_TASK_ID")
+            if env is None:
+                raise OrchestrationError("--task-id not given and SLURM_ARRAY_TASK_ID not set")
+            task_id = int(env)
+        counts = run_task(cfg, args.stage, task_id)
+    except (ConfigError, OrchestrationError, manifest_mod.ManifestError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.stage} task {task_id}: " + ", ".join(f"{k} {v:.1f}" if k == "seconds" else f"{k} {v}"
+                                                      for k, v in counts.items()))
+    return 1 if counts["failed"] else 0
+
+
+def add_status_arguments(parser: argparse.ArgumentParser) -> None:
+    from .status import add_status_arguments as _add
+
+    _add(parser)
+
+
+def main_status(args) -> int:
+    from .status import main_status as _main
+
+    return _main(args)
