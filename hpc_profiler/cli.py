@@ -16,6 +16,18 @@ from ._version import __version__
 #: module owns its arguments and entry point; this file only lists them.
 SUBCOMMANDS = [
     ("synth", "synth", "add_synth_arguments", "main_synth", "generate a synthetic CPJUMP1-like batch"),
+    ("run", "run", "add_run_arguments", "main_run",
+     "the whole pipeline: illum -> extract -> reduce -> evaluate -> QC report (resumable)"),
+    ("submit", "orchestrate", "add_submit_arguments", "main_submit",
+     "submit a stage (illum: one task per plate; extract: chunks of sites) as an array job"),
+    ("run-task", "orchestrate", "add_run_task_arguments", "main_run_task",
+     "run one array task (for plain sbatch templates: --task-id $SLURM_ARRAY_TASK_ID)"),
+    ("status", "status", "add_status_arguments", "main_status",
+     "done / failed / pending per plate, running jobs, throughput; non-zero exit while anything failed"),
+    ("reduce", "reduce", "add_reduce_arguments", "main_reduce",
+     "site files -> well profiles, normalized, feature-selected (mpirun -n N for MPI ranks)"),
+    ("evaluate", "evaluate.run", "add_evaluate_arguments", "main_evaluate",
+     "the CPJUMP1 benchmark: mAP, p/q-values, fraction retrieved, directionality (mpirun -n N)"),
 ]
 
 

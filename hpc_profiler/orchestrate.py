@@ -57,7 +57,8 @@ import submitit
 from submitit.core.utils import UncompletedJobError
 
 from . import manifest as manifest_mod
-from . import pipeline, sitefile
+from . import pipeline, sitefile, storage
+from .images import load_site_images
 from .config import Config, ConfigError, load_config
 
 STAGES = ("illum", "extract")
@@ -247,7 +248,18 @@ def illum_done(cfg: Config, plate: str) -> bool:
     """A plate's illumination is done when its file exists with the current config hash."""
     if not cfg.illumination.enabled:
         return True
-    return pipeline._illum_valid(pipeline.illum_path(cfg, plate), cfg)
+    return pipeline.illum_valid(pipeline.illum_path(cfg, plate), cfg)
+
+
+def illum_pending(cfg: Config, sites: Sequence) -> list[str]:
+    """Plates that still need the illum stage: enabled, not done, and some site
+    without CellProfiler illumination files of its own (``Site.illum_files``)."""
+    out = []
+    for plate in plates_of(sites):
+        plate_sites = [s for s in sites if s.plate == plate]
+        if pipeline.plate_needs_illum(cfg, plate_sites) and not illum_done(cfg, plate):
+            out.append(plate)
+    return out
 
 
 def plates_of(sites: Iterable) -> list[str]:
@@ -295,25 +307,37 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
     counts = {"done": 0, "skipped": 0, "failed": 0}
     illum_cache: dict = {}
     t_task = time.time()
+    todo = []
     for site in sites:
-        t0 = time.time()
         if site_done(cfg, site):
             clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
-            status = "skipped"
+            log.add(site.key, "skipped", time.time(), time.time())
+            counts["skipped"] += 1
+            if progress is not None:
+                progress.update(1)
         else:
-            remove_stale_temps(pipeline.site_path(cfg, site))
-            try:
-                if site.plate not in illum_cache:
-                    illum_cache[site.plate] = pipeline.load_illum_for(cfg, site.plate)
-                pipeline.extract_site(cfg, site, illum_cache[site.plate])
-            except UncompletedJobError:
-                raise  # submitit's "out of requeues" signal, not a site failure
-            except Exception as exc:
-                record_failure(cfg, "extract", exc, plate=site.plate, well=site.well, site=site.site, batch=batch)
-                status = "failed"
-            else:
-                clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
-                status = "done"
+            todo.append(site)
+
+    def read(site):
+        return load_site_images(site, cfg.channels, cfg.input.full_scale)
+
+    # the next site's images are read while this one computes (input.prefetch)
+    for site, images in storage.prefetched(todo, read, cfg.input.prefetch):
+        t0 = time.time()
+        remove_stale_temps(pipeline.site_path(cfg, site))
+        try:
+            key = (site.plate, bool(site.illum_files))
+            if key not in illum_cache:
+                illum_cache[key] = pipeline.load_illum_for(cfg, site.plate, site)
+            pipeline.extract_site(cfg, site, illum_cache[key], images=images.result())
+        except UncompletedJobError:
+            raise  # submitit's "out of requeues" signal, not a site failure
+        except Exception as exc:
+            record_failure(cfg, "extract", exc, plate=site.plate, well=site.well, site=site.site, batch=batch)
+            status = "failed"
+        else:
+            clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
+            status = "done"
         log.add(site.key, status, t0, time.time())
         counts[status] += 1
         if progress is not None:
@@ -492,9 +516,7 @@ def _new_batch_id(stage: str) -> str:
 
 
 def _missing_illum(cfg: Config, sites: Sequence) -> list[str]:
-    if not cfg.illumination.enabled:
-        return []
-    return [p for p in plates_of(sites) if not illum_done(cfg, p)]
+    return illum_pending(cfg, sites)
 
 
 def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = False,
@@ -539,7 +561,7 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
         args: list = [[a for a, _ in ranges], [b for _, b in ranges]]
     else:
         plates = plates_of(sites)
-        todo = [p for p in plates if not illum_done(cfg, p)]
+        todo = illum_pending(cfg, sites)
         n_total = len(plates)
         args = [list(todo)]
     n_tasks = len(args[0])

@@ -41,7 +41,8 @@ def site_path(cfg: Config, site) -> Path:
     return sitefile.site_file_path(cfg.out, site.plate, site.well, site.site)
 
 
-def _illum_valid(path: Path, cfg: Config) -> bool:
+def illum_valid(path: Path, cfg: Config) -> bool:
+    """Whether ``path`` holds this config's illumination functions for every channel."""
     import h5py
 
     if not path.exists():
@@ -60,23 +61,23 @@ def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False
     (a running sum of downsampled images; never all sites in memory). Sites
     whose images cannot be read are skipped with a warning: one bad image must
     not cost the plate its illumination function. Returns the file path, or
-    ``None`` when illumination correction is disabled.
+    ``None`` when illumination correction is disabled or every site of the
+    plate names CellProfiler illumination files of its own.
     """
     from . import illumination
     from .images import SiteInputError, load_site_images
 
-    if not cfg.illumination.enabled:
+    plate_sites = [s for s in sites if s.plate == plate]
+    if not plate_needs_illum(cfg, plate_sites):
         return None
     path = illum_path(cfg, plate)
-    if not force and _illum_valid(path, cfg):
+    if not force and illum_valid(path, cfg):
         return path
     ic = cfg.illumination
     acc = illumination.IllumAccumulator(cfg.channels, ic.downsample)
     shape = None
     skipped = []
-    for site in sites:
-        if site.plate != plate:
-            continue
+    for site in plate_sites:
         try:
             images = load_site_images(site, cfg.channels, cfg.input.full_scale)
         except SiteInputError as exc:
@@ -100,16 +101,46 @@ def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False
     return path
 
 
-def load_illum_for(cfg: Config, plate: str):
-    """The plate's illumination functions (dict channel -> array), or None."""
+def load_npy_illum(site, channels) -> dict:
+    """CellProfiler illumination functions named by the manifest (``Illum<Ch>.npy``).
+
+    Read through :func:`gallery.load_illum_npy` (local or object storage,
+    ``allow_pickle=False``); a problem is a :class:`images.SiteInputError`
+    naming the site and the file.
+    """
+    from .gallery import load_illum_npy
+    from .images import SiteInputError
+
+    try:
+        return load_illum_npy(site.illum_files, channels)
+    except (OSError, ValueError) as exc:
+        raise SiteInputError(f"{site.key}: illumination function unreadable: {exc}") from exc
+
+
+def load_illum_for(cfg: Config, plate: str, site=None):
+    """Illumination functions for a plate's site (dict channel -> array), or None.
+
+    CellProfiler's own functions named by the manifest (``site.illum_files``,
+    e.g. the Gallery's ``<plate>_Illum<Ch>.npy``) take precedence over the
+    ones this package computes in the illum stage.
+    """
     from . import illumination
 
     if not cfg.illumination.enabled:
         return None
+    if site is not None and site.illum_files and all(ch in site.illum_files for ch in cfg.channels):
+        return load_npy_illum(site, cfg.channels)
     path = illum_path(cfg, plate)
     if not path.exists():
         raise FileNotFoundError(f"plate {plate}: illumination file {path} is missing; run the illum stage first")
     return illumination.load_illum(path)
+
+
+def plate_needs_illum(cfg: Config, sites: Iterable) -> bool:
+    """False when illumination is off or every site names its own functions."""
+    if not cfg.illumination.enabled:
+        return False
+    return any(not (s.illum_files and all(ch in s.illum_files for ch in cfg.channels)) for s in sites)
 
 
 def process_images(cfg: Config, images: dict, illum: Optional[dict] = None, backend=None):
@@ -142,8 +173,12 @@ def process_images(cfg: Config, images: dict, illum: Optional[dict] = None, back
     return seg, feats, seconds
 
 
-def extract_site(cfg: Config, site, illum: Optional[dict] = None, *, force: bool = False) -> Path:
+def extract_site(cfg: Config, site, illum: Optional[dict] = None, *, images: Optional[dict] = None,
+                 force: bool = False) -> Path:
     """One site, end to end, into its site file (skipped when already valid).
+
+    ``images`` (channel -> float image in [0, 1]) skips the read, for a caller
+    that prefetched them (:func:`storage.prefetched`).
 
     Raises :class:`images.SiteInputError` naming the file for unreadable or
     missing images; other exceptions (e.g. a segmentation failure) propagate
@@ -156,9 +191,10 @@ def extract_site(cfg: Config, site, illum: Optional[dict] = None, *, force: bool
         return out
     bk = get_backend(cfg.device)
     t0 = time.perf_counter()
-    images = load_site_images(site, cfg.channels, cfg.input.full_scale)
+    if images is None:
+        images = load_site_images(site, cfg.channels, cfg.input.full_scale)
     if illum is None and cfg.illumination.enabled:
-        illum = load_illum_for(cfg, site.plate)
+        illum = load_illum_for(cfg, site.plate, site)
     t_read = time.perf_counter() - t0
     try:
         seg, feats, seconds = process_images(cfg, images, illum, bk)

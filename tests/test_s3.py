@@ -303,3 +303,36 @@ def test_server_outage_is_ridden_out_with_retries_and_fails_by_name_without(scre
             assert_same_images(got[site.key][0], load_site_images(by_key[site.key], CH), site.key)
     for site in failed:  # second pass, server back
         assert_same_images(load_site_images(site, CH), load_site_images(by_key[site.key], CH), site.key)
+
+
+# ------------------------------------------------------------------ end to end through `run`
+def test_run_from_s3_equals_run_from_local_folder(screen):
+    """``hpc-profiler run``'s driver on the Gallery screen, once from s3:// and once from the
+    local copy: identical site files and identical well profiles. The plates' CellProfiler
+    ``.npy`` functions are used, so the illum stage computes nothing."""
+    from hpc_profiler.run import run_batch
+
+    meta = str(screen.tmp / "synth" / "well_metadata.csv")
+    outs = {}
+    for where in ("local", "s3"):
+        cfg = screen.cfg(where, f"run_{where}", executor={"kind": "debug", "mpi_ranks": 1},
+                         evaluate={"null_size": 500})
+        cfg.input.well_metadata_csv = meta
+        res = run_batch(cfg, ranks=1, report=False, out=lambda s: None)
+        assert res.failures == 0, where
+        assert not (Path(cfg.out) / "illum").exists(), "illum stage computed functions despite the .npy files"
+        outs[where] = cfg
+    a, b = (Path(outs[w].out) for w in ("local", "s3"))
+    files_a = sorted(p.relative_to(a) for p in (a / "sites").rglob("*.h5"))
+    files_b = sorted(p.relative_to(b) for p in (b / "sites").rglob("*.h5"))
+    assert files_a == files_b and len(files_a) == 8
+    for rel in files_a:
+        da, db = sitefile.read_site_file(a / rel), sitefile.read_site_file(b / rel)
+        for obj, t in da.objects.items():
+            np.testing.assert_array_equal(t.values, db.objects[obj].values, err_msg=f"{rel} {obj}")
+    import pandas as pd
+
+    for name in ("well_aggregated", "well_normalized", "well_feature_selected"):
+        pa = pd.read_parquet(a / "profiles" / f"{name}.parquet")
+        pb = pd.read_parquet(b / "profiles" / f"{name}.parquet")
+        pd.testing.assert_frame_equal(pa, pb)
