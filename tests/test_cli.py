@@ -1,0 +1,57 @@
+"""The hpc-profiler command line: help, version, config check, synth."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from hpc_profiler import __version__
+from hpc_profiler.cli import SUBCOMMANDS, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "hpc_profiler", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def test_help_lists_every_stage():
+    r = run("--help")
+    assert r.returncode == 0
+    for name in ["version", "config", *[s[0] for s in SUBCOMMANDS]]:
+        assert name in r.stdout
+
+
+def test_version(capsys):
+    assert main(["version"]) == 0
+    assert capsys.readouterr().out.strip() == f"hpc_profiler {__version__}"
+
+
+def test_config_check_ok_and_error_exit_codes(tmp_path):
+    r = run("config", "check", str(REPO / "configs" / "cpjump1.yaml"))
+    assert r.returncode == 0 and "ok (config hash" in r.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("segmentation:\n  nuclei:\n    smoothing_scal: 3\n")
+    r = run("config", "check", str(bad))
+    assert r.returncode == 2
+    assert f"{bad}: segmentation.nuclei.smoothing_scal: unknown key (did you mean 'smoothing_scale'?)" in r.stderr
+
+
+def test_synth_writes_a_batch_that_the_manifest_reads(tmp_path):
+    r = run("synth", str(tmp_path / "b"), "--plates", "1", "--wells", "4", "--sites", "1", "--size", "128",
+            "--cells", "6", "--modalities", "compound")
+    assert r.returncode == 0, r.stderr
+    from hpc_profiler.manifest import manifest_from_loaddata
+
+    sites = manifest_from_loaddata(tmp_path / "b" / "load_data.csv", ["DNA", "ER", "RNA", "AGP", "Mito"])
+    assert len(sites) == 4
+    assert all(Path(f).exists() for s in sites for f in s.files.values())
+
+
+@pytest.mark.parametrize("cmd", ["run", "submit extract", "status", "reduce", "evaluate"])
+def test_stage_commands_report_config_errors(tmp_path, cmd):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("device: tpu\n")
+    r = run(*cmd.split(), str(bad))
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "device" in r.stderr and str(bad) in r.stderr
