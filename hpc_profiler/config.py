@@ -354,7 +354,9 @@ def default_eval_tasks() -> dict:
     Tasks 2-4 keep only perturbations retrieved by task 1.
     """
     trt = [{"Metadata_pert_type": ["trt"]}]
-    active = dict(active_from="replicate", active_by=["Metadata_broad_sample", "Metadata_cell_type", "Metadata_timepoint"])
+    active = dict(
+        active_from="replicate", active_by=["Metadata_broad_sample", "Metadata_cell_type", "Metadata_timepoint"]
+    )
     consensus = ["Metadata_broad_sample", "Metadata_timepoint"]
     tasks = {"replicate": EvalTaskConfig(subset=_trt_or_negcon(), queries=trt)}
     for mod, sim in (("compound", "abs_cosine"), ("crispr", "cosine")):
@@ -415,7 +417,7 @@ class EvaluateConfig:
         doc="Class q: geometric mean of its queries' BH q-values (paper) or BH over mAP permutation p (copairs)",
     )
     map_pvalue: bool = opt(False, doc="Also compute copairs' mAP-level permutation p-value per class")
-    block_size: int = opt(256, doc="Queries per similarity block (BLAS)")
+    block_size: int = opt(256, doc="Most queries per similarity block (BLAS) and per work unit of a rank")
     plots: bool = opt(True, doc="Write Fig. 4 / Fig. 5 PNGs")
     csv: bool = opt(True, doc="Also write CSV copies of the tables")
 

@@ -1,0 +1,154 @@
+"""evaluate stage driver: MPI rank independence, calibration, CLI, config errors, outputs."""
+from __future__ import annotations
+
+import sys
+import subprocess
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from hpc_profiler.config import ConfigError, EvaluateConfig, from_dict
+from hpc_profiler.evaluate.run import evaluate_batch, evaluate_profiles, task_waves
+from hpc_profiler.evaluate.synth import synthetic_profiles
+
+
+def _write_config(tmp_path, **evaluate):
+    cfg = {"output_dir": str(tmp_path / "out"), "evaluate": {"null_size": 2000, "seed": 7, **evaluate}}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _tables(folder):
+    return {n: pd.read_parquet(folder / f"{n}.parquet") for n in ("queries", "classes", "summary", "directionality")}
+
+
+@pytest.mark.mpi
+def test_same_numbers_for_1_2_4_ranks(tmp_path, mpirun):
+    profiles = synthetic_profiles(n_genes=10, plates=3, negcons=8, n_features=24, effect=1.5, seed=2)
+    src = tmp_path / "profiles.parquet"
+    profiles.to_parquet(src)
+    cfg = _write_config(tmp_path, map_pvalue=True)
+    results = {}
+    for n in (1, 2, 4):
+        out = tmp_path / f"ranks{n}"
+        plots = [] if n == 2 else ["--no-plots"]
+        proc = mpirun([mpirun.python, "-m", "hpc_profiler.evaluate", cfg, "--profiles", src, "--out", out, *plots],
+                      n=n, timeout=300)
+        assert f"evaluate: {n} rank(s)" in proc.stdout
+        results[n] = _tables(out)
+    assert (tmp_path / "ranks2" / "fig4_map.png").stat().st_size > 1000
+    assert (tmp_path / "ranks2" / "fig5_cosine.png").stat().st_size > 1000
+    assert len(results[1]["queries"]) > 50 and results[1]["summary"]["task"].nunique() >= 3
+    for n in (2, 4):
+        for name, df in results[1].items():
+            pd.testing.assert_frame_equal(df, results[n][name], check_exact=True, obj=f"{name} with {n} ranks")
+
+
+def test_calibration_strong_effects_retrieved_and_null_data_not():
+    ecfg = EvaluateConfig(null_size=4000, seed=1, tasks=["replicate"], plots=False)
+    strong = synthetic_profiles(n_genes=12, plates=4, negcons=12, n_features=30, effect=3.0, inactive=0.0, seed=3)
+    s = evaluate_profiles(strong, ecfg)["summary"]
+    assert (s["fraction_retrieved"] >= 0.9).all(), s
+    # treatments without any effect -> fraction retrieved <= 0.05 plus tolerance
+    fracs = []
+    for seed in range(3):
+        null = synthetic_profiles(n_genes=12, plates=4, negcons=12, n_features=30, effect=0.0, seed=10 + seed)
+        fracs.extend(evaluate_profiles(null, ecfg)["summary"]["fraction_retrieved"])
+    assert np.mean(fracs) <= 0.05 + 0.05, fracs
+
+
+def _control_vs_control(profiles):
+    """Negative-control wells only; the first half of each plate's controls become pseudo-perturbations,
+    named by well position (same well on every replicate plate = replicates), the rest stay controls."""
+    ctl = profiles.loc[profiles["Metadata_control_type"] == "negcon"].copy()
+    rank = ctl.groupby("Metadata_Plate").cumcount()
+    half = ctl.groupby("Metadata_Plate")["Metadata_Well"].transform("size") // 2
+    fake = (rank < half).to_numpy()
+    ctl.loc[fake, "Metadata_broad_sample"] = "CTRL-" + ctl.loc[fake, "Metadata_Well"]
+    ctl.loc[fake, "Metadata_pert_type"] = "trt"
+    ctl.loc[fake, "Metadata_control_type"] = ""
+    return ctl.reset_index(drop=True)
+
+
+def test_calibration_control_vs_control():
+    ecfg = EvaluateConfig(null_size=4000, seed=2, tasks=["replicate"], plots=False)
+    fracs, n = [], 0
+    for seed in range(4):
+        profiles = synthetic_profiles(n_genes=2, plates=4, negcons=48, n_features=30, effect=3.0, seed=20 + seed)
+        s = evaluate_profiles(_control_vs_control(profiles), ecfg)["summary"]
+        fracs.extend(s["fraction_retrieved"] * s["n_classes"])
+        n += int(s["n_classes"].sum())
+    assert n >= 4 * 3 * 24
+    assert sum(fracs) / n <= 0.05 + 0.03, sum(fracs) / n
+
+
+def test_inactive_perturbations_dropped_before_sister_matching():
+    profiles = synthetic_profiles(n_genes=10, plates=4, negcons=10, n_features=30, effect=2.0, inactive=0.4, seed=4)
+    ecfg = EvaluateConfig(null_size=2000, seed=0, tasks=["replicate", "sister_compound"], plots=False)
+    r = evaluate_profiles(profiles, ecfg)
+    c = r["classes"]
+    rep = c.loc[(c["task"] == "replicate") & (c["Metadata_modality"] == "compound")]
+    kept = set(rep.loc[rep["retrieved"], "Metadata_broad_sample"])
+    sis = r["queries"].loc[r["queries"]["task"] == "sister_compound", "Metadata_broad_sample"]
+    assert len(sis) and set(sis) <= kept and len(kept) < len(rep)
+    assert ecfg.definitions["sister_compound"].similarity == "abs_cosine"
+    assert ecfg.definitions["sister_crispr"].similarity == "cosine"
+
+
+def test_evaluate_batch_reads_reduce_output_and_writes_tables(tmp_path):
+    profiles = synthetic_profiles(n_genes=6, plates=3, negcons=6, n_features=16, effect=2.0, seed=5)
+    (tmp_path / "out" / "profiles").mkdir(parents=True)
+    profiles.to_parquet(tmp_path / "out" / "profiles" / "well_feature_selected.parquet")
+    cfg = from_dict({"output_dir": str(tmp_path / "out"),
+                     "evaluate": {"null_size": 1000, "tasks": ["replicate", "direction_orf_crispr"]}})
+    summary = evaluate_batch(cfg)
+    assert set(summary["Metadata_modality"]) == {"compound", "crispr", "orf"}
+    ev = tmp_path / "out" / "evaluate"
+    for name in ("queries.parquet", "classes.csv", "summary.parquet", "directionality.parquet", "fig4_map.png"):
+        assert (ev / name).exists(), name
+    d = pd.read_parquet(ev / "directionality.parquet")
+    # ORF (+v) and CRISPR (-v) of the same gene point in opposite directions
+    assert d.loc[0, "frac_below_p5"] > d.loc[0, "frac_above_p95"]
+
+
+def test_config_errors_name_the_key(tmp_path):
+    with pytest.raises(ConfigError, match="evaluate.tasks: task 'nope' has no definition"):
+        task_waves(EvaluateConfig(tasks=["nope"]))
+    e = EvaluateConfig(tasks=["sister_compound"])
+    with pytest.raises(ConfigError, match="active_from: task 'replicate' is not in evaluate.tasks"):
+        task_waves(e)
+    assert task_waves(EvaluateConfig(tasks=["sister_crispr", "replicate"])) == [["replicate"], ["sister_crispr"]]
+    with pytest.raises(ConfigError, match="evaluate.definitions.x.simlarity: unknown key"):
+        from_dict({"evaluate": {"definitions": {"x": {"simlarity": "cosine"}}}})
+
+
+def test_cli_reports_missing_column_and_bad_profiles(tmp_path):
+    profiles = synthetic_profiles(n_genes=4, plates=2, negcons=4, n_features=8, seed=1)
+    src = tmp_path / "p.parquet"
+    profiles.drop(columns=["Metadata_Plate"]).to_parquet(src)
+    cfg = _write_config(tmp_path, tasks=["replicate"])
+    proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(cfg), "--profiles", str(src)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "task 'replicate'" in proc.stderr and "Metadata_Plate" in proc.stderr
+    bad = profiles.copy()
+    bad.loc[3, "Feature_000"] = np.nan
+    bad.to_parquet(src)
+    proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(cfg), "--profiles", str(src)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "non-finite" in proc.stderr and bad.loc[3, "Metadata_Well"] in proc.stderr
+
+
+def test_task_definitions_replace_defaults_from_yaml():
+    cfg = from_dict({"evaluate": {"tasks": ["mine"], "definitions": {"mine": {
+        "subset": [{"Metadata_modality": ["orf"]}], "pos_diffby": [], "similarity": "abs_cosine"}}}})
+    spec = cfg.evaluate.definitions["mine"]
+    assert spec.similarity == "abs_cosine" and spec.subset == [{"Metadata_modality": ["orf"]}]
+    assert list(cfg.evaluate.definitions) == ["mine"]
+    cfg.evaluate.null_size = 500
+    profiles = synthetic_profiles(n_genes=5, plates=2, negcons=4, n_features=8, seed=3)
+    q = evaluate_profiles(profiles, cfg.evaluate)["queries"]
+    assert set(q["task"]) == {"mine"} and set(q["Metadata_modality"]) == {"orf"}
+    assert (q["n_pos_pairs"] == 1).all() and (q["n_total_pairs"] == 1 + 2 * 4).all()
