@@ -676,5 +676,10 @@ def schema_rows(cls=Config, prefix: str = ""):
             default = f.default_factory()
         else:
             default = "(required)"
-        rows.append((key, _type_name(t), json.dumps(default, default=str), f.metadata.get("doc", "")))
+        text = json.dumps(to_dict(default), default=str)
+        if isinstance(default, dict) and len(text) > 120:
+            text = "{" + ", ".join(map(str, default)) + "}"  # long mappings: their keys; entries below
+        rows.append((key, _type_name(t), text, f.metadata.get("doc", "")))
+        if typing.get_origin(t) is dict and _is_dataclass_type(typing.get_args(t)[1]):
+            rows.extend(schema_rows(typing.get_args(t)[1], f"{key}.<name>"))
     return rows
