@@ -1,70 +1,62 @@
 """Speed of Texture + Granularity against cp_measure 0.3.0 on one synthetic site.
 
-Usage: ``python scripts/bench_texture_granularity.py [--size 1080] [--cells 200]
+Usage: ``python scripts/bench_texture_granularity.py [--size 1080] [--cells 220]
 [--channels 5] [--ref-channels 1]``
 
-Builds a deterministic CPJUMP1-like site (Nuclei, Cells, Cytoplasm label images,
-``--channels`` textured channels), times hpc_profiler's
-``measure_texture`` (scales 3, 5, 10; 256 levels) and ``measure_granularity``
-(16 / 0.5 / 0.5 / 10) for every channel and object set, and cp_measure's
+Builds a deterministic CPJUMP1-like site with ``hpc_profiler.synth`` (Nuclei,
+Cells, Cytoplasm label images, ``--channels`` channels), times hpc_profiler's
+``measure_texture`` / ``measure_image_texture`` (scales 3, 5, 10; 256 levels)
+and granularity (16 / 0.5 / 0.5 / 10) for every channel and object set, and cp_measure's
 ``get_texture`` / ``get_granularity`` with the same parameters for
 ``--ref-channels`` channels (cp_measure is linear in the channels; its time is
 scaled to all channels and the scaling is printed). Prints seconds and ratios;
 it asserts nothing.
+
+CPU seconds (``time.process_time``) are printed per step for ONE thread: the
+script pins OpenMP/BLAS to one thread unless the environment already sets it
+(wall time is unreliable on a shared machine). ``--ref-channels 0`` skips
+cp_measure.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
-import numpy as np
-import scipy.ndimage as ndi
-from skimage.segmentation import expand_labels
+for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")  # one core: CPU seconds comparable between runs
 
-from hpc_profiler.features.granularity import measure_granularity, object_sampler
-from hpc_profiler.features.texture import measure_texture, texture_geometry
+import numpy as np
+
+from hpc_profiler.config import CPJUMP1_CHANNELS
+from hpc_profiler.features.granularity import granular_spectrum, object_sampler, object_spectrum
+from hpc_profiler.features.texture import measure_image_texture, measure_texture, texture_geometry
+from hpc_profiler.synth import synthesize_site
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito", "Extra1", "Extra2"]
 
 
 def synthetic_site(size: int, n_cells: int, n_channels: int, seed: int = 0):
-    """Nuclei/Cells/Cytoplasm labels (1..N shared) and textured float channels."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-    nuclei = np.zeros((size, size), np.int32)
-    k = 0
-    for _ in range(n_cells * 20):
-        cy, cx = rng.uniform(20, size - 20, 2)
-        a, b = rng.uniform(7, 14, 2)
-        th = rng.uniform(0, np.pi)
-        y0, y1, x0, x1 = int(cy - 16), int(cy + 17), int(cx - 16), int(cx + 17)
-        y, x = yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx
-        u = (x * np.cos(th) + y * np.sin(th)) / a
-        v = (-x * np.sin(th) + y * np.cos(th)) / b
-        m = (u * u + v * v) <= 1
-        win = nuclei[y0:y1, x0:x1]
-        if (win[m] > 0).any() or ndi.binary_dilation(m, iterations=6)[win > 0].any():
-            continue
-        k += 1
-        win[m] = k
-        if k == n_cells:
-            break
-    cells = expand_labels(nuclei, distance=22).astype(np.int32)
+    """Nuclei/Cells/Cytoplasm labels (1..N shared) and float32 channels in [0, 1].
+
+    :func:`hpc_profiler.synth.synthesize_site` (CPJUMP1-like; ``n_cells`` per
+    site); channels beyond the five CPJUMP1 ones reuse them in turn.
+    """
+    s = synthesize_site(seed, size=size, n_cells=n_cells)
+    nuclei = s.nuclei.astype(np.int32)
+    cells = s.cells.astype(np.int32)
     cyto = np.where(nuclei > 0, 0, cells).astype(np.int32)
-    images = {}
-    for c in range(n_channels):
-        noise = ndi.gaussian_filter(rng.random((size, size)), 1.0 + c % 3)
-        noise = (noise - noise.min()) / (noise.max() - noise.min())
-        base = np.where(nuclei > 0, 0.25, 0.0) if c == 0 else np.where(cells > 0, 0.12, 0.0)
-        img = 0.01 + base * (0.5 + noise) + 0.02 * rng.random((size, size))
-        images[CHANNELS[c]] = np.clip(img, 0, 1)
-    return {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cyto}, k, images
+    images = {
+        CHANNELS[c]: s.images[CPJUMP1_CHANNELS[c % len(CPJUMP1_CHANNELS)]].astype(np.float32) / 65535.0
+        for c in range(n_channels)
+    }
+    return {"Nuclei": nuclei, "Cells": cells, "Cytoplasm": cyto}, int(cells.max()), images
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1080)
-    ap.add_argument("--cells", type=int, default=200)
+    ap.add_argument("--cells", type=int, default=220)
     ap.add_argument("--channels", type=int, default=5)
     ap.add_argument("--ref-channels", type=int, default=1)
     ap.add_argument("--numba", action="store_true", help="also time cp_measure's numba texture backend")
@@ -73,19 +65,40 @@ def main() -> None:
     print(f"site {args.size}x{args.size}, {n} objects per set, {len(images)} channels, 3 object sets")
     scales = (3, 5, 10)
 
+    cpu = {}
+
+    def step(name, fn):
+        c0 = time.process_time()
+        out = fn()
+        cpu[name] = cpu.get(name, 0.0) + time.process_time() - c0
+        return out
+
     t0 = time.perf_counter()
-    geoms = {o: texture_geometry(lab, scales) for o, lab in labels.items()}
+    geoms = step("texture geometry", lambda: {o: texture_geometry(lab, scales) for o, lab in labels.items()})
     for ch, img in images.items():
         for o, lab in labels.items():
-            measure_texture(lab, n, img, ch, scales=scales, gray_levels=256, geometry=geoms[o])
+            step("texture objects", lambda: measure_texture(lab, n, img, ch, scales=scales, gray_levels=256,
+                                                            geometry=geoms[o]))
+        step("texture image", lambda: measure_image_texture(img, ch, scales=scales, gray_levels=256))
     t_tex = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    samplers = {o: object_sampler(lab, n, 0.5) for o, lab in labels.items()}
+    samplers = step("granularity samplers",
+                    lambda: {o: object_sampler(lab, n, 0.5) for o, lab in labels.items()})
     for ch, img in images.items():
-        measure_granularity(img, ch, labels, {o: n for o in labels}, samplers=samplers)
+        spec = step("granularity spectrum", lambda: granular_spectrum(img))
+        for o, lab in labels.items():
+            step("granularity objects", lambda: object_spectrum(spec, img, lab, n, samplers[o]))
     t_gran = time.perf_counter() - t0
-    print(f"hpc_profiler: texture {t_tex:.2f} s, granularity {t_gran:.2f} s")
+    print(f"{'step (all channels and object sets)':38s} {'CPU s':>7s}")
+    for name, sec in cpu.items():
+        print(f"{name:38s} {sec:7.2f}")
+    tex_cpu = sum(v for k, v in cpu.items() if k.startswith("texture"))
+    gran_cpu = sum(v for k, v in cpu.items() if k.startswith("granularity"))
+    print(f"{'texture total':38s} {tex_cpu:7.2f}\n{'granularity total':38s} {gran_cpu:7.2f}")
+    print(f"hpc_profiler wall: texture {t_tex:.2f} s, granularity {t_gran:.2f} s")
+    if args.ref_channels < 1:
+        return
 
     from cp_measure.core.measuregranularity import get_granularity
     from cp_measure.core.measuretexture import get_texture

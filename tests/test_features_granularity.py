@@ -138,6 +138,23 @@ def test_image_granularity_matches_transcription(shape):
     assert all(isinstance(v, float) for v in image_level.values())
 
 
+@pytest.mark.parametrize("sub, back_sub", [(0.4, 0.5), (0.5, 0.25), (1.0, 0.5)])
+def test_other_sampling_factors_match_transcription(sub, back_sub):
+    """Subsample factors whose sample positions are not all pixels (0.4: interpolated)
+    and those that are (0.5, 0.25: read as strided views) against the transcription."""
+    nuclei, _, n, img = blob_site(size=120, n=10, seed=6)
+    params = dict(PARAMS, subsample_size=sub, image_sample_size=back_sub)
+    per_obj, image_level = measure_granularity(img, "AGP", {"Nuclei": nuclei}, {"Nuclei": n}, **params)
+    ref, ref_obj = reference_image_spectrum(
+        img, CFG.spectrum_length, sub, back_sub, CFG.element_size, labels=nuclei
+    )
+    got = np.array([image_level[f"Granularity_{k}_AGP"] for k in range(1, CFG.spectrum_length + 1)])
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+    got_obj = np.array([per_obj["Nuclei"][f"Granularity_{k}_AGP"] for k in range(1, CFG.spectrum_length + 1)])
+    np.testing.assert_allclose(got_obj, ref_obj, rtol=1e-9, atol=1e-9)
+    assert np.abs(got).max() > 0.1  # an informative spectrum
+
+
 def relabel(labels):
     """Labels 1..N for the objects left after cropping."""
     ids = np.unique(labels[labels > 0])

@@ -4,7 +4,10 @@ Reproduces ``MeasureGranularity.run_on_image_setting`` of CellProfiler 4 (2D,
 full-frame image mask), after Ravkin's granulometry:
 
 1. **Subsample** the image by ``subsample_size`` with bilinear
-   ``map_coordinates`` at ``arange(ceil(H * s)) / s`` (CPJUMP1: 0.5).
+   ``map_coordinates`` at ``arange(ceil(H * s)) / s`` (CPJUMP1: 0.5). When
+   every sample position is an integer (``s = 1 / step``, as 0.5) the bilinear
+   weights are ``(1, 0)`` and the samples are read as a strided view instead
+   (the same numbers, without the interpolation).
 2. **Background**: subsample that again by ``image_sample_size`` (0.5), open it
    (grey erosion then dilation, ``skimage.morphology`` with a ``disk(element_size)``
    footprint, 10), map it back to the subsampled grid with coordinates scaled by
@@ -20,6 +23,13 @@ full-frame image mask), after Ravkin's granulometry:
    ``map_coordinates(mode="constant")``) and averaged per object; ``mean_0`` is
    the object's mean of the *original* image (not background subtracted), as in
    CellProfiler's ``ObjectRecord``.
+
+Step 3 is where the time goes: 16 reconstructions per channel, each two
+``argsort`` of the stacked seed and mask inside scikit-image (about 0.1 s of one
+core on a 540 x 540 subsampled site). Exact alternatives measured on
+CPJUMP1-like sites were slower: iterated geodesic dilation needs 25 to 1000
+passes, and a max-tree (one sort per channel) costs 0.5-0.8 s to build plus a
+pointer-doubling pass per step.
 
 Everything up to step 3 depends on the channel only, so it is done once per
 channel and measured for every object set (CellProfiler shares it too;
@@ -86,6 +96,11 @@ def _downsample(image, factor: float, bk):
     (_, h), (_, w) = _grid_count(image.shape[0], factor), _grid_count(image.shape[1], factor)
     i = xp.arange(h, dtype=xp.float64) / factor
     j = xp.arange(w, dtype=xp.float64) / factor
+    step = int(round(1.0 / factor))
+    if bool((i == xp.arange(h) * step).all() & (j == xp.arange(w) * step).all()):
+        # every sample sits on a pixel (factor 1/step): the bilinear weights are
+        # (1, 0), so the samples are exactly the pixels of a strided view
+        return image[::step, ::step][:h, :w].copy()
     coords = xp.stack(xp.meshgrid(i, j, indexing="ij"))
     return bk.ndi.map_coordinates(image, coords, order=1)
 
@@ -299,10 +314,8 @@ def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: 
     """
     xp = backend_of(labels, image).xp
     n_objects = int(n_objects)
-    lab = labels.ravel().astype(xp.int64)
-    fg = lab > 0
-    sums0 = xp.bincount(lab[fg] - 1, weights=xp.asarray(image, dtype=xp.float64).ravel()[fg],
-                        minlength=n_objects)[:n_objects]
+    weights = xp.asarray(image, dtype=xp.float64).ravel()
+    sums0 = xp.bincount(labels.ravel(), weights=weights, minlength=n_objects + 1)[1 : n_objects + 1]
     with np.errstate(invalid="ignore", divide="ignore"):
         current = sums0 / sampler.count
         start = xp.maximum(current, np.finfo(float).eps)
