@@ -279,7 +279,7 @@ def apply_illum(image, function):
             f"illumination: image shape {tuple(image.shape)} differs from the function's {tuple(function.shape)}"
         )
     out = xp.asarray(image, dtype=xp.float32) / xp.asarray(function, dtype=xp.float32)
-    return xp.clip(out, 0.0, 1.0)
+    return xp.clip(out, 0.0, 1.0, out=out)
 
 
 # --------------------------------------------------------------------------- files
@@ -439,4 +439,5 @@ def subtract_background(image, background):
     """CorrectIlluminationApply "Subtract": ``max(image - background, 0)``, float32."""
     bk = backend_of(image, background)
     xp = bk.xp
-    return xp.maximum(xp.asarray(image, dtype=xp.float64) - background, 0.0).astype(xp.float32)
+    diff = xp.asarray(image, dtype=xp.float64) - background
+    return xp.maximum(diff, 0.0, out=diff).astype(xp.float32)

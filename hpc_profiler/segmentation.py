@@ -39,18 +39,31 @@ Where it deliberately differs
   object left without a maximum is seeded as a whole, so no object is lost.
   The "size of smoothing filter" (``declump_filter_size``) is used by
   CellProfiler only for intensity declumping, so it has no effect here either.
+  CellProfiler's "Speed up by using lower-resolution image to find local
+  maxima" resizes the distance map by ``10 / min_diameter`` only when the
+  minimum diameter exceeds 10 px (``separate_neighboring_objects``); CPJUMP1's
+  is 10, so CellProfiler finds the maxima at full resolution, as here (a
+  configuration with a larger minimum diameter is not resized here).
 * Hole filling (cells) fills background components (4-connected) that do not
   touch the image edge and whose neighbours all carry one label; CellProfiler's
   graph walk additionally fills holes nested inside holes.
 
-Devices
--------
+Devices and speed
+-----------------
 Every step runs on the backend of the input (:func:`hpc_profiler.backend.backend_of`)
-except the watershed: cuCIM has no ``segmentation.watershed``, so the two
-watershed calls move their inputs to the host (``bk.to_numpy``), run
-``skimage.segmentation.watershed`` and move the labels back. The cost of those
-transfers on a GPU could not be measured when this was written (no GPU machine);
-``scripts/bench_segmentation.py`` reports it where a GPU exists.
+except the watershed: cuCIM has no ``segmentation.watershed``, so it runs
+``skimage.segmentation.watershed`` on the host (``bk.to_numpy``) and moves the
+labels back, one round trip per call. Declumping floods on the host only the
+thresholded objects holding two or more maxima, cropped to their bounding box
+(:func:`watershed_contested`); an object with one maximum is itself the
+result, assigned by a lookup on the device. The cells watershed is one
+full-image call, as CellProfiler's, so that even the order in which seeds of
+equal intensity flood is CellProfiler's. Other hot spots are computed by
+equivalent cheaper means with identical results: the maxima's disk filter as
+shifted 1-D running maxima (:func:`maximum_filter_disk`), hole filling and
+outlines by one labelling or shifted comparisons (:func:`fill_holes`,
+:func:`fill_label_holes`, :func:`outline`). ``scripts/bench_segmentation.py``
+reports CPU seconds per step and, where a GPU exists, the GPU times.
 
 QC: a channel whose pixels are all zero, or with more than
 :data:`SATURATION_WARN_FRACTION` of its pixels at full scale, gives a message
@@ -60,6 +73,7 @@ A missing channel raises :class:`SegmentationError` naming it.
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
@@ -79,11 +93,14 @@ __all__ = [
     "threshold_smoothing_sigma",
     "binarize",
     "strel_disk",
+    "maximum_filter_disk",
+    "watershed_contested",
     "declump_shape",
     "remove_border_objects",
     "filter_on_size",
     "relabel_consecutive",
     "outline",
+    "fill_holes",
     "fill_label_holes",
     "segment_nuclei",
     "segment_cells",
@@ -120,12 +137,16 @@ class Segmentation:
 # --------------------------------------------------------------------------- thresholds
 def threshold_tolerance(image) -> float:
     """CellProfiler's ``threshold_li`` tolerance: half the smallest gap between
-    distinct intensities, at least ``0.5 / 65536`` (``get_global_threshold``)."""
+    distinct intensities, at least ``0.5 / 65536`` (``get_global_threshold``).
+
+    The distinct values are found in the image's own dtype (a float32 image
+    sorts twice as fast) and their gaps taken in float64, so the result is
+    that of the float64 image."""
     xp = backend_of(image).xp
     u = xp.unique(image.ravel())
     if u.size < 2:
         return 0.5 / 65536
-    return max(float(xp.min(xp.diff(u))) / 2.0, 0.5 / 65536)
+    return max(float(xp.min(xp.diff(u.astype(xp.float64)))) / 2.0, 0.5 / 65536)
 
 
 def global_threshold(image, *, method: str, correction_factor: float, lower_bound: float, upper_bound: float):
@@ -134,7 +155,8 @@ def global_threshold(image, *, method: str, correction_factor: float, lower_boun
     Parameters
     ----------
     image : array
-        Unsmoothed image (CellProfiler thresholds the raw image).
+        Unsmoothed image (CellProfiler thresholds the raw image); the
+        threshold is computed on its float64 values whatever its dtype.
     method : {"li", "otsu"}
         ``li`` = Minimum Cross-Entropy: ``ski.filters.threshold_li`` with
         :func:`threshold_tolerance`; ``otsu``: ``ski.filters.threshold_otsu``.
@@ -157,9 +179,10 @@ def global_threshold(image, *, method: str, correction_factor: float, lower_boun
         if lo == hi:
             raw = lo
         elif method == "li":
-            raw = float(bk.ski.filters.threshold_li(image, tolerance=threshold_tolerance(image)))
+            tol = threshold_tolerance(image)
+            raw = float(bk.ski.filters.threshold_li(xp.asarray(image, dtype=xp.float64), tolerance=tol))
         elif method == "otsu":
-            raw = float(bk.ski.filters.threshold_otsu(image))
+            raw = float(bk.ski.filters.threshold_otsu(xp.asarray(image, dtype=xp.float64)))
         else:
             raise SegmentationError(f"unknown threshold method {method!r}; known: li, otsu")
     final = min(max(raw * correction_factor, lower_bound), upper_bound)
@@ -192,12 +215,66 @@ def strel_disk(radius: float, xp=np):
     return xp.asarray((x * x + y * y) <= radius * radius)
 
 
+@functools.lru_cache(maxsize=4)
 def _tie_noise(shape, xp):
-    """Deterministic noise in [0, 1e-3) from an integer hash of (row, column)."""
+    """Deterministic noise in [0, 1e-3) from an integer hash of (row, column).
+
+    Cached per shape and array module (every site of a plate has the same
+    shape); callers must not modify it.
+    """
     i = xp.arange(shape[0], dtype=xp.int64)[:, None]
     j = xp.arange(shape[1], dtype=xp.int64)[None, :]
     h = ((i * 73856093) ^ (j * 19349663)) % 1000
     return h.astype(xp.float64) * 1e-6
+
+
+def maximum_filter_disk(image, radius: float):
+    """``ndimage.maximum_filter(image, footprint=strel_disk(radius), mode="constant", cval=0)``.
+
+    The same maxima, computed row by row of the disk: row ``dy`` of
+    :func:`strel_disk` is the centred run ``|dx| <= w(dy)``, so the filter is
+    the maximum over ``dy`` of the image's horizontal running maximum of width
+    ``2 w(dy) + 1`` shifted by ``dy`` rows. The narrowest running maximum is
+    one ``maximum_filter1d`` pass; each wider one is the maximum of two copies
+    of a narrower one shifted by the difference ``k`` of half-widths (or a
+    pass of its own where ``k`` exceeds the narrower half-width, which would
+    leave a gap). The image is zero-padded by the radius first (``cval=0``).
+    About 20 array maxima instead of ``pi r**2`` comparisons per pixel, exact
+    for any values.
+    """
+    bk = backend_of(image)
+    xp = bk.xp
+    disk = strel_disk(radius)
+    r = disk.shape[0] // 2
+    if r == 0:
+        return image.copy()
+    widths = [int(v) for v in disk[r:].sum(axis=1) // 2]  # w(dy), dy = 0 .. r
+    h, w = image.shape
+    padded = xp.pad(image, r, mode="constant", constant_values=0)
+    steps = sorted(set(widths))
+    runs = {}
+    for narrow, wide in zip([None] + steps, steps):
+        k = None if narrow is None else wide - narrow
+        if k is None or k > narrow:  # two shifted runs would leave a gap
+            runs[wide] = bk.ndi.maximum_filter1d(padded, 2 * wide + 1, axis=1, mode="constant", cval=0.0)
+            continue
+        prev = runs[narrow]
+        cur = prev.copy()
+        xp.maximum(prev[:, : -2 * k], prev[:, 2 * k :], out=cur[:, k:-k])
+        runs[wide] = cur
+    out = runs[widths[0]][r : r + h, r : r + w].copy()
+    for dy in range(1, r + 1):
+        run = runs[widths[dy]]
+        xp.maximum(out, run[r + dy : r + dy + h, r : r + w], out=out)
+        xp.maximum(out, run[r - dy : r - dy + h, r : r + w], out=out)
+    return out
+
+
+def _crop_box(xp, sel):
+    """Row and column slices of the bounding box of the True pixels of ``sel``."""
+    rows = xp.nonzero(sel.any(axis=1))[0]
+    cols = xp.nonzero(sel.any(axis=0))[0]
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def _watershed_host(bk, image, markers, mask):
@@ -214,6 +291,62 @@ def _watershed_host(bk, image, markers, mask):
         connectivity=2,
     )
     return bk.asarray(out.astype(np.int32, copy=False))
+
+
+def watershed_contested(image, markers, components):
+    """Watershed of ``image`` from ``markers`` within the labelled ``components``,
+    flooding on the host only the components two or more markers compete for.
+
+    * A component holding one marker label is flooded whole with it and one
+      holding none stays 0, as a watershed does (it reaches exactly the
+      8-connected component of its markers); this is a lookup on the device.
+    * The components holding two or more labels go to
+      ``skimage.segmentation.watershed`` (8-connected) in one call, cropped to
+      their bounding box: only that crop is copied to the host and back.
+
+    The labels equal those of one full-image call except possibly where seed
+    pixels of exactly equal value compete: skimage's binary heap releases
+    equal keys in an order that depends on all the keys it holds.
+
+    Parameters
+    ----------
+    image : float array (H, W)
+    markers : int array (H, W), 0 = no seed
+    components : int array (H, W)
+        8-connected labels of the mask (0 = outside).
+
+    Returns
+    -------
+    int32 array (H, W)
+    """
+    bk = backend_of(image, markers, components)
+    xp = bk.xp
+    n_comp = int(components.max()) if components.size else 0
+    markers = xp.where(components > 0, markers, 0).astype(xp.int32)
+    n_mark = int(markers.max()) if markers.size else 0
+    if n_comp == 0 or n_mark == 0:
+        return xp.zeros(components.shape, dtype=xp.int32)
+    seeded = markers > 0
+    m_lab, m_comp = markers[seeded], components[seeded]
+    # a component for each label (one of its pixels') and a label for each component
+    comp_of = xp.zeros(n_mark + 1, dtype=m_comp.dtype)
+    comp_of[m_lab] = m_comp
+    label_of = xp.zeros(n_comp + 1, dtype=xp.int32)
+    label_of[m_comp] = m_lab
+    n_labels = xp.bincount(comp_of[1:], minlength=n_comp + 1)
+    n_labels[0] = 0
+    contested = n_labels > 1
+    contested[m_comp[comp_of[m_lab] != m_comp]] = True  # a label spread over components
+    single = (n_labels == 1) & ~contested
+    out = xp.where(single[components], label_of[components], 0).astype(xp.int32)
+    sel = contested[components]
+    if not bool(sel.any()):
+        return out
+    rs, cs = _crop_box(xp, sel)
+    sel_c = sel[rs, cs]
+    flooded = _watershed_host(bk, image[rs, cs], xp.where(sel_c, markers[rs, cs], 0), sel_c)
+    out[rs, cs] = xp.where(sel_c, flooded, out[rs, cs])
+    return out
 
 
 def _lut_apply(xp, labels, keep):
@@ -267,12 +400,40 @@ def relabel_consecutive(labels):
 
 def outline(labels):
     """Pixels of an object with an 8-neighbour of another value, or on the image edge
-    (``centrosome.cpmorphology.outline``); boolean."""
-    bk = backend_of(labels)
-    eight = bk.xp.asarray(_EIGHT)
-    dil = bk.ndi.grey_dilation(labels, footprint=eight, mode="constant", cval=0)
-    ero = bk.ndi.grey_erosion(labels, footprint=eight, mode="constant", cval=0)
-    return (labels != 0) & ((dil != labels) | (ero != labels))
+    (``centrosome.cpmorphology.outline``); boolean.
+
+    Eight comparisons of the zero-padded labels with their shifted copies
+    (the same pixels as a 3 x 3 grey dilation and erosion, in a quarter of
+    the time).
+    """
+    xp = backend_of(labels).xp
+    h, w = labels.shape
+    padded = xp.pad(labels, 1, mode="constant", constant_values=0)
+    differs = xp.zeros(labels.shape, dtype=bool)
+    for dy in (-1, 0, 1):
+        for dx in (-1, 0, 1):
+            if dy or dx:
+                differs |= padded[1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] != labels
+    return differs & (labels != 0)
+
+
+def fill_holes(binary):
+    """``ndimage.binary_fill_holes(binary)`` (4-connected background).
+
+    A background pixel stays background when its 4-connected background
+    component reaches the image edge; every other one is filled. One
+    labelling and a lookup instead of SciPy's iterated propagation.
+    """
+    bk = backend_of(binary)
+    xp = bk.xp
+    bg = ~binary.astype(bool)
+    blab, nb = bk.ndi.label(bg, structure=xp.asarray(_FOUR))
+    if int(nb) == 0:
+        return ~bg
+    outside = xp.zeros(int(nb) + 1, dtype=bool)
+    outside[xp.concatenate([blab[0, :], blab[-1, :], blab[:, 0], blab[:, -1]])] = True
+    outside[0] = False
+    return ~outside[blab]
 
 
 def fill_label_holes(labels):
@@ -281,30 +442,40 @@ def fill_label_holes(labels):
     A hole is a 4-connected background component that does not touch the
     image edge and whose 4-neighbours all carry the same label (the simple case
     of ``centrosome.cpmorphology.fill_labeled_holes``; holes nested inside
-    holes are not filled). Vectorised over components with labelled
-    ``ndimage.minimum``/``maximum``.
+    holes are not filled). Vectorised over components: the largest and the
+    smallest object label among the 4-neighbours of every pixel of a component
+    that does not touch the edge (gathered by index; such pixels are never on
+    the edge) are reduced per component with labelled
+    ``ndimage.maximum``/``minimum``; a component is filled when the two agree.
     """
     bk = backend_of(labels)
     xp, ndi = bk.xp, bk.ndi
     labels = labels.astype(xp.int32)
     bg = labels == 0
-    four = xp.asarray(_FOUR)
-    blab, nb = ndi.label(bg, structure=four)
+    blab, nb = ndi.label(bg, structure=xp.asarray(_FOUR))
     nb = int(nb)
     if nb == 0 or not labels.any():
         return labels
-    big = int(labels.max()) + 1
-    dil = ndi.grey_dilation(labels, footprint=four, mode="constant", cval=0)
-    ero = ndi.grey_erosion(xp.where(bg, big, labels), footprint=four, mode="constant", cval=big)
-    idx = xp.arange(1, nb + 1)
-    hi = xp.asarray(ndi.maximum(dil, blab, idx))
-    lo = xp.asarray(ndi.minimum(ero, blab, idx))
     touches = xp.zeros(nb + 1, dtype=bool)
     touches[xp.concatenate([blab[0, :], blab[-1, :], blab[:, 0], blab[:, -1]])] = True
+    touches[0] = True  # object pixels are no candidates
+    ys, xs = xp.nonzero(~touches[blab])
+    if ys.size == 0:
+        return labels
+    big = int(labels.max()) + 1
+    around = xp.stack([labels[ys - 1, xs], labels[ys + 1, xs], labels[ys, xs - 1], labels[ys, xs + 1]])
+    hi_px = around.max(axis=0)
+    lo_px = xp.where(around > 0, around, big).min(axis=0)
+    comp = blab[ys, xs]
+    contact = hi_px > 0  # pixels with no object neighbour tell nothing
+    idx = xp.arange(1, nb + 1)
+    hi = xp.asarray(ndi.maximum(hi_px[contact], comp[contact], idx))
+    lo = xp.asarray(ndi.minimum(lo_px[contact], comp[contact], idx))
     fill = (hi == lo) & (hi > 0) & (lo < big) & ~touches[1:]
     lut = xp.zeros(nb + 1, dtype=xp.int32)
     lut[1:] = xp.where(fill, hi, 0).astype(xp.int32)
-    return xp.where(bg, lut[blab], labels).astype(xp.int32)
+    labels[ys, xs] = lut[comp]
+    return labels
 
 
 def declump_shape(components, min_maxima_distance: float):
@@ -330,11 +501,11 @@ def declump_shape(components, min_maxima_distance: float):
     if n == 0:
         return xp.zeros(components.shape, dtype=xp.int32)
     inside = components > 0
-    fg = ndi.binary_fill_holes(inside)
-    dist = ndi.distance_transform_edt(fg) + _tie_noise(components.shape, xp)
-    dist = xp.where(fg, dist, 0.0)
-    fp = strel_disk(max(1.0, min_maxima_distance - 0.5), xp)
-    peaks = (dist >= ndi.maximum_filter(dist, footprint=fp, mode="constant", cval=0.0)) & inside
+    fg = fill_holes(inside)
+    dist = ndi.distance_transform_edt(fg)
+    dist += _tie_noise(tuple(components.shape), xp)
+    dist[~fg] = 0.0
+    peaks = (dist >= maximum_filter_disk(dist, max(1.0, min_maxima_distance - 0.5))) & inside
     seeds, n_seeds = ndi.label(peaks, structure=xp.asarray(_EIGHT))
     n_seeds = int(n_seeds)
     # any component without a maximum is seeded as a whole
@@ -344,7 +515,7 @@ def declump_shape(components, min_maxima_distance: float):
     orphan[0] = False
     extra = (xp.cumsum(orphan) * orphan).astype(xp.int32)
     seeds = xp.where(orphan[components], n_seeds + extra[components], seeds).astype(xp.int32)
-    return _watershed_host(bk, float(dist.max()) - dist, seeds, inside)
+    return watershed_contested(float(dist.max()) - dist, seeds, components)
 
 
 # --------------------------------------------------------------------------- objects
@@ -369,7 +540,7 @@ def segment_nuclei(dna, params: NucleiConfig):
     xp, ndi = bk.xp, bk.ndi
     img = xp.asarray(dna, dtype=xp.float64)
     final, orig = global_threshold(
-        img,
+        dna,
         method=params.threshold_method,
         correction_factor=params.correction_factor,
         lower_bound=params.lower_bound,
@@ -377,7 +548,7 @@ def segment_nuclei(dna, params: NucleiConfig):
     )
     binary = binarize(img, final, params.smoothing_scale)
     if params.fill_holes:
-        binary = ndi.binary_fill_holes(binary)
+        binary = fill_holes(binary)
     components, _ = ndi.label(binary, structure=xp.asarray(_EIGHT))
     labels = declump_shape(components, params.min_maxima_distance)
     if params.exclude_border:
@@ -415,7 +586,7 @@ def segment_cells(rna, nuclei, params: CellsConfig):
     if tuple(img.shape) != tuple(nuclei.shape):
         raise SegmentationError(f"cells: image shape {tuple(img.shape)} differs from nuclei {tuple(nuclei.shape)}")
     final, orig = global_threshold(
-        img,
+        rna,
         method=params.threshold_method,
         correction_factor=params.correction_factor,
         lower_bound=params.lower_bound,

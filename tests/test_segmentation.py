@@ -19,13 +19,19 @@ import skimage.measure
 
 from hpc_profiler.config import DnaBackgroundConfig, IlluminationConfig, SegmentationConfig
 from hpc_profiler.illumination import apply_illum, dna_background, subtract_background
+import skimage.segmentation
+
+import hpc_profiler.segmentation as segmentation
 from hpc_profiler.segmentation import (
     SegmentationError,
     binarize,
     cytoplasm,
+    declump_shape,
+    fill_holes,
     fill_label_holes,
     filter_on_size,
     global_threshold,
+    maximum_filter_disk,
     outline,
     relabel_consecutive,
     remove_border_objects,
@@ -34,6 +40,8 @@ from hpc_profiler.segmentation import (
     segment_site,
     strel_disk,
     threshold_smoothing_sigma,
+    threshold_tolerance,
+    watershed_contested,
 )
 
 SEG = SegmentationConfig()
@@ -317,3 +325,89 @@ def test_background_subtraction_can_be_disabled():
     off = segment_site({"DNA": dna, "RNA": z}, SEG, DnaBackgroundConfig(enabled=False))
     assert on.measurements["Count_Nuclei"] == 1 == off.measurements["Count_Nuclei"]
     assert on.measurements["Threshold_OrigThreshold_Nuclei"] != off.measurements["Threshold_OrigThreshold_Nuclei"]
+
+
+# --------------------------------------------------------------------------- fast equivalents vs SciPy / scikit-image
+def _clumps(seed, shape=(240, 260), n=40):
+    """Thresholded image of random overlapping disks (clumps, singletons, border objects)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    fg = np.zeros(shape, bool)
+    for cy, cx, r in zip(rng.uniform(0, shape[0], n), rng.uniform(0, shape[1], n), rng.uniform(5, 16, n)):
+        fg |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+    fg[rng.random(shape) < 0.01] = False  # pepper: holes and ragged edges
+    return ndi.label(fg, structure=np.ones((3, 3)))[0]
+
+
+def test_maximum_filter_disk_equals_scipy_footprint_filter():
+    rng = np.random.default_rng(7)
+    img = ndi.gaussian_filter(rng.normal(size=(123, 97)), 2)  # negative values too: the zero padding counts
+    for r in (1, 1.5, 2.5, 5, SEG.nuclei.min_maxima_distance - 0.5, 12):
+        ref = ndi.maximum_filter(img, footprint=strel_disk(r), mode="constant", cval=0.0)
+        np.testing.assert_array_equal(maximum_filter_disk(img, r), ref)
+    tiny = img[:4, :3]
+    ref = ndi.maximum_filter(tiny, footprint=strel_disk(7.5), mode="constant", cval=0.0)
+    np.testing.assert_array_equal(maximum_filter_disk(tiny, 7.5), ref)
+
+
+def test_fill_holes_equals_scipy_binary_fill_holes():
+    rng = np.random.default_rng(8)
+    for k in range(20):
+        b = rng.random((rng.integers(1, 50), rng.integers(1, 50))) < rng.uniform(0.3, 0.9)
+        np.testing.assert_array_equal(fill_holes(b), ndi.binary_fill_holes(b), err_msg=f"case {k}")
+    assert fill_holes(np.ones((3, 3), bool)).all() and not fill_holes(np.zeros((3, 3), bool)).any()
+
+
+def test_watershed_contested_equals_full_image_skimage_watershed():
+    for seed in range(3):
+        components = _clumps(seed)
+        rng = np.random.default_rng(seed)
+        image = ndi.gaussian_filter(rng.random(components.shape), 3)  # continuous: no ties
+        markers = np.zeros(components.shape, np.int32)
+        pick = rng.random(components.shape) < 0.002
+        markers[pick] = np.arange(1, int(pick.sum()) + 1)
+        markers = ndi.grey_dilation(markers, size=(3, 3))
+        markers[markers == 5] = 3  # one label in two places (maybe two components)
+        ref = skimage.segmentation.watershed(image, markers, mask=components > 0, connectivity=2)
+        out = watershed_contested(image, markers, components)
+        assert out.dtype == np.int32
+        np.testing.assert_array_equal(out, ref)
+        # both paths were taken: components with one label and with several
+        lab_per_comp = [
+            np.unique(markers[(components == c) & (markers > 0)]).size for c in range(1, components.max() + 1)
+        ]
+        assert 1 in lab_per_comp and max(lab_per_comp) > 1 and 0 in lab_per_comp
+
+
+def test_declump_equals_scipy_skimage_composition(monkeypatch):
+    """The fast pieces of declumping compose to the plain SciPy/skimage version."""
+    d = SEG.nuclei.min_maxima_distance
+    for seed in range(3):
+        components = _clumps(seed + 10)
+        fast = declump_shape(components, d)
+        with monkeypatch.context() as m:
+            m.setattr(segmentation, "fill_holes", ndi.binary_fill_holes)
+            m.setattr(
+                segmentation,
+                "maximum_filter_disk",
+                lambda img, r: ndi.maximum_filter(img, footprint=strel_disk(r), mode="constant", cval=0.0),
+            )
+            m.setattr(
+                segmentation,
+                "watershed_contested",
+                lambda image, markers, comps: skimage.segmentation.watershed(
+                    image, markers, mask=comps > 0, connectivity=2
+                ),
+            )
+            plain = declump_shape(components, d)
+        np.testing.assert_array_equal(fast, plain)
+        assert fast.max() > np.unique(components).size - 1  # clumps were split
+
+
+def test_threshold_tolerance_of_float32_equals_float64():
+    rng = np.random.default_rng(9)
+    img = (rng.permutation(np.arange(0, 60000, 7))[:4096] / 65535.0 * 1.3).astype(np.float32).reshape(64, 64)
+    t32 = threshold_tolerance(img)
+    u = np.unique(img.astype(np.float64))
+    assert t32 == max(np.min(np.diff(u)) / 2, 0.5 / 65536)
+    assert t32 == threshold_tolerance(img.astype(np.float64))

@@ -274,3 +274,16 @@ def test_cli_main_synth(tmp_path, capsys):
     assert len(list((tmp_path / "out" / "images" / "SYN-CRISPR-1").glob("*.tiff"))) == 5 * 2
     bad = parser.parse_args([str(tmp_path / "o2"), "--wells", "0"])
     assert main_synth(bad) == 2
+
+
+def test_empty_sites_go_through_segmentation():
+    """n_cells=0 gives an empty site that segments into empty labels, not a crash."""
+    from hpc_profiler.illumination import apply_illum
+    from hpc_profiler.segmentation import segment_site
+
+    for seed, size in ((3, 160), (4, 270)):
+        s = synthesize_site(seed, size=size, n_cells=0)
+        assert s.nuclei.max() == 0 and s.cells.max() == 0
+        seg = segment_site({c: apply_illum(s.images[c] / 65535.0, s.vignette[c]) for c in s.images})
+        assert seg.measurements["Count_Nuclei"] == 0 == seg.measurements["Count_Cells"]
+        assert not seg.nuclei.any() and not seg.cells.any() and not seg.cytoplasm.any()
