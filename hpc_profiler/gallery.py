@@ -169,7 +169,7 @@ def configure_storage(cfg) -> storage.StorageOptions:
     )
 
 
-def read_npy(url) -> "np.ndarray":
+def read_npy(url):
     """One ``.npy`` array (a CellProfiler illumination function) from a path or URL.
 
     Read through :func:`storage.read_bytes` and parsed with

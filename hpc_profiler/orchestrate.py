@@ -57,6 +57,7 @@ import submitit
 from submitit.core.utils import UncompletedJobError
 
 from . import manifest as manifest_mod
+from ._atomic import write_bytes_atomic
 from . import pipeline, sitefile, storage
 from .images import load_site_images
 from .config import Config, ConfigError, load_config
@@ -113,21 +114,8 @@ def current_task_id() -> str:
 # ============================================================ small atomic files
 def _write_json_atomic(path: Path, obj) -> Path:
     """Write JSON next to ``path`` then rename over it (readers never see half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
-    return path
+    text = json.dumps(obj, indent=1, sort_keys=True, default=str)
+    return write_bytes_atomic(path, text.encode())
 
 
 def read_json(path: Path):

@@ -36,11 +36,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
 import time
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
@@ -50,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from . import profiles as P
+from ._atomic import atomic_path, write_bytes_atomic
 from .mpi import abort_on_error, get_comm, split_balanced
 from .sitefile import read_cells_table, validate_site_file
 
@@ -219,19 +218,12 @@ def merge_parts(parts: list[dict], field: str = "values") -> pd.DataFrame:
 # --------------------------------------------------------------------------- output
 def write_table_atomic(df: pd.DataFrame, path, kind: str = "parquet") -> Path:
     """Write ``df`` to ``path`` (Parquet via pyarrow, or CSV) through a temporary file + ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         if kind == "parquet":
             df.to_parquet(tmp, engine="pyarrow", index=False)
         else:
             df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return Path(path)
 
 
 def read_well_metadata(path) -> pd.DataFrame:
@@ -262,9 +254,7 @@ def _write_outputs(cfg, tables: dict, skipped: list, skip_invalid: bool, summary
     if skip_invalid:
         cols = ["path", "plate", "well", "site", "stage", "reason"]
         paths["skipped"] = str(write_table_atomic(pd.DataFrame(skipped, columns=cols), outdir / SKIPPED_NAME, "csv"))
-    tmp = outdir / f".{SUMMARY_NAME}.{uuid.uuid4().hex[:12]}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    os.replace(tmp, outdir / SUMMARY_NAME)
+    write_bytes_atomic(outdir / SUMMARY_NAME, json.dumps(summary, indent=2).encode())
     paths["summary"] = str(outdir / SUMMARY_NAME)
     return paths
 

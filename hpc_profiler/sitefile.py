@@ -23,9 +23,7 @@ a valid file with zero rows.
 """
 from __future__ import annotations
 
-import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -33,6 +31,7 @@ from typing import Mapping, Optional
 import h5py
 import numpy as np
 
+from ._atomic import atomic_path
 from ._version import __version__
 
 STR = h5py.string_dtype("utf-8")
@@ -93,52 +92,42 @@ def write_site_file(
 ) -> Path:
     """Write a site file atomically and return its path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp.h5")
-    try:
-        with h5py.File(tmp, "w") as f:
-            f.attrs.update(
-                {
-                    "plate": str(plate),
-                    "well": str(well),
-                    "site": str(site),
-                    "config_hash": str(config_hash),
-                    "version": __version__,
-                    "backend": str(backend),
-                    "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "complete": False,
-                }
-            )
-            for k, v in (attrs or {}).items():
-                f.attrs[k] = v
-            for stage, sec in (timings or {}).items():
-                f.attrs[f"seconds_{stage}"] = float(sec)
-            og = f.create_group("objects")
-            for obj, table in objects.items():
-                g = og.create_group(obj)
-                g.create_dataset("features", data=table.values, dtype="f4", compression="gzip", compression_opts=1, shuffle=True) if table.values.size else g.create_dataset("features", data=table.values, dtype="f4")
-                g.create_dataset("feature_names", data=np.array(table.names, dtype=object), dtype=STR)
-                g.create_dataset("object_number", data=table.object_number, dtype="i4")
-                for other, par in table.parents.items():
-                    g.create_dataset(f"parent_{other}", data=np.asarray(par, dtype=np.int32), dtype="i4")
-            ig = f.create_group("image")
-            names = list(image)
-            ig.create_dataset("names", data=np.array(names, dtype=object), dtype=STR)
-            ig.create_dataset("values", data=np.array([float(image[n]) for n in names], dtype=np.float64))
-            lg = f.create_group("labels")
-            for obj, lab in (labels or {}).items():
-                lg.create_dataset(obj, data=np.asarray(lab, dtype=np.int32), compression="gzip", compression_opts=4, shuffle=True)
-            f.flush()
-            f.attrs["complete"] = True
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            tmp.unlink()
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path, suffix=".h5") as tmp, h5py.File(tmp, "w") as f:
+        f.attrs.update(
+            {
+                "plate": str(plate),
+                "well": str(well),
+                "site": str(site),
+                "config_hash": str(config_hash),
+                "version": __version__,
+                "backend": str(backend),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "complete": False,
+            }
+        )
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        for stage, sec in (timings or {}).items():
+            f.attrs[f"seconds_{stage}"] = float(sec)
+        og = f.create_group("objects")
+        for obj, table in objects.items():
+            g = og.create_group(obj)
+            compress = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if table.values.size else {}
+            g.create_dataset("features", data=table.values, dtype="f4", **compress)
+            g.create_dataset("feature_names", data=np.array(table.names, dtype=object), dtype=STR)
+            g.create_dataset("object_number", data=table.object_number, dtype="i4")
+            for other, par in table.parents.items():
+                g.create_dataset(f"parent_{other}", data=np.asarray(par, dtype=np.int32), dtype="i4")
+        ig = f.create_group("image")
+        names = list(image)
+        ig.create_dataset("names", data=np.array(names, dtype=object), dtype=STR)
+        ig.create_dataset("values", data=np.array([float(image[n]) for n in names], dtype=np.float64))
+        lg = f.create_group("labels")
+        for obj, lab in (labels or {}).items():
+            lab = np.asarray(lab, dtype=np.int32)
+            lg.create_dataset(obj, data=lab, compression="gzip", compression_opts=4, shuffle=True)
+        f.flush()
+        f.attrs["complete"] = True
     return path
 
 

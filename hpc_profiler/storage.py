@@ -145,17 +145,11 @@ def exists(url) -> bool:
 
 def write_bytes(url, data: bytes) -> None:
     """Write ``data`` to a local path (atomically) or a URL (one PUT)."""
-    import os
-    import uuid
-    from pathlib import Path
-
     url = str(url)
     if not is_url(url):
-        p = Path(url.removeprefix("file://"))
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, p)
+        from ._atomic import write_bytes_atomic
+
+        write_bytes_atomic(url.removeprefix("file://"), data)
         return
     fs = filesystem(url)
     with fs.open(url, "wb") as fh:
