@@ -519,7 +519,7 @@ def declump_shape(components, min_maxima_distance: float):
 
 
 # --------------------------------------------------------------------------- objects
-def segment_nuclei(dna, params: NucleiConfig):
+def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
     """IdentifyPrimaryObjects on a (background-subtracted) DNA image.
 
     Parameters
@@ -535,6 +535,10 @@ def segment_nuclei(dna, params: NucleiConfig):
     measurements : dict
         ``Threshold_FinalThreshold_Nuclei``, ``Threshold_OrigThreshold_Nuclei``,
         ``Count_Nuclei``.
+    unedited : int32 array (H, W), only with ``return_unedited=True``
+        The declumped objects before the border and size filters
+        (CellProfiler's "unedited segmentation"), which IdentifySecondaryObjects
+        grows cells from.
     """
     bk = backend_of(dna)
     xp, ndi = bk.xp, bk.ndi
@@ -551,20 +555,24 @@ def segment_nuclei(dna, params: NucleiConfig):
         binary = fill_holes(binary)
     components, _ = ndi.label(binary, structure=xp.asarray(_EIGHT))
     labels = declump_shape(components, params.min_maxima_distance)
+    unedited = labels
     if params.exclude_border:
         labels = remove_border_objects(labels)
     labels = filter_on_size(labels, params.min_diameter, params.max_diameter)
     if params.fill_holes:
         labels = fill_label_holes(labels)
     labels, n = relabel_consecutive(labels)
-    return labels, {
+    measurements = {
         "Threshold_FinalThreshold_Nuclei": final,
         "Threshold_OrigThreshold_Nuclei": orig,
         "Count_Nuclei": float(n),
     }
+    if return_unedited:
+        return labels, measurements, xp.asarray(unedited, dtype=xp.int32)
+    return labels, measurements
 
 
-def segment_cells(rna, nuclei, params: CellsConfig):
+def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
     """IdentifySecondaryObjects "Watershed - Image" seeded by the nuclei.
 
     Parameters
@@ -572,6 +580,12 @@ def segment_cells(rna, nuclei, params: CellsConfig):
     rna : array (H, W), float in [0, 1]
     nuclei : int32 array (H, W), labels 1..N
     params : CellsConfig
+    unedited_nuclei : int32 array (H, W), optional
+        The primary objects before border and size filtering. As in
+        CellProfiler, cells are then grown from all of them (so a cell next
+        to a discarded border nucleus does not take that nucleus's territory)
+        and the cells of discarded nuclei are removed afterwards
+        (``IdentifySecondaryObjects.filter_labels``).
 
     Returns
     -------
@@ -596,8 +610,11 @@ def segment_cells(rna, nuclei, params: CellsConfig):
     if n == 0:
         cells = xp.zeros(img.shape, dtype=xp.int32)
     else:
-        mask = binarize(img, final, params.smoothing_scale) | (nuclei > 0)
-        cells = _watershed_host(bk, 1.0 - img, nuclei.astype(xp.int32), mask)
+        seeds = nuclei if unedited_nuclei is None else unedited_nuclei
+        mask = binarize(img, final, params.smoothing_scale) | (seeds > 0) | (nuclei > 0)
+        cells = _watershed_host(bk, 1.0 - img, seeds.astype(xp.int32), mask)
+        if unedited_nuclei is not None:
+            cells = _keep_final_objects(cells, unedited_nuclei, nuclei, n)
         if params.fill_holes:
             cells = fill_label_holes(cells)
     return cells, {
@@ -605,6 +622,18 @@ def segment_cells(rna, nuclei, params: CellsConfig):
         "Threshold_OrigThreshold_Cells": orig,
         "Count_Cells": float(int((xp.bincount(cells.ravel(), minlength=n + 1)[1:] > 0).sum())),
     }
+
+
+def _keep_final_objects(grown, unedited, final, n_final: int):
+    """Relabel objects grown from ``unedited`` seeds to the ``final`` numbering;
+    objects whose seed was filtered out (no final label) become background."""
+    xp = backend_of(grown, unedited, final).xp
+    n_unedited = int(unedited.max()) if unedited.size else 0
+    lut = xp.zeros(n_unedited + 1, dtype=xp.int32)
+    inside = final > 0
+    # every final nucleus is exactly one unedited object: map its number over
+    lut[unedited[inside]] = final[inside].astype(xp.int32)
+    return lut[grown]
 
 
 def cytoplasm(cells, nuclei):
@@ -668,8 +697,8 @@ def segment_site(
     dna = images[seg.nuclei.channel]
     if dna_bg.enabled:
         dna = subtract_background(dna, dna_background(dna, dna_bg.block_size, dna_bg.smoothing))
-    nuclei, m_nuc = segment_nuclei(dna, seg.nuclei)
-    cells, m_cells = segment_cells(images[seg.cells.channel], nuclei, seg.cells)
+    nuclei, m_nuc, unedited = segment_nuclei(dna, seg.nuclei, return_unedited=True)
+    cells, m_cells = segment_cells(images[seg.cells.channel], nuclei, seg.cells, unedited_nuclei=unedited)
     cyto = cytoplasm(cells, nuclei)
     xp = backend_of(cyto).xp
     n_cyto = int((xp.bincount(cyto.ravel(), minlength=2)[1:] > 0).sum())

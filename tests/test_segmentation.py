@@ -411,3 +411,27 @@ def test_threshold_tolerance_of_float32_equals_float64():
     u = np.unique(img.astype(np.float64))
     assert t32 == max(np.min(np.diff(u)) / 2, 0.5 / 65536)
     assert t32 == threshold_tolerance(img.astype(np.float64))
+
+
+def test_cells_do_not_take_the_territory_of_discarded_border_nuclei():
+    """IdentifySecondaryObjects grows cells from every primary object, including the ones
+    discarded for touching the border, and then drops those cells: the surviving cell
+    stops halfway to the border nucleus (CellProfiler's filter_labels)."""
+    from hpc_profiler.config import CellsConfig, NucleiConfig
+    from hpc_profiler.segmentation import segment_cells, segment_nuclei
+
+    h, w = 60, 120
+    dna = np.zeros((h, w))
+    yy, xx = np.mgrid[:h, :w]
+    dna[(yy - 30) ** 2 + (xx - 80) ** 2 <= 8**2] = 0.1  # interior nucleus
+    dna[(yy - 30) ** 2 + (xx - 3) ** 2 <= 8**2] = 0.1  # touches the left border
+    rna = np.full((h, w), 0.02)  # one uniform cytoplasm foreground
+    nuclei, _, unedited = segment_nuclei(dna, NucleiConfig(), return_unedited=True)
+    assert nuclei.max() == 1 and unedited.max() == 2
+    cells, _ = segment_cells(rna, nuclei, CellsConfig(), unedited_nuclei=unedited)
+    assert set(np.unique(cells)) == {0, 1}
+    cols = np.nonzero((cells == 1).any(axis=0))[0]
+    # the territory boundary lies between the two seeds, not at the image border
+    assert 30 <= cols.min() <= 50, cols.min()
+    legacy, _ = segment_cells(rna, nuclei, CellsConfig())
+    assert np.nonzero((legacy == 1).any(axis=0))[0].min() == 0  # without the seeds it grows to the border
