@@ -20,7 +20,7 @@ import numpy as np
 from hpc_profiler.backend import get_backend
 from hpc_profiler.config import FeaturesConfig
 from hpc_profiler.features._objects import edge_mask, object_pixels
-from hpc_profiler.features.intensity import measure_intensity
+from hpc_profiler.features.intensity import edge_pixels, measure_intensity
 from hpc_profiler.features.radial import measure_radial_distribution, radial_geometry
 from hpc_profiler.features.shape import measure_areashape
 from hpc_profiler.synth import synthesize_site
@@ -48,7 +48,7 @@ def ours(objects, n, images, cfg, bk):
         measure_areashape(lab, n, zernike_degree=cfg.zernike_degree, objects=op)
         bk.synchronize()
         t1 = time.perf_counter()
-        edges = edge_mask(lab)
+        edges = edge_pixels(op, edge_mask(lab))
         for ch, img in imgs.items():
             measure_intensity(lab, n, img, ch, objects=op, edges=edges)
         bk.synchronize()

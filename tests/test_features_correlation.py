@@ -165,3 +165,34 @@ def test_zero_objects():
     out = measure_correlation(np.zeros((8, 8), np.int32), 0, {"A": np.ones((8, 8)), "B": np.ones((8, 8))}, ["A", "B"])
     assert list(out) == correlation_feature_names(["A", "B"])
     assert all(v.shape == (0,) for v in out.values())
+
+
+def test_dense_rank_fast_path_equals_argsort_ranks():
+    """The float32 key sort gives CellProfiler's dense ranks (ties, signs, -0.0 included)."""
+    from hpc_profiler.features.correlation import dense_rank
+
+    rng = np.random.default_rng(3)
+    v = rng.integers(-50, 50, 5000).astype(np.float32) / np.float32(7.0)  # many ties, both signs
+    v[:10] = -0.0
+    v[10:20] = 0.0
+    v = v.astype(np.float64)
+    ordered = np.unique(v)  # NumPy's own sort: -0.0 == 0.0
+    expected = np.searchsorted(ordered, v)
+    np.testing.assert_array_equal(dense_rank(np, v), expected)
+    w = v + 1e-12  # not float32-exact: the argsort path
+    np.testing.assert_array_equal(dense_rank(np, w), np.searchsorted(np.unique(w), w))
+
+
+def test_shared_image_ranks_give_the_same_result():
+    """Ranks restricted from the whole image equal ranks sorted per object set."""
+    from hpc_profiler.features._objects import object_pixels
+    from hpc_profiler.features.correlation import image_dense_ranks
+
+    lab, n, imgs = _site(seed=4, size=120)
+    imgs = {c: v.astype(np.float32).astype(np.float64) for c, v in imgs.items()}
+    ranks = {c: image_dense_ranks(v) for c, v in imgs.items()}
+    a = measure_correlation(lab, n + 1, imgs, CHANNELS, threshold_percent=THR)
+    b = measure_correlation(lab, n + 1, imgs, CHANNELS, threshold_percent=THR,
+                            objects=object_pixels(lab, n + 1), image_ranks=ranks)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

@@ -118,6 +118,27 @@ def test_segment_reductions_with_empty_segments():
     np.testing.assert_array_equal(segment_max(v, starts, counts), [0.3, np.nan, 0.9, np.nan, 0.8])
 
 
+def test_segment_reductions_with_trailing_empty_segments():
+    """Empty last objects must not cut the last pixel off the last non-empty one."""
+    from hpc_profiler.features._objects import segment_max, segment_min, segment_sum
+
+    counts = np.array([0, 2, 3, 0, 0])
+    starts = np.cumsum(counts) - counts
+    v = np.array([1.0, 2.0, 3.0, 4.0, 5.0])
+    np.testing.assert_allclose(segment_sum(v, starts, counts), [0, 3.0, 12.0, 0, 0])
+    np.testing.assert_array_equal(segment_max(v, starts, counts), [np.nan, 2.0, 5.0, np.nan, np.nan])
+    np.testing.assert_array_equal(segment_min(v, starts, counts), [np.nan, 1.0, 3.0, np.nan, np.nan])
+    # the same through measure_intensity: label 3 of 3 has no pixel
+    lab = np.zeros((6, 6), np.int32)
+    lab[1:3, 1:3] = 1
+    lab[3:5, 2:5] = 2
+    img = np.arange(36, dtype=np.float64).reshape(6, 6) / 36.0
+    out = measure_intensity(lab, 3, img, "X")
+    assert out["Intensity_MaxIntensity_X"][1] == pytest.approx(img[lab == 2].max())
+    assert out["Intensity_IntegratedIntensity_X"][1] == pytest.approx(img[lab == 2].sum())
+    assert np.isnan(out["Intensity_MaxIntensity_X"][2])
+
+
 def test_intensity_matches_cp_measure_on_synthetic_cytoplasm():
     from test_features_shape import synth_objects
 

@@ -127,3 +127,15 @@ def test_radial_matches_cp_measure_on_synthetic_cells(obj):
                                        max_radius=CFG.max_radius)
     ref = _cp_measure_radial(lab, n, images["Mito"], "Mito", CFG)
     assert not compare_table(ours, ref, f"RadialDistribution {obj} (synthetic site) vs cp_measure")
+
+
+def test_edt_at_equals_scipy_distance_map():
+    """Distances read from the feature transform equal SciPy's distance map exactly."""
+    from scipy import ndimage as ndi
+
+    from hpc_profiler.features._objects import edt_at
+
+    rng = np.random.default_rng(5)
+    mask = ndi.binary_opening(rng.random((90, 110)) > 0.3)
+    ys, xs = np.nonzero(mask)
+    np.testing.assert_array_equal(edt_at(mask, ys, xs), ndi.distance_transform_edt(mask)[ys, xs])

@@ -97,11 +97,15 @@ class SiteFeatures:
         Image-level measurements, ``Image_`` prefixed.
     seconds : dict[str, float]
         Wall seconds per family (device synchronised before each reading).
+    cpu_seconds : dict[str, float]
+        CPU seconds of this process per family (``time.process_time``; all
+        threads, so limit BLAS/OpenMP threads to read one core's time).
     """
 
     objects: dict[str, ObjectTable]
     image: dict[str, float]
     seconds: dict[str, float] = field(default_factory=dict)
+    cpu_seconds: dict[str, float] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------- names
@@ -193,11 +197,12 @@ def image_feature_names(channels: Sequence[str], params: FeaturesConfig) -> list
 
 # ----------------------------------------------------------------- compute
 class _Timer:
-    """Accumulate synchronised wall seconds per family."""
+    """Accumulate synchronised wall seconds and process CPU seconds per family."""
 
     def __init__(self, bk):
         self.bk = bk
         self.seconds: dict[str, float] = {}
+        self.cpu_seconds: dict[str, float] = {}
 
     def __call__(self, family: str):
         timer = self
@@ -206,10 +211,12 @@ class _Timer:
             def __enter__(self):
                 timer.bk.synchronize()
                 self.t0 = time.perf_counter()
+                self.c0 = time.process_time()
 
             def __exit__(self, *exc):
                 timer.bk.synchronize()
                 timer.seconds[family] = timer.seconds.get(family, 0.0) + time.perf_counter() - self.t0
+                timer.cpu_seconds[family] = timer.cpu_seconds.get(family, 0.0) + time.process_time() - self.c0
                 return False
 
         return _Ctx()
@@ -219,8 +226,12 @@ def _family_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def _object_features(obj, lab, n, images, channels, params, timer) -> dict:
-    """Unprefixed columns of one object from every selected family except Granularity."""
+def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None) -> dict:
+    """Unprefixed columns of one object from every selected family except Granularity.
+
+    ``image_ranks`` (channel -> dense ranks of the image's pixels, see
+    ``correlation.image_dense_ranks``) is shared by the object sets of a site.
+    """
     fams = params.families
     out = {}
     from ._objects import centroids, edge_mask, object_pixels
@@ -237,7 +248,7 @@ def _object_features(obj, lab, n, images, channels, params, timer) -> dict:
     if "Intensity" in fams:
         with timer("Intensity"):
             mod = _family_module("intensity")
-            edges = edge_mask(lab)
+            edges = mod.edge_pixels(op, edge_mask(lab))  # shared by the channels
             for c in channels:
                 out.update(mod.measure_intensity(lab, n, images[c], c, objects=op, edges=edges))
     if "RadialDistribution" in fams:
@@ -269,7 +280,8 @@ def _object_features(obj, lab, n, images, channels, params, timer) -> dict:
         with timer("Correlation"):
             out.update(
                 measure_correlation(
-                    lab, n, images, channels, threshold_percent=params.correlation.threshold_percent
+                    lab, n, images, channels, threshold_percent=params.correlation.threshold_percent, objects=op,
+                    image_ranks=image_ranks,
                 )
             )
     if "Neighbors" in fams:
@@ -286,11 +298,14 @@ def _granularity(images, labels, n, channels, params, timer):
     mod = _family_module("granularity")
     g = params.granularity
     with timer("Granularity"):
+        # the per-object upsampling weights depend on the labels only: once per object set
+        samplers = {o: mod.object_sampler(labels[o], n, g.subsample_size) for o in labels}
         for c in channels:
             po, im = mod.measure_granularity(
                 images[c], c, labels, {o: n for o in labels},
                 spectrum_length=g.spectrum_length, subsample_size=g.subsample_size,
                 image_sample_size=g.image_sample_size, element_size=g.element_size,
+                samplers=samplers,
             )
             for o in labels:
                 per_object[o].update(po[o])
@@ -373,12 +388,16 @@ def measure_site(
         for o in params.objects:
             per_object[o].update(gran_obj[o])
 
+    image_ranks = None
+    if "Correlation" in params.families and len(channels) > 1 and n > 0:
+        with timer("Correlation"):  # one value sort per channel, shared by the object sets
+            image_ranks = {c: _family_module("correlation").image_dense_ranks(imgs[c]) for c in channels}
     tables = {}
     numbers = np.arange(1, n + 1, dtype=np.int32)
     for o in params.objects:
         cols = per_object[o]
         if n > 0:
-            cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer))
+            cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks))
         expected = [k[len(o) + 1:] for k in names[o]]
         if n > 0 and set(cols) != set(expected):
             extra = sorted(set(cols) - set(expected))
@@ -405,4 +424,4 @@ def measure_site(
             f"missing {sorted(set(expected_image) - set(image))[:5]}"
         )
     image = {k: image[k] for k in expected_image}
-    return SiteFeatures(objects=tables, image=image, seconds=timer.seconds)
+    return SiteFeatures(objects=tables, image=image, seconds=timer.seconds, cpu_seconds=timer.cpu_seconds)

@@ -28,6 +28,10 @@ CellProfiler conventions kept on purpose
   MAD needs no second sort: the deviations below and above the median are two
   already-sorted runs, and a vectorized binary search picks the needed order
   statistics of their union.
+* What does not depend on the channel - the object grouping and float
+  coordinates of the pixels (:class:`~hpc_profiler.features._objects.ObjectPixels`)
+  and the grouping of the edge pixels (:func:`edge_pixels`) - is computed once
+  per object set and shared by the channels.
 
 Deliberate differences
 ----------------------
@@ -39,6 +43,9 @@ Deliberate differences
   pixels in CellProfiler.
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 from hpc_profiler.backend import backend_of
 from hpc_profiler.features._objects import (
@@ -54,7 +61,7 @@ from hpc_profiler.features._objects import (
     segment_sum,
 )
 
-__all__ = ["measure_intensity", "intensity_statistics"]
+__all__ = ["measure_intensity", "intensity_statistics", "edge_pixels", "EdgePixels"]
 
 
 def intensity_statistics(values, obj, n: int) -> dict:
@@ -75,7 +82,7 @@ def intensity_statistics(values, obj, n: int) -> dict:
     UpperQuartile, MAD`` mapping to ``(n,)`` float64 arrays.
     """
     xp = backend_of(values, obj).xp
-    values = values.astype(xp.float64)
+    values = values.astype(xp.float64, copy=False)
     counts = xp.bincount(obj, minlength=n)[:n]
     starts = xp.zeros(n, dtype=xp.int64)
     if n > 1:
@@ -198,6 +205,34 @@ def _finite(op: ObjectPixels, values, extra=None):
     return values[keep], op.obj[keep], op.y[keep], op.x[keep]
 
 
+@dataclass(frozen=True)
+class EdgePixels:
+    """The edge pixels of an object set, grouped by object (channel independent).
+
+    Attributes
+    ----------
+    index : 1-D int array
+        Positions in the :class:`ObjectPixels` pixel list of the edge pixels.
+    obj, counts, starts : 1-D int arrays
+        Object row of each edge pixel, edge pixels per object, first edge
+        pixel of each object (as in :class:`ObjectPixels`).
+    """
+
+    index: Any
+    obj: Any
+    counts: Any
+    starts: Any
+
+
+def edge_pixels(op: ObjectPixels, edges) -> EdgePixels:
+    """Group the pixels of ``edges`` (``edge_mask(labels)``) by object, once per object set."""
+    xp = backend_of(op.flat).xp
+    index = xp.flatnonzero(xp.ravel(edges)[op.flat])
+    obj = op.obj[index]
+    counts = xp.bincount(obj, minlength=op.n)[: op.n]
+    return EdgePixels(index=index, obj=obj, counts=counts, starts=xp.cumsum(counts) - counts)
+
+
 def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: ObjectPixels | None = None,
                       edges=None) -> dict:
     """MeasureObjectIntensity for one channel, all objects of a site at once.
@@ -215,8 +250,9 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     objects : ObjectPixels, optional
         ``object_pixels(labels, n_objects)`` when already computed (it does
         not depend on the channel; pass it to share it between channels).
-    edges : (H, W) bool array, optional
-        ``edge_mask(labels)`` when already computed.
+    edges : (H, W) bool array or EdgePixels, optional
+        ``edge_mask(labels)``, or ``edge_pixels(objects, edge_mask(labels))``
+        to share the grouping of the edge pixels between channels.
 
     Returns
     -------
@@ -224,6 +260,13 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
         ``{column: (N,) float64 array}`` with CellProfiler's per-object column
         names without the compartment prefix, e.g.
         ``Intensity_MedianIntensity_DNA``, ``Location_MaxIntensity_X_DNA``.
+
+    Notes
+    -----
+    When every pixel value is finite (the usual case) the object grouping,
+    the pixel coordinates and the edge grouping of ``objects``/``edges`` are
+    used as they are; otherwise the non-finite pixels are left out first, as
+    CellProfiler masks them.
     """
     bk = backend_of(labels, image)
     xp = bk.xp
@@ -234,8 +277,17 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
         )
     op = objects if objects is not None else object_pixels(labels, n_objects)
     n = op.n
-    flat_img = xp.ravel(image)
-    vals, obj, y, x = _finite(op, flat_img[op.flat])
+    if edges is None:
+        edges = edge_mask(labels)
+    ep = edges if isinstance(edges, EdgePixels) else edge_pixels(op, edges)
+    all_vals = xp.ravel(image)[op.flat].astype(xp.float64, copy=False)
+    finite = bool(xp.isfinite(all_vals).all())
+    if finite:
+        vals, obj = all_vals, op.obj
+        yf, xf = op.yx_float
+    else:
+        vals, obj, y, x = _finite(op, all_vals)
+        yf, xf = y.astype(xp.float64), x.astype(xp.float64)
     stats = intensity_statistics(vals, obj, n)
 
     out = {}
@@ -246,11 +298,12 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     out[f"Intensity_MADIntensity_{channel}"] = stats["MAD"]
 
     # centre of mass of the intensity vs of the binary object
-    yf = y.astype(xp.float64)
-    xf = x.astype(xp.float64)
     integrated = stats["Integrated"]
-    counts = xp.bincount(obj, minlength=n)[:n]
-    starts = xp.cumsum(counts) - counts
+    if finite:
+        counts, starts = op.counts, op.starts
+    else:
+        counts = xp.bincount(obj, minlength=n)[:n]
+        starts = xp.cumsum(counts) - counts
     nz = integrated != 0
     cmi_y = xp.full(n, xp.nan)
     cmi_x = xp.full(n, xp.nan)
@@ -273,12 +326,14 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     out[f"Location_MaxIntensity_Y_{channel}"] = max_y
 
     # edge pixels
-    if edges is None:
-        edges = edge_mask(labels)
-    on_edge = xp.ravel(edges)[op.flat]
-    evals, eobj, _, _ = _finite(op, flat_img[op.flat], on_edge)
-    ecounts = xp.bincount(eobj, minlength=n)[:n]
-    estarts = xp.cumsum(ecounts) - ecounts
+    if finite:
+        evals, eobj, ecounts, estarts = all_vals[ep.index], ep.obj, ep.counts, ep.starts
+    else:
+        on_edge = xp.zeros(all_vals.shape[0], dtype=bool)
+        on_edge[ep.index] = True
+        evals, eobj, _, _ = _finite(op, all_vals, on_edge)
+        ecounts = xp.bincount(eobj, minlength=n)[:n]
+        estarts = xp.cumsum(ecounts) - ecounts
     esum = segment_sum(evals, estarts, ecounts)
     emean = xp.full(n, xp.nan)
     ehas = ecounts > 0

@@ -27,7 +27,9 @@ image edge is not background): one Euclidean distance transform of the canvas
 gives ``d_e`` for all objects, and one Bellman-Ford relaxation over the
 object pixels seeded at all centres (:func:`geodesic_from_seeds`) gives the
 exact ``d_c`` - the same shortest paths as ``centrosome.propagate``, with
-gathers only, so the whole family stays on the device.
+gathers and a scatter-min only, so the whole family stays on the device. The
+channel-independent parts of the per-channel sums (bin and wedge keys, pixel
+counts) are computed once per object set (``RadialGeometry.sums``).
 
 Deliberate differences
 ----------------------
@@ -47,6 +49,7 @@ import numpy as np
 from hpc_profiler.backend import backend_of
 from hpc_profiler.features._objects import (
     ObjectPixels,
+    edt_at,
     object_pixels,
     pack_objects,
     segment_argmax,
@@ -82,6 +85,42 @@ class RadialGeometry:
         self.center_x = center_x
         self.bins = bins
         self.scaled = scaled
+        self._sums = None
+
+    @property
+    def sums(self) -> dict:
+        """Channel-independent parts of the per-channel sums, computed once.
+
+        ``flat`` (image indices of the reached pixels), ``bin_key``
+        (``object * (bins + 1) + bin``) and ``wedge_key`` (``bin_key * 8 +
+        wedge``) of those pixels, the pixel fraction per bin ``pix_frac``
+        (N, bins + 1), the pixel count per wedge ``wcnt`` (N, bins + 1, 8,
+        at least 1), ``present`` (wedges with pixels), ``k`` (wedges with
+        pixels per bin) and ``empty`` (objects without a reached pixel).
+        """
+        if self._sums is None:
+            xp = backend_of(self.op.flat).xp
+            n, nb = self.op.n, self.bins + 1
+            good = self.good
+            obj = self.op.obj[good]
+            bin_key = obj * nb + self.bin[good]
+            wedge_key = bin_key * 8 + self.wedge[good]
+            count = xp.bincount(bin_key, minlength=n * nb)[: n * nb].reshape(n, nb).astype(xp.float64)
+            wcnt = xp.bincount(wedge_key, minlength=n * nb * 8)[: n * nb * 8].reshape(n, nb, 8)
+            present = wcnt > 0
+            with np.errstate(divide="ignore", invalid="ignore"):
+                pix_frac = count / count.sum(axis=1, keepdims=True)
+            self._sums = {
+                "flat": self.op.flat[good],
+                "bin_key": bin_key,
+                "wedge_key": wedge_key,
+                "pix_frac": pix_frac,
+                "wcnt": xp.maximum(wcnt, 1),
+                "present": present,
+                "k": present.sum(axis=2),
+                "empty": ~(xp.bincount(obj, minlength=n)[:n] > 0),
+            }
+        return self._sums
 
 
 #: 8-neighbour offsets and CellProfiler's step lengths (``centrosome.propagate`` on a
@@ -97,10 +136,12 @@ def geodesic_from_seeds(packed, n_pixels: int, seeds):
     the object (``centrosome.propagate`` with a zero image, as CellProfiler's
     MeasureObjectIntensityDistribution uses it). Bellman-Ford relaxation on
     the object pixels of a packed canvas (objects isolated by background):
-    each round, every pixel next to a pixel improved in the previous round
-    takes the minimum over its neighbours of ``d(neighbour) + step``; the
-    rounds stop when nothing improves (exact shortest paths). Gathers only,
-    so it runs unchanged on NumPy and CuPy.
+    each round, every pixel improved in the previous round offers
+    ``d(pixel) + step`` to its 8 neighbours (``minimum.at``, a scatter-min);
+    the rounds stop when nothing improves (exact shortest paths; the same
+    fixed point as relaxing each pixel from its neighbours). Gathers and
+    ``minimum.at`` only, so it runs unchanged on NumPy and CuPy (whose
+    ``ufunc.at`` provides the scatter-min since CuPy 13).
 
     Parameters
     ----------
@@ -116,30 +157,32 @@ def geodesic_from_seeds(packed, n_pixels: int, seeds):
     1-D float64 array of distances per pixel; ``inf`` where no seed reaches.
     """
     xp = backend_of(packed.canvas).xp
-    index = xp.full(packed.canvas.shape, -1, dtype=xp.int64)
-    index[packed.cy, packed.cx] = xp.arange(n_pixels)
+    # neighbour lists, int32; a missing neighbour points at the sentinel slot
+    # n_pixels, which is reset to inf after every round and never propagates
+    index = xp.full(packed.canvas.size, n_pixels, dtype=xp.int32)
+    flat = packed.cy * packed.canvas.shape[1] + packed.cx
+    index[flat] = xp.arange(n_pixels, dtype=xp.int32)
     # every object pixel has a background margin inside the canvas: no bounds checks
-    nbrs = [index[packed.cy + dy, packed.cx + dx] for dy, dx, _ in _STEPS]
-    dist = xp.full(n_pixels, xp.inf)
+    width = packed.canvas.shape[1]
+    nbrs = xp.stack([index[flat + (dy * width + dx)] for dy, dx, _ in _STEPS])  # (8, pixels)
+    steps = xp.asarray([step for _, _, step in _STEPS], dtype=xp.float64)[:, None]
+    dist = xp.full(n_pixels + 1, xp.inf)
     dist[seeds] = 0.0
-    active = xp.zeros(n_pixels, dtype=bool)
+    flag = xp.zeros(n_pixels + 1, dtype=bool)
     changed = seeds
     while changed.shape[0] > 0:
-        active[:] = False
-        for nb in nbrs:
-            t = nb[changed]
-            active[t[t >= 0]] = True
-        act = xp.flatnonzero(active)
-        cur = dist[act]
-        best = cur
-        for nb, (_, _, step) in zip(nbrs, _STEPS):
-            t = nb[act]
-            cand = xp.where(t >= 0, dist[xp.maximum(t, 0)] + step, xp.inf)
-            best = xp.minimum(best, cand)
-        better = best < cur
-        changed = act[better]
-        dist[changed] = best[better]
-    return dist
+        # push: every pixel improved in the last round offers d + step to its
+        # neighbours; a neighbour whose distance drops is improved in this round
+        targets = nbrs[:, changed].ravel()
+        offers = (dist[changed][None, :] + steps).ravel()
+        before = dist[targets]
+        xp.minimum.at(dist, targets, offers)
+        dist[n_pixels] = xp.inf
+        flag[targets[dist[targets] < before]] = True
+        flag[n_pixels] = False
+        changed = xp.flatnonzero(flag)
+        flag[changed] = False
+    return dist[:n_pixels]
 
 
 def radial_geometry(labels, n_objects: int, *, bins: int = 4, scaled: bool = True,
@@ -153,8 +196,7 @@ def radial_geometry(labels, n_objects: int, *, bins: int = 4, scaled: bool = Tru
     op = objects if objects is not None else object_pixels(labels, n_objects)
     n = op.n
     packed = pack_objects(op, pad=1, image_edge_is_background=False)
-    d_edge_canvas = bk.ndi.distance_transform_edt(packed.canvas != 0)
-    d_edge = d_edge_canvas[packed.cy, packed.cx]
+    d_edge = edt_at(packed.canvas != 0, packed.cy, packed.cx)
     idx, ok = segment_argmax(d_edge, op.obj, n)
     d_center = geodesic_from_seeds(packed, op.flat.shape[0], idx[ok])
     good = xp.isfinite(d_center) & ok[op.obj]
@@ -213,31 +255,21 @@ def measure_radial_distribution(labels, n_objects: int, image, channel: str, *, 
     op = g.op
     n = op.n
     nb = g.bins + 1
-    vals = xp.ravel(image)[op.flat].astype(xp.float64)
-    good = g.good
-    obj = op.obj[good]
-    b = g.bin[good]
-    v = vals[good]
-    w = g.wedge[good]
-    hist = xp.bincount(obj * nb + b, weights=v, minlength=n * nb)[: n * nb].reshape(n, nb)
-    count = xp.bincount(obj * nb + b, minlength=n * nb)[: n * nb].reshape(n, nb).astype(xp.float64)
+    s = g.sums
+    v = xp.ravel(image)[s["flat"]].astype(xp.float64)
+    hist = xp.bincount(s["bin_key"], weights=v, minlength=n * nb)[: n * nb].reshape(n, nb)
     with np.errstate(divide="ignore", invalid="ignore"):
         frac = hist / hist.sum(axis=1, keepdims=True)
-        pix_frac = count / count.sum(axis=1, keepdims=True)
-        mean_frac = frac / (pix_frac + np.finfo(float).eps)
+        mean_frac = frac / (s["pix_frac"] + np.finfo(float).eps)
         # wedge means per (object, bin, wedge)
-        key = (obj * nb + b) * 8 + w
-        wsum = xp.bincount(key, weights=v, minlength=n * nb * 8)[: n * nb * 8].reshape(n, nb, 8)
-        wcnt = xp.bincount(key, minlength=n * nb * 8)[: n * nb * 8].reshape(n, nb, 8)
-        present = wcnt > 0
-        means = xp.where(present, wsum / xp.maximum(wcnt, 1), 0.0)
-        k = present.sum(axis=2)
+        wsum = xp.bincount(s["wedge_key"], weights=v, minlength=n * nb * 8)[: n * nb * 8].reshape(n, nb, 8)
+        present, k = s["present"], s["k"]
+        means = xp.where(present, wsum / s["wcnt"], 0.0)
         mu = means.sum(axis=2) / k
         var = (xp.where(present, (means - mu[:, :, None]) ** 2, 0.0)).sum(axis=2) / k
         cv = xp.sqrt(var) / mu
     cv = xp.where(k == 0, 0.0, cv)
-    empty = ~(xp.bincount(obj, minlength=n)[:n] > 0)
-    cv = xp.where(empty[:, None], xp.nan, cv)
+    cv = xp.where(s["empty"][:, None], xp.nan, cv)
     out = {}
     n_out = g.bins + (0 if g.scaled else 1)
     for i in range(n_out):

@@ -60,6 +60,7 @@ from hpc_profiler.features._objects import (
     ObjectPixels,
     bounding_boxes,
     centroids,
+    edt_at,
     object_pixels,
     pack_objects,
     row_extremes,
@@ -117,13 +118,13 @@ def perimeters(labels, n_objects: int):
     that code (``regionprops`` perimeter, used by CellProfiler 4).
     """
     xp = backend_of(labels).xp
-    lab = labels.astype(xp.int64)
+    lab = labels.astype(xp.int32, copy=False)  # int32: half the memory traffic of int64
     inner = lab > 0
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
         inner &= _shift(lab, dy, dx, fill=0) == lab
     border = (lab > 0) & ~inner
     blab = xp.where(border, lab, 0)
-    code = border.astype(xp.int64)
+    code = border.astype(xp.int32)
     for dy, dx, wgt in ((-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2),
                         (-1, -1, 10), (-1, 1, 10), (1, -1, 10), (1, 1, 10)):
         code += wgt * ((_shift(blab, dy, dx) == blab) & border)
@@ -144,7 +145,7 @@ def euler_numbers(labels, n_objects: int):
     and sums ``skimage``'s coefficients per label.
     """
     xp = backend_of(labels).xp
-    p = xp.pad(labels.astype(xp.int64), 1)
+    p = xp.pad(labels.astype(xp.int32, copy=False), 1)
     a, b, c, d = (xp.ravel(q) for q in (p[1:, 1:], p[1:, :-1], p[:-1, 1:], p[:-1, :-1]))
     # a window whose four corners carry one label has code 15 or 0: coefficient 0
     mixed = xp.flatnonzero((a != b) | (a != c) | (a != d))
@@ -454,17 +455,29 @@ def zernike_moments(op: ObjectPixels, cy, cx, radius, degree: int = 9):
     r2 = xp.where(inside, r2, 0.0)
     zr = inside.astype(xp.float64)  # z^0 inside the disk
     zi = xp.zeros_like(zr)
+    # work buffers reused for every power (no per-step allocation of pixel-sized arrays)
+    t1, t2, nzr, nzi = (xp.empty_like(zr) for _ in range(4))
+    wr, wi = xp.empty_like(zr), xp.empty_like(zr)
     basis = {}
     for m in range(degree + 1):
-        if m > 0:
-            zr, zi = zr * xm - zi * ym, zr * ym + zi * xm
-        wr, wi = zr, zi
+        if m > 0:  # z^m = z^(m-1) * z
+            xp.multiply(zr, xm, out=t1)
+            xp.multiply(zi, ym, out=t2)
+            xp.subtract(t1, t2, out=nzr)
+            xp.multiply(zr, ym, out=t1)
+            xp.multiply(zi, xm, out=t2)
+            xp.add(t1, t2, out=nzi)
+            zr, nzr = nzr, zr
+            zi, nzi = nzi, zi
+        cr, ci = zr, zi  # rho^(j - m) z^m, starting at j = m
         for j in range(m, degree + 1, 2):
-            re = segment_sum(wr, op.starts, op.counts)
-            im = segment_sum(wi, op.starts, op.counts) if m > 0 else xp.zeros(n)
+            re = segment_sum(cr, op.starts, op.counts)
+            im = segment_sum(ci, op.starts, op.counts) if m > 0 else xp.zeros(n)
             basis[(j, m)] = (re, im)
             if j + 2 <= degree:
-                wr, wi = wr * r2, wi * r2
+                xp.multiply(cr, r2, out=wr)
+                xp.multiply(ci, r2, out=wi)
+                cr, ci = wr, wi
     out = {}
     area = math.pi * radius * radius
     for nn, mm in zernike_indexes(degree):
@@ -540,8 +553,7 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
 
     # radii: distance to the nearest pixel outside the object, each object alone
     packed = pack_objects(op, pad=1)
-    dist = bk.ndi.distance_transform_edt(packed.canvas > 0)
-    d = dist[packed.cy, packed.cx]
+    d = edt_at(packed.canvas > 0, packed.cy, packed.cx)
     dsorted = segment_sort(d, op.obj)
     max_radius = segment_max(d, op.starts, op.counts)
     with _quiet(xp):

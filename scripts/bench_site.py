@@ -1,0 +1,303 @@
+#!/usr/bin/env python
+"""Benchmark one whole site: illumination apply + segmentation + every feature family.
+
+    python scripts/bench_site.py                        # 1080 x 1080, ~220 cells, cp_measure on 8+16 objects
+    python scripts/bench_site.py --ref-objects 0        # cp_measure on every object (minutes)
+    python scripts/bench_site.py --no-cp-measure --no-single-thread
+
+One synthetic CPJUMP1-like site (``hpc_profiler.synth.synthesize_site``, five
+channels) goes through :func:`hpc_profiler.pipeline.process_images` with the
+settings of ``configs/cpjump1.yaml`` on the CPU backend (an illumination
+function computed from the site itself is applied first). Printed:
+
+* wall and CPU (``time.process_time``) seconds per stage (illumination apply,
+  segmentation, features) and per feature family (``SiteFeatures.seconds`` /
+  ``SiteFeatures.cpu_seconds``);
+* the same with BLAS/OpenMP limited to one thread: the script runs itself again
+  in a child process whose environment sets ``OMP_NUM_THREADS``,
+  ``OPENBLAS_NUM_THREADS``, ``MKL_NUM_THREADS`` and ``NUMEXPR_NUM_THREADS`` to 1
+  before NumPy is imported - the "one CPU core" figure of the project's target;
+* cp_measure 0.3.0 computing the same families on the same masks and pixels
+  with the CPJUMP1 parameters. cp_measure's functions loop over the objects of
+  the label image they are given; with ``--ref-objects K`` (K > 0) they are
+  timed on label images holding only the first K and the first 2K objects and
+  the seconds are extrapolated *linearly* to all N objects per family
+  (``t(N) = t(K) + (t(2K) - t(K)) (N - K) / K``, so image-wide work such as
+  granularity's background opening is counted once, not N/K times); the
+  output says so. ``--ref-objects 0`` times every object (minutes).
+* a GPU section when :func:`hpc_profiler.backend.gpu_available`: the same site
+  on the GPU backend (after one warm-up run), its seconds, the ratio to the CPU
+  and to cp_measure, and the largest relative difference CPU vs GPU per feature
+  column (the worst columns are listed).
+
+Ratios are "other seconds / hpc_profiler seconds" (higher is better for us).
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SINGLE_THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEXPR_NUM_THREADS")
+
+import numpy as np  # noqa: E402  (the child sets the thread variables in its environment, before this)
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_site(size: int, cells: int, seed: int, channels):
+    """Raw images in [0, 1] and an illumination function per channel (from this site)."""
+    from hpc_profiler.synth import synthesize_site
+
+    s = synthesize_site(seed, size=size, n_cells=cells, channels=tuple(channels))
+    images = {c: s.images[c].astype(np.float32) / 65535.0 for c in channels}
+    return images
+
+
+def illum_functions(cfg, images):
+    from hpc_profiler import illumination
+
+    acc = illumination.IllumAccumulator(cfg.channels, cfg.illumination.downsample)
+    acc.add(images)
+    ic = cfg.illumination
+    return acc.functions(ic.median_filter_size, ic.robust_minimum_percentile)
+
+
+def run_ours(cfg, images, illum, backend):
+    """process_images once; returns (seg, feats, wall per stage, cpu per stage)."""
+    from hpc_profiler import illumination, segmentation
+    from hpc_profiler.pipeline import process_images
+
+    c0, t0 = time.process_time(), time.perf_counter()
+    seg, feats, wall = process_images(cfg, images, illum, backend)
+    cpu_total, wall_total = time.process_time() - c0, time.perf_counter() - t0
+    # process_images reports wall seconds per stage; its CPU seconds per stage
+    # come from the same stage functions timed here once more
+    bk = backend
+    imgs = {ch: bk.asarray(images[ch], dtype=bk.xp.float32) for ch in cfg.channels}
+    c0 = time.process_time()
+    imgs = {ch: illumination.apply_illum(imgs[ch], bk.asarray(illum[ch], dtype=bk.xp.float32)) for ch in cfg.channels}
+    bk.synchronize()
+    c1 = time.process_time()
+    segmentation.segment_site(imgs, cfg.segmentation, cfg.illumination.dna_background)
+    bk.synchronize()
+    c2 = time.process_time()
+    cpu = {"illum_apply": c1 - c0, "segmentation": c2 - c1, "features": sum(feats.cpu_seconds.values())}
+    wall = dict(wall)
+    wall["total"] = wall_total
+    cpu["total"] = cpu_total
+    return seg, feats, wall, cpu
+
+
+def _subset(lab, k: int):
+    """Label image keeping labels 1..k (cp_measure needs labels 1..K without gaps)."""
+    return np.where(lab <= k, lab, 0).astype(np.int32)
+
+
+def cp_measure_seconds(images, labels, params, channels) -> dict:
+    """CPU seconds per family of cp_measure on these label images (CPJUMP1 parameters)."""
+    from cp_measure.bulk import get_core_measurements, get_correlation_measurements
+    from cp_measure.core.measurecolocalization import get_correlation_overlap
+    from cp_measure.multimask.measureobjectneighbors import D_ADJACENT, D_WITHIN, measureobjectneighbors
+
+    from hpc_profiler.features import neighbor_distances
+
+    core = get_core_measurements(legacy=True)
+    corr = get_correlation_measurements()
+    sec: dict = {}
+
+    def timed(fam, fn):
+        c0 = time.process_time()
+        fn()
+        sec[fam] = sec.get(fam, 0.0) + time.process_time() - c0
+
+    g, r, t = params.granularity, params.radial, params.texture
+    thr = int(params.correlation.threshold_percent)
+    for obj in params.objects:
+        lab = labels[obj]
+        if "AreaShape" in params.families:
+            timed("AreaShape", lambda: (core["sizeshape"](lab, None), core["zernike"](lab, None, params.zernike_degree),
+                                        core["feret"](lab, None)))
+        for c in channels:
+            img = images[c]
+            if "Intensity" in params.families:
+                timed("Intensity", lambda: core["intensity"](lab, img))
+            if "RadialDistribution" in params.families:
+                timed("RadialDistribution", lambda: core["radial_distribution"](
+                    lab, img, scaled=r.scaled, bin_count=r.bins, maximum_radius=r.max_radius))
+            if "Texture" in params.families:
+                for s in t.scales:
+                    timed("Texture", lambda: core["texture"](lab, img, scale=s, gray_levels=t.gray_levels))
+            if "Granularity" in params.families:
+                timed("Granularity", lambda: core["granularity"](
+                    lab, img, subsample_size=g.subsample_size, image_sample_size=g.image_sample_size,
+                    element_size=g.element_size, granular_spectrum_length=g.spectrum_length))
+        if "Correlation" in params.families and len(channels) > 1:
+            for a, b in itertools.combinations(channels, 2):
+                x, y = images[a], images[b]
+                timed("Correlation", lambda: (corr["pearson"](x, y, lab), corr["manders_fold"](x, y, lab, thr=thr),
+                                              corr["rwc"](x, y, lab, thr=thr),
+                                              get_correlation_overlap(x, y, lab, thr=thr)))
+        if "Neighbors" in params.families:
+            for d in neighbor_distances(obj, params):
+                if d is None:
+                    timed("Neighbors", lambda: measureobjectneighbors(lab, lab, distance_method=D_ADJACENT))
+                else:
+                    timed("Neighbors", lambda: measureobjectneighbors(lab, lab, distance_method=D_WITHIN, distance=d))
+    return sec
+
+
+def reference(images, labels, params, channels, n: int, k: int):
+    """cp_measure seconds per family for all n objects, and a note on how they were obtained."""
+    if k <= 0 or 2 * k >= n:
+        return cp_measure_seconds(images, labels, params, channels), f"cp_measure timed on all {n} objects"
+    t1 = cp_measure_seconds(images, {o: _subset(v, k) for o, v in labels.items()}, params, channels)
+    t2 = cp_measure_seconds(images, {o: _subset(v, 2 * k) for o, v in labels.items()}, params, channels)
+    out = {f: t1[f] + (t2.get(f, 0.0) - t1[f]) * (n - k) / k for f in t1}
+    out = {f: max(v, t2.get(f, 0.0)) for f, v in out.items()}  # never below what 2K objects took
+    return out, (f"cp_measure timed on the first {k} and {2 * k} of {n} objects and EXTRAPOLATED linearly "
+                 f"to {n} (intercept + slope per family)")
+
+
+def max_rel_diff(a, b) -> np.ndarray:
+    """Per column: max |a - b| / max(|a|, |b|, 1e-12) over rows (NaN pairs ignored)."""
+    a = np.asarray(a, np.float64)
+    b = np.asarray(b, np.float64)
+    both_nan = np.isnan(a) & np.isnan(b)
+    d = np.abs(a - b) / np.maximum(np.maximum(np.abs(a), np.abs(b)), 1e-12)
+    d = np.where(both_nan, 0.0, d)
+    d = np.where(np.isnan(d), np.inf, d)  # NaN on one side only
+    return d.max(axis=0) if d.shape[0] else np.zeros(d.shape[1])
+
+
+def single_thread_child(args) -> dict:
+    """Run this script in a child with one BLAS/OpenMP thread; returns its JSON result."""
+    env = dict(os.environ)
+    env.update({v: "1" for v in SINGLE_THREAD_ENV})
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child-json", "--size", str(args.size),
+           "--cells", str(args.cells), "--seed", str(args.seed), "--config", str(args.config)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "cpjump1.yaml"))
+    ap.add_argument("--size", type=int, default=1080, help="site width/height (CPJUMP1: 1080)")
+    ap.add_argument("--cells", type=int, default=220, help="mean number of nuclei of the synthetic site")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ref-objects", type=int, default=8,
+                    help="time cp_measure on K and 2K objects and extrapolate linearly (0: all objects)")
+    ap.add_argument("--no-cp-measure", action="store_true")
+    ap.add_argument("--no-single-thread", action="store_true", help="skip the one-thread child run")
+    ap.add_argument("--child-json", action="store_true", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    from hpc_profiler.backend import cpu_backend, gpu_available, gpu_backend
+    from hpc_profiler.config import load_config
+
+    cfg = load_config(args.config)
+    cfg.device = "cpu"
+    images = make_site(args.size, args.cells, args.seed, cfg.channels)
+    illum = illum_functions(cfg, images)
+    cpu = cpu_backend()
+    if args.child_json:
+        _, feats, wall, cput = run_ours(cfg, images, illum, cpu)
+        print(json.dumps({"wall": wall, "cpu": cput, "fam_cpu": feats.cpu_seconds, "fam_wall": feats.seconds}))
+        return 0
+
+    seg, feats, wall, cput = run_ours(cfg, images, illum, cpu)
+    n = int(feats.objects["Cells"].values.shape[0])
+    cov = float((np.asarray(seg.cells) > 0).mean())
+    print(f"site {args.size}x{args.size}, seed {args.seed}: {n} cells segmented ({cov:.0%} of the pixels in cells), "
+          f"channels {cfg.channels}, objects {cfg.features.objects}")
+    print(f"config {args.config} (device forced to cpu); machine {platform.machine()}, {os.cpu_count()} CPUs visible, "
+          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+
+    one = None
+    if not args.no_single_thread:
+        one = single_thread_child(args)
+        print("one-thread run: child process with " + ", ".join(f"{v}=1" for v in SINGLE_THREAD_ENV))
+
+    ref, ref_note = None, None
+    if not args.no_cp_measure:
+        labels = {o: np.asarray(cpu.to_numpy(getattr(seg, o.lower())), np.int32) for o in cfg.features.objects}
+        imgs = {ch: np.clip(images[ch] / illum[ch], 0, 1).astype(np.float32) for ch in cfg.channels}
+        ref, ref_note = reference(imgs, labels, cfg.features, cfg.channels, n, args.ref_objects)
+        print(ref_note)
+
+    gpu = None
+    if gpu_available():
+        gb = gpu_backend()
+        run_ours(cfg, images, illum, gb)  # warm-up: kernels, memory pool
+        gseg, gfeats, gwall, gcpu = run_ours(cfg, images, illum, gb)
+        # features on the CPU's masks and corrected images, for a column-by-column comparison
+        from hpc_profiler.features import measure_site
+
+        gimgs = {ch: gb.asarray(np.clip(images[ch] / illum[ch], 0, 1).astype(np.float32)) for ch in cfg.channels}
+        glabs = {o: gb.asarray(cpu.to_numpy(getattr(seg, o.lower()))) for o in cfg.features.objects}
+        same = measure_site(gimgs, glabs, cfg.features, cfg.channels)
+        gpu = (gseg, same, gwall, gfeats)
+    else:
+        print("GPU: not available here (hpc_profiler.backend.gpu_available() is False); GPU section skipped")
+
+    head = f"\n{'step':20s} {'wall_s':>8s} {'cpu_s':>8s}"
+    if one:
+        head += f" {'cpu_1thr_s':>10s}"
+    if ref:
+        head += f" {'cp_measure_cpu_s':>16s} {'ratio':>7s}"
+    if gpu:
+        head += f" {'gpu_s':>8s} {'cpu/gpu':>8s} {'cpm/gpu':>8s}"
+    print(head)
+
+    def row(name, w, c, c1, r, g):
+        line = f"{name:20s} {w:8.3f} {c:8.3f}"
+        if one:
+            line += f" {c1:10.3f}"
+        if ref:
+            line += f" {r:16.2f} {r / max(c1 if one else c, 1e-9):6.1f}x" if r is not None else f" {'-':>16s} {'':7s}"
+        if gpu:
+            line += f" {g:8.3f} {w / max(g, 1e-9):7.1f}x"
+            line += f" {r / max(g, 1e-9):7.1f}x" if r is not None else f" {'-':>8s}"
+        print(line)
+
+    for st in ("illum_apply", "segmentation"):
+        row(st, wall[st], cput[st], one["cpu"][st] if one else 0, None, gpu[2][st] if gpu else 0)
+    for fam in cfg.features.families:
+        row(f"  {fam}", feats.seconds.get(fam, 0.0), feats.cpu_seconds.get(fam, 0.0),
+            one["fam_cpu"].get(fam, 0.0) if one else 0, ref.get(fam, 0.0) if ref else None,
+            gpu[3].seconds.get(fam, 0.0) if gpu else 0)
+    rtot = sum(ref.values()) if ref else None
+    row("features", wall["features"], cput["features"], one["cpu"]["features"] if one else 0, rtot,
+        gpu[2]["features"] if gpu else 0)
+    row("TOTAL", wall["total"], cput["total"], one["cpu"]["total"] if one else 0, rtot, gpu[2]["total"] if gpu else 0)
+    print("ratio = cp_measure CPU s / hpc_profiler CPU s" + (" (one thread)" if one else "")
+          + "; cp_measure's TOTAL is its features only (no illumination or segmentation)")
+    print("features cpu = sum of the families' CPU seconds; TOTAL cpu = process_images as a whole "
+          "(wall seconds are unreliable on a shared machine)")
+
+    if gpu:
+        gfeats = gpu[1]
+        n_gpu = int(gpu[3].objects["Cells"].values.shape[0])
+        print(f"\nGPU segmentation found {n_gpu} cells (CPU: {n}). CPU vs GPU features on the SAME (CPU) masks "
+              "and images, largest relative difference per feature column:")
+        for o, tab in feats.objects.items():
+            gt = gfeats.objects[o]
+            if gt.values.shape != tab.values.shape:
+                print(f"  {o}: CPU {tab.values.shape[0]} objects, GPU {gt.values.shape[0]}: not compared")
+                continue
+            d = max_rel_diff(tab.values, gt.values)
+            worst = np.argsort(-d)[:5]
+            print(f"  {o}: {int((d > 1e-3).sum())} of {d.size} columns differ by > 1e-3; worst: "
+                  + ", ".join(f"{tab.names[j]}={d[j]:.2g}" for j in worst))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
