@@ -17,8 +17,6 @@ import time
 from pathlib import Path
 from typing import Iterable, Optional
 
-import numpy as np
-
 from . import sitefile
 from .backend import get_backend
 from .config import Config
