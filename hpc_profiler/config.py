@@ -420,6 +420,9 @@ class EvaluateConfig:
     block_size: int = opt(256, doc="Most queries per similarity block (BLAS) and per work unit of a rank")
     plots: bool = opt(True, doc="Write Fig. 4 / Fig. 5 PNGs")
     csv: bool = opt(True, doc="Also write CSV copies of the tables")
+    drop_nonfinite_features: bool = opt(
+        True, doc="Drop features that are NaN/inf in any well (else such a well is an error naming it)"
+    )
 
 
 # ----------------------------------------------------------------- top level

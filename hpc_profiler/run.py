@@ -33,6 +33,10 @@ from typing import Optional
 from .config import Config, ConfigError, load_config
 
 
+class StageError(RuntimeError):
+    """A stage of the chain failed; the message names the stage and how it ran."""
+
+
 @dataclass
 class StageLine:
     stage: str
@@ -188,11 +192,18 @@ def run_mpi_stage(cfg: Config, stage: str, ranks: int, kind: str, after_job: Opt
             cmd.append(f"--dependency=afterok:{after_job}")
         wrap = " ".join(["srun", "--mpi=pmix", *map(_shell_quote, args)])
         cmd.append(f"--wrap={wrap}")
-        subprocess.run(cmd, check=True, env=_mpi_env(), stdout=subprocess.DEVNULL)
+        try:
+            subprocess.run(cmd, check=True, env=_mpi_env(), stdout=subprocess.DEVNULL)
+        except subprocess.CalledProcessError as exc:
+            raise StageError(f"{stage}: the Slurm job failed (exit {exc.returncode}); see {logs}/{stage}_*.out") from exc
         return f"slurm job of {ranks} ranks"
     launcher = mpi_launcher(ranks)
     if launcher:
-        subprocess.run([*launcher, *args], check=True, env=_mpi_env())
+        try:
+            subprocess.run([*launcher, *args], check=True, env=_mpi_env())
+        except subprocess.CalledProcessError as exc:
+            raise StageError(f"{stage}: `{' '.join(launcher)} ... {stage}` failed (exit {exc.returncode}); "
+                             "its error is printed above") from exc
         return f"mpirun -n {ranks}"
     if stage == "reduce":
         from .reduce import reduce_batch
@@ -360,7 +371,11 @@ def main_run(args) -> int:
         return 2
     ranks = 1 if args.no_mpi else args.ranks
     t0 = time.perf_counter()
-    res = run_batch(cfg, kind=args.executor, ranks=ranks, report=not args.no_report)
+    try:
+        res = run_batch(cfg, kind=args.executor, ranks=ranks, report=not args.no_report)
+    except StageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print()
     print("Benchmark summary (fraction retrieved = share of classes with q < "
           f"{cfg.evaluate.q_threshold}):")

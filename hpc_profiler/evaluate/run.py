@@ -396,14 +396,32 @@ def profiles_path(cfg: Config) -> Path:
     return Path(cfg.out) / "profiles" / name
 
 
-def read_profiles(path: Path) -> pd.DataFrame:
-    """Read the well table; checks that features are finite and named metadata are present."""
+def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
+    """Read the well table; checks that features are finite and named metadata are present.
+
+    With ``drop_nonfinite`` a feature that is NaN or infinite in any well is
+    dropped (a median over cells can be NaN where every cell of a well lacks a
+    value, e.g. texture of objects too small for the scale; feature selection
+    keeps features with under 5 % missing values); the drop is reported on
+    stderr. Without it such a well is an error that names it.
+    """
     try:
         table = pd.read_parquet(path)
     except Exception as exc:
         raise FileNotFoundError(f"evaluate: cannot read profiles {path}: {exc}") from exc
     feats = feature_columns(table)
     x = table[feats].to_numpy(dtype=np.float64)
+    finite = np.isfinite(x)
+    if drop_nonfinite and not finite.all():
+        bad_cols = [f for f, ok in zip(feats, finite.all(axis=0)) if not ok]
+        if len(bad_cols) == len(feats):
+            raise ValueError(f"evaluate: {path}: every feature is non-finite in some well")
+        if mpi.get_comm().Get_rank() == 0:
+            print(f"evaluate: dropped {len(bad_cols)} of {len(feats)} feature(s) with non-finite values "
+                  f"in some well (e.g. {bad_cols[0]})", file=sys.stderr)
+        table = table.drop(columns=bad_cols)
+        feats = feature_columns(table)
+        x = table[feats].to_numpy(dtype=np.float64)
     bad = ~np.isfinite(x).all(axis=1)
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
@@ -433,7 +451,7 @@ def evaluate_batch(cfg: Config, comm=None) -> pd.DataFrame:
     """Library entry of ``hpc-profiler run``: read the well table, run, write on rank 0; returns the summary."""
     comm = comm or mpi.get_comm()
     with mpi.abort_on_error(comm):
-        profiles = read_profiles(profiles_path(cfg))
+        profiles = read_profiles(profiles_path(cfg), cfg.evaluate.drop_nonfinite_features)
         results = evaluate_profiles(profiles, cfg.evaluate, comm, cfg.device)
         if comm.Get_rank() == 0:
             write_outputs(results, Path(cfg.out) / "evaluate", cfg.evaluate.csv, cfg.evaluate.plots)
@@ -475,7 +493,7 @@ def main_evaluate(args) -> int:
     out = Path(args.out) if args.out else Path(cfg.out) / "evaluate"
     try:
         with mpi.abort_on_error(comm):
-            results = evaluate_profiles(read_profiles(src), e, comm, cfg.device)
+            results = evaluate_profiles(read_profiles(src, e.drop_nonfinite_features), e, comm, cfg.device)
             if comm.Get_rank() == 0:
                 write_outputs(results, out, e.csv, e.plots)
                 with pd.option_context("display.width", 160, "display.max_columns", 20):
