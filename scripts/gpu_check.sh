@@ -21,7 +21,7 @@ PY
 status=0
 echo "== GPU parity tests"
 python3 -m pytest -q -rs -m gpu tests/ || status=1
-for bench in scripts/bench_segmentation.py scripts/bench_features.py; do
+for bench in scripts/bench_segmentation.py scripts/bench_site.py; do
   if [ -f "$bench" ]; then
     echo "== $bench"
     python3 "$bench" || status=1
