@@ -29,6 +29,17 @@ def _plt():
     return plt
 
 
+def _save(fig, path, dpi: int = 100) -> Path:
+    """Lay out, write as PNG (creating the folder), close; returns the path."""
+    plt = _plt()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def _stretch(img: np.ndarray, lo: float = 0.5, hi: float = 99.5) -> np.ndarray:
     """Percentile contrast stretch to [0, 1] for display."""
     a, b = np.percentile(img, [lo, hi])
@@ -92,12 +103,7 @@ def outline_montage(sites: Sequence, cfg, path, max_sites: int = 4) -> Optional[
             if c == 0:
                 ax.set_ylabel(f"{site.plate}\n{site.well} s{site.site}", fontsize=8)
     fig.suptitle("Nuclei (magenta) and cell (green) outlines", fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=110)
 
 
 def well_position(well: str) -> tuple[int, int]:
@@ -141,12 +147,7 @@ def plate_heatmaps(wells_table, path, feature: Optional[str] = None) -> Optional
             ax.set_yticks(range(0, 16, 3), [ROWS[i] for i in range(0, 16, 3)], fontsize=6)
             ax.set_title(f"{plate}: {'cell count' if col == count_col else col}", fontsize=7)
             fig.colorbar(im, ax=ax, fraction=0.03)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
 
 
 def illumination_figure(illum_files: Sequence, path) -> Optional[Path]:
@@ -171,12 +172,12 @@ def illumination_figure(illum_files: Sequence, path) -> Optional[Path]:
                 if c == 0:
                     ax.set_ylabel(p.stem.replace("_illum", ""), fontsize=7)
                 fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, dpi=100)
+
+
+def _relative(p, root: Path) -> Path:
+    p, root = Path(p).resolve(), Path(root).resolve()
+    return p.relative_to(root) if p.is_relative_to(root) else p
 
 
 def write_index(out_dir, title: str, pictures: Sequence, tables: Sequence = ()) -> Path:
@@ -187,12 +188,12 @@ def write_index(out_dir, title: str, pictures: Sequence, tables: Sequence = ()) 
     for p in pictures:
         if p is None:
             continue
-        rel = Path(p).resolve().relative_to(out_dir.resolve()) if Path(p).resolve().is_relative_to(out_dir.resolve()) else Path(p)
+        rel = _relative(p, out_dir)
         parts.append(f"<h2>{html.escape(Path(p).stem)}</h2><a href='{html.escape(str(rel))}'><img src='{html.escape(str(rel))}' style='max-width:100%'></a>")
     if tables:
         parts.append("<h2>Tables</h2><ul>")
         for t in tables:
-            rel = Path(t).resolve().relative_to(out_dir.resolve()) if Path(t).resolve().is_relative_to(out_dir.resolve()) else Path(t)
+            rel = _relative(t, out_dir)
             parts.append(f"<li><a href='{html.escape(str(rel))}'>{html.escape(str(rel))}</a></li>")
         parts.append("</ul>")
     path = out_dir / "index.html"
