@@ -8,7 +8,7 @@ CONFIG``; without a launcher the same code runs on :class:`~hpc_profiler.mpi.Ser
    hash) and read their plate, well, site and cell count.
 2. Rank 0 assigns whole wells to ranks, balanced by cell count
    (:func:`hpc_profiler.mpi.split_balanced`); a well's sites go to one rank.
-3. Each rank reads its wells one at a time (:func:`sitefile.read_cells_table`)
+3. Each rank reads its wells one at a time (:func:`sitefile.read_cells_matrix`)
    and keeps only the per-well median (CPJUMP1's aggregation; optionally the
    mean) and cell count, so a process never holds more single cells than the
    largest well.
@@ -50,7 +50,7 @@ import pandas as pd
 from . import profiles as P
 from ._atomic import atomic_path, write_bytes_atomic
 from .mpi import abort_on_error, get_comm, split_balanced
-from .sitefile import read_cells_table, validate_site_file
+from .sitefile import read_cells_matrix, validate_site_file
 
 PROFILE_TABLES = ("well_aggregated", "well_normalized", "well_feature_selected")
 SKIPPED_NAME = "skipped_site_files.csv"
@@ -148,15 +148,14 @@ def reduce_wells(
         blocks = []
         for path in paths:
             try:
-                df = read_cells_table(path)
+                feats, values, _, _ = read_cells_matrix(path)
             except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file
                 msg = str(exc) if str(path) in str(exc) else f"{path}: unreadable site file ({exc})"
                 if not skip_invalid:
                     raise ReduceError(msg) from exc
                 skipped.append(_skip_record(path, msg, "read", plate, well))
                 continue
-            feats = P.feature_columns(df)
-            if not feats and len(df) == 0:  # a site without objects (nor feature columns): zero cells
+            if not feats and len(values) == 0:  # a site without objects (nor feature columns): zero cells
                 n_sites += 1
                 continue
             if names is None:
@@ -168,7 +167,10 @@ def reduce_wells(
                         f"{path}: plate {plate} well {well}: feature columns differ from the other site files "
                         f"(e.g. {diff})"
                     )
-            blocks.append(df.loc[:, names].to_numpy(dtype=np.float64))
+            if feats != names:
+                where = {n: j for j, n in enumerate(feats)}
+                values = values[:, [where[n] for n in names]]
+            blocks.append(values)
             n_sites += 1
         if not blocks:
             continue

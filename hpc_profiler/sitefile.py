@@ -184,6 +184,33 @@ def read_site_file(path, *, labels: bool = False, objects: Optional[list[str]] =
     return SiteData(attrs=attrs, objects=objs, image=image, labels=labs)
 
 
+def read_cells_matrix(path, objects=("Cells", "Cytoplasm", "Nuclei")):
+    """Single-cell matrix of a site: ``(names, values float64 [cells, features], object_number)``.
+
+    Nuclei, Cells and Cytoplasm share object numbers (labels 1..N); the
+    compartments are joined on the object number (outer join, missing values
+    NaN), in the order of ``objects``. The array form of
+    :func:`read_cells_table`, for readers that need no DataFrame (the reduce
+    stage reads every site this way).
+    """
+    data = read_site_file(path, objects=list(objects))
+    present = [o for o in objects if o in data.objects]
+    if present:
+        numbers = np.unique(np.concatenate([data.objects[o].object_number for o in present]))
+    else:
+        numbers = np.empty(0, dtype=np.int32)
+    names: list[str] = []
+    blocks = []
+    for o in present:
+        t = data.objects[o]
+        block = np.full((len(numbers), len(t.names)), np.nan)
+        block[np.searchsorted(numbers, t.object_number)] = t.values
+        names += t.names
+        blocks.append(block)
+    values = np.hstack(blocks) if blocks else np.empty((0, 0))
+    return names, values, numbers.astype(np.int32), data.attrs
+
+
 def read_cells_table(path, objects=("Cells", "Cytoplasm", "Nuclei")):
     """Single-cell table of a site: one row per cell, compartments side by side.
 
@@ -193,16 +220,10 @@ def read_cells_table(path, objects=("Cells", "Cytoplasm", "Nuclei")):
     """
     import pandas as pd
 
-    data = read_site_file(path, objects=list(objects))
-    frames = []
-    for obj in objects:
-        if obj not in data.objects:
-            continue
-        t = data.objects[obj]
-        frames.append(pd.DataFrame(t.values, columns=t.names, index=pd.Index(t.object_number, name="ObjectNumber")))
-    df = pd.concat(frames, axis=1) if frames else pd.DataFrame(index=pd.Index([], name="ObjectNumber"))
-    df = df.reset_index()
-    df.insert(0, "Metadata_Site", str(data.attrs["site"]))
-    df.insert(0, "Metadata_Well", str(data.attrs["well"]))
-    df.insert(0, "Metadata_Plate", str(data.attrs["plate"]))
+    names, values, numbers, attrs = read_cells_matrix(path, objects)
+    df = pd.DataFrame(values, columns=names)
+    df.insert(0, "ObjectNumber", numbers)
+    df.insert(0, "Metadata_Site", str(attrs["site"]))
+    df.insert(0, "Metadata_Well", str(attrs["well"]))
+    df.insert(0, "Metadata_Plate", str(attrs["plate"]))
     return df
