@@ -41,12 +41,10 @@ def _cmd_version(args) -> int:
 
 
 def _cmd_config_check(args) -> int:
-    from .config import ConfigError, dump_config, load_config
+    from .config import dump_config, load_config_or_report
 
-    try:
-        cfg = load_config(args.file)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_config_or_report(args.file)
+    if cfg is None:
         return 2
     print(f"{args.file}: ok (config hash {cfg.hash()})")
     if args.show:

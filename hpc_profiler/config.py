@@ -25,6 +25,7 @@ import difflib
 import hashlib
 import json
 import os
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -629,6 +630,18 @@ def load_config(path) -> Config:
     except yaml.YAMLError as exc:
         raise ConfigError(f"{where}: not valid YAML: {exc}") from exc
     return from_dict(data, where=where, source=str(path.resolve()))
+
+
+def load_config_or_report(path, report: bool = True) -> Optional[Config]:
+    """:func:`load_config` for command-line entry points: on a :class:`ConfigError`
+    print ``error: <file>: <key>: ...`` to stderr (when ``report``) and return None;
+    the caller exits with status 2."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        if report:
+            print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def to_dict(obj) -> Any:

@@ -391,12 +391,10 @@ def add_reduce_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
 
 def main_reduce(args) -> int:
     """``hpc-profiler reduce CONFIG``: 0 on success, 1 on a reduction error, 2 on a config error."""
-    from .config import ConfigError, load_config
+    from .config import load_config_or_report
 
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 2
     comm = get_comm(False if args.no_mpi else None)
     try:

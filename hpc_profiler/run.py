@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from .config import Config, ConfigError, load_config
+from .config import Config, ConfigError, load_config_or_report
 
 
 class StageError(RuntimeError):
@@ -364,10 +364,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 def main_run(args) -> int:
     """``hpc-profiler run CONFIG``: 0 when everything finished, 1 when some item failed."""
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return 2
     ranks = 1 if args.no_mpi else args.ranks
     t0 = time.perf_counter()

@@ -39,7 +39,7 @@ import pandas as pd
 
 from .. import mpi
 from ..backend import get_backend, to_numpy
-from ..config import Config, ConfigError, EvaluateConfig, load_config
+from ..config import Config, ConfigError, EvaluateConfig, load_config_or_report
 from . import ap as apk
 from . import nulls, stats
 from .tasks import SUMMARY_KEYS, TaskError, feature_columns, match_rules, prepare_task
@@ -474,11 +474,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
 def main_evaluate(args) -> int:
     """``hpc-profiler evaluate CONFIG``; under ``mpirun -n N`` the ranks share the work."""
     comm = mpi.get_comm()
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        if comm.Get_rank() == 0:
-            print(f"error: {exc}", file=sys.stderr)
+    cfg = load_config_or_report(args.config, report=comm.Get_rank() == 0)
+    if cfg is None:
         return 2
     e = cfg.evaluate
     if args.null_size is not None:
