@@ -109,12 +109,12 @@ def site_files_digest(cfg: Config) -> str:
     return _digest([cfg.hash(), *entries])
 
 
-def _stamp_path(cfg: Config, stage: str) -> Path:
+def stamp_path(cfg: Config, stage: str) -> Path:
     return Path(cfg.out) / ("profiles" if stage == "reduce" else "evaluate") / "_stage.json"
 
 
 def stage_is_current(cfg: Config, stage: str, digest: str) -> bool:
-    p = _stamp_path(cfg, stage)
+    p = stamp_path(cfg, stage)
     try:
         stamp = json.loads(p.read_text())
     except (OSError, ValueError):
@@ -126,7 +126,7 @@ def stage_is_current(cfg: Config, stage: str, digest: str) -> bool:
 def write_stamp(cfg: Config, stage: str, digest: str, outputs) -> None:
     from .storage import write_bytes
 
-    p = _stamp_path(cfg, stage)
+    p = stamp_path(cfg, stage)
     payload = {"stage": stage, "digest": digest, "outputs": [str(o) for o in outputs], "time": time.time()}
     write_bytes(str(p), json.dumps(payload, indent=1).encode())
 

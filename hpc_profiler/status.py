@@ -42,6 +42,7 @@ class BatchStatus:
     running_jobs: list = field(default_factory=list)  # (job id, state) from squeue
     throughput_per_hour: Optional[float] = None
     eta_s: Optional[float] = None
+    stages: dict = field(default_factory=dict)  # reduce / evaluate -> "up to date" | "out of date" | "not run"
 
     @property
     def totals(self) -> PlateStatus:
@@ -116,10 +117,29 @@ def collect_status(cfg) -> BatchStatus:
     st = BatchStatus(plates=[plates[k] for k in sorted(plates)], failures=failures,
                      running_jobs=squeue_states(job_ids))
     st.throughput_per_hour = throughput(orch.read_worklog(cfg, "extract"))
+    st.stages = mpi_stage_states(cfg)
     pending = st.totals.pending
     if st.throughput_per_hour:
         st.eta_s = pending / st.throughput_per_hour * 3600.0
     return st
+
+
+def mpi_stage_states(cfg) -> dict:
+    """State of the MPI stages from their stamps (:mod:`hpc_profiler.run`):
+    "up to date" when the stamp matches the current inputs, "out of date" when
+    the inputs changed since (new or redone site files, a new profile table),
+    "not run" without a stamp."""
+    from . import run
+
+    states = {}
+    for stage, digest in (("reduce", run.site_files_digest), ("evaluate", run.profiles_digest)):
+        if run.stage_is_current(cfg, stage, digest(cfg)):
+            states[stage] = "up to date"
+        elif run.stamp_path(cfg, stage).exists():
+            states[stage] = "out of date"
+        else:
+            states[stage] = "not run"
+    return states
 
 
 def _fmt_s(s: Optional[float]) -> str:
@@ -139,6 +159,8 @@ def format_status(st: BatchStatus, failed: bool = False) -> str:
     lines.append(f"throughput {tp}, ETA {_fmt_s(st.eta_s)}")
     running = ", ".join(f"{j} ({s})" for j, s in st.running_jobs) or "none"
     lines.append(f"jobs queued or running: {running}")
+    if st.stages:
+        lines.append("; ".join(f"{k}: {v}" for k, v in st.stages.items()))
     illum_failed = [f for f in st.failures if f["stage"] == "illum"]
     if illum_failed:
         lines.append(f"illumination failed for plates: {', '.join(f['plate'] for f in illum_failed)}")

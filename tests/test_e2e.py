@@ -100,6 +100,11 @@ def test_reference_run_writes_everything(reference):
     names = {Path(p).name for p in res.plots}
     assert {"outlines_montage.png", "plate_heatmaps.png", "illumination.png"} <= names
     assert res.index is not None and res.index.exists()
+    from hpc_profiler.status import collect_status
+
+    st = collect_status(cfg)
+    assert st.totals.done == 32 and st.totals.pending == 0 and not st.failures
+    assert st.stages == {"reduce": "up to date", "evaluate": "up to date"}
     # a rerun finds everything up to date
     again = run_batch(cfg, ranks=1, report=False, out=lambda s: None)
     assert all(line.skipped for line in again.lines), [str(x) for x in again.lines]
