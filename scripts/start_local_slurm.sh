@@ -35,7 +35,8 @@ die() { echo "[start_local_slurm] error: $*" >&2; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || die "must run as root (try: sudo bash $0)"
 
-# one start at a time (parallel test sessions may call this together)
+# one start at a time (parallel test sessions may call this together); the daemons are
+# started with fd 9 closed (`9>&-`), else a daemon would hold the lock for its lifetime
 mkdir -p "$(dirname "$STATE")"
 exec 9>"${STATE}.lock"
 flock -w 120 9 || die "another start_local_slurm.sh holds ${STATE}.lock"
@@ -77,9 +78,9 @@ if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
 else
     log "starting munged"
     if [ "$MUNGE_USER" = munge ]; then
-        runuser -u munge -- /usr/sbin/munged
+        runuser -u munge -- /usr/sbin/munged 9>&-
     else
-        /usr/sbin/munged --force
+        /usr/sbin/munged --force 9>&-
     fi
     for _ in $(seq 50); do
         munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break
@@ -160,13 +161,13 @@ if pid_alive "$STATE/slurmctld.pid"; then
     log "slurmctld already running (pid $(cat "$STATE/slurmctld.pid"))"
 else
     log "starting slurmctld"
-    slurmctld -f "$CONF"
+    slurmctld -f "$CONF" 9>&-
 fi
 if pid_alive "$STATE/slurmd.pid"; then
     log "slurmd already running (pid $(cat "$STATE/slurmd.pid"))"
 else
     log "starting slurmd"
-    slurmd -f "$CONF"
+    slurmd -f "$CONF" 9>&-
 fi
 
 # ------------------------------------------------------------------ wait idle
