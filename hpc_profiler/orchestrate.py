@@ -309,8 +309,11 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
     def read(site):
         return load_site_images(site, cfg.channels, cfg.input.full_scale)
 
-    # the next site's images are read while this one computes (input.prefetch)
-    for site, images in storage.prefetched(todo, read, cfg.input.prefetch):
+    # the next site's images are read while this one computes (input.prefetch), for
+    # remote inputs only: local reads are fast, and a task without a reader thread
+    # leaves nothing running when Slurm preempts it
+    remote = any(storage.is_url(f) for s in todo for f in s.files.values())
+    for site, images in storage.prefetched(todo, read, cfg.input.prefetch if remote else 0):
         t0 = time.time()
         remove_stale_temps(pipeline.site_path(cfg, site))
         try:

@@ -405,6 +405,10 @@ def _start_requeued_now(job_id: str) -> None:
         return "Restarts=1" in out and "JobState=PENDING" in out
 
     wait_until(requeued_and_pending, 120, f"job {job_id} to be requeued")
+    # slurmd revokes the old incarnation's credential with a time stamp in whole seconds; a
+    # restart within the same second is killed as "Job credential revoked" (Slurm's own 2 minute
+    # hold avoids that), so let a few seconds pass before starting it
+    time.sleep(3)
     subprocess.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"], check=True, capture_output=True)
 
 
