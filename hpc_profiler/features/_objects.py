@@ -647,3 +647,12 @@ def edt_at(mask, ys, xs):
     dy = (ys - ft[0][ys, xs]).astype(xp.float64)
     dx = (xs - ft[1][ys, xs]).astype(xp.float64)
     return xp.sqrt(dy * dy + dx * dx)
+
+
+def check_image_shape(function: str, channel: str, image, labels) -> None:
+    """Raise ``ValueError`` naming the function and channel when ``image`` and
+    ``labels`` differ in shape (every per-channel family checks this first)."""
+    if tuple(image.shape) != tuple(labels.shape):
+        raise ValueError(
+            f"{function}: image {channel!r} has shape {tuple(image.shape)}, labels have {tuple(labels.shape)}"
+        )

@@ -49,6 +49,7 @@ from typing import Any
 
 from hpc_profiler.backend import backend_of
 from hpc_profiler.features._objects import (
+    check_image_shape,
     ObjectPixels,
     edge_mask,
     label_var,
@@ -270,11 +271,7 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     """
     bk = backend_of(labels, image)
     xp = bk.xp
-    if image.shape != labels.shape:
-        raise ValueError(
-            f"measure_intensity: image {channel!r} has shape {tuple(image.shape)}, "
-            f"labels have {tuple(labels.shape)}"
-        )
+    check_image_shape("measure_intensity", channel, image, labels)
     op = objects if objects is not None else object_pixels(labels, n_objects)
     n = op.n
     if edges is None:

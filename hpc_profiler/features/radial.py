@@ -48,6 +48,7 @@ import numpy as np
 
 from hpc_profiler.backend import backend_of
 from hpc_profiler.features._objects import (
+    check_image_shape,
     ObjectPixels,
     edt_at,
     object_pixels,
@@ -245,11 +246,7 @@ def measure_radial_distribution(labels, n_objects: int, image, channel: str, *, 
     """
     bk = backend_of(labels, image)
     xp = bk.xp
-    if image.shape != labels.shape:
-        raise ValueError(
-            f"measure_radial_distribution: image {channel!r} has shape {tuple(image.shape)}, "
-            f"labels have {tuple(labels.shape)}"
-        )
+    check_image_shape("measure_radial_distribution", channel, image, labels)
     g = geometry if geometry is not None else radial_geometry(
         labels, n_objects, bins=bins, scaled=scaled, max_radius=max_radius)
     op = g.op
