@@ -12,6 +12,16 @@ and granularity (16 / 0.5 / 0.5 / 10) for every channel and object set, and cp_m
 scaled to all channels and the scaling is printed). Prints seconds and ratios;
 it asserts nothing.
 
+Granularity is timed twice in the same run: as shipped (reconstruction by
+:func:`hpc_profiler.morphology.reconstruct_by_dilation`, Vincent's hybrid
+algorithm in numba) and with ``skimage.morphology.reconstruction`` swapped in
+(the previous implementation), and the two results are compared bit for bit.
+A last block times single 540 x 540 reconstructions (the 16 of one channel of
+the site, each under the fixed mask): scikit-image, ours and SimpleITK's
+``ReconstructionByDilationImageFilter`` when SimpleITK is installed (it is not
+a dependency), with the first-call cost of the numba kernel in this process
+(loading the on-disk cache, or compiling when there is none).
+
 CPU seconds (``time.process_time``) are printed per step for ONE thread: the
 script pins OpenMP/BLAS to one thread unless the environment already sets it
 (wall time is unreliable on a shared machine). ``--ref-channels 0`` skips
@@ -29,6 +39,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 import numpy as np
 
 from hpc_profiler.config import CPJUMP1_CHANNELS
+import hpc_profiler.features.granularity as granularity
 from hpc_profiler.features.granularity import granular_spectrum, object_sampler, object_spectrum
 from hpc_profiler.features.texture import measure_image_texture, measure_texture, texture_geometry
 from hpc_profiler.synth import synthesize_site
@@ -60,7 +71,13 @@ def main() -> None:
     ap.add_argument("--channels", type=int, default=5)
     ap.add_argument("--ref-channels", type=int, default=1)
     ap.add_argument("--numba", action="store_true", help="also time cp_measure's numba texture backend")
+    ap.add_argument("--no-texture", action="store_true", help="granularity only")
     args = ap.parse_args()
+    from hpc_profiler.morphology import reconstruct_by_dilation
+
+    c0 = time.process_time()
+    reconstruct_by_dilation(np.zeros((4, 4)), np.ones((4, 4)))
+    first_call = time.process_time() - c0
     labels, n, images = synthetic_site(args.size, args.cells, args.channels)
     print(f"site {args.size}x{args.size}, {n} objects per set, {len(images)} channels, 3 object sets")
     scales = (3, 5, 10)
@@ -74,29 +91,47 @@ def main() -> None:
         return out
 
     t0 = time.perf_counter()
-    geoms = step("texture geometry", lambda: {o: texture_geometry(lab, scales) for o, lab in labels.items()})
-    for ch, img in images.items():
-        for o, lab in labels.items():
-            step("texture objects", lambda: measure_texture(lab, n, img, ch, scales=scales, gray_levels=256,
-                                                            geometry=geoms[o]))
-        step("texture image", lambda: measure_image_texture(img, ch, scales=scales, gray_levels=256))
+    if not args.no_texture:
+        geoms = step("texture geometry", lambda: {o: texture_geometry(lab, scales) for o, lab in labels.items()})
+        for ch, img in images.items():
+            for o, lab in labels.items():
+                step("texture objects", lambda: measure_texture(lab, n, img, ch, scales=scales, gray_levels=256,
+                                                                geometry=geoms[o]))
+            step("texture image", lambda: measure_image_texture(img, ch, scales=scales, gray_levels=256))
     t_tex = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    samplers = step("granularity samplers",
-                    lambda: {o: object_sampler(lab, n, 0.5) for o, lab in labels.items()})
-    for ch, img in images.items():
-        spec = step("granularity spectrum", lambda: granular_spectrum(img))
-        for o, lab in labels.items():
-            step("granularity objects", lambda: object_spectrum(spec, img, lab, n, samplers[o]))
-    t_gran = time.perf_counter() - t0
+    def run_granularity(prefix):
+        t0 = time.perf_counter()
+        samplers = step(f"{prefix} samplers",
+                        lambda: {o: object_sampler(lab, n, 0.5) for o, lab in labels.items()})
+        out = {}
+        for ch, img in images.items():
+            spec = step(f"{prefix} spectrum", lambda: granular_spectrum(img))
+            for o, lab in labels.items():
+                out[ch, o] = step(f"{prefix} objects", lambda: object_spectrum(spec, img, lab, n, samplers[o]))
+            out[ch] = np.array(spec.image_values)
+        return time.perf_counter() - t0, out
+
+    t_gran, ours = run_granularity("granularity")
+    shipped = granularity.reconstruct
+    granularity.reconstruct = skimage_reconstruct
+    try:
+        t_ski, theirs = run_granularity("granularity (skimage rec.)")
+    finally:
+        granularity.reconstruct = shipped
+    same = all(np.array_equal(ours[k], theirs[k], equal_nan=True) for k in ours)
     print(f"{'step (all channels and object sets)':38s} {'CPU s':>7s}")
     for name, sec in cpu.items():
         print(f"{name:38s} {sec:7.2f}")
     tex_cpu = sum(v for k, v in cpu.items() if k.startswith("texture"))
-    gran_cpu = sum(v for k, v in cpu.items() if k.startswith("granularity"))
+    gran_cpu = sum(v for k, v in cpu.items() if k.startswith("granularity") and "skimage" not in k)
+    ski_cpu = sum(v for k, v in cpu.items() if k.startswith("granularity (skimage"))
     print(f"{'texture total':38s} {tex_cpu:7.2f}\n{'granularity total':38s} {gran_cpu:7.2f}")
-    print(f"hpc_profiler wall: texture {t_tex:.2f} s, granularity {t_gran:.2f} s")
+    print(f"{'granularity with skimage reconstruction':38s} {ski_cpu:7.2f}  "
+          f"(ratio {ski_cpu / max(gran_cpu, 1e-9):.1f}x; results bit-identical: {same})")
+    print(f"hpc_profiler wall: texture {t_tex:.2f} s, granularity {t_gran:.2f} s "
+          f"(skimage reconstruction {t_ski:.2f} s)")
+    reconstruction_line(images, first_call)
     if args.ref_channels < 1:
         return
 
@@ -105,8 +140,8 @@ def main() -> None:
 
     ref_channels = list(images)[: args.ref_channels]
     factor = len(images) / len(ref_channels)
-    backends = [("mahotas", get_texture)]
-    if args.numba:
+    backends = [] if args.no_texture else [("mahotas", get_texture)]
+    if args.numba and not args.no_texture:
         try:
             from cp_measure.core.numba.measuretexture import get_texture as numba_texture
         except ImportError as exc:
@@ -129,9 +164,69 @@ def main() -> None:
             get_granularity(lab, images[ch], subsample_size=0.5, image_sample_size=0.5, element_size=10,
                             granular_spectrum_length=16)
     r_gran = (time.perf_counter() - t0) * factor
-    print(f"cp_measure granularity {r_gran:.2f} s (x{factor:g}); ratio {r_gran / t_gran:.1f}x")
+    print(f"cp_measure granularity {r_gran:.2f} s (x{factor:g}); ratio {r_gran / t_gran:.1f}x "
+          f"(with skimage's reconstruction {r_gran / t_ski:.1f}x)")
+    if args.no_texture:
+        return
     print(f"texture+granularity: ours {t_tex + t_gran:.2f} s, cp_measure {r_tex + r_gran:.2f} s, "
           f"ratio {(r_tex + r_gran) / (t_tex + t_gran):.1f}x")
+
+
+def skimage_reconstruct(marker, mask, bk):
+    """The previous reconstruction: scikit-image's, image by image of the stack."""
+    import skimage.morphology
+
+    out = np.empty_like(marker)
+    for c in range(marker.shape[0]):
+        out[c] = skimage.morphology.reconstruction(marker[c], mask[c], method="dilation",
+                                                   footprint=granularity.CROSS)
+    return out
+
+
+def reconstruction_line(images, first_call: float) -> None:
+    """ms per reconstruction of one channel's 16 granularity markers under its fixed mask."""
+    import skimage.morphology
+
+    from hpc_profiler.backend import cpu_backend
+    from hpc_profiler.features.granularity import background_subtracted, erode_cross
+    from hpc_profiler.morphology import reconstruct_by_dilation
+
+    img = images.get("Mito", next(iter(images.values())))
+    pixels, _ = background_subtracted(img)
+    markers, ero = [], pixels
+    for _ in range(16):
+        ero = erode_cross(ero, cpu_backend())
+        markers.append(ero)
+    impls = [
+        ("skimage", lambda m: skimage.morphology.reconstruction(m, pixels, footprint=granularity.CROSS)),
+        ("ours (numba hybrid)", lambda m: reconstruct_by_dilation(m, pixels)),
+    ]
+    try:
+        import SimpleITK as sitk
+    except ImportError:
+        sitk = None
+    if sitk is not None:
+        sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+        def itk(m):
+            f = sitk.ReconstructionByDilationImageFilter()
+            f.SetFullyConnected(False)
+            return sitk.GetArrayFromImage(f.Execute(sitk.GetImageFromArray(m), sitk.GetImageFromArray(pixels)))
+
+        impls.append((f"SimpleITK {sitk.Version.VersionString()}", itk))
+    ref, ms = None, {}
+    for name, fn in impls:
+        c0 = time.process_time()
+        outs = [fn(m) for m in markers]
+        ms[name] = (time.process_time() - c0) / len(markers) * 1e3
+        if ref is None:
+            ref = outs
+        equal = all(np.array_equal(a, b) for a, b in zip(outs, ref))
+        print(f"reconstruction {pixels.shape[0]}x{pixels.shape[1]} {name:24s} {ms[name]:7.1f} ms "
+              f"(skimage/this {ms['skimage'] / ms[name]:.1f}x; bit-identical to skimage: {equal})")
+    if sitk is None:
+        print("reconstruction SimpleITK: not installed (pip install SimpleITK to time it)")
+    print(f"numba kernel first call in this process (cache load or compile): {first_call:.2f} s CPU")
 
 
 if __name__ == "__main__":
