@@ -25,6 +25,10 @@ function computed from the site itself is applied first). Printed:
   (``t(N) = t(K) + (t(2K) - t(K)) (N - K) / K``, so image-wide work such as
   granularity's background opening is counted once, not N/K times); the
   output says so. ``--ref-objects 0`` times every object (minutes).
+* Granularity once more on the same masks and corrected images, in this
+  process: as shipped and with ``skimage.morphology.reconstruction`` swapped
+  in for :mod:`hpc_profiler.morphology`'s (the previous implementation), its
+  CPU seconds beside cp_measure's, and whether the two give the same bits;
 * a GPU section when :func:`hpc_profiler.backend.gpu_available`: the same site
   on the GPU backend (after one warm-up run), its seconds, the ratio to the CPU
   and to cp_measure, and the largest relative difference CPU vs GPU per feature
@@ -165,6 +169,45 @@ def reference(images, labels, params, channels, n: int, k: int):
                  f"to {n} (intercept + slope per family)")
 
 
+def granularity_vs_skimage(cfg, images, illum, seg, cpu):
+    """CPU seconds of Granularity as shipped and with skimage's reconstruction (same process).
+
+    Returns ``(ours_s, skimage_s, bit_identical)``.
+    """
+    import skimage.morphology
+
+    import hpc_profiler.features.granularity as G
+
+    g = cfg.features.granularity
+    imgs = {ch: np.clip(images[ch] / illum[ch], 0, 1).astype(np.float32) for ch in cfg.channels}
+    labels = {o: np.asarray(cpu.to_numpy(getattr(seg, o.lower())), np.int32) for o in cfg.features.objects}
+    n = max(int(lab.max()) for lab in labels.values())
+
+    def run():
+        c0 = time.process_time()
+        out = G.measure_granularity_channels(
+            imgs, labels, {o: n for o in labels}, spectrum_length=g.spectrum_length,
+            subsample_size=g.subsample_size, image_sample_size=g.image_sample_size, element_size=g.element_size)
+        return time.process_time() - c0, out
+
+    def skimage_reconstruct(marker, mask, bk):
+        out = np.empty_like(marker)
+        for c in range(marker.shape[0]):
+            out[c] = skimage.morphology.reconstruction(marker[c], mask[c], method="dilation", footprint=G.CROSS)
+        return out
+
+    ours_s, (a_obj, a_img) = run()
+    shipped = G.reconstruct
+    G.reconstruct = skimage_reconstruct
+    try:
+        ski_s, (b_obj, b_img) = run()
+    finally:
+        G.reconstruct = shipped
+    same = a_img == b_img and all(
+        np.array_equal(a_obj[o][k], b_obj[o][k], equal_nan=True) for o in a_obj for k in a_obj[o])
+    return ours_s, ski_s, same
+
+
 def max_rel_diff(a, b) -> np.ndarray:
     """Per column: max |a - b| / max(|a|, |b|, 1e-12) over rows (NaN pairs ignored)."""
     a = np.asarray(a, np.float64)
@@ -281,6 +324,15 @@ def main(argv=None) -> int:
           + "; cp_measure's TOTAL is its features only (no illumination or segmentation)")
     print("features cpu = sum of the families' CPU seconds; TOTAL cpu = process_images as a whole "
           "(wall seconds are unreliable on a shared machine)")
+    if "Granularity" in cfg.features.families:
+        g_ours, g_ski, g_same = granularity_vs_skimage(cfg, images, illum, seg, cpu)
+        line = (f"Granularity again, same masks, this process: {g_ours:.2f} s CPU; with "
+                f"skimage.morphology.reconstruction {g_ski:.2f} s ({g_ski / max(g_ours, 1e-9):.1f}x); "
+                f"bit-identical: {g_same}")
+        if ref and ref.get("Granularity"):
+            line += (f"; cp_measure {ref['Granularity']:.2f} s (ratio {ref['Granularity'] / max(g_ours, 1e-9):.1f}x, "
+                     f"with skimage's reconstruction {ref['Granularity'] / max(g_ski, 1e-9):.1f}x)")
+        print(line)
 
     if gpu:
         gfeats = gpu[1]
