@@ -72,8 +72,8 @@ except ImportError as exc:  # pragma: no cover - installation problem
     raise ImportError(f"hpc_profiler.morphology needs numba ('pip install numba'): {exc}") from exc
 
 
-def _jit(fn):
-    """``numba.njit(cache=True)``, or without the on-disk cache where none is writable."""
+def njit_cached(fn):
+    """``numba.njit(cache=True, nogil=True)``, or without the on-disk cache where none is usable."""
     try:
         return numba.njit(cache=True, nogil=True)(fn)
     except RuntimeError:  # "cannot cache function ...: no locator available"
@@ -189,7 +189,7 @@ def _hybrid(J, I, H, W, full, sweeps, queue, inq):
                             tail = 0
 
 
-_hybrid_jit = _jit(_hybrid)
+_hybrid_jit = njit_cached(_hybrid)
 #: raster/anti-raster pairs before the FIFO (see :func:`_hybrid`)
 _SWEEPS = 2
 

