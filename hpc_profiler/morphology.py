@@ -217,6 +217,14 @@ def _check(seed, mask, xp):
         )
 
 
+def _padded(H: int, W: int, dtype) -> np.ndarray:
+    """An ``(H + 2, W + 2)`` buffer whose one-pixel border is ``-inf`` (inside uninitialised)."""
+    a = np.empty((H + 2, W + 2), dtype)
+    a[0] = a[-1] = -np.inf
+    a[:, 0] = a[:, -1] = -np.inf
+    return a
+
+
 def reconstruct_by_dilation(seed, mask, connectivity: int = 1) -> np.ndarray:
     """Grey reconstruction by dilation of ``seed`` under ``mask`` (CPU, exact).
 
@@ -265,8 +273,8 @@ def reconstruct_by_dilation(seed, mask, connectivity: int = 1) -> np.ndarray:
     stack_seed = seed.reshape(-1, H, W)
     stack_mask = mask.reshape(-1, H, W)
     flat_out = out.reshape(-1, H, W)
-    J = np.full((H + 2, W + 2), -np.inf, ft)
-    I = np.full((H + 2, W + 2), -np.inf, ft)
+    J = _padded(H, W, ft)
+    I = _padded(H, W, ft)
     queue = np.empty(J.size + 1, np.int64)
     inq = np.zeros(J.size, np.uint8)
     for b in range(stack_seed.shape[0]):
