@@ -285,7 +285,8 @@ def reconstruct_by_dilation(seed, mask, connectivity: int = 1) -> np.ndarray:
     return out
 
 
-def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_every: int = 16):
+def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_every: int = 16,
+                             max_check_every: int = 512):
     """Grey reconstruction by dilation as iterated geodesic dilation, on ``xp``'s device.
 
     ``J <- min(dilate(J), mask)`` until stable, with ``ndi.maximum_filter``
@@ -297,19 +298,23 @@ def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_e
     seed, mask : arrays [..., H, W] of ``xp`` (NumPy or CuPy)
         ``seed <= mask`` (not checked here: the check would cost a
         device->host transfer; :func:`reconstruct_by_dilation` checks).
+        ``mask`` may be a broadcast view (one mask for several markers).
     xp, ndi : modules
         The backend's array and ndimage namespaces.
-    check_every : int
-        Steps between convergence checks (the only host synchronisations):
-        the state is compared with the one ``check_every`` steps earlier.
+    check_every, max_check_every : int
+        Steps between convergence checks, the only host synchronisations: the
+        state is compared with the one a block earlier. The block doubles
+        after each check that finds changes, up to ``max_check_every``, so a
+        reconstruction needing S steps costs about ``log2(S / check_every)``
+        synchronisations and at most ``max(S, max_check_every)`` extra steps.
 
     Returns
     -------
     array of ``xp`` (dtype as :func:`reconstruct_by_dilation`), equal to it.
     """
     full = _connectivity(connectivity)
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every!r}")
+    if check_every < 1 or max_check_every < check_every:
+        raise ValueError(f"need 1 <= check_every <= max_check_every, got {check_every!r}, {max_check_every!r}")
     ft = _float_type(mask.dtype)
     current = xp.array(seed, dtype=ft, copy=True)
     m = xp.asarray(mask, dtype=ft)
@@ -320,11 +325,12 @@ def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_e
     # "nearest" repeats the border pixel, which is already in its own window:
     # the max over the window is that over the in-image neighbours
     work = xp.empty_like(current)
+    block = int(check_every)
     while True:
         before = current.copy()
-        for _ in range(check_every):
+        for _ in range(block):
             ndi.maximum_filter(current, footprint=footprint, output=work, mode="nearest")
             xp.minimum(work, m, out=current)
         if not bool((current != before).any()):
             return current
-
+        block = min(2 * block, int(max_check_every))
