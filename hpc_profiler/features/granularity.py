@@ -31,12 +31,12 @@ They are :mod:`hpc_profiler.morphology`'s: on the CPU Vincent's hybrid
 algorithm compiled with numba, bit-identical to
 ``skimage.morphology.reconstruction`` and ~4-5x faster than it on these
 images (its sort-based algorithm took ~0.1 s per 540 x 540 image); on the GPU
-iterated geodesic dilation of the site's 5 channels as one stack, checked for
-convergence every :data:`GPU_CHECK_EVERY` steps, never synchronising per step
-(:func:`granular_spectra`, :func:`measure_granularity_channels`). Each
-reconstruction uses the previous one as its mask, which gives the same result
-as CellProfiler's fixed mask (proof in :func:`granular_spectra`) and shortens
-the propagation. ``scripts/bench_texture_granularity.py`` times both
+iterated geodesic dilation of all 16 scales x 5 channels of a site as one
+stack, checked for convergence in doubling blocks, never synchronising per
+step (:func:`granular_spectra`, :func:`measure_granularity_channels`). On the
+CPU each reconstruction uses the previous one as its mask, which gives the
+same result as CellProfiler's fixed mask (proof in :func:`granular_spectra`)
+and shortens the propagation. ``scripts/bench_texture_granularity.py`` times both
 reconstructions (and SimpleITK's) in one run.
 
 Everything up to step 3 depends on the channel only, so it is done once per
@@ -297,10 +297,12 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
     the CPU each scale is one erosion and one reconstruction of the stack (the
     hybrid algorithm per image) under the previous reconstruction. On the GPU
     the 16 markers are eroded first and all ``16 x C`` reconstructions run as
-    one iterated geodesic dilation under the fixed mask ``pixels``: about
-    2,400 launches and 6 host synchronisations per site (the longest
-    propagation, ~1,200 steps on Cell Painting sites, sets the step count),
-    instead of ~20,000 launches and ~100 synchronisations scale by scale. The
+    one iterated geodesic dilation under the fixed mask ``pixels``. The
+    longest propagation sets the step count (up to ~1,200 steps per
+    reconstruction on the benchmark site, ``PERFORMANCE_NOTES``), so a site
+    costs ~2 launches per step (~3,000 with the doubling blocks' overshoot)
+    and ~6 host synchronisations, instead of ~16 x 700 x 2 launches and ~100
+    synchronisations scale by scale (estimated; not measured on a GPU). The
     image-level spectra are copied to the host once, at the end.
 
     On the CPU ``rec_k = R(ero_k, mask=pixels)`` is computed as ``R(ero_k, mask=rec_{k-1})``,
