@@ -158,3 +158,14 @@ def test_errors():
         reconstruct_by_dilation(np.zeros((3, 3)), np.zeros((3, 3)), connectivity=3)
     with pytest.raises(ValueError, match="2-D"):
         reconstruct_by_dilation(np.zeros(3), np.zeros(3))
+
+
+def test_jit_without_a_cache_location_still_compiles():
+    """Code whose file numba cannot cache (here: no file at all) is compiled per process
+    instead of failing at import."""
+    from hpc_profiler.morphology import njit_cached
+
+    namespace = {}
+    exec("def twice(a):\n    return 2 * a\n", namespace)
+    fn = njit_cached(namespace["twice"])
+    assert fn(21) == 42
