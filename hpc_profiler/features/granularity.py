@@ -298,10 +298,11 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
     hybrid algorithm per image) under the previous reconstruction. On the GPU
     the 16 markers are eroded first and all ``16 x C`` reconstructions run as
     one iterated geodesic dilation under the fixed mask ``pixels``. The
-    longest propagation sets the step count (up to ~1,200 steps per
-    reconstruction on the benchmark site, ``PERFORMANCE_NOTES``), so a site
-    costs ~2 launches per step (~3,000 with the doubling blocks' overshoot)
-    and ~6 host synchronisations, instead of ~16 x 700 x 2 launches and ~100
+    longest propagation sets the step count (Mito of the 1080 x 1080
+    benchmark site, counted on the CPU: 22 steps at scale 1, 1,121 at scale
+    13), so a site costs ~2 launches per step (~3,000 with the doubling
+    blocks' overshoot: 32 + 64 + ... + 512 + 512 steps) and ~6 host
+    synchronisations, instead of ~16 x 700 x 2 launches and ~100
     synchronisations scale by scale (estimated; not measured on a GPU). The
     image-level spectra are copied to the host once, at the end.
 
