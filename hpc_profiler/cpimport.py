@@ -218,13 +218,11 @@ def inspect_table_set(ts: TableSet, ccfg) -> tuple[list[dict], list[dict]]:
     default_plate = ccfg.plate or folder_plate(ts)
     m = _DCP_FOLDER.match(Path(ts.path).name) if ts.kind == "csv" else None
     meta_cols = [c for c in df.columns if str(c).startswith("Metadata_")]
-    num = df.drop(columns=[c for c in df.columns if is_bookkeeping(c)]).apply(pd.to_numeric, errors="coerce")
-    num = num.loc[:, num.notna().any()]
     images = []
-    for i, row in enumerate(df.itertuples(index=False)):
+    for row in df.itertuples(index=False):
         rec = dict(zip(df.columns, row))
         number = int(rec["ImageNumber"])
-        key = (str(rec.get("TableNumber")), number) if ts.kind == "sqlite" and "TableNumber" in df.columns else number
+        key = _image_key(ts, rec)
         meta = {c: _text(rec[c]) for c in meta_cols}
         plate = meta.get("Metadata_Plate") or default_plate
         well = meta.get("Metadata_Well") or (m.group("well") if m else None)
@@ -232,12 +230,37 @@ def inspect_table_set(ts: TableSet, ccfg) -> tuple[list[dict], list[dict]]:
         if not well:
             problems.append(_problem(ts.where, number, None, "no Metadata_Well and no <plate>-<well>-<site> folder name"))
             continue
-        image = {f"Image_{c}": float(v) for c, v in num.iloc[i].items() if np.isfinite(v)}
         images.append(
             {"key": key, "number": number, "plate": str(plate), "well": str(well), "site": str(site),
-             "metadata": {k: v for k, v in meta.items() if v is not None}, "image": image}
+             "metadata": {k: v for k, v in meta.items() if v is not None}}
         )
     return images, problems
+
+
+def _image_key(ts: TableSet, rec: dict):
+    number = int(rec["ImageNumber"])
+    return (str(rec.get("TableNumber")), number) if ts.kind == "sqlite" and "TableNumber" in rec else number
+
+
+def image_measurements(ts: TableSet, ccfg, keys) -> dict:
+    """Numeric image measurements (``Image_Count_Cells`` ...) of the images ``keys``, by key.
+
+    Read when a rank converts its sites (not gathered at planning), so rank 0
+    holds one small record per image whatever the image table's width.
+    """
+    try:
+        df = read_image_table(ts, ccfg.image_table)
+    except (OSError, ValueError, pd.errors.ParserError, ImportError_, sqlite3.Error):
+        return {}
+    want = set(keys)
+    rows = [i for i, rec in enumerate(df[[c for c in ("TableNumber", "ImageNumber") if c in df.columns]]
+                                      .to_dict("records")) if _image_key(ts, rec) in want]
+    df = df.iloc[rows]
+    num = df.drop(columns=[c for c in df.columns if is_bookkeeping(c)]).apply(pd.to_numeric, errors="coerce")
+    out = {}
+    for (_, rec), (_, vals) in zip(df.iterrows(), num.iterrows()):
+        out[_image_key(ts, rec.to_dict())] = {f"Image_{c}": float(v) for c, v in vals.items() if np.isfinite(v)}
+    return out
 
 
 def _problem(where, image, obj, reason: str) -> dict:
@@ -448,6 +471,7 @@ def convert_units(cfg, units: list[tuple[TableSet, list[dict]]], report) -> dict
     stats = {"sites": 0, "cells": 0, "rows": 0, "files": []}
     for ts, recs in units:
         by_key = {r["key"]: r for r in recs}
+        image = image_measurements(ts, ccfg, list(by_key))
         if ts.kind == "csv":
             it = iter_csv_sites(ts, [r["number"] for r in recs], comps, ccfg.chunk_rows, report)
 
@@ -476,7 +500,7 @@ def convert_units(cfg, units: list[tuple[TableSet, list[dict]]], report) -> dict
                 config_hash=chash,
                 backend="cellprofiler",
                 objects=objects,
-                image=rec["image"],
+                image=image.get(key, {}),
                 attrs={
                     "source": where_of(comps[0]),
                     "source_image_number": int(rec["number"]),
