@@ -253,13 +253,21 @@ def image_measurements(ts: TableSet, ccfg, keys) -> dict:
     except (OSError, ValueError, pd.errors.ParserError, ImportError_, sqlite3.Error):
         return {}
     want = set(keys)
-    rows = [i for i, rec in enumerate(df[[c for c in ("TableNumber", "ImageNumber") if c in df.columns]]
-                                      .to_dict("records")) if _image_key(ts, rec) in want]
-    df = df.iloc[rows]
-    num = df.drop(columns=[c for c in df.columns if is_bookkeeping(c)]).apply(pd.to_numeric, errors="coerce")
+    keycols = [c for c in ("TableNumber", "ImageNumber") if c in df.columns]
+    all_keys = [_image_key(ts, r) for r in df[keycols].to_dict("records")]
+    sel = [i for i, k in enumerate(all_keys) if k in want]
+    cols = [c for c in df.columns if not is_bookkeeping(str(c))]
     out = {}
-    for (_, rec), (_, vals) in zip(df.iterrows(), num.iterrows()):
-        out[_image_key(ts, rec.to_dict())] = {f"Image_{c}": float(v) for c, v in vals.items() if np.isfinite(v)}
+    for i, rec in zip(sel, df.iloc[sel][cols].to_dict("records")):
+        values = {}
+        for c, v in rec.items():
+            try:
+                f = float(v)
+            except (TypeError, ValueError):
+                continue
+            if np.isfinite(f):
+                values[f"Image_{c}"] = f
+        out[all_keys[i]] = values
     return out
 
 
@@ -319,8 +327,8 @@ def iter_csv_sites(ts: TableSet, numbers: list[int], compartments, chunk_rows: i
             report(_problem(f, None, None, f"missing compartment file: {len(numbers)} site(s) of {ts.path} skipped"))
         return
     wanted = set(int(n) for n in numbers)
+    empty: dict = {}
     try:
-        empty = {c: pd.DataFrame(columns=_csv_header(f)) for c, f in files.items()}
         gens = {c: _csv_groups(f, wanted, chunk_rows) for c, f in files.items()}
         heads = {c: next(g, None) for c, g in gens.items()}
         for n in sorted(wanted):
@@ -332,7 +340,9 @@ def iter_csv_sites(ts: TableSet, numbers: list[int], compartments, chunk_rows: i
                 if heads[c] is not None and heads[c][0] == n:
                     tables[c] = heads[c][1]
                     heads[c] = next(gens[c], None)
-                else:
+                else:  # no objects of this compartment in the image: an empty table with the file's columns
+                    if c not in empty:
+                        empty[c] = pd.DataFrame(columns=_csv_header(files[c]))
                     tables[c] = empty[c]
             yield n, tables
     except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
@@ -367,12 +377,15 @@ def iter_sqlite_sites(ts: TableSet, keys: list, compartments, report):
 # --------------------------------------------------------------------------- single cells
 def _numeric_features(df: pd.DataFrame, comp: str, where: str, image, report) -> tuple[pd.DataFrame, np.ndarray, list]:
     """Feature values (float64) of a compartment's rows and a mask of rows with a non-numeric value."""
-    feats = [c for c in df.columns if not is_bookkeeping(str(c))]
-    block = df[feats]
+    columns = list(df.columns)
+    idx = [i for i, c in enumerate(columns) if not is_bookkeeping(str(c))]
+    feats = [columns[i] for i in idx]
     bad = np.zeros(len(df), dtype=bool)
+    if all(d.kind in "fiub" for d in df.dtypes):  # the usual case: every column parsed as numbers
+        return feats, df.to_numpy(dtype=np.float64)[:, idx], bad
     cols = {}
-    for c in feats:
-        col = block[c]
+    for i, c in zip(idx, feats):
+        col = df.iloc[:, i]
         if col.dtype.kind in "fiub":
             cols[c] = col.to_numpy(dtype=np.float64)
             continue
