@@ -13,7 +13,9 @@ CONFIG``; without a launcher the same code runs on :class:`~hpc_profiler.mpi.Ser
    mean) and cell count, so a process never holds more single cells than the
    largest well.
 4. Rank 0 gathers one well table, joins the per-well metadata
-   (``input.well_metadata_csv``), normalizes per plate
+   (``input.well_metadata_csv``; without it, :func:`default_metadata`: the
+   shipped CPJUMP1 plate maps for plates that are CPJUMP1 barcodes and the
+   ``Metadata_*`` that ``hpc-profiler import cellprofiler`` carried), normalizes per plate
    (:func:`hpc_profiler.profiles.normalize`) and selects features
    (:func:`hpc_profiler.profiles.feature_select`), and writes
    ``<out>/profiles/well_aggregated.parquet``, ``well_normalized.parquet`` and
