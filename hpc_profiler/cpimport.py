@@ -238,8 +238,13 @@ def inspect_table_set(ts: TableSet, ccfg) -> tuple[list[dict], list[dict]]:
 
 
 def _image_key(ts: TableSet, rec: dict):
+    """``ImageNumber``, or ``(TableNumber, ImageNumber)`` for SQLite (TableNumber as stored: text or integer)."""
     number = int(rec["ImageNumber"])
-    return (str(rec.get("TableNumber")), number) if ts.kind == "sqlite" and "TableNumber" in rec else number
+    if ts.kind != "sqlite" or "TableNumber" not in rec:
+        return number
+    tn = rec["TableNumber"]
+    tn = tn.item() if hasattr(tn, "item") else tn
+    return (tn if isinstance(tn, (str, int)) else str(tn)), number
 
 
 def image_measurements(ts: TableSet, ccfg, keys) -> dict:

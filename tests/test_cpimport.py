@@ -214,6 +214,23 @@ def test_bad_rows_are_named_and_skipped(tmp_path, reference, capsys):
     assert_wells_equal(ours, pycytominer_wells(ref_cells, feats), 1e-12, "bad rows skipped")
 
 
+def test_site_without_objects_is_a_valid_empty_site(tmp_path):
+    src = tmp_path / "src" / "BR00121431" / "analysis" / "BR00121431-A03-1"
+    shutil.copytree(SITES / "BR00121431-A02-1", src)
+    img = pd.read_csv(src / "Image.csv")
+    img["Metadata_Well"] = "A03"
+    img.to_csv(src / "Image.csv", index=False)
+    for comp in COMPARTMENTS:  # header only
+        pd.read_csv(src / f"{comp}.csv").iloc[:0].to_csv(src / f"{comp}.csv", index=False)
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = load_config(write_config(out / "config.yaml", out))
+    summary = cpimport.import_cellprofiler(cfg, tmp_path / "src", SerialComm(), verbose=False)
+    assert summary["sites_written"] == 1 and summary["cells"] == 0 and summary["problems"] == 0
+    site = read_site_file(next((Path(cfg.out) / "sites").rglob("*.h5")))
+    assert site.objects["Cells"].values.shape[0] == 0 and len(site.objects["Cells"].names) > 10
+
+
 def test_existing_site_files_are_kept(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
