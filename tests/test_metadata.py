@@ -115,11 +115,17 @@ def test_genetic_layouts_are_the_real_plate_maps(modality, meta_name):
         assert (trt["Metadata_broad_sample"].value_counts() == 2).all()
 
 
-def test_reduce_annotates_cpjump1_barcodes_without_metadata_csv(tmp_path):
-    """A batch whose plates are CPJUMP1 barcodes needs no well_metadata_csv (negcon normalization works)."""
+def test_loaddata_with_only_barcodes_gets_annotated_profiles(tmp_path):
+    """A CPJUMP1 LoadData CSV with only Metadata_Plate barcodes: reduce needs no well_metadata_csv.
+
+    The sites come from the LoadData CSV (:func:`manifest.manifest_from_loaddata`, as ``run`` reads
+    it); their site files hold seeded cells; the reduction (negcon normalization, the default)
+    annotates every well from the shipped plate maps.
+    """
     import yaml
 
     from hpc_profiler.config import load_config
+    from hpc_profiler.manifest import manifest_from_loaddata
     from hpc_profiler.mpi import SerialComm
     from hpc_profiler.reduce import reduce_batch
     from hpc_profiler.sitefile import ObjectTable, site_file_path, write_site_file
@@ -127,17 +133,29 @@ def test_reduce_annotates_cpjump1_barcodes_without_metadata_csv(tmp_path):
     cfg_path = tmp_path / "config.yaml"
     cfg_path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out")}))
     cfg = load_config(cfg_path)
-    rng = np.random.default_rng(0)
     wells = {"BR00117010": ["A01", "A02", "A03", "B02"], "BR00118041": ["A01", "A13", "A20", "E01"],
              "BR00117006": ["A01", "A13", "C03", "E01"]}
+    rows = []
     for plate, ws in wells.items():
         for w in ws:
-            n = 5
-            objects = {o: ObjectTable(names=[f"{o}_AreaShape_Area", f"{o}_Intensity_MeanIntensity_DNA"],
-                                      values=rng.normal(size=(n, 2)), object_number=np.arange(1, n + 1))
-                       for o in ("Cells", "Cytoplasm", "Nuclei")}
-            write_site_file(site_file_path(cfg.out, plate, w, 1), plate=plate, well=w, site=1,
-                            config_hash=cfg.hash(), backend="test", objects=objects, image={})
+            for site in (1, 2):
+                row = {"Metadata_Plate": plate, "Metadata_Well": w, "Metadata_Site": site}
+                for ch in cfg.channels:
+                    row[f"FileName_Orig{ch}"] = f"{plate}_{w}_s{site}_{ch}.tiff"
+                    row[f"PathName_Orig{ch}"] = "images"
+                rows.append(row)
+    loaddata = tmp_path / "load_data.csv"
+    pd.DataFrame(rows).to_csv(loaddata, index=False)
+    sites = manifest_from_loaddata(loaddata, cfg.channels)
+    assert len(sites) == 24
+    rng = np.random.default_rng(0)
+    for s in sites:
+        n = 5
+        objects = {o: ObjectTable(names=[f"{o}_AreaShape_Area", f"{o}_Intensity_MeanIntensity_DNA"],
+                                  values=rng.normal(size=(n, 2)), object_number=np.arange(1, n + 1))
+                   for o in ("Cells", "Cytoplasm", "Nuclei")}
+        write_site_file(site_file_path(cfg.out, s.plate, s.well, s.site), plate=s.plate, well=s.well, site=s.site,
+                        config_hash=cfg.hash(), backend="test", objects=objects, image={})
     paths = reduce_batch(cfg, SerialComm())
     norm = pd.read_parquet(paths["well_normalized"]).set_index(["Metadata_Plate", "Metadata_Well"])
     for (plate, well), (bs, gene, pert, ctl, cell, tp) in KNOWN_WELLS.items():
