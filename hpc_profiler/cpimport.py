@@ -277,8 +277,8 @@ def image_measurements(ts: TableSet, ccfg, keys) -> dict:
 
 
 def _problem(where, image, obj, reason: str) -> dict:
-    return {"file": str(where), "image": "" if image is None else str(image),
-            "object": "" if obj is None else str(obj), "reason": reason}
+    return {"file": str(where), "image": "" if image is None else _text(image) or "",
+            "object": "" if obj is None else _text(obj) or "", "reason": reason}
 
 
 def _csv_header(path) -> list[str]:
