@@ -249,6 +249,8 @@ def main(argv=None) -> int:
         print(f"{'pycytominer, small SQLite':<24} {pcm_rows:>10,} {pcm['seconds']:>9.1f} {'':>9} "
               f"{pcm_rows / pcm['seconds']:>10,.0f}  {pcm['peak_mb']:.0f} (one process)")
 
+        print("(pycytominer runs on the small plate only: SingleCells merges a plate's single cells in one table, "
+              "which for the large plate would not fit this shared machine next to the other runs)")
         q = runs["small SQLite, 1 rank"]
         ours_rate = q["rows"] / (q["import_s"] + q["reduce_s"])
         print()
