@@ -80,7 +80,6 @@ import re
 import sqlite3
 import sys
 import time
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional
