@@ -24,6 +24,8 @@ SUBCOMMANDS = [
      "run one array task (for plain sbatch templates: --task-id $SLURM_ARRAY_TASK_ID)"),
     ("status", "status", "add_status_arguments", "main_status",
      "done / failed / pending per plate, running jobs, throughput; non-zero exit while anything failed"),
+    ("import", "cpimport", "add_import_arguments", "main_import",
+     "existing CellProfiler outputs (per-object CSVs or SQLite) -> site files (mpirun -n N for MPI ranks)"),
     ("reduce", "reduce", "add_reduce_arguments", "main_reduce",
      "site files -> well profiles, normalized, feature-selected (mpirun -n N for MPI ranks)"),
     ("evaluate", "evaluate.run", "add_evaluate_arguments", "main_evaluate",

@@ -289,6 +289,25 @@ class ReduceConfig:
     csv: bool = opt(False, doc="Also write CSV tables")
 
 
+# ----------------------------------------------------------------- import
+@dataclass
+class CellProfilerImportConfig:
+    """hpc-profiler import cellprofiler: existing CellProfiler CSVs or SQLite -> site files."""
+
+    compartments: list[str] = opt(
+        factory=lambda: ["Cells", "Cytoplasm", "Nuclei"],
+        doc="Compartment files/tables (<prefix><name>.csv or SQLite tables), joined on their Parent_ columns",
+    )
+    image_table: str = opt("Image", doc="Image table (<prefix>Image.csv or the SQLite table)")
+    plate: Optional[str] = opt(
+        None, doc="Plate name when the image table has no Metadata_Plate (default: from the folder or file name)"
+    )
+    chunk_rows: int = opt(20000, doc="Rows read at a time from a batch CSV (bounds memory per rank)")
+    site_dtype: Literal["float32", "float64"] = opt(
+        "float32", doc="Precision of the features in the site files (float64 keeps CellProfiler's values exactly)"
+    )
+
+
 # ----------------------------------------------------------------- evaluate
 #: A row rule: column -> accepted values. A row matches a list of rules when it
 #: matches any rule, and a rule when every column holds one of its values.
@@ -440,6 +459,9 @@ class Config:
     features: FeaturesConfig = opt(factory=FeaturesConfig, doc="Features")
     executor: ExecutorConfig = opt(factory=ExecutorConfig, doc="Executor and resources")
     reduce: ReduceConfig = opt(factory=ReduceConfig, doc="Reduction to well profiles")
+    cellprofiler: CellProfilerImportConfig = opt(
+        factory=CellProfilerImportConfig, doc="Import of existing CellProfiler outputs (hpc-profiler import)"
+    )
     evaluate: EvaluateConfig = opt(factory=EvaluateConfig, doc="Benchmark")
 
     #: file the config was read from (not a YAML key)
@@ -603,6 +625,12 @@ def validate(cfg: Config, where: str = "<config>") -> Config:
         err("illumination.downsample", "must be >= 1")
     if cfg.evaluate.null_size < 1:
         err("evaluate.null_size", "must be >= 1")
+    if cfg.cellprofiler.chunk_rows < 1:
+        err("cellprofiler.chunk_rows", "must be >= 1")
+    if len(cfg.cellprofiler.compartments) < 1 or len(set(cfg.cellprofiler.compartments)) != len(
+        cfg.cellprofiler.compartments
+    ):
+        err("cellprofiler.compartments", f"need distinct compartment names, got {cfg.cellprofiler.compartments}")
     return cfg
 
 

@@ -1,28 +1,42 @@
-"""CPJUMP1 perturbation metadata and 384-well plate layouts.
+"""CPJUMP1 perturbation metadata, the real plate maps and 384-well plate layouts.
 
 The tables in ``hpc_profiler/data`` are the real CPJUMP1 annotations
-(jump-cellpainting/pilot-cpjump1-fov-data, ``metadata/moa``): compounds with
-their target gene, CRISPR guides and ORFs with their gene, and the real
-compound plate map ``C-7210-01-CMP-013``. From them this module builds the
-per-well table that profiling and the benchmark need (the ``Metadata_*``
-columns that pycytominer's ``annotate`` joins onto well profiles).
+(jump-cellpainting/pilot-cpjump1-fov-data, ``metadata/moa``: compounds with
+their target gene, CRISPR guides and ORFs with their gene) and the real plate
+maps of the ``2020_11_04_CPJUMP1`` batch (jump-cellpainting/pilot-cpjump1-data,
+``metadata/platemaps/2020_11_04_CPJUMP1``): ``barcode_platemap.csv`` (plate
+barcode -> plate map), the compound map ``C-7210-01-CMP-013``, the CRISPR map
+``DXH.92.93.94.95.A`` and the ORF map ``DOG.30.31.32.33.A``; plus each
+barcode's cell type and timepoint (``cpjump1_plate_descriptions.csv``, the
+plate table of that repository's README). See ``LICENSE-CPJUMP1-metadata.txt``.
+From them this module builds the per-well table that profiling and the
+benchmark need (the ``Metadata_*`` columns that pycytominer's ``annotate``
+joins onto well profiles).
+
+Barcodes
+--------
+:func:`cpjump1_well_metadata` annotates every well of CPJUMP1 plates given by
+barcode (``BR00117010`` ...): perturbation, gene, perturbation and control
+type, modality, cell type and timepoint. ``reduce`` uses it when
+``input.well_metadata_csv`` is not set (:func:`default_well_metadata`), so a
+CPJUMP1 LoadData CSV or Gallery source with only ``Metadata_Plate`` barcodes
+needs no hand-made metadata table.
 
 Layouts
 -------
 * ``compound``: the real plate map; an empty ``broad_sample`` is a DMSO well,
   written as ``Metadata_broad_sample = "DMSO"`` with control type ``negcon``.
-* ``crispr``: every guide of the table in one well (negative-control guides
-  included), the remaining wells of the 384 filled with further negative-control
-  guides, placed by a fixed permutation (the real CRISPR plate map is not
-  shipped, so this is a stand-in of the same shape).
-* ``orf``: every ORF in duplicate, the remaining wells negative-control ORFs,
-  placed the same way.
+* ``crispr`` and ``orf``: the real plate maps (every guide once, negative
+  control guides in several wells; every ORF in duplicate). Their four empty
+  wells (no virus) are ``Metadata_broad_sample = "empty"``, perturbation type
+  ``empty``, no control type: neither treatment nor control.
 
-Subsets (``n_wells``) keep at least 25 % negative-control wells and are built
-gene by gene from genes that have two compounds on the plate map, two guides
-and an ORF, so the benchmark tasks have positives in every modality: sister
-compounds (two compounds of a gene), sister guides, ORF replicates, and
-compound-gene pairs across the modalities' subsets.
+Subsets (``n_wells``), which the synthetic demo batches use, keep at least
+25 % negative-control wells and are built gene by gene from genes that have two
+compounds on the plate map, two guides and an ORF, so the benchmark tasks have
+positives in every modality: sister compounds (two compounds of a gene), sister
+guides, ORF replicates, and compound-gene pairs across the modalities' subsets.
+The wells are the real maps' wells.
 
 Missing values (the target of DMSO, the control type of a treatment) are NaN,
 as in the source tables.
@@ -50,13 +64,16 @@ LAYOUT_COLUMNS = [
 ]
 #: Default timepoints (hours) of the CPJUMP1 plates, the longer of each pair.
 DEFAULT_TIMEPOINTS = {"compound": 48, "crispr": 144, "orf": 96}
-#: Fixed seed of the CRISPR/ORF well placement (part of the layout definition).
-_PLACEMENT_SEED = 20230101
+#: Plate map of each modality (files ``platemap_<modality>_<name>.txt``).
+PLATE_MAPS = {"compound": "C-7210-01-CMP-013", "crispr": "DXH.92.93.94.95.A", "orf": "DOG.30.31.32.33.A"}
+#: What an empty well of a genetic plate map is called.
+EMPTY_WELL = "empty"
 
 
 def _read_table(name: str) -> pd.DataFrame:
+    sep = "," if name.endswith(".csv") else "\t"
     with resources.files("hpc_profiler.data").joinpath(name).open("rb") as fh:
-        return pd.read_csv(fh, sep="\t", dtype=str, keep_default_na=True)
+        return pd.read_csv(fh, sep=sep, dtype=str, keep_default_na=True)
 
 
 @lru_cache(maxsize=None)
@@ -82,9 +99,94 @@ def orf_metadata() -> pd.DataFrame:
     return _cached("cpjump1_orf_metadata.tsv").dropna(subset=["broad_sample"]).reset_index(drop=True)
 
 
+def platemap(modality: str) -> pd.DataFrame:
+    """The real plate map of a modality (384 rows: plate_map_name, well_position, broad_sample, ...)."""
+    if modality not in MODALITIES:
+        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+    return _cached(f"platemap_{modality}_{PLATE_MAPS[modality]}.txt").copy()
+
+
 def compound_platemap() -> pd.DataFrame:
     """The real compound plate map C-7210-01-CMP-013 (384 rows; empty broad_sample = DMSO)."""
-    return _cached("platemap_compound_C-7210-01-CMP-013.txt").copy()
+    return platemap("compound")
+
+
+def barcode_platemap() -> pd.DataFrame:
+    """CPJUMP1 plate barcodes and their plate maps (``Assay_Plate_Barcode``, ``Plate_Map_Name``; 51 plates)."""
+    return _cached("cpjump1_barcode_platemap.csv").copy()
+
+
+def plate_info() -> pd.DataFrame:
+    """Per CPJUMP1 barcode: plate map, modality, cell type and timepoint (hours).
+
+    Columns ``Metadata_Plate``, ``Metadata_Plate_Map_Name``, ``Metadata_modality``,
+    ``Metadata_cell_type``, ``Metadata_timepoint`` (int) and
+    ``Metadata_plate_description`` (the README's description, e.g.
+    ``U2OS 48-hour Compound Plate 3``).
+    """
+    bp = barcode_platemap()
+    desc = _cached("cpjump1_plate_descriptions.csv").set_index("Assay_Plate_Barcode")["Description"]
+    by_map = {v: k for k, v in PLATE_MAPS.items()}
+    unknown = sorted(set(bp["Plate_Map_Name"]) - set(by_map))
+    if unknown:
+        raise ValueError(f"barcode_platemap names plate maps that are not shipped: {unknown}")
+    d = desc.reindex(bp["Assay_Plate_Barcode"])
+    if d.isna().any():
+        raise ValueError(f"no description for barcodes {list(bp['Assay_Plate_Barcode'][d.isna().to_numpy()])}")
+    hours = d.str.extract(r"(\d+)-hour", expand=False)
+    return pd.DataFrame(
+        {
+            "Metadata_Plate": bp["Assay_Plate_Barcode"].to_numpy(),
+            "Metadata_Plate_Map_Name": bp["Plate_Map_Name"].to_numpy(),
+            "Metadata_modality": bp["Plate_Map_Name"].map(by_map).to_numpy(),
+            "Metadata_cell_type": d.str.split().str[0].to_numpy(),
+            "Metadata_timepoint": hours.astype(int).to_numpy(),
+            "Metadata_plate_description": d.to_numpy(),
+        }
+    )
+
+
+def cpjump1_well_metadata(plates) -> pd.DataFrame:
+    """Every well of the CPJUMP1 plates among ``plates`` (barcodes), annotated from the real plate maps.
+
+    Plates that are not CPJUMP1 barcodes are left out (an empty table when
+    none is). Columns: ``Metadata_Plate``, the layout columns
+    (:data:`LAYOUT_COLUMNS`), ``Metadata_cell_type``, ``Metadata_timepoint``,
+    ``Metadata_Plate_Map_Name``, ``Metadata_plate_description``; sorted by
+    plate then well.
+    """
+    info = plate_info().set_index("Metadata_Plate")
+    frames = []
+    for plate in sorted({str(p) for p in plates} & set(info.index)):
+        row = info.loc[plate]
+        lay = plate_layout(row["Metadata_modality"])
+        lay.insert(0, "Metadata_Plate", plate)
+        for col in ("Metadata_cell_type", "Metadata_timepoint", "Metadata_Plate_Map_Name", "Metadata_plate_description"):
+            lay[col] = row[col]
+        frames.append(lay)
+    if not frames:
+        return pd.DataFrame(columns=["Metadata_Plate", *LAYOUT_COLUMNS])
+    return pd.concat(frames, ignore_index=True)
+
+
+def default_well_metadata(plates, imported: Optional[pd.DataFrame] = None) -> Optional[pd.DataFrame]:
+    """Per-well metadata when no ``input.well_metadata_csv`` is given, or None when nothing is known.
+
+    The shipped CPJUMP1 annotations for the plates that are CPJUMP1 barcodes,
+    and ``imported`` (the ``Metadata_*`` that a CellProfiler import carried,
+    :func:`hpc_profiler.cpimport.imported_well_metadata`) for every imported
+    well; where both name a column, the plate map's value wins.
+    """
+    keys = ["Metadata_Plate", "Metadata_Well"]
+    maps = cpjump1_well_metadata(plates)
+    if imported is not None and len(imported):
+        imported = imported.astype({k: str for k in keys})
+        if len(maps):
+            extra = [c for c in imported.columns if c not in maps.columns]
+            merged = maps.merge(imported[keys + extra], on=keys, how="outer")
+            return merged.sort_values(keys, kind="stable").reset_index(drop=True)
+        return imported
+    return maps if len(maps) else None
 
 
 # ------------------------------------------------------------------ full layouts
@@ -109,35 +211,33 @@ def _compound_layout() -> pd.DataFrame:
     return out
 
 
-def _placed_layout(entries: pd.DataFrame, negcon: pd.DataFrame) -> pd.DataFrame:
-    """Fill 384 wells with ``entries`` then cycled ``negcon`` rows, fixed permutation."""
-    n_fill = len(ALL_WELLS) - len(entries)
-    if n_fill < 0:
-        raise ValueError(f"{len(entries)} perturbations do not fit a 384-well plate")
-    fill = negcon.iloc[np.arange(n_fill) % len(negcon)]
-    rows = pd.concat([entries, fill], ignore_index=True)
-    order = np.random.default_rng(_PLACEMENT_SEED).permutation(len(ALL_WELLS))
-    wells = np.asarray(ALL_WELLS)[order]
+def _genetic_layout(modality: str, meta: pd.DataFrame) -> pd.DataFrame:
+    """A CRISPR or ORF plate map joined to its annotations; empty wells marked :data:`EMPTY_WELL`."""
+    pm = platemap(modality)
+    bs = pm["broad_sample"]
+    empty = bs.isna()
+    table = meta.set_index("broad_sample")
+    unknown = sorted(set(bs[~empty]) - set(table.index))
+    if unknown:
+        raise ValueError(f"{modality} plate map lists perturbations missing from the metadata: {unknown[:5]}")
+    looked = table.reindex(bs.where(~empty))
     return pd.DataFrame(
         {
-            "Metadata_Well": wells,
-            "Metadata_broad_sample": rows["broad_sample"].to_numpy(),
-            "Metadata_gene": rows["genes"].to_numpy(),
-            "Metadata_pert_type": rows["pert_type"].to_numpy(),
-            "Metadata_control_type": rows["control_type"].to_numpy(),
+            "Metadata_Well": pm["well_position"].to_numpy(),
+            "Metadata_broad_sample": bs.where(~empty, EMPTY_WELL).to_numpy(),
+            "Metadata_gene": looked["genes"].to_numpy(),
+            "Metadata_pert_type": np.where(empty, EMPTY_WELL, looked["pert_type"].to_numpy()),
+            "Metadata_control_type": looked["control_type"].to_numpy(),
         }
     )
 
 
 def _crispr_layout() -> pd.DataFrame:
-    t = crispr_metadata()
-    return _placed_layout(t, t[t["control_type"] == "negcon"])
+    return _genetic_layout("crispr", crispr_metadata())
 
 
 def _orf_layout() -> pd.DataFrame:
-    t = orf_metadata()
-    doubled = t.loc[np.repeat(np.arange(len(t)), 2)]
-    return _placed_layout(doubled, t[t["control_type"] == "negcon"])
+    return _genetic_layout("orf", orf_metadata())
 
 
 def _full_layout(modality: str) -> pd.DataFrame:

@@ -13,7 +13,9 @@ CONFIG``; without a launcher the same code runs on :class:`~hpc_profiler.mpi.Ser
    mean) and cell count, so a process never holds more single cells than the
    largest well.
 4. Rank 0 gathers one well table, joins the per-well metadata
-   (``input.well_metadata_csv``), normalizes per plate
+   (``input.well_metadata_csv``; without it, :func:`default_metadata`: the
+   shipped CPJUMP1 plate maps for plates that are CPJUMP1 barcodes and the
+   ``Metadata_*`` that ``hpc-profiler import cellprofiler`` carried), normalizes per plate
    (:func:`hpc_profiler.profiles.normalize`) and selects features
    (:func:`hpc_profiler.profiles.feature_select`), and writes
    ``<out>/profiles/well_aggregated.parquet``, ``well_normalized.parquet`` and
@@ -261,19 +263,36 @@ def _write_outputs(cfg, tables: dict, skipped: list, skip_invalid: bool, summary
     return paths
 
 
+def default_metadata(cfg, aggregated: pd.DataFrame):
+    """``(table, name)`` of the per-well metadata used without ``input.well_metadata_csv``, or ``(None, "")``.
+
+    The shipped CPJUMP1 plate maps for plates that are CPJUMP1 barcodes and the
+    ``Metadata_*`` a CellProfiler import carried (:func:`metadata.default_well_metadata`).
+    """
+    from .cpimport import IMPORT_DIR, WELL_METADATA_NAME, imported_well_metadata
+    from .metadata import default_well_metadata
+
+    imported = imported_well_metadata(cfg.out)
+    meta = default_well_metadata(aggregated["Metadata_Plate"].unique(), imported)
+    where = "shipped CPJUMP1 plate maps" + (
+        f" + {Path(cfg.out) / IMPORT_DIR / WELL_METADATA_NAME}" if imported is not None else ""
+    )
+    return meta, where
+
+
 def profile_tables(cfg, aggregated: pd.DataFrame, mean_table: Optional[pd.DataFrame] = None) -> dict:
     """Annotate, normalize and select: the tables written by the reduction."""
     rc = cfg.reduce
     meta_csv = cfg.path(cfg.input.well_metadata_csv)
-    if meta_csv is not None:
-        meta = read_well_metadata(meta_csv)
-        aggregated = P.join_metadata(aggregated, meta, where=str(meta_csv))
+    meta, where = (read_well_metadata(meta_csv), str(meta_csv)) if meta_csv is not None else default_metadata(cfg, aggregated)
+    if meta is not None:
+        aggregated = P.join_metadata(aggregated, meta, where=where)
         if mean_table is not None:
-            mean_table = P.join_metadata(mean_table, meta, where=str(meta_csv))
-    elif rc.normalize_samples == "negcon":
+            mean_table = P.join_metadata(mean_table, meta, where=where)
+    if rc.normalize_samples == "negcon" and "Metadata_control_type" not in aggregated.columns:
         raise ReduceError(
-            "reduce.normalize_samples is 'negcon' but input.well_metadata_csv is not set "
-            "(Metadata_control_type is needed)"
+            "reduce.normalize_samples is 'negcon' but no Metadata_control_type: set input.well_metadata_csv "
+            "(plates that are CPJUMP1 barcodes are annotated from the shipped plate maps)"
         )
     normalized = P.normalize(
         aggregated, method=rc.normalize_method, samples=rc.normalize_samples, epsilon=rc.mad_robustize_epsilon

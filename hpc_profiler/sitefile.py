@@ -4,7 +4,7 @@ Layout (h5py)::
 
     /                       attrs: plate, well, site, config_hash, version, backend,
                                    created, seconds_<stage>..., complete (written last)
-    /objects/<Object>/features        float32 [n_objects, n_features]
+    /objects/<Object>/features        float32 [n_objects, n_features] (float64 when the table's dtype is)
     /objects/<Object>/feature_names   str [n_features]  (e.g. Cells_Intensity_MeanIntensity_DNA)
     /objects/<Object>/object_number   int32 [n_objects]
     /objects/<Object>/parent_<Other>  int32 [n_objects]  (parent links, CellProfiler Parent_*)
@@ -37,17 +37,29 @@ from ._version import __version__
 STR = h5py.string_dtype("utf-8")
 
 
+#: Feature precisions a site file can hold (float32 unless asked otherwise).
+SITE_DTYPES = ("float32", "float64")
+
+
 @dataclass
 class ObjectTable:
-    """Per-object measurements of one object set (Nuclei, Cells or Cytoplasm)."""
+    """Per-object measurements of one object set (Nuclei, Cells or Cytoplasm).
+
+    ``dtype`` is the precision the values are kept and written in: float32 by
+    default (the extract stage), float64 for bit-level comparisons (the
+    CellProfiler import's ``cellprofiler.site_dtype``).
+    """
 
     names: list[str]
-    values: np.ndarray  # float32 [n, F]
+    values: np.ndarray  # float32 [n, F] (or float64, see dtype)
     object_number: np.ndarray  # int32 [n]
     parents: dict[str, np.ndarray] = field(default_factory=dict)
+    dtype: str = "float32"
 
     def __post_init__(self):
-        self.values = np.asarray(self.values, dtype=np.float32).reshape(len(self.object_number), len(self.names))
+        if self.dtype not in SITE_DTYPES:
+            raise ValueError(f"ObjectTable dtype must be one of {SITE_DTYPES}, got {self.dtype!r}")
+        self.values = np.asarray(self.values, dtype=self.dtype).reshape(len(self.object_number), len(self.names))
         self.object_number = np.asarray(self.object_number, dtype=np.int32)
 
 
@@ -113,7 +125,7 @@ def write_site_file(
         for obj, table in objects.items():
             g = og.create_group(obj)
             compress = {"compression": "gzip", "compression_opts": 1, "shuffle": True} if table.values.size else {}
-            g.create_dataset("features", data=table.values, dtype="f4", **compress)
+            g.create_dataset("features", data=table.values, dtype=np.dtype(table.dtype), **compress)
             g.create_dataset("feature_names", data=np.array(table.names, dtype=object), dtype=STR)
             g.create_dataset("object_number", data=table.object_number, dtype="i4")
             for other, par in table.parents.items():
@@ -172,6 +184,7 @@ def read_site_file(path, *, labels: bool = False, objects: Optional[list[str]] =
                     values=g["features"][()],
                     object_number=g["object_number"][()],
                     parents=parents,
+                    dtype="float64" if g["features"].dtype == np.float64 else "float32",
                 )
             image = dict(zip(_decode(f["image/names"][()]), f["image/values"][()].tolist()))
             labs = {k: f["labels"][k][()] for k in f["labels"]} if labels and "labels" in f else {}

@@ -46,30 +46,125 @@ def test_compound_layout_is_the_real_plate_map():
     assert (lay["Metadata_modality"] == "compound").all()
 
 
-def test_crispr_layout_has_every_guide_and_negcon_fill():
-    guides = _shared("cpjump1_crispr_metadata.tsv").dropna(subset=["broad_sample"])
-    lay = md.plate_layout("crispr")
-    assert set(lay["Metadata_Well"]) == ALL_WELLS and len(lay) == 384
-    counts = lay["Metadata_broad_sample"].value_counts()
-    assert set(counts.index) == set(guides["broad_sample"])
-    neg = set(guides.loc[guides["control_type"] == "negcon", "broad_sample"])
-    assert (counts[[g for g in counts.index if g not in neg]] == 1).all()
-    assert (lay["Metadata_control_type"] == "negcon").sum() == 384 - (len(guides) - len(neg))
-    g = guides.set_index("broad_sample")
-    np.testing.assert_array_equal(
-        lay["Metadata_gene"].fillna(""), g.loc[lay["Metadata_broad_sample"], "genes"].fillna("")
-    )
+DATA = Path(__file__).resolve().parents[1] / "hpc_profiler" / "data"
+
+#: Wells read by hand from the public files (pilot-cpjump1-data plate maps, pilot-cpjump1-fov-data
+#: metadata/moa): (barcode, well) -> (broad_sample, gene, pert_type, control_type, cell type, timepoint).
+KNOWN_WELLS = {
+    # compound plate map C-7210-01-CMP-013; BR00117010 = "U2OS 48-hour Compound Plate 3"
+    ("BR00117010", "A01"): ("BRD-A86665761-001-01-1", "CACNB4", "trt", None, "U2OS", 48),
+    ("BR00117010", "A02"): ("DMSO", None, "control", "negcon", "U2OS", 48),
+    ("BR00117010", "A03"): ("BRD-A22032524-074-09-9", "CACNA2D3", "trt", None, "U2OS", 48),
+    # CRISPR plate map DXH.92.93.94.95.A; BR00118041 = "A549 96-hour CRISPR Plate 1"
+    ("BR00118041", "A01"): ("BRDN0001480888", "HIF1A", "trt", None, "A549", 96),
+    ("BR00118041", "A13"): ("BRDN0001147100", None, "control", "negcon", "A549", 96),
+    ("BR00118041", "A20"): ("BRDN0001148417", "MAPK14", "control", "poscon_orf", "A549", 96),
+    ("BR00118041", "E01"): ("empty", None, "empty", None, "A549", 96),
+    # ORF plate map DOG.30.31.32.33.A; BR00117006 = "A549 96-hour ORF Plate 2"
+    ("BR00117006", "A01"): ("ccsbBroad304_00900", "KCNN1", "trt", None, "A549", 96),
+    ("BR00117006", "A13"): ("ccsbBroad304_02831", "SGK3", "control", "negcon", "A549", 96),
+    ("BR00117006", "C03"): ("ccsbBroad304_14696", "MET", "control", "poscon_cp", "A549", 96),
+}
 
 
-def test_orf_layout_in_duplicate():
-    orfs = _shared("cpjump1_orf_metadata.tsv").dropna(subset=["broad_sample"])
-    lay = md.plate_layout("orf")
-    assert set(lay["Metadata_Well"]) == ALL_WELLS
-    counts = lay["Metadata_broad_sample"].value_counts()
-    trt = orfs.loc[orfs["control_type"] != "negcon", "broad_sample"]
-    assert (counts[trt] == 2).all()
-    assert set(counts.index) == set(orfs["broad_sample"])
-    assert (lay["Metadata_control_type"] == "negcon").sum() == 384 - 2 * len(trt)
+def _none(v):
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else v
+
+
+def test_known_wells_of_each_modality_from_barcodes():
+    wm = md.cpjump1_well_metadata(["BR00117010", "BR00118041", "BR00117006", "NOT-A-CPJUMP1-PLATE"])
+    assert sorted(wm["Metadata_Plate"].unique()) == ["BR00117006", "BR00117010", "BR00118041"]
+    assert len(wm) == 3 * 384 and not wm.duplicated(["Metadata_Plate", "Metadata_Well"]).any()
+    wm = wm.set_index(["Metadata_Plate", "Metadata_Well"])
+    for (plate, well), (bs, gene, pert, ctl, cell, tp) in KNOWN_WELLS.items():
+        row = wm.loc[(plate, well)]
+        got = tuple(_none(row[c]) for c in ("Metadata_broad_sample", "Metadata_gene", "Metadata_pert_type",
+                                             "Metadata_control_type", "Metadata_cell_type", "Metadata_timepoint"))
+        assert got == (bs, gene, pert, ctl, cell, tp), (plate, well)
+    modality = wm.groupby(level=0)["Metadata_modality"].first().to_dict()
+    assert modality == {"BR00117006": "orf", "BR00117010": "compound", "BR00118041": "crispr"}
+    assert md.cpjump1_well_metadata(["SYN-1"]).empty
+
+
+def test_every_barcode_has_a_map_cell_type_and_timepoint():
+    info = md.plate_info()
+    assert len(info) == 51 and info["Metadata_Plate"].is_unique
+    assert info["Metadata_modality"].value_counts().to_dict() == {"compound": 24, "crispr": 18, "orf": 9}
+    assert set(info["Metadata_cell_type"]) == {"A549", "U2OS"}
+    assert set(info["Metadata_timepoint"]) == {24, 48, 96, 144}
+
+
+@pytest.mark.parametrize("modality,meta_name", [("crispr", "cpjump1_crispr_metadata.tsv"),
+                                                 ("orf", "cpjump1_orf_metadata.tsv")])
+def test_genetic_layouts_are_the_real_plate_maps(modality, meta_name):
+    pm = pd.read_csv(next(DATA.glob(f"platemap_{modality}_*.txt")), sep="\t")
+    meta = pd.read_csv(DATA / meta_name, sep="\t").dropna(subset=["broad_sample"])
+    ref = pm.merge(meta, on="broad_sample", how="left").set_index("well_position")
+    lay = md.plate_layout(modality).set_index("Metadata_Well")
+    assert set(lay.index) == set(ref.index) == ALL_WELLS
+    ref = ref.loc[lay.index]
+    empty = ref["broad_sample"].isna().to_numpy()
+    assert empty.sum() == 4
+    np.testing.assert_array_equal(lay["Metadata_broad_sample"], ref["broad_sample"].fillna("empty"))
+    np.testing.assert_array_equal(lay["Metadata_gene"].fillna(""), ref["genes"].fillna(""))
+    np.testing.assert_array_equal(lay["Metadata_control_type"].fillna(""), ref["control_type"].fillna(""))
+    assert (lay.loc[empty, "Metadata_pert_type"] == "empty").all()
+    assert set(lay["Metadata_broad_sample"]) - {"empty"} == set(meta["broad_sample"])  # every perturbation placed
+    if modality == "orf":  # ORFs in duplicate
+        trt = lay[lay["Metadata_pert_type"] == "trt"]
+        assert (trt["Metadata_broad_sample"].value_counts() == 2).all()
+
+
+def test_loaddata_with_only_barcodes_gets_annotated_profiles(tmp_path):
+    """A CPJUMP1 LoadData CSV with only Metadata_Plate barcodes: reduce needs no well_metadata_csv.
+
+    The sites come from the LoadData CSV (:func:`manifest.manifest_from_loaddata`, as ``run`` reads
+    it); their site files hold seeded cells; the reduction (negcon normalization, the default)
+    annotates every well from the shipped plate maps.
+    """
+    import yaml
+
+    from hpc_profiler.config import load_config
+    from hpc_profiler.manifest import manifest_from_loaddata
+    from hpc_profiler.mpi import SerialComm
+    from hpc_profiler.reduce import reduce_batch
+    from hpc_profiler.sitefile import ObjectTable, site_file_path, write_site_file
+
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "out")}))
+    cfg = load_config(cfg_path)
+    wells = {"BR00117010": ["A01", "A02", "A03", "B02"], "BR00118041": ["A01", "A13", "A20", "E01"],
+             "BR00117006": ["A01", "A13", "C03", "E01"]}
+    rows = []
+    for plate, ws in wells.items():
+        for w in ws:
+            for site in (1, 2):
+                row = {"Metadata_Plate": plate, "Metadata_Well": w, "Metadata_Site": site}
+                for ch in cfg.channels:
+                    row[f"FileName_Orig{ch}"] = f"{plate}_{w}_s{site}_{ch}.tiff"
+                    row[f"PathName_Orig{ch}"] = "images"
+                rows.append(row)
+    loaddata = tmp_path / "load_data.csv"
+    pd.DataFrame(rows).to_csv(loaddata, index=False)
+    sites = manifest_from_loaddata(loaddata, cfg.channels)
+    assert len(sites) == 24
+    rng = np.random.default_rng(0)
+    for s in sites:
+        n = 5
+        objects = {o: ObjectTable(names=[f"{o}_AreaShape_Area", f"{o}_Intensity_MeanIntensity_DNA"],
+                                  values=rng.normal(size=(n, 2)), object_number=np.arange(1, n + 1))
+                   for o in ("Cells", "Cytoplasm", "Nuclei")}
+        write_site_file(site_file_path(cfg.out, s.plate, s.well, s.site), plate=s.plate, well=s.well, site=s.site,
+                        config_hash=cfg.hash(), backend="test", objects=objects, image={})
+    paths = reduce_batch(cfg, SerialComm())
+    norm = pd.read_parquet(paths["well_normalized"]).set_index(["Metadata_Plate", "Metadata_Well"])
+    for (plate, well), (bs, gene, pert, ctl, cell, tp) in KNOWN_WELLS.items():
+        if well not in wells.get(plate, []):
+            continue
+        row = norm.loc[(plate, well)]
+        assert (row["Metadata_broad_sample"], _none(row["Metadata_gene"]), row["Metadata_pert_type"]) == (bs, gene, pert)
+        assert _none(row["Metadata_control_type"]) == ctl
+        assert (row["Metadata_cell_type"], int(row["Metadata_timepoint"])) == (cell, tp)
 
 
 def _genes_with_two(lay, modality):
