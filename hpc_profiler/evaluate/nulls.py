@@ -128,8 +128,14 @@ def map_p_value(map_score: float, member_nulls: np.ndarray) -> float:
     Reproduces ``copairs.map.get_map_pvalue``: ``member_nulls`` is
     ``(n_members, null_size)`` (members with the same configuration share the
     same null row, as in copairs), averaged in float32 as copairs does, and
-    ``p = (#{null_mean > mAP} + 1) / (null_size + 1)``.
+    ``p = (#{null_mean > mAP} + 1) / (null_size + 1)`` with copairs' strict ``>``.
+
+    The comparison is made in float32, as in copairs: it hands the mAP to
+    NumPy as a Python float, which NumPy 2 compares at the precision of the
+    float32 null (a null mean equal to ``float32(mAP)`` does not count). A
+    NumPy float64 here would compare in float64 and count ``float32(1/13) >
+    1/13``: p-values of small classes would move by ``P(null == mAP)``.
     """
     null_mean = np.asarray(member_nulls, dtype=np.float32).mean(axis=0)
-    num = int((null_mean > map_score).sum())
+    num = int((null_mean > np.float32(map_score)).sum())
     return (num + 1) / (null_mean.shape[0] + 1)
