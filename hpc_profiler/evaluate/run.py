@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -316,7 +317,7 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
     local = []
     for c in parts[me]:
         idx = order[bounds[c]:bounds[c + 1]]
-        local.append((int(c), nulls.map_p_value(map_scores[c], np.stack([raw[confs[ci]] for ci in vix[idx]]))))
+        local.append((int(c), nulls.map_p_value(map_scores[c], [raw[confs[ci]] for ci in vix[idx]])))
     p = np.full(n_cls, np.nan)
     for part in comm.allgather(local):
         for c, pv in part:
@@ -483,7 +484,8 @@ def empty_task_problem(name, spec, profiles, groups, queries, active) -> str | N
         return f"{where}: no queries: 0 of {n_rows} rows match the queries rules on columns {cols}"
     n_pos = queries["n_pos_pairs"].to_numpy(np.int64)
     n_neg = queries["n_total_pairs"].to_numpy(np.int64) - n_pos
-    sample = pd.concat([g.meta for g in groups], ignore_index=True)
+    if (n_pos > 0).sum() == 0 or (n_neg > 0).sum() == 0:
+        sample = pd.concat([g.meta for g in groups], ignore_index=True)  # for the hint only
     if (n_pos > 0).sum() == 0:
         return (f"{where}: no positive pairs: 0 of {len(queries)} queries have a row with the same pos_sameby "
                 f"{spec.pos_sameby} and different pos_diffby {spec.pos_diffby} "
@@ -502,6 +504,15 @@ def _empty_task(message: str, ecfg: EvaluateConfig, empties: list, comm) -> None
     empties.append(message)
     if comm.Get_rank() == 0:
         print(f"WARNING: {message}; task skipped, exit status will be 3", file=sys.stderr)
+
+
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _tick(clock: dict, phase: str, start, end) -> None:
+    clock[phase] += end[0] - start[0]
+    clock[phase + "_cpu"] += end[1] - start[1]
 
 
 def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, device: str = "cpu") -> dict:
@@ -525,6 +536,8 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
     store = NullStore(ecfg.null_size, ecfg.seed, comm, keep_raw=keep_raw)
     all_q, all_c, all_s, all_d, all_dp = [], [], [], [], []
     empties: list[str] = []
+    # wall and CPU seconds per phase on this rank (benchmarks)
+    clock = {f"{k}{c}": 0.0 for k in ("prepare", "ap", "p_values", "classes") for c in ("", "_cpu")}
     retrieved: dict[str, pd.DataFrame] = {}
     for wave in task_waves(ecfg):
         for name in wave:
@@ -542,8 +555,13 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
                 all_d.append(d)
                 all_dp.append(dp)
                 continue
+            t0 = _now()
             groups = prepare_task(name, spec, profiles, active)
+            t1 = _now()
             q_tabs = distributed_ap(groups, {name: spec}, ecfg.block_size, comm, bk)
+            t2 = _now()
+            _tick(clock, "prepare", t0, t1)
+            _tick(clock, "ap", t1, t2)
             queries = pd.concat(q_tabs, ignore_index=True) if q_tabs else pd.DataFrame()
             problem = empty_task_problem(name, spec, profiles, groups, queries, active)
             if problem:
@@ -562,7 +580,10 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
                 queries["n_total_pairs"].to_numpy(np.int64),
             )
             queries = add_q_values(queries, spec)
+            t3 = _now()
             classes = class_table(queries, spec, ecfg, store)
+            _tick(clock, "p_values", t2, t3)
+            _tick(clock, "classes", t3, _now())
             retrieved[name] = classes
             all_q.append(queries)
             all_c.append(classes)
@@ -576,6 +597,7 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
         "nulls_drawn": store.drawn,
         "null_bytes_received": store.bytes_received,
         "empty_tasks": empties,
+        "seconds": clock,
     }
 
 
