@@ -339,10 +339,12 @@ class EvalTaskConfig:
     pair_sameby: list[str] = opt(factory=lambda: ["Metadata_cell_type"], doc="directionality: all pairs share these")
     multilabel_col: Optional[str] = opt(
         None,
-        doc="copairs multilabel: this column holds several labels ('A|B'); it must be in pos_sameby (positives "
-        "share one label, one AP per query and label) and in neg_diffby (negatives share none)",
+        doc="copairs multilabel: this column holds several labels joined by multilabel_sep; it must be in "
+        "pos_sameby (positives share one label, one AP per query and label) and in neg_diffby (negatives share none)",
     )
-    multilabel_sep: str = opt("|", doc="Separator of the labels in multilabel_col")
+    multilabel_sep: Optional[str] = opt(
+        None, doc="Separator of the labels in multilabel_col (null: the vertical bar, as in Broad/LINCS metadata)"
+    )
 
 
 def _trt_or_negcon() -> list:

@@ -182,6 +182,47 @@ def mpi_time(path: Path, case: str, null_size: int, n: int) -> dict | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def comm_per_rank(queries: pd.DataFrame, class_by: list[str], null_size: int, n_ranks: int) -> dict:
+    """Bytes one rank receives per phase at ``n_ranks`` (the largest over ranks), from the run's own tables.
+
+    Replays the decisions of :mod:`hpc_profiler.evaluate.run` without MPI:
+    null owners by :func:`hpc_profiler.mpi.split_balanced` over
+    :func:`~hpc_profiler.evaluate.nulls.null_cost`, classes by
+    :func:`~hpc_profiler.evaluate.run.class_partition`. Phases: AP table
+    allgather (row, AP, n_pos, n_total: 32 B per query from the other ranks),
+    p-value allgather (16 B per query), nulls for the class p-values (4 B x
+    null size per configuration a rank's classes need and another rank owns),
+    class p-value allgather (16 B per class). Pickle headers are left out.
+    """
+    from hpc_profiler import mpi
+    from hpc_profiler.evaluate import nulls
+    from hpc_profiler.evaluate.run import class_partition
+
+    v = queries.loc[queries["n_pos_pairs"] > 0]
+    q = len(v)
+    conf_arr, vix = np.unique(v[["n_pos_pairs", "n_total_pairs"]].to_numpy(np.int64), axis=0, return_inverse=True)
+    vix = vix.ravel()
+    owner = np.empty(len(conf_arr), dtype=np.int64)
+    for r, idx in enumerate(mpi.split_balanced([nulls.null_cost(k, n) for k, n in conf_arr], n_ranks)):
+        owner[idx] = r
+    gid, uniq = pd.MultiIndex.from_frame(v[class_by].astype(str)).factorize(sort=True)
+    k = len(uniq)
+    first = np.full(k, len(conf_arr))
+    np.minimum.at(first, gid, vix)
+    parts = class_partition(first, np.bincount(gid, minlength=k), n_ranks)
+    rank_of_class = np.empty(k, dtype=np.int64)
+    for r, part in enumerate(parts):
+        rank_of_class[part] = r
+    worst_nulls = 0
+    for r in range(n_ranks):
+        need = np.unique(vix[rank_of_class[gid] == r])
+        worst_nulls = max(worst_nulls, int((owner[need] != r).sum()) * 4 * null_size)
+    other = (n_ranks - 1) / n_ranks
+    return {"ranks": n_ranks, "ap_MB": round(32 * q * other / 2**20, 2), "p_MB": round(16 * q * other / 2**20, 2),
+            "nulls_MB": round(worst_nulls / 2**20, 1), "class_p_MB": round(16 * k * other / 2**20, 3),
+            "configurations": len(conf_arr)}
+
+
 def bench(case: str, df: pd.DataFrame, args) -> dict:
     n_wells = len(df)
     row = {"case": case, "wells": n_wells, "null_size": args.null_size}
@@ -191,6 +232,9 @@ def bench(case: str, df: pd.DataFrame, args) -> dict:
                null_confs=int(res["nulls_drawn"]), ours_s=round(t_ours, 2), ours_cpu_s=round(c_ours, 2),
                ours_retrieved=int(res["classes"]["retrieved"].sum()))
     print("ours, 1 process, seconds per phase:", {k: round(v, 2) for k, v in res["seconds"].items()}, flush=True)
+    for n in (2, 4, 64):
+        print("received per rank (largest):", comm_per_rank(q, ["Metadata_broad_sample"], args.null_size, n),
+              flush=True)
     if not (case == "b" and args.skip_copairs_b):
         t_cp, c_cp, ref = min((run_copairs(df, case, args.null_size) for _ in range(args.repeat)), key=lambda r: r[0])
         m = ref.merge(q, on=["Metadata_Plate", "Metadata_Well"], suffixes=("_cp", ""))

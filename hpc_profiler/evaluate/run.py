@@ -1,4 +1,4 @@
-"""The CPJUMP1 benchmark driver: tasks -> AP -> nulls -> q-values -> tables, on MPI ranks.
+"""The CPJUMP1 benchmark driver: tasks -> AP -> nulls -> class p/q-values -> tables, on MPI ranks.
 
 Reproduces the evaluation of Chandrasekaran et al. (2024, CPJUMP1) with the
 copairs 0.5.5 definitions (``average_precision``, ``p_values``,
@@ -8,25 +8,46 @@ copairs 0.5.5 definitions (``average_precision``, ``p_values``,
    the queries, in runs of ``block_size`` replicates of the same
    perturbations, are split across ranks balanced by their number of
    candidates (:func:`hpc_profiler.mpi.split_balanced`); each rank builds its
-   queries' rank lists, computes cosines in BLAS blocks and the AP of each
-   query;
+   queries' rank lists, normalizes only the profiles they touch, computes
+   cosines in BLAS blocks and the AP of each query; the AP table is gathered;
 2. the null configurations ``(n_pos, N)`` of all queries are split across
    ranks by cost; each null is drawn once (seeded by ``(seed, n_pos, N)``,
    never by rank) and kept by its owner for later tasks; the owner computes
    the p-values of every query with that configuration;
-3. rank 0 gathers everything, applies Benjamini-Hochberg per (task, group),
-   aggregates classes (mAP, geometric mean of q; optionally copairs'
-   mAP-level permutation p-value), writes the tables and plots.
+3. class significance, by default the paper's (``class_significance:
+   map_permutation``): the mAP of a class against the permutation null of
+   its mAP (the mean of its members' nulls), ``p = (#{null > mAP} + 1) /
+   (N + 1)``, Benjamini-Hochberg over the classes of each (task, group) --
+   copairs' ``mean_average_precision``, and what
+   ``benchmark/output/for_paper/Figure_4a_source.csv`` of
+   jump-cellpainting/2024_Chandrasekaran_NatureMethods holds (a class with
+   mAP 1 has ``-log10 p = 5.000004 = -log10(1/100001)``). Classes are split
+   into contiguous runs over ranks (:func:`map_p_values`); each rank fetches
+   the nulls its classes need from their owners (one ``alltoall``).
+   ``geomean_q`` (the geometric mean of the class's per-query BH q-values)
+   remains as an option and is always reported as ``geomean_q_value``.
 
 Tasks with ``active_from`` run in a later wave, on the perturbations the
 earlier task retrieved. Directionality tasks (a few matrix products) and the
-table building are repeated on every rank rather than communicated. The
-numbers are identical for any number of ranks.
-Without MPI the same code runs as one process (:func:`hpc_profiler.mpi.get_comm`).
+table bookkeeping (BH, class means: sorts and bincounts over the queries)
+are repeated on every rank rather than communicated. The numbers are
+identical for any number of ranks. Without MPI the same code runs as one
+process (:func:`hpc_profiler.mpi.get_comm`).
+
+Communication per rank and task (largest over ranks; ``Q`` queries, ``K``
+classes, ``S`` null size, ``C_r`` configurations used by a rank's classes and
+owned elsewhere): AP allgather ``32 Q (P-1)/P`` bytes, p-value allgather
+``16 Q (P-1)/P``, nulls ``4 S C_r``, class p-values ``16 K (P-1)/P``. On the
+JUMP-scale case of ``scripts/bench_evaluate.py`` (53,552 wells, 45,096
+queries, 5,000 classes, 109 configurations, ``S`` = 100,000) at 64 ranks:
+1.35 + 0.68 + 10.7 + 0.08 = about 13 MB received per rank (``C_r`` <= 28:
+a class's replicates sit on plates with different control counts, hence
+different ``N``); measured 16.4 MB of nulls at 2 ranks and 18.3 MB at 4,
+equal to the replay (``comm_per_rank`` in the benchmark).
 
 Deliberate differences from copairs: BH q-values are computed per query (and
-per class for ``map_permutation``) within each (task, group); the class
-q-value of the paper is the geometric mean of its queries' q-values.
+per class) within each (task, group); empty tasks are errors
+(:func:`empty_task_problem`), not empty tables.
 """
 from __future__ import annotations
 

@@ -191,7 +191,7 @@ def prepare_task(name: str, spec: EvalTaskConfig, profiles: pd.DataFrame, active
         feats = sub[feature_columns(sub)].to_numpy(dtype=np.float64)
         orig = sets = None
         if spec.multilabel_col is not None:
-            meta, orig, sets = explode_labels(meta, spec.multilabel_col, spec.multilabel_sep)
+            meta, orig, sets = explode_labels(meta, spec.multilabel_col, spec.multilabel_sep or "|")
             feats, is_query = feats[orig], is_query[orig]
         groups.append(
             TaskGroup(
