@@ -427,10 +427,11 @@ class EvaluateConfig:
         "mean_average_precision) or the geometric mean of its queries' BH q-values (geomean_q)",
     )
     map_pvalue: bool = opt(False, doc="With geomean_q: also compute the class mAP permutation p-value")
-    empty_task: Literal["error", "warn"] = opt(
-        "error",
-        doc="A task with no queries, positives or negatives: error (stop, exit 2) or warn (skip it, "
-        "run the others, exit 3)",
+    empty_task: Literal["auto", "error", "warn"] = opt(
+        "auto",
+        doc="A task left with no queries, positives or negatives: error (stop, exit 2), warn (skip it with a "
+        "WARNING, run the others, exit 3), auto: error for tasks named in evaluate.tasks, warn while evaluate.tasks "
+        "is the default CPJUMP1 list (a batch without ORF plates skips the ORF tasks); all tasks empty is an error",
     )
     block_size: int = opt(256, doc="Most queries per similarity block (BLAS) and per work unit of a rank")
     plots: bool = opt(True, doc="Write Fig. 4 / Fig. 5 PNGs")

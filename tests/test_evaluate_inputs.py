@@ -160,3 +160,32 @@ def test_multilabel_explode_and_config_errors():
     task = EvalTaskConfig(multilabel_col="Metadata_gene", group_by=[])
     with pytest.raises(TaskError, match="multilabel_col 'Metadata_gene' must be in pos_sameby"):
         evaluate_profiles(profiles, _ecfg(task))
+
+
+def test_default_task_list_skips_tasks_the_batch_cannot_run_loudly(tmp_path, capsys):
+    """auto: the CPJUMP1 list on a batch without ORF plates warns about the ORF tasks; --strict stops."""
+    two = synthetic_profiles(n_genes=6, plates=3, negcons=6, n_features=12, effect=2.5, inactive=0.0, seed=6,
+                             modalities=("compound", "crispr"))
+    ecfg = EvaluateConfig(null_size=300, plots=False)
+    res = evaluate_profiles(two, ecfg)
+    err = capsys.readouterr().err
+    assert "WARNING: evaluate task 'compound_orf': no positive pairs" in err
+    assert "'Metadata_modality' has 1 distinct value(s)" in err
+    assert any("direction_orf_crispr" in m for m in res["empty_tasks"])
+    assert {"replicate", "sister_compound", "compound_crispr"} <= set(res["summary"]["task"])
+    src = tmp_path / "two.parquet"
+    two.to_parquet(src)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "evaluate": {"null_size": 300, "plots": False}}))
+    base = [sys.executable, "-m", "hpc_profiler.evaluate", str(cfg), "--profiles", str(src)]
+    proc = subprocess.run(base, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 3 and "task 'compound_orf'" in proc.stderr
+    assert (tmp_path / "o" / "evaluate" / "classes.parquet").exists()
+    proc = subprocess.run(base + ["--strict", "--out", str(tmp_path / "strict")], capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 2 and "error: evaluate task 'compound_orf': no positive pairs" in proc.stderr
+    assert not (tmp_path / "strict").exists()
+    # every task empty: an error even in warn mode
+    with pytest.raises(TaskError, match="every task was empty"):
+        evaluate_profiles(two.loc[two["Metadata_Plate"].str.endswith("P1")],
+                          EvaluateConfig(null_size=300, plots=False, tasks=["replicate"], empty_task="warn"))

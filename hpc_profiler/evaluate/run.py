@@ -61,7 +61,7 @@ import pandas as pd
 
 from .. import mpi
 from ..backend import get_backend, to_numpy
-from ..config import Config, ConfigError, EvaluateConfig, load_config_or_report
+from ..config import Config, ConfigError, EvaluateConfig, default_eval_tasks, load_config_or_report
 from . import ap as apk
 from . import nulls, stats
 from .tasks import SUMMARY_KEYS, TaskError, feature_columns, match_rules, prepare_task
@@ -518,13 +518,25 @@ def empty_task_problem(name, spec, profiles, groups, queries, active) -> str | N
     return None
 
 
+def empty_task_mode(ecfg: EvaluateConfig) -> str:
+    """``error`` or ``warn``: ``auto`` warns only while ``evaluate.tasks`` is the default CPJUMP1 list.
+
+    Named tasks that cannot run are configuration errors; the default list is
+    applied to whatever modalities a batch has, so its tasks that do not fit
+    (no ORF plates, nothing retrieved by ``replicate``) are skipped loudly.
+    """
+    if ecfg.empty_task != "auto":
+        return ecfg.empty_task
+    return "warn" if list(ecfg.tasks) == list(default_eval_tasks()) else "error"
+
+
 def _empty_task(message: str, ecfg: EvaluateConfig, empties: list, comm) -> None:
-    """Stop on an empty task (``empty_task: error``) or report it loudly and go on (``warn``)."""
-    if ecfg.empty_task == "error":
-        raise TaskError(message + " (set evaluate.empty_task: warn to skip it and run the other tasks)")
+    """Stop on an empty task (mode ``error``) or report it loudly and go on (``warn``)."""
+    if empty_task_mode(ecfg) == "error":
+        raise TaskError(message + " (evaluate.empty_task: warn skips it and runs the other tasks)")
     empties.append(message)
     if comm.Get_rank() == 0:
-        print(f"WARNING: {message}; task skipped, exit status will be 3", file=sys.stderr)
+        print(f"WARNING: {message}; task skipped", file=sys.stderr)
 
 
 def _now() -> tuple[float, float]:
@@ -547,9 +559,10 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
         ``queries`` (per-query AP, p, q), ``classes`` (mAP, q, retrieved),
         ``summary`` (per task x modality x cell type x time point),
         ``directionality`` and ``direction_pairs`` (cosines, for Fig. 5);
-        ``empty_tasks``: the messages of tasks skipped as empty
-        (``empty_task: warn``; with ``error``, the default, the first one
-        raises :class:`TaskError`).
+        ``empty_tasks``: the messages of tasks skipped as empty (mode
+        ``warn``, :func:`empty_task_mode`); in mode ``error`` the first empty
+        task raises :class:`TaskError`, and so does a run where every task
+        is empty.
     """
     comm = comm or mpi.get_comm()
     bk = get_backend(device)
@@ -609,6 +622,9 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
             all_q.append(queries)
             all_c.append(classes)
             all_s.append(summarize(classes, name, spec))
+    ran = len(all_q) + len(all_d)
+    if empties and ran == 0:
+        raise TaskError(f"evaluate: every task was empty ({len(empties)}): " + "; ".join(empties))
     return {
         "queries": _concat(all_q),
         "classes": _concat(all_c),
@@ -757,6 +773,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--seed", type=int, help="seed of the nulls (default: evaluate.seed)")
     parser.add_argument("--tasks", nargs="+", help="tasks to run (default: evaluate.tasks)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--strict", action="store_true",
+                        help="a task with no queries, positives or negatives stops the run (evaluate.empty_task: error)")
     return parser
 
 
@@ -775,6 +793,8 @@ def main_evaluate(args) -> int:
         e.tasks = list(args.tasks)
     if args.no_plots:
         e.plots = False
+    if args.strict:
+        e.empty_task = "error"
     src = Path(args.profiles) if args.profiles else profiles_path(cfg)
     out = Path(args.out) if args.out else Path(cfg.out) / "evaluate"
     try:
