@@ -109,9 +109,8 @@ class TaskGroup:
     neg_sameby: list[str]
     neg_diffby: list[str]
     is_query: np.ndarray
-    #: multilabel only: original row of each (exploded) row, label sets of the original rows
+    #: multilabel only: original row of each (exploded) row, and the label column
     orig: np.ndarray | None = None
-    label_sets: list | None = None
     multilabel_col: str | None = None
 
 
@@ -189,9 +188,9 @@ def prepare_task(name: str, spec: EvalTaskConfig, profiles: pd.DataFrame, active
         values = values if isinstance(values, tuple) else (values,)
         is_query = match_rules(meta, spec.queries, where)
         feats = sub[feature_columns(sub)].to_numpy(dtype=np.float64)
-        orig = sets = None
+        orig = None
         if spec.multilabel_col is not None:
-            meta, orig, sets = explode_labels(meta, spec.multilabel_col, spec.multilabel_sep or "|")
+            meta, orig, _ = explode_labels(meta, spec.multilabel_col, spec.multilabel_sep or "|")
             feats, is_query = feats[orig], is_query[orig]
         groups.append(
             TaskGroup(
@@ -205,7 +204,6 @@ def prepare_task(name: str, spec: EvalTaskConfig, profiles: pd.DataFrame, active
                 neg_diffby=neg_diff,
                 is_query=is_query,
                 orig=orig,
-                label_sets=sets,
                 multilabel_col=spec.multilabel_col,
             )
         )
