@@ -430,8 +430,9 @@ class EvaluateConfig:
     empty_task: Literal["auto", "error", "warn"] = opt(
         "auto",
         doc="A task left with no queries, positives or negatives: error (stop, exit 2), warn (skip it with a "
-        "WARNING, run the others, exit 3), auto: error for tasks named in evaluate.tasks, warn while evaluate.tasks "
-        "is the default CPJUMP1 list (a batch without ORF plates skips the ORF tasks); all tasks empty is an error",
+        "WARNING, run the others, exit 3), auto: error for tasks named in evaluate.tasks, while evaluate.tasks is "
+        "the default CPJUMP1 list skip with a WARNING and exit 0 (a batch without ORF plates skips the ORF tasks); "
+        "all tasks empty is an error",
     )
     block_size: int = opt(256, doc="Most queries per similarity block (BLAS) and per work unit of a rank")
     plots: bool = opt(True, doc="Write Fig. 4 / Fig. 5 PNGs")

@@ -809,10 +809,12 @@ def main_evaluate(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if results["empty_tasks"]:
+        # explicit warn: non-zero so a pipeline notices; auto on the default list: the batch's tasks ran
+        code = 3 if e.empty_task == "warn" else 0
         if comm.Get_rank() == 0:
-            print(f"WARNING: {len(results['empty_tasks'])} empty task(s) skipped (see above); exit status 3",
+            print(f"WARNING: {len(results['empty_tasks'])} empty task(s) skipped (see above); exit status {code}",
                   file=sys.stderr)
-        return 3
+        return code
     return 0
 
 
