@@ -356,6 +356,14 @@ class EvalTaskConfig:
     pair_b: RowRules = opt(factory=list, doc="directionality: second side of the pairs")
     pair_by: list[str] = opt(factory=lambda: ["Metadata_gene"], doc="directionality: true pairs share these")
     pair_sameby: list[str] = opt(factory=lambda: ["Metadata_cell_type"], doc="directionality: all pairs share these")
+    multilabel_col: Optional[str] = opt(
+        None,
+        doc="copairs multilabel: this column holds several labels joined by multilabel_sep; it must be in "
+        "pos_sameby (positives share one label, one AP per query and label) and in neg_diffby (negatives share none)",
+    )
+    multilabel_sep: Optional[str] = opt(
+        None, doc="Separator of the labels in multilabel_col (null: the vertical bar, as in Broad/LINCS metadata)"
+    )
 
 
 def _trt_or_negcon() -> list:
@@ -432,11 +440,19 @@ class EvaluateConfig:
     definitions: dict[str, EvalTaskConfig] = opt(
         factory=default_eval_tasks, doc="Task definitions by name (replaces the defaults when given)"
     )
-    class_significance: Literal["geomean_q", "map_permutation"] = opt(
-        "geomean_q",
-        doc="Class q: geometric mean of its queries' BH q-values (paper) or BH over mAP permutation p (copairs)",
+    class_significance: Literal["map_permutation", "geomean_q"] = opt(
+        "map_permutation",
+        doc="Class q: BH over classes of the class mAP permutation p-value (the paper's and copairs' "
+        "mean_average_precision) or the geometric mean of its queries' BH q-values (geomean_q)",
     )
-    map_pvalue: bool = opt(False, doc="Also compute copairs' mAP-level permutation p-value per class")
+    map_pvalue: bool = opt(False, doc="With geomean_q: also compute the class mAP permutation p-value")
+    empty_task: Literal["auto", "error", "warn"] = opt(
+        "auto",
+        doc="A task left with no queries, positives or negatives: error (stop, exit 2), warn (skip it with a "
+        "WARNING, run the others, exit 3), auto: error for tasks named in evaluate.tasks, while evaluate.tasks is "
+        "the default CPJUMP1 list skip with a WARNING and exit 0 (a batch without ORF plates skips the ORF tasks); "
+        "all tasks empty is an error",
+    )
     block_size: int = opt(256, doc="Most queries per similarity block (BLAS) and per work unit of a rank")
     plots: bool = opt(True, doc="Write Fig. 4 / Fig. 5 PNGs")
     csv: bool = opt(True, doc="Also write CSV copies of the tables")

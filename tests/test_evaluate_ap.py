@@ -180,3 +180,15 @@ def test_directionality_hand_case():
     assert r["fisher_p"] == pytest.approx(probs[probs <= probs[2] * (1 + 1e-7)].sum())
     with pytest.raises(ValueError, match="needs true and null"):
         stats.directionality([], null)
+
+
+def test_map_p_value_accumulates_exactly_as_copairs_mean():
+    """Members' nulls summed row by row equal copairs' ``null_dists[ix].mean(axis=0)`` bit for bit."""
+    rng = np.random.default_rng(8)
+    dists = rng.random((6, 3001)).astype(np.float32) / 3
+    for ix in ([0], [1, 1, 1], [0, 2, 5, 5, 3], list(range(6)) * 3):
+        ref = dists[ix].mean(axis=0)  # copairs get_map_pvalue
+        for score in (float(np.median(ref)), float(ref[17]), 0.2):
+            expect = ((ref > score).sum() + 1) / (3001 + 1)
+            assert nulls.map_p_value(score, [dists[i] for i in ix]) == expect
+            assert nulls.map_p_value(np.float64(score), dists[ix]) == expect

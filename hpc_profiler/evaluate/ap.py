@@ -288,3 +288,34 @@ def ap_from_ranks(ranks: np.ndarray) -> np.ndarray:
     ranks = np.asarray(ranks, dtype=np.float64)
     k = ranks.shape[-1]
     return (np.arange(1, k + 1) / ranks).sum(axis=-1) / k
+
+
+def expected_ap(n_pos, n_total) -> np.ndarray:
+    """Expected AP of a random rank list with ``n_pos`` positives among ``n_total`` (copairs' ``expected_ap``).
+
+    ``E[AP] = (1/L) ((M - 1)/(L - 1) (L - H_L) + H_L)`` with ``M = n_pos``,
+    ``L = n_total`` and ``H_L`` the L-th harmonic number (summed 1/1 + ... + 1/L
+    in order, as copairs does); 1 when every candidate is positive, 0 without
+    positives, and for ``L = 1`` 1 or 0.
+    """
+    m = np.asarray(n_pos, dtype=np.int64)
+    tot = np.asarray(n_total, dtype=np.int64)
+    if m.size and ((m < 0).any() or (tot < m).any()):
+        raise ValueError("expected_ap needs 0 <= n_pos <= n_total")
+    top = int(tot.max()) if tot.size else 0
+    harmonic = np.concatenate([[0.0], np.cumsum(1.0 / np.arange(1, top + 1))])
+    h = harmonic[tot]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mu = ((m - 1.0) / (tot - 1.0) * (tot - h) + h) / tot
+    mu = np.where(tot == 1, (m == 1).astype(np.float64), mu)
+    mu = np.where(m == 0, 0.0, mu)
+    return np.where((m == tot) & (tot > 0), 1.0, mu)
+
+
+def normalized_ap(ap, n_pos, n_total, eps: float = 1e-10) -> np.ndarray:
+    """copairs' ``normalized_average_precision``: ``(AP - E[AP]) / max(1 - E[AP], eps)``, clipped to [-1, 1].
+
+    0 is chance level, 1 a perfect ranking; NaN where AP is NaN.
+    """
+    mu = expected_ap(n_pos, n_total)
+    return np.clip((np.asarray(ap, dtype=np.float64) - mu) / np.maximum(1.0 - mu, eps), -1.0, 1.0)

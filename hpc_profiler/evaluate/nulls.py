@@ -128,8 +128,24 @@ def map_p_value(map_score: float, member_nulls: np.ndarray) -> float:
     Reproduces ``copairs.map.get_map_pvalue``: ``member_nulls`` is
     ``(n_members, null_size)`` (members with the same configuration share the
     same null row, as in copairs), averaged in float32 as copairs does, and
-    ``p = (#{null_mean > mAP} + 1) / (null_size + 1)``.
+    ``p = (#{null_mean > mAP} + 1) / (null_size + 1)`` with copairs' strict ``>``.
+
+    The comparison is made in float32, as in copairs: it hands the mAP to
+    NumPy as a Python float, which NumPy 2 compares at the precision of the
+    float32 null (a null mean equal to ``float32(mAP)`` does not count). A
+    NumPy float64 here would compare in float64 and count ``float32(1/13) >
+    1/13``: p-values of small classes would move by ``P(null == mAP)``.
+
+    ``member_nulls`` may also be a sequence of 1-D float32 nulls (one per
+    member, shared objects allowed): they are summed row by row into one
+    float32 accumulator, which is what ``mean(axis=0)`` of the stacked array
+    does (rows added in order, then divided by the count), without building
+    the ``(n_members, null_size)`` copy.
     """
-    null_mean = np.asarray(member_nulls, dtype=np.float32).mean(axis=0)
-    num = int((null_mean > map_score).sum())
+    rows = list(member_nulls)
+    acc = np.array(rows[0], dtype=np.float32, copy=True)
+    for r in rows[1:]:
+        acc += np.asarray(r, dtype=np.float32)
+    null_mean = acc / np.float32(len(rows))
+    num = int((null_mean > np.float32(map_score)).sum())
     return (num + 1) / (null_mean.shape[0] + 1)

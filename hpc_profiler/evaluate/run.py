@@ -1,4 +1,4 @@
-"""The CPJUMP1 benchmark driver: tasks -> AP -> nulls -> q-values -> tables, on MPI ranks.
+"""The CPJUMP1 benchmark driver: tasks -> AP -> nulls -> class p/q-values -> tables, on MPI ranks.
 
 Reproduces the evaluation of Chandrasekaran et al. (2024, CPJUMP1) with the
 copairs 0.5.5 definitions (``average_precision``, ``p_values``,
@@ -8,30 +8,52 @@ copairs 0.5.5 definitions (``average_precision``, ``p_values``,
    the queries, in runs of ``block_size`` replicates of the same
    perturbations, are split across ranks balanced by their number of
    candidates (:func:`hpc_profiler.mpi.split_balanced`); each rank builds its
-   queries' rank lists, computes cosines in BLAS blocks and the AP of each
-   query;
+   queries' rank lists, normalizes only the profiles they touch, computes
+   cosines in BLAS blocks and the AP of each query; the AP table is gathered;
 2. the null configurations ``(n_pos, N)`` of all queries are split across
    ranks by cost; each null is drawn once (seeded by ``(seed, n_pos, N)``,
    never by rank) and kept by its owner for later tasks; the owner computes
    the p-values of every query with that configuration;
-3. rank 0 gathers everything, applies Benjamini-Hochberg per (task, group),
-   aggregates classes (mAP, geometric mean of q; optionally copairs'
-   mAP-level permutation p-value), writes the tables and plots.
+3. class significance, by default the paper's (``class_significance:
+   map_permutation``): the mAP of a class against the permutation null of
+   its mAP (the mean of its members' nulls), ``p = (#{null > mAP} + 1) /
+   (N + 1)``, Benjamini-Hochberg over the classes of each (task, group) --
+   copairs' ``mean_average_precision``, and what
+   ``benchmark/output/for_paper/Figure_4a_source.csv`` of
+   jump-cellpainting/2024_Chandrasekaran_NatureMethods holds (a class with
+   mAP 1 has ``-log10 p = 5.000004 = -log10(1/100001)``). Classes are split
+   into contiguous runs over ranks (:func:`map_p_values`); each rank fetches
+   the nulls its classes need from their owners (one ``alltoall``).
+   ``geomean_q`` (the geometric mean of the class's per-query BH q-values)
+   remains as an option and is always reported as ``geomean_q_value``.
 
 Tasks with ``active_from`` run in a later wave, on the perturbations the
 earlier task retrieved. Directionality tasks (a few matrix products) and the
-table building are repeated on every rank rather than communicated. The
-numbers are identical for any number of ranks.
-Without MPI the same code runs as one process (:func:`hpc_profiler.mpi.get_comm`).
+table bookkeeping (BH, class means: sorts and bincounts over the queries)
+are repeated on every rank rather than communicated. The numbers are
+identical for any number of ranks. Without MPI the same code runs as one
+process (:func:`hpc_profiler.mpi.get_comm`).
+
+Communication per rank and task (largest over ranks; ``Q`` queries, ``K``
+classes, ``S`` null size, ``C_r`` configurations used by a rank's classes and
+owned elsewhere): AP allgather ``32 Q (P-1)/P`` bytes, p-value allgather
+``16 Q (P-1)/P``, nulls ``4 S C_r``, class p-values ``16 K (P-1)/P``. On the
+JUMP-scale case of ``scripts/bench_evaluate.py`` (53,552 wells, 45,096
+queries, 5,000 classes, 109 configurations, ``S`` = 100,000) at 64 ranks:
+1.35 + 0.68 + 10.7 + 0.08 = about 13 MB received per rank (``C_r`` <= 28:
+a class's replicates sit on plates with different control counts, hence
+different ``N``); measured 16.4 MB of nulls at 2 ranks and 18.3 MB at 4,
+equal to the replay (``comm_per_rank`` in the benchmark).
 
 Deliberate differences from copairs: BH q-values are computed per query (and
-per class for ``map_permutation``) within each (task, group); the class
-q-value of the paper is the geometric mean of its queries' q-values.
+per class) within each (task, group); empty tasks are errors
+(:func:`empty_task_problem`), not empty tables.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +61,7 @@ import pandas as pd
 
 from .. import mpi
 from ..backend import get_backend, to_numpy
-from ..config import Config, ConfigError, EvaluateConfig, load_config_or_report
+from ..config import Config, ConfigError, EvaluateConfig, default_eval_tasks, load_config_or_report
 from . import ap as apk
 from . import nulls, stats
 from .tasks import SUMMARY_KEYS, TaskError, feature_columns, match_rules, prepare_task
@@ -56,25 +78,79 @@ def query_weights(group) -> np.ndarray:
     return w
 
 
+def _codes(group, cols: list[str]) -> np.ndarray:
+    """Codes of ``cols``; a missing multilabel label matches nothing (a unique code per row)."""
+    codes = apk.encode_columns(group.meta, cols)
+    if group.multilabel_col in cols:
+        c = cols.index(group.multilabel_col)
+        missing = group.meta[group.multilabel_col].isna().to_numpy()
+        codes[missing, c] = codes[:, c].max() + 1 + np.flatnonzero(missing)
+    return codes
+
+
+def _multilabel_negatives(group, query: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Which exploded negative pairs copairs' multilabel matching keeps.
+
+    Each negative row once (its first label row), never the query's own row,
+    and, when the label column is in ``neg_diffby``, no label in common.
+    """
+    orig = group.orig
+    first = np.concatenate([[True], np.diff(orig) != 0])
+    keep = first[cand] & (orig[query] != orig[cand])
+    if group.multilabel_col in group.neg_diffby and len(query):
+        lab = pd.factorize(group.meta[group.multilabel_col])[0].astype(np.int64)  # missing -> -1
+        n_lab = int(lab.max()) + 2
+        have = np.unique(orig[lab >= 0] * n_lab + lab[lab >= 0])
+        start = np.flatnonzero(first)
+        cnt = np.diff(np.append(start, len(orig)))
+        oq, oc = orig[query], orig[cand]
+        reps = cnt[oq]
+        pair = np.repeat(np.arange(len(query)), reps)
+        idx = np.repeat(start[oq], reps) + (np.arange(reps.sum()) - np.repeat(np.cumsum(reps) - reps, reps))
+        ql = lab[idx]
+        hit = (ql >= 0) & np.isin(oc[pair] * n_lab + ql, have)
+        keep &= np.bincount(pair, weights=hit, minlength=len(query)) == 0
+    return keep
+
+
 def group_ap(group, rows: np.ndarray, similarity: str, block_size: int, bk=None):
     """AP, n_pos, n_total of the query ``rows`` of one task group (copairs ``average_precision``).
 
+    Only the rows the queries need (queries and their candidates) are
+    normalized, so a rank's work shrinks with its share of the queries; pairs
+    come grouped by the ``sameby`` group of their query (replicates of one
+    perturbation, controls of one plate) so each similarity block is dense.
     The cosine blocks run on backend ``bk`` (default CPU); the rest on the host.
     """
     meta = group.meta
+    multi = group.orig is not None
+    neg_diff = [c for c in group.neg_diffby if not (multi and c == group.multilabel_col)]
     rl = apk.build_rank_lists(
-        apk.encode_columns(meta, group.pos_sameby),
-        apk.encode_columns(meta, group.pos_diffby),
-        apk.encode_columns(meta, group.neg_sameby),
-        apk.encode_columns(meta, group.neg_diffby),
+        _codes(group, group.pos_sameby),
+        _codes(group, group.pos_diffby),
+        _codes(group, group.neg_sameby),
+        _codes(group, neg_diff),
         rows=rows,
     )
-    unit = apk.unit_rows(group.feats if bk is None else bk.asarray(group.feats))
+    if multi:
+        keep = rl.positive.copy()
+        neg = ~rl.positive
+        keep[neg] = _multilabel_negatives(group, rl.query[neg], rl.cand[neg])
+        rl = apk.RankLists(rl.query[keep], rl.cand[keep], rl.positive[keep])
+    need = np.zeros(len(meta), dtype=bool)
+    need[rows] = True
+    need[rl.cand] = True
+    need_rows = np.flatnonzero(need)
+    local = np.full(len(meta), -1, dtype=np.int64)
+    local[need_rows] = np.arange(len(need_rows))
+    feats = group.feats[need_rows]
+    unit = apk.unit_rows(feats if bk is None else bk.asarray(feats))
     sim = np.empty(len(rl), dtype=np.float32)
-    for lab in (True, False):  # positives and negatives have their own block shapes
+    for lab in (True, False):  # find_pairs yields each kind grouped by the sameby group of the query
         sel = np.flatnonzero(rl.positive == lab)
         sim[sel] = apk.pair_similarity(
-            unit, rl.query[sel], rl.cand[sel], absolute=similarity == "abs_cosine", block_size=block_size
+            unit, local[rl.query[sel]], local[rl.cand[sel]], absolute=similarity == "abs_cosine",
+            block_size=block_size,
         )
     ap, n_pos, n_total = apk.average_precision(rl.query, rl.positive, sim, len(meta))
     return ap[rows], n_pos[rows], n_total[rows]
@@ -139,6 +215,7 @@ class NullStore:
         self.sorted: dict[tuple, np.ndarray] = {}
         self.raw: dict[tuple, np.ndarray] = {}
         self.drawn = 0
+        self.bytes_received = 0  # nulls received from other ranks (class p-values)
 
     def assign(self, confs: list[tuple]) -> None:
         new = [c for c in confs if c not in self.owner]
@@ -179,18 +256,6 @@ class NullStore:
                 p[sel] = pv
         return p
 
-    def raw_nulls(self, confs: list[tuple]) -> dict:
-        """Unsorted nulls of ``confs`` on every rank (for copairs' mAP-level p-value)."""
-        mine = {}
-        for c in confs:
-            if self.owner.get(c) == self.comm.Get_rank():
-                self.get(c)
-                mine[c] = self.raw[c]
-        out = {}
-        for part in self.comm.allgather(mine):
-            out.update(part)
-        return out
-
 
 # --------------------------------------------------------------------------- classes
 def group_rows(table: pd.DataFrame, cols: list[str]) -> list[np.ndarray]:
@@ -201,8 +266,94 @@ def group_rows(table: pd.DataFrame, cols: list[str]) -> list[np.ndarray]:
     return [table.index.to_numpy()[gid == g] for g in range(gid.max() + 1)]
 
 
+def class_partition(first_conf: np.ndarray, work: np.ndarray, n_parts: int) -> list[np.ndarray]:
+    """Classes cut into ``n_parts`` contiguous runs of similar null configurations, balanced by work.
+
+    Classes are ordered by their smallest configuration index (configurations
+    sorted by ``(n_pos, N)``: replicates of similar counts), so the classes of
+    one rank use few distinct nulls and the nulls a rank fetches stay few.
+    """
+    order = np.lexsort([np.arange(len(first_conf)), first_conf])
+    cum = np.cumsum(np.asarray(work, dtype=np.float64)[order])
+    if len(cum) == 0:
+        return [order[:0] for _ in range(n_parts)]
+    cuts = np.searchsorted(cum, cum[-1] * np.arange(1, n_parts) / n_parts, "left")
+    return np.split(order, cuts)
+
+
+def _alltoall(comm, objs: list) -> list:
+    """``comm.alltoall`` (objects); the identity on one process."""
+    return comm.alltoall(objs) if comm.Get_size() > 1 else list(objs)
+
+
+def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray,
+                 store: NullStore) -> np.ndarray:
+    """Class mAP permutation p-values (copairs ``mean_average_precision``), classes split over ranks.
+
+    The null of a class is the float32 mean, permutation by permutation, of its
+    members' nulls; ``p = (#{null mean > mAP} + 1) / (null_size + 1)``
+    (:func:`hpc_profiler.evaluate.nulls.map_p_value`). Ranks take contiguous
+    runs of classes (:func:`class_partition`, balanced by members x null
+    size); each null a rank needs and does not own comes once from its owner
+    (one ``alltoall``), and the p-values are gathered (8 bytes per class).
+
+    Communication per rank (``S`` = null size, ``C_r`` = distinct
+    configurations of the rank's classes, ``K`` classes, ``Q`` queries):
+    receive at most ``4 S C_r`` bytes of nulls and ``8 K`` bytes of p-values;
+    :attr:`NullStore.bytes_received` counts the nulls.
+    """
+    comm = store.comm
+    n_cls = len(map_scores)
+    conf_arr, vix = np.unique(np.stack([n_pos, n_total], axis=1), axis=0, return_inverse=True)
+    vix = vix.ravel()
+    confs = [(int(k), int(t)) for k, t in conf_arr]
+    store.assign(confs)
+    order = np.argsort(gid, kind="stable")
+    bounds = np.searchsorted(gid[order], np.arange(n_cls + 1))
+    first_conf = np.full(n_cls, len(confs), dtype=np.int64)
+    np.minimum.at(first_conf, gid, vix)
+    parts = class_partition(first_conf, np.bincount(gid, minlength=n_cls), comm.Get_size())
+    me = comm.Get_rank()
+    needs = []  # configuration indices each rank needs (known to every rank)
+    for part in parts:
+        mem = np.concatenate([order[bounds[c]:bounds[c + 1]] for c in part]) if len(part) else np.zeros(0, int)
+        needs.append(np.unique(vix[mem]))
+    send = []
+    for dest, need in enumerate(needs):
+        out = {}
+        if dest != me:
+            for ci in need:
+                if store.owner[confs[ci]] == me:
+                    store.get(confs[ci])
+                    out[confs[ci]] = store.raw[confs[ci]]
+        send.append(out)
+    raw = {}
+    for part in _alltoall(comm, send):
+        raw.update(part)
+        store.bytes_received += sum(v.nbytes for v in part.values())
+    for ci in needs[me]:
+        if store.owner[confs[ci]] == me:
+            store.get(confs[ci])
+            raw[confs[ci]] = store.raw[confs[ci]]
+    local = []
+    for c in parts[me]:
+        idx = order[bounds[c]:bounds[c + 1]]
+        local.append((int(c), nulls.map_p_value(map_scores[c], [raw[confs[ci]] for ci in vix[idx]])))
+    p = np.full(n_cls, np.nan)
+    for part in comm.allgather(local):
+        for c, pv in part:
+            p[c] = pv
+    return p
+
+
 def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullStore | None) -> pd.DataFrame:
-    """Per-class mAP, combined q-value (and optionally copairs' mAP p-value), retrieved flag."""
+    """Per-class mAP, mean normalized AP, class q-value, retrieved flag.
+
+    The class q-value is, by default (``class_significance: map_permutation``,
+    the paper's and copairs' ``mean_average_precision``), BH over the classes
+    of each group of their mAP permutation p-values (:func:`map_p_values`);
+    with ``geomean_q`` the geometric mean of the class's query q-values.
+    """
     keys = list(dict.fromkeys(spec.group_by + spec.class_by))
     valid = queries.loc[(queries["n_pos_pairs"] > 0) & queries["average_precision"].notna()].reset_index(drop=True)
     if len(valid) == 0:
@@ -218,17 +369,15 @@ def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullSt
     out.insert(0, "task", valid["task"].iloc[0])
     out["n_queries"] = cnt
     out["mean_average_precision"] = np.bincount(gid, weights=valid["average_precision"], minlength=n) / cnt
+    out["mean_normalized_average_precision"] = (
+        np.bincount(gid, weights=valid["normalized_average_precision"], minlength=n) / cnt
+    )
     out["geomean_q_value"] = stats.geometric_mean(valid["q_value"].to_numpy(), gid, n)
     if ecfg.map_pvalue or ecfg.class_significance == "map_permutation":
-        confs = sorted({(int(k), int(t)) for k, t in zip(valid["n_pos_pairs"], valid["n_total_pairs"])})
-        raw = store.raw_nulls(confs)
-        conf_ix = {c: i for i, c in enumerate(confs)}
-        stack = np.stack([raw[c] for c in confs])
-        vix = np.array([conf_ix[(int(k), int(t))] for k, t in zip(valid["n_pos_pairs"], valid["n_total_pairs"])])
-        members = pd.Series(np.arange(len(valid))).groupby(gid, sort=True).apply(list)
-        out["map_p_value"] = [
-            nulls.map_p_value(m, stack[vix[idx]]) for m, idx in zip(out["mean_average_precision"], members)
-        ]
+        out["map_p_value"] = map_p_values(
+            out["mean_average_precision"].to_numpy(), np.asarray(gid, dtype=np.int64),
+            valid["n_pos_pairs"].to_numpy(np.int64), valid["n_total_pairs"].to_numpy(np.int64), store,
+        )
         out["map_q_value"] = np.nan
         for idx in group_rows(out, spec.group_by):
             out.loc[idx, "map_q_value"] = stats.bh_qvalues(out.loc[idx, "map_p_value"].to_numpy())
@@ -332,6 +481,73 @@ def _concat(tables: list) -> pd.DataFrame:
     return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
 
 
+def _distinct(table: pd.DataFrame, cols: list[str]) -> str:
+    """``'col' has k distinct value(s)`` for each column (hints in empty-task messages)."""
+    return ", ".join(f"{c!r} has {table[c].nunique(dropna=False)} distinct value(s)" for c in cols if c in table)
+
+
+def empty_task_problem(name, spec, profiles, groups, queries, active) -> str | None:
+    """Why a retrieval task has nothing to rank (no queries, positives or negatives), or None.
+
+    The message names the task, the columns that emptied it and the counts.
+    """
+    where = f"evaluate task {name!r}"
+    n_rows = sum(len(g.meta) for g in groups)
+    if n_rows == 0:
+        if active is not None:
+            return (f"{where}: no queries: {len(active)} class(es) of task {spec.active_from!r} were retrieved "
+                    f"(active_from), 0 rows left matching on active_by {spec.active_by}")
+        cols = sorted({c for r in spec.subset for c in r})
+        return f"{where}: no queries: 0 of {len(profiles)} rows match the subset rules on columns {cols}"
+    n_query = int(sum(g.is_query.sum() for g in groups))
+    if n_query == 0:
+        cols = sorted({c for r in spec.queries for c in r})
+        return f"{where}: no queries: 0 of {n_rows} rows match the queries rules on columns {cols}"
+    n_pos = queries["n_pos_pairs"].to_numpy(np.int64)
+    n_neg = queries["n_total_pairs"].to_numpy(np.int64) - n_pos
+    if (n_pos > 0).sum() == 0 or (n_neg > 0).sum() == 0:
+        sample = pd.concat([g.meta for g in groups], ignore_index=True)  # for the hint only
+    if (n_pos > 0).sum() == 0:
+        return (f"{where}: no positive pairs: 0 of {len(queries)} queries have a row with the same pos_sameby "
+                f"{spec.pos_sameby} and different pos_diffby {spec.pos_diffby} "
+                f"({_distinct(sample, spec.pos_diffby + spec.pos_sameby)})")
+    if (n_neg > 0).sum() == 0:
+        return (f"{where}: no negative pairs: 0 of {len(queries)} queries have a row with the same neg_sameby "
+                f"{spec.neg_sameby} and different neg_diffby {spec.neg_diffby} "
+                f"({_distinct(sample, spec.neg_diffby + spec.neg_sameby)})")
+    return None
+
+
+def empty_task_mode(ecfg: EvaluateConfig) -> str:
+    """``error`` or ``warn``: ``auto`` warns only while ``evaluate.tasks`` is the default CPJUMP1 list.
+
+    Named tasks that cannot run are configuration errors; the default list is
+    applied to whatever modalities a batch has, so its tasks that do not fit
+    (no ORF plates, nothing retrieved by ``replicate``) are skipped loudly.
+    """
+    if ecfg.empty_task != "auto":
+        return ecfg.empty_task
+    return "warn" if list(ecfg.tasks) == list(default_eval_tasks()) else "error"
+
+
+def _empty_task(message: str, ecfg: EvaluateConfig, empties: list, comm) -> None:
+    """Stop on an empty task (mode ``error``) or report it loudly and go on (``warn``)."""
+    if empty_task_mode(ecfg) == "error":
+        raise TaskError(message + " (evaluate.empty_task: warn skips it and runs the other tasks)")
+    empties.append(message)
+    if comm.Get_rank() == 0:
+        print(f"WARNING: {message}; task skipped", file=sys.stderr)
+
+
+def _now() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def _tick(clock: dict, phase: str, start, end) -> None:
+    clock[phase] += end[0] - start[0]
+    clock[phase + "_cpu"] += end[1] - start[1]
+
+
 def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, device: str = "cpu") -> dict:
     """Run the configured tasks on a profile table; every rank returns the same tables.
 
@@ -342,13 +558,20 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
     dict of DataFrame
         ``queries`` (per-query AP, p, q), ``classes`` (mAP, q, retrieved),
         ``summary`` (per task x modality x cell type x time point),
-        ``directionality`` and ``direction_pairs`` (cosines, for Fig. 5).
+        ``directionality`` and ``direction_pairs`` (cosines, for Fig. 5);
+        ``empty_tasks``: the messages of tasks skipped as empty (mode
+        ``warn``, :func:`empty_task_mode`); in mode ``error`` the first empty
+        task raises :class:`TaskError`, and so does a run where every task
+        is empty.
     """
     comm = comm or mpi.get_comm()
     bk = get_backend(device)
     keep_raw = ecfg.map_pvalue or ecfg.class_significance == "map_permutation"
     store = NullStore(ecfg.null_size, ecfg.seed, comm, keep_raw=keep_raw)
     all_q, all_c, all_s, all_d, all_dp = [], [], [], [], []
+    empties: list[str] = []
+    # wall and CPU seconds per phase on this rank (benchmarks)
+    clock = {f"{k}{c}": 0.0 for k in ("prepare", "ap", "p_values", "classes") for c in ("", "_cpu")}
     retrieved: dict[str, pd.DataFrame] = {}
     for wave in task_waves(ecfg):
         for name in wave:
@@ -359,28 +582,49 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
                 active = act.loc[act["retrieved"]] if len(act) else act
             if spec.kind == "directionality":
                 d, dp = directionality_task(name, spec, profiles, active)
+                if len(d) == 0:
+                    _empty_task(f"evaluate task {name!r}: no group has both pair_a and pair_b rows with a true pair "
+                                f"(sharing pair_by {spec.pair_by}) and a null pair; 0 pairs", ecfg, empties, comm)
+                    continue
                 all_d.append(d)
                 all_dp.append(dp)
                 continue
+            t0 = _now()
             groups = prepare_task(name, spec, profiles, active)
+            t1 = _now()
             q_tabs = distributed_ap(groups, {name: spec}, ecfg.block_size, comm, bk)
+            t2 = _now()
+            _tick(clock, "prepare", t0, t1)
+            _tick(clock, "ap", t1, t2)
             queries = pd.concat(q_tabs, ignore_index=True) if q_tabs else pd.DataFrame()
-            if not spec.queries and len(queries):  # no query rule: the rows that have a positive
-                queries = queries.loc[queries["n_pos_pairs"] > 0].reset_index(drop=True)
-            if len(queries) == 0:
+            problem = empty_task_problem(name, spec, profiles, groups, queries, active)
+            if problem:
+                _empty_task(problem, ecfg, empties, comm)
                 retrieved[name] = pd.DataFrame(columns=["retrieved"])
                 continue
+            if not spec.queries:  # no query rule: the rows that have a positive
+                queries = queries.loc[queries["n_pos_pairs"] > 0].reset_index(drop=True)
+            queries["normalized_average_precision"] = apk.normalized_ap(
+                queries["average_precision"].to_numpy(float), queries["n_pos_pairs"].to_numpy(np.int64),
+                queries["n_total_pairs"].to_numpy(np.int64),
+            )
             queries["p_value"] = store.p_values(
                 queries["average_precision"].to_numpy(float),
                 queries["n_pos_pairs"].to_numpy(np.int64),
                 queries["n_total_pairs"].to_numpy(np.int64),
             )
             queries = add_q_values(queries, spec)
+            t3 = _now()
             classes = class_table(queries, spec, ecfg, store)
+            _tick(clock, "p_values", t2, t3)
+            _tick(clock, "classes", t3, _now())
             retrieved[name] = classes
             all_q.append(queries)
             all_c.append(classes)
             all_s.append(summarize(classes, name, spec))
+    ran = len(all_q) + len(all_d)
+    if empties and ran == 0:
+        raise TaskError(f"evaluate: every task was empty ({len(empties)}): " + "; ".join(empties))
     return {
         "queries": _concat(all_q),
         "classes": _concat(all_c),
@@ -388,6 +632,9 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
         "directionality": _concat(all_d),
         "direction_pairs": _concat(all_dp),
         "nulls_drawn": store.drawn,
+        "null_bytes_received": store.bytes_received,
+        "empty_tasks": empties,
+        "seconds": clock,
     }
 
 
@@ -396,8 +643,62 @@ def profiles_path(cfg: Config) -> Path:
     return Path(cfg.out) / "profiles" / name
 
 
+#: CellProfiler compartments whose prefixes mark feature columns (pycytominer ``infer_cp_features``).
+CP_COMPARTMENTS = ("Cells_", "Cytoplasm_", "Nuclei_")
+
+
+def profile_format(path) -> str:
+    """``parquet``, ``csv.gz`` or ``csv`` from the first bytes of the file (not from its name).
+
+    Parquet files start with ``PAR1``, gzip streams with ``1f 8b``; anything
+    else is read as plain CSV.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head == b"PAR1":
+        return "parquet"
+    if head[:2] == b"\x1f\x8b":
+        return "csv.gz"
+    return "csv"
+
+
+def read_profile_table(path) -> pd.DataFrame:
+    """A well-profile table from Parquet, CSV or gzip-compressed CSV (pycytominer's outputs).
+
+    The format comes from the file's content (:func:`profile_format`).
+    Metadata are the ``Metadata_`` columns (pycytominer ``infer_cp_features(metadata=True)``);
+    features are the CellProfiler compartment columns (``Cells_``,
+    ``Cytoplasm_``, ``Nuclei_``, pycytominer's default) when the table has any,
+    else every other column. Other columns (e.g. ``Image_*`` paths, an unnamed
+    index) are left out and named on stderr; a non-numeric feature column is
+    an error naming the file and the column.
+    """
+    fmt = profile_format(path)
+    if fmt == "parquet":
+        table = pd.read_parquet(path)
+    else:
+        # metadata as strings (a plate named 0001 stays "0001"), features as numbers
+        cols = pd.read_csv(path, nrows=0, compression="gzip" if fmt == "csv.gz" else None).columns
+        dtypes = {c: str for c in cols if str(c).startswith("Metadata_")}
+        table = pd.read_csv(path, compression="gzip" if fmt == "csv.gz" else None, dtype=dtypes,
+                            keep_default_na=True, low_memory=False)
+    meta = [c for c in table.columns if str(c).startswith("Metadata_")]
+    rest = [c for c in table.columns if not str(c).startswith("Metadata_")]
+    cp = [c for c in rest if str(c).startswith(CP_COMPARTMENTS)]
+    feats = cp if cp else rest
+    left_out = [c for c in rest if c not in set(feats)]
+    bad = [c for c in feats if not pd.api.types.is_numeric_dtype(table[c])]
+    if bad:
+        raise ValueError(f"evaluate: {path}: feature column {bad[0]!r} is not numeric ({len(bad)} such column(s)); "
+                         f"name metadata columns with the Metadata_ prefix")
+    if left_out and mpi.get_comm().Get_rank() == 0:
+        print(f"evaluate: {path}: left out {len(left_out)} column(s) that are neither Metadata_ nor "
+              f"{'/'.join(CP_COMPARTMENTS)} features (e.g. {left_out[0]!r})", file=sys.stderr)
+    return table[meta + feats]
+
+
 def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
-    """Read the well table; checks that features are finite and named metadata are present.
+    """Read the well table (:func:`read_profile_table`); checks that features are finite.
 
     With ``drop_nonfinite`` a feature that is NaN or infinite in any well is
     dropped (a median over cells can be NaN where every cell of a well lacks a
@@ -406,8 +707,12 @@ def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
     stderr. Without it such a well is an error that names it.
     """
     try:
-        table = pd.read_parquet(path)
-    except Exception as exc:
+        table = read_profile_table(path)
+    except (OSError, EOFError) as exc:
+        raise FileNotFoundError(f"evaluate: cannot read profiles {path}: {exc}") from exc
+    except ValueError as exc:
+        if str(exc).startswith("evaluate:"):
+            raise
         raise FileNotFoundError(f"evaluate: cannot read profiles {path}: {exc}") from exc
     feats = feature_columns(table)
     x = table[feats].to_numpy(dtype=np.float64)
@@ -468,6 +773,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--seed", type=int, help="seed of the nulls (default: evaluate.seed)")
     parser.add_argument("--tasks", nargs="+", help="tasks to run (default: evaluate.tasks)")
     parser.add_argument("--no-plots", action="store_true", help="skip the PNG figures")
+    parser.add_argument("--strict", action="store_true",
+                        help="a task with no queries, positives or negatives stops the run (evaluate.empty_task: error)")
     return parser
 
 
@@ -486,6 +793,8 @@ def main_evaluate(args) -> int:
         e.tasks = list(args.tasks)
     if args.no_plots:
         e.plots = False
+    if args.strict:
+        e.empty_task = "error"
     src = Path(args.profiles) if args.profiles else profiles_path(cfg)
     out = Path(args.out) if args.out else Path(cfg.out) / "evaluate"
     try:
@@ -499,6 +808,13 @@ def main_evaluate(args) -> int:
     except (ConfigError, TaskError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if results["empty_tasks"]:
+        # explicit warn: non-zero so a pipeline notices; auto on the default list: the batch's tasks ran
+        code = 3 if e.empty_task == "warn" else 0
+        if comm.Get_rank() == 0:
+            print(f"WARNING: {len(results['empty_tasks'])} empty task(s) skipped (see above); exit status {code}",
+                  file=sys.stderr)
+        return code
     return 0
 
 

@@ -14,7 +14,12 @@ turns it plus a well-profile table into per-group inputs of the AP engine:
   added to ``pos_sameby`` and ``neg_diffby`` (copairs'
   ``assign_reference_index`` recipe): controls are never positives of each
   other and two treatments are never each other's negatives;
-* ``group_by`` splits the table (modality x cell type x time point).
+* ``group_by`` splits the table (modality x cell type x time point);
+* ``multilabel_col`` (copairs' multilabel matching): a row whose column
+  holds ``A|B`` becomes one row per label (:func:`explode_labels`); positives
+  share one label (the column is in ``pos_sameby``), negatives share none
+  (it is in ``neg_diffby``, checked on the label sets, each negative row
+  counted once), one AP per query and label.
 """
 from __future__ import annotations
 
@@ -104,6 +109,47 @@ class TaskGroup:
     neg_sameby: list[str]
     neg_diffby: list[str]
     is_query: np.ndarray
+    #: multilabel only: original row of each (exploded) row, and the label column
+    orig: np.ndarray | None = None
+    multilabel_col: str | None = None
+
+
+def split_labels(values, sep: str) -> list[frozenset]:
+    """Label set of each value: ``"A|B"`` -> {A, B}; missing or empty -> the empty set."""
+    out = []
+    for v in values:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            out.append(frozenset())
+        elif isinstance(v, (list, tuple, set, frozenset, np.ndarray)):
+            out.append(frozenset(str(x) for x in v))
+        else:
+            out.append(frozenset(x.strip() for x in str(v).split(sep) if x.strip()))
+    return out
+
+
+def explode_labels(meta: pd.DataFrame, col: str, sep: str):
+    """One row per (row, label) of ``col``; a row without labels stays one row with a missing label.
+
+    Returns the exploded metadata (``col`` holds one label), the original row
+    of each exploded row, and the label sets of the original rows.
+    """
+    sets = split_labels(meta[col].tolist(), sep)
+    orig = np.repeat(np.arange(len(meta)), [max(len(s), 1) for s in sets])
+    labels = [lab for s in sets for lab in (sorted(s) if s else [None])]
+    out = meta.iloc[orig].reset_index(drop=True)
+    out[col] = pd.array(labels, dtype=object)
+    return out, orig, sets
+
+
+def check_multilabel(spec: EvalTaskConfig, where: str) -> None:
+    col = spec.multilabel_col
+    if col is None:
+        return
+    if col not in spec.pos_sameby:
+        raise TaskError(f"{where}: multilabel_col {col!r} must be in pos_sameby (positives share a label)")
+    if col in spec.neg_sameby or col in spec.pos_diffby:
+        raise TaskError(f"{where}: multilabel_col {col!r} may be in pos_sameby and neg_diffby only "
+                        "(copairs' multilabel matching)")
 
 
 def prepare_task(name: str, spec: EvalTaskConfig, profiles: pd.DataFrame, active: pd.DataFrame | None = None):
@@ -113,6 +159,7 @@ def prepare_task(name: str, spec: EvalTaskConfig, profiles: pd.DataFrame, active
     same list.
     """
     where = f"evaluate task {name!r}"
+    check_multilabel(spec, where)
     for key in ("pos_sameby", "pos_diffby", "neg_sameby", "neg_diffby", "group_by", "class_by", "consensus_by"):
         missing = [c for c in getattr(spec, key) if c not in profiles.columns]
         if missing:
@@ -139,17 +186,25 @@ def prepare_task(name: str, spec: EvalTaskConfig, profiles: pd.DataFrame, active
             pos_same.append(REFERENCE_COL)
             neg_diff.append(REFERENCE_COL)
         values = values if isinstance(values, tuple) else (values,)
+        is_query = match_rules(meta, spec.queries, where)
+        feats = sub[feature_columns(sub)].to_numpy(dtype=np.float64)
+        orig = None
+        if spec.multilabel_col is not None:
+            meta, orig, _ = explode_labels(meta, spec.multilabel_col, spec.multilabel_sep or "|")
+            feats, is_query = feats[orig], is_query[orig]
         groups.append(
             TaskGroup(
                 task=name,
                 key=dict(zip(spec.group_by, values)),
                 meta=meta,
-                feats=sub[feature_columns(sub)].to_numpy(dtype=np.float64),
+                feats=feats,
                 pos_sameby=pos_same,
                 pos_diffby=list(spec.pos_diffby),
                 neg_sameby=list(spec.neg_sameby),
                 neg_diffby=neg_diff,
-                is_query=match_rules(meta, spec.queries, where),
+                is_query=is_query,
+                orig=orig,
+                multilabel_col=spec.multilabel_col,
             )
         )
     return groups
