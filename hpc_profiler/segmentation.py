@@ -95,7 +95,9 @@ __all__ = [
     "strel_disk",
     "maximum_filter_disk",
     "watershed_contested",
+    "is_local_maximum",
     "declump_shape",
+    "secondary_seeds",
     "remove_border_objects",
     "filter_on_size",
     "relabel_consecutive",
@@ -216,16 +218,25 @@ def strel_disk(radius: float, xp=np):
 
 
 @functools.lru_cache(maxsize=4)
-def _tie_noise(shape, xp):
-    """Deterministic noise in [0, 1e-3) from an integer hash of (row, column).
+def _tie_noise_host(shape):
+    """CellProfiler's distance tie-break: ``uniform(0, 1e-3)`` noise after ``numpy.random.seed(0)``.
 
-    Cached per shape and array module (every site of a plate has the same
-    shape); callers must not modify it.
+    ``separate_neighboring_objects`` seeds NumPy's global legacy generator
+    with 0 and draws ``numpy.random.uniform(0, 0.001, shape)``; the legacy
+    MT19937 stream of ``RandomState(0)`` is the same in every NumPy version,
+    so these are CellProfiler's own numbers (drawn from a private
+    ``RandomState``, the global generator is left alone). Cached per shape
+    (every site of a plate has one); callers must not modify it.
     """
-    i = xp.arange(shape[0], dtype=xp.int64)[:, None]
-    j = xp.arange(shape[1], dtype=xp.int64)[None, :]
-    h = ((i * 73856093) ^ (j * 19349663)) % 1000
-    return h.astype(xp.float64) * 1e-6
+    noise = np.random.RandomState(0).uniform(0, 0.001, shape)
+    noise.setflags(write=False)
+    return noise
+
+
+def _tie_noise(shape, xp):
+    """:func:`_tie_noise_host` on the array module ``xp``."""
+    noise = _tie_noise_host(tuple(shape))
+    return noise if xp is np else xp.asarray(noise)
 
 
 def maximum_filter_disk(image, radius: float):
@@ -278,18 +289,15 @@ def _crop_box(xp, sel):
 
 
 def _watershed_host(bk, image, markers, mask):
-    """``skimage.segmentation.watershed`` (8-connected) on the host; labels back on ``bk``.
+    """8-connected marker watershed with scikit-image 0.24's flooding order
+    (:func:`hpc_profiler.watershed.watershed_numpy`, our numba implementation)
+    on the host; labels back on ``bk``.
 
     cuCIM has no watershed; this is the only step that leaves the device.
     """
-    from skimage.segmentation import watershed
+    from .watershed import watershed_numpy
 
-    out = watershed(
-        bk.to_numpy(image),
-        markers=bk.to_numpy(markers),
-        mask=bk.to_numpy(mask),
-        connectivity=2,
-    )
+    out = watershed_numpy(bk.to_numpy(image), bk.to_numpy(markers), bk.to_numpy(mask))
     return bk.asarray(out.astype(np.int32, copy=False))
 
 
@@ -300,13 +308,15 @@ def watershed_contested(image, markers, components):
     * A component holding one marker label is flooded whole with it and one
       holding none stays 0, as a watershed does (it reaches exactly the
       8-connected component of its markers); this is a lookup on the device.
-    * The components holding two or more labels go to
-      ``skimage.segmentation.watershed`` (8-connected) in one call, cropped to
-      their bounding box: only that crop is copied to the host and back.
+    * The components holding two or more labels go to :func:`_watershed_host`
+      (8-connected, scikit-image 0.24's order) in one call, cropped to their
+      bounding box: only that crop is copied to the host and back.
 
     The labels equal those of one full-image call except possibly where seed
-    pixels of exactly equal value compete: skimage's binary heap releases
-    equal keys in an order that depends on all the keys it holds.
+    pixels of exactly equal value compete: the binary heap releases equal
+    keys (markers all enter with age 0) in an order that depends on all the
+    keys it holds. Shape declumping seeds single pixels of noisy distances,
+    which never tie.
 
     Parameters
     ----------
@@ -478,44 +488,72 @@ def fill_label_holes(labels):
     return labels
 
 
+def is_local_maximum(image, labels, radius: float):
+    """Pixels of an object whose value is not below that of any pixel of the
+    *same* object within ``strel_disk(radius)`` (``centrosome.cpmorphology.is_local_maximum``).
+
+    Pixels of other objects and the background do not count. Candidates are
+    the object pixels; each disk offset, nearest first, drops the candidates
+    with a larger same-object neighbour, so after the first ring only the
+    3 x 3 maxima are left to test (index arrays, any backend).
+    """
+    xp = backend_of(image, labels).xp
+    disk = strel_disk(radius)
+    r = disk.shape[0] // 2
+    dy, dx = np.nonzero(disk)
+    dy, dx = dy - r, dx - r
+    order = np.lexsort((dx, dy, dy * dy + dx * dx))
+    offsets = [(int(dy[k]), int(dx[k])) for k in order if dy[k] or dx[k]]
+    lab_p = xp.pad(labels, r)
+    img_p = xp.pad(image, r)
+    ys, xs = xp.nonzero(labels > 0)
+    lab = labels[ys, xs]
+    val = image[ys, xs]
+    for oy, ox in offsets:
+        if ys.size == 0:
+            break
+        keep = (lab_p[ys + r + oy, xs + r + ox] != lab) | (img_p[ys + r + oy, xs + r + ox] <= val)
+        ys, xs, lab, val = ys[keep], xs[keep], lab[keep], val[keep]
+    out = xp.zeros(labels.shape, dtype=bool)
+    out[ys, xs] = True
+    return out
+
+
 def declump_shape(components, min_maxima_distance: float):
-    """Split clumped objects by shape (IdentifyPrimaryObjects "Shape"/"Shape").
+    """Split clumped objects by shape (IdentifyPrimaryObjects "Shape"/"Shape"),
+    as CellProfiler 5's ``separate_neighboring_objects``.
+
+    The distance transform of the hole-filled foreground plus CellProfiler's
+    own tie-break noise (:func:`_tie_noise_host`); seeds are its positive
+    local maxima within each component (:func:`is_local_maximum`, footprint
+    ``strel_disk(max(1, d - 0.5))``), each 8-connected group of maxima one
+    seed numbered in raster order; the watershed of ``max - distance`` from
+    the seeds within the components, in scikit-image 0.24's order. (The
+    noise makes maxima single pixels, so CellProfiler's ``binary_shrink`` of
+    touching maxima has nothing to do.)
 
     Parameters
     ----------
     components : int array
         8-connected labels of the thresholded image.
     min_maxima_distance : float
-        Maxima closer than this are suppressed: the footprint is
-        ``strel_disk(max(1, d - 0.5))`` as in CellProfiler.
+        Maxima closer than this are suppressed.
 
     Returns
     -------
     int32 array
-        Watershed of the inverted distance transform from the maxima, within
-        the components (each maximum plateau, 8-connected, is one seed).
     """
     bk = backend_of(components)
     xp, ndi = bk.xp, bk.ndi
     n = int(components.max()) if components.size else 0
     if n == 0:
         return xp.zeros(components.shape, dtype=xp.int32)
-    inside = components > 0
-    fg = fill_holes(inside)
-    dist = ndi.distance_transform_edt(fg)
-    dist += _tie_noise(tuple(components.shape), xp)
-    dist[~fg] = 0.0
-    peaks = (dist >= maximum_filter_disk(dist, max(1.0, min_maxima_distance - 0.5))) & inside
-    seeds, n_seeds = ndi.label(peaks, structure=xp.asarray(_EIGHT))
-    n_seeds = int(n_seeds)
-    # any component without a maximum is seeded as a whole
-    seeded = xp.zeros(n + 1, dtype=bool)
-    seeded[components[peaks]] = True
-    orphan = ~seeded
-    orphan[0] = False
-    extra = (xp.cumsum(orphan) * orphan).astype(xp.int32)
-    seeds = xp.where(orphan[components], n_seeds + extra[components], seeds).astype(xp.int32)
-    return watershed_contested(float(dist.max()) - dist, seeds, components)
+    fg = fill_holes(components > 0)
+    dist = ndi.distance_transform_edt(fg).astype(xp.float64)
+    dist = dist + _tie_noise(tuple(components.shape), xp)
+    peaks = is_local_maximum(dist, components, max(1.0, min_maxima_distance - 0.5)) & (dist > 0)
+    seeds, _ = ndi.label(peaks, structure=xp.asarray(_EIGHT))
+    return watershed_contested(float(dist.max()) - dist, xp.asarray(seeds, dtype=xp.int32), components)
 
 
 # --------------------------------------------------------------------------- objects
@@ -582,10 +620,11 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
     params : CellsConfig
     unedited_nuclei : int32 array (H, W), optional
         The primary objects before border and size filtering. As in
-        CellProfiler, cells are then grown from all of them (so a cell next
-        to a discarded border nucleus does not take that nucleus's territory)
-        and the cells of discarded nuclei are removed afterwards
-        (``IdentifySecondaryObjects.filter_labels``).
+        CellProfiler, cells are then grown from :func:`secondary_seeds` (the
+        final nuclei plus the nuclei discarded for touching the border, so a
+        cell next to a discarded border nucleus does not take its territory),
+        holes are filled, and the cells of discarded nuclei are removed
+        afterwards (``filter_labels``).
 
     Returns
     -------
@@ -610,18 +649,36 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
     if n == 0:
         cells = xp.zeros(img.shape, dtype=xp.int32)
     else:
-        seeds = nuclei if unedited_nuclei is None else unedited_nuclei
-        mask = binarize(img, final, params.smoothing_scale) | (seeds > 0) | (nuclei > 0)
+        seeds = nuclei if unedited_nuclei is None else secondary_seeds(unedited_nuclei, nuclei)
+        mask = binarize(img, final, params.smoothing_scale) | (seeds > 0)
         cells = _watershed_host(bk, 1.0 - img, seeds.astype(xp.int32), mask)
-        if unedited_nuclei is not None:
-            cells = _keep_final_objects(cells, unedited_nuclei, nuclei, n)
         if params.fill_holes:
             cells = fill_label_holes(cells)
+        if unedited_nuclei is not None:
+            cells = _keep_final_objects(cells, unedited_nuclei, nuclei, n)
     return cells, {
         "Threshold_FinalThreshold_Cells": final,
         "Threshold_OrigThreshold_Cells": orig,
         "Count_Cells": float(int((xp.bincount(cells.ravel(), minlength=n + 1)[1:] > 0).sum())),
     }
+
+
+def secondary_seeds(unedited, final):
+    """The seeds IdentifySecondaryObjects grows from: the unedited primary
+    objects that touch the image edge (whole) and the pixels of the final
+    primary objects, in the unedited numbering.
+
+    So objects discarded for touching the border still claim their territory,
+    objects discarded by the size filter do not (``identifysecondaryobjects``
+    in ``cellprofiler_library``).
+    """
+    xp = backend_of(unedited, final).xp
+    unedited = unedited.astype(xp.int32)
+    m = int(unedited.max()) if unedited.size else 0
+    touching = xp.zeros(m + 1, dtype=bool)
+    touching[xp.concatenate([unedited[0, :], unedited[-1, :], unedited[:, 0], unedited[:, -1]])] = True
+    touching[0] = False
+    return xp.where(touching[unedited] | (final > 0), unedited, 0).astype(xp.int32)
 
 
 def _keep_final_objects(grown, unedited, final, n_final: int):

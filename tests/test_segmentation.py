@@ -358,7 +358,9 @@ def test_fill_holes_equals_scipy_binary_fill_holes():
     assert fill_holes(np.ones((3, 3), bool)).all() and not fill_holes(np.zeros((3, 3), bool)).any()
 
 
-def test_watershed_contested_equals_full_image_skimage_watershed():
+def test_watershed_contested_equals_full_image_watershed():
+    from hpc_profiler.watershed import watershed_numpy
+
     for seed in range(3):
         components = _clumps(seed)
         rng = np.random.default_rng(seed)
@@ -368,7 +370,7 @@ def test_watershed_contested_equals_full_image_skimage_watershed():
         markers[pick] = np.arange(1, int(pick.sum()) + 1)
         markers = ndi.grey_dilation(markers, size=(3, 3))
         markers[markers == 5] = 3  # one label in two places (maybe two components)
-        ref = skimage.segmentation.watershed(image, markers, mask=components > 0, connectivity=2)
+        ref = watershed_numpy(image, markers, components > 0)
         out = watershed_contested(image, markers, components)
         assert out.dtype == np.int32
         np.testing.assert_array_equal(out, ref)
@@ -379,29 +381,51 @@ def test_watershed_contested_equals_full_image_skimage_watershed():
         assert 1 in lab_per_comp and max(lab_per_comp) > 1 and 0 in lab_per_comp
 
 
-def test_declump_equals_scipy_skimage_composition(monkeypatch):
-    """The fast pieces of declumping compose to the plain SciPy/skimage version."""
+def test_is_local_maximum_equals_centrosome():
+    cpm = pytest.importorskip("centrosome.cpmorphology")
+    from hpc_profiler.segmentation import is_local_maximum
+
+    for seed in range(4):
+        components = _clumps(seed + 20)
+        rng = np.random.default_rng(seed)
+        # quantised values: many equal neighbours (a pixel equal to its largest neighbour is a maximum)
+        image = np.round(ndi.gaussian_filter(rng.random(components.shape), 2) * 50) / 50
+        for r in (1.0, 2.5, 7.5):
+            ref = cpm.is_local_maximum(image, components, strel_disk(r))
+            np.testing.assert_array_equal(is_local_maximum(image, components, r), ref, err_msg=f"{seed} {r}")
+
+
+def test_declump_equals_centrosome_composition():
+    """Declumping is CellProfiler 5's separate_neighboring_objects ("Shape"/"Shape"):
+    centrosome's hole filling and local maxima, the seed-0 uniform noise, and the watershed."""
+    cpm = pytest.importorskip("centrosome.cpmorphology")
+    from hpc_profiler.watershed import watershed_numpy
+
     d = SEG.nuclei.min_maxima_distance
     for seed in range(3):
         components = _clumps(seed + 10)
         fast = declump_shape(components, d)
-        with monkeypatch.context() as m:
-            m.setattr(segmentation, "fill_holes", ndi.binary_fill_holes)
-            m.setattr(
-                segmentation,
-                "maximum_filter_disk",
-                lambda img, r: ndi.maximum_filter(img, footprint=strel_disk(r), mode="constant", cval=0.0),
-            )
-            m.setattr(
-                segmentation,
-                "watershed_contested",
-                lambda image, markers, comps: skimage.segmentation.watershed(
-                    image, markers, mask=comps > 0, connectivity=2
-                ),
-            )
-            plain = declump_shape(components, d)
+        dist = ndi.distance_transform_edt(cpm.fill_labeled_holes(components) > 0)
+        np.random.seed(0)
+        dist += np.random.uniform(0, 0.001, dist.shape)
+        peaks = cpm.is_local_maximum(dist, components, cpm.strel_disk(max(1, d - 0.5)))
+        peaks[dist <= 0] = False
+        seeds = ndi.label(peaks, np.ones((3, 3), bool))[0]
+        plain = watershed_numpy(-dist - np.min(-dist), seeds, components != 0)
         np.testing.assert_array_equal(fast, plain)
         assert fast.max() > np.unique(components).size - 1  # clumps were split
+
+
+def test_secondary_seeds_keep_border_objects_not_size_filtered_ones():
+    from hpc_profiler.segmentation import secondary_seeds
+
+    unedited = np.zeros((20, 30), np.int32)
+    unedited[0:4, 2:6] = 1  # touches the border: discarded, still a seed
+    unedited[8:12, 8:12] = 2  # final
+    unedited[14:16, 20:22] = 3  # too small: discarded, no seed
+    final = np.where(unedited == 2, 1, 0).astype(np.int32)
+    seeds = secondary_seeds(unedited, final)
+    np.testing.assert_array_equal(seeds, np.where(unedited == 3, 0, unedited))
 
 
 def test_threshold_tolerance_of_float32_equals_float64():
