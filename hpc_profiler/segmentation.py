@@ -23,7 +23,8 @@ What this module reproduces (CellProfiler 4 / ``cellprofiler_library``)
 
 Image measurements are named as CellProfiler's Image table without the
 ``Image_`` prefix: ``Threshold_FinalThreshold_<Object>``,
-``Threshold_OrigThreshold_<Object>``, ``Count_<Object>``.
+``Threshold_OrigThreshold_<Object>``, ``Threshold_WeightedVariance_<Object>``,
+``Threshold_SumOfEntropies_<Object>`` (:func:`threshold_quality`), ``Count_<Object>``.
 
 Where it deliberately differs
 -----------------------------
@@ -91,6 +92,7 @@ __all__ = [
     "threshold_tolerance",
     "global_threshold",
     "threshold_smoothing_sigma",
+    "threshold_quality",
     "binarize",
     "strel_disk",
     "maximum_filter_disk",
@@ -206,6 +208,69 @@ def binarize(image, threshold: float, smoothing_scale: float):
     if smoothing_scale > 0:
         image = gaussian_edge_corrected(image, threshold_smoothing_sigma(smoothing_scale))
     return image >= threshold
+
+
+def threshold_quality(image, binary) -> tuple[float, float]:
+    """CellProfiler's ``Threshold_WeightedVariance`` and ``Threshold_SumOfEntropies``
+    of a thresholded image (``add_fg_bg_measurements``; computed on the host).
+
+    Both clamp the image below at ``max / 256`` and take ``log2``.
+    *Weighted variance*: the foreground and background variances of the log
+    image, weighted by their pixel counts. *Sum of entropies*: the clamped
+    image is perturbed per pixel by ``2**-8``-scaled log-normal noise from
+    ``RandomState(0).normal`` (centrosome's ``smooth_with_noise``: the same
+    numbers in every NumPy version); foreground and background log values go
+    into 256-bin histograms over the perturbed image's log range, and the
+    result is ``sum p log2 p`` over the non-empty bins of each (a non-positive
+    number; ``log2(pixel count)`` for a constant image, 0 when one side is
+    empty).
+
+    Parameters
+    ----------
+    image : array (H, W), the image the threshold was applied to
+    binary : bool array (H, W), the foreground
+
+    Returns
+    -------
+    (weighted_variance, sum_of_entropies) : floats
+    """
+    bk = backend_of(image, binary)
+    img = np.asarray(bk.to_numpy(image))
+    fgm = np.asarray(bk.to_numpy(binary), dtype=bool)
+    valid = ~np.isnan(img)
+    if img.size == 0 or not valid.any():
+        return 0.0, 0.0
+    minval = np.max(img[valid]) / 256
+    if minval == 0:
+        return 0.0, 0.0
+    lfg = np.log2(np.maximum(img[fgm & valid], minval))
+    lbg = np.log2(np.maximum(img[~fgm & valid], minval))
+    if lfg.size == 0 or lbg.size == 0:
+        wv = float(np.var(lbg if lfg.size == 0 else lfg))
+    else:
+        nfg, nbg = np.int64(lfg.size), np.int64(lbg.size)  # (a float32 variance times int64 is float64)
+        wv = float((np.var(lfg) * nfg + np.var(lbg) * nbg) / (nfg + nbg))
+    clamped = np.where(img < minval, minval, img)
+    noise = np.random.RandomState(0).normal(size=img.shape)
+    delta = 2.0 ** -8
+    base = np.clip(clamped, delta, 1)
+    pert = np.exp2(np.log2(base + delta) * noise + (1 - noise) * np.log2(base))
+    pert = np.clip(pert, 0, 1)
+    lo, hi = np.log2(np.min(pert)), np.log2(np.max(pert))
+    if lo == hi:
+        return wv, float(math.log(int(valid.sum()), 2))
+    fg, bg = pert[fgm & valid], pert[~fgm & valid]
+    if fg.size == 0 or bg.size == 0:
+        return wv, 0.0
+    total = 0.0
+    for vals in (fg, bg):
+        h = np.histogram(np.log2(vals), 256, range=(lo, hi))[0]
+        h = h[h > 0]
+        if h.size == 0:
+            h = np.ones(1, int)
+        p = h.astype(float) / float(np.sum(h))
+        total += float(np.sum(p * np.log2(p)))
+    return wv, total
 
 
 # --------------------------------------------------------------------------- label helpers
@@ -589,6 +654,7 @@ def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
         upper_bound=params.upper_bound,
     )
     binary = binarize(img, final, params.smoothing_scale)
+    thresholded = binary
     if params.fill_holes:
         binary = fill_holes(binary)
     components, _ = ndi.label(binary, structure=xp.asarray(_EIGHT))
@@ -600,9 +666,12 @@ def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
     if params.fill_holes:
         labels = fill_label_holes(labels)
     labels, n = relabel_consecutive(labels)
+    wv, soe = threshold_quality(dna, thresholded)
     measurements = {
         "Threshold_FinalThreshold_Nuclei": final,
         "Threshold_OrigThreshold_Nuclei": orig,
+        "Threshold_WeightedVariance_Nuclei": wv,
+        "Threshold_SumOfEntropies_Nuclei": soe,
         "Count_Nuclei": float(n),
     }
     if return_unedited:
@@ -646,11 +715,13 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
         upper_bound=params.upper_bound,
     )
     n = int(nuclei.max()) if nuclei.size else 0
+    foreground = binarize(img, final, params.smoothing_scale)
+    wv, soe = threshold_quality(rna, foreground)
     if n == 0:
         cells = xp.zeros(img.shape, dtype=xp.int32)
     else:
         seeds = nuclei if unedited_nuclei is None else secondary_seeds(unedited_nuclei, nuclei)
-        mask = binarize(img, final, params.smoothing_scale) | (seeds > 0)
+        mask = foreground | (seeds > 0)
         cells = _watershed_host(bk, 1.0 - img, seeds.astype(xp.int32), mask)
         if params.fill_holes:
             cells = fill_label_holes(cells)
@@ -659,6 +730,8 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
     return cells, {
         "Threshold_FinalThreshold_Cells": final,
         "Threshold_OrigThreshold_Cells": orig,
+        "Threshold_WeightedVariance_Cells": wv,
+        "Threshold_SumOfEntropies_Cells": soe,
         "Count_Cells": float(int((xp.bincount(cells.ravel(), minlength=n + 1)[1:] > 0).sum())),
     }
 

@@ -289,9 +289,13 @@ def test_empty_site_gives_empty_labels():
     assert set(seg.measurements) == {
         "Threshold_FinalThreshold_Nuclei",
         "Threshold_OrigThreshold_Nuclei",
+        "Threshold_WeightedVariance_Nuclei",
+        "Threshold_SumOfEntropies_Nuclei",
         "Count_Nuclei",
         "Threshold_FinalThreshold_Cells",
         "Threshold_OrigThreshold_Cells",
+        "Threshold_WeightedVariance_Cells",
+        "Threshold_SumOfEntropies_Cells",
         "Count_Cells",
         "Count_Cytoplasm",
     }
@@ -459,3 +463,21 @@ def test_cells_do_not_take_the_territory_of_discarded_border_nuclei():
     assert 30 <= cols.min() <= 50, cols.min()
     legacy, _ = segment_cells(rna, nuclei, CellsConfig())
     assert np.nonzero((legacy == 1).any(axis=0))[0].min() == 0  # without the seeds it grows to the border
+
+
+def test_threshold_quality_equals_centrosome(synth_sites):
+    """Image Threshold_WeightedVariance / Threshold_SumOfEntropies as CellProfiler's
+    add_fg_bg_measurements computes them (centrosome.threshold)."""
+    cth = pytest.importorskip("centrosome.threshold")
+    from hpc_profiler.segmentation import threshold_quality
+
+    _, images, _ = synth_sites[0]
+    rng = np.random.default_rng(1)
+    cases = [(images["RNA"], images["RNA"] >= 0.006), (images["DNA"], images["DNA"] >= 0.03)]
+    cases.append((np.full((20, 20), 0.3), rng.random((20, 20)) > 0.5))  # constant image
+    cases.append((rng.random((20, 20)), np.zeros((20, 20), bool)))  # no foreground
+    for img, fg in cases:
+        mask = np.ones(img.shape, bool)
+        wv, soe = threshold_quality(img, fg)
+        assert wv == pytest.approx(cth.weighted_variance(img, mask, fg), rel=1e-12, abs=1e-15)
+        assert soe == pytest.approx(cth.sum_of_entropies(img, mask, fg), rel=1e-12, abs=1e-15)
