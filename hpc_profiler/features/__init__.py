@@ -64,10 +64,10 @@ __all__ = [
     "AREASHAPE_FEATURES",
 ]
 
-#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D).
+#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D, plus CellProfiler 5's ConvexArea).
 AREASHAPE_FEATURES = (
     "Area", "BoundingBoxArea", "BoundingBoxMaximum_X", "BoundingBoxMaximum_Y", "BoundingBoxMinimum_X",
-    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "Eccentricity", "EquivalentDiameter",
+    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "ConvexArea", "Eccentricity", "EquivalentDiameter",
     "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter", "MaximumRadius",
     "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation", "Perimeter", "Solidity",
 )
