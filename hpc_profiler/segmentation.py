@@ -1,6 +1,6 @@
 """Nuclei, cells and cytoplasm of one site, as the CPJUMP1 CellProfiler pipeline.
 
-What this module reproduces (CellProfiler 4 / ``cellprofiler_library``)
+What this module reproduces (CellProfiler 5 / ``cellprofiler_library``)
 -----------------------------------------------------------------------
 * **IdentifyPrimaryObjects** (nuclei, on the background-subtracted DNA image):
   global threshold (Minimum Cross-Entropy = ``threshold_li`` with
@@ -14,7 +14,7 @@ What this module reproduces (CellProfiler 4 / ``cellprofiler_library``)
   border and objects whose area is outside ``pi d**2 / 4`` for ``d`` in
   ``[min_diameter, max_diameter]`` are discarded; labels renumbered 1..N.
 * **IdentifySecondaryObjects "Watershed - Image"** (cells, on RNA): the
-  thresholded RNA united with the nuclei is the mask of a watershed of
+  thresholded RNA united with the seeds is the mask of a watershed of
   ``1 - RNA`` seeded by the nuclei (8-connected); holes are filled. Seeds keep
   their labels, so every nucleus has exactly one cell with its label.
 * **IdentifyTertiaryObjects** with "Shrink smaller object" (cytoplasm): the
@@ -31,20 +31,22 @@ Where it deliberately differs
 * CellProfiler computes the threshold on the *unsmoothed* image and smooths
   only the image that is binarised; this is reproduced (so ``OrigThreshold``
   is ``threshold_li`` of the input image, not of the smoothed one).
-* Shape declumping: CellProfiler breaks distance ties with ``uniform(0, 1e-3)``
-  noise from a seeded NumPy generator; here the noise is an integer hash of the
-  pixel coordinates in [0, 1e-3), identical on CPU and GPU. CellProfiler
-  compares a pixel only with pixels of its own thresholded object when looking
-  for maxima; here the maximum filter sees all pixels (different objects only
-  interact where the distance is below half the suppression radius) and any
-  object left without a maximum is seeded as a whole, so no object is lost.
-  The "size of smoothing filter" (``declump_filter_size``) is used by
-  CellProfiler only for intensity declumping, so it has no effect here either.
-  CellProfiler's "Speed up by using lower-resolution image to find local
-  maxima" resizes the distance map by ``10 / min_diameter`` only when the
-  minimum diameter exceeds 10 px (``separate_neighboring_objects``); CPJUMP1's
-  is 10, so CellProfiler finds the maxima at full resolution, as here (a
-  configuration with a larger minimum diameter is not resized here).
+* Shape declumping is CellProfiler 5's (``separate_neighboring_objects``):
+  distance transform plus CellProfiler's own tie-break noise
+  (``numpy.random.seed(0)``; ``uniform(0, 1e-3)``, the same numbers from a
+  private ``RandomState(0)``), maxima compared only with pixels of their own
+  thresholded object (:func:`is_local_maximum`), the watershed in
+  scikit-image 0.24's order (:mod:`hpc_profiler.watershed`). The "size of
+  smoothing filter" (``declump_filter_size``) is used by CellProfiler only
+  for intensity declumping, so it has no effect here either. CellProfiler's
+  "Speed up by using lower-resolution image to find local maxima" resizes
+  the distance map by ``10 / min_diameter`` only when the minimum diameter
+  exceeds 10 px; CPJUMP1's is 10, so CellProfiler finds the maxima at full
+  resolution, as here (a configuration with a larger minimum diameter is not
+  resized here).
+* Cells are grown from :func:`secondary_seeds` (final nuclei plus the nuclei
+  discarded for touching the border, not the ones the size filter dropped),
+  as IdentifySecondaryObjects does.
 * Hole filling (cells) fills background components (4-connected) that do not
   touch the image edge and whose neighbours all carry one label; CellProfiler's
   graph walk additionally fills holes nested inside holes.
@@ -52,19 +54,21 @@ Where it deliberately differs
 Devices and speed
 -----------------
 Every step runs on the backend of the input (:func:`hpc_profiler.backend.backend_of`)
-except the watershed: cuCIM has no ``segmentation.watershed``, so it runs
-``skimage.segmentation.watershed`` on the host (``bk.to_numpy``) and moves the
-labels back, one round trip per call. Declumping floods on the host only the
-thresholded objects holding two or more maxima, cropped to their bounding box
-(:func:`watershed_contested`); an object with one maximum is itself the
-result, assigned by a lookup on the device. The cells watershed is one
-full-image call, as CellProfiler's, so that even the order in which seeds of
-equal intensity flood is CellProfiler's. Other hot spots are computed by
-equivalent cheaper means with identical results: the maxima's disk filter as
-shifted 1-D running maxima (:func:`maximum_filter_disk`), hole filling and
-outlines by one labelling or shifted comparisons (:func:`fill_holes`,
-:func:`fill_label_holes`, :func:`outline`). ``scripts/bench_segmentation.py``
-reports CPU seconds per step and, where a GPU exists, the GPU times.
+except the watershed, our numba implementation of scikit-image 0.24's
+flooding order (:func:`hpc_profiler.watershed.watershed_numpy`; cuCIM has no
+watershed, and the installed scikit-image's may flood differently), which
+runs on the host (``bk.to_numpy``) with one round trip per call. Declumping
+floods on the host only the thresholded objects holding two or more maxima,
+cropped to their bounding box (:func:`watershed_contested`); an object with
+one maximum is itself the result, assigned by a lookup on the device. The
+cells watershed is one full-image call, as CellProfiler's, so that even the
+order in which seeds of equal intensity flood is CellProfiler's. Other hot
+spots are computed by equivalent cheaper means with identical results: the
+per-object local maxima by shrinking candidate sets (:func:`is_local_maximum`),
+hole filling and outlines by one labelling or shifted comparisons
+(:func:`fill_holes`, :func:`fill_label_holes`, :func:`outline`).
+``scripts/bench_segmentation.py`` reports CPU seconds per step and, where a
+GPU exists, the GPU times.
 
 QC: a channel whose pixels are all zero, or with more than
 :data:`SATURATION_WARN_FRACTION` of its pixels at full scale, gives a message
