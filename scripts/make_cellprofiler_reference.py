@@ -7,8 +7,10 @@
 1. Writes a few synthetic 5-channel sites (``hpc_profiler.synth``, CPJUMP1's
    intensity range: nuclei well above the 0.014 lower threshold bound) as
    16-bit TIFFs, cropped from 540 x 540 sites so that objects keep their
-   CPJUMP1 size while the files stay small, with a CellProfiler
-   ``load_data.csv``.
+   CPJUMP1 size while the files stay small, plus crops of a real fluorescence
+   field (CellProfiler's ExampleFly images, see ``REAL_SITES``; re-cut with
+   ``--example-fly DIR``, otherwise the committed crops are reused), with a
+   CellProfiler ``load_data.csv``.
 2. Runs headless CellProfiler 5 (installed outside the repository with
    ``../shared/cellprofiler/install_cellprofiler.sh VENV``) on them with the
    CPJUMP1 pipeline variant that also saves the label images.
@@ -49,11 +51,43 @@ SITES = [
     ("synth2", 12, 90, (120, 200, 300)),
     ("synth3", 13, 110, (240, 100, 300)),
 ]
+#: Real fluorescence fields: CellProfiler's ExampleFly images (Drosophila Kc167 cells; D = DNA,
+#: F = actin, R = a third stain), 8-bit, from the CellProfiler repository (BSD-3-Clause;
+#: cellprofiler/data/examples/ExampleFly/images at commit 7281de9a1a3091616ecdc1bcea8ef6f49878d4bd).
+#: Stored as uint16 = 8-bit value * 257, which CellProfiler's and our division by 65535 map to
+#: exactly value / 255. The five CPJUMP1 channels are filled with the three stains.
+#: (name, source field, crop row0, col0, size)
+REAL_SITES = [
+    ("fly1", "01_POS002", 0, 0, 300),
+    ("fly2", "01_POS002", 350, 350, 300),
+]
+FLY_CHANNELS = {"DNA": "D", "ER": "F", "RNA": "R", "AGP": "F", "Mito": "R"}
 LABEL_SUFFIX = {"Nuclei": "nuclei_labels", "Cells": "cells_labels", "Cytoplasm": "cytoplasm_labels"}
 
 
+def write_real_inputs(img_dir: Path, fly_dir: Path | None) -> list[dict]:
+    """The real fields' crops: cut from ExampleFly's TIFFs when ``fly_dir`` is given, else
+    the committed crops are used as they are; return their load_data rows."""
+    rows = []
+    for i, (name, field, r0, c0, size) in enumerate(REAL_SITES):
+        row = {"Metadata_Plate": "REF", "Metadata_Well": name, "Metadata_Site": str(len(SITES) + i + 1)}
+        for ch, stain in FLY_CHANNELS.items():
+            fn = f"{name}_{ch}.tif"
+            if fly_dir is not None:
+                raw = tifffile.imread(fly_dir / f"{field}_{stain}.TIF")
+                if raw.dtype != np.uint8:
+                    raise ValueError(f"{fly_dir / f'{field}_{stain}.TIF'}: expected 8-bit, got {raw.dtype}")
+                crop = raw[r0 : r0 + size, c0 : c0 + size].astype(np.uint16) * np.uint16(257)
+                tifffile.imwrite(img_dir / fn, crop, compression="zlib")
+            elif not (img_dir / fn).is_file():
+                raise FileNotFoundError(f"{img_dir / fn}: missing; pass --example-fly DIR to cut it")
+            row[f"FileName_{ch}"] = fn
+        rows.append(row)
+    return rows
+
+
 def write_inputs(img_dir: Path) -> list[dict]:
-    """Write the sites' TIFFs; return the load_data rows (file names only)."""
+    """Write the synthetic sites' TIFFs; return the load_data rows (file names only)."""
     img_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for i, (name, seed, n_cells, (r0, c0, size)) in enumerate(SITES):
@@ -92,6 +126,7 @@ def main(argv=None) -> int:
     ap.add_argument("--cellprofiler", default="/work/cpvenv/bin/cellprofiler")
     ap.add_argument("--pipeline", default=str(ROOT.parent / "shared/cellprofiler/cpjump1_5ch_labels.cppipe"))
     ap.add_argument("--out", default=str(ROOT / "tests/data/cellprofiler"))
+    ap.add_argument("--example-fly", help="folder of CellProfiler's ExampleFly images (to re-cut the real crops)")
     args = ap.parse_args(argv)
     out = Path(args.out)
     pipeline = Path(args.pipeline)
@@ -99,9 +134,11 @@ def main(argv=None) -> int:
         print(f"pipeline not found: {pipeline}", file=sys.stderr)
         return 2
     img_dir = out / "images"
-    if img_dir.exists():
-        shutil.rmtree(img_dir)
+    for name, *_ in SITES:
+        for old in img_dir.glob(f"{name}_*.tif"):
+            old.unlink()
     rows = write_inputs(img_dir)
+    rows += write_real_inputs(img_dir, Path(args.example_fly) if args.example_fly else None)
     # committed load_data.csv: PathName relative to the reference folder
     write_loaddata(out / "load_data.csv", rows, Path("images"))
     cp_out = out / "cellprofiler"
@@ -123,7 +160,7 @@ def main(argv=None) -> int:
             src = tout / f"{table}.csv"
             with open(src, "rb") as fi, gzip.GzipFile(cp_out / f"{table}.csv.gz", "wb", mtime=0) as fo:
                 shutil.copyfileobj(fi, fo)
-        for name, *_ in SITES:
+        for name in [x[0] for x in SITES] + [x[0] for x in REAL_SITES]:
             for obj, suffix in LABEL_SUFFIX.items():
                 src = tout / f"{name}_DNA_{suffix}.tiff"
                 tifffile.imwrite(cp_out / "labels" / f"{name}_DNA_{suffix}.tif", label_tiff_to_uint16(src), compression="zlib")
@@ -141,6 +178,12 @@ def main(argv=None) -> int:
         "versions": json.loads(versions),
         "sites": [{"name": n, "synth_seed": s, "n_cells": k, "crop_row_col_size": list(c)} for n, s, k, c in SITES],
         "inputs": "hpc_profiler.synth.synthesize_site(seed, size=540, n_cells, all 5 channels), cropped",
+        "real_sites": [
+            {"name": n, "source": "CellProfiler repository (BSD-3-Clause), commit 7281de9a1a3091616ecdc1bcea8ef6f49878d4bd, "
+             f"cellprofiler/data/examples/ExampleFly/images/{f}_<D|F|R>.TIF (8-bit) * 257",
+             "channels": FLY_CHANNELS, "crop_row_col_size": [r, c, z]}
+            for n, f, r, c, z in REAL_SITES
+        ],
     }
     (out / "provenance.json").write_text(json.dumps(prov, indent=1) + "\n")
     print(f"wrote {out}")

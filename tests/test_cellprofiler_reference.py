@@ -1,16 +1,19 @@
 """The project against CellProfiler 5 itself on the committed reference set.
 
-``tests/data/cellprofiler/`` holds a few 5-channel 16-bit sites, the label
-images and the per-object CSVs that CellProfiler 5 (``cellprofiler-nightly``
-5.0.0.dev784, scikit-image 0.24) wrote for them with the CPJUMP1 pipeline
-(``scripts/make_cellprofiler_reference.py`` regenerates them; provenance in
-``provenance.json``). ``scripts/compare_cellprofiler.py`` does the matching;
+``tests/data/cellprofiler/`` holds a few 5-channel 16-bit sites (three
+synthetic ones in CPJUMP1's intensity range, two crops of a real fluorescence
+field: CellProfiler's ExampleFly images, whose 8-bit values give many ties),
+the label images and the per-object CSVs that CellProfiler 5
+(``cellprofiler-nightly`` 5.0.0.dev784, scikit-image 0.24) wrote for them with
+the CPJUMP1 pipeline (``scripts/make_cellprofiler_reference.py`` regenerates
+them; provenance in ``provenance.json``). ``scripts/compare_cellprofiler.py`` does the matching;
 these tests hold its numbers to the issue's bar: nuclei and cells masks
 identical for >= 99.5 % of CellProfiler's objects.
 
 ``watershed_skimage024.npz`` holds scikit-image 0.24 watershed labels of
-small images with many tied values (made with the CellProfiler venv); our
-own watershed must reproduce them whatever scikit-image is installed.
+small images with many tied values (``scripts/make_watershed_reference.py``
+in the CellProfiler venv); our own watershed must reproduce them whatever
+scikit-image is installed.
 """
 from __future__ import annotations
 
@@ -53,7 +56,7 @@ def test_watershed_equals_skimage_024_on_ties():
 @pytest.mark.parametrize("obj", ["Nuclei", "Cells"])
 def test_masks_identical_to_cellprofiler(result, obj):
     o = result["objects"][obj]
-    assert o["theirs"] > 30
+    assert o["theirs"] > 100
     assert o["ours"] == o["theirs"]
     assert o["identical"] >= 0.995 * o["theirs"], o
 
