@@ -99,7 +99,6 @@ __all__ = [
     "threshold_quality",
     "binarize",
     "strel_disk",
-    "maximum_filter_disk",
     "watershed_contested",
     "is_local_maximum",
     "declump_shape",
@@ -306,48 +305,6 @@ def _tie_noise(shape, xp):
     """:func:`_tie_noise_host` on the array module ``xp``."""
     noise = _tie_noise_host(tuple(shape))
     return noise if xp is np else xp.asarray(noise)
-
-
-def maximum_filter_disk(image, radius: float):
-    """``ndimage.maximum_filter(image, footprint=strel_disk(radius), mode="constant", cval=0)``.
-
-    The same maxima, computed row by row of the disk: row ``dy`` of
-    :func:`strel_disk` is the centred run ``|dx| <= w(dy)``, so the filter is
-    the maximum over ``dy`` of the image's horizontal running maximum of width
-    ``2 w(dy) + 1`` shifted by ``dy`` rows. The narrowest running maximum is
-    one ``maximum_filter1d`` pass; each wider one is the maximum of two copies
-    of a narrower one shifted by the difference ``k`` of half-widths (or a
-    pass of its own where ``k`` exceeds the narrower half-width, which would
-    leave a gap). The image is zero-padded by the radius first (``cval=0``).
-    About 20 array maxima instead of ``pi r**2`` comparisons per pixel, exact
-    for any values.
-    """
-    bk = backend_of(image)
-    xp = bk.xp
-    disk = strel_disk(radius)
-    r = disk.shape[0] // 2
-    if r == 0:
-        return image.copy()
-    widths = [int(v) for v in disk[r:].sum(axis=1) // 2]  # w(dy), dy = 0 .. r
-    h, w = image.shape
-    padded = xp.pad(image, r, mode="constant", constant_values=0)
-    steps = sorted(set(widths))
-    runs = {}
-    for narrow, wide in zip([None] + steps, steps):
-        k = None if narrow is None else wide - narrow
-        if k is None or k > narrow:  # two shifted runs would leave a gap
-            runs[wide] = bk.ndi.maximum_filter1d(padded, 2 * wide + 1, axis=1, mode="constant", cval=0.0)
-            continue
-        prev = runs[narrow]
-        cur = prev.copy()
-        xp.maximum(prev[:, : -2 * k], prev[:, 2 * k :], out=cur[:, k:-k])
-        runs[wide] = cur
-    out = runs[widths[0]][r : r + h, r : r + w].copy()
-    for dy in range(1, r + 1):
-        run = runs[widths[dy]]
-        xp.maximum(out, run[r + dy : r + dy + h, r : r + w], out=out)
-        xp.maximum(out, run[r - dy : r - dy + h, r : r + w], out=out)
-    return out
 
 
 def _crop_box(xp, sel):

@@ -31,7 +31,6 @@ from hpc_profiler.segmentation import (
     fill_label_holes,
     filter_on_size,
     global_threshold,
-    maximum_filter_disk,
     outline,
     relabel_consecutive,
     remove_border_objects,
@@ -341,17 +340,6 @@ def _clumps(seed, shape=(240, 260), n=40):
         fg |= (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
     fg[rng.random(shape) < 0.01] = False  # pepper: holes and ragged edges
     return ndi.label(fg, structure=np.ones((3, 3)))[0]
-
-
-def test_maximum_filter_disk_equals_scipy_footprint_filter():
-    rng = np.random.default_rng(7)
-    img = ndi.gaussian_filter(rng.normal(size=(123, 97)), 2)  # negative values too: the zero padding counts
-    for r in (1, 1.5, 2.5, 5, SEG.nuclei.min_maxima_distance - 0.5, 12):
-        ref = ndi.maximum_filter(img, footprint=strel_disk(r), mode="constant", cval=0.0)
-        np.testing.assert_array_equal(maximum_filter_disk(img, r), ref)
-    tiny = img[:4, :3]
-    ref = ndi.maximum_filter(tiny, footprint=strel_disk(7.5), mode="constant", cval=0.0)
-    np.testing.assert_array_equal(maximum_filter_disk(tiny, 7.5), ref)
 
 
 def test_fill_holes_equals_scipy_binary_fill_holes():
