@@ -244,10 +244,12 @@ def compare(loaddata: Path, cp_dir: Path, label_dir: Path | None = None, cfg=Non
     for site in sites:
         imgs, seg, labels, feats = run_project(site, channels, cfg)
         inum = site["image_number"]
-        for k, v in seg.measurements.items():
-            col = k if k.startswith("Count_") or k.startswith("Threshold_") else None
-            if col and col in img_names:
-                cpv = img_vals[int(np.nonzero(img_vals[:, img_names.index("ImageNumber")] == inum)[0][0]), img_names.index(col)]
+        img_row = int(np.nonzero(img_vals[:, img_names.index("ImageNumber")] == inum)[0][0])
+        ours_image = {k: v for k, v in seg.measurements.items() if k.startswith(("Count_", "Threshold_"))}
+        ours_image.update({k[len("Image_"):]: v for k, v in feats.image.items()})
+        for col, v in ours_image.items():
+            if col in img_names:
+                cpv = img_vals[img_row, img_names.index(col)]
                 image_diff[col] = max(image_diff.get(col, 0.0), float(rel_diff(np.array(v), np.array(cpv))))
         for obj in OBJECTS:
             names, vals, _ = tables[obj]
@@ -323,9 +325,17 @@ def print_report(res: dict, out=sys.stdout) -> None:
     for obj, o in res["objects"].items():
         pct = 100.0 * o["identical"] / max(o["theirs"], 1)
         print(f"{obj:<12} {o['matched']:>7} {o['ours']:>5} {o['theirs']:>13} {o['identical']:>9} ({pct:.2f}%)", file=out)
-    print("\nImage measurements (max relative difference):", file=out)
+    print("\nImage measurements (max relative difference over the sites):", file=out)
+    groups: dict = {}
     for k, v in sorted(res["image"].items()):
-        print(f"  {k:<40} {v:.3g}", file=out)
+        if k.startswith(("Count_", "Threshold_")):
+            print(f"  {k:<40} {v:.3g}", file=out)
+        else:
+            groups.setdefault(k.split("_", 1)[0], []).append(v)
+    for fam, vals in sorted(groups.items()):
+        vals = np.asarray(vals)
+        print(f"  {fam + '_* (' + str(vals.size) + ' columns)':<40} median {np.median(vals):.3g}, max {vals.max():.3g}",
+              file=out)
     print("\nper family on identical masks: relative difference |a-b|/max(|a|,|b|)", file=out)
     print(f"{'compartment':<10} {'family':<24} {'objects':>7} {'values':>8} {'median':>9} {'p95':>9} {'max':>9}"
           f" {'NaN-mism':>8} {'tied':>5}  worst column", file=out)

@@ -61,10 +61,17 @@ def test_masks_identical_to_cellprofiler(result, obj):
     assert o["identical"] >= 0.995 * o["theirs"], o
 
 
-def test_image_thresholds_and_counts_equal(result):
-    for col in ("Threshold_FinalThreshold_Nuclei", "Threshold_FinalThreshold_Cells", "Count_Nuclei"):
-        assert col in result["image"], sorted(result["image"])
-        assert result["image"][col] <= 1e-6, (col, result["image"][col])
+def test_image_measurements_equal(result):
+    """Counts, the four threshold measurements of Nuclei and Cells, image texture: all within 1e-6."""
+    img = result["image"]
+    for obj in ("Nuclei", "Cells"):
+        for m in ("FinalThreshold", "OrigThreshold", "WeightedVariance", "SumOfEntropies"):
+            assert f"Threshold_{m}_{obj}" in img, sorted(img)
+    texture = [k for k in img if k.startswith("Texture_")]
+    assert len(texture) == 5 * 13 * 4 * 3
+    for col, d in img.items():
+        if col.startswith(("Count_", "Threshold_", "Texture_")):
+            assert d <= 1e-6, (col, d)
 
 
 def test_input_scaling_is_cellprofiler_5s():
