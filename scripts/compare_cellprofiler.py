@@ -324,7 +324,8 @@ def print_report(res: dict, out=sys.stdout) -> None:
     print("objects      matched  ours  CellProfiler  identical masks", file=out)
     for obj, o in res["objects"].items():
         pct = 100.0 * o["identical"] / max(o["theirs"], 1)
-        print(f"{obj:<12} {o['matched']:>7} {o['ours']:>5} {o['theirs']:>13} {o['identical']:>9} ({pct:.2f}%)", file=out)
+        print(f"{obj:<12} {o['matched']:>7} {o['ours']:>5} {o['theirs']:>13} {o['identical']:>9} ({pct:.2f}%)",
+              file=out)
     print("\nImage measurements (max relative difference over the sites):", file=out)
     groups: dict = {}
     for k, v in sorted(res["image"].items()):

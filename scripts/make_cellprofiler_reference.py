@@ -150,7 +150,8 @@ def main(argv=None) -> int:
         tin.mkdir()
         tout.mkdir()
         write_loaddata(tin / "load_data.csv", rows, img_dir.resolve())
-        cmd = [args.cellprofiler, "-c", "-r", "-e", "imageio_reader", "-p", str(pipeline), "-i", str(tin), "-o", str(tout)]
+        cmd = [args.cellprofiler, "-c", "-r", "-e", "imageio_reader", "-p", str(pipeline),
+               "-i", str(tin), "-o", str(tout)]
         print(" ".join(cmd), flush=True)
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
@@ -163,7 +164,8 @@ def main(argv=None) -> int:
         for name in [x[0] for x in SITES] + [x[0] for x in REAL_SITES]:
             for obj, suffix in LABEL_SUFFIX.items():
                 src = tout / f"{name}_DNA_{suffix}.tiff"
-                tifffile.imwrite(cp_out / "labels" / f"{name}_DNA_{suffix}.tif", label_tiff_to_uint16(src), compression="zlib")
+                dst = cp_out / "labels" / f"{name}_DNA_{suffix}.tif"
+                tifffile.imwrite(dst, label_tiff_to_uint16(src), compression="zlib")
     versions = subprocess.run(
         [str(Path(args.cellprofiler).parent / "python"), "-c",
          "import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
@@ -179,7 +181,8 @@ def main(argv=None) -> int:
         "sites": [{"name": n, "synth_seed": s, "n_cells": k, "crop_row_col_size": list(c)} for n, s, k, c in SITES],
         "inputs": "hpc_profiler.synth.synthesize_site(seed, size=540, n_cells, all 5 channels), cropped",
         "real_sites": [
-            {"name": n, "source": "CellProfiler repository (BSD-3-Clause), commit 7281de9a1a3091616ecdc1bcea8ef6f49878d4bd, "
+            {"name": n,
+             "source": "CellProfiler repository (BSD-3-Clause), commit 7281de9a1a3091616ecdc1bcea8ef6f49878d4bd, "
              f"cellprofiler/data/examples/ExampleFly/images/{f}_<D|F|R>.TIF (8-bit) * 257",
              "channels": FLY_CHANNELS, "crop_row_col_size": [r, c, z]}
             for n, f, r, c, z in REAL_SITES

@@ -64,12 +64,13 @@ __all__ = [
     "AREASHAPE_FEATURES",
 ]
 
-#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D, plus CellProfiler 5's ConvexArea).
+#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D; ConvexArea from CellProfiler 5).
 AREASHAPE_FEATURES = (
     "Area", "BoundingBoxArea", "BoundingBoxMaximum_X", "BoundingBoxMaximum_Y", "BoundingBoxMinimum_X",
-    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "ConvexArea", "Eccentricity", "EquivalentDiameter",
-    "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter", "MaximumRadius",
-    "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation", "Perimeter", "Solidity",
+    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "ConvexArea", "Eccentricity",
+    "EquivalentDiameter", "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter",
+    "MaximumRadius", "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation",
+    "Perimeter", "Solidity",
 )
 #: MeasureObjectIntensity columns per channel (``Intensity_<name>_<channel>``).
 INTENSITY_FEATURES = (
