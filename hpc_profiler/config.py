@@ -192,6 +192,9 @@ class TextureConfig:
     gray_levels: int = opt(256, doc="Gray levels of the co-occurrence matrices")
     scales: list[int] = opt(factory=lambda: [3, 5, 10], doc="Pixel offsets")
     image_texture: bool = opt(True, doc="Also measure whole-image texture")
+    undefined_as_nan: bool = opt(
+        False, doc="Objects without pixel pairs at a scale: NaN (True) or 0 as CellProfiler writes (False)"
+    )
 
 
 @dataclass

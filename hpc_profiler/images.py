@@ -98,7 +98,7 @@ def load_site_images(site, channels: Sequence[str], full_scale: float = 65535.0)
     Returns
     -------
     dict
-        Channel -> float32 image ``raw / full_scale``.
+        Channel -> float32 image ``raw / full_scale`` (:func:`scale_to_unit`).
 
     Raises
     ------
@@ -113,8 +113,19 @@ def load_site_images(site, channels: Sequence[str], full_scale: float = 65535.0)
         problems = _consistency_problems(raw, site.files)
     if problems:
         raise SiteInputError(f"site {site.key}: " + "; ".join(problems))
-    scale = np.float32(1.0 / full_scale)
-    return {ch: raw[ch].astype(np.float32) * scale for ch in channels}
+    return {ch: scale_to_unit(raw[ch], full_scale) for ch in channels}
+
+
+def scale_to_unit(raw: np.ndarray, full_scale: float = 65535.0) -> np.ndarray:
+    """``float32(raw / full_scale)``: the quotient in float64, rounded once to float32.
+
+    CellProfiler 5 rescales an integer image with
+    ``rescale_intensity(data, in_range="dtype", out_range="float64").astype("float32")``,
+    i.e. divides by 65535 in float64 and rounds to float32; so does this (a
+    multiplication by ``float32(1 / 65535)`` is up to one float32 step off,
+    which flips thresholds such as MeasureColocalization's 15 % of the maximum).
+    """
+    return (np.asarray(raw, dtype=np.float64) / float(full_scale)).astype(np.float32)
 
 
 def _read_channels(files: Mapping[str, str], channels: Sequence[str]):

@@ -1,6 +1,6 @@
 """Nuclei, cells and cytoplasm of one site, as the CPJUMP1 CellProfiler pipeline.
 
-What this module reproduces (CellProfiler 4 / ``cellprofiler_library``)
+What this module reproduces (CellProfiler 5 / ``cellprofiler_library``)
 -----------------------------------------------------------------------
 * **IdentifyPrimaryObjects** (nuclei, on the background-subtracted DNA image):
   global threshold (Minimum Cross-Entropy = ``threshold_li`` with
@@ -14,7 +14,7 @@ What this module reproduces (CellProfiler 4 / ``cellprofiler_library``)
   border and objects whose area is outside ``pi d**2 / 4`` for ``d`` in
   ``[min_diameter, max_diameter]`` are discarded; labels renumbered 1..N.
 * **IdentifySecondaryObjects "Watershed - Image"** (cells, on RNA): the
-  thresholded RNA united with the nuclei is the mask of a watershed of
+  thresholded RNA united with the seeds is the mask of a watershed of
   ``1 - RNA`` seeded by the nuclei (8-connected); holes are filled. Seeds keep
   their labels, so every nucleus has exactly one cell with its label.
 * **IdentifyTertiaryObjects** with "Shrink smaller object" (cytoplasm): the
@@ -23,27 +23,30 @@ What this module reproduces (CellProfiler 4 / ``cellprofiler_library``)
 
 Image measurements are named as CellProfiler's Image table without the
 ``Image_`` prefix: ``Threshold_FinalThreshold_<Object>``,
-``Threshold_OrigThreshold_<Object>``, ``Count_<Object>``.
+``Threshold_OrigThreshold_<Object>``, ``Threshold_WeightedVariance_<Object>``,
+``Threshold_SumOfEntropies_<Object>`` (:func:`threshold_quality`), ``Count_<Object>``.
 
 Where it deliberately differs
 -----------------------------
 * CellProfiler computes the threshold on the *unsmoothed* image and smooths
   only the image that is binarised; this is reproduced (so ``OrigThreshold``
   is ``threshold_li`` of the input image, not of the smoothed one).
-* Shape declumping: CellProfiler breaks distance ties with ``uniform(0, 1e-3)``
-  noise from a seeded NumPy generator; here the noise is an integer hash of the
-  pixel coordinates in [0, 1e-3), identical on CPU and GPU. CellProfiler
-  compares a pixel only with pixels of its own thresholded object when looking
-  for maxima; here the maximum filter sees all pixels (different objects only
-  interact where the distance is below half the suppression radius) and any
-  object left without a maximum is seeded as a whole, so no object is lost.
-  The "size of smoothing filter" (``declump_filter_size``) is used by
-  CellProfiler only for intensity declumping, so it has no effect here either.
-  CellProfiler's "Speed up by using lower-resolution image to find local
-  maxima" resizes the distance map by ``10 / min_diameter`` only when the
-  minimum diameter exceeds 10 px (``separate_neighboring_objects``); CPJUMP1's
-  is 10, so CellProfiler finds the maxima at full resolution, as here (a
-  configuration with a larger minimum diameter is not resized here).
+* Shape declumping is CellProfiler 5's (``separate_neighboring_objects``):
+  distance transform plus CellProfiler's own tie-break noise
+  (``numpy.random.seed(0)``; ``uniform(0, 1e-3)``, the same numbers from a
+  private ``RandomState(0)``), maxima compared only with pixels of their own
+  thresholded object (:func:`is_local_maximum`), the watershed in
+  scikit-image 0.24's order (:mod:`hpc_profiler.watershed`). The "size of
+  smoothing filter" (``declump_filter_size``) is used by CellProfiler only
+  for intensity declumping, so it has no effect here either. CellProfiler's
+  "Speed up by using lower-resolution image to find local maxima" resizes
+  the distance map by ``10 / min_diameter`` only when the minimum diameter
+  exceeds 10 px; CPJUMP1's is 10, so CellProfiler finds the maxima at full
+  resolution, as here (a configuration with a larger minimum diameter is not
+  resized here).
+* Cells are grown from :func:`secondary_seeds` (final nuclei plus the nuclei
+  discarded for touching the border, not the ones the size filter dropped),
+  as IdentifySecondaryObjects does.
 * Hole filling (cells) fills background components (4-connected) that do not
   touch the image edge and whose neighbours all carry one label; CellProfiler's
   graph walk additionally fills holes nested inside holes.
@@ -51,19 +54,21 @@ Where it deliberately differs
 Devices and speed
 -----------------
 Every step runs on the backend of the input (:func:`hpc_profiler.backend.backend_of`)
-except the watershed: cuCIM has no ``segmentation.watershed``, so it runs
-``skimage.segmentation.watershed`` on the host (``bk.to_numpy``) and moves the
-labels back, one round trip per call. Declumping floods on the host only the
-thresholded objects holding two or more maxima, cropped to their bounding box
-(:func:`watershed_contested`); an object with one maximum is itself the
-result, assigned by a lookup on the device. The cells watershed is one
-full-image call, as CellProfiler's, so that even the order in which seeds of
-equal intensity flood is CellProfiler's. Other hot spots are computed by
-equivalent cheaper means with identical results: the maxima's disk filter as
-shifted 1-D running maxima (:func:`maximum_filter_disk`), hole filling and
-outlines by one labelling or shifted comparisons (:func:`fill_holes`,
-:func:`fill_label_holes`, :func:`outline`). ``scripts/bench_segmentation.py``
-reports CPU seconds per step and, where a GPU exists, the GPU times.
+except the watershed, our numba implementation of scikit-image 0.24's
+flooding order (:func:`hpc_profiler.watershed.watershed_numpy`; cuCIM has no
+watershed, and the installed scikit-image's may flood differently), which
+runs on the host (``bk.to_numpy``) with one round trip per call. Declumping
+floods on the host only the thresholded objects holding two or more maxima,
+cropped to their bounding box (:func:`watershed_contested`); an object with
+one maximum is itself the result, assigned by a lookup on the device. The
+cells watershed is one full-image call, as CellProfiler's, so that even the
+order in which seeds of equal intensity flood is CellProfiler's. Other hot
+spots are computed by equivalent cheaper means with identical results: the
+per-object local maxima by shrinking candidate sets (:func:`is_local_maximum`),
+hole filling and outlines by one labelling or shifted comparisons
+(:func:`fill_holes`, :func:`fill_label_holes`, :func:`outline`).
+``scripts/bench_segmentation.py`` reports CPU seconds per step and, where a
+GPU exists, the GPU times.
 
 QC: a channel whose pixels are all zero, or with more than
 :data:`SATURATION_WARN_FRACTION` of its pixels at full scale, gives a message
@@ -91,11 +96,13 @@ __all__ = [
     "threshold_tolerance",
     "global_threshold",
     "threshold_smoothing_sigma",
+    "threshold_quality",
     "binarize",
     "strel_disk",
-    "maximum_filter_disk",
     "watershed_contested",
+    "is_local_maximum",
     "declump_shape",
+    "secondary_seeds",
     "remove_border_objects",
     "filter_on_size",
     "relabel_consecutive",
@@ -206,6 +213,69 @@ def binarize(image, threshold: float, smoothing_scale: float):
     return image >= threshold
 
 
+def threshold_quality(image, binary) -> tuple[float, float]:
+    """CellProfiler's ``Threshold_WeightedVariance`` and ``Threshold_SumOfEntropies``
+    of a thresholded image (``add_fg_bg_measurements``; computed on the host).
+
+    Both clamp the image below at ``max / 256`` and take ``log2``.
+    *Weighted variance*: the foreground and background variances of the log
+    image, weighted by their pixel counts. *Sum of entropies*: the clamped
+    image is perturbed per pixel by ``2**-8``-scaled log-normal noise from
+    ``RandomState(0).normal`` (centrosome's ``smooth_with_noise``: the same
+    numbers in every NumPy version); foreground and background log values go
+    into 256-bin histograms over the perturbed image's log range, and the
+    result is ``sum p log2 p`` over the non-empty bins of each (a non-positive
+    number; ``log2(pixel count)`` for a constant image, 0 when one side is
+    empty).
+
+    Parameters
+    ----------
+    image : array (H, W), the image the threshold was applied to
+    binary : bool array (H, W), the foreground
+
+    Returns
+    -------
+    (weighted_variance, sum_of_entropies) : floats
+    """
+    bk = backend_of(image, binary)
+    img = np.asarray(bk.to_numpy(image))
+    fgm = np.asarray(bk.to_numpy(binary), dtype=bool)
+    valid = ~np.isnan(img)
+    if img.size == 0 or not valid.any():
+        return 0.0, 0.0
+    minval = np.max(img[valid]) / 256
+    if minval == 0:
+        return 0.0, 0.0
+    lfg = np.log2(np.maximum(img[fgm & valid], minval))
+    lbg = np.log2(np.maximum(img[~fgm & valid], minval))
+    if lfg.size == 0 or lbg.size == 0:
+        wv = float(np.var(lbg if lfg.size == 0 else lfg))
+    else:
+        nfg, nbg = np.int64(lfg.size), np.int64(lbg.size)  # (a float32 variance times int64 is float64)
+        wv = float((np.var(lfg) * nfg + np.var(lbg) * nbg) / (nfg + nbg))
+    clamped = np.where(img < minval, minval, img)
+    noise = np.random.RandomState(0).normal(size=img.shape)
+    delta = 2.0 ** -8
+    base = np.clip(clamped, delta, 1)
+    pert = np.exp2(np.log2(base + delta) * noise + (1 - noise) * np.log2(base))
+    pert = np.clip(pert, 0, 1)
+    lo, hi = np.log2(np.min(pert)), np.log2(np.max(pert))
+    if lo == hi:
+        return wv, float(math.log(int(valid.sum()), 2))
+    fg, bg = pert[fgm & valid], pert[~fgm & valid]
+    if fg.size == 0 or bg.size == 0:
+        return wv, 0.0
+    total = 0.0
+    for vals in (fg, bg):
+        h = np.histogram(np.log2(vals), 256, range=(lo, hi))[0]
+        h = h[h > 0]
+        if h.size == 0:
+            h = np.ones(1, int)
+        p = h.astype(float) / float(np.sum(h))
+        total += float(np.sum(p * np.log2(p)))
+    return wv, total
+
+
 # --------------------------------------------------------------------------- label helpers
 def strel_disk(radius: float, xp=np):
     """Disk footprint ``x**2 + y**2 <= radius**2`` on a ``2 int(radius) + 1`` grid
@@ -216,58 +286,25 @@ def strel_disk(radius: float, xp=np):
 
 
 @functools.lru_cache(maxsize=4)
+def _tie_noise_host(shape):
+    """CellProfiler's distance tie-break: ``uniform(0, 1e-3)`` noise after ``numpy.random.seed(0)``.
+
+    ``separate_neighboring_objects`` seeds NumPy's global legacy generator
+    with 0 and draws ``numpy.random.uniform(0, 0.001, shape)``; the legacy
+    MT19937 stream of ``RandomState(0)`` is the same in every NumPy version,
+    so these are CellProfiler's own numbers (drawn from a private
+    ``RandomState``, the global generator is left alone). Cached per shape
+    (every site of a plate has one); callers must not modify it.
+    """
+    noise = np.random.RandomState(0).uniform(0, 0.001, shape)
+    noise.setflags(write=False)
+    return noise
+
+
 def _tie_noise(shape, xp):
-    """Deterministic noise in [0, 1e-3) from an integer hash of (row, column).
-
-    Cached per shape and array module (every site of a plate has the same
-    shape); callers must not modify it.
-    """
-    i = xp.arange(shape[0], dtype=xp.int64)[:, None]
-    j = xp.arange(shape[1], dtype=xp.int64)[None, :]
-    h = ((i * 73856093) ^ (j * 19349663)) % 1000
-    return h.astype(xp.float64) * 1e-6
-
-
-def maximum_filter_disk(image, radius: float):
-    """``ndimage.maximum_filter(image, footprint=strel_disk(radius), mode="constant", cval=0)``.
-
-    The same maxima, computed row by row of the disk: row ``dy`` of
-    :func:`strel_disk` is the centred run ``|dx| <= w(dy)``, so the filter is
-    the maximum over ``dy`` of the image's horizontal running maximum of width
-    ``2 w(dy) + 1`` shifted by ``dy`` rows. The narrowest running maximum is
-    one ``maximum_filter1d`` pass; each wider one is the maximum of two copies
-    of a narrower one shifted by the difference ``k`` of half-widths (or a
-    pass of its own where ``k`` exceeds the narrower half-width, which would
-    leave a gap). The image is zero-padded by the radius first (``cval=0``).
-    About 20 array maxima instead of ``pi r**2`` comparisons per pixel, exact
-    for any values.
-    """
-    bk = backend_of(image)
-    xp = bk.xp
-    disk = strel_disk(radius)
-    r = disk.shape[0] // 2
-    if r == 0:
-        return image.copy()
-    widths = [int(v) for v in disk[r:].sum(axis=1) // 2]  # w(dy), dy = 0 .. r
-    h, w = image.shape
-    padded = xp.pad(image, r, mode="constant", constant_values=0)
-    steps = sorted(set(widths))
-    runs = {}
-    for narrow, wide in zip([None] + steps, steps):
-        k = None if narrow is None else wide - narrow
-        if k is None or k > narrow:  # two shifted runs would leave a gap
-            runs[wide] = bk.ndi.maximum_filter1d(padded, 2 * wide + 1, axis=1, mode="constant", cval=0.0)
-            continue
-        prev = runs[narrow]
-        cur = prev.copy()
-        xp.maximum(prev[:, : -2 * k], prev[:, 2 * k :], out=cur[:, k:-k])
-        runs[wide] = cur
-    out = runs[widths[0]][r : r + h, r : r + w].copy()
-    for dy in range(1, r + 1):
-        run = runs[widths[dy]]
-        xp.maximum(out, run[r + dy : r + dy + h, r : r + w], out=out)
-        xp.maximum(out, run[r - dy : r - dy + h, r : r + w], out=out)
-    return out
+    """:func:`_tie_noise_host` on the array module ``xp``."""
+    noise = _tie_noise_host(tuple(shape))
+    return noise if xp is np else xp.asarray(noise)
 
 
 def _crop_box(xp, sel):
@@ -278,18 +315,15 @@ def _crop_box(xp, sel):
 
 
 def _watershed_host(bk, image, markers, mask):
-    """``skimage.segmentation.watershed`` (8-connected) on the host; labels back on ``bk``.
+    """8-connected marker watershed with scikit-image 0.24's flooding order
+    (:func:`hpc_profiler.watershed.watershed_numpy`, our numba implementation)
+    on the host; labels back on ``bk``.
 
     cuCIM has no watershed; this is the only step that leaves the device.
     """
-    from skimage.segmentation import watershed
+    from .watershed import watershed_numpy
 
-    out = watershed(
-        bk.to_numpy(image),
-        markers=bk.to_numpy(markers),
-        mask=bk.to_numpy(mask),
-        connectivity=2,
-    )
+    out = watershed_numpy(bk.to_numpy(image), bk.to_numpy(markers), bk.to_numpy(mask))
     return bk.asarray(out.astype(np.int32, copy=False))
 
 
@@ -300,13 +334,15 @@ def watershed_contested(image, markers, components):
     * A component holding one marker label is flooded whole with it and one
       holding none stays 0, as a watershed does (it reaches exactly the
       8-connected component of its markers); this is a lookup on the device.
-    * The components holding two or more labels go to
-      ``skimage.segmentation.watershed`` (8-connected) in one call, cropped to
-      their bounding box: only that crop is copied to the host and back.
+    * The components holding two or more labels go to :func:`_watershed_host`
+      (8-connected, scikit-image 0.24's order) in one call, cropped to their
+      bounding box: only that crop is copied to the host and back.
 
     The labels equal those of one full-image call except possibly where seed
-    pixels of exactly equal value compete: skimage's binary heap releases
-    equal keys in an order that depends on all the keys it holds.
+    pixels of exactly equal value compete: the binary heap releases equal
+    keys (markers all enter with age 0) in an order that depends on all the
+    keys it holds. Shape declumping seeds single pixels of noisy distances,
+    which never tie.
 
     Parameters
     ----------
@@ -478,44 +514,72 @@ def fill_label_holes(labels):
     return labels
 
 
+def is_local_maximum(image, labels, radius: float):
+    """Pixels of an object whose value is not below that of any pixel of the
+    *same* object within ``strel_disk(radius)`` (``centrosome.cpmorphology.is_local_maximum``).
+
+    Pixels of other objects and the background do not count. Candidates are
+    the object pixels; each disk offset, nearest first, drops the candidates
+    with a larger same-object neighbour, so after the first ring only the
+    3 x 3 maxima are left to test (index arrays, any backend).
+    """
+    xp = backend_of(image, labels).xp
+    disk = strel_disk(radius)
+    r = disk.shape[0] // 2
+    dy, dx = np.nonzero(disk)
+    dy, dx = dy - r, dx - r
+    order = np.lexsort((dx, dy, dy * dy + dx * dx))
+    offsets = [(int(dy[k]), int(dx[k])) for k in order if dy[k] or dx[k]]
+    lab_p = xp.pad(labels, r)
+    img_p = xp.pad(image, r)
+    ys, xs = xp.nonzero(labels > 0)
+    lab = labels[ys, xs]
+    val = image[ys, xs]
+    for oy, ox in offsets:
+        if ys.size == 0:
+            break
+        keep = (lab_p[ys + r + oy, xs + r + ox] != lab) | (img_p[ys + r + oy, xs + r + ox] <= val)
+        ys, xs, lab, val = ys[keep], xs[keep], lab[keep], val[keep]
+    out = xp.zeros(labels.shape, dtype=bool)
+    out[ys, xs] = True
+    return out
+
+
 def declump_shape(components, min_maxima_distance: float):
-    """Split clumped objects by shape (IdentifyPrimaryObjects "Shape"/"Shape").
+    """Split clumped objects by shape (IdentifyPrimaryObjects "Shape"/"Shape"),
+    as CellProfiler 5's ``separate_neighboring_objects``.
+
+    The distance transform of the hole-filled foreground plus CellProfiler's
+    own tie-break noise (:func:`_tie_noise_host`); seeds are its positive
+    local maxima within each component (:func:`is_local_maximum`, footprint
+    ``strel_disk(max(1, d - 0.5))``), each 8-connected group of maxima one
+    seed numbered in raster order; the watershed of ``max - distance`` from
+    the seeds within the components, in scikit-image 0.24's order. (The
+    noise makes maxima single pixels, so CellProfiler's ``binary_shrink`` of
+    touching maxima has nothing to do.)
 
     Parameters
     ----------
     components : int array
         8-connected labels of the thresholded image.
     min_maxima_distance : float
-        Maxima closer than this are suppressed: the footprint is
-        ``strel_disk(max(1, d - 0.5))`` as in CellProfiler.
+        Maxima closer than this are suppressed.
 
     Returns
     -------
     int32 array
-        Watershed of the inverted distance transform from the maxima, within
-        the components (each maximum plateau, 8-connected, is one seed).
     """
     bk = backend_of(components)
     xp, ndi = bk.xp, bk.ndi
     n = int(components.max()) if components.size else 0
     if n == 0:
         return xp.zeros(components.shape, dtype=xp.int32)
-    inside = components > 0
-    fg = fill_holes(inside)
-    dist = ndi.distance_transform_edt(fg)
-    dist += _tie_noise(tuple(components.shape), xp)
-    dist[~fg] = 0.0
-    peaks = (dist >= maximum_filter_disk(dist, max(1.0, min_maxima_distance - 0.5))) & inside
-    seeds, n_seeds = ndi.label(peaks, structure=xp.asarray(_EIGHT))
-    n_seeds = int(n_seeds)
-    # any component without a maximum is seeded as a whole
-    seeded = xp.zeros(n + 1, dtype=bool)
-    seeded[components[peaks]] = True
-    orphan = ~seeded
-    orphan[0] = False
-    extra = (xp.cumsum(orphan) * orphan).astype(xp.int32)
-    seeds = xp.where(orphan[components], n_seeds + extra[components], seeds).astype(xp.int32)
-    return watershed_contested(float(dist.max()) - dist, seeds, components)
+    fg = fill_holes(components > 0)
+    dist = ndi.distance_transform_edt(fg).astype(xp.float64)
+    dist = dist + _tie_noise(tuple(components.shape), xp)
+    peaks = is_local_maximum(dist, components, max(1.0, min_maxima_distance - 0.5)) & (dist > 0)
+    seeds, _ = ndi.label(peaks, structure=xp.asarray(_EIGHT))
+    return watershed_contested(float(dist.max()) - dist, xp.asarray(seeds, dtype=xp.int32), components)
 
 
 # --------------------------------------------------------------------------- objects
@@ -551,6 +615,7 @@ def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
         upper_bound=params.upper_bound,
     )
     binary = binarize(img, final, params.smoothing_scale)
+    thresholded = binary
     if params.fill_holes:
         binary = fill_holes(binary)
     components, _ = ndi.label(binary, structure=xp.asarray(_EIGHT))
@@ -562,9 +627,12 @@ def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
     if params.fill_holes:
         labels = fill_label_holes(labels)
     labels, n = relabel_consecutive(labels)
+    wv, soe = threshold_quality(dna, thresholded)
     measurements = {
         "Threshold_FinalThreshold_Nuclei": final,
         "Threshold_OrigThreshold_Nuclei": orig,
+        "Threshold_WeightedVariance_Nuclei": wv,
+        "Threshold_SumOfEntropies_Nuclei": soe,
         "Count_Nuclei": float(n),
     }
     if return_unedited:
@@ -582,10 +650,11 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
     params : CellsConfig
     unedited_nuclei : int32 array (H, W), optional
         The primary objects before border and size filtering. As in
-        CellProfiler, cells are then grown from all of them (so a cell next
-        to a discarded border nucleus does not take that nucleus's territory)
-        and the cells of discarded nuclei are removed afterwards
-        (``IdentifySecondaryObjects.filter_labels``).
+        CellProfiler, cells are then grown from :func:`secondary_seeds` (the
+        final nuclei plus the nuclei discarded for touching the border, so a
+        cell next to a discarded border nucleus does not take its territory),
+        holes are filled, and the cells of discarded nuclei are removed
+        afterwards (``filter_labels``).
 
     Returns
     -------
@@ -607,21 +676,43 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
         upper_bound=params.upper_bound,
     )
     n = int(nuclei.max()) if nuclei.size else 0
+    foreground = binarize(img, final, params.smoothing_scale)
+    wv, soe = threshold_quality(rna, foreground)
     if n == 0:
         cells = xp.zeros(img.shape, dtype=xp.int32)
     else:
-        seeds = nuclei if unedited_nuclei is None else unedited_nuclei
-        mask = binarize(img, final, params.smoothing_scale) | (seeds > 0) | (nuclei > 0)
+        seeds = nuclei if unedited_nuclei is None else secondary_seeds(unedited_nuclei, nuclei)
+        mask = foreground | (seeds > 0)
         cells = _watershed_host(bk, 1.0 - img, seeds.astype(xp.int32), mask)
-        if unedited_nuclei is not None:
-            cells = _keep_final_objects(cells, unedited_nuclei, nuclei, n)
         if params.fill_holes:
             cells = fill_label_holes(cells)
+        if unedited_nuclei is not None:
+            cells = _keep_final_objects(cells, unedited_nuclei, nuclei, n)
     return cells, {
         "Threshold_FinalThreshold_Cells": final,
         "Threshold_OrigThreshold_Cells": orig,
+        "Threshold_WeightedVariance_Cells": wv,
+        "Threshold_SumOfEntropies_Cells": soe,
         "Count_Cells": float(int((xp.bincount(cells.ravel(), minlength=n + 1)[1:] > 0).sum())),
     }
+
+
+def secondary_seeds(unedited, final):
+    """The seeds IdentifySecondaryObjects grows from: the unedited primary
+    objects that touch the image edge (whole) and the pixels of the final
+    primary objects, in the unedited numbering.
+
+    So objects discarded for touching the border still claim their territory,
+    objects discarded by the size filter do not (``identifysecondaryobjects``
+    in ``cellprofiler_library``).
+    """
+    xp = backend_of(unedited, final).xp
+    unedited = unedited.astype(xp.int32)
+    m = int(unedited.max()) if unedited.size else 0
+    touching = xp.zeros(m + 1, dtype=bool)
+    touching[xp.concatenate([unedited[0, :], unedited[-1, :], unedited[:, 0], unedited[:, -1]])] = True
+    touching[0] = False
+    return xp.where(touching[unedited] | (final > 0), unedited, 0).astype(xp.int32)
 
 
 def _keep_final_objects(grown, unedited, final, n_final: int):

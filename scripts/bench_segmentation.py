@@ -11,11 +11,11 @@ CPJUMP1 parameters, and prints per step:
   for one core) of the package code;
 * the CPU time of a reference run in the same process where the cheaper
   equivalents are swapped for the plain SciPy / scikit-image calls they
-  replace (``ndimage.maximum_filter`` with the disk footprint,
-  ``ndimage.binary_fill_holes``, one full-image ``skimage`` watershed for
-  declumping, 3 x 3 grey dilation/erosion for outlines,
-  ``centrosome.cpmorphology.fill_labeled_holes`` when installed), the ratio,
-  and whether the labels are identical;
+  replace (``ndimage.binary_fill_holes``, one full-image watershed for
+  declumping instead of the contested crops, 3 x 3 grey dilation/erosion for
+  outlines, ``centrosome.cpmorphology.fill_labeled_holes`` and
+  ``is_local_maximum`` when installed), the ratio, and whether the labels
+  are identical;
 * only when :func:`hpc_profiler.backend.gpu_available`: the GPU wall time of
   the same code, the CPU/GPU ratio and the label agreement (same count,
   per-object IoU >= 0.99 for every object).
@@ -38,7 +38,6 @@ import time
 
 import numpy as np
 import scipy.ndimage as ndi
-import skimage.segmentation
 
 import hpc_profiler.segmentation as segmentation
 from hpc_profiler.backend import cpu_backend, gpu_available, gpu_backend
@@ -46,6 +45,7 @@ from hpc_profiler.config import CPJUMP1_CHANNELS, IlluminationConfig, Segmentati
 from hpc_profiler.illumination import IllumAccumulator, apply_illum, dna_background, subtract_background
 from hpc_profiler.segmentation import cytoplasm, segment_cells, segment_nuclei, segment_site
 from hpc_profiler.synth import synthesize_site
+from hpc_profiler.watershed import watershed_numpy
 
 
 def _site_and_function(size: int, n_cells: int, seed: int):
@@ -118,18 +118,16 @@ def plain_scipy_skimage():
 
     plain = {
         "fill_holes": ndi.binary_fill_holes,
-        "maximum_filter_disk": lambda img, r: ndi.maximum_filter(
-            img, footprint=segmentation.strel_disk(r), mode="constant", cval=0.0
-        ),
-        "watershed_contested": lambda image, markers, comps: skimage.segmentation.watershed(
-            image, markers, mask=comps > 0, connectivity=2
-        ).astype(np.int32),
+        "watershed_contested": lambda image, markers, comps: watershed_numpy(image, markers, comps > 0),
         "outline": outline,
     }
     try:
-        from centrosome.cpmorphology import fill_labeled_holes
+        from centrosome.cpmorphology import fill_labeled_holes, is_local_maximum
 
         plain["fill_label_holes"] = lambda labels: fill_labeled_holes(labels).astype(np.int32)
+        plain["is_local_maximum"] = lambda image, labels, r: is_local_maximum(
+            image, labels, segmentation.strel_disk(r)
+        )
     except ImportError:
         pass
     saved = {k: getattr(segmentation, k) for k in plain}

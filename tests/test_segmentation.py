@@ -31,7 +31,6 @@ from hpc_profiler.segmentation import (
     fill_label_holes,
     filter_on_size,
     global_threshold,
-    maximum_filter_disk,
     outline,
     relabel_consecutive,
     remove_border_objects,
@@ -289,9 +288,13 @@ def test_empty_site_gives_empty_labels():
     assert set(seg.measurements) == {
         "Threshold_FinalThreshold_Nuclei",
         "Threshold_OrigThreshold_Nuclei",
+        "Threshold_WeightedVariance_Nuclei",
+        "Threshold_SumOfEntropies_Nuclei",
         "Count_Nuclei",
         "Threshold_FinalThreshold_Cells",
         "Threshold_OrigThreshold_Cells",
+        "Threshold_WeightedVariance_Cells",
+        "Threshold_SumOfEntropies_Cells",
         "Count_Cells",
         "Count_Cytoplasm",
     }
@@ -339,17 +342,6 @@ def _clumps(seed, shape=(240, 260), n=40):
     return ndi.label(fg, structure=np.ones((3, 3)))[0]
 
 
-def test_maximum_filter_disk_equals_scipy_footprint_filter():
-    rng = np.random.default_rng(7)
-    img = ndi.gaussian_filter(rng.normal(size=(123, 97)), 2)  # negative values too: the zero padding counts
-    for r in (1, 1.5, 2.5, 5, SEG.nuclei.min_maxima_distance - 0.5, 12):
-        ref = ndi.maximum_filter(img, footprint=strel_disk(r), mode="constant", cval=0.0)
-        np.testing.assert_array_equal(maximum_filter_disk(img, r), ref)
-    tiny = img[:4, :3]
-    ref = ndi.maximum_filter(tiny, footprint=strel_disk(7.5), mode="constant", cval=0.0)
-    np.testing.assert_array_equal(maximum_filter_disk(tiny, 7.5), ref)
-
-
 def test_fill_holes_equals_scipy_binary_fill_holes():
     rng = np.random.default_rng(8)
     for k in range(20):
@@ -358,7 +350,9 @@ def test_fill_holes_equals_scipy_binary_fill_holes():
     assert fill_holes(np.ones((3, 3), bool)).all() and not fill_holes(np.zeros((3, 3), bool)).any()
 
 
-def test_watershed_contested_equals_full_image_skimage_watershed():
+def test_watershed_contested_equals_full_image_watershed():
+    from hpc_profiler.watershed import watershed_numpy
+
     for seed in range(3):
         components = _clumps(seed)
         rng = np.random.default_rng(seed)
@@ -368,7 +362,7 @@ def test_watershed_contested_equals_full_image_skimage_watershed():
         markers[pick] = np.arange(1, int(pick.sum()) + 1)
         markers = ndi.grey_dilation(markers, size=(3, 3))
         markers[markers == 5] = 3  # one label in two places (maybe two components)
-        ref = skimage.segmentation.watershed(image, markers, mask=components > 0, connectivity=2)
+        ref = watershed_numpy(image, markers, components > 0)
         out = watershed_contested(image, markers, components)
         assert out.dtype == np.int32
         np.testing.assert_array_equal(out, ref)
@@ -379,29 +373,51 @@ def test_watershed_contested_equals_full_image_skimage_watershed():
         assert 1 in lab_per_comp and max(lab_per_comp) > 1 and 0 in lab_per_comp
 
 
-def test_declump_equals_scipy_skimage_composition(monkeypatch):
-    """The fast pieces of declumping compose to the plain SciPy/skimage version."""
+def test_is_local_maximum_equals_centrosome():
+    cpm = pytest.importorskip("centrosome.cpmorphology")
+    from hpc_profiler.segmentation import is_local_maximum
+
+    for seed in range(4):
+        components = _clumps(seed + 20)
+        rng = np.random.default_rng(seed)
+        # quantised values: many equal neighbours (a pixel equal to its largest neighbour is a maximum)
+        image = np.round(ndi.gaussian_filter(rng.random(components.shape), 2) * 50) / 50
+        for r in (1.0, 2.5, 7.5):
+            ref = cpm.is_local_maximum(image, components, strel_disk(r))
+            np.testing.assert_array_equal(is_local_maximum(image, components, r), ref, err_msg=f"{seed} {r}")
+
+
+def test_declump_equals_centrosome_composition():
+    """Declumping is CellProfiler 5's separate_neighboring_objects ("Shape"/"Shape"):
+    centrosome's hole filling and local maxima, the seed-0 uniform noise, and the watershed."""
+    cpm = pytest.importorskip("centrosome.cpmorphology")
+    from hpc_profiler.watershed import watershed_numpy
+
     d = SEG.nuclei.min_maxima_distance
     for seed in range(3):
         components = _clumps(seed + 10)
         fast = declump_shape(components, d)
-        with monkeypatch.context() as m:
-            m.setattr(segmentation, "fill_holes", ndi.binary_fill_holes)
-            m.setattr(
-                segmentation,
-                "maximum_filter_disk",
-                lambda img, r: ndi.maximum_filter(img, footprint=strel_disk(r), mode="constant", cval=0.0),
-            )
-            m.setattr(
-                segmentation,
-                "watershed_contested",
-                lambda image, markers, comps: skimage.segmentation.watershed(
-                    image, markers, mask=comps > 0, connectivity=2
-                ),
-            )
-            plain = declump_shape(components, d)
+        dist = ndi.distance_transform_edt(cpm.fill_labeled_holes(components) > 0)
+        np.random.seed(0)
+        dist += np.random.uniform(0, 0.001, dist.shape)
+        peaks = cpm.is_local_maximum(dist, components, cpm.strel_disk(max(1, d - 0.5)))
+        peaks[dist <= 0] = False
+        seeds = ndi.label(peaks, np.ones((3, 3), bool))[0]
+        plain = watershed_numpy(-dist - np.min(-dist), seeds, components != 0)
         np.testing.assert_array_equal(fast, plain)
         assert fast.max() > np.unique(components).size - 1  # clumps were split
+
+
+def test_secondary_seeds_keep_border_objects_not_size_filtered_ones():
+    from hpc_profiler.segmentation import secondary_seeds
+
+    unedited = np.zeros((20, 30), np.int32)
+    unedited[0:4, 2:6] = 1  # touches the border: discarded, still a seed
+    unedited[8:12, 8:12] = 2  # final
+    unedited[14:16, 20:22] = 3  # too small: discarded, no seed
+    final = np.where(unedited == 2, 1, 0).astype(np.int32)
+    seeds = secondary_seeds(unedited, final)
+    np.testing.assert_array_equal(seeds, np.where(unedited == 3, 0, unedited))
 
 
 def test_threshold_tolerance_of_float32_equals_float64():
@@ -435,3 +451,21 @@ def test_cells_do_not_take_the_territory_of_discarded_border_nuclei():
     assert 30 <= cols.min() <= 50, cols.min()
     legacy, _ = segment_cells(rna, nuclei, CellsConfig())
     assert np.nonzero((legacy == 1).any(axis=0))[0].min() == 0  # without the seeds it grows to the border
+
+
+def test_threshold_quality_equals_centrosome(synth_sites):
+    """Image Threshold_WeightedVariance / Threshold_SumOfEntropies as CellProfiler's
+    add_fg_bg_measurements computes them (centrosome.threshold)."""
+    cth = pytest.importorskip("centrosome.threshold")
+    from hpc_profiler.segmentation import threshold_quality
+
+    _, images, _ = synth_sites[0]
+    rng = np.random.default_rng(1)
+    cases = [(images["RNA"], images["RNA"] >= 0.006), (images["DNA"], images["DNA"] >= 0.03)]
+    cases.append((np.full((20, 20), 0.3), rng.random((20, 20)) > 0.5))  # constant image
+    cases.append((rng.random((20, 20)), np.zeros((20, 20), bool)))  # no foreground
+    for img, fg in cases:
+        mask = np.ones(img.shape, bool)
+        wv, soe = threshold_quality(img, fg)
+        assert wv == pytest.approx(cth.weighted_variance(img, mask, fg), rel=1e-12, abs=1e-15)
+        assert soe == pytest.approx(cth.sum_of_entropies(img, mask, fg), rel=1e-12, abs=1e-15)

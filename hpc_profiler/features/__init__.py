@@ -64,12 +64,13 @@ __all__ = [
     "AREASHAPE_FEATURES",
 ]
 
-#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D).
+#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D; ConvexArea from CellProfiler 5).
 AREASHAPE_FEATURES = (
     "Area", "BoundingBoxArea", "BoundingBoxMaximum_X", "BoundingBoxMaximum_Y", "BoundingBoxMinimum_X",
-    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "Eccentricity", "EquivalentDiameter",
-    "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter", "MaximumRadius",
-    "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation", "Perimeter", "Solidity",
+    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "ConvexArea", "Eccentricity",
+    "EquivalentDiameter", "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter",
+    "MaximumRadius", "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation",
+    "Perimeter", "Solidity",
 )
 #: MeasureObjectIntensity columns per channel (``Intensity_<name>_<channel>``).
 INTENSITY_FEATURES = (
@@ -271,11 +272,13 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
             t = params.texture
             geometry = mod.texture_geometry(lab, t.scales)
             for c in channels:
-                out.update(
-                    mod.measure_texture(
-                        lab, n, images[c], c, scales=t.scales, gray_levels=t.gray_levels, geometry=geometry
-                    )
+                tex = mod.measure_texture(
+                    lab, n, images[c], c, scales=t.scales, gray_levels=t.gray_levels, geometry=geometry
                 )
+                if not t.undefined_as_nan:  # CellProfiler's record_measurement writes 0 for non-finite values
+                    xp_t = backend_of(lab).xp
+                    tex = {k: xp_t.where(xp_t.isnan(v), 0.0, v) for k, v in tex.items()}
+                out.update(tex)
     if "Correlation" in fams and len(channels) > 1:
         with timer("Correlation"):
             out.update(

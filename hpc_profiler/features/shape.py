@@ -2,7 +2,7 @@
 
 Reproduces the per-object columns CellProfiler 4 writes with "Calculate the
 Zernike features" on and "advanced features" off: ``AreaShape_{Area,
-Perimeter, FormFactor, Eccentricity, Solidity, Extent, EulerNumber,
+Perimeter, FormFactor, Eccentricity, Solidity, ConvexArea, Extent, EulerNumber,
 Compactness, MajorAxisLength, MinorAxisLength, Orientation, MaximumRadius,
 MeanRadius, MedianRadius, MinFeretDiameter, MaxFeretDiameter,
 BoundingBoxArea, BoundingBox{Minimum,Maximum}_{X,Y}, Center_{X,Y},
@@ -34,19 +34,19 @@ backend of ``labels`` (NumPy or CuPy), with no loop over objects:
   iterated for all objects in parallel;
 * Zernike: magnitude of the moment of the object's indicator on its minimum
   enclosing circle, divided by the circle's area (``centrosome.zernike``).
+* ConvexArea (CellProfiler 5): the pixel count of the convex hull image
+  (``regionprops.area_convex``), the denominator of Solidity.
+* Zernike exactness: the 2-3 pixels that define an object's enclosing circle lie on it
+  exactly; whether ``rho^2 <= 1`` keeps them depends on the last bit of the
+  computed centre and radius. :func:`minimum_enclosing_circles` therefore
+  follows centrosome's iteration to the letter (start vertex, ``arccos``
+  angles, formulas), which gives CellProfiler's circle bit for bit (checked
+  against CellProfiler 5 in ``tests/test_cellprofiler_reference.py``).
 
 Deliberate differences
 ----------------------
 * 2-D only (no Volume/SurfaceArea/Z columns).
 * An object with no pixel gets NaN for every feature except Area (0).
-* Zernike: the 2-3 pixels that define an object's enclosing circle lie on it
-  exactly; whether ``rho^2 <= 1`` keeps them depends on the last bit of the
-  computed centre and radius, in CellProfiler as here. For about one object
-  in 20-35 the two round differently and one boundary pixel is counted by one
-  side only: that object's Zernike values differ by ~1% (up to ~50% for the
-  tiny high-order ones), the median difference over objects is 0, and with
-  20 objects Pearson r of Zernike_9_m can drop to ~0.989. The tests identify
-  such objects by their pixel count and hold all others to the contract.
 * Feret diameters and the enclosing circle use only the per-row extreme
   pixels (the only possible hull vertices), which gives the same hull as
   CellProfiler's outline pixels.
@@ -295,13 +295,20 @@ def feret_diameters(hobj, hy, hx, n: int):
 def minimum_enclosing_circles(hobj, hy, hx, n: int, max_iter: int = 200):
     """Minimum enclosing circles of convex polygons, all at once (Chrystal's algorithm).
 
-    Start from a hull edge ``S = (S0, S1)``; find the vertex V seeing S under
-    the smallest angle. If that angle is not acute, S is a diameter of the
-    circle. If the angles at S0 and S1 of triangle S0-S1-V are not obtuse, the
-    circle is the circumcircle of S0, S1, V. Otherwise V replaces the end of S
-    with the obtuse angle, and the search repeats (CellProfiler's
-    ``centrosome.cpmorphology.minimum_enclosing_circle``).
+    Start from the hull edge ``S = (S0, S1)`` whose first vertex is the one
+    with the smallest x, then y (where ``centrosome.cpmorphology.convex_hull``
+    starts its counter-clockwise list), S1 the next one; find the vertex V
+    seeing S under the smallest angle. If that angle is not acute, S is a
+    diameter of the circle. If the angles at S0 and S1 of triangle S0-S1-V are
+    not obtuse, the circle is the circumcircle of S0, S1, V. Otherwise V
+    replaces the end of S with the obtuse angle, and the search repeats
+    (``centrosome.cpmorphology.minimum_enclosing_circle``). The angles come
+    from ``arccos`` of the normalised dot products and the circle from the
+    same formulas, in the same order, as centrosome: co-circular pixels make
+    exact ties common, and the circle must be the same to the last bit
+    (Zernike keeps the pixels with ``rho**2 <= 1``).
 
+    The hull of each set must be listed counter-clockwise (``convex_hulls``).
     Returns ``(cy, cx, radius)`` per set (NaN for empty sets).
     """
     xp = backend_of(hy).xp
@@ -311,61 +318,73 @@ def minimum_enclosing_circles(hobj, hy, hx, n: int, max_iter: int = 200):
     cy = xp.full(n, xp.nan)
     cx = xp.full(n, xp.nan)
     r = xp.full(n, xp.nan)
+    cols = xp.arange(m)[None, :]
+    valid = cols < counts[:, None]
+    # centrosome's first hull vertex: smallest x, then smallest y
+    xmin = xp.where(valid, X, xp.inf).min(axis=1) if m else xp.zeros(n)
+    first = valid & (X == xmin[:, None])
+    s0 = xp.argmin(xp.where(first, Y, xp.inf), axis=1).astype(xp.int64) if m else xp.zeros(n, dtype=xp.int64)
+    s1 = (s0 + 1) % xp.maximum(counts, 1)
+    rows = xp.arange(n)
     one = counts == 1
     cy[one], cx[one], r[one] = Y[one, 0], X[one, 0], 0.0
     two = counts == 2
-    cy[two] = (Y[two, 0] + Y[two, 1]) / 2
-    cx[two] = (X[two, 0] + X[two, 1]) / 2
-    r[two] = xp.sqrt((Y[two, 0] - Y[two, 1]) ** 2 + (X[two, 0] - X[two, 1]) ** 2) / 2
-    s0 = xp.zeros(n, dtype=xp.int64)
-    s1 = xp.ones(n, dtype=xp.int64)
+    p0y, p0x = Y[rows, s0], X[rows, s0]
+    p1y, p1x = Y[rows, s1], X[rows, s1]
+    cy[two] = (p0y[two] + p1y[two]) / 2
+    cx[two] = (p0x[two] + p1x[two]) / 2
+    r[two] = xp.sqrt((cy[two] - p0y[two]) ** 2 + (cx[two] - p0x[two]) ** 2)
     active = counts >= 3
-    cols = xp.arange(m)[None, :]
+    half_pi = math.pi / 2
     for _ in range(max_iter):
         if not bool(active.any()):
             break
         ia = xp.flatnonzero(active)
+        na = ia.shape[0]
+        ar = xp.arange(na)
         Ya, Xa = Y[ia], X[ia]
         a0y, a0x = Y[ia, s0[ia]], X[ia, s0[ia]]
         a1y, a1x = Y[ia, s1[ia]], X[ia, s1[ia]]
-        uy, ux = a0y[:, None] - Ya, a0x[:, None] - Xa
-        vy, vx = a1y[:, None] - Ya, a1x[:, None] - Xa
+        s01y, s01x = (a0y - a1y)[:, None], (a0x - a1x)[:, None]
+        vs0y, vs0x = Ya - a0y[:, None], Xa - a0x[:, None]
+        vs1y, vs1x = Ya - a1y[:, None], Xa - a1x[:, None]
         with _quiet(xp):
-            cosv = (uy * vy + ux * vx) / xp.sqrt((uy * uy + ux * ux) * (vy * vy + vx * vx))
-        invalid = (cols >= counts[ia, None]) | (cols == s0[ia, None]) | (cols == s1[ia, None])
-        cosv = xp.where(invalid | xp.isnan(cosv), -xp.inf, cosv)
-        k = xp.argmax(cosv, axis=1)
-        best = cosv[xp.arange(ia.shape[0]), k]
-        vyk, vxk = Ya[xp.arange(ia.shape[0]), k], Xa[xp.arange(ia.shape[0]), k]
-        diameter = best <= 0
-        dot0 = (a1y - a0y) * (vyk - a0y) + (a1x - a0x) * (vxk - a0x)  # angle at S0
-        dot1 = (a0y - a1y) * (vyk - a1y) + (a0x - a1x) * (vxk - a1x)  # angle at S1
-        circum = ~diameter & (dot0 >= 0) & (dot1 >= 0)
+            s01n = s01y ** 2 + s01x ** 2
+            ang1 = xp.abs(xp.arccos((s01y * vs1y + s01x * vs1x) / xp.sqrt(s01n * (vs1y ** 2 + vs1x ** 2))))
+            ang0 = xp.abs(xp.arccos((-s01y * vs0y + -s01x * vs0x) / xp.sqrt(s01n * (vs0y ** 2 + vs0x ** 2))))
+            angv = math.pi - ang1 - ang0  # angle at V, seeing S
+        cand = valid[ia] & (cols != s0[ia, None]) & (cols != s1[ia, None])
+        angv_c = xp.where(cand, angv, xp.inf)
+        k = xp.argmin(angv_c, axis=1)
+        best = angv_c[ar, k]
+        has_v = cand.any(axis=1)
+        at0, at1, atv = ang0[ar, k], ang1[ar, k], best
+        diameter = (best >= half_pi) | ~has_v
+        circum = ~diameter & ~(at1 > half_pi) & ~(at0 > half_pi) & ~(atv > half_pi)
         # diameter circles
         di = ia[diameter]
-        # (arithmetic in centrosome's order: the pixels on the circle must round alike)
         cy[di] = (a0y[diameter] + a1y[diameter]) / 2
         cx[di] = (a0x[diameter] + a1x[diameter]) / 2
         ddy = a0y[diameter] - a1y[diameter]
         ddx = a0x[diameter] - a1x[diameter]
         r[di] = xp.sqrt(ddy ** 2 + ddx ** 2) / 2
-        # circumcircles
+        # circumcircles (centrosome's formula and operand order)
         ci = ia[circum]
         ay_, ax_ = a0y[circum], a0x[circum]
         by_, bx_ = a1y[circum], a1x[circum]
-        qy, qx = vyk[circum], vxk[circum]
+        qy, qx = Ya[ar, k][circum], Xa[ar, k][circum]
         dd = 2 * (ax_ * (by_ - qy) + bx_ * (qy - ay_) + qx * (ay_ - by_))
         a2, b2, q2 = ay_ ** 2 + ax_ ** 2, by_ ** 2 + bx_ ** 2, qy ** 2 + qx ** 2
         ux_c = (a2 * (by_ - qy) + b2 * (qy - ay_) + q2 * (ay_ - by_)) / dd
         uy_c = (a2 * (qx - bx_) + b2 * (ax_ - qx) + q2 * (bx_ - ax_)) / dd
         cy[ci], cx[ci] = uy_c, ux_c
         r[ci] = xp.sqrt((ay_ - uy_c) ** 2 + (ax_ - ux_c) ** 2)
-        # move S
+        # move S: V replaces the end with the obtuse angle
         move = ~diameter & ~circum
         mi = ia[move]
-        obtuse1 = dot1[move] < 0
-        s1[mi[obtuse1]] = k[move][obtuse1]
-        s0[mi[~obtuse1]] = k[move][~obtuse1]
+        s0_obtuse = at0[move] > half_pi
+        s0[mi[s0_obtuse]] = k[move][s0_obtuse]
+        s1[mi[~s0_obtuse]] = k[move][~s0_obtuse]
         active[ia[diameter | circum]] = False
     return cy, cx, r
 
@@ -549,7 +568,8 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
     bbox_area = ((ymax - ymin) * (xmax - xmin)).astype(xp.float64)
     with _quiet(xp):
         extent = area / bbox_area
-        solidity = area / convex_areas(op)
+        convex_area = convex_areas(op).astype(xp.float64)
+        solidity = area / convex_area
 
     # radii: distance to the nearest pixel outside the object, each object alone
     packed = pack_objects(op, pad=1)
@@ -578,6 +598,7 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
         "AreaShape_FormFactor": nan_empty(formfactor),
         "AreaShape_Eccentricity": nan_empty(ecc),
         "AreaShape_Solidity": nan_empty(solidity),
+        "AreaShape_ConvexArea": nan_empty(convex_area),
         "AreaShape_Extent": nan_empty(extent),
         "AreaShape_EulerNumber": nan_empty(euler_numbers(labels, n)),
         "AreaShape_Compactness": nan_empty(compactness),

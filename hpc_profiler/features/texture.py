@@ -34,8 +34,9 @@ Where this deliberately differs (documented for ``docs``):
   pair (object smaller than the scale, an empty compartment, an object whose
   pixels all quantize to 0); CellProfiler catches this, sets all 52 features of
   that object and scale to NaN and then *writes 0* in its table
-  (``record_measurement`` replaces non-finite values). We keep NaN (the
-  contract of :mod:`hpc_profiler.features`; ``cp_measure`` also returns NaN).
+  (``record_measurement`` replaces non-finite values). These functions return
+  NaN (``cp_measure`` also does); :func:`hpc_profiler.features.measure_site`
+  writes 0 as CellProfiler unless ``features.texture.undefined_as_nan`` is set.
   The same holds for the image-level measurement when the image is smaller than
   the scale (CellProfiler would raise there).
 * **Variance** (and Correlation through it) uses the centred form

@@ -1,0 +1,160 @@
+"""Marker watershed with the exact flooding order of scikit-image 0.24.
+
+CellProfiler 5 runs with scikit-image 0.24, whose ``segmentation.watershed``
+floods from the markers with a binary heap ordered by (value, age).
+scikit-image 0.25 changed the algorithm (markers enter the heap at ``-inf``
+and a pixel's cost is at least its parent's), so the labels of touching
+objects depend on the installed version. This module is our own
+implementation of the 0.24 order, for a 2-D image, 8-connectivity, no
+compactness and no watershed lines (what IdentifyPrimaryObjects' shape
+declumping and IdentifySecondaryObjects' "Watershed - Image" call):
+
+* the image is read as float64 and, like markers and mask, zero-padded by one
+  pixel; neighbour offsets are visited in the order ``up, left, right, down,
+  up-left, up-right, down-left, down-right`` (distance from the centre, ties
+  in raster order);
+* every marker pixel is pushed in raster order with its own value and age 0;
+* popping the smallest (value, age) item, each unlabelled in-mask neighbour
+  gets the item's label at once and is pushed with its own value and the
+  next age (a global counter starting at 2);
+* the heap is the textbook binary heap (sift up while strictly smaller than
+  the parent; sift down to the strictly smaller child, left child first),
+  which fixes the order in which items of equal (value, age) -- the markers --
+  are released.
+
+It is compiled with numba (``numba`` is a dependency for this: a heap loop
+over every pixel in Python would take seconds per site). Results do not
+depend on the installed scikit-image. GPU arrays are flooded on the host
+(:func:`watershed` accepts any backend array and returns one on the same
+backend).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import backend_of
+
+try:  # numba is a dependency; the import guard only keeps the error message clear
+    import numba
+except ImportError as exc:  # pragma: no cover - numba is in install_requires
+    raise ImportError("hpc_profiler.watershed needs numba (pip install numba)") from exc
+
+__all__ = ["watershed", "watershed_numpy"]
+
+
+@numba.njit(cache=True, nogil=True)
+def _smaller(hv, ha, a, b):
+    if hv[a] != hv[b]:
+        return hv[a] < hv[b]
+    return ha[a] < ha[b]
+
+
+@numba.njit(cache=True, nogil=True)
+def _flood(image, output, mask, markers_at, offsets):
+    n_max = image.size + markers_at.size + 1
+    hv = np.empty(n_max, np.float64)  # heap values
+    ha = np.empty(n_max, np.int64)  # heap ages
+    hi = np.empty(n_max, np.int64)  # heap pixel indices
+    items = 0
+    age = 1
+    for k in range(markers_at.size):
+        # push (image[idx], 0, idx)
+        child = items
+        hv[child] = image[markers_at[k]]
+        ha[child] = 0
+        hi[child] = markers_at[k]
+        items += 1
+        while child > 0:
+            parent = (child + 1) // 2 - 1
+            if _smaller(hv, ha, child, parent):
+                hv[child], hv[parent] = hv[parent], hv[child]
+                ha[child], ha[parent] = ha[parent], ha[child]
+                hi[child], hi[parent] = hi[parent], hi[child]
+                child = parent
+            else:
+                break
+    nn = offsets.size
+    while items > 0:
+        idx = hi[0]
+        items -= 1
+        if items > 0:
+            hv[0] = hv[items]
+            ha[0] = ha[items]
+            hi[0] = hi[items]
+            i = 0
+            smallest = 0
+            while True:
+                left = 2 * i + 1
+                right = 2 * i + 2
+                if left < items:
+                    if _smaller(hv, ha, left, i):
+                        smallest = left
+                    if right < items and _smaller(hv, ha, right, smallest):
+                        smallest = right
+                else:
+                    break
+                if smallest == i:
+                    break
+                hv[i], hv[smallest] = hv[smallest], hv[i]
+                ha[i], ha[smallest] = ha[smallest], ha[i]
+                hi[i], hi[smallest] = hi[smallest], hi[i]
+                i = smallest
+        lab = output[idx]
+        for k in range(nn):
+            nb = idx + offsets[k]
+            if not mask[nb] or output[nb] != 0:
+                continue
+            age += 1
+            output[nb] = lab
+            child = items
+            hv[child] = image[nb]
+            ha[child] = age
+            hi[child] = nb
+            items += 1
+            while child > 0:
+                parent = (child + 1) // 2 - 1
+                if _smaller(hv, ha, child, parent):
+                    hv[child], hv[parent] = hv[parent], hv[child]
+                    ha[child], ha[parent] = ha[parent], ha[child]
+                    hi[child], hi[parent] = hi[parent], hi[child]
+                    child = parent
+                else:
+                    break
+
+
+def watershed_numpy(image, markers, mask=None) -> np.ndarray:
+    """scikit-image 0.24 ``watershed(image, markers, connectivity=2, mask=mask)`` on NumPy arrays.
+
+    Parameters
+    ----------
+    image : array (H, W), any real dtype (flooded as float64)
+    markers : int array (H, W), 0 = no marker; negative labels are kept as they are
+    mask : bool array (H, W), optional
+        Only pixels where it is True are labelled (markers outside it are dropped).
+
+    Returns
+    -------
+    int32 array (H, W)
+    """
+    image = np.asarray(image)
+    markers = np.asarray(markers)
+    if image.ndim != 2 or markers.shape != image.shape:
+        raise ValueError(f"watershed: image {image.shape} and markers {markers.shape} must be the same 2-D shape")
+    mask = np.ones(image.shape, bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != image.shape:
+        raise ValueError(f"watershed: mask {mask.shape} differs from image {image.shape}")
+    h, w = image.shape
+    W = w + 2
+    img = np.pad(image.astype(np.float64), 1).ravel()
+    out = np.pad((markers * mask).astype(np.int32), 1).ravel()
+    m = np.pad(mask, 1).ravel()
+    offsets = np.array([-W, -1, 1, W, -W - 1, -W + 1, W - 1, W + 1], dtype=np.int64)
+    _flood(img, out, m, np.flatnonzero(out).astype(np.int64), offsets)
+    return out.reshape(h + 2, W)[1:-1, 1:-1].copy()
+
+
+def watershed(image, markers, mask=None):
+    """:func:`watershed_numpy` for arrays of any backend (GPU arrays are flooded on the host)."""
+    bk = backend_of(image, markers)
+    out = watershed_numpy(bk.to_numpy(image), bk.to_numpy(markers), None if mask is None else bk.to_numpy(mask))
+    return bk.asarray(out)
