@@ -758,6 +758,9 @@ def slurm_job_end(job_id: str) -> str:
         rc, sig = 0, 0
     if sig:
         words.append(f"killed by signal {sig} ({_SIGNALS.get(sig, 'signal')})")
+    elif rc > 128:  # the job script passed on the status of a process killed by a signal (128 + signal)
+        words.append(f"exit code {rc}: a process of the task was killed by signal {rc - 128} "
+                     f"({_SIGNALS.get(rc - 128, 'signal')})")
     elif rc:
         words.append(f"exit code {rc}")
     return ", ".join(words)

@@ -182,6 +182,9 @@ def test_slurm_job_end_words(monkeypatch):
     assert orch.slurm_job_end("1") == "CANCELLED, killed by signal 15 (SIGTERM)"
     assert orch.slurm_job_end("2") == "OUT_OF_MEMORY, reason OutOfMemory, killed by signal 125 (signal)"
     assert orch.slurm_job_end("3") == "FAILED, reason NonZeroExitCode, exit code 1"
+    infos["5"] = {"JobState": "FAILED", "Reason": "NonZeroExitCode", "ExitCode": "137:0"}
+    assert orch.slurm_job_end("5") == ("FAILED, reason NonZeroExitCode, exit code 137: a process of the task "
+                                       "was killed by signal 9 (SIGKILL)")
     assert "left the Slurm queue" in orch.slurm_job_end("4")
 
 
@@ -283,7 +286,12 @@ def test_lost_task_resubmitted_once_with_max_retries_1(synth, reference, local_s
     # the second submission held only the lost task's sites
     batches = sorted((orch.read_json(b) for b in (cfg.out / "batches").glob("extract-*/batch.json")),
                      key=lambda r: r["created"])
-    assert [b["n_scheduled"] for b in batches] == [8, 2]
+    assert [b["n_scheduled"] for b in batches[:1]] == [8] and len(batches) == 2
+    from hpc_profiler import manifest as manifest_mod
+
+    again = manifest_mod.load_manifest(cfg.out / "batches" / batches[1]["batch"] / "sites.parquet")
+    keys = {(s.plate, s.well, str(s.site)) for s in again}
+    assert (plate, well, site) in keys and len(keys) <= 2  # the killed task's unfinished sites, no others
     _assert_same_outputs(cfg, reference)
 
 
@@ -310,6 +318,7 @@ def test_rank_killed_in_mpi_init_under_srun_ends_the_job(synth, reference, local
     job = msg.split("Slurm job ")[1].split()[0]
     assert f"log {cfg.out / 'logs' / f'reduce_{job}.out'}" in msg, msg
     assert "FAILED" in msg or "signal" in msg, msg
+    print(msg)
     print(f"srun rank kill: stage ended {t_end - marker.stat().st_mtime:.1f} s after the fault ({t_end - t0:.1f} s)")
 
     monkeypatch.delenv("HPCP_TEST_KILL_RANK")
@@ -344,3 +353,28 @@ def test_rank_killed_in_mpi_init_under_mpirun_ends_the_stage(synth, reference, m
 
 def mpirun_env() -> dict:
     return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+@pytest.mark.mpi
+def test_rank_that_misses_the_first_barrier_is_killed_by_the_startup_watchdog(mpirun):
+    """Rank 1 never reaches MPI start-up: rank 0 waits at the first barrier only
+    HPC_PROFILER_MPI_STARTUP_TIMEOUT_S seconds, then its watchdog kills it and mpirun ends the job."""
+    code = ("import os, time\n"
+            "from hpc_profiler import mpi\n"
+            "if os.environ['OMPI_COMM_WORLD_RANK'] == '1':\n"
+            "    time.sleep(300)\n"
+            "mpi.get_comm()\n"
+            "print('passed the barrier', flush=True)\n")
+    t0 = time.time()
+    proc = mpirun([mpirun.python, "-c", code], n=2, timeout=120, check=False,
+                  env={"HPC_PROFILER_MPI_STARTUP_TIMEOUT_S": "3"})
+    dt = time.time() - t0
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "passed the barrier" not in proc.stdout
+    assert "[rank 0] error: MPI start-up (MPI_Init and the first barrier) did not complete within 3 s" in proc.stderr, \
+        proc.stderr
+    assert dt < 60, dt
+    # with the ranks in step, the barrier is passed and the watchdog stays silent
+    proc = mpirun([mpirun.python, "-c", code.replace("== '1'", "== 'none'")], n=2, timeout=120,
+                  env={"HPC_PROFILER_MPI_STARTUP_TIMEOUT_S": "30"})
+    assert proc.stdout.count("passed the barrier") == 2 and "start-up" not in proc.stderr
