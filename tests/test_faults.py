@@ -378,3 +378,31 @@ def test_rank_that_misses_the_first_barrier_is_killed_by_the_startup_watchdog(mp
     proc = mpirun([mpirun.python, "-c", code.replace("== '1'", "== 'none'")], n=2, timeout=120,
                   env={"HPC_PROFILER_MPI_STARTUP_TIMEOUT_S": "30"})
     assert proc.stdout.count("passed the barrier") == 2 and "start-up" not in proc.stderr
+
+
+@pytest.mark.slurm
+def test_status_shows_dead_tasks_as_failures_without_a_driver(synth, reference, local_slurm):
+    """`submit` without --wait, then the array is cancelled: status alone finds the dead tasks."""
+    cfg_path, cfg = _prepare(synth, reference, "status_dead", local_slurm.partition, array_parallelism=1)
+    r = orch.submit_stage(cfg, "extract")
+    array = r.job_ids[0].split("_")[0]
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(x["status"] == "done" for x in orch.read_worklog(cfg, "extract")):
+        time.sleep(0.2)
+    subprocess.run(["scancel", array], check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and orch.slurm_queue(r.job_ids):
+        time.sleep(0.5)
+    st = status.collect_status(cfg)
+    done = st.totals.done
+    assert 1 <= done < 8 and st.totals.failed == 8 - done and st.totals.pending == 0
+    assert st.eta_s is None and not st.running_jobs
+    assert all(f["error_type"] == "TaskLostError" and "CANCELLED" in f["message"] for f in st.failures)
+    assert {f["task"] for f in st.failures} <= set(r.job_ids)
+    rc, text = _status_failed(cfg_path)
+    assert rc == 1 and "ETA -" in text and "CANCELLED" in text, text
+    # resubmitted, the same sites are pending in the new batch (not failed) and then done
+    r2 = orch.submit_stage(cfg, "extract", wait=True)
+    assert r2.n_scheduled == 8 - done and not r2.lost
+    st = status.collect_status(cfg)
+    assert (st.totals.done, st.totals.failed, st.totals.pending) == (8, 0, 0) and not st.failures
