@@ -33,8 +33,6 @@ from hpc_profiler import sitefile, status
 from hpc_profiler.config import load_config
 from hpc_profiler.run import StageError, run_batch, run_mpi_stage
 
-pytestmark = pytest.mark.slow
-
 HOOKS = Path(__file__).resolve().parent / "fault_hooks"
 BOUND_S = 60.0
 POLL_S = 2.0
@@ -188,6 +186,7 @@ def test_slurm_job_end_words(monkeypatch):
     assert "left the Slurm queue" in orch.slurm_job_end("4")
 
 
+@pytest.mark.slow
 def test_status_eta_only_while_jobs_run(reference, monkeypatch):
     """No ETA when nothing is queued or running: pending sites will not finish by themselves."""
     victim = next((reference.out / "sites").rglob("*.h5"))
@@ -206,6 +205,7 @@ def test_status_eta_only_while_jobs_run(reference, monkeypatch):
 
 
 # ============================================================== real local Slurm
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_task_killed_while_writing_a_site_ends_run_then_rerun_completes(synth, reference, local_slurm):
     cfg_path, cfg = _prepare(synth, reference, "kill_write", local_slurm.partition)
@@ -237,6 +237,7 @@ def test_task_killed_while_writing_a_site_ends_run_then_rerun_completes(synth, r
     _assert_same_outputs(cfg, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_scancel_of_one_array_task_ends_run_then_rerun_completes(synth, reference, local_slurm):
     cfg_path, cfg = _prepare(synth, reference, "scancel", local_slurm.partition, array_parallelism=2)
@@ -269,6 +270,7 @@ def test_scancel_of_one_array_task_ends_run_then_rerun_completes(synth, referenc
     _assert_same_outputs(cfg, reference)
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_lost_task_resubmitted_once_with_max_retries_1(synth, reference, local_slurm):
     cfg_path, cfg = _prepare(synth, reference, "retry", local_slurm.partition, max_retries=1)
@@ -301,6 +303,7 @@ def _mpi_inputs(synth, reference, name, partition):
     return cfg_path, cfg
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 @pytest.mark.mpi
 def test_rank_killed_in_mpi_init_under_srun_ends_the_job(synth, reference, local_slurm, mpirun, monkeypatch):
@@ -329,6 +332,7 @@ def test_rank_killed_in_mpi_init_under_srun_ends_the_job(synth, reference, local
                                       pd.read_parquet(reference.out / "profiles" / table))
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_rank_killed_in_mpi_init_under_mpirun_ends_the_stage(synth, reference, mpirun, monkeypatch):
     cfg_path, cfg = _mpi_inputs(synth, reference, "rank_mpirun", None)
@@ -355,6 +359,7 @@ def mpirun_env() -> dict:
     return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 
 
+@pytest.mark.slow
 @pytest.mark.mpi
 def test_rank_that_misses_the_first_barrier_is_killed_by_the_startup_watchdog(mpirun):
     """Rank 1 never reaches MPI start-up: rank 0 waits at the first barrier only
@@ -380,6 +385,7 @@ def test_rank_that_misses_the_first_barrier_is_killed_by_the_startup_watchdog(mp
     assert proc.stdout.count("passed the barrier") == 2 and "start-up" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.slurm
 def test_status_shows_dead_tasks_as_failures_without_a_driver(synth, reference, local_slurm):
     """`submit` without --wait, then the array is cancelled: status alone finds the dead tasks."""
