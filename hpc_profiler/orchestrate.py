@@ -864,7 +864,7 @@ def wait_for(jobs: list, total: Optional[int] = None, *, kind: Optional[str] = N
                         bar.update(1)
             next_check = time.time() + poll_s
         if pending:
-            time.sleep(0.25)
+            time.sleep(min(1.0, poll_s))  # result files are looked for once a second, as submitit does
     if bar is not None:
         bar.close()
     return [results[j.job_id] for j in jobs]
