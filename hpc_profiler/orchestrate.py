@@ -757,13 +757,16 @@ def slurm_job_end(job_id: str) -> str:
     except ValueError:
         rc, sig = 0, 0
     if sig:
-        words.append(f"killed by signal {sig} ({_SIGNALS.get(sig, 'signal')})")
+        words.append(f"killed by {_signal_name(sig)}")
     elif rc > 128:  # the job script passed on the status of a process killed by a signal (128 + signal)
-        words.append(f"exit code {rc}: a process of the task was killed by signal {rc - 128} "
-                     f"({_SIGNALS.get(rc - 128, 'signal')})")
+        words.append(f"exit code {rc}: a process of the task was killed by {_signal_name(rc - 128)}")
     elif rc:
         words.append(f"exit code {rc}")
     return ", ".join(words)
+
+
+def _signal_name(sig: int) -> str:
+    return f"signal {sig} ({_SIGNALS[sig]})" if sig in _SIGNALS else f"signal {sig}"
 
 
 def slurm_job_info(job_id: str) -> dict:

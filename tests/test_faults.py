@@ -178,7 +178,7 @@ def test_slurm_job_end_words(monkeypatch):
     }
     monkeypatch.setattr(orch, "slurm_job_info", lambda j: infos[j])
     assert orch.slurm_job_end("1") == "CANCELLED, killed by signal 15 (SIGTERM)"
-    assert orch.slurm_job_end("2") == "OUT_OF_MEMORY, reason OutOfMemory, killed by signal 125 (signal)"
+    assert orch.slurm_job_end("2") == "OUT_OF_MEMORY, reason OutOfMemory, killed by signal 125"
     assert orch.slurm_job_end("3") == "FAILED, reason NonZeroExitCode, exit code 1"
     infos["5"] = {"JobState": "FAILED", "Reason": "NonZeroExitCode", "ExitCode": "137:0"}
     assert orch.slurm_job_end("5") == ("FAILED, reason NonZeroExitCode, exit code 137: a process of the task "
