@@ -254,8 +254,19 @@ class ExecutorConfig:
     array_parallelism: int = opt(64, doc="Maximum array tasks running at once")
     sites_per_task: int = opt(16, doc="Sites per array task")
     extra_sbatch: list[str] = opt(factory=list, doc="Extra #SBATCH lines (without '#SBATCH')")
-    max_retries: int = opt(3, doc="Resubmissions of a preempted or timed-out task")
+    max_retries: int = opt(
+        3, doc="Resubmissions of a preempted or timed-out task, and of the sites of a task that left the "
+        "Slurm queue without a result (killed, cancelled, out of memory, node failure)"
+    )
     mpi_ranks: int = opt(2, doc="Ranks for the MPI stages (reduce, evaluate)")
+    poll_interval_s: float = opt(
+        5.0, doc="Seconds between the driver's squeue checks of its Slurm jobs: a task that left the queue "
+        "without a result is reported failed within one interval"
+    )
+    mpi_startup_timeout_s: float = opt(
+        120.0, doc="Seconds an MPI rank may take to reach the first barrier (MPI_Init included) before it "
+        "aborts the job, so a rank lost at start-up cannot leave the others waiting until the time limit"
+    )
 
 
 # ----------------------------------------------------------------- reduce
@@ -640,6 +651,12 @@ def validate(cfg: Config, where: str = "<config>") -> Config:
         err("features.zernike_degree", "must be >= 0")
     if cfg.executor.sites_per_task < 1:
         err("executor.sites_per_task", "must be >= 1")
+    if cfg.executor.max_retries < 0:
+        err("executor.max_retries", "must be >= 0")
+    if cfg.executor.poll_interval_s <= 0:
+        err("executor.poll_interval_s", "must be > 0")
+    if cfg.executor.mpi_startup_timeout_s <= 0:
+        err("executor.mpi_startup_timeout_s", "must be > 0")
     if cfg.illumination.downsample < 1:
         err("illumination.downsample", "must be >= 1")
     if cfg.evaluate.null_size < 1:

@@ -5,10 +5,22 @@ Reduce and evaluate are written once against this object: under ``mpirun``
 missing, or a plain ``python`` start) they get :class:`SerialComm`, whose
 collective calls are the identities of a world of size 1. The code path is the
 same, not a copy.
+
+Bounded start-up: a rank lost while the job starts (killed inside
+``MPI_Init``, a node that never comes up) would leave the others waiting in
+``MPI_Init`` or their first collective until the Slurm time limit. So
+:func:`get_comm` starts each rank under a watchdog: unless the rank has passed
+``MPI_Init`` and a first barrier within ``$HPC_PROFILER_MPI_STARTUP_TIMEOUT_S``
+seconds (``executor.mpi_startup_timeout_s``, which ``hpc-profiler run``
+exports; default 120), the watchdog prints why on stderr and kills the rank,
+which ends the job (``srun --kill-on-bad-exit=1``, ``mpirun``'s abort on a
+failed rank). The watchdog is a separate small process, not a thread: a rank
+stuck inside ``MPI_Init`` may never release Python's interpreter lock.
 """
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import traceback
 from contextlib import contextmanager
@@ -65,15 +77,75 @@ def get_comm(use_mpi: bool | None = None):
     """``MPI.COMM_WORLD`` when running under an MPI launcher, else :class:`SerialComm`.
 
     ``use_mpi=True`` forces mpi4py (ImportError if missing), ``False`` forces
-    the serial stand-in, ``None`` decides from the environment.
+    the serial stand-in, ``None`` decides from the environment. The first
+    call under MPI initialises MPI and passes a barrier within the start-up
+    timeout (see the module docstring), or the rank is killed.
     """
     if use_mpi is None:
         use_mpi = launched_by_mpi()
     if not use_mpi:
         return SerialComm()
-    from mpi4py import MPI
+    return _world()
 
-    return MPI.COMM_WORLD
+
+STARTUP_TIMEOUT_ENV = "HPC_PROFILER_MPI_STARTUP_TIMEOUT_S"
+DEFAULT_STARTUP_TIMEOUT_S = 120.0
+_STARTED = False
+
+# the watchdog: waits on its stdin; closed in time -> exits quietly, else kills the rank
+_WATCHDOG = """
+import os, select, signal, sys
+pid, timeout, who = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], timeout)
+if not ready:
+    sys.stderr.write(who + " error: MPI start-up (MPI_Init and the first barrier) did not complete within "
+                     + sys.argv[2] + " s (executor.mpi_startup_timeout_s): another rank probably died while "
+                     "starting; killing this rank so the job ends\\n")
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def startup_timeout_s() -> float:
+    """Seconds a rank may take to pass ``MPI_Init`` and the first barrier (``$HPC_PROFILER_MPI_STARTUP_TIMEOUT_S``)."""
+    raw = os.environ.get(STARTUP_TIMEOUT_ENV, "")
+    try:
+        value = float(raw)
+    except ValueError:
+        return DEFAULT_STARTUP_TIMEOUT_S
+    return value if value > 0 else DEFAULT_STARTUP_TIMEOUT_S
+
+
+def _rank_name() -> str:
+    env = os.environ
+    rank = next((env[v] for v in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "PMI_RANK", "SLURM_PROCID") if v in env), "?")
+    job = env.get("SLURM_JOB_ID")
+    return f"[rank {rank}" + (f", Slurm job {job}" if job else "") + "]"
+
+
+def _world():
+    """``MPI.COMM_WORLD``, initialised under the start-up watchdog on the first call."""
+    global _STARTED
+    if _STARTED:
+        from mpi4py import MPI
+
+        return MPI.COMM_WORLD
+    timeout = startup_timeout_s()
+    dog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), f"{timeout:g}", _rank_name()],
+                           stdin=subprocess.PIPE, close_fds=True)
+    try:
+        from mpi4py import MPI  # MPI_Init runs here
+
+        comm = MPI.COMM_WORLD
+        comm.Barrier()
+    finally:
+        dog.stdin.close()  # in time: the watchdog exits without a word
+        try:
+            dog.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - a watchdog that does not exit
+            dog.kill()
+    _STARTED = True
+    return comm
 
 
 @contextmanager

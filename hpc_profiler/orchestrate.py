@@ -35,6 +35,19 @@ preempted or reaches its time limit is checkpointed by submitit
 the requeued task skips the sites already done, so it continues from the first
 unfinished one. Requeues are bounded by ``executor.max_retries``.
 
+A task that dies outright (``kill -9``, ``scancel``, out of memory, node
+failure) writes no result. The waiting driver (:func:`wait_for`) does not rely
+on ``sacct`` (which fails where Slurm accounting is off, and then submitit
+never sees such a task end): every ``executor.poll_interval_s`` it asks
+``squeue`` which of its tasks are still queued; one that is gone without a
+result is finished-with-failure (:class:`TaskLostError`, its state from
+``scontrol``: CANCELLED, TIMEOUT, OUT_OF_MEMORY, NODE_FAIL, PREEMPTED, killed
+by a signal), its unfinished sites get failure records naming that state, and
+they are resubmitted up to ``executor.max_retries`` times
+(:func:`submit_stage`); what is still not done after that is
+``SubmitResult.lost``, reported by ``submit --wait`` and ``run`` with a
+non-zero exit.
+
 Tasks receive only (path of the scheduled-sites Parquet file, index range) or
 (manifest path, plate): never the manifest itself.
 """
@@ -42,9 +55,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import shutil
+import subprocess
 import sys
 import time
 import traceback
@@ -125,13 +140,16 @@ def read_json(path: Path):
 
 # =========================================================================== failures
 def record_failure(
-    cfg: Config, stage: str, exc: BaseException, *, plate: str, well=None, site=None, batch: str = ""
+    cfg: Config, stage: str, exc: BaseException, *, plate: str, well=None, site=None, batch: str = "",
+    task: Optional[str] = None,
 ) -> Path:
     """Write the failure record of one site (or plate, for ``illum``); returns its path.
 
     The record holds plate, well, site, stage, ``error_type`` (the exception
     class), ``message`` (which names the file for input errors), ``task`` (the
-    Slurm array task), ``batch``, ``time`` and the last lines of the traceback.
+    Slurm array task; ``task`` overrides it when the driver records a task
+    that died, :class:`TaskLostError`), ``batch``, ``time`` and the last
+    lines of the traceback.
     """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     rec = {
@@ -141,7 +159,7 @@ def record_failure(
         "site": None if site is None else str(site),
         "error_type": type(exc).__name__,
         "message": str(exc),
-        "task": current_task_id(),
+        "task": task or current_task_id(),
         "batch": batch,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "traceback": tb[-4000:],
@@ -460,8 +478,34 @@ def executor_parameters(cfg: Config, stage: str, kind: str) -> dict:
     return params
 
 
+class _SacctWarningOnce(logging.Filter):
+    """submitit warns "Bypassing sacct error" at every status poll (on stdout and stderr) when
+    ``sacct`` fails, as on clusters without Slurm accounting. Say it once, with what it means."""
+
+    seen = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in str(record.msg):
+            return True
+        if not _SacctWarningOnce.seen:
+            _SacctWarningOnce.seen = True
+            print("note: sacct failed (Slurm accounting is probably disabled on this cluster), so submitit "
+                  "cannot read job states; hpc-profiler watches its jobs with squeue/scontrol instead, "
+                  "and a task that leaves the queue without a result is reported as failed. "
+                  f"(submitit: {record.getMessage()}; shown once)", file=sys.stderr, flush=True)
+        return False
+
+
+def quiet_sacct_warnings() -> None:
+    """Install :class:`_SacctWarningOnce` on submitit's logger (idempotent)."""
+    log = logging.getLogger("submitit")
+    if not any(isinstance(f, _SacctWarningOnce) for f in log.filters):
+        log.addFilter(_SacctWarningOnce())
+
+
 def make_executor(cfg: Config, stage: str, kind: Optional[str] = None):
     """A ``submitit.AutoExecutor`` logging to ``<out>/logs/%j``."""
+    quiet_sacct_warnings()
     kind = resolve_kind(cfg, kind)
     # requeues after a time-out are bounded by submitit; after preemption by StageTask.checkpoint
     extra = {"slurm_max_num_timeout": int(cfg.executor.max_retries)} if kind == "slurm" else {}
@@ -476,7 +520,12 @@ class SubmitResult:
     """What one ``submit`` did.
 
     ``n_scheduled`` items (sites for extract, plates for illum) in ``n_tasks``
-    array tasks; ``n_done`` were already finished and not scheduled.
+    array tasks; ``n_done`` were already finished and not scheduled. With
+    ``wait``: ``results`` holds one entry per task of every submission (a
+    dict of counts, or the exception of a task that ended without one),
+    ``retries`` the resubmissions of lost tasks' sites and ``lost`` the
+    :class:`TaskLostError` of tasks whose sites were still not done after the
+    last retry.
     """
 
     stage: str
@@ -491,6 +540,8 @@ class SubmitResult:
     job_ids: list = field(default_factory=list)
     jobs: list = field(default_factory=list, repr=False)
     results: list = field(default_factory=list, repr=False)
+    retries: int = 0
+    lost: list = field(default_factory=list)
 
     def summary(self) -> str:
         what = "sites" if self.stage == "extract" else "plates"
@@ -501,6 +552,18 @@ class SubmitResult:
             s += f" [{self.kind} job {self.job_ids[0].split('_')[0]}, batch {self.batch}]"
         return s
 
+    def lost_summary(self) -> str:
+        """One line per task that ended without a result (after the retries): task, Slurm state, its items, log."""
+        if not self.lost:
+            return ""
+        n = sum(len(e.items) for e in self.lost)
+        what = "site(s)" if self.stage == "extract" else "plate(s)"
+        lines = [f"{self.stage}: {n} {what} not done: {len(self.lost)} task(s) ended without a result "
+                 f"after {self.retries} retr{'y' if self.retries == 1 else 'ies'} (executor.max_retries)"]
+        for e in self.lost:
+            lines.append(f"  task {e.task}: {e.reason}; {what} {', '.join(e.items)}; log {e.log}")
+        return "\n".join(lines)
+
 
 def _new_batch_id(stage: str) -> str:
     return f"{stage}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
@@ -510,8 +573,17 @@ def _missing_illum(cfg: Config, sites: Sequence) -> list[str]:
     return illum_pending(cfg, sites)
 
 
+def _item_key(stage: str, item) -> str:
+    """``plate/well/site`` of a site, or the plate name."""
+    return item if stage == "illum" else f"{item.plate}/{item.well}/{item.site}"
+
+
+def _notify(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = False,
-                 kind: Optional[str] = None) -> SubmitResult:
+                 kind: Optional[str] = None, notify=_notify) -> SubmitResult:
     """Schedule what is not done of ``stage`` as one array job.
 
     Parameters
@@ -522,9 +594,16 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
         Only count what would run; nothing is written or submitted.
     wait : bool
         Block until every task has finished (a tqdm progress bar on a
-        terminal); task results go to ``SubmitResult.results``.
+        terminal); task results go to ``SubmitResult.results``. A task that
+        ends without a result (killed, cancelled, out of memory, node failure;
+        seen with ``squeue``, :func:`wait_for`) has its unfinished sites
+        recorded in the failure table with the Slurm state, and those sites
+        are resubmitted up to ``executor.max_retries`` times; what is still
+        not done after that is in ``SubmitResult.lost``.
     kind : str, optional
         Override ``cfg.executor.kind``.
+    notify : callable
+        Receives one line per resubmission (default: printed to stderr).
 
     Raises
     ------
@@ -548,65 +627,286 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
                     f"extract: plates {', '.join(missing)} have no illumination functions in "
                     f"{pipeline.illum_path(cfg, missing[0]).parent}; run `hpc-profiler submit illum` first"
                 )
-        ranges = chunk_ranges(len(todo), cfg.executor.sites_per_task)
-        args: list = [[a for a, _ in ranges], [b for _, b in ranges]]
+        n_tasks = len(chunk_ranges(len(todo), cfg.executor.sites_per_task))
     else:
         plates = plates_of(sites)
         todo = illum_pending(cfg, sites)
         n_total = len(plates)
-        args = [list(todo)]
-    n_tasks = len(args[0])
+        n_tasks = len(todo)
     result = SubmitResult(stage=stage, batch=batch, kind=kind, n_total=n_total, n_done=n_total - len(todo),
                           n_scheduled=len(todo), n_tasks=n_tasks, dry_run=dry_run)
     if dry_run or not todo:
         return result
 
+    jobs, items = _launch(cfg, stage, kind, batch, todo)
+    result.batch_dir = batches_dir(cfg) / batch
+    result.jobs = jobs
+    result.job_ids = [str(j.job_id) for j in jobs]
+    if not wait:
+        return result
+    total = len(todo) if stage == "extract" else n_tasks
+    while True:
+        results = wait_for(jobs, total=total, kind=kind, poll_s=cfg.executor.poll_interval_s,
+                           logs=[_job_log(j) for j in jobs])
+        result.results += results
+        lost = _record_lost_tasks(cfg, stage, batch, results, items, jobs)
+        if not lost or result.retries >= cfg.executor.max_retries:
+            result.lost = lost
+            return result
+        result.retries += 1
+        again = [it for e in lost for it in e.item_objects]
+        notify(f"{stage}: resubmitting {len(again)} {'site' if stage == 'extract' else 'plate'}(s) of "
+               f"{len(lost)} task(s) that ended without a result ("
+               + "; ".join(f"{e.task}: {e.reason}" for e in lost)
+               + f"), retry {result.retries} of {cfg.executor.max_retries}")
+        batch = _new_batch_id(stage)
+        jobs, items = _launch(cfg, stage, kind, batch, again)
+        result.job_ids += [str(j.job_id) for j in jobs]
+        result.jobs += jobs
+        total = len(again)
+
+
+def _launch(cfg: Config, stage: str, kind: str, batch: str, todo: Sequence) -> tuple[list, list]:
+    """Submit ``todo`` (sites or plates) as one array job of batch ``batch``; returns (jobs, items per job)."""
     bdir = batches_dir(cfg) / batch
     bdir.mkdir(parents=True, exist_ok=True)
     if stage == "extract":
-        sites_path = manifest_mod.save_manifest(todo, bdir / "sites.parquet")
+        ranges = chunk_ranges(len(todo), cfg.executor.sites_per_task)
+        args: list = [[a for a, _ in ranges], [b for _, b in ranges]]
+        items = [list(todo[a:b]) for a, b in ranges]
+        sites_path = manifest_mod.save_manifest(list(todo), bdir / "sites.parquet")
     else:
+        args = [list(todo)]
+        items = [[p] for p in todo]
         sites_path = manifest_path(cfg)
     task = StageTask(cfg, stage, str(sites_path), batch)
     executor = make_executor(cfg, stage, kind)
     jobs = executor.map_array(task, *args)
-    result.batch_dir = bdir
-    result.jobs = jobs
-    result.job_ids = [str(j.job_id) for j in jobs]
     _write_json_atomic(bdir / "batch.json", {
         "batch": batch, "stage": stage, "kind": kind, "created": time.time(),
-        "n_scheduled": len(todo), "n_tasks": n_tasks, "job_ids": result.job_ids,
+        "n_scheduled": len(todo), "n_tasks": len(jobs), "job_ids": [str(j.job_id) for j in jobs],
         "sites_per_task": cfg.executor.sites_per_task, "config_hash": cfg.hash(),
     })
-    if wait:
-        result.results = wait_for(jobs, total=len(todo) if stage == "extract" else n_tasks)
-    return result
+    return jobs, items
 
 
-def wait_for(jobs: list, total: Optional[int] = None) -> list:
+# =========================================================================== liveness
+class TaskLostError(RuntimeError):
+    """A task that ended without a result: killed, cancelled, out of memory, node failure, ...
+
+    ``task`` is the Slurm (array) job id, ``reason`` the Slurm state and
+    reason as words, ``log`` the task's log file. :func:`submit_stage` fills
+    ``items`` (the keys of the sites or plates it left not done).
+    """
+
+    def __init__(self, task: str, reason: str, log: str = ""):
+        self.task, self.reason, self.log = str(task), reason, str(log)
+        self.items: list = []
+        self.item_objects: list = []
+        super().__init__(f"task {task} ended without a result: {reason}" + (f"; log {log}" if log else ""))
+
+
+#: squeue reasons under which a job will never start
+NEVER_STARTS = ("DependencyNeverSatisfied",)
+
+_SIGNALS = {1: "SIGHUP", 2: "SIGINT", 6: "SIGABRT", 9: "SIGKILL", 11: "SIGSEGV", 15: "SIGTERM"}
+
+
+def slurm_queue(job_ids=None) -> Optional[dict]:
+    """``{job id: (state, reason)}`` of this user's jobs in the Slurm queue, array tasks one by one.
+
+    ``job_ids`` limits the answer to those ids (array ids match all their
+    tasks). ``None`` when ``squeue`` cannot answer (not installed, the
+    controller does not respond): then nothing may be concluded about a job.
+    """
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        out = subprocess.run(["squeue", "-h", "-r", "-u", str(os.getuid()), "-o", "%i|%T|%r"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    queue = {}
+    for line in out.stdout.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            queue[parts[0]] = (parts[1], parts[2])
+    if job_ids is not None:
+        want = {str(j) for j in job_ids}
+        arrays = {w for w in want if "_" not in w}
+        queue = {k: v for k, v in queue.items() if k in want or k.split("_")[0] in arrays}
+    return queue
+
+
+def slurm_job_end(job_id: str) -> str:
+    """How a job that left the queue ended, in words, from ``scontrol show job`` (works without
+    accounting for ``MinJobAge`` seconds after the end), e.g. ``CANCELLED (by user), killed by SIGKILL``."""
+    info = slurm_job_info(job_id)
+    if not info:
+        return "left the Slurm queue (state no longer known to scontrol; sacct unavailable)"
+    state = info.get("JobState", "UNKNOWN")
+    words = [state]
+    reason = info.get("Reason", "None")
+    if reason and reason != "None":
+        words.append(f"reason {reason}")
+    code = info.get("ExitCode", "0:0")
+    try:
+        rc, sig = (int(x) for x in code.split(":"))
+    except ValueError:
+        rc, sig = 0, 0
+    if sig:
+        words.append(f"killed by {_signal_name(sig)}")
+    elif rc > 128:  # the job script passed on the status of a process killed by a signal (128 + signal)
+        words.append(f"exit code {rc}: a process of the task was killed by {_signal_name(rc - 128)}")
+    elif rc:
+        words.append(f"exit code {rc}")
+    return ", ".join(words)
+
+
+def _signal_name(sig: int) -> str:
+    return f"signal {sig} ({_SIGNALS[sig]})" if sig in _SIGNALS else f"signal {sig}"
+
+
+def slurm_job_info(job_id: str) -> dict:
+    """``scontrol -o show job ID`` as a dict (empty when Slurm no longer knows the job)."""
+    if shutil.which("scontrol") is None:
+        return {}
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "job", str(job_id)], capture_output=True, text=True,
+                             timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if out.returncode != 0 or not out.stdout.strip():
+        return {}
+    line = out.stdout.strip().splitlines()[0]
+    info = {}
+    for tok in line.split():
+        if "=" in tok:
+            k, v = tok.split("=", 1)
+            info.setdefault(k, v)
+    return info
+
+
+def _has_result(job) -> bool:
+    """submitit wrote the task's result (or its error) file."""
+    try:
+        folder = job.paths.folder
+        folder.chmod(folder.stat().st_mode)  # refresh a network file system's cache, as submitit does
+    except OSError:
+        pass
+    return job.paths.result_pickle.exists()
+
+
+def _job_log(job) -> str:
+    try:
+        return str(job.paths.stderr)
+    except Exception:  # noqa: BLE001 - a log path is a courtesy
+        return ""
+
+
+def wait_for(jobs: list, total: Optional[int] = None, *, kind: Optional[str] = None, poll_s: float = 5.0,
+             logs: Optional[list] = None) -> list:
     """Wait for submitit jobs, with a tqdm bar on a terminal; returns their results.
 
-    A task that failed as a whole (killed, out of requeues) is returned as
-    its exception, so one lost task does not hide the others' results.
+    A task that failed as a whole is returned as its exception, so one lost
+    task does not hide the others' results. On Slurm the driver watches
+    liveness itself, every ``poll_s`` seconds: a task that has left the queue
+    (``squeue``) without writing its result, or waits on a dependency that can
+    never be satisfied, is finished-with-failure at once, as a
+    :class:`TaskLostError` carrying its Slurm state from ``scontrol``. This
+    does not use ``sacct``, which fails on clusters without accounting (then
+    submitit alone would never see such a task end).
     """
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
     bar = tqdm(total=total or len(jobs), unit="site", disable=not sys.stderr.isatty()) if tqdm else None
-    results = {}
-    for job in submitit.helpers.as_completed(jobs, poll_frequency=1):
+    logs = logs or [_job_log(j) for j in jobs]
+    log_of = {j.job_id: log for j, log in zip(jobs, logs)}
+    results: dict = {}
+    pending = {j.job_id: j for j in jobs}
+    watch = kind == "slurm"
+    next_check = time.time() + min(poll_s, 1.0)
+
+    def finish(job) -> None:
         try:
             res = job.result()
         except Exception as exc:  # noqa: BLE001 - reported to the caller, not lost
             res = exc
         results[job.job_id] = res
+        pending.pop(job.job_id, None)
         if bar is not None:
             n = sum(res.get(k, 0) for k in ("done", "skipped", "failed")) if isinstance(res, dict) else 1
             bar.update(n)
+
+    while pending:
+        for job in list(pending.values()):
+            if _has_result(job) or (not watch and job.done()):
+                finish(job)
+        if watch and pending and time.time() >= next_check:
+            queue = slurm_queue(pending)
+            if queue is not None:
+                for jid, job in list(pending.items()):
+                    state = queue.get(str(jid))
+                    if state is not None and state[1] not in NEVER_STARTS:
+                        continue
+                    if _has_result(job):  # ended between the two looks
+                        finish(job)
+                        continue
+                    if state is not None:  # waits forever: take it out of the queue
+                        subprocess.run(["scancel", str(jid)], capture_output=True)
+                        reason = f"{state[0]} ({state[1]}), cancelled by hpc-profiler"
+                    else:
+                        reason = slurm_job_end(str(jid))
+                    results[jid] = TaskLostError(str(jid), reason, log_of.get(jid, ""))
+                    pending.pop(jid)
+                    if bar is not None:
+                        bar.update(1)
+            next_check = time.time() + poll_s
+        if pending:
+            time.sleep(min(1.0, poll_s))  # result files are looked for once a second, as submitit does
     if bar is not None:
         bar.close()
     return [results[j.job_id] for j in jobs]
+
+
+def _record_lost_tasks(cfg: Config, stage: str, batch: str, results: list, items: list, jobs: list) -> list:
+    """Failure records for the unfinished sites (plates) of tasks that returned no counts.
+
+    A site the task itself recorded as failed in this batch keeps its own
+    record (the real error); the others get the task's error (its Slurm
+    state for a :class:`TaskLostError`). Returns one :class:`TaskLostError`
+    per such task with its not-done items (tasks that left nothing undone
+    are dropped).
+    """
+    lost = []
+    for res, its, job in zip(results, items, jobs):
+        if isinstance(res, dict):
+            continue
+        if isinstance(res, TaskLostError):
+            err = res
+        else:  # the task's Python raised outside the per-site guard, or submitit gave up on it
+            first = str(res).strip().splitlines()[0] if str(res).strip() else ""
+            err = TaskLostError(str(job.job_id), f"{type(res).__name__}: {first}", _job_log(job))
+        undone = [it for it in its if not (illum_done(cfg, it) if stage == "illum" else site_done(cfg, it))]
+        if not undone:
+            continue
+        for it in undone:
+            where = dict(plate=it) if stage == "illum" else dict(plate=it.plate, well=it.well, site=it.site)
+            fpath = failure_path(cfg, stage, **where)
+            try:
+                if read_json(fpath).get("batch") == batch:
+                    continue  # the task recorded this one itself before it died
+            except (OSError, ValueError):
+                pass
+            record_failure(cfg, stage, err, batch=batch, task=err.task, **where)
+        err.items = [_item_key(stage, it) for it in undone]
+        err.item_objects = undone
+        lost.append(err)
+    return lost
 
 
 # =========================================================================== plain sbatch
@@ -665,8 +965,10 @@ def main_submit(args) -> int:
     print(res.summary())
     if res.job_ids:
         print(f"logs: {logs_dir(cfg)}/<job id>   status: hpc-profiler status {shlex.quote(args.config)}")
+    if res.lost:
+        print(res.lost_summary(), file=sys.stderr)
     if args.wait and res.results:
-        failed = sum(r.get("failed", 0) if isinstance(r, dict) else 1 for r in res.results)
+        failed = sum(r.get("failed", 0) for r in res.results if isinstance(r, dict)) + len(res.lost)
         if failed:
             print(f"{failed} failed; see: hpc-profiler status --failed {shlex.quote(args.config)}", file=sys.stderr)
             return 1

@@ -9,9 +9,16 @@ Each stage is resumable and skipped when its outputs are valid:
   inputs (the set of site files and the config hash; the profile table); a
   rerun with the same inputs skips them;
 * the MPI stages run under ``mpirun -n executor.mpi_ranks`` when Open MPI and
-  mpi4py are present (``srun --mpi=pmix`` in a Slurm job submitted with an
-  ``afterok`` dependency on the extraction array when the executor is Slurm),
-  else in this process; the code path is the same.
+  mpi4py are present (``srun --mpi=pmix --kill-on-bad-exit=1`` in a Slurm job
+  when the executor is Slurm, submitted only after the extraction array has
+  settled, so no dependency can be left unsatisfiable), else in this process;
+  the code path is the same. A rank that dies, or does not reach the first
+  barrier within ``executor.mpi_startup_timeout_s``, ends the stage with an
+  error naming the job, its log and its Slurm state;
+* tasks of illum/extract that die without a result are resubmitted
+  ``executor.max_retries`` times (:func:`orchestrate.submit_stage`); if some
+  are still lost the chain ends with a summary of their sites and Slurm states
+  (exit 1), and a rerun resumes.
 
 It prints one line per stage (items, cells, seconds, items/s, failures), then
 the benchmark summary table and the paths of the plots.
@@ -22,6 +29,7 @@ import argparse
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -149,7 +157,12 @@ def _eval_cfg(cfg: Config) -> dict:
 
 # ----------------------------------------------------------------------------- MPI stages
 def mpi_launcher(ranks: int) -> Optional[list]:
-    """``mpirun -n R`` when Open MPI and mpi4py are usable and R > 1, else None."""
+    """``mpirun -n R`` when Open MPI and mpi4py are usable and R > 1, else None.
+
+    Open MPI 4 is told explicitly to end the whole job when a rank exits
+    non-zero or is killed (``orte_abort_on_non_zero_status``, its default,
+    the counterpart of ``srun --kill-on-bad-exit=1``).
+    """
     if ranks <= 1 or shutil.which("mpirun") is None:
         return None
     try:
@@ -159,52 +172,73 @@ def mpi_launcher(ranks: int) -> Optional[list]:
     cmd = ["mpirun", "-n", str(ranks)]
     if ranks > (os.cpu_count() or 1):
         cmd.append("--oversubscribe")
+    if _open_mpi_major() == 4:
+        cmd += ["--mca", "orte_abort_on_non_zero_status", "1"]
     return cmd
 
 
-def _mpi_env() -> dict:
+def _open_mpi_major() -> Optional[int]:
+    try:
+        out = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    m = re.search(r"Open MPI\)?\s+(\d+)\.", out)
+    return int(m.group(1)) if m else None
+
+
+def _mpi_env(cfg: Config) -> dict:
+    from .mpi import STARTUP_TIMEOUT_ENV
+
     env = dict(os.environ)
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT", "1")
         env.setdefault("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+    env[STARTUP_TIMEOUT_ENV] = f"{float(cfg.executor.mpi_startup_timeout_s):g}"
     return env
 
 
-def run_mpi_stage(cfg: Config, stage: str, ranks: int, kind: str, after_job: Optional[str] = None) -> str:
-    """Run ``hpc-profiler <stage> CONFIG`` on ``ranks`` MPI ranks; returns how it ran.
+def _tail(path, n: int = 8) -> str:
+    try:
+        lines = Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return "\n".join("    " + line for line in lines[-n:])
 
-    Slurm executor: one ``sbatch --wait`` job of ``ranks`` tasks running
-    ``srun --mpi=pmix`` (with ``--dependency=afterok:<after_job>`` when given).
-    Otherwise ``mpirun -n ranks`` when available, else this process.
+
+def run_mpi_stage(cfg: Config, stage: str, ranks: int, kind: str) -> tuple[str, float]:
+    """Run ``hpc-profiler <stage> CONFIG`` on ``ranks`` MPI ranks; returns (how it ran, seconds of work).
+
+    Slurm executor: one job of ``ranks`` tasks running ``srun --mpi=pmix
+    --kill-on-bad-exit=1`` (a rank that dies ends the step instead of leaving
+    the others in a collective until the time limit), submitted only now, after
+    the arrays it reads have settled: there is no ``afterok`` dependency that
+    could never be satisfied. The driver watches the job with ``squeue`` and,
+    when it ends other than COMPLETED, raises :class:`StageError` naming the
+    job id, its log file and its Slurm state and reason (``scontrol``). The
+    seconds are those of the ``srun`` inside the job, not of the polling.
+    Otherwise ``mpirun -n ranks`` when available (output also written to
+    ``logs/<stage>_mpirun_<time>.out``), else this process. Every rank must
+    reach its first barrier within ``executor.mpi_startup_timeout_s``
+    (:func:`hpc_profiler.mpi.get_comm`).
     """
     args = [sys.executable, "-m", "hpc_profiler", stage, str(cfg.source)]
+    env = _mpi_env(cfg)
+    logs = Path(cfg.out) / "logs"
     if kind == "slurm" and shutil.which("sbatch"):
-        logs = Path(cfg.out) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
-        ex = cfg.executor
-        cmd = ["sbatch", "--wait", "--parsable", f"--job-name=hpcp-{stage}", f"--ntasks={ranks}",
-               f"--time={ex.time_min}", f"--mem-per-cpu={max(1, int(ex.mem_gb * 1024 / max(ranks, 1)))}M",
-               f"--output={logs}/{stage}_%j.out"]
-        for opt, val in (("partition", ex.partition), ("account", ex.account), ("qos", ex.qos)):
-            if val:
-                cmd.append(f"--{opt}={val}")
-        if after_job:
-            cmd.append(f"--dependency=afterok:{after_job}")
-        wrap = " ".join(["srun", "--mpi=pmix", *map(_shell_quote, args)])
-        cmd.append(f"--wrap={wrap}")
-        try:
-            subprocess.run(cmd, check=True, env=_mpi_env(), stdout=subprocess.DEVNULL)
-        except subprocess.CalledProcessError as exc:
-            raise StageError(f"{stage}: the Slurm job failed (exit {exc.returncode}); see {logs}/{stage}_*.out") from exc
-        return f"slurm job of {ranks} ranks"
+        return _run_mpi_slurm(cfg, stage, ranks, args, env, logs)
     launcher = mpi_launcher(ranks)
     if launcher:
-        try:
-            subprocess.run([*launcher, *args], check=True, env=_mpi_env())
-        except subprocess.CalledProcessError as exc:
-            raise StageError(f"{stage}: `{' '.join(launcher)} ... {stage}` failed (exit {exc.returncode}); "
-                             "its error is printed above") from exc
-        return f"mpirun -n {ranks}"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{stage}_mpirun_{time.strftime('%Y%m%d-%H%M%S')}.out"
+        t0 = time.perf_counter()
+        rc = _run_tee([*launcher, *args], env, log)
+        dt = time.perf_counter() - t0
+        if rc != 0:
+            how = f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
+            raise StageError(f"{stage}: `{' '.join(launcher)} ... {stage}` failed ({how}) after {dt:.1f} s; "
+                             f"log {log}:\n{_tail(log)}")
+        return f"mpirun -n {ranks}", dt
+    t0 = time.perf_counter()
     if stage == "reduce":
         from .reduce import reduce_batch
 
@@ -213,7 +247,61 @@ def run_mpi_stage(cfg: Config, stage: str, ranks: int, kind: str, after_job: Opt
         from .evaluate.run import evaluate_batch
 
         evaluate_batch(cfg)
-    return "1 process"
+    return "1 process", time.perf_counter() - t0
+
+
+def _run_tee(cmd: list, env: dict, log: Path) -> int:
+    """Run ``cmd``, copying its output (stdout and stderr together) to our stderr and to ``log``."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        for line in proc.stdout:
+            fh.write(line)
+            fh.flush()
+            sys.stderr.buffer.write(line)
+            sys.stderr.flush()
+        return proc.wait()
+
+
+def _run_mpi_slurm(cfg: Config, stage: str, ranks: int, args: list, env: dict, logs: Path) -> tuple[str, float]:
+    from .orchestrate import NEVER_STARTS, slurm_job_end, slurm_job_info, slurm_queue
+
+    logs.mkdir(parents=True, exist_ok=True)
+    ex = cfg.executor
+    cmd = ["sbatch", "--parsable", f"--job-name=hpcp-{stage}", f"--ntasks={ranks}",
+           f"--time={ex.time_min}", f"--mem-per-cpu={max(1, int(ex.mem_gb * 1024 / max(ranks, 1)))}M",
+           f"--output={logs}/{stage}_%j.out"]
+    for opt, val in (("partition", ex.partition), ("account", ex.account), ("qos", ex.qos)):
+        if val:
+            cmd.append(f"--{opt}={val}")
+    timing = _shell_quote(str(logs / stage)) + '_"$SLURM_JOB_ID".time'
+    srun = " ".join(["srun", "--mpi=pmix", "--kill-on-bad-exit=1", *map(_shell_quote, args)])
+    # the job writes when its srun started and ended, so the stage time is the work, not our polling
+    cmd.append(f"--wrap=t0=$(date +%s.%N); {srun}; rc=$?; echo \"$t0 $(date +%s.%N) $rc\" > {timing}; exit $rc")
+    try:
+        out = subprocess.run(cmd, check=True, env=env, capture_output=True, text=True)
+    except subprocess.CalledProcessError as exc:
+        raise StageError(f"{stage}: sbatch refused the job (exit {exc.returncode}): {exc.stderr.strip()}") from exc
+    job = out.stdout.strip().split(";")[0]
+    log = logs / f"{stage}_{job}.out"
+    poll = min(float(ex.poll_interval_s), 2.0)
+    while True:
+        queue = slurm_queue([job])
+        if queue is not None and job not in queue:
+            break
+        if queue and queue[job][1] in NEVER_STARTS:
+            subprocess.run(["scancel", job], capture_output=True)
+            raise StageError(f"{stage}: Slurm job {job} can never start ({queue[job][1]}); cancelled it")
+        time.sleep(poll)
+    info = slurm_job_info(job)
+    state = info.get("JobState")
+    t_start = t_end = rc = None
+    try:
+        t_start, t_end, rc = (float(x) for x in (logs / f"{stage}_{job}.time").read_text().split())
+    except (OSError, ValueError):
+        pass
+    if state not in (None, "COMPLETED") or rc != 0:
+        raise StageError(f"{stage}: Slurm job {job} {slurm_job_end(job)}; log {log}:\n{_tail(log)}")
+    return f"slurm job of {ranks} ranks (job {job})", t_end - t_start
 
 
 def _shell_quote(s: str) -> str:
@@ -265,43 +353,46 @@ def run_batch(cfg: Config, *, kind: Optional[str] = None, ranks: Optional[int] =
 
     for stage, unit in (("illum", "plates"), ("extract", "sites")):
         t0 = time.perf_counter()
-        sub = orchestrate.submit_stage(cfg, stage, wait=True, kind=kind)
+        sub = orchestrate.submit_stage(cfg, stage, wait=True, kind=kind, notify=out)
         dt = time.perf_counter() - t0
         fails = len(orchestrate.list_failures(cfg, stage))
         cells = None
         if stage == "extract":
             cells = count_cells(cfg, sites)
+        note = f"({sub.n_done} of {sub.n_total} already done)" if sub.n_done else ""
+        if sub.retries:
+            note += f" ({sub.retries} resubmission(s) of lost tasks' items)"
         line = StageLine(stage, sub.n_scheduled, unit, dt, fails, cells, skipped=sub.n_scheduled == 0,
-                         note=f"({sub.n_done} of {sub.n_total} already done)" if sub.n_done else "")
+                         note=note.strip())
         res.lines.append(line)
         res.failures += fails
         out(str(line))
-        if stage == "extract":
-            last_job = sub.job_ids[0].split("_")[0] if sub.job_ids else None
+        if sub.lost:
+            # tasks that died (killed, cancelled, node failure) even after the retries: the chain ends
+            # here rather than reduce a batch with holes that a rerun would fill
+            raise StageError(sub.lost_summary() + f"\nrerun `hpc-profiler run {cfg.source}` to resume")
 
-    # reduce
-    t0 = time.perf_counter()
+    # reduce: submitted only now that the arrays have settled (every site done or failed for good)
     digest = site_files_digest(cfg)
     if stage_is_current(cfg, "reduce", digest):
         line = StageLine("reduce", 0, "wells", 0.0, skipped=True)
     else:
-        how = run_mpi_stage(cfg, "reduce", ranks, kind, after_job=last_job)
+        how, dt = run_mpi_stage(cfg, "reduce", ranks, kind)
         outputs = sorted((Path(cfg.out) / "profiles").glob("well_*.parquet"))
         write_stamp(cfg, "reduce", digest, outputs)
-        line = StageLine("reduce", _rows(profiles_path(cfg)), "wells", time.perf_counter() - t0, note=f"[{how}]")
+        line = StageLine("reduce", _rows(profiles_path(cfg)), "wells", dt, note=f"[{how}]")
     res.lines.append(line)
     out(str(line))
 
     # evaluate
-    t0 = time.perf_counter()
     digest = profiles_digest(cfg)
     if stage_is_current(cfg, "evaluate", digest):
         line = StageLine("evaluate", 0, "tasks", 0.0, skipped=True)
     else:
-        how = run_mpi_stage(cfg, "evaluate", ranks, kind)
+        how, dt = run_mpi_stage(cfg, "evaluate", ranks, kind)
         outputs = sorted((Path(cfg.out) / "evaluate").glob("*.parquet"))
         write_stamp(cfg, "evaluate", digest, outputs)
-        line = StageLine("evaluate", len(cfg.evaluate.tasks), "tasks", time.perf_counter() - t0, note=f"[{how}]")
+        line = StageLine("evaluate", len(cfg.evaluate.tasks), "tasks", dt, note=f"[{how}]")
     res.lines.append(line)
     out(str(line))
 

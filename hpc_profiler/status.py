@@ -5,7 +5,15 @@ site files (done = validates with the current config hash), the failure
 table, the work logs and the batch records; asks ``squeue`` which of the
 recorded jobs still run. Per plate: done / failed / pending sites and whether
 the illumination functions exist; overall: throughput (sites per hour over the
-work log's span of done sites) and an ETA for the pending sites.
+work log's span of done sites) and an ETA for the pending sites while
+something is queued or running (without a running job nothing will finish by
+itself, so no ETA is shown).
+
+Dead tasks: a Slurm task of a recorded extract batch that has left the queue
+without writing its result (``kill -9``, ``scancel``, out of memory, node
+failure) while some of its sites are not done shows those sites as failed,
+with the task's Slurm state from ``scontrol`` (:func:`dead_task_failures`),
+even when no driver is waiting to record them.
 
 The exit code of :func:`main_status` is non-zero while any failure record
 exists, so a script can loop ``until hpc-profiler status CONFIG; do ...``.
@@ -116,12 +124,75 @@ def collect_status(cfg) -> BatchStatus:
                 continue
     st = BatchStatus(plates=[plates[k] for k in sorted(plates)], failures=failures,
                      running_jobs=squeue_states(job_ids))
+    _add_dead_tasks(st, dead_task_failures(cfg, done_keys | failed_keys))
     st.throughput_per_hour = throughput(orch.read_worklog(cfg, "extract"))
     st.stages = mpi_stage_states(cfg)
     pending = st.totals.pending
-    if st.throughput_per_hour:
+    if st.throughput_per_hour and st.running_jobs and pending:  # an ETA only while work can progress
         st.eta_s = pending / st.throughput_per_hour * 3600.0
     return st
+
+
+def dead_task_failures(cfg, settled_keys: set) -> list[dict]:
+    """Failure rows (not written to the table) for the sites of dead extract tasks.
+
+    A task of a recorded Slurm batch is dead when ``squeue`` no longer lists
+    it and submitit holds no result of it; its sites that are neither done nor
+    already in the failure table (``settled_keys``: (plate, well, site) with
+    the site as text) are failed with the task's Slurm state. A site counts
+    for its most recent batch only, so a site resubmitted in a newer batch is
+    pending, not failed. Nothing is concluded when ``squeue`` does not answer.
+    """
+    from submitit.core.utils import JobPaths
+
+    bdir = orch.batches_dir(cfg)
+    records = []
+    for b in bdir.glob("*/batch.json") if bdir.exists() else []:
+        try:
+            rec = orch.read_json(b)
+        except (OSError, ValueError):
+            continue
+        if rec.get("stage") == "extract" and rec.get("kind") == "slurm" and rec.get("job_ids"):
+            records.append((float(rec.get("created", 0)), b.parent, rec))
+    if not records:
+        return []
+    queue = orch.slurm_queue()
+    if queue is None:
+        return []
+    seen: set = set()
+    rows = []
+    for _created, folder, rec in sorted(records, key=lambda r: r[0], reverse=True):  # newest first
+        try:
+            sites = orch.manifest_mod.load_manifest(folder / "sites.parquet")
+        except Exception:  # noqa: BLE001 - a batch folder without its site list tells nothing
+            continue
+        ranges = orch.chunk_ranges(len(sites), int(rec.get("sites_per_task") or 1))
+        for jid, (a, b) in zip(rec["job_ids"], ranges):
+            keys = [(s.plate, s.well, str(s.site)) for s in sites[a:b]]
+            fresh = [k for k in keys if k not in seen]
+            seen.update(keys)
+            todo = [k for k in fresh if k not in settled_keys]
+            if not todo or str(jid) in queue:
+                continue
+            if JobPaths(orch.logs_dir(cfg) / "%j", job_id=str(jid), task_id=0).result_pickle.exists():
+                continue  # it ended normally; its failures are in the table
+            reason = orch.slurm_job_end(str(jid))
+            for plate, well, site in todo:
+                rows.append({"stage": "extract", "plate": plate, "well": well, "site": site,
+                             "error_type": "TaskLostError", "message": f"task {jid} ended without a result: "
+                             f"{reason}", "task": str(jid), "batch": rec.get("batch", ""), "time": "-"})
+    return rows
+
+
+def _add_dead_tasks(st: BatchStatus, rows: list) -> None:
+    """Count the sites of dead tasks as failed (they were pending) and list them with the failures."""
+    by_plate = {p.plate: p for p in st.plates}
+    for r in rows:
+        p = by_plate.get(r["plate"])
+        if p is not None and p.pending > 0:
+            p.pending -= 1
+            p.failed += 1
+    st.failures = st.failures + rows
 
 
 def mpi_stage_states(cfg) -> dict:

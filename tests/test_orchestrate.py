@@ -472,3 +472,33 @@ def test_plain_sbatch_templates_illum_then_extract(slurm_data, finished_batch, r
     assert orch.list_failures(cfg, "extract") == [] and orch.list_failures(cfg, "illum") == []
     # PLATE2's illumination here includes the two sites that were bad in the reference run
     _assert_same_results(cfg, finished_batch["cfg"], plates=["PLATE1"])
+
+
+def test_lost_task_sites_recorded_with_the_slurm_state(tmp_path):
+    """A task without a result: its unfinished sites get TaskLostError records naming its state; a
+    site the task itself recorded in this batch keeps its own error; a task with counts adds nothing."""
+    from hpc_profiler.manifest import Site
+
+    cfg = load_config(write_config(tmp_path / "c.yaml", tmp_path / "x.csv", tmp_path / "out"))
+    sites = [Site("P1", "A01", i, {"DNA": f"/x/{i}.tif"}) for i in (1, 2, 3)]
+    own = orch.record_failure(cfg, "extract", ValueError("bad TIFF /x/2.tif"), plate="P1", well="A01", site=2,
+                              batch="b1")
+
+    class FakeJob:
+        def __init__(self, jid):
+            self.job_id = jid
+
+    lost = orch.TaskLostError("7_0", "CANCELLED, killed by signal 9 (SIGKILL)", "/logs/7_0/7_0_0_log.err")
+    results = [lost, {"done": 1, "skipped": 0, "failed": 0}]
+    out = orch._record_lost_tasks(cfg, "extract", "b1", results, [sites[:2], sites[2:]],
+                                  [FakeJob("7_0"), FakeJob("7_1")])
+    assert out == [lost] and lost.items == ["P1/A01/1", "P1/A01/2"]
+    recs = {f["site"]: f for f in orch.list_failures(cfg, "extract")}
+    assert set(recs) == {"1", "2"}
+    assert recs["1"]["error_type"] == "TaskLostError" and recs["1"]["task"] == "7_0"
+    assert "CANCELLED" in recs["1"]["message"] and "7_0_0_log.err" in recs["1"]["message"]
+    assert recs["2"]["error_type"] == "ValueError" and recs["2"]["path"] == str(own)
+    res = orch.SubmitResult("extract", "b1", "slurm", 3, 0, 3, 2, False, retries=1, lost=out)
+    text = res.lost_summary()
+    assert "2 site(s) not done: 1 task(s) ended without a result after 1 retry" in text
+    assert "task 7_0: CANCELLED, killed by signal 9 (SIGKILL); site(s) P1/A01/1, P1/A01/2" in text

@@ -1,0 +1,414 @@
+"""Faults on the real local Slurm (issue 20): the chain ends or resumes, it never hangs.
+
+Accounting is disabled on the local Slurm (as in CI), so ``sacct`` fails and
+only the driver's own liveness check (``squeue``/``scontrol``) can see a task
+die. Each fault test bounds the time from the fault to a clean exit by
+``BOUND_S`` (60 s) plus one polling interval, checks the message names the
+sites (or the job and its log) and the Slurm state, then reruns and compares
+the outputs with an undisturbed run of the same tiny synthetic batch
+(2 plates x 4 wells x 1 site).
+
+Faults are injected by ``tests/fault_hooks/sitecustomize.py`` (on
+``PYTHONPATH`` of the driver, hence of the Slurm tasks and MPI ranks):
+a task SIGKILLs itself half-way through writing a site file, or an MPI rank
+SIGKILLs itself as ``MPI_Init`` starts; or by ``scancel`` of one array task.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from hpc_profiler import orchestrate as orch
+from hpc_profiler import sitefile, status
+from hpc_profiler.config import load_config
+from hpc_profiler.run import StageError, run_batch, run_mpi_stage
+
+HOOKS = Path(__file__).resolve().parent / "fault_hooks"
+BOUND_S = 60.0
+POLL_S = 2.0
+CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    from hpc_profiler.config import SynthConfig
+    from hpc_profiler.synth import generate_batch
+
+    root = tmp_path_factory.mktemp("faults")
+    sc = SynthConfig(modalities=["compound"], replicate_plates=2, wells=4, sites_per_well=1, size=192,
+                     cells_per_site=10, seed=5)
+    generate_batch(sc, root / "synth", CHANNELS)
+    return root
+
+
+def _config(root: Path, name: str, partition=None, **executor) -> Path:
+    sd = root / "synth"
+    ex = {"kind": "slurm", "sites_per_task": 2, "cpus_per_task": 1, "mem_gb": 1, "time_min": 10,
+          "array_parallelism": 4, "max_retries": 0, "poll_interval_s": POLL_S, "mpi_ranks": 2,
+          "mpi_startup_timeout_s": 20}
+    if partition:
+        ex["partition"] = partition
+    ex.update(executor)
+    cfg = {"name": "faults", "device": "cpu", "output_dir": str(root / name),
+           "input": {"loaddata_csv": str(sd / "load_data.csv"), "well_metadata_csv": str(sd / "well_metadata.csv")},
+           "illumination": {"downsample": 2, "median_filter_size": 10},
+           "features": {"families": ["Intensity"]},
+           "executor": ex, "evaluate": {"null_size": 200}}
+    p = root / f"{name}.yaml"
+    p.write_text(yaml.safe_dump(cfg))
+    return p
+
+
+@pytest.fixture(scope="module")
+def reference(synth):
+    """The undisturbed run, in this process (submitit's debug executor, no MPI)."""
+    cfg = load_config(_config(synth, "reference", kind="debug"))
+    res = run_batch(cfg, ranks=1, report=False, out=lambda s: None)
+    assert res.failures == 0
+    return cfg
+
+
+def _site_names(root: Path) -> list:
+    with open(root / "synth" / "load_data.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    return [(r["Metadata_Plate"], r["Metadata_Well"], r["Metadata_Site"]) for r in rows]
+
+
+def _prepare(synth, reference, name: str, partition, **executor):
+    """A fresh output folder with the reference's illumination functions (illum is not under test here)."""
+    cfg_path = _config(synth, name, partition=partition, **executor)
+    cfg = load_config(cfg_path)
+    shutil.copytree(reference.out / "illum", cfg.out / "illum")
+    return cfg_path, cfg
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(HOOKS)] + [p for p in [env.get("PYTHONPATH")] if p])
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def _driver(cfg_path: Path, env: dict) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "hpc_profiler", "run", str(cfg_path), "--no-mpi", "--no-report"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            start_new_session=True)
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> str:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        out, _ = proc.communicate()
+        raise AssertionError(f"`hpc-profiler run` still running after {timeout:.0f} s:\n{out[-4000:]}") from None
+    return out
+
+
+def _temps(out: Path) -> list:
+    return [p for p in (out / "sites").rglob("*") if ".tmp" in p.name]
+
+
+def _assert_same_outputs(cfg, ref) -> None:
+    """Every site file and the well tables equal the undisturbed run's."""
+    mine = sorted(p.relative_to(cfg.out) for p in (cfg.out / "sites").rglob("*.h5") if not p.name.startswith("."))
+    theirs = sorted(p.relative_to(ref.out) for p in (ref.out / "sites").rglob("*.h5") if not p.name.startswith("."))
+    assert mine == theirs and len(mine) == 8
+    for rel in mine:
+        a, b = sitefile.read_site_file(cfg.out / rel), sitefile.read_site_file(ref.out / rel)
+        assert set(a.objects) == set(b.objects)
+        for obj in a.objects:
+            np.testing.assert_array_equal(a.objects[obj].values, b.objects[obj].values, err_msg=f"{rel} {obj}")
+    for table in ("well_normalized.parquet", "well_feature_selected.parquet"):
+        pa = pd.read_parquet(cfg.out / "profiles" / table).sort_values(["Metadata_Plate", "Metadata_Well"])
+        pb = pd.read_parquet(ref.out / "profiles" / table).sort_values(["Metadata_Plate", "Metadata_Well"])
+        pd.testing.assert_frame_equal(pa.reset_index(drop=True), pb.reset_index(drop=True))
+
+
+def _status_failed(cfg_path) -> tuple[int, str]:
+    import argparse
+    import contextlib
+    import io
+
+    p = argparse.ArgumentParser()
+    status.add_status_arguments(p)
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        rc = status.main_status(p.parse_args([str(cfg_path), "--failed"]))
+    return rc, buf.getvalue()
+
+
+# ============================================================== unit: no Slurm needed
+def test_sacct_warning_said_once_with_its_meaning(capsys, caplog):
+    import logging
+
+    orch.quiet_sacct_warnings()
+    orch.quiet_sacct_warnings()  # idempotent: one filter
+    log = logging.getLogger("submitit")
+    orch._SacctWarningOnce.seen = False
+    with caplog.at_level(logging.WARNING, logger="submitit"):
+        for i in range(5):
+            log.warning(f"Call #{i} - Bypassing sacct error Command '['sacct']' returned non-zero exit status 1., "
+                        "status may be inaccurate.")
+        log.warning("some other submitit warning")
+    err = capsys.readouterr().err
+    assert err.count("Bypassing sacct error") == 1 and err.count("note: sacct failed") == 1
+    assert "accounting" in err and "squeue" in err
+    assert "Bypassing sacct error" not in caplog.text  # none reaches submitit's handlers
+    assert "some other submitit warning" in caplog.text  # other warnings pass
+    assert sum(isinstance(f, orch._SacctWarningOnce) for f in log.filters) == 1
+
+
+def test_slurm_job_end_words(monkeypatch):
+    infos = {
+        "1": {"JobState": "CANCELLED", "Reason": "None", "ExitCode": "0:15"},
+        "2": {"JobState": "OUT_OF_MEMORY", "Reason": "OutOfMemory", "ExitCode": "0:125"},
+        "3": {"JobState": "FAILED", "Reason": "NonZeroExitCode", "ExitCode": "1:0"},
+        "4": {},
+    }
+    monkeypatch.setattr(orch, "slurm_job_info", lambda j: infos[j])
+    assert orch.slurm_job_end("1") == "CANCELLED, killed by signal 15 (SIGTERM)"
+    assert orch.slurm_job_end("2") == "OUT_OF_MEMORY, reason OutOfMemory, killed by signal 125"
+    assert orch.slurm_job_end("3") == "FAILED, reason NonZeroExitCode, exit code 1"
+    infos["5"] = {"JobState": "FAILED", "Reason": "NonZeroExitCode", "ExitCode": "137:0"}
+    assert orch.slurm_job_end("5") == ("FAILED, reason NonZeroExitCode, exit code 137: a process of the task "
+                                       "was killed by signal 9 (SIGKILL)")
+    assert "left the Slurm queue" in orch.slurm_job_end("4")
+
+
+@pytest.mark.slow
+def test_status_eta_only_while_jobs_run(reference, monkeypatch):
+    """No ETA when nothing is queued or running: pending sites will not finish by themselves."""
+    victim = next((reference.out / "sites").rglob("*.h5"))
+    moved = victim.with_name(victim.name + ".away")
+    victim.rename(moved)
+    try:
+        monkeypatch.setattr(status, "squeue_states", lambda ids: [])
+        st = status.collect_status(reference)
+        assert st.totals.pending == 1 and st.throughput_per_hour and st.eta_s is None
+        assert "ETA -" in status.format_status(st)
+        monkeypatch.setattr(status, "squeue_states", lambda ids: [("123_4", "RUNNING")])
+        st = status.collect_status(reference)
+        assert st.eta_s == pytest.approx(3600.0 / st.throughput_per_hour)
+    finally:
+        moved.rename(victim)
+
+
+# ============================================================== real local Slurm
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_task_killed_while_writing_a_site_ends_run_then_rerun_completes(synth, reference, local_slurm):
+    cfg_path, cfg = _prepare(synth, reference, "kill_write", local_slurm.partition)
+    plate, well, site = _site_names(synth)[2]
+    marker = synth / "kill_write.killed"
+    t0 = time.time()
+    proc = _driver(cfg_path, _env(HPCP_TEST_KILL_WRITING=sitefile.site_file_name(plate, well, site),
+                                  HPCP_TEST_KILL_MARKER=marker))
+    out = _wait(proc, 400)
+    t_end = time.time()
+    assert marker.exists(), out[-3000:]
+    assert t_end - marker.stat().st_mtime <= BOUND_S + POLL_S, out[-3000:]
+    assert proc.returncode == 1, out[-3000:]
+    assert f"{plate}/{well}/{site}" in out and "SIGKILL" in out, out[-3000:]
+    assert "Bypassing sacct error" not in out
+    assert _temps(cfg.out), "the fault did not land in the middle of a site file write"
+    fails = {(f["plate"], f["well"], f["site"]): f for f in orch.list_failures(cfg, "extract")}
+    assert (plate, well, site) in fails and fails[(plate, well, site)]["error_type"] == "TaskLostError"
+    assert "SIGKILL" in fails[(plate, well, site)]["message"]
+    assert not (cfg.out / "profiles").exists()  # the chain ended before reduce
+    rc, text = _status_failed(cfg_path)
+    assert rc == 1 and f"{plate}/{well}/{site}" in text and "SIGKILL" in text, text
+    print(f"kill mid-write: run ended {t_end - marker.stat().st_mtime:.1f} s after the fault "
+          f"({t_end - t0:.1f} s in all)")
+
+    res = run_batch(cfg, ranks=1, report=False, out=lambda s: None)  # the rerun resumes
+    assert res.failures == 0 and orch.list_failures(cfg, "extract") == []
+    assert _temps(cfg.out) == []
+    _assert_same_outputs(cfg, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_scancel_of_one_array_task_ends_run_then_rerun_completes(synth, reference, local_slurm):
+    cfg_path, cfg = _prepare(synth, reference, "scancel", local_slurm.partition, array_parallelism=2)
+    proc = _driver(cfg_path, _env())
+    victim = None
+    deadline = time.time() + 300
+    while victim is None and time.time() < deadline and proc.poll() is None:
+        queue = orch.slurm_queue() or {}
+        for b in (cfg.out / "batches").glob("extract-*/batch.json") if (cfg.out / "batches").exists() else []:
+            jid = orch.read_json(b)["job_ids"][1]
+            if queue.get(jid, ("",))[0] == "RUNNING":
+                victim = jid
+        time.sleep(0.2)
+    assert victim is not None, "task 1 of the extract array never ran"
+    subprocess.run(["scancel", victim], check=True)
+    t_fault = time.time()
+    out = _wait(proc, BOUND_S + POLL_S + 120)
+    t_end = time.time()
+    assert t_end - t_fault <= BOUND_S + POLL_S, out[-3000:]
+    assert proc.returncode == 1, out[-3000:]
+    assert f"task {victim}" in out and "CANCELLED" in out, out[-3000:]
+    fails = [f for f in orch.list_failures(cfg, "extract") if f["task"] == victim]
+    assert fails and all("CANCELLED" in f["message"] for f in fails)
+    for f in fails:
+        assert f"{f['plate']}/{f['well']}/{f['site']}" in out
+    print(f"scancel: run ended {t_end - t_fault:.1f} s after the fault")
+
+    res = run_batch(cfg, ranks=1, report=False, out=lambda s: None)
+    assert res.failures == 0 and orch.list_failures(cfg, "extract") == []
+    _assert_same_outputs(cfg, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_lost_task_resubmitted_once_with_max_retries_1(synth, reference, local_slurm):
+    cfg_path, cfg = _prepare(synth, reference, "retry", local_slurm.partition, max_retries=1)
+    plate, well, site = _site_names(synth)[5]
+    marker = synth / "retry.killed"
+    proc = _driver(cfg_path, _env(HPCP_TEST_KILL_WRITING=sitefile.site_file_name(plate, well, site),
+                                  HPCP_TEST_KILL_MARKER=marker))
+    out = _wait(proc, 600)
+    assert marker.exists(), out[-3000:]
+    assert proc.returncode == 0, out[-3000:]
+    assert out.count("resubmitting") == 1 and "retry 1 of 1" in out, out[-3000:]
+    extract = [ln for ln in out.splitlines() if ln.startswith("[extract")]
+    assert extract and "1 resubmission(s)" in extract[0], out[-3000:]
+    assert orch.list_failures(cfg, "extract") == []
+    # the second submission held only the lost task's sites
+    batches = sorted((orch.read_json(b) for b in (cfg.out / "batches").glob("extract-*/batch.json")),
+                     key=lambda r: r["created"])
+    assert [b["n_scheduled"] for b in batches[:1]] == [8] and len(batches) == 2
+    from hpc_profiler import manifest as manifest_mod
+
+    again = manifest_mod.load_manifest(cfg.out / "batches" / batches[1]["batch"] / "sites.parquet")
+    keys = {(s.plate, s.well, str(s.site)) for s in again}
+    assert (plate, well, site) in keys and len(keys) <= 2  # the killed task's unfinished sites, no others
+    _assert_same_outputs(cfg, reference)
+
+
+def _mpi_inputs(synth, reference, name, partition):
+    cfg_path, cfg = _prepare(synth, reference, name, partition)
+    shutil.copytree(reference.out / "sites", cfg.out / "sites")
+    return cfg_path, cfg
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.mpi
+def test_rank_killed_in_mpi_init_under_srun_ends_the_job(synth, reference, local_slurm, mpirun, monkeypatch):
+    cfg_path, cfg = _mpi_inputs(synth, reference, "rank_srun", local_slurm.partition)
+    marker = synth / "rank_srun.killed"
+    for k, v in _env(HPCP_TEST_KILL_RANK=0, HPCP_TEST_KILL_MARKER=marker).items():
+        monkeypatch.setenv(k, v)
+    t0 = time.time()
+    with pytest.raises(StageError) as info:
+        run_mpi_stage(cfg, "reduce", 2, "slurm")
+    t_end = time.time()
+    msg = str(info.value)
+    assert marker.exists(), msg
+    assert t_end - marker.stat().st_mtime <= BOUND_S + POLL_S, msg
+    job = msg.split("Slurm job ")[1].split()[0]
+    assert f"log {cfg.out / 'logs' / f'reduce_{job}.out'}" in msg, msg
+    assert "FAILED" in msg or "signal" in msg, msg
+    print(msg)
+    print(f"srun rank kill: stage ended {t_end - marker.stat().st_mtime:.1f} s after the fault ({t_end - t0:.1f} s)")
+
+    monkeypatch.delenv("HPCP_TEST_KILL_RANK")
+    how, seconds = run_mpi_stage(cfg, "reduce", 2, "slurm")  # the rerun completes
+    assert "slurm job of 2 ranks" in how and 0 < seconds < t_end - t0 + 600
+    for table in ("well_normalized.parquet", "well_feature_selected.parquet"):
+        pd.testing.assert_frame_equal(pd.read_parquet(cfg.out / "profiles" / table),
+                                      pd.read_parquet(reference.out / "profiles" / table))
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_rank_killed_in_mpi_init_under_mpirun_ends_the_stage(synth, reference, mpirun, monkeypatch):
+    cfg_path, cfg = _mpi_inputs(synth, reference, "rank_mpirun", None)
+    marker = synth / "rank_mpirun.killed"
+    for k, v in _env(HPCP_TEST_KILL_RANK=0, HPCP_TEST_KILL_MARKER=marker, **mpirun_env()).items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(StageError) as info:
+        run_mpi_stage(cfg, "reduce", 2, "local")
+    t_end = time.time()
+    msg = str(info.value)
+    assert marker.exists(), msg
+    assert t_end - marker.stat().st_mtime <= BOUND_S + POLL_S, msg
+    assert "mpirun" in msg and f"log {cfg.out / 'logs'}" in msg, msg
+    print(f"mpirun rank kill: stage ended {t_end - marker.stat().st_mtime:.1f} s after the fault")
+
+    monkeypatch.delenv("HPCP_TEST_KILL_RANK")
+    how, _seconds = run_mpi_stage(cfg, "reduce", 2, "local")
+    assert how == "mpirun -n 2"
+    pd.testing.assert_frame_equal(pd.read_parquet(cfg.out / "profiles" / "well_feature_selected.parquet"),
+                                  pd.read_parquet(reference.out / "profiles" / "well_feature_selected.parquet"))
+
+
+def mpirun_env() -> dict:
+    return {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
+
+
+@pytest.mark.slow
+@pytest.mark.mpi
+def test_rank_that_misses_the_first_barrier_is_killed_by_the_startup_watchdog(mpirun):
+    """Rank 1 never reaches MPI start-up: rank 0 waits at the first barrier only
+    HPC_PROFILER_MPI_STARTUP_TIMEOUT_S seconds, then its watchdog kills it and mpirun ends the job."""
+    code = ("import os, time\n"
+            "from hpc_profiler import mpi\n"
+            "if os.environ['OMPI_COMM_WORLD_RANK'] == '1':\n"
+            "    time.sleep(300)\n"
+            "mpi.get_comm()\n"
+            "print('passed the barrier', flush=True)\n")
+    t0 = time.time()
+    proc = mpirun([mpirun.python, "-c", code], n=2, timeout=120, check=False,
+                  env={"HPC_PROFILER_MPI_STARTUP_TIMEOUT_S": "3"})
+    dt = time.time() - t0
+    assert proc.returncode != 0, proc.stdout + proc.stderr
+    assert "passed the barrier" not in proc.stdout
+    assert "[rank 0] error: MPI start-up (MPI_Init and the first barrier) did not complete within 3 s" in proc.stderr, \
+        proc.stderr
+    assert dt < 60, dt
+    # with the ranks in step, the barrier is passed and the watchdog stays silent
+    proc = mpirun([mpirun.python, "-c", code.replace("== '1'", "== 'none'")], n=2, timeout=120,
+                  env={"HPC_PROFILER_MPI_STARTUP_TIMEOUT_S": "30"})
+    assert proc.stdout.count("passed the barrier") == 2 and "start-up" not in proc.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_status_shows_dead_tasks_as_failures_without_a_driver(synth, reference, local_slurm):
+    """`submit` without --wait, then the array is cancelled: status alone finds the dead tasks."""
+    cfg_path, cfg = _prepare(synth, reference, "status_dead", local_slurm.partition, array_parallelism=1)
+    r = orch.submit_stage(cfg, "extract")
+    array = r.job_ids[0].split("_")[0]
+    deadline = time.time() + 240
+    while time.time() < deadline and not any(x["status"] == "done" for x in orch.read_worklog(cfg, "extract")):
+        time.sleep(0.2)
+    subprocess.run(["scancel", array], check=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and orch.slurm_queue(r.job_ids):
+        time.sleep(0.5)
+    st = status.collect_status(cfg)
+    done = st.totals.done
+    assert 1 <= done < 8 and st.totals.failed == 8 - done and st.totals.pending == 0
+    assert st.eta_s is None and not st.running_jobs
+    assert all(f["error_type"] == "TaskLostError" and "CANCELLED" in f["message"] for f in st.failures)
+    assert {f["task"] for f in st.failures} <= set(r.job_ids)
+    rc, text = _status_failed(cfg_path)
+    assert rc == 1 and "ETA -" in text and "CANCELLED" in text, text
+    # resubmitted, the same sites are pending in the new batch (not failed) and then done
+    r2 = orch.submit_stage(cfg, "extract", wait=True)
+    assert r2.n_scheduled == 8 - done and not r2.lost
+    st = status.collect_status(cfg)
+    assert (st.totals.done, st.totals.failed, st.totals.pending) == (8, 0, 0) and not st.failures
