@@ -21,11 +21,17 @@ Layout under ``output_dir`` (``<out>``)::
     failures/illum/<plate>.json       one file per failed plate
     logs/%j/                          submitit's per-job folder (stdout, stderr, pickles)
     logs/work/<stage>/<task>.jsonl    per-site work log (done/skipped/failed, seconds)
+    ledger/<task>.jsonl               completion ledger: one record per finished site (hpc_profiler.ledger)
 
-Resume: a site is done when its site file validates (complete flag and config
-hash, :func:`hpc_profiler.sitefile.validate_site_file`), a plate's
-illumination when its file carries the config hash. Submitting again schedules
-only what is not done; ``dry_run`` only counts it.
+Resume: a site is done when the completion ledger names its file with the
+current config hash and the file is there with the recorded size and mtime
+(:func:`hpc_profiler.ledger.scan_sites`: a few hundred ledger files, one
+listing per plate row and one stat per site, instead of opening 370,000
+files); a file without such a record is validated the old way (complete flag
+and config hash, :func:`hpc_profiler.sitefile.validate_site_file`), and
+``verify=True`` validates every file. A plate's illumination is done when its
+file carries the config hash. Submitting again schedules only what is not
+done; ``dry_run`` only counts it.
 
 Faults: a site whose work raises is recorded in the failure table (plate, well,
 site, error type, message, task id, time; written atomically, removed when the
@@ -58,7 +64,7 @@ from submitit.core.utils import UncompletedJobError
 
 from . import manifest as manifest_mod
 from ._atomic import write_bytes_atomic
-from . import pipeline, sitefile, storage
+from . import ledger, pipeline, sitefile, storage
 from .images import load_site_images
 from .config import Config, ConfigError, load_config
 
@@ -181,7 +187,9 @@ class WorkLog:
     Each task writes its own file (``logs/work/<stage>/<task>.jsonl``), so no
     two processes append to the same file. Records: ``key``, ``status``
     (``done``, ``skipped`` = already valid, ``failed``), ``start``, ``end``,
-    ``seconds``, ``task``, ``batch``.
+    ``seconds``, ``task``, ``batch``. :meth:`record_done` writes a finished
+    site's completion record to the task's ledger file
+    (:class:`hpc_profiler.ledger.LedgerWriter`).
     """
 
     def __init__(self, cfg: Config, stage: str, batch: str = ""):
@@ -189,6 +197,17 @@ class WorkLog:
         self.batch = batch
         self.path = worklog_dir(cfg, stage) / f"{self.task}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._ledger: Optional[ledger.LedgerWriter] = None
+
+    def record_done(self, cfg: Config, site, path=None, seconds: float = 0.0) -> None:
+        """Append the completion record of a finished site (its file must be in place)."""
+        if self._ledger is None:
+            self._ledger = ledger.LedgerWriter(cfg.out, self.task)
+        if path is None:
+            path = pipeline.site_path(cfg, site)
+            if not path.exists():  # done in the plate's packed file: recorded when it was packed
+                return
+        self._ledger.record(site.key, path, cfg.hash(), seconds)
 
     def add(self, key: str, status: str, start: float, end: float) -> None:
         rec = {"key": key, "status": status, "start": start, "end": end, "seconds": end - start,
@@ -228,8 +247,18 @@ def load_or_build_manifest(cfg: Config, rebuild: bool = False) -> list:
 
 
 def site_done(cfg: Config, site) -> bool:
-    """A site is done when its file validates for the current config hash."""
-    return sitefile.validate_site_file(pipeline.site_path(cfg, site), cfg.hash()).ok
+    """A site is done when its file validates for the current config hash.
+
+    The deep check of one site (opens its file, or its group of the plate's
+    packed file when the ledger says it was packed); for many sites use
+    :func:`pending_sites`, which reads the ledger.
+    """
+    chash = cfg.hash()
+    if sitefile.validate_site_file(pipeline.site_path(cfg, site), chash).ok:
+        return True
+    packed = sitefile.packed_path(cfg.out, site.plate)
+    return packed.exists() and sitefile.validate_site_file(
+        sitefile.site_ref(packed, ledger.pack_group(site.well, site.site)), chash).ok
 
 
 def illum_done(cfg: Config, plate: str) -> bool:
@@ -242,21 +271,51 @@ def illum_done(cfg: Config, plate: str) -> bool:
 def illum_pending(cfg: Config, sites: Sequence) -> list[str]:
     """Plates that still need the illum stage: enabled, not done, and some site
     without CellProfiler illumination files of its own (``Site.illum_files``)."""
-    out = []
-    for plate in plates_of(sites):
-        plate_sites = [s for s in sites if s.plate == plate]
-        if pipeline.plate_needs_illum(cfg, plate_sites) and not illum_done(cfg, plate):
-            out.append(plate)
-    return out
+    if not cfg.illumination.enabled:
+        return []
+    by_plate: dict = {}
+    for s in sites:  # one pass over the sites, not one per plate
+        by_plate.setdefault(s.plate, []).append(s)
+    return [plate for plate in sorted(by_plate)
+            if pipeline.plate_needs_illum(cfg, by_plate[plate]) and not illum_done(cfg, plate)]
+
+
+def plate_rows(manifest_file, plate: str) -> list[int]:
+    """Row numbers of ``plate``'s sites in a saved manifest (reads the plate column only).
+
+    An illum task then builds its plate's sites only, instead of every site
+    of the batch and a filter.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        plates = pq.read_table(manifest_file, columns=["plate"]).column("plate").to_pylist()
+    except Exception as exc:  # noqa: BLE001 - reported as the manifest's problem, naming the file
+        raise manifest_mod.ManifestError(f"{manifest_file}: cannot read manifest: {exc}") from exc
+    return [i for i, p in enumerate(plates) if p == plate]
 
 
 def plates_of(sites: Iterable) -> list[str]:
     return sorted({s.plate for s in sites})
 
 
-def pending_sites(cfg: Config, sites: Sequence) -> list:
-    """Sites whose file does not validate, in manifest order."""
-    return [s for s in sites if not site_done(cfg, s)]
+def scan_sites(cfg: Config, sites: Sequence, verify: bool = False, progress: bool = False) -> "ledger.SiteScan":
+    """Done/pending of every site from the completion ledger (:func:`hpc_profiler.ledger.scan_sites`)."""
+    return ledger.scan_sites(cfg, sites, verify=verify, progress=progress)
+
+
+def pending_sites(cfg: Config, sites: Sequence, verify: bool = False, record_task: Optional[str] = None) -> list:
+    """Sites not done, in manifest order (from the ledger; ``verify`` opens every file).
+
+    With ``record_task``, sites found done by opening a file that had no
+    current record (a task killed between file and record, outputs from before
+    the ledger) are recorded in ``ledger/<record_task>.jsonl``, so the next
+    scan trusts them without opening them.
+    """
+    scan = scan_sites(cfg, sites, verify=verify, progress=verify)
+    if record_task:
+        ledger.record_unrecorded(cfg, sites, scan, record_task)
+    return scan.pending(sites)
 
 
 def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
@@ -299,6 +358,7 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
     for site in sites:
         if site_done(cfg, site):
             clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
+            log.record_done(cfg, site)  # a file whose record a kill prevented is recorded now
             log.add(site.key, "skipped", time.time(), time.time())
             counts["skipped"] += 1
             if progress is not None:
@@ -320,7 +380,7 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
             key = (site.plate, bool(site.illum_files))
             if key not in illum_cache:
                 illum_cache[key] = pipeline.load_illum_for(cfg, site.plate, site)
-            pipeline.extract_site(cfg, site, illum_cache[key], images=images.result())
+            path = pipeline.extract_site(cfg, site, illum_cache[key], images=images.result())
         except UncompletedJobError:
             raise  # submitit's "out of requeues" signal, not a site failure
         except Exception as exc:
@@ -328,6 +388,9 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
             status = "failed"
         else:
             clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
+            # the file is in place before its record: a kill in between leaves a file that the
+            # next scan validates (and records) or the next task redoes; never a record without a file
+            log.record_done(cfg, site, path, time.time() - t0)
             status = "done"
         log.add(site.key, status, t0, time.time())
         counts[status] += 1
@@ -344,7 +407,7 @@ def run_illum_plate(cfg: Config, manifest_file, plate: str, batch: str = "") -> 
     if illum_done(cfg, plate):
         status = "skipped"
     else:
-        sites = [s for s in manifest_mod.load_manifest(manifest_file) if s.plate == plate]
+        sites = manifest_mod.load_manifest(manifest_file, plate_rows(manifest_file, plate))
         if cfg.illumination.enabled:
             remove_stale_temps(pipeline.illum_path(cfg, plate))
         try:
@@ -511,7 +574,7 @@ def _missing_illum(cfg: Config, sites: Sequence) -> list[str]:
 
 
 def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = False,
-                 kind: Optional[str] = None) -> SubmitResult:
+                 kind: Optional[str] = None, verify: bool = False) -> SubmitResult:
     """Schedule what is not done of ``stage`` as one array job.
 
     Parameters
@@ -525,6 +588,9 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
         terminal); task results go to ``SubmitResult.results``.
     kind : str, optional
         Override ``cfg.executor.kind``.
+    verify : bool
+        Decide what is done by validating every site file (in parallel, with
+        progress) instead of trusting the completion ledger.
 
     Raises
     ------
@@ -539,7 +605,7 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
     sites = manifest_mod.build_manifest(cfg)[0] if dry_run else load_or_build_manifest(cfg, rebuild=True)
     batch = _new_batch_id(stage)
     if stage == "extract":
-        todo = pending_sites(cfg, sites)
+        todo = pending_sites(cfg, sites, verify=verify, record_task=None if dry_run else f"submit-{batch}")
         n_total = len(sites)
         if todo and not dry_run:
             missing = _missing_illum(cfg, todo)
@@ -649,6 +715,8 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stage", choices=STAGES, help="illum: one task per plate; extract: chunks of sites")
     parser.add_argument("config", help="config file (YAML)")
     parser.add_argument("--dry-run", action="store_true", help="print how many would run; submit nothing")
+    parser.add_argument("--verify", action="store_true",
+                        help="open and validate every site file (in parallel) instead of trusting the ledger")
     parser.add_argument("--wait", action="store_true", help="wait for the tasks (progress bar)")
     parser.add_argument("--kind", choices=["auto", "slurm", "local", "debug"], default=None,
                         help="override executor.kind")
@@ -658,7 +726,8 @@ def main_submit(args) -> int:
     """``hpc-profiler submit STAGE CONFIG``: exit 0 when submitted (or nothing to do)."""
     try:
         cfg = load_config(args.config)
-        res = submit_stage(cfg, args.stage, dry_run=args.dry_run, wait=args.wait, kind=args.kind)
+        res = submit_stage(cfg, args.stage, dry_run=args.dry_run, wait=args.wait, kind=args.kind,
+                           verify=args.verify)
     except (ConfigError, OrchestrationError, manifest_mod.ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

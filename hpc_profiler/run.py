@@ -97,16 +97,15 @@ def _digest(items) -> str:
 
 
 def site_files_digest(cfg: Config) -> str:
-    """Digest of the finished site files (names, sizes, mtimes) and the config hash."""
-    root = Path(cfg.out) / "sites"
-    entries = []
-    if root.exists():
-        for p in sorted(root.rglob("*.h5")):
-            if p.name.startswith("."):
-                continue
-            st = p.stat()
-            entries.append((str(p.relative_to(root)), st.st_size, int(st.st_mtime_ns)))
-    return _digest([cfg.hash(), *entries])
+    """Digest of the finished sites (file, size, mtime as the completion ledger records them) and the config hash.
+
+    Read from the ledger (:func:`hpc_profiler.ledger.done_entries`: a few
+    hundred files), not by a stat of every site file; a site redone or packed
+    gets a new record and so changes the digest.
+    """
+    from .ledger import done_entries
+
+    return _digest([cfg.hash(), *done_entries(cfg)])
 
 
 def stamp_path(cfg: Config, stage: str) -> Path:

@@ -1,7 +1,9 @@
 """``hpc-profiler status``: how far a batch is, what runs, what failed.
 
 Reads only files the orchestration writes (:mod:`hpc_profiler.orchestrate`):
-site files (done = validates with the current config hash), the failure
+the completion ledger (done = recorded with the current config hash, the file
+there with the recorded size; :func:`hpc_profiler.ledger.scan_sites`; with
+``--verify`` every site file is opened and validated instead), the failure
 table, the work logs and the batch records; asks ``squeue`` which of the
 recorded jobs still run. Per plate: done / failed / pending sites and whether
 the illumination functions exist; overall: throughput (sites per hour over the
@@ -43,6 +45,8 @@ class BatchStatus:
     throughput_per_hour: Optional[float] = None
     eta_s: Optional[float] = None
     stages: dict = field(default_factory=dict)  # reduce / evaluate -> "up to date" | "out of date" | "not run"
+    damaged: list = field(default_factory=list)  # (plate/well/site, path, reason): recorded done, file gone or changed
+    scan: object = None  # the ledger.SiteScan the counts come from (files read, seconds)
 
     @property
     def totals(self) -> PlateStatus:
@@ -85,17 +89,22 @@ def throughput(records: list) -> Optional[float]:
     return len(done) / span * 3600.0 if span > 0 else None
 
 
-def collect_status(cfg) -> BatchStatus:
-    """Per-plate counts, failures, running jobs, throughput and ETA of the extract stage."""
+def collect_status(cfg, verify: bool = False) -> BatchStatus:
+    """Per-plate counts, failures, running jobs, throughput and ETA of the extract stage.
+
+    Done sites come from the completion ledger; ``verify`` validates every
+    site file instead (in parallel, with progress).
+    """
     sites = orch.load_or_build_manifest(cfg)
+    scan = orch.scan_sites(cfg, sites, verify=verify, progress=verify)
     failures = orch.list_failures(cfg, "illum") + orch.list_failures(cfg, "extract")
     failed_keys = {(f["plate"], f["well"], f["site"]) for f in failures if f["stage"] == "extract"}
     plates: dict = {}
     done_keys = set()
-    for s in sites:
+    for s, done in zip(sites, scan.done):
         p = plates.setdefault(s.plate, PlateStatus(s.plate))
         p.total += 1
-        if orch.site_done(cfg, s):
+        if done:
             p.done += 1
             done_keys.add((s.plate, s.well, str(s.site)))
         elif (s.plate, s.well, str(s.site)) in failed_keys:
@@ -115,7 +124,8 @@ def collect_status(cfg) -> BatchStatus:
             except (OSError, ValueError):
                 continue
     st = BatchStatus(plates=[plates[k] for k in sorted(plates)], failures=failures,
-                     running_jobs=squeue_states(job_ids))
+                     running_jobs=squeue_states(job_ids), scan=scan,
+                     damaged=[(s.key, path, reason) for s, path, reason in scan.problems])
     st.throughput_per_hour = throughput(orch.read_worklog(cfg, "extract"))
     st.stages = mpi_stage_states(cfg)
     pending = st.totals.pending
@@ -164,6 +174,13 @@ def format_status(st: BatchStatus, failed: bool = False) -> str:
     illum_failed = [f for f in st.failures if f["stage"] == "illum"]
     if illum_failed:
         lines.append(f"illumination failed for plates: {', '.join(f['plate'] for f in illum_failed)}")
+    if st.damaged:
+        lines.append(f"{len(st.damaged)} site(s) recorded as done have a missing, changed or invalid file "
+                     "(pending again):")
+        for key, path, reason in st.damaged if failed else st.damaged[:5]:
+            lines.append(f"  {key}: {path}: {reason}")
+        if not failed and len(st.damaged) > 5:
+            lines.append(f"  ... {len(st.damaged) - 5} more; list them with --failed")
     if st.failures:
         lines.append(f"{len(st.failures)} failure(s)" + ("" if failed else "; list them with --failed"))
     if failed:
@@ -178,13 +195,15 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``hpc-profiler status``."""
     parser.add_argument("config", help="config file (YAML)")
     parser.add_argument("--failed", action="store_true", help="list every failure with its message")
+    parser.add_argument("--verify", action="store_true",
+                        help="open and validate every site file (in parallel) instead of trusting the ledger")
 
 
 def main_status(args) -> int:
     """Print the status; exit 1 while any failure is recorded, 2 on a config error."""
     try:
         cfg = load_config(args.config)
-        st = collect_status(cfg)
+        st = collect_status(cfg, verify=args.verify)
     except (ConfigError, orch.OrchestrationError, orch.manifest_mod.ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
