@@ -95,19 +95,22 @@ def collect_status(cfg, verify: bool = False) -> BatchStatus:
     Done sites come from the completion ledger; ``verify`` validates every
     site file instead (in parallel, with progress).
     """
-    sites = orch.load_or_build_manifest(cfg)
-    scan = orch.scan_sites(cfg, sites, verify=verify, progress=verify)
+    cols = orch.manifest_columns(cfg)
+    scan = orch.scan_sites(cfg, cols, verify=verify, progress=verify)
     failures = orch.list_failures(cfg, "illum") + orch.list_failures(cfg, "extract")
     failed_keys = {(f["plate"], f["well"], f["site"]) for f in failures if f["stage"] == "extract"}
     plates: dict = {}
     done_keys = set()
-    for s, done in zip(sites, scan.done):
-        p = plates.setdefault(s.plate, PlateStatus(s.plate))
+    for plate, well, site, done in zip(cols.plates, cols.wells, cols.numbers, scan.done):
+        p = plates.get(plate)
+        if p is None:
+            p = plates[plate] = PlateStatus(plate)
         p.total += 1
         if done:
             p.done += 1
-            done_keys.add((s.plate, s.well, str(s.site)))
-        elif (s.plate, s.well, str(s.site)) in failed_keys:
+            if failed_keys:
+                done_keys.add((plate, well, str(site)))
+        elif (plate, well, str(site)) in failed_keys:
             p.failed += 1
         else:
             p.pending += 1
@@ -125,7 +128,7 @@ def collect_status(cfg, verify: bool = False) -> BatchStatus:
                 continue
     st = BatchStatus(plates=[plates[k] for k in sorted(plates)], failures=failures,
                      running_jobs=squeue_states(job_ids), scan=scan,
-                     damaged=[(s.key, path, reason) for s, path, reason in scan.problems])
+                     damaged=list(scan.problems))
     st.throughput_per_hour = throughput(orch.read_worklog(cfg, "extract"))
     st.stages = mpi_stage_states(cfg)
     pending = st.totals.pending

@@ -65,6 +65,7 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
     out = root / "out"
     csv_path = root / "load_data.csv"
     cfg_path = root / "config.yaml"
+    root.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(yaml.safe_dump({
         "name": "bench", "output_dir": str(out), "input": {"loaddata_csv": str(csv_path)},
         "illumination": {"enabled": False}, "executor": {"kind": "local", "sites_per_task": per_task},
@@ -79,7 +80,7 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
     chash = cfg.hash()
     msites = [M.Site(p, w, f, {ch: f"{root}/{p}/{p}_{w}_f{f}_{ch}.tiff" for ch in CPJUMP1_CHANNELS})
               for p, w, f in sites]
-    M.save_manifest(msites, orch.manifest_path(cfg))
+    orch.ensure_manifest(cfg)  # as submit leaves it: the manifest and the stamp of its source
     names = ["Cells_Intensity_MeanIntensity_DNA", "Cells_AreaShape_Area"]
     template_size = None
     made = set()
@@ -109,12 +110,12 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
                 st = os.fstat(fd)
                 os.close(fd)
             rel = os.path.relpath(path, out)
-            lines.append(json.dumps({"k": s.key, "f": rel, "size": st.st_size, "mtime": st.st_mtime_ns, "h": chash,
-                                     "s": 1.0, "t": t}, separators=(",", ":")))
+            lines.append(ledger.format_record({"k": s.key, "f": rel, "size": st.st_size, "mtime": st.st_mtime_ns,
+                                               "h": chash, "s": 1.0, "t": t}))
             work.append(json.dumps({"key": s.key, "status": "done", "start": t, "end": t + 1.0, "seconds": 1.0,
                                     "task": f"1000_{task}", "batch": "b1"}))
             t += 0.01
-        (led_dir / f"1000_{task}.jsonl").write_text("\n".join(lines) + "\n")
+        (led_dir / f"1000_{task}{ledger.SUFFIX}").write_text("".join(lines))
         (work_dir / f"1000_{task}.jsonl").write_text("\n".join(work) + "\n")
     return cfg_path
 
@@ -123,10 +124,18 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
 def today_scan(cfg, sites, verify=False, progress=False):
     """Open and validate every site file, serially, on the login node."""
     chash = cfg.hash()
-    scan = ledger.SiteScan(done=[sitefile.validate_site_file(orch.pipeline.site_path(cfg, s), chash).ok
-                                 for s in sites])
-    scan.n_opened = len(sites)
+    cols = sites if isinstance(sites, orch.SiteColumns) else orch.SiteColumns.of_sites(sites)
+    scan = ledger.SiteScan(done=[sitefile.validate_site_file(sitefile.site_file_path(cfg.out, p, w, n), chash).ok
+                                 for p, w, n in zip(cols.plates, cols.wells, cols.numbers)])
+    scan.n_opened = len(cols)
     return scan
+
+
+def today_columns(cfg, rebuild=False, write=True):
+    """Today's manifest handling: Site objects, and a dry run parses the image source again."""
+    if not write:
+        return orch.SiteColumns.of_sites(M.build_manifest(cfg)[0])
+    return orch.SiteColumns.of_sites(orch.load_or_build_manifest(cfg))
 
 
 def today_digest(cfg):
@@ -144,13 +153,12 @@ class Today:
     """Swap today's done-check into the same status / submit / pending code for a measurement."""
 
     def __enter__(self):
-        self.saved = (orch.scan_sites, run.site_files_digest)
-        orch.scan_sites, run.site_files_digest = today_scan, today_digest
-        self.opened = 0
+        self.saved = (orch.scan_sites, run.site_files_digest, orch.manifest_columns)
+        orch.scan_sites, run.site_files_digest, orch.manifest_columns = today_scan, today_digest, today_columns
         return self
 
     def __exit__(self, *exc):
-        orch.scan_sites, run.site_files_digest = self.saved
+        orch.scan_sites, run.site_files_digest, orch.manifest_columns = self.saved
 
 
 # ---------------------------------------------------------------- measurement

@@ -107,7 +107,7 @@ def test_deleted_and_truncated_files_reported_and_pending(finished, capsys):
     scan = ledger.scan_sites(cfg, sites)
     assert [s for s, d in zip(sites, scan.done) if not d] == [gone, cut]
     assert scan.n_opened == 1  # only the changed file is opened
-    reasons = {s.key: r for s, _, r in scan.problems}
+    reasons = {k: r for k, _, r in scan.problems}
     assert set(reasons) == {gone.key, cut.key}
     assert "missing" in reasons[gone.key] and "changed since recorded" in reasons[cut.key]
 
@@ -117,7 +117,7 @@ def test_deleted_and_truncated_files_reported_and_pending(finished, capsys):
 
     vscan = ledger.scan_sites(cfg, sites, verify=True, workers=2)
     assert vscan.done == reference
-    assert {s.key for s, _, _ in vscan.problems} == {gone.key, cut.key, flipped.key}
+    assert {k for k, _, _ in vscan.problems} == {gone.key, cut.key, flipped.key}
     assert vscan.n_opened == len(sites) - 1  # every existing file
     st = status.collect_status(cfg, verify=True)
     assert (st.totals.done, st.totals.pending, len(st.damaged)) == (len(sites) - 3, 3, 3)
@@ -151,9 +151,10 @@ def test_config_change_makes_every_site_pending_without_opening_files(finished, 
 
 def test_cut_line_skipped_and_records_deduplicated(finished):
     cfg, sites = finished
-    path = ledger.ledger_dir(cfg.out) / "job_0.jsonl"
-    with open(path, "ab") as fh:
-        fh.write(b'{"k": "P1/B02/1", "f": "sit')  # a kill in the middle of a line
+    path = ledger.ledger_dir(cfg.out) / "job_0.tsv"
+    line = path.read_text().splitlines()[0]
+    with open(path, "a") as fh:
+        fh.write(line[:-3])  # a kill in the middle of a line: all fields there, the end marker not
     w = ledger.LedgerWriter(cfg.out, "job_0")  # the requeued task: same file, ends the cut line first
     w.record(sites[0].key, orch.pipeline.site_path(cfg, sites[0]), cfg.hash())
     w.record(sites[0].key, orch.pipeline.site_path(cfg, sites[0]), cfg.hash())
@@ -206,16 +207,28 @@ def test_packed_plate_read_by_reduce_and_counted_done(finished):
     assert scan.n_done == len(sites) - n1 and len(scan.problems) == n1
 
 
-def test_site_files_digest_follows_the_ledger(finished):
+def test_site_files_digest_follows_the_ledger(finished, tmp_path):
     from hpc_profiler import run
 
     cfg, sites = finished
     d0 = run.site_files_digest(cfg)
     assert run.site_files_digest(cfg) == d0
-    w = ledger.LedgerWriter(cfg.out, "job_redo")
-    os.utime(orch.pipeline.site_path(cfg, sites[2]), ns=(1, 10**18))
+    w = ledger.LedgerWriter(cfg.out, "job_0")  # a requeued task redoes a site: its file grows
     w.record(sites[2].key, orch.pipeline.site_path(cfg, sites[2]), cfg.hash())
-    assert run.site_files_digest(cfg) != d0
+    d1 = run.site_files_digest(cfg)
+    assert d1 != d0
+    other = load_config(write_cfg(tmp_path / "c3.yaml", cfg.out, zernike_degree=7))
+    assert run.site_files_digest(other) != d1
+
+
+def test_record_format_round_trip_and_refusals(tmp_path):
+    rec = {"k": "P 1/B02/3", "f": "sites/P 1/B/P 1_B02_s3.h5", "size": 10, "mtime": 12345678901234567,
+           "h": "abc", "s": 1.25, "t": 1.7e9}
+    line = ledger.format_record(rec)
+    assert line.endswith("\t.\n") and ledger.parse_record(line.rstrip("\n")) == rec
+    assert ledger.parse_record(line[:-4]) is None and ledger.parse_record("x\ty") is None
+    with pytest.raises(ValueError, match="tab or a line break"):
+        ledger.format_record(dict(rec, k="P\t1/B02/3"))
 
 
 KILLER = r"""
@@ -260,7 +273,7 @@ def test_task_killed_between_file_and_record(tmp_path):
 
     scan = ledger.scan_sites(cfg, sites)
     assert scan.done == deep_done(cfg, sites) == [True, True] + [False] * (len(sites) - 2)
-    assert scan.n_opened == 1 and scan.unrecorded == [1]  # re-validated, not trusted blindly
+    assert scan.n_opened == 1 and scan.unrecorded == [(1, sites[1].key)]  # re-validated, not trusted blindly
 
     # the requeued task (same task id) skips both and records the second; nothing is done twice
     res = subprocess.run([sys.executable, "-c", "import sys; from hpc_profiler import orchestrate as o;"
@@ -279,5 +292,5 @@ def test_task_killed_between_file_and_record(tmp_path):
     assert scan.done == deep_done(cfg, sites) and scan.n_done == 4 and scan.n_opened == 0
     st = status.collect_status(cfg)
     assert (st.totals.done, st.totals.pending) == (4, len(sites) - 4)
-    records = [json.loads(x) for x in (ledger.ledger_dir(cfg.out) / "local-77.jsonl").read_text().splitlines()]
+    records = [ledger.parse_record(x) for x in (ledger.ledger_dir(cfg.out) / "local-77.tsv").read_text().splitlines()]
     assert all(r["h"] == cfg.hash() and r["f"].startswith("sites/") for r in records)
