@@ -18,8 +18,15 @@ same site each write their own temporary file, and the last rename wins; both
 candidates are complete, so the survivor is valid. A site with zero objects is
 a valid file with zero rows.
 
-:func:`validate_site_file` is what resume logic uses: the file opens, its
-``complete`` flag is set and its config hash matches.
+Files live in ``<out>/sites/<plate>/<row>/`` (:func:`site_file_path`, one
+folder per plate and well row). :func:`validate_site_file` is the deep check:
+the file opens, its ``complete`` flag is set and its config hash matches.
+Resume and status trust the completion ledger instead
+(:mod:`hpc_profiler.ledger`) and run the deep check only on files without a
+record, or on every file with ``--verify``. A plate's sites may be packed into
+``<out>/packed/<plate>.h5``, one group per site with the layout above; such a
+site is named ``<packed file>::<group>`` and :func:`open_site`,
+:func:`validate_site_file` and :func:`read_site_file` take either name.
 """
 from __future__ import annotations
 
