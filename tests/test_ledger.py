@@ -89,8 +89,9 @@ def test_ledger_scan_matches_the_deep_check_without_opening_files(finished):
     assert orch.pending_sites(cfg, more) == more[-2:]
 
 
-def test_deleted_and_truncated_files_reported_and_pending(finished, capsys):
+def test_deleted_and_truncated_files_reported_and_pending(finished, capsys, monkeypatch):
     cfg, sites = finished
+    monkeypatch.setattr(ledger, "SERIAL_LIMIT", 4)  # --verify through the worker processes
     gone, cut, flipped = sites[1], sites[5], sites[9]
     orch.pipeline.site_path(cfg, gone).unlink()
     p = orch.pipeline.site_path(cfg, cut)
@@ -294,3 +295,54 @@ def test_task_killed_between_file_and_record(tmp_path):
     assert (st.totals.done, st.totals.pending) == (4, len(sites) - 4)
     records = [ledger.parse_record(x) for x in (ledger.ledger_dir(cfg.out) / "local-77.tsv").read_text().splitlines()]
     assert all(r["h"] == cfg.hash() and r["f"].startswith("sites/") for r in records)
+
+
+def test_manifest_rebuilt_only_when_the_loaddata_csv_changes(tmp_path):
+    import csv as csv_mod
+
+    from hpc_profiler.config import CPJUMP1_CHANNELS
+
+    csv_path = tmp_path / "load_data.csv"
+
+    def write_csv(n):
+        with open(csv_path, "w", newline="") as fh:
+            w = csv_mod.writer(fh)
+            w.writerow(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+                       + [c for ch in CPJUMP1_CHANNELS for c in (f"FileName_Orig{ch}", f"PathName_Orig{ch}")])
+            for i in range(n):
+                w.writerow(["P1", "A01", i + 1] + [x for ch in CPJUMP1_CHANNELS for x in (f"s{i}_{ch}.tif", "img")])
+
+    write_csv(3)
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({"name": "m", "output_dir": str(tmp_path / "out"),
+                                        "input": {"loaddata_csv": str(csv_path)},
+                                        "illumination": {"enabled": False}}))
+    cfg = load_config(cfg_path)
+    assert not orch.manifest_is_current(cfg)
+    assert orch.submit_stage(cfg, "extract", dry_run=True, kind="debug").n_total == 3
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    assert len(orch.manifest_columns(cfg, rebuild=True)) == 3 and orch.manifest_is_current(cfg)
+    mtime = orch.manifest_path(cfg).stat().st_mtime_ns
+    assert len(orch.manifest_columns(cfg, rebuild=True)) == 3
+    assert orch.manifest_path(cfg).stat().st_mtime_ns == mtime  # the unchanged CSV is not parsed again
+    write_csv(5)  # sites added to the input are picked up by the next submission
+    assert not orch.manifest_is_current(cfg)
+    assert orch.submit_stage(cfg, "extract", dry_run=True, kind="debug").n_total == 5
+    cols = orch.manifest_columns(cfg, rebuild=True)
+    assert len(cols) == 5 and [s.key for s in cols.select([4, 0])] == ["P1/A01/5", "P1/A01/1"]
+    assert [s.key for s in orch.load_or_build_manifest(cfg)] == [f"P1/A01/{i}" for i in range(1, 6)]
+
+
+def test_illum_pending_groups_sites_once(tmp_path):
+    from hpc_profiler.config import CPJUMP1_CHANNELS
+
+    cfg = load_config(write_cfg(tmp_path / "c.yaml", tmp_path / "out"))
+    own = {ch: f"/illum/{ch}.npy" for ch in CPJUMP1_CHANNELS}
+    files = {ch: "x.tif" for ch in CPJUMP1_CHANNELS}
+    sites = ([Site("P2", "A01", i, files) for i in (1, 2)]                      # needs the illum stage
+             + [Site("P1", "A01", i, files, own) for i in (1, 2)]               # CellProfiler's own functions
+             + [Site("P3", "A01", 1, files, own), Site("P3", "B01", 1, files)])  # one site without
+    assert orch.illum_pending(cfg, sites) == ["P2", "P3"]
+    off = load_config(write_cfg(tmp_path / "c2.yaml", tmp_path / "out"))
+    off.illumination.enabled = False
+    assert orch.illum_pending(off, sites) == []
