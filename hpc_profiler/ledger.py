@@ -198,8 +198,8 @@ class SiteScan:
 
     ``done[i]`` is the state of ``sites[i]``. ``problems`` are
     ``(site key, path, reason)`` for sites the ledger calls done whose file is now
-    missing, changed or invalid (pending again). ``unrecorded`` are the indices
-    of sites found done by opening their file without a current record
+    missing, changed or invalid (pending again). ``unrecorded`` are the
+    ``(index, key)`` of sites found done by opening their file without a current record
     (:func:`record_unrecorded` adds them to the ledger). The counters say what
     the scan cost: ledger files read, folders listed, files stat'ed, site
     files opened.
@@ -208,7 +208,7 @@ class SiteScan:
     done: list
     problems: list = field(default_factory=list)
     unrecorded: list = field(default_factory=list)
-    paths: dict = field(default_factory=dict)  # index -> site name (file or packed site) of a done site
+    paths: dict = field(default_factory=dict)  # index -> name of a done site opened or packed (else its loose file)
     n_ledger_files: int = 0
     n_listings: int = 0
     n_stats: int = 0
@@ -310,20 +310,13 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
     scan = SiteScan(done=[False] * len(plates), n_ledger_files=led.n_files)
     listings: dict = {}
     pack_stats: dict = {}
-    rows: dict = {}
     candidates: list = []  # (index, path, record or None, note, key)
     sep = sitefile.PACK_SEP
-
-    def listing(d):
-        names = listings.get(d)
-        if names is None:
-            try:
-                names = {e.name for e in os.scandir(d) if not e.name.startswith(".")}
-            except (FileNotFoundError, NotADirectoryError):
-                names = set()
-            listings[d] = names
-            scan.n_listings += 1
-        return names
+    done = scan.done
+    stat_ = os.stat
+    last_pw = None  # the manifest is sorted by plate and well: folder and names change rarely
+    names: set = set()
+    d = prefix = ""
 
     for i, (plate, well, site) in enumerate(zip(plates, wells, numbers)):
         key = f"{plate}/{well}/{site}"
@@ -345,18 +338,26 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
                     if verify:
                         candidates.append((i, ref, rec, "", key))
                     else:
-                        scan.done[i] = True
+                        done[i] = True
                         scan.paths[i] = ref
                     continue
                 scan.problems.append((key, ref, "packed file missing or changed since it was recorded"))
             rec, current = None, False  # a loose file may still be there: judged below
-        row = rows.get(well)
-        if row is None:
-            row = rows[well] = sitefile.well_row(well)
-        d = f"{out}/sites/{plate}/{row}"
-        name = f"{plate}_{well}_s{site}.h5"
+        if (plate, well) != last_pw:
+            last_pw = (plate, well)
+            d = f"{out}/sites/{plate}/{sitefile.well_row(well)}"
+            prefix = f"{plate}_{well}_s"
+            names = listings.get(d)
+            if names is None:
+                try:
+                    names = {e.name for e in os.scandir(d) if not e.name.startswith(".")}
+                except (FileNotFoundError, NotADirectoryError):
+                    names = set()
+                listings[d] = names
+                scan.n_listings += 1
+        name = f"{prefix}{site}.h5"
         path = f"{d}/{name}"
-        if name not in listing(d):
+        if name not in names:
             if current:
                 scan.problems.append((key, path, "recorded as done but the file is missing"))
             continue
@@ -364,15 +365,19 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
             candidates.append((i, path, rec if current else None, "", key))
             continue
         if stat:
-            st = os.stat(path)
+            try:
+                st = stat_(path)
+            except FileNotFoundError:  # removed since the listing
+                if current:
+                    scan.problems.append((key, path, "recorded as done but the file is missing"))
+                continue
             scan.n_stats += 1
             same = st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime"]
         else:
             same = True
         if same:
             if current:
-                scan.done[i] = True
-                scan.paths[i] = path
+                done[i] = True
             # else: the file of another config hash, unchanged since recorded: stale, pending
             continue
         note = f"changed since recorded ({rec['size']} -> {st.st_size} bytes)" if current else ""
@@ -433,7 +438,8 @@ def pack_plate(cfg, plate: str, sites: Sequence, *, remove_loose: bool = True) -
     scan = scan_sites(cfg, plate_sites)
     chash = cfg.hash()
     dest = sitefile.packed_path(cfg.out, plate)
-    todo = [(plate_sites[i], scan.paths[i]) for i in range(len(plate_sites)) if scan.done[i]]
+    todo = [(s, scan.paths.get(i) or str(sitefile.site_file_path(cfg.out, s.plate, s.well, s.site)))
+            for i, s in enumerate(plate_sites) if scan.done[i]]
     counts = {"packed": 0, "from_loose": 0, "from_pack": 0, "removed": 0, "bytes": 0}
     if not todo:
         return counts
