@@ -220,7 +220,7 @@ def main(argv=None) -> int:
         else:
             big = write_batch(root / "big", sites, args.sample, args.sites_per_task)
             small = write_batch(root / "sample", sites[:args.sample], args.sample, args.sites_per_task)
-        print(f"built {args.sites} sites ({args.sample} real site files, the rest placeholders) in "
+        print(f"{'reused' if args.reuse else 'built'} {args.sites} sites ({args.sample} real site files, the rest placeholders) in "
               f"{len(sites) // (len(WELLS) * FIELDS) + 1} plates, {-(-args.sites // args.sites_per_task)} "
               f"ledger files, in {time.perf_counter() - t:.1f} s", flush=True)
 
