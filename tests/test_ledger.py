@@ -199,9 +199,10 @@ def test_packed_plate_read_by_reduce_and_counted_done(finished):
     assert scan.n_done == len(sites) and scan.n_opened == 0
     assert all(orch.site_done(cfg, s) for s in sites)
     assert ledger.scan_sites(cfg, sites, verify=True, workers=1).n_done == len(sites)
+    pack = sitefile.packed_path(cfg.out, "P1")
+    assert "missing from the packed file" in sitefile.validate_site_file(sitefile.site_ref(pack, "Z99_s1")).reason
     # repacking carries the packed sites over; a damaged pack makes its sites pending and reported
     assert ledger.pack_plate(cfg, "P1", sites)["from_pack"] == n1
-    pack = sitefile.packed_path(cfg.out, "P1")
     os.truncate(pack, 100)
     scan = ledger.scan_sites(cfg, sites)
     assert scan.n_done == len(sites) - n1 and len(scan.problems) == n1
