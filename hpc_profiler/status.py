@@ -18,7 +18,9 @@ import argparse
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Optional
 
 from . import orchestrate as orch
@@ -99,24 +101,22 @@ def collect_status(cfg, verify: bool = False) -> BatchStatus:
     scan = orch.scan_sites(cfg, cols, verify=verify, progress=verify)
     failures = orch.list_failures(cfg, "illum") + orch.list_failures(cfg, "extract")
     failed_keys = {(f["plate"], f["well"], f["site"]) for f in failures if f["stage"] == "extract"}
-    plates: dict = {}
-    done_keys = set()
-    for plate, well, site, done in zip(cols.plates, cols.wells, cols.numbers, scan.done):
-        p = plates.get(plate)
-        if p is None:
-            p = plates[plate] = PlateStatus(plate)
-        p.total += 1
-        if done:
-            p.done += 1
-            if failed_keys:
-                done_keys.add((plate, well, str(site)))
-        elif (plate, well, str(site)) in failed_keys:
-            p.failed += 1
-        else:
-            p.pending += 1
+    # counted per plate with C-level Counters: a Python loop per site costs seconds at 370,000 sites
+    total = Counter(cols.plates)
+    done = Counter(compress(cols.plates, scan.done))
+    state = {}  # failed site of the manifest -> done by now
+    if failed_keys:
+        for p, w, n, d in zip(cols.plates, cols.wells, cols.numbers, scan.done):
+            k = (p, w, str(n))
+            if k in failed_keys:
+                state[k] = d
+    failed = Counter(k[0] for k, d in state.items() if not d)  # a failure counts while its site is not done
+    plates = {name: PlateStatus(name, total=n, done=done[name], failed=failed[name],
+                                pending=n - done[name] - failed[name]) for name, n in total.items()}
+    # a failure record of a site that is done by now is stale (written by a lost race); dropped below
+    done_keys = {k for k, d in state.items() if d}
     for p in plates.values():
         p.illum = orch.illum_done(cfg, p.plate) if cfg.illumination.enabled else None
-    # a failure record of a site that validates by now is stale (written by a lost race); drop it
     failures = [f for f in failures if f["stage"] != "extract" or (f["plate"], f["well"], f["site"]) not in done_keys]
     job_ids = []
     bdir = orch.batches_dir(cfg)
