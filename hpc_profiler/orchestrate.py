@@ -21,11 +21,17 @@ Layout under ``output_dir`` (``<out>``)::
     failures/illum/<plate>.json       one file per failed plate
     logs/%j/                          submitit's per-job folder (stdout, stderr, pickles)
     logs/work/<stage>/<task>.jsonl    per-site work log (done/skipped/failed, seconds)
+    ledger/<task>.jsonl               completion ledger: one record per finished site (hpc_profiler.ledger)
 
-Resume: a site is done when its site file validates (complete flag and config
-hash, :func:`hpc_profiler.sitefile.validate_site_file`), a plate's
-illumination when its file carries the config hash. Submitting again schedules
-only what is not done; ``dry_run`` only counts it.
+Resume: a site is done when the completion ledger names its file with the
+current config hash and the file is there with the recorded size and mtime
+(:func:`hpc_profiler.ledger.scan_sites`: a few hundred ledger files, one
+listing per plate row and one stat per site, instead of opening 370,000
+files); a file without such a record is validated the old way (complete flag
+and config hash, :func:`hpc_profiler.sitefile.validate_site_file`), and
+``verify=True`` validates every file. A plate's illumination is done when its
+file carries the config hash. Submitting again schedules only what is not
+done; ``dry_run`` only counts it.
 
 Faults: a site whose work raises is recorded in the failure table (plate, well,
 site, error type, message, task id, time; written atomically, removed when the
@@ -73,7 +79,7 @@ from submitit.core.utils import UncompletedJobError
 
 from . import manifest as manifest_mod
 from ._atomic import write_bytes_atomic
-from . import pipeline, sitefile, storage
+from . import ledger, pipeline, sitefile, storage
 from .images import load_site_images
 from .config import Config, ConfigError, load_config
 
@@ -199,7 +205,9 @@ class WorkLog:
     Each task writes its own file (``logs/work/<stage>/<task>.jsonl``), so no
     two processes append to the same file. Records: ``key``, ``status``
     (``done``, ``skipped`` = already valid, ``failed``), ``start``, ``end``,
-    ``seconds``, ``task``, ``batch``.
+    ``seconds``, ``task``, ``batch``. :meth:`record_done` writes a finished
+    site's completion record to the task's ledger file
+    (:class:`hpc_profiler.ledger.LedgerWriter`).
     """
 
     def __init__(self, cfg: Config, stage: str, batch: str = ""):
@@ -207,6 +215,17 @@ class WorkLog:
         self.batch = batch
         self.path = worklog_dir(cfg, stage) / f"{self.task}.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._ledger: Optional[ledger.LedgerWriter] = None
+
+    def record_done(self, cfg: Config, site, path=None, seconds: float = 0.0) -> None:
+        """Append the completion record of a finished site (its file must be in place)."""
+        if self._ledger is None:
+            self._ledger = ledger.LedgerWriter(cfg.out, self.task)
+        if path is None:
+            path = pipeline.site_path(cfg, site)
+            if not path.exists():  # done in the plate's packed file: recorded when it was packed
+                return
+        self._ledger.record(site.key, path, cfg.hash(), seconds)
 
     def add(self, key: str, status: str, start: float, end: float) -> None:
         rec = {"key": key, "status": status, "start": start, "end": end, "seconds": end - start,
@@ -222,32 +241,140 @@ def read_worklog(cfg: Config, stage: str) -> list[dict]:
     if root.exists():
         for p in sorted(root.glob("*.jsonl")):
             with open(p) as fh:
-                for line in fh:
-                    line = line.strip()
-                    if line:
-                        try:
-                            recs.append(json.loads(line))
-                        except ValueError:
-                            pass  # a line cut by a kill
+                lines = [x for x in fh.read().split("\n") if x.strip()]
+            try:  # one parser call per file (370,000 records in seconds); line by line after a kill
+                recs += json.loads("[" + ",".join(lines) + "]")
+            except ValueError:
+                for line in lines:
+                    try:
+                        recs.append(json.loads(line))
+                    except ValueError:
+                        pass  # a line cut by a kill
     return recs
 
 
 # =========================================================================== planning
-def load_or_build_manifest(cfg: Config, rebuild: bool = False) -> list:
-    """The batch's sites: ``<out>/manifest.parquet``, built from ``cfg.input`` when missing."""
-    path = manifest_path(cfg)
-    if path.exists() and not rebuild:
-        return manifest_mod.load_manifest(path)
+def _source_stamp(cfg: Config) -> Optional[dict]:
+    """Identity of a LoadData CSV source (path, size, mtime, channels); None for other sources."""
+    if cfg.input.loaddata_csv is None or storage.is_url(str(cfg.input.loaddata_csv)):
+        return None
+    path = cfg.path(cfg.input.loaddata_csv)
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return {"loaddata_csv": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+            "channels": list(cfg.channels)}
+
+
+def manifest_is_current(cfg: Config) -> bool:
+    """Whether ``<out>/manifest.parquet`` was built from the LoadData CSV as it is now.
+
+    Then a submission need not parse the CSV again (seconds per 100,000
+    sites); any other source is listed again at every submission.
+    """
+    stamp = _source_stamp(cfg)
+    if stamp is None or not manifest_path(cfg).exists():
+        return False
+    try:
+        return read_json(cfg.out / MANIFEST_SOURCE) == stamp
+    except (OSError, ValueError):
+        return False
+
+
+MANIFEST_SOURCE = "manifest.source.json"
+
+
+def _build_and_save_manifest(cfg: Config) -> list:
+    stamp = _source_stamp(cfg)
     sites, _problems = manifest_mod.build_manifest(cfg)  # incomplete sites stay in: they fail visibly
     if not sites:
         raise OrchestrationError(f"{cfg.source or '<config>'}: the image source lists no sites")
-    manifest_mod.save_manifest(sites, path)
+    manifest_mod.save_manifest(sites, manifest_path(cfg))
+    if stamp is not None:
+        _write_json_atomic(cfg.out / MANIFEST_SOURCE, stamp)
     return sites
 
 
+def ensure_manifest(cfg: Config, rebuild: bool = False) -> Path:
+    """``<out>/manifest.parquet``, built when missing (``rebuild``: also when the source may have changed)."""
+    path = manifest_path(cfg)
+    if not path.exists() or (rebuild and not manifest_is_current(cfg)):
+        _build_and_save_manifest(cfg)
+    return path
+
+
+def load_or_build_manifest(cfg: Config, rebuild: bool = False) -> list:
+    """The batch's sites: ``<out>/manifest.parquet``, built from ``cfg.input`` when missing.
+
+    ``rebuild`` builds it again unless it was built from the LoadData CSV as
+    it is now (:func:`manifest_is_current`), so sites added to the input are
+    picked up.
+    """
+    path = manifest_path(cfg)
+    if path.exists() and (not rebuild or manifest_is_current(cfg)):
+        return manifest_mod.load_manifest(path)
+    return _build_and_save_manifest(cfg)
+
+
+@dataclass
+class SiteColumns:
+    """Plate, well and site number of every site of a manifest, as columns (no per-site objects)."""
+
+    plates: list
+    wells: list
+    numbers: list
+    path: Optional[Path] = None  # the Parquet manifest they were read from
+    sites: Optional[list] = None  # the Site objects, when the manifest was just built
+
+    def __len__(self) -> int:
+        return len(self.plates)
+
+    def select(self, indices: Sequence[int]) -> list:
+        """The Site objects of rows ``indices`` (built from the Parquet file for those rows only)."""
+        if self.sites is not None:
+            return [self.sites[i] for i in indices]
+        return manifest_mod.load_manifest(self.path, indices) if len(indices) else []
+
+    @classmethod
+    def of_sites(cls, sites: Sequence) -> "SiteColumns":
+        return cls([s.plate for s in sites], [s.well for s in sites], [s.site for s in sites], sites=list(sites))
+
+    @classmethod
+    def read(cls, path) -> "SiteColumns":
+        import pyarrow.parquet as pq
+
+        try:
+            t = pq.read_table(path, columns=["plate", "well", "site"])
+        except Exception as exc:  # noqa: BLE001 - reported as the manifest's problem, naming the file
+            raise manifest_mod.ManifestError(f"{path}: cannot read manifest: {exc}") from exc
+        return cls(t.column("plate").to_pylist(), t.column("well").to_pylist(), t.column("site").to_pylist(),
+                   path=Path(path))
+
+
+def manifest_columns(cfg: Config, rebuild: bool = False, write: bool = True) -> SiteColumns:
+    """The batch's sites as columns; ``write=False`` (a dry run) builds without saving when not current."""
+    if not write and not (manifest_path(cfg).exists() and (not rebuild or manifest_is_current(cfg))):
+        sites = manifest_mod.build_manifest(cfg)[0]
+        if not sites:
+            raise OrchestrationError(f"{cfg.source or '<config>'}: the image source lists no sites")
+        return SiteColumns.of_sites(sites)
+    return SiteColumns.read(ensure_manifest(cfg, rebuild))
+
+
 def site_done(cfg: Config, site) -> bool:
-    """A site is done when its file validates for the current config hash."""
-    return sitefile.validate_site_file(pipeline.site_path(cfg, site), cfg.hash()).ok
+    """A site is done when its file validates for the current config hash.
+
+    The deep check of one site (opens its file, or its group of the plate's
+    packed file when the ledger says it was packed); for many sites use
+    :func:`pending_sites`, which reads the ledger.
+    """
+    chash = cfg.hash()
+    if sitefile.validate_site_file(pipeline.site_path(cfg, site), chash).ok:
+        return True
+    packed = sitefile.packed_path(cfg.out, site.plate)
+    return packed.exists() and sitefile.validate_site_file(
+        sitefile.site_ref(packed, ledger.pack_group(site.well, site.site)), chash).ok
 
 
 def illum_done(cfg: Config, plate: str) -> bool:
@@ -260,21 +387,53 @@ def illum_done(cfg: Config, plate: str) -> bool:
 def illum_pending(cfg: Config, sites: Sequence) -> list[str]:
     """Plates that still need the illum stage: enabled, not done, and some site
     without CellProfiler illumination files of its own (``Site.illum_files``)."""
-    out = []
-    for plate in plates_of(sites):
-        plate_sites = [s for s in sites if s.plate == plate]
-        if pipeline.plate_needs_illum(cfg, plate_sites) and not illum_done(cfg, plate):
-            out.append(plate)
-    return out
+    if not cfg.illumination.enabled:
+        return []
+    by_plate: dict = {}
+    for s in sites:  # one pass over the sites, not one per plate
+        by_plate.setdefault(s.plate, []).append(s)
+    return [plate for plate in sorted(by_plate)
+            if pipeline.plate_needs_illum(cfg, by_plate[plate]) and not illum_done(cfg, plate)]
+
+
+def plate_rows(manifest_file, plate: str) -> list[int]:
+    """Row numbers of ``plate``'s sites in a saved manifest (reads the plate column only).
+
+    An illum task then builds its plate's sites only, instead of every site
+    of the batch and a filter.
+    """
+    import pyarrow.parquet as pq
+
+    try:
+        plates = pq.read_table(manifest_file, columns=["plate"]).column("plate").to_pylist()
+    except Exception as exc:  # noqa: BLE001 - reported as the manifest's problem, naming the file
+        raise manifest_mod.ManifestError(f"{manifest_file}: cannot read manifest: {exc}") from exc
+    return [i for i, p in enumerate(plates) if p == plate]
 
 
 def plates_of(sites: Iterable) -> list[str]:
     return sorted({s.plate for s in sites})
 
 
-def pending_sites(cfg: Config, sites: Sequence) -> list:
-    """Sites whose file does not validate, in manifest order."""
-    return [s for s in sites if not site_done(cfg, s)]
+def scan_sites(cfg: Config, sites, verify: bool = False, progress: bool = False) -> "ledger.SiteScan":
+    """Done/pending of every site (Site objects or :class:`SiteColumns`) from the completion ledger
+    (:func:`hpc_profiler.ledger.scan_columns`)."""
+    cols = sites if isinstance(sites, SiteColumns) else SiteColumns.of_sites(sites)
+    return ledger.scan_columns(cfg, cols.plates, cols.wells, cols.numbers, verify=verify, progress=progress)
+
+
+def pending_sites(cfg: Config, sites: Sequence, verify: bool = False, record_task: Optional[str] = None) -> list:
+    """Sites not done, in manifest order (from the ledger; ``verify`` opens every file).
+
+    With ``record_task``, sites found done by opening a file that had no
+    current record (a task killed between file and record, outputs from before
+    the ledger) are recorded in ``ledger/<record_task>.jsonl``, so the next
+    scan trusts them without opening them.
+    """
+    scan = scan_sites(cfg, sites, verify=verify, progress=verify)
+    if record_task:
+        ledger.record_unrecorded(cfg, scan, record_task)
+    return scan.pending(sites)
 
 
 def chunk_ranges(n: int, size: int) -> list[tuple[int, int]]:
@@ -317,6 +476,7 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
     for site in sites:
         if site_done(cfg, site):
             clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
+            log.record_done(cfg, site)  # a file whose record a kill prevented is recorded now
             log.add(site.key, "skipped", time.time(), time.time())
             counts["skipped"] += 1
             if progress is not None:
@@ -338,7 +498,7 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
             key = (site.plate, bool(site.illum_files))
             if key not in illum_cache:
                 illum_cache[key] = pipeline.load_illum_for(cfg, site.plate, site)
-            pipeline.extract_site(cfg, site, illum_cache[key], images=images.result())
+            path = pipeline.extract_site(cfg, site, illum_cache[key], images=images.result())
         except UncompletedJobError:
             raise  # submitit's "out of requeues" signal, not a site failure
         except Exception as exc:
@@ -346,6 +506,9 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
             status = "failed"
         else:
             clear_failure(cfg, "extract", plate=site.plate, well=site.well, site=site.site)
+            # the file is in place before its record: a kill in between leaves a file that the
+            # next scan validates (and records) or the next task redoes; never a record without a file
+            log.record_done(cfg, site, path, time.time() - t0)
             status = "done"
         log.add(site.key, status, t0, time.time())
         counts[status] += 1
@@ -362,7 +525,7 @@ def run_illum_plate(cfg: Config, manifest_file, plate: str, batch: str = "") -> 
     if illum_done(cfg, plate):
         status = "skipped"
     else:
-        sites = [s for s in manifest_mod.load_manifest(manifest_file) if s.plate == plate]
+        sites = manifest_mod.load_manifest(manifest_file, plate_rows(manifest_file, plate))
         if cfg.illumination.enabled:
             remove_stale_temps(pipeline.illum_path(cfg, plate))
         try:
@@ -583,7 +746,7 @@ def _notify(msg: str) -> None:
 
 
 def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = False,
-                 kind: Optional[str] = None, notify=_notify) -> SubmitResult:
+                 kind: Optional[str] = None, verify: bool = False, notify=_notify) -> SubmitResult:
     """Schedule what is not done of ``stage`` as one array job.
 
     Parameters
@@ -602,6 +765,9 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
         not done after that is in ``SubmitResult.lost``.
     kind : str, optional
         Override ``cfg.executor.kind``.
+    verify : bool
+        Decide what is done by validating every site file (in parallel, with
+        progress) instead of trusting the completion ledger.
     notify : callable
         Receives one line per resubmission (default: printed to stderr).
 
@@ -615,11 +781,16 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
         raise OrchestrationError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
     kind = resolve_kind(cfg, kind)
     # the manifest is rebuilt at every submission, so sites added to the input are picked up
-    sites = manifest_mod.build_manifest(cfg)[0] if dry_run else load_or_build_manifest(cfg, rebuild=True)
     batch = _new_batch_id(stage)
     if stage == "extract":
-        todo = pending_sites(cfg, sites)
-        n_total = len(sites)
+        # columns, not Site objects: at 370,000 sites building the objects costs more than the ledger
+        cols = manifest_columns(cfg, rebuild=True, write=not dry_run)
+        scan = scan_sites(cfg, cols, verify=verify, progress=verify)
+        if not dry_run:
+            ledger.record_unrecorded(cfg, scan, f"submit-{batch}")
+        pending = scan.pending_indices()
+        todo = pending if dry_run else cols.select(pending)
+        n_total = len(cols)
         if todo and not dry_run:
             missing = _missing_illum(cfg, todo)
             if missing:
@@ -629,6 +800,7 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
                 )
         n_tasks = len(chunk_ranges(len(todo), cfg.executor.sites_per_task))
     else:
+        sites = manifest_mod.build_manifest(cfg)[0] if dry_run else load_or_build_manifest(cfg, rebuild=True)
         plates = plates_of(sites)
         todo = illum_pending(cfg, sites)
         n_total = len(plates)
@@ -949,6 +1121,8 @@ def add_submit_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("stage", choices=STAGES, help="illum: one task per plate; extract: chunks of sites")
     parser.add_argument("config", help="config file (YAML)")
     parser.add_argument("--dry-run", action="store_true", help="print how many would run; submit nothing")
+    parser.add_argument("--verify", action="store_true",
+                        help="open and validate every site file (in parallel) instead of trusting the ledger")
     parser.add_argument("--wait", action="store_true", help="wait for the tasks (progress bar)")
     parser.add_argument("--kind", choices=["auto", "slurm", "local", "debug"], default=None,
                         help="override executor.kind")
@@ -958,7 +1132,8 @@ def main_submit(args) -> int:
     """``hpc-profiler submit STAGE CONFIG``: exit 0 when submitted (or nothing to do)."""
     try:
         cfg = load_config(args.config)
-        res = submit_stage(cfg, args.stage, dry_run=args.dry_run, wait=args.wait, kind=args.kind)
+        res = submit_stage(cfg, args.stage, dry_run=args.dry_run, wait=args.wait, kind=args.kind,
+                           verify=args.verify)
     except (ConfigError, OrchestrationError, manifest_mod.ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

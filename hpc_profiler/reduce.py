@@ -3,12 +3,15 @@
 ``mpirun -n N hpc-profiler reduce CONFIG`` (or ``python -m hpc_profiler.reduce
 CONFIG``; without a launcher the same code runs on :class:`~hpc_profiler.mpi.SerialComm`):
 
-1. Rank 0 lists ``<out>/sites/<plate>/*.h5``; the ranks validate the files in
+1. Rank 0 lists the site files ``<out>/sites/<plate>/<row>/*.h5`` and the
+   sites packed into ``<out>/packed/<plate>.h5`` (:func:`discover_site_files`;
+   a loose file wins over the packed copy of the same site); the ranks validate them in
    parallel (:func:`hpc_profiler.sitefile.validate_site_file` with the config
    hash) and read their plate, well, site and cell count.
 2. Rank 0 assigns whole wells to ranks, balanced by cell count
    (:func:`hpc_profiler.mpi.split_balanced`); a well's sites go to one rank.
-3. Each rank reads its wells one at a time (:func:`sitefile.read_cells_matrix`)
+3. Each rank reads its wells one at a time (:func:`read_site`, the one
+   function through which this stage reads a site)
    and keeps only the per-well median (CPJUMP1's aggregation; optionally the
    mean) and cell count, so a process never holds more single cells than the
    largest well.
@@ -52,7 +55,7 @@ import pandas as pd
 from . import profiles as P
 from ._atomic import atomic_path, write_bytes_atomic
 from .mpi import abort_on_error, get_comm, split_balanced
-from .sitefile import read_cells_matrix, validate_site_file
+from .sitefile import open_site, read_cells_matrix, site_ref, validate_site_file
 
 PROFILE_TABLES = ("well_aggregated", "well_normalized", "well_feature_selected")
 SKIPPED_NAME = "skipped_site_files.csv"
@@ -64,12 +67,42 @@ class ReduceError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- discovery
-def discover_site_files(out) -> list[Path]:
-    """Sorted site files ``<out>/sites/<plate>/*.h5`` (temporary files excluded)."""
-    root = Path(out) / "sites"
-    if not root.is_dir():
-        return []
-    return sorted(p for p in root.glob("*/*.h5") if not p.name.startswith("."))
+def discover_site_files(out) -> list[str]:
+    """Sorted names of the batch's sites: loose files and packed sites.
+
+    Loose files are ``<out>/sites/<plate>/<row>/*.h5`` (temporary files
+    excluded); packed sites are the groups of ``<out>/packed/<plate>.h5``,
+    named ``<file>::<group>`` (:func:`sitefile.site_ref`). A site present both
+    ways (a pack whose loose files were kept, or a site redone after packing)
+    is listed once, as its loose file.
+    """
+    out = Path(out)
+    root = out / "sites"
+    loose = sorted(str(p) for p in root.glob("*/*/*.h5") if not p.name.startswith(".")) if root.is_dir() else []
+    names = {Path(p).parent.parent.name + "/" + Path(p).name for p in loose}
+    packed = []
+    pdir = out / "packed"
+    if pdir.is_dir():
+        for pack in sorted(pdir.glob("*.h5")):
+            if pack.name.startswith("."):
+                continue
+            plate = pack.stem
+            try:
+                with h5py.File(pack, "r") as f:
+                    groups = sorted(f)
+            except OSError:
+                packed.append(str(pack))  # unreadable: listed, so validation names it
+                continue
+            packed += [site_ref(pack, g) for g in groups if f"{plate}/{plate}_{g}.h5" not in names]
+    return sorted(loose + packed)
+
+
+def read_site(ref):
+    """One site's single-cell matrix ``(names, values, object_number, attrs)``, from a loose or packed site.
+
+    The one place this stage reads a site (:func:`sitefile.read_cells_matrix`).
+    """
+    return read_cells_matrix(ref)
 
 
 def inspect_site_file(path, config_hash: Optional[str]) -> dict:
@@ -84,7 +117,7 @@ def inspect_site_file(path, config_hash: Optional[str]) -> dict:
         rec["reason"] = status.reason
         return rec
     try:
-        with h5py.File(path, "r") as f:
+        with open_site(path) as f:
             rec["plate"], rec["well"], rec["site"] = (str(f.attrs[k]) for k in ("plate", "well", "site"))
             counts = [f["objects"][o]["object_number"].shape[0] for o in f["objects"]]
     except (OSError, KeyError) as exc:
@@ -150,7 +183,7 @@ def reduce_wells(
         blocks = []
         for path in paths:
             try:
-                feats, values, _, _ = read_cells_matrix(path)
+                feats, values, _, _ = read_site(path)
             except Exception as exc:  # noqa: BLE001 - any failure to read is reported with the file
                 msg = str(exc) if str(path) in str(exc) else f"{path}: unreadable site file ({exc})"
                 if not skip_invalid:

@@ -18,12 +18,21 @@ same site each write their own temporary file, and the last rename wins; both
 candidates are complete, so the survivor is valid. A site with zero objects is
 a valid file with zero rows.
 
-:func:`validate_site_file` is what resume logic uses: the file opens, its
-``complete`` flag is set and its config hash matches.
+Files live in ``<out>/sites/<plate>/<row>/`` (:func:`site_file_path`, one
+folder per plate and well row). :func:`validate_site_file` is the deep check:
+the file opens, its ``complete`` flag is set and its config hash matches.
+Resume and status trust the completion ledger instead
+(:mod:`hpc_profiler.ledger`) and run the deep check only on files without a
+record, or on every file with ``--verify``. A plate's sites may be packed into
+``<out>/packed/<plate>.h5``, one group per site with the layout above; such a
+site is named ``<packed file>::<group>`` and :func:`open_site`,
+:func:`validate_site_file` and :func:`read_site_file` take either name.
 """
 from __future__ import annotations
 
+import re
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Optional
@@ -83,9 +92,64 @@ def site_file_name(plate: str, well: str, site) -> str:
     return f"{plate}_{well}_s{site}.h5"
 
 
+def well_row(well: str) -> str:
+    """The folder of a well's sites: its row letters (``"B03" -> "B"``, ``"AF12" -> "AF"``).
+
+    A well name without leading letters (a source with numeric wells) is
+    grouped by its first character, so no folder grows past a plate row's
+    worth of sites (24 wells x 9 sites for a 384-well plate).
+    """
+    w = str(well)
+    m = _ROW.match(w)
+    return m.group(0).upper() if m else (w[:1] or "_")
+
+
+_ROW = re.compile(r"[A-Za-z]+")
+
+
 def site_file_path(root, plate: str, well: str, site) -> Path:
-    """``root/sites/<plate>/<plate>_<well>_s<site>.h5``."""
-    return Path(root) / "sites" / str(plate) / site_file_name(plate, well, site)
+    """``root/sites/<plate>/<row>/<plate>_<well>_s<site>.h5`` (row: :func:`well_row`).
+
+    Grouping by plate and well row keeps every folder to a few hundred files
+    (a CPJUMP1 plate is 16 rows x 24 wells x 9 sites), which parallel file
+    systems list and stat far better than one folder of a plate's 3,456 files.
+    """
+    return Path(root) / "sites" / str(plate) / well_row(well) / site_file_name(plate, well, site)
+
+
+def packed_path(root, plate: str) -> Path:
+    """``root/packed/<plate>.h5``: a plate's finished sites packed into one file (:mod:`hpc_profiler.ledger`)."""
+    return Path(root) / "packed" / f"{plate}.h5"
+
+
+#: A packed site is named ``<packed file>::<group>``; loose site files by their path.
+PACK_SEP = "::"
+
+
+def site_ref(pack, group: str) -> str:
+    """The name of a site packed in ``pack`` as ``group`` (what :func:`open_site` opens)."""
+    return f"{pack}{PACK_SEP}{group}"
+
+
+def split_ref(ref) -> tuple[Path, Optional[str]]:
+    """``(file, group)`` of a site name: group ``None`` for a loose site file."""
+    s = str(ref)
+    if PACK_SEP in s:
+        file, group = s.rsplit(PACK_SEP, 1)
+        return Path(file), group
+    return Path(s), None
+
+
+@contextmanager
+def open_site(ref):
+    """Open a site for reading: the h5py root of a loose file, or its group in a packed file.
+
+    Raises ``OSError`` for an unreadable file and ``KeyError`` when a packed
+    file has no such group.
+    """
+    file, group = split_ref(ref)
+    with h5py.File(file, "r") as f:
+        yield f if group is None else f[group]
 
 
 def write_site_file(
@@ -144,19 +208,24 @@ def write_site_file(
 
 
 def validate_site_file(path, config_hash: Optional[str] = None) -> SiteFileStatus:
-    """Whether ``path`` is a finished site file (for the given config hash)."""
-    path = Path(path)
-    if not path.exists():
+    """Whether ``path`` is a finished site file (for the given config hash).
+
+    ``path`` may also name a packed site (``<packed file>::<group>``).
+    """
+    file, group = split_ref(path)
+    if not file.exists():
         return SiteFileStatus(False, "missing")
     try:
-        with h5py.File(path, "r") as f:
+        with open_site(path) as f:
             if not bool(f.attrs.get("complete", False)):
                 return SiteFileStatus(False, "incomplete (complete flag not set)")
             if config_hash is not None and f.attrs.get("config_hash") != config_hash:
                 return SiteFileStatus(False, f"stale (config hash {f.attrs.get('config_hash')} != {config_hash})")
             if "objects" not in f or "image" not in f:
                 return SiteFileStatus(False, "incomplete (groups missing)")
-    except (OSError, KeyError) as exc:
+    except KeyError as exc:
+        return SiteFileStatus(False, f"missing from the packed file ({exc})" if group else f"unreadable ({exc})")
+    except OSError as exc:
         return SiteFileStatus(False, f"unreadable ({exc})")
     return SiteFileStatus(True, "ok")
 
@@ -166,10 +235,10 @@ def _decode(a) -> list[str]:
 
 
 def read_site_file(path, *, labels: bool = False, objects: Optional[list[str]] = None) -> SiteData:
-    """Read a site file; raises ``OSError`` naming the file when it is not valid."""
-    path = Path(path)
+    """Read a site file (or packed site); raises ``OSError`` naming the file when it is not valid."""
+    path = str(path)
     try:
-        with h5py.File(path, "r") as f:
+        with open_site(path) as f:
             if not bool(f.attrs.get("complete", False)):
                 raise OSError(f"{path}: site file is incomplete (complete flag not set)")
             attrs = {k: (v.item() if hasattr(v, "item") else v) for k, v in f.attrs.items()}

@@ -55,7 +55,7 @@ def make(root: Path, args, wells: int, gen):
     cells, _, csv = gen.make_batch(root, chash, n_plates=args.plates, n_wells=wells, n_sites=args.sites,
                                    cells_per_site=args.cells, per_compartment=args.features // 3, seed=args.seed)
     cfg = gen.write_config(root / "config.yaml", root, csv)
-    n_sites = len(list((root / "sites").glob("*/*.h5")))
+    n_sites = len(list((root / "sites").glob("*/*/*.h5")))
     return cfg, n_sites, cells.shape
 
 

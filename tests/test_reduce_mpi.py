@@ -240,7 +240,7 @@ def test_outputs_layout(serial_run, batch):
         assert list(csv.columns) == list(df.columns)
     assert not [p for p in outdir.iterdir() if p.name.startswith(".")], "temporary files left behind"
     summary = json.loads((outdir / "reduce_summary.json").read_text())
-    assert summary["sites"] == len(list((Path(cfg.out) / "sites").glob("*/*.h5")))
+    assert summary["sites"] == len(list((Path(cfg.out) / "sites").glob("*/*/*.h5")))
     assert summary["cells"] == len(batch["cells"])
 
 
@@ -281,7 +281,7 @@ def test_site_without_objects_counts_zero_cells(batch, tmp_path):
     chash = load_config(write_config(tmp_path / "h.yaml", tmp_path, batch["csv"])).hash()
     empty = write_site_file(site_file_path(tmp_path, "BR00116991", "A01", 9), plate="BR00116991", well="A01",
                             site=9, config_hash=chash, backend="numpy", objects={}, image={})
-    full = sorted((batch["root"] / "sites" / "BR00116991").glob("BR00116991_A01_*.h5"))
+    full = sorted((batch["root"] / "sites" / "BR00116991" / "A").glob("BR00116991_A01_*.h5"))
     part = reduce_wells([(("BR00116991", "A01"), [str(empty)] + [str(p) for p in full])])
     ref = reduce_wells([(("BR00116991", "A01"), [str(p) for p in full])])
     assert part["sites"] == len(full) + 1 and part["count"][0] == ref["count"][0]
@@ -290,7 +290,7 @@ def test_site_without_objects_counts_zero_cells(batch, tmp_path):
 
 def damage(out: Path) -> tuple[Path, Path]:
     """Make one site file unreadable past validation, and one not HDF5 at all."""
-    files = sorted((out / "sites").glob("*/*.h5"))
+    files = sorted((out / "sites").glob("*/*/*.h5"))
     broken, garbage = files[3], files[-2]
     with h5py.File(broken, "a") as f:
         del f["objects/Cells/feature_names"]

@@ -23,7 +23,7 @@ def _write(path, n=3, value=1.0, hash_="h1", **kw):
 
 def test_round_trip(tmp_path):
     p = _write(S.site_file_path(tmp_path, "P1", "B03", 2))
-    assert p == tmp_path / "sites" / "P1" / "P1_B03_s2.h5"
+    assert p == tmp_path / "sites" / "P1" / "B" / "P1_B03_s2.h5"
     d = S.read_site_file(p, labels=True)
     assert d.attrs["plate"] == "P1" and d.attrs["complete"] and d.attrs["seconds_features"] == 1.5
     assert d.objects["Cells"].names == ["Cells_A", "Cells_B"]
