@@ -34,22 +34,19 @@ import numpy as np
 
 from .backend import backend_of
 
-try:  # numba is a dependency; the import guard only keeps the error message clear
-    import numba
-except ImportError as exc:  # pragma: no cover - numba is in install_requires
-    raise ImportError("hpc_profiler.watershed needs numba (pip install numba)") from exc
+from .morphology import njit_cached  # numba, with the in-memory fallback where no cache dir is usable
 
 __all__ = ["watershed", "watershed_numpy"]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit_cached
 def _smaller(hv, ha, a, b):
     if hv[a] != hv[b]:
         return hv[a] < hv[b]
     return ha[a] < ha[b]
 
 
-@numba.njit(cache=True, nogil=True)
+@njit_cached
 def _flood(image, output, mask, markers_at, offsets):
     n_max = image.size + markers_at.size + 1
     hv = np.empty(n_max, np.float64)  # heap values
