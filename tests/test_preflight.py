@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -20,9 +21,21 @@ HEADER = ["Metadata_Plate", "Metadata_Well", "Metadata_Site"] + [
 ]
 
 
-def hp(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "hpc_profiler", *args], capture_output=True, text=True,
-                          cwd=cwd, timeout=120)
+def hp_process(*args):
+    """The command in its own process (exit status as the shell sees it)."""
+    return subprocess.run([sys.executable, "-m", "hpc_profiler", *args], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture
+def hp(capsys):
+    """The command in this process through :func:`hpc_profiler.cli.main` (fast on a 2-core machine)."""
+
+    def call(*args):
+        rc = cli.main(list(args))
+        out = capsys.readouterr()
+        return SimpleNamespace(returncode=rc, stdout=out.out, stderr=out.err)
+
+    return call
 
 
 def write_config(tmp_path, body: str, name="c.yaml") -> Path:
@@ -41,18 +54,18 @@ def errors(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
 
 
-def test_missing_input_one_line_in_check_and_run(tmp_path):
+def test_missing_input_one_line_in_check_and_run(hp, tmp_path):
     cfg = write_config(tmp_path, "output_dir: out\ninput:\n  loaddata_csv: nope/load_data.csv\n")
     missing = tmp_path / "nope" / "load_data.csv"
     for args in (("config", "check", str(cfg)), ("run", str(cfg)), ("submit", "extract", str(cfg))):
-        r = hp(*args)
+        r = hp_process(*args) if args[0] == "run" else hp(*args)
         assert r.returncode == 2, (args, r.stdout, r.stderr)
         assert "Traceback" not in r.stderr and "ok (config hash" not in r.stdout
         assert errors(r.stderr) == [f"error: {cfg}: input.loaddata_csv: LoadData CSV {missing} does not exist"]
     assert not (tmp_path / "out").exists()  # nothing started
 
 
-def test_channels_checked_against_loaddata_header(tmp_path):
+def test_channels_checked_against_loaddata_header(hp, tmp_path):
     header_csv(tmp_path, [c for c in HEADER if not c.endswith("OrigMito") and c != "Metadata_Site"])
     cfg = write_config(tmp_path, "output_dir: out\ninput:\n  loaddata_csv: load_data.csv\n")
     r = hp("config", "check", str(cfg))
@@ -65,7 +78,7 @@ def test_channels_checked_against_loaddata_header(tmp_path):
 
 
 @pytest.mark.skipif(gpu_available(), reason="a GPU backend is present here; the failure mode needs none")
-def test_gpu_asked_without_one(tmp_path):
+def test_gpu_asked_without_one(hp, tmp_path):
     header_csv(tmp_path)
     cfg = write_config(tmp_path, "device: gpu\noutput_dir: out\ninput:\n  loaddata_csv: load_data.csv\n")
     for args in (("config", "check", str(cfg)), ("run", "--no-mpi", str(cfg))):
@@ -77,7 +90,7 @@ def test_gpu_asked_without_one(tmp_path):
         assert lines[0].endswith("use device: auto or cpu")
 
 
-def test_two_typos_reported_together(tmp_path):
+def test_two_typos_reported_together(hp, tmp_path):
     cfg = write_config(tmp_path, "segmentation:\n  nuclei:\n    smoothing_scal: 3\n"
                                  "executor:\n  cpus_per_tsk: 2\ndevice: tpu\n")
     r = hp("config", "check", str(cfg))
@@ -90,7 +103,7 @@ def test_two_typos_reported_together(tmp_path):
     assert any(f"{cfg}: device: expected one of" in s for s in lines)
 
 
-def test_output_folder_under_a_file_is_not_writable(tmp_path):
+def test_output_folder_under_a_file_is_not_writable(hp, tmp_path):
     header_csv(tmp_path)
     (tmp_path / "blocker").write_text("a file, not a folder")
     cfg = write_config(tmp_path, "output_dir: blocker/out\ninput:\n  loaddata_csv: load_data.csv\n")
@@ -103,7 +116,7 @@ def test_output_folder_under_a_file_is_not_writable(tmp_path):
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into a read-only folder")
-def test_output_folder_read_only(tmp_path):
+def test_output_folder_read_only(hp, tmp_path):
     header_csv(tmp_path)
     ro = tmp_path / "ro"
     ro.mkdir()
@@ -118,7 +131,7 @@ def test_output_folder_read_only(tmp_path):
     assert f"output_dir: output folder {ro / 'out'} (its nearest existing parent {ro}) is not writable" in line
 
 
-def test_all_problems_at_once(tmp_path):
+def test_all_problems_at_once(hp, tmp_path):
     (tmp_path / "blocker").write_text("x")
     cfg = write_config(tmp_path, "output_dir: blocker/out\ninput:\n  loaddata_csv: missing.csv\n"
                                  "  well_metadata_csv: meta.csv\n  illum_dir: illum\n")
@@ -129,7 +142,7 @@ def test_all_problems_at_once(tmp_path):
     assert r.returncode == 2 and len(errors(r.stderr)) == 4
 
 
-def test_missing_synth_input_is_fine_when_synth_generates_it(tmp_path):
+def test_missing_synth_input_is_fine_when_synth_generates_it(hp, tmp_path):
     cfg = write_config(tmp_path, "output_dir: out\ninput:\n  loaddata_csv: synth/load_data.csv\n"
                                  "  well_metadata_csv: synth/well_metadata.csv\nsynth:\n  wells: 4\n")
     r = hp("config", "check", str(cfg))
@@ -150,7 +163,7 @@ def test_explicit_ranks_without_mpi_is_an_error(tmp_path, monkeypatch):
     assert pf.preflight(cfg, "run", ranks=1) == []
 
 
-def test_reduce_with_nothing_to_reduce(tmp_path):
+def test_reduce_with_nothing_to_reduce(hp, tmp_path):
     cfg = write_config(tmp_path, "output_dir: out\n")
     r = hp("reduce", str(cfg))
     assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -167,7 +180,7 @@ def test_reduce_with_nothing_to_reduce_under_mpirun(tmp_path, mpirun):
     assert len([s for s in errors(r.stderr) if "nothing to reduce" in s]) == 1  # rank 0 speaks
 
 
-def test_evaluate_without_well_table(tmp_path):
+def test_evaluate_without_well_table(hp, tmp_path):
     cfg = write_config(tmp_path, "output_dir: out\n")
     r = hp("evaluate", str(cfg))
     table = tmp_path / "out" / "profiles" / "well_feature_selected.parquet"
