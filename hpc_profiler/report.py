@@ -182,7 +182,7 @@ def heatmap_figure(wells_table, feature: Optional[str] = None, ncols: int = 4):
     plates = sorted(df["Metadata_Plate"].astype(str).unique())
     ncols = max(1, min(ncols, len(plates)))
     prow = -(-len(plates) // ncols)  # rows of plates per measurement
-    fig, axes = plt.subplots(prow * len(panels), ncols, figsize=(3.6 * ncols + 0.8, 2.7 * prow * len(panels) + 0.5),
+    fig, axes = plt.subplots(prow * len(panels), ncols, figsize=(max(6.0, 3.6 * ncols + 0.8), 2.7 * prow * len(panels) + 0.7),
                              squeeze=False, layout="constrained")
     for b, col in enumerate(panels):
         vals = df[col].astype(float)
@@ -203,8 +203,8 @@ def heatmap_figure(wells_table, feature: Optional[str] = None, ncols: int = 4):
         block = axes[b * prow:(b + 1) * prow, :].ravel().tolist()
         cb = fig.colorbar(im, ax=block, fraction=0.025, pad=0.02)
         cb.set_label(_short(col), fontsize=8)
-    fig.suptitle("By well position (white: no well imaged); edge or gradient patterns point to plate effects",
-                 fontsize=10)
+    fig.suptitle("Plate maps by well position (white: no well imaged)\n"
+                 "edge or gradient patterns point to plate effects", fontsize=10)
     return fig
 
 
