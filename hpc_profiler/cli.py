@@ -8,7 +8,7 @@ loaded and :func:`hpc_profiler.preflight.preflight` checks what can be known up
 front; every problem is printed as one ``error: <config>: <key>: ...`` line and
 the command exits with status 2. An unexpected exception from a stage is one
 ``error:`` line too (exit status 1); the global ``--debug`` flag shows its
-traceback instead.
+traceback instead (``run-task``, started by Slurm, always logs the traceback).
 """
 from __future__ import annotations
 
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 #: Stage commands checked by :mod:`hpc_profiler.preflight` before they start.
 PREFLIGHT = {"run", "submit", "reduce", "evaluate"}
+#: Commands started by a scheduler, not a person: their log is the only trace, so it keeps the traceback.
+KEEP_TRACEBACK = {"run-task"}
 _RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
 
 
@@ -134,7 +136,7 @@ def main(argv=None) -> int:
                 return rc
         return int(args.func(args) or 0)
     except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows the traceback
-        if args.debug:
+        if args.debug or args.command in KEEP_TRACEBACK:
             raise
         from .config import ConfigError
 

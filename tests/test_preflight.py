@@ -204,3 +204,14 @@ def test_unexpected_error_is_one_line_and_debug_shows_traceback(tmp_path, monkey
     assert errors(err) == ["error: RuntimeError: site r01c01f01: boom ... (run with --debug for the traceback)"]
     with pytest.raises(RuntimeError, match="boom"):
         cli.main(["--debug", "run", "--no-mpi", str(cfg)])
+
+
+def test_run_task_started_by_slurm_keeps_the_traceback(monkeypatch):
+    from hpc_profiler import orchestrate
+
+    def boom(args):
+        raise RuntimeError("task failed")
+
+    monkeypatch.setattr(orchestrate, "main_run_task", boom)
+    with pytest.raises(RuntimeError, match="task failed"):
+        cli.main(["run-task", "--stage", "extract", "--task-id", "0", "c.yaml"])
