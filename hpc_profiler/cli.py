@@ -2,13 +2,20 @@
 
 Each subcommand is a thin wrapper over a library function; nothing here
 computes anything itself.
+
+Before ``run``, ``submit``, ``reduce`` and ``evaluate`` start, the config is
+loaded and :func:`hpc_profiler.preflight.preflight` checks what can be known up
+front; every problem is printed as one ``error: <config>: <key>: ...`` line and
+the command exits with status 2. An unexpected exception from a stage is one
+``error:`` line too (exit status 1); the global ``--debug`` flag shows its
+traceback instead (``run-task``, started by Slurm, always logs the traceback).
 """
 from __future__ import annotations
 
 import argparse
-import sys
-
 import importlib
+import os
+import sys
 
 from ._version import __version__
 
@@ -44,9 +51,12 @@ def _cmd_version(args) -> int:
 
 def _cmd_config_check(args) -> int:
     from .config import dump_config, load_config_or_report
+    from .preflight import preflight, report
 
     cfg = load_config_or_report(args.file)
     if cfg is None:
+        return 2
+    if report(cfg, preflight(cfg, "check")):
         return 2
     print(f"{args.file}: ok (config hash {cfg.hash()})")
     if args.show:
@@ -60,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Cell Painting images to single-cell features, well profiles and the CPJUMP1 benchmark, "
         "on CPU or GPU, on a laptop or a Slurm cluster.",
     )
+    p.add_argument("--debug", action="store_true",
+                   help="show the traceback of an error (default: one line per error)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -83,10 +95,57 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+#: Stage commands checked by :mod:`hpc_profiler.preflight` before they start.
+PREFLIGHT = {"run", "submit", "reduce", "evaluate"}
+#: Commands started by a scheduler, not a person: their log is the only trace, so it keeps the traceback.
+KEEP_TRACEBACK = {"run-task"}
+_RANK_VARS = ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID")
+
+
+def _rank() -> int:
+    """This process's MPI rank from the launcher's environment (0 outside MPI)."""
+    for v in _RANK_VARS:
+        if os.environ.get(v, "").isdigit():
+            return int(os.environ[v])
+    return 0
+
+
+def _preflight(args) -> int:
+    """0 when the stage may start; 2 (after one line per problem) when not."""
+    from .config import load_config_or_report
+    from .preflight import preflight, report
+
+    quiet = _rank() != 0  # under mpirun every rank checks; rank 0 speaks
+    cfg = load_config_or_report(args.config, report=not quiet)
+    if cfg is None:
+        return 2
+    ranks = None
+    if args.command == "run":
+        ranks = 1 if args.no_mpi else args.ranks
+    problems = preflight(cfg, args.command, ranks=ranks, profiles=getattr(args, "profiles", None))
+    if quiet:
+        return 2 if any(p.fatal for p in problems) else 0
+    return report(cfg, problems)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        if args.command in PREFLIGHT:
+            rc = _preflight(args)
+            if rc:
+                return rc
+        return int(args.func(args) or 0)
+    except Exception as exc:  # noqa: BLE001 - one line for the user; --debug shows the traceback
+        if args.debug or args.command in KEEP_TRACEBACK:
+            raise
+        from .config import ConfigError
+
+        msg = str(exc).strip().splitlines() or [""]
+        print(f"error: {type(exc).__name__}: {msg[0]}"
+              f"{' ...' if len(msg) > 1 else ''} (run with --debug for the traceback)", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
 
 
 if __name__ == "__main__":  # pragma: no cover

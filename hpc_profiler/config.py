@@ -51,7 +51,24 @@ RESULT_SECTIONS = ("channels", "illumination", "segmentation", "features")
 
 
 class ConfigError(ValueError):
-    """A configuration problem, with the file and the dotted key named."""
+    """A configuration problem, with the file and the dotted key named.
+
+    The loader collects every problem of a file before raising (two typos are
+    reported together); :attr:`problems` holds one ``<file>: <key>: ...`` line
+    each and ``str()`` joins them with newlines.
+    """
+
+    def __init__(self, *lines: str):
+        self.problems = [str(line) for line in lines]
+        super().__init__("\n".join(self.problems))
+
+    @classmethod
+    def collect(cls, errors) -> "ConfigError":
+        """One error holding the problems of several :class:`ConfigError`."""
+        lines = []
+        for e in errors:
+            lines.extend(getattr(e, "problems", [str(e)]))
+        return cls(*lines)
 
 
 def opt(default: Any = dataclasses.MISSING, doc: str = "", *, factory=None):
@@ -599,25 +616,36 @@ def _build(cls, data: dict, prefix: str, where: str):
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
     kwargs = {}
+    errors: list[ConfigError] = []  # every problem of the mapping, reported together
     for k, v in data.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k not in fields:
             close = difflib.get_close_matches(str(k), list(fields), n=1)
             hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(fields)})"
-            raise ConfigError(f"{where}: {key}: unknown key{hint}")
-        kwargs[k] = _convert(v, hints[k], key, where)
+            errors.append(ConfigError(f"{where}: {key}: unknown key{hint}"))
+            continue
+        try:
+            kwargs[k] = _convert(v, hints[k], key, where)
+        except ConfigError as exc:
+            errors.append(exc)
     for name, f in fields.items():
-        if name not in kwargs and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+        if name in data:
+            continue
+        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             key = f"{prefix}.{name}" if prefix else name
-            raise ConfigError(f"{where}: {key}: missing required key")
+            errors.append(ConfigError(f"{where}: {key}: missing required key"))
+    if errors:
+        raise ConfigError.collect(errors)
     return cls(**kwargs)
 
 
 def validate(cfg: Config, where: str = "<config>") -> Config:
-    """Cross-field checks: channels, inputs, ranges. Raises :class:`ConfigError`."""
+    """Cross-field checks: channels, inputs, ranges. Raises one :class:`ConfigError`
+    listing every failed check."""
+    problems: list[str] = []
 
     def err(key, msg):
-        raise ConfigError(f"{where}: {key}: {msg}")
+        problems.append(f"{where}: {key}: {msg}")
 
     if not cfg.channels:
         err("channels", "at least one channel is needed")
@@ -667,6 +695,8 @@ def validate(cfg: Config, where: str = "<config>") -> Config:
         cfg.cellprofiler.compartments
     ):
         err("cellprofiler.compartments", f"need distinct compartment names, got {cfg.cellprofiler.compartments}")
+    if problems:
+        raise ConfigError(*problems)
     return cfg
 
 
@@ -704,7 +734,8 @@ def load_config_or_report(path, report: bool = True) -> Optional[Config]:
         return load_config(path)
     except ConfigError as exc:
         if report:
-            print(f"error: {exc}", file=sys.stderr)
+            for line in exc.problems:
+                print(f"error: {line}", file=sys.stderr)
         return None
 
 

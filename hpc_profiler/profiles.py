@@ -13,6 +13,10 @@ pycytominer steps of the CPJUMP1 profiling recipe:
 * :func:`feature_select` -- ``pycytominer.feature_select`` with the
   operations ``frequency_threshold``, ``variance_threshold``,
   ``correlation_threshold``, ``drop_na_columns`` and ``blocklist``.
+* :func:`drop_nonfinite_features` -- after feature selection, the features
+  still NaN or infinite in any well (``drop_na_columns`` keeps those under its
+  5 % cutoff) are dropped and returned, so that the written table hands
+  pycytominer or copairs no NaN.
 
 The MPI orchestration that feeds these functions lives in
 :mod:`hpc_profiler.reduce`; nothing here reads files except
@@ -456,3 +460,16 @@ def feature_select(
         dropped.update(f for f, m in zip(feats, mask) if m)
         feats = [f for f, m in zip(feats, mask) if not m]
     return profiles.drop(columns=[c for c in profiles.columns if c in dropped])
+
+
+def drop_nonfinite_features(profiles: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """``profiles`` without the feature columns that are NaN or infinite in any row,
+    and the names of those columns (in table order). Metadata columns are kept,
+    NaN or not."""
+    feats = feature_columns(profiles)
+    if not feats:
+        return profiles, []
+    x = profiles.loc[:, feats].to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(x).all(axis=0)
+    dropped = [f for f, b in zip(feats, bad) if b]
+    return (profiles.drop(columns=dropped) if dropped else profiles), dropped

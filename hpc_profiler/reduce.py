@@ -343,6 +343,10 @@ def profile_tables(cfg, aggregated: pd.DataFrame, mean_table: Optional[pd.DataFr
         na_cutoff=fs.na_cutoff,
         blocklist=blocklist,
     )
+    selected, nonfinite = P.drop_nonfinite_features(selected)
+    if nonfinite:
+        print(f"reduce: dropped {len(nonfinite)} feature(s) NaN or infinite in some well from "
+              f"well_feature_selected (e.g. {', '.join(nonfinite[:3])})", flush=True)
     tables = {"well_aggregated": aggregated, "well_normalized": normalized, "well_feature_selected": selected}
     if mean_table is not None:
         tables["well_aggregated_mean"] = mean_table

@@ -6,11 +6,19 @@ for a handful of sites, over each of the channels. :func:`plate_heatmaps`
 shows per-well cell counts and one feature by well position, where plate
 layout effects (edge wells, dispensing gradients) become visible.
 Everything is written as PNG with matplotlib's Agg backend; :func:`write_index`
-links the pictures of a batch in one HTML page.
+links the pictures of a batch in one HTML page, each with a caption that says
+what it shows and what to look for, the benchmark summary as a table, and every
+Parquet table with a CSV next to it (a browser or a spreadsheet opens CSV).
+
+Pictures are meant to be read without the paper: every panel has a title and
+labelled axes or a legend; channels appear in one order everywhere (the
+config's ``channels``); outlines are drawn with a dark rim on each side so that
+they stand out on bright nuclei as well as on dark background.
 """
 from __future__ import annotations
 
 import html
+import os
 import re
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -32,7 +40,8 @@ def _plt():
 def _save(fig, path, dpi: int = 100) -> Path:
     """Lay out, write as PNG (creating the folder), close; returns the path."""
     plt = _plt()
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
@@ -48,16 +57,29 @@ def _stretch(img: np.ndarray, lo: float = 0.5, hi: float = 99.5) -> np.ndarray:
     return np.clip((img - a) / (b - a), 0, 1).astype(np.float32)
 
 
+#: Outline colours (RGB in [0, 1]) of :func:`outline_overlay`.
+CELL_COLOR = (0.1, 1.0, 0.1)
+NUCLEUS_COLOR = (1.0, 0.2, 1.0)
+
+
 def outline_overlay(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
-    """RGB picture of ``image`` (gray) with cell outlines in green and nuclei in magenta."""
+    """RGB picture of ``image`` (gray) with cell outlines in green and nuclei in magenta.
+
+    Each outline (the objects' inner boundary pixels) gets a black rim one
+    pixel wide on both sides, so that a light outline stays visible on bright
+    nuclei; nuclei are drawn after cells.
+    """
+    from scipy.ndimage import binary_dilation
     from skimage.segmentation import find_boundaries
 
     g = _stretch(np.asarray(image, dtype=np.float32))
     rgb = np.stack([g, g, g], axis=-1)
-    cb = find_boundaries(cells, mode="inner")
-    nb = find_boundaries(nuclei, mode="inner")
-    rgb[cb] = (0.1, 1.0, 0.1)
-    rgb[nb] = (1.0, 0.2, 1.0)
+    for labels, color in ((cells, CELL_COLOR), (nuclei, NUCLEUS_COLOR)):
+        if labels is None:
+            continue
+        line = find_boundaries(labels, mode="inner")
+        rgb[binary_dilation(line) & ~line] = 0.0
+        rgb[line] = color
     return rgb
 
 
@@ -70,7 +92,6 @@ def outline_montage(sites: Sequence, cfg, path, max_sites: int = 4) -> Optional[
     from . import pipeline, sitefile
     from .images import load_site_images
 
-    plt = _plt()
     rows = []
     for site in sites:
         sp = pipeline.site_path(cfg, site)
@@ -90,20 +111,31 @@ def outline_montage(sites: Sequence, cfg, path, max_sites: int = 4) -> Optional[
             break
     if not rows:
         return None
-    nch = len(cfg.channels)
-    fig, axes = plt.subplots(len(rows), nch, figsize=(2.6 * nch, 2.7 * len(rows)), squeeze=False)
+    return _save(montage_figure(rows, cfg.channels), path, dpi=110)
+
+
+def montage_figure(rows, channels: Sequence[str]):
+    """The montage figure: ``rows`` of ``(site, images by channel, nuclei, cells)``."""
+    from matplotlib.patches import Patch
+
+    plt = _plt()
+    nch = len(channels)
+    fig, axes = plt.subplots(len(rows), nch, figsize=(2.7 * nch, 2.8 * len(rows) + 0.6), squeeze=False)
     for r, (site, images, nuc, cel) in enumerate(rows):
-        for c, ch in enumerate(cfg.channels):
+        for c, ch in enumerate(channels):
             ax = axes[r, c]
             ax.imshow(outline_overlay(images[ch], nuc, cel), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
-            if r == 0:
-                ax.set_title(ch)
+            ax.set_title(f"{ch} channel", fontsize=9)
+            ax.set_xlabel(f"{site.well} site {site.site}", fontsize=8)
             if c == 0:
-                ax.set_ylabel(f"{site.plate}\n{site.well} s{site.site}", fontsize=8)
-    fig.suptitle("Nuclei (magenta) and cell (green) outlines", fontsize=10)
-    return _save(fig, path, dpi=110)
+                ax.set_ylabel(f"plate {site.plate}", fontsize=8)
+    fig.legend(handles=[Patch(color=NUCLEUS_COLOR, label="nucleus outline"),
+                        Patch(color=CELL_COLOR, label="cell outline")],
+               loc="upper right", fontsize=9, ncol=2)
+    fig.suptitle("Segmentation check: outlines over each channel (illumination-corrected)", fontsize=10, x=0.4)
+    return fig
 
 
 def well_position(well: str) -> tuple[int, int]:
@@ -123,8 +155,20 @@ def plate_grid(wells: Iterable[str], values: Iterable[float], shape=(16, 24)) ->
     return grid
 
 
+def _short(col: str) -> str:
+    return "cells per well" if col == "Metadata_Object_Count" else col
+
+
 def plate_heatmaps(wells_table, path, feature: Optional[str] = None) -> Optional[Path]:
     """Per plate: cell count and ``feature`` by well position (one PNG for the batch)."""
+    fig = heatmap_figure(wells_table, feature)
+    return None if fig is None else _save(fig, path, dpi=90)
+
+
+def heatmap_figure(wells_table, feature: Optional[str] = None, ncols: int = 4):
+    """Plates laid out in a grid of up to ``ncols`` columns, one block of rows per
+    measurement (cell count, then ``feature``), one colour scale per block so that
+    plates compare; None when the table is empty."""
     plt = _plt()
     df = wells_table
     if df is None or len(df) == 0:
@@ -135,23 +179,55 @@ def plate_heatmaps(wells_table, path, feature: Optional[str] = None) -> Optional
         preferred = [c for c in feats if c.endswith("Intensity_MeanIntensity_DNA")]
         feature = preferred[0] if preferred else (feats[0] if feats else None)
     panels = [c for c in (count_col, feature) if c]
-    plates = sorted(df["Metadata_Plate"].unique())
-    fig, axes = plt.subplots(len(plates), len(panels), figsize=(5.2 * len(panels), 2.9 * len(plates)), squeeze=False)
-    for r, plate in enumerate(plates):
-        sub = df[df["Metadata_Plate"] == plate]
-        for c, col in enumerate(panels):
-            ax = axes[r, c]
+    plates = sorted(df["Metadata_Plate"].astype(str).unique())
+    ncols = max(1, min(ncols, len(plates)))
+    prow = -(-len(plates) // ncols)  # rows of plates per measurement
+    fig, axes = plt.subplots(prow * len(panels), ncols, figsize=(max(6.0, 3.6 * ncols + 0.8), 2.7 * prow * len(panels) + 0.7),
+                             squeeze=False, layout="constrained")
+    for b, col in enumerate(panels):
+        vals = df[col].astype(float)
+        vmin, vmax = np.nanmin(vals), np.nanmax(vals)
+        im = None
+        for i, plate in enumerate(plates):
+            ax = axes[b * prow + i // ncols, i % ncols]
+            sub = df[df["Metadata_Plate"].astype(str) == plate]
             grid = plate_grid(sub["Metadata_Well"], sub[col].astype(float))
-            im = ax.imshow(grid, cmap="viridis", interpolation="nearest")
-            ax.set_xticks(range(0, 24, 4), [str(i + 1) for i in range(0, 24, 4)], fontsize=6)
-            ax.set_yticks(range(0, 16, 3), [ROWS[i] for i in range(0, 16, 3)], fontsize=6)
-            ax.set_title(f"{plate}: {'cell count' if col == count_col else col}", fontsize=7)
-            fig.colorbar(im, ax=ax, fraction=0.03)
-    return _save(fig, path, dpi=100)
+            im = ax.imshow(grid, cmap="viridis", interpolation="nearest", vmin=vmin, vmax=vmax)
+            ax.set_xticks(range(0, 24, 2), [str(j + 1) for j in range(0, 24, 2)], fontsize=7)
+            ax.set_yticks(range(0, 16, 2), [ROWS[j] for j in range(0, 16, 2)], fontsize=7)
+            ax.set_xlabel("plate column", fontsize=8)
+            ax.set_ylabel("plate row", fontsize=8)
+            ax.set_title(f"{plate}: {_short(col)}", fontsize=8)
+        for i in range(len(plates), prow * ncols):
+            axes[b * prow + i // ncols, i % ncols].set_visible(False)
+        block = axes[b * prow:(b + 1) * prow, :].ravel().tolist()
+        cb = fig.colorbar(im, ax=block, fraction=0.025, pad=0.02)
+        cb.set_label(_short(col), fontsize=8)
+    fig.suptitle("Plate maps by well position (white: no well imaged)\n"
+                 "edge or gradient patterns point to plate effects", fontsize=10)
+    return fig
 
 
-def illumination_figure(illum_files: Sequence, path) -> Optional[Path]:
-    """The illumination functions: one row per plate, one panel per channel."""
+def _channel_order(found: Sequence[str], channels: Optional[Sequence[str]]) -> list[str]:
+    """``found`` in the order of ``channels`` (the config's; default CPJUMP1's), others after."""
+    from .config import CPJUMP1_CHANNELS
+
+    order = list(channels) if channels else list(CPJUMP1_CHANNELS)
+    return [c for c in order if c in found] + sorted(c for c in found if c not in order)
+
+
+def illumination_figure(illum_files: Sequence, path, channels: Optional[Sequence[str]] = None) -> Optional[Path]:
+    """The illumination functions: one row per plate, one panel per channel.
+
+    Channels are in the order of ``channels`` (pass the config's; without it the
+    CPJUMP1 order DNA, ER, RNA, AGP, Mito, which is the default config's).
+    """
+    fig = illumination_fig(illum_files, channels)
+    return None if fig is None else _save(fig, path, dpi=90)
+
+
+def illumination_fig(illum_files: Sequence, channels: Optional[Sequence[str]] = None):
+    """The figure of :func:`illumination_figure`; None without files."""
     import h5py
 
     plt = _plt()
@@ -159,20 +235,29 @@ def illumination_figure(illum_files: Sequence, path) -> Optional[Path]:
     if not files:
         return None
     with h5py.File(files[0], "r") as f:
-        channels = [k for k in f.keys()]
-    fig, axes = plt.subplots(len(files), len(channels), figsize=(2.4 * len(channels), 2.4 * len(files)), squeeze=False)
+        order = _channel_order(list(f.keys()), channels)
+    fig, axes = plt.subplots(len(files), len(order), figsize=(2.5 * len(order) + 0.5, 2.3 * len(files) + 0.6),
+                             squeeze=False)
     for r, p in enumerate(files):
         with h5py.File(p, "r") as f:
-            for c, ch in enumerate(channels):
+            n_sites = f.attrs.get("n_sites")
+            for c, ch in enumerate(order):
                 ax = axes[r, c]
                 im = ax.imshow(f[ch][()], cmap="magma")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                ax.set_title(f"{ch}", fontsize=8)
-                if c == 0:
-                    ax.set_ylabel(p.stem.replace("_illum", ""), fontsize=7)
-                fig.colorbar(im, ax=ax, fraction=0.046)
-    return _save(fig, path, dpi=100)
+                ax.set_title(f"{ch} channel", fontsize=8)
+                ax.set_xlabel("image x", fontsize=7)
+                ylab = p.stem.replace("_illum", "")
+                ax.set_ylabel(f"{ylab}\n({n_sites} sites)" if c == 0 and n_sites is not None else
+                              (ylab if c == 0 else "image y"), fontsize=7)
+                cb = fig.colorbar(im, ax=ax, fraction=0.046)
+                cb.ax.tick_params(labelsize=6)
+                if c == len(order) - 1:
+                    cb.set_label("divisor (>= 1)", fontsize=7)
+    fig.suptitle("Illumination functions per plate: each image is divided by these (bright = corrected more)",
+                 fontsize=9)
+    return fig
 
 
 def _relative(p, root: Path) -> Path:
@@ -180,22 +265,116 @@ def _relative(p, root: Path) -> Path:
     return p.relative_to(root) if p.is_relative_to(root) else p
 
 
-def write_index(out_dir, title: str, pictures: Sequence, tables: Sequence = ()) -> Path:
-    """An index.html linking the batch's pictures and tables (paths relative to it)."""
+#: Title and caption of each known picture (by file stem) in index.html.
+CAPTIONS = {
+    "outlines_montage": (
+        "Segmentation check",
+        "One site per plate (rows) over each channel (columns), illumination-corrected, with nucleus outlines in "
+        "magenta and cell outlines in green. Look for nuclei split in two or merged, and cells that leak into "
+        "background."),
+    "plate_heatmaps": (
+        "Plate maps",
+        "Cells per well and one intensity feature by well position, plates side by side on one colour scale per "
+        "measurement. Edge rows or columns, gradients or a single odd plate point to plating or imaging effects."),
+    "illumination": (
+        "Illumination functions",
+        "Per plate and channel, the smooth function each image is divided by (CellProfiler "
+        "CorrectIlluminationCalculate). A bright centre and darker corners are normal vignetting; sharp structures "
+        "or one plate unlike the others are not."),
+    "fig4_map": (
+        "Perturbation retrieval (CPJUMP1 Fig. 4)",
+        "For each task, modality, cell type and time point: the box shows the mean average precision (mAP) of each "
+        "perturbation's replicates against controls (or of matching perturbations), the red number above it the "
+        "fraction retrieved, i.e. the share of perturbations with a q-value below the threshold. Higher is better."),
+    "fig5_cosine": (
+        "Directionality (CPJUMP1 Fig. 5)",
+        "Cosine similarity of pairs of perturbations that target the same gene (blue) against pairs of different "
+        "genes (gray, the null). The dashed and dotted lines are the null's 5th and 95th percentiles; the legend "
+        "gives the share of same-gene pairs beyond each, e.g. compound and CRISPR knock-out of one gene leaning "
+        "to negative cosine."),
+}
+#: Parquet tables up to this size get a CSV copy under ``qc/csv`` when none is next to them.
+CSV_COPY_MAX_BYTES = 20 * 1024 * 1024
+
+
+def _csv_for(parquet: Path, out_dir: Path) -> Optional[Path]:
+    """A CSV of ``parquet``: the one next to it, else a copy under ``out_dir/qc/csv``
+    (written when missing or older than the table; None for big tables)."""
+    side = parquet.with_suffix(".csv")
+    if side.exists():
+        return side
+    if not parquet.exists() or parquet.stat().st_size > CSV_COPY_MAX_BYTES:
+        return None
+    rel = _relative(parquet, out_dir)
+    dst = out_dir / "qc" / "csv" / (rel.with_suffix(".csv") if not rel.is_absolute() else Path(parquet.stem + ".csv"))
+    if dst.exists() and dst.stat().st_mtime_ns >= parquet.stat().st_mtime_ns:
+        return dst
+    import pandas as pd
+
+    from ._atomic import atomic_path
+
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(dst) as tmp:
+        pd.read_parquet(parquet).to_csv(tmp, index=False)
+    return dst
+
+
+def summary_html(summary) -> str:
+    """The benchmark summary as an HTML table (a line saying so when there is none)."""
+    if summary is None or len(summary) == 0:
+        return "<p>No benchmark summary: the evaluation found no task to score (e.g. a single plate).</p>"
+    df = summary.copy()
+    df.columns = ["time point (h)" if c == "Metadata_timepoint" else str(c).replace("Metadata_", "")
+                  for c in df.columns]
+    return df.to_html(index=False, float_format=lambda v: f"{v:.3f}", border=0, classes="summary")
+
+
+def write_index(out_dir, title: str, pictures: Sequence, tables: Sequence = (), summary=None) -> Path:
+    """An index.html with the batch's pictures (title, caption), the benchmark summary
+    table and the tables as Parquet and CSV links (paths relative to the page).
+
+    ``summary`` is the evaluate summary table; when None, ``out_dir/evaluate/summary.parquet``
+    is read if present.
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>", f"<h1>{html.escape(title)}</h1>"]
+    esc = html.escape
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{esc(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto}figcaption{color:#333;margin:4px 0 24px}"
+             "table.summary td,table.summary th{padding:2px 8px;text-align:right}</style>",
+             f"<h1>{esc(title)}</h1>"]
+    if summary is None:
+        sp = out_dir / "evaluate" / "summary.parquet"
+        if sp.exists():
+            import pandas as pd
+
+            summary = pd.read_parquet(sp)
+    parts.append("<h2>Benchmark summary</h2>")
+    parts.append("<p>Per task, modality, cell type and time point: perturbations scored (n_classes), retrieved "
+                 "(q below the threshold) and their mean mAP.</p>")
+    parts.append(summary_html(summary))
     for p in pictures:
         if p is None:
             continue
         rel = _relative(p, out_dir)
-        parts.append(f"<h2>{html.escape(Path(p).stem)}</h2><a href='{html.escape(str(rel))}'><img src='{html.escape(str(rel))}' style='max-width:100%'></a>")
+        head, caption = CAPTIONS.get(Path(p).stem, (Path(p).stem.replace("_", " "), f"Picture {Path(p).name}."))
+        parts.append(f"<h2>{esc(head)}</h2><figure><a href='{esc(str(rel))}'>"
+                     f"<img src='{esc(str(rel))}' alt='{esc(head)}' style='max-width:100%'></a>"
+                     f"<figcaption>{esc(caption)} <small>({esc(str(rel))})</small></figcaption></figure>")
     if tables:
         parts.append("<h2>Tables</h2><ul>")
         for t in tables:
+            t = Path(t)
             rel = _relative(t, out_dir)
-            parts.append(f"<li><a href='{html.escape(str(rel))}'>{html.escape(str(rel))}</a></li>")
+            links = f"<a href='{esc(str(rel))}'>{esc(str(rel))}</a>"
+            if t.suffix == ".parquet":
+                c = _csv_for(t, out_dir)
+                if c is not None:
+                    links += f" (<a href='{esc(str(_relative(c, out_dir)))}'>CSV</a>)"
+            parts.append(f"<li>{links}</li>")
         parts.append("</ul>")
     path = out_dir / "index.html"
-    path.write_text("\n".join(parts) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text("\n".join(parts) + "\n")
+    os.replace(tmp, path)
     return path

@@ -28,8 +28,12 @@ def test_version(capsys):
 
 
 def test_config_check_ok_and_error_exit_codes(tmp_path):
+    r = run("config", "check", str(REPO / "configs" / "demo.yaml"))  # its synth section makes the input
+    assert r.returncode == 0 and "ok (config hash" in r.stdout, r.stderr
+    # cpjump1.yaml names a LoadData CSV next to it that a fresh clone does not have: preflight says so
     r = run("config", "check", str(REPO / "configs" / "cpjump1.yaml"))
-    assert r.returncode == 0 and "ok (config hash" in r.stdout
+    assert r.returncode == 2 and "ok (config hash" not in r.stdout
+    assert f"input.loaddata_csv: LoadData CSV {REPO / 'configs' / 'load_data.csv'} does not exist" in r.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("segmentation:\n  nuclei:\n    smoothing_scal: 3\n")
     r = run("config", "check", str(bad))

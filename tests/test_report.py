@@ -19,6 +19,14 @@ def test_outline_overlay_colors_exactly_the_object_boundaries():
     np.testing.assert_array_equal(magenta, find_boundaries(nuclei, mode="inner"))
     np.testing.assert_array_equal(green, find_boundaries(cells, mode="inner") & ~magenta)
     assert not (green | magenta)[0:4].any()
+    # a black rim on both sides of each line (so it stands out on bright nuclei), computed with scipy
+    from scipy.ndimage import binary_dilation
+
+    for labels in (cells, nuclei):
+        line = find_boundaries(labels, mode="inner")
+        rim = binary_dilation(line) & ~line
+        assert rim.sum() > line.sum()
+        assert np.all(rgb[rim] == 0)
 
 
 def test_plate_grid_places_wells():
@@ -38,3 +46,92 @@ def test_heatmaps_and_index(tmp_path):
     idx = report.write_index(tmp_path, "batch <x>", [png], [tmp_path / "t.parquet"])
     text = idx.read_text()
     assert "qc/heat.png" in text and "t.parquet" in text and "batch &lt;x&gt;" in text
+
+
+def _labelled(ax) -> bool:
+    return bool(ax.get_title()) and bool(ax.get_xlabel()) and bool(ax.get_ylabel())
+
+
+def test_heatmap_figure_lays_plates_out_in_a_grid_with_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    plates = [f"BR{i:02d}" for i in range(12)]
+    wells = ["A01", "B02", "C03", "P24"]
+    df = pd.DataFrame([(p, w) for p in plates for w in wells], columns=["Metadata_Plate", "Metadata_Well"])
+    df["Metadata_Object_Count"] = rng.integers(10, 60, len(df))
+    df["Cells_Intensity_MeanIntensity_DNA"] = rng.random(len(df))
+    fig = report.heatmap_figure(df)
+    shown = [ax for ax in fig.axes if ax.get_visible() and ax.get_images()]
+    assert len(shown) == 24  # 12 plates x (count, feature)
+    assert all(_labelled(ax) for ax in shown)
+    assert {ax.get_title() for ax in shown} >= {"BR00: cells per well", "BR11: Cells_Intensity_MeanIntensity_DNA"}
+    w, h = fig.get_size_inches()
+    assert 0.5 < w / h < 2.0  # a grid, not a 1:3.3 strip
+    colorbars = [ax for ax in fig.axes if ax.get_ylabel() in ("cells per well", "Cells_Intensity_MeanIntensity_DNA")
+                 and not ax.get_images()]
+    assert len(colorbars) == 2  # one shared scale per measurement
+    png = report.plate_heatmaps(df, tmp_path / "h.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report.heatmap_figure(df.iloc[:0]) is None
+
+
+def test_illumination_panels_follow_the_config_channel_order(tmp_path):
+    from hpc_profiler.illumination import save_illum
+
+    chans = ["DNA", "ER", "RNA", "AGP", "Mito"]
+    files = []
+    for plate in ("P1", "P2"):
+        f = tmp_path / f"{plate}_illum.h5"
+        save_illum(f, {ch: np.ones((8, 8), np.float32) * (i + 1) for i, ch in enumerate(chans)}, {"n_sites": 3})
+        files.append(f)
+    fig = report.illumination_fig(files)
+    imgs = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in imgs[:5]] == [f"{c} channel" for c in chans]  # not the file's A-Z order
+    assert imgs[0].get_ylabel() == "P1\n(3 sites)" and all(ax.get_xlabel() for ax in imgs)
+    custom = ["Mito", "AGP", "RNA", "ER", "DNA"]
+    fig = report.illumination_fig(files, custom)
+    assert [ax.get_title() for ax in fig.axes if ax.get_images()][:5] == [f"{c} channel" for c in custom]
+    assert report.illumination_figure(files, tmp_path / "i.png").exists()
+
+
+def test_montage_figure_titles_labels_and_legend():
+    from types import SimpleNamespace
+
+    chans = ["DNA", "ER"]
+    lab = np.zeros((20, 20), np.int32)
+    lab[5:15, 5:15] = 1
+    site = SimpleNamespace(plate="P1", well="B03", site=1)
+    images = {c: np.random.default_rng(1).random((20, 20)) for c in chans}
+    fig = report.montage_figure([(site, images, lab, lab)], chans)
+    assert [ax.get_title() for ax in fig.axes] == ["DNA channel", "ER channel"]
+    assert fig.axes[0].get_ylabel() == "plate P1" and fig.axes[1].get_xlabel() == "B03 site 1"
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["nucleus outline", "cell outline"]
+
+
+def test_index_has_captions_summary_table_and_csv_links(tmp_path):
+    (tmp_path / "qc").mkdir()
+    (tmp_path / "evaluate").mkdir()
+    (tmp_path / "profiles").mkdir()
+    pics = [tmp_path / "qc" / "plate_heatmaps.png", tmp_path / "evaluate" / "fig5_cosine.png"]
+    for p in pics:
+        p.write_bytes(b"png")
+    summary = pd.DataFrame({"task": ["replicate"], "Metadata_modality": ["compound"], "n_classes": [10],
+                            "fraction_retrieved": [0.4], "mean_mAP": [0.51234]})
+    summary.to_parquet(tmp_path / "evaluate" / "summary.parquet")
+    summary.to_csv(tmp_path / "evaluate" / "summary.csv", index=False)
+    wells = pd.DataFrame({"Metadata_Plate": ["P1"], "Cells_x": [1.5]})
+    wells.to_parquet(tmp_path / "profiles" / "well_aggregated.parquet")
+    tables = [tmp_path / "profiles" / "well_aggregated.parquet", tmp_path / "evaluate" / "summary.parquet"]
+    text = report.write_index(tmp_path, "batch", pics, tables).read_text()
+    assert "<h2>Plate maps</h2>" in text and "<h2>Directionality (CPJUMP1 Fig. 5)</h2>" in text
+    assert text.count("<figcaption>") == 2 and "5th and 95th percentiles" in text
+    assert "<h2>Benchmark summary</h2>" in text and "<td>replicate</td>" in text and "0.512" in text
+    assert ">modality</th>" in text
+    assert "href='evaluate/summary.csv'" in text  # the CSV evaluate wrote
+    copy = tmp_path / "qc" / "csv" / "profiles" / "well_aggregated.csv"
+    assert "href='qc/csv/profiles/well_aggregated.csv'" in text
+    pd.testing.assert_frame_equal(pd.read_csv(copy), wells)
+    # a run without a benchmark says so instead of an empty table
+    (tmp_path / "evaluate" / "summary.parquet").unlink()
+    text = report.write_index(tmp_path, "batch", [], [], summary=pd.DataFrame()).read_text()
+    assert "No benchmark summary" in text and "Empty DataFrame" not in text
