@@ -330,7 +330,8 @@ def qc_report(cfg: Config, sites) -> tuple[list, Optional[Path]]:
     agg = Path(cfg.out) / "profiles" / "well_aggregated.parquet"
     if agg.exists():
         pics.append(report.plate_heatmaps(pd.read_parquet(agg), qc / "plate_heatmaps.png"))
-    pics.append(report.illumination_figure([pipeline.illum_path(cfg, p) for p in plates], qc / "illumination.png"))
+    pics.append(report.illumination_figure([pipeline.illum_path(cfg, p) for p in plates], qc / "illumination.png",
+                                            channels=cfg.channels))
     ev = Path(cfg.out) / "evaluate"
     pics += sorted(ev.glob("*.png")) if ev.exists() else []
     pics = [p for p in pics if p]

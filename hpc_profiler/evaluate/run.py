@@ -802,8 +802,11 @@ def main_evaluate(args) -> int:
             results = evaluate_profiles(read_profiles(src, e.drop_nonfinite_features), e, comm, cfg.device)
             if comm.Get_rank() == 0:
                 write_outputs(results, out, e.csv, e.plots)
-                with pd.option_context("display.width", 160, "display.max_columns", 20):
-                    print(results["summary"].to_string(index=False))
+                if len(results["summary"]):
+                    with pd.option_context("display.width", 160, "display.max_columns", 20):
+                        print(results["summary"].to_string(index=False))
+                else:
+                    print("evaluate: no summary rows (no task had classes to score)")
                 print(f"evaluate: {comm.Get_size()} rank(s); tables under {out}")
     except (ConfigError, TaskError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
