@@ -210,10 +210,17 @@ class _Timer:
         class _Ctx:
             def __enter__(self):
                 timer.bk.synchronize()
+                # a counting backend (hpc_profiler._audit) attributes its counts to the family
+                counter = getattr(timer.bk, "counter", None)
+                self.section = counter.section(family) if counter is not None else None
+                if self.section is not None:
+                    self.section.__enter__()
                 self.t0 = time.perf_counter()
                 self.c0 = time.process_time()
 
             def __exit__(self, *exc):
+                if self.section is not None:
+                    self.section.__exit__(*exc)
                 timer.bk.synchronize()
                 timer.seconds[family] = timer.seconds.get(family, 0.0) + time.perf_counter() - self.t0
                 timer.cpu_seconds[family] = timer.cpu_seconds.get(family, 0.0) + time.process_time() - self.c0
@@ -313,11 +320,36 @@ def _granularity(images, labels, n, channels, params, timer):
     return per_object, image
 
 
-def _host_column(v, n) -> np.ndarray:
-    a = np.asarray(backend_of(v).to_numpy(v), dtype=np.float64).reshape(-1)
-    if a.shape[0] != n:
-        raise ValueError(f"expected {n} values, got {a.shape[0]}")
-    return a
+def _host_table(bk, obj: str, cols: dict, expected: Sequence[str], n: int) -> np.ndarray:
+    """``(n, len(expected))`` float32 host table of the columns, with ONE device->host copy.
+
+    The columns are stacked on the device (float64, as computed) and copied
+    to the host together; a column of the wrong length is named in a
+    ValueError.
+    """
+    xp = bk.xp
+    parts = []
+    for k in expected:
+        v = xp.asarray(cols[k], dtype=xp.float64).reshape(-1)
+        if v.shape[0] != n:
+            raise ValueError(f"measure_site: {obj} column {k}: expected {n} values, got {v.shape[0]}")
+        parts.append(v)
+    if not parts:
+        return np.empty((n, 0), dtype=np.float32)
+    host = np.asarray(bk.to_numpy(xp.stack(parts, axis=1)), dtype=np.float64)
+    return host.astype(np.float32)
+
+
+def _host_scalars(bk, values: dict) -> dict[str, float]:
+    """``{name: float}`` from device scalars (and Python numbers) with one device->host copy."""
+    names = list(values)
+    dev = [k for k in names if not isinstance(values[k], (int, float))]
+    out = {k: float(values[k]) for k in names if k not in dev}
+    if dev:
+        xp = bk.xp
+        host = np.asarray(bk.to_numpy(xp.stack([xp.asarray(values[k], dtype=xp.float64).reshape(()) for k in dev])))
+        out.update({k: float(v) for k, v in zip(dev, host.tolist())})
+    return {k: out[k] for k in names}
 
 
 def measure_site(
@@ -372,19 +404,20 @@ def measure_site(
     names = feature_names(channels, params)
     timer = _Timer(bk)
 
-    image: dict[str, float] = {f"Image_Count_{o}": float(n) for o in params.objects}
+    # image-level values stay on the device until the one copy of _host_scalars
+    image: dict = {f"Image_Count_{o}": float(n) for o in params.objects}
     if "Texture" in params.families and params.texture.image_texture:
         mod = _family_module("texture")
         t = params.texture
         with timer("Texture"):
             for c in channels:
-                for k, v in mod.measure_image_texture(imgs[c], c, scales=t.scales, gray_levels=t.gray_levels).items():
-                    image[f"Image_{k}"] = float(v)
+                for k, v in mod.image_texture_values(imgs[c], c, scales=t.scales, gray_levels=t.gray_levels).items():
+                    image[f"Image_{k}"] = v
 
     per_object = {o: {} for o in params.objects}
     if "Granularity" in params.families:
         gran_obj, gran_img = _granularity(imgs, labs, n, channels, params, timer)
-        image.update({f"Image_{k}": float(v) for k, v in gran_img.items()})
+        image.update({f"Image_{k}": v for k, v in gran_img.items()})
         for o in params.objects:
             per_object[o].update(gran_obj[o])
 
@@ -406,10 +439,7 @@ def measure_site(
                 f"measure_site: {o} columns differ from feature_names: unexpected {extra[:5]}"
                 f"{'...' if len(extra) > 5 else ''}, missing {lost[:5]}{'...' if len(lost) > 5 else ''}"
             )
-        values = np.empty((n, len(expected)), dtype=np.float32)
-        for j, k in enumerate(expected):
-            if n:
-                values[:, j] = _host_column(cols[k], n)
+        values = _host_table(bk, o, cols, expected, n) if n else np.empty((0, len(expected)), dtype=np.float32)
         parents = {}
         if o == "Cells":
             parents = {"Nuclei": numbers.copy()}
@@ -423,5 +453,5 @@ def measure_site(
             f"unexpected {sorted(set(image) - set(expected_image))[:5]}, "
             f"missing {sorted(set(expected_image) - set(image))[:5]}"
         )
-    image = {k: image[k] for k in expected_image}
+    image = _host_scalars(bk, {k: image[k] for k in expected_image})
     return SiteFeatures(objects=tables, image=image, seconds=timer.seconds, cpu_seconds=timer.cpu_seconds)

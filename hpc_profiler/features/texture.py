@@ -420,6 +420,26 @@ def measure_image_texture(
     scales: Sequence[int] = (3, 5, 10),
     gray_levels: int = 256,
 ) -> dict:
+    """Whole-image Haralick features as Python floats (one device->host copy).
+
+    See :func:`image_texture_values`, which returns the same values as 0-d
+    arrays on the image's device.
+    """
+    bk = backend_of(image)
+    values = image_texture_values(image, channel, scales=scales, gray_levels=gray_levels)
+    names = list(values)
+    xp = bk.xp
+    host = bk.to_numpy(xp.stack([xp.reshape(values[k], ()) for k in names])).tolist() if names else []
+    return {k: float(v) for k, v in zip(names, host)}
+
+
+def image_texture_values(
+    image,
+    channel: str,
+    *,
+    scales: Sequence[int] = (3, 5, 10),
+    gray_levels: int = 256,
+) -> dict:
     """Whole-image Haralick features (CellProfiler ``MeasureTexture.run_image``).
 
     All pixel pairs of the image at each offset are counted, zeros included
@@ -429,9 +449,9 @@ def measure_image_texture(
     Returns
     -------
     dict
-        ``Texture_{Feature}_{channel}_{scale}_{dd}_{gray_levels}`` -> float (the
-        ``Image_`` prefix is left to the caller); NaN when the image is smaller
-        than the scale.
+        ``Texture_{Feature}_{channel}_{scale}_{dd}_{gray_levels}`` -> float64
+        0-d array on the image's device (the ``Image_`` prefix is left to the
+        caller); NaN when the image is smaller than the scale.
     """
     xp = backend_of(image).xp
     q = quantize(xp.asarray(image), gray_levels)
@@ -453,6 +473,6 @@ def measure_image_texture(
                 codes = xp.nonzero(counts)[0]
                 obj = xp.zeros(codes.shape, dtype=xp.int64)
                 feats, _ = haralick_from_pairs(obj, codes // 256, codes % 256, counts[codes], 1, fm1, xp)
-            for f, value in zip(HARALICK_FEATURES, feats[:, 0]):
-                out[texture_feature_name(f, channel, s, d, gray_levels)] = float(value)
+            for k, f in enumerate(HARALICK_FEATURES):
+                out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k, 0]
     return out
