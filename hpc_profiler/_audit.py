@@ -103,6 +103,9 @@ class AuditCounter:
     sections: dict = field(default_factory=dict)
     stack: list = field(default_factory=lambda: ["other"])
     depth: int = 0  # > 0 while inside a counted call (nested NumPy work is not counted again)
+    #: with ``track`` on, ``where[(kind, "module.py:line")]`` counts the package lines responsible
+    track: bool = False
+    where: dict = field(default_factory=dict)
 
     def current(self) -> Counts:
         name = self.stack[-1]
@@ -114,6 +117,14 @@ class AuditCounter:
     def count(self, kind: str, k: int = 1) -> None:
         c = self.current()
         setattr(c, kind, getattr(c, kind) + k)
+        if self.track:
+            key = (kind, _package_line())
+            self.where[key] = self.where.get(key, 0) + k
+
+    def top(self, kind: str, k: int = 10) -> list[tuple[str, int]]:
+        """The ``k`` package lines with the most counts of ``kind`` (needs ``track``)."""
+        rows = [(line, v) for (kd, line), v in self.where.items() if kd == kind]
+        return sorted(rows, key=lambda r: -r[1])[:k]
 
     @contextlib.contextmanager
     def section(self, name: str):
@@ -474,6 +485,17 @@ class AuditBackend(Backend):
 
     def synchronize(self) -> None:
         return None
+
+
+def _package_line() -> str:
+    """``module.py:line`` of the innermost hpc_profiler frame outside this module."""
+    f = sys._getframe(2)
+    while f is not None:
+        mod = f.f_globals.get("__name__", "")
+        if mod.startswith("hpc_profiler") and mod != __name__:
+            return f"{mod.rsplit('.', 1)[-1]}.py:{f.f_lineno}"
+        f = f.f_back
+    return "?"
 
 
 def _called_from_watershed() -> bool:

@@ -108,22 +108,32 @@ def intensity_statistics(values, obj, n: int) -> dict:
     return out
 
 
-def _kth_of_two_sorted(get_a, len_a, get_b, len_b, k):
+def _search_rounds(size: int) -> int:
+    """Rounds that settle a binary search over ``[0, size]`` (known on the host).
+
+    The vectorized searches run this fixed number of rounds instead of
+    asking the device after each round whether any object is still active
+    (a device->host copy per round on a GPU); settled objects are unchanged
+    by the extra rounds.
+    """
+    return int(size).bit_length() + 1
+
+
+def _kth_of_two_sorted(get_a, len_a, get_b, len_b, k, size: int):
     """``k``-th smallest (0-based) of the union of two ascending sequences, per object.
 
     ``get_a(i)``/``get_b(i)`` return the ``i``-th element of each object's
     sequence (indices are clipped by the caller's bounds logic). Vectorized
     binary search over ``i``, the number of elements taken from ``a`` among
-    the ``k + 1`` smallest: about ``log2(max length)`` rounds over all objects.
+    the ``k + 1`` smallest: :func:`_search_rounds` of ``size`` (an upper
+    bound of the lengths) rounds over all objects.
     """
     xp = backend_of(len_a).xp
     lo = xp.maximum(0, k + 1 - len_b)
     hi = xp.minimum(k + 1, len_a)
     inf = xp.inf
-    while True:
+    for _ in range(_search_rounds(size)):
         active = lo < hi
-        if not bool(active.any()):
-            break
         mid = (lo + hi) // 2
         # taking mid from a: need a[mid] >= b[k - mid] when mid < len_a and k - mid >= 0
         j = k - mid
@@ -171,8 +181,9 @@ def _mad_from_sorted(sorted_vals, starts, counts, median):
     f = pos - k
     k = xp.minimum(k, cnt - 1)
     k1 = xp.minimum(k + 1, cnt - 1)
-    v0 = _kth_of_two_sorted(get_a, len_a, get_b, len_b, k)
-    v1 = _kth_of_two_sorted(get_a, len_a, get_b, len_b, k1)
+    size = sorted_vals.shape[0]
+    v0 = _kth_of_two_sorted(get_a, len_a, get_b, len_b, k, size)
+    v1 = _kth_of_two_sorted(get_a, len_a, get_b, len_b, k1, size)
     out[ok] = xp.where(k < cnt - 1, v0 * (1.0 - f) + v1 * f, v0)
     return out
 
@@ -183,10 +194,8 @@ def _count_below(sorted_vals, starts, counts, threshold):
     n = counts.shape[0]
     lo = xp.zeros(n, dtype=xp.int64)
     hi = counts.astype(xp.int64)
-    while True:
+    for _ in range(_search_rounds(sorted_vals.shape[0])):
         active = lo < hi
-        if not bool(active.any()):
-            break
         mid = (lo + hi) // 2
         v = sorted_vals[xp.minimum(starts + mid, sorted_vals.shape[0] - 1)]
         right = v < threshold

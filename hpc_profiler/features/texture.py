@@ -199,7 +199,31 @@ def _level_stats(q, labels, n_objects: int, xp):
     return low.astype(xp.int64), high.astype(xp.int64), has_pixels
 
 
-def _pair_codes(qa, qb, obj, high, n_objects: int, xp):
+class CodeLayout(NamedTuple):
+    """Per-object blocks of pair codes of one channel (see :func:`_pair_codes`).
+
+    Depends on the objects' largest levels only, so it is computed once per
+    channel and shared by its (scale, direction) passes; ``width`` and
+    ``total`` are host integers (read from the device once per channel).
+    """
+
+    width: int
+    total: int
+    base: object
+    end: object
+
+
+def code_layout(high, n_objects: int, xp) -> CodeLayout:
+    """:class:`CodeLayout` of objects whose largest levels are ``high``."""
+    n_rows = xp.maximum(high + 1, 0)
+    width = int(high.max()) + 1 if n_objects else 1
+    size = n_rows * width
+    end = xp.cumsum(size)
+    total = int(end[-1]) if n_objects else 0
+    return CodeLayout(width, total, end - size, end)
+
+
+def _pair_codes(qa, qb, obj, high, n_objects: int, xp, layout: CodeLayout | None = None):
     """Distinct canonical pairs ``(obj, lo, hi)`` of nonzero levels with their counts.
 
     ``qa``, ``qb`` are the small-integer levels of the two pixels of each pair
@@ -214,12 +238,9 @@ def _pair_codes(qa, qb, obj, high, n_objects: int, xp):
     """
     lo = xp.minimum(qa, qb)
     hi = xp.maximum(qa, qb)
-    n_rows = xp.maximum(high + 1, 0)
-    width = int(high.max()) + 1 if n_objects else 1
-    size = n_rows * width
-    end = xp.cumsum(size)
-    base = end - size
-    total = int(end[-1]) if n_objects else 0
+    if layout is None:
+        layout = code_layout(high, n_objects, xp)
+    width, total, base, end = layout
     if 0 < total <= BINCOUNT_BUDGET:
         local = xp.multiply(lo, width, dtype=xp.uint16)  # lo * R + hi < 65536
         local += hi
@@ -240,7 +261,7 @@ def _pair_codes(qa, qb, obj, high, n_objects: int, xp):
     return o[nz], i[nz], j[nz], counts[nz]
 
 
-def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp):
+def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None):
     """The 13 Haralick features of per-object symmetric GLCMs given sparsely.
 
     Parameters
@@ -253,6 +274,8 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp):
     fm1 : int array [n_objects]
         ``max level + 1`` of each object's crop (mahotas sizes its GLCM so; the
         length of the vector whose variance is ``DifferenceVariance``).
+    n_levels : int, optional
+        ``max(fm1)`` when already known on the host (saves a device read).
 
     Returns
     -------
@@ -279,8 +302,9 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp):
     ij_sum = per_obj(m * lof * hif)
     idm = per_obj(m / (d * d + 1.0))
 
-    n_lv = int(fm1.max()) if n else 1
-    n_lv = max(n_lv, 1)
+    if n_levels is None:
+        n_levels = int(fm1.max()) if n else 1
+    n_lv = max(int(n_levels), 1)
     k = xp.arange(n_lv, dtype=xp.float64)
     tk = xp.arange(2 * n_lv, dtype=xp.float64)
     px = (
@@ -325,7 +349,8 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp):
     return feats, n_pairs
 
 
-def _object_direction(q_flat, pairs: PairGeometry, high, fm1, n_objects: int, xp):
+def _object_direction(q_flat, pairs: PairGeometry, high, fm1, n_objects: int, xp,
+                      layout: CodeLayout | None = None):
     """Features ``[13, N]`` and pair counts of one (scale, direction) for all objects.
 
     ``q_flat`` is the raveled uint8 level image; the second pixel of each pair
@@ -337,8 +362,11 @@ def _object_direction(q_flat, pairs: PairGeometry, high, fm1, n_objects: int, xp
         qb = xp.take(q_flat[pairs.shift:], pairs.first)
     else:
         qb = xp.take(q_flat, pairs.first + pairs.shift)
-    o, i, j, c = _pair_codes(qa, qb, pairs.obj, high, n_objects, xp)
-    return haralick_from_pairs(o, i, j, c, n_objects, fm1, xp)
+    if layout is None:
+        layout = code_layout(high, n_objects, xp)
+    o, i, j, c = _pair_codes(qa, qb, pairs.obj, high, n_objects, xp, layout)
+    # max(fm1) = max(high) + 1 = the layout's width
+    return haralick_from_pairs(o, i, j, c, n_objects, fm1, xp, n_levels=layout.width)
 
 
 def measure_texture(
@@ -399,17 +427,18 @@ def measure_texture(
     _, high, _ = _level_stats(q, labels, n_objects, xp)
     fm1 = high + 1
     q_flat = q.astype(xp.uint8).ravel()  # levels < 256: 1-byte gathers per pair
+    layout = code_layout(high, n_objects, xp)  # shared by the scales and directions
     for s in scales:
         per_dir = [
-            _object_direction(q_flat, geometry[(int(s), d)], high, fm1, n_objects, xp)
+            _object_direction(q_flat, geometry[(int(s), d)], high, fm1, n_objects, xp, layout)
             for d in range(len(DIRECTIONS))
         ]
         # mahotas raises if ANY direction is empty -> the whole object is NaN.
         defined = xp.stack([n for _, n in per_dir]).min(axis=0) > 0
         for d, (feats, _) in enumerate(per_dir):
             feats = xp.where(defined[None, :], feats, xp.nan)
-            for f, values in zip(HARALICK_FEATURES, feats):
-                out[texture_feature_name(f, channel, s, d, gray_levels)] = values
+            for k, f in enumerate(HARALICK_FEATURES):  # rows by index: no loop over a device array
+                out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k]
     return out
 
 
