@@ -233,11 +233,12 @@ def _family_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None) -> dict:
+def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None) -> dict:
     """Unprefixed columns of one object from every selected family except Granularity.
 
     ``image_ranks`` (channel -> dense ranks of the image's pixels, see
-    ``correlation.image_dense_ranks``) is shared by the object sets of a site.
+    ``correlation.image_dense_ranks``) and ``texture_levels``
+    (``texture.texture_levels``) are shared by the object sets of a site.
     """
     fams = params.families
     out = {}
@@ -276,13 +277,12 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
         with timer("Texture"):
             mod = _family_module("texture")
             t = params.texture
-            geometry = mod.texture_geometry(lab, t.scales)
-            for c in channels:
-                out.update(
-                    mod.measure_texture(
-                        lab, n, images[c], c, scales=t.scales, gray_levels=t.gray_levels, geometry=geometry
-                    )
+            out.update(
+                mod.measure_texture_channels(
+                    lab, n, {c: images[c] for c in channels}, scales=t.scales, gray_levels=t.gray_levels,
+                    geometry=mod.texture_geometry(lab, t.scales), levels=texture_levels,
                 )
+            )
     if "Correlation" in fams and len(channels) > 1:
         with timer("Correlation"):
             out.update(
@@ -406,13 +406,17 @@ def measure_site(
 
     # image-level values stay on the device until the one copy of _host_scalars
     image: dict = {f"Image_Count_{o}": float(n) for o in params.objects}
-    if "Texture" in params.families and params.texture.image_texture:
+    texture_levels = None
+    if "Texture" in params.families:
         mod = _family_module("texture")
         t = params.texture
-        with timer("Texture"):
-            for c in channels:
-                for k, v in mod.image_texture_values(imgs[c], c, scales=t.scales, gray_levels=t.gray_levels).items():
-                    image[f"Image_{k}"] = v
+        with timer("Texture"):  # the channels' gray levels, shared by the object sets and the image
+            texture_levels = mod.texture_levels({c: imgs[c] for c in channels}, t.gray_levels)
+            if t.image_texture:
+                for c in channels:
+                    for k, v in mod.image_texture_values(imgs[c], c, scales=t.scales, gray_levels=t.gray_levels,
+                                                         q8=texture_levels.q8[c]).items():
+                        image[f"Image_{k}"] = v
 
     per_object = {o: {} for o in params.objects}
     if "Granularity" in params.families:
@@ -430,7 +434,8 @@ def measure_site(
     for o in params.objects:
         cols = per_object[o]
         if n > 0:
-            cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks))
+            cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks,
+                                         texture_levels))
         expected = [k[len(o) + 1:] for k in names[o]]
         if n > 0 and set(cols) != set(expected):
             extra = sorted(set(cols) - set(expected))

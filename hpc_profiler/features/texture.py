@@ -349,24 +349,122 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     return feats, n_pairs
 
 
-def _object_direction(q_flat, pairs: PairGeometry, high, fm1, n_objects: int, xp,
-                      layout: CodeLayout | None = None):
-    """Features ``[13, N]`` and pair counts of one (scale, direction) for all objects.
+class TextureLevels(NamedTuple):
+    """Quantized levels of a site's channels, shared by its object sets.
 
-    ``q_flat`` is the raveled uint8 level image; the second pixel of each pair
-    is read through a view shifted by ``pairs.shift`` (no index addition).
+    ``q8`` maps channel -> uint8 level image (:func:`quantize`); ``packed``
+    lists ``(channels, words)``: the levels of up to 8 channels interleaved
+    byte-wise in one uint64 word per pixel, so one gather per pixel pair
+    reads every channel's levels (the gathers dominate the per-object cost).
     """
-    # take() skips the int32 -> intp copy of the index that [] makes (about 2x faster)
-    qa = xp.take(q_flat, pairs.first)
-    if pairs.shift >= 0:
-        qb = xp.take(q_flat[pairs.shift:], pairs.first)
-    else:
-        qb = xp.take(q_flat, pairs.first + pairs.shift)
-    if layout is None:
-        layout = code_layout(high, n_objects, xp)
-    o, i, j, c = _pair_codes(qa, qb, pairs.obj, high, n_objects, xp, layout)
-    # max(fm1) = max(high) + 1 = the layout's width
-    return haralick_from_pairs(o, i, j, c, n_objects, fm1, xp, n_levels=layout.width)
+
+    gray_levels: int
+    q8: dict
+    packed: list
+
+
+def texture_levels(images, gray_levels: int = 256) -> TextureLevels:
+    """:class:`TextureLevels` of ``images`` (mapping channel -> float image in [0, 1])."""
+    chans = list(images)
+    bk = backend_of(*[images[c] for c in chans])
+    xp = bk.xp
+    q8 = {c: quantize(xp.asarray(images[c]), gray_levels).astype(xp.uint8) for c in chans}
+    packed = []
+    for g in range(0, len(chans), 8):
+        group = chans[g:g + 8]
+        if len(group) == 1:
+            packed.append((tuple(group), q8[group[0]].ravel()))
+            continue
+        size = q8[group[0]].size
+        words = xp.zeros((size, 8), dtype=xp.uint8)
+        for k, c in enumerate(group):
+            words[:, k] = q8[c].ravel()
+        packed.append((tuple(group), words.view(xp.uint64).reshape(size)))
+    return TextureLevels(int(gray_levels), q8, packed)
+
+
+def _gather_levels(words, group, first, shift: int, xp):
+    """Levels ``(qa, qb)`` per channel of ``group`` at the pairs ``(first, first + shift)``."""
+    a = xp.take(words, first)
+    b = xp.take(words[shift:], first) if shift >= 0 else xp.take(words, first + shift)
+    if len(group) == 1:
+        return [(a, b)]
+    a8 = a.view(xp.uint8).reshape(-1, 8)
+    b8 = b.view(xp.uint8).reshape(-1, 8)
+    return [(a8[:, k], b8[:, k]) for k in range(len(group))]
+
+
+def measure_texture_channels(
+    labels,
+    n_objects: int,
+    images,
+    *,
+    scales: Sequence[int] = (3, 5, 10),
+    gray_levels: int = 256,
+    geometry: dict | None = None,
+    levels: TextureLevels | None = None,
+) -> dict:
+    """:func:`measure_texture` for every channel of ``images`` (mapping channel -> image).
+
+    The same numbers; the levels of up to 8 channels are read with one
+    gather per pixel pair, and ``levels`` (:func:`texture_levels` of the
+    same images) shares the quantization between the object sets of a site.
+    """
+    chans = list(images)
+    bk = backend_of(labels, *[images[c] for c in chans])
+    xp = bk.xp
+    labels = xp.asarray(labels)
+    for c in chans:
+        if labels.shape != images[c].shape:
+            raise ValueError(f"texture {c}: labels {labels.shape} and image {images[c].shape} differ in shape")
+    n_objects = int(n_objects)
+    if n_objects and int(labels.max()) > n_objects:
+        raise ValueError(f"texture {','.join(chans)}: label {int(labels.max())} exceeds n_objects={n_objects}")
+    out = {}
+    if n_objects == 0:
+        for c in chans:
+            for s in scales:
+                for d in range(len(DIRECTIONS)):
+                    for f in HARALICK_FEATURES:
+                        out[texture_feature_name(f, c, s, d, gray_levels)] = xp.zeros(0)
+        return out
+    if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
+        levels = texture_levels({c: images[c] for c in chans}, gray_levels)
+    if geometry is None:
+        geometry = texture_geometry(labels, scales)
+    high, fm1, layout = {}, {}, {}
+    for c in chans:
+        _, high[c], _ = _level_stats(levels.q8[c], labels, n_objects, xp)
+        fm1[c] = high[c] + 1
+        layout[c] = code_layout(high[c], n_objects, xp)  # shared by the scales and directions
+    for group, words in levels.packed:
+        wanted = [(k, c) for k, c in enumerate(group) if c in images]
+        if not wanted:
+            continue
+        for s in scales:
+            per_dir = {c: [] for _, c in wanted}
+            for d in range(len(DIRECTIONS)):
+                pairs = geometry[(int(s), d)]
+                pair_levels = _gather_levels(words, group, pairs.first, pairs.shift, xp)
+                for k, c in wanted:
+                    qa, qb = pair_levels[k]
+                    o, i, j, cnt = _pair_codes(qa, qb, pairs.obj, high[c], n_objects, xp, layout[c])
+                    # max(fm1) = max(high) + 1 = the layout's width
+                    per_dir[c].append(haralick_from_pairs(o, i, j, cnt, n_objects, fm1[c], xp,
+                                                          n_levels=layout[c].width))
+            for _, c in wanted:
+                _store_scale(out, per_dir[c], c, s, gray_levels, xp)
+    return out
+
+
+def _store_scale(out: dict, per_dir, channel: str, scale: int, gray_levels: int, xp) -> None:
+    """Columns of one channel and scale from the per-direction ``(features, pair counts)``."""
+    # mahotas raises if ANY direction is empty -> the whole object is NaN.
+    defined = xp.stack([n for _, n in per_dir]).min(axis=0) > 0
+    for d, (feats, _) in enumerate(per_dir):
+        feats = xp.where(defined[None, :], feats, xp.nan)
+        for k, f in enumerate(HARALICK_FEATURES):  # rows by index: no loop over a device array
+            out[texture_feature_name(f, channel, scale, d, gray_levels)] = feats[k]
 
 
 def measure_texture(
@@ -406,40 +504,8 @@ def measure_texture(
         array [N]. All features of an object at a scale are NaN when any
         direction has no valid pair (see the module docstring).
     """
-    bk = backend_of(labels, image)
-    xp = bk.xp
-    labels = xp.asarray(labels)
-    if labels.shape != image.shape:
-        raise ValueError(f"texture {channel}: labels {labels.shape} and image {image.shape} differ in shape")
-    n_objects = int(n_objects)
-    if n_objects and int(labels.max()) > n_objects:
-        raise ValueError(f"texture {channel}: label {int(labels.max())} exceeds n_objects={n_objects}")
-    q = quantize(xp.asarray(image), gray_levels)
-    out = {}
-    if n_objects == 0:
-        for s in scales:
-            for d in range(len(DIRECTIONS)):
-                for f in HARALICK_FEATURES:
-                    out[texture_feature_name(f, channel, s, d, gray_levels)] = xp.zeros(0)
-        return out
-    if geometry is None:
-        geometry = texture_geometry(labels, scales)
-    _, high, _ = _level_stats(q, labels, n_objects, xp)
-    fm1 = high + 1
-    q_flat = q.astype(xp.uint8).ravel()  # levels < 256: 1-byte gathers per pair
-    layout = code_layout(high, n_objects, xp)  # shared by the scales and directions
-    for s in scales:
-        per_dir = [
-            _object_direction(q_flat, geometry[(int(s), d)], high, fm1, n_objects, xp, layout)
-            for d in range(len(DIRECTIONS))
-        ]
-        # mahotas raises if ANY direction is empty -> the whole object is NaN.
-        defined = xp.stack([n for _, n in per_dir]).min(axis=0) > 0
-        for d, (feats, _) in enumerate(per_dir):
-            feats = xp.where(defined[None, :], feats, xp.nan)
-            for k, f in enumerate(HARALICK_FEATURES):  # rows by index: no loop over a device array
-                out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k]
-    return out
+    return measure_texture_channels(labels, n_objects, {channel: image}, scales=scales,
+                                    gray_levels=gray_levels, geometry=geometry)
 
 
 def measure_image_texture(
@@ -468,6 +534,7 @@ def image_texture_values(
     *,
     scales: Sequence[int] = (3, 5, 10),
     gray_levels: int = 256,
+    q8=None,
 ) -> dict:
     """Whole-image Haralick features (CellProfiler ``MeasureTexture.run_image``).
 
@@ -480,13 +547,14 @@ def image_texture_values(
     dict
         ``Texture_{Feature}_{channel}_{scale}_{dd}_{gray_levels}`` -> float64
         0-d array on the image's device (the ``Image_`` prefix is left to the
-        caller); NaN when the image is smaller than the scale.
+        caller); NaN when the image is smaller than the scale. ``q8``, the
+        image's uint8 levels (:func:`texture_levels`), skips the quantization.
     """
     xp = backend_of(image).xp
-    q = quantize(xp.asarray(image), gray_levels)
+    q8 = quantize(xp.asarray(image), gray_levels).astype(xp.uint8) if q8 is None else q8  # 1-byte pair passes
+    q = q8
     h, w = q.shape
     fm1 = xp.reshape(q.max().astype(xp.int64) + 1, (1,))
-    q8 = q.astype(xp.uint8)  # levels < 256: 1-byte pair passes
     out = {}
     for s in scales:
         for d, (dy, dx) in enumerate(DIRECTIONS):
