@@ -245,10 +245,16 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
     from ._objects import centroids, edge_mask, object_pixels
 
     op = object_pixels(lab, n)
+    edge_dist = None  # RadialDistribution's distance transform, shared with AreaShape's radii
     if "AreaShape" in fams:  # MeasureObjectSizeShape also returns Location_Center_X/Y
         with timer("AreaShape"):
+            if "RadialDistribution" in fams:
+                edge_dist = _family_module("radial").edge_distances(op)
             out.update(
-                _family_module("shape").measure_areashape(lab, n, zernike_degree=params.zernike_degree, objects=op)
+                _family_module("shape").measure_areashape(
+                    lab, n, zernike_degree=params.zernike_degree, objects=op,
+                    edge_distance=edge_dist[1] if edge_dist is not None else None,
+                )
             )
     else:
         cy, cx = centroids(op)
@@ -264,7 +270,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
             mod = _family_module("radial")
             r = params.radial
             geometry = mod.radial_geometry(
-                lab, n, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius, objects=op
+                lab, n, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius, objects=op, edges=edge_dist
             )
             for c in channels:
                 out.update(

@@ -492,8 +492,37 @@ def zernike_moments(op: ObjectPixels, cy, cx, radius, degree: int = 9):
     return out
 
 
+def radii_distances(op: ObjectPixels, edge_distance=None):
+    """Distance of every object pixel to the nearest pixel outside its object, each object alone.
+
+    The distance transform MeasureObjectSizeShape takes of each object's
+    zero-padded crop, computed on one packed canvas. ``edge_distance`` - the
+    same distance with the image edge not counted as background
+    (``radial.edge_distances``, computed anyway for RadialDistribution) - is
+    equal for every object that does not touch the image edge (the nearest
+    outside pixel of such an object lies within one pixel of its bounding
+    box, inside the image), so only the objects touching the edge are then
+    packed and transformed again.
+    """
+    xp = backend_of(op.flat).xp
+    if edge_distance is None:
+        packed = pack_objects(op, pad=1)
+        return edt_at(packed.canvas > 0, packed.cy, packed.cx)
+    ymin, xmin, ymax, xmax = bounding_boxes(op)
+    h, w = op.shape
+    touch = (op.counts > 0) & ((ymin == 0) | (xmin == 0) | (ymax == h) | (xmax == w))
+    sel = xp.flatnonzero(touch[op.obj])
+    counts = xp.where(touch, op.counts, 0)
+    sub = ObjectPixels(n=op.n, shape=op.shape, flat=op.flat[sel], obj=op.obj[sel], y=op.y[sel], x=op.x[sel],
+                       counts=counts, starts=xp.cumsum(counts) - counts)
+    packed = pack_objects(sub, pad=1)
+    d = edge_distance.astype(xp.float64, copy=True)
+    d[sel] = edt_at(packed.canvas > 0, packed.cy, packed.cx)
+    return d
+
+
 def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
-                      objects: ObjectPixels | None = None) -> dict:
+                      objects: ObjectPixels | None = None, edge_distance=None) -> dict:
     """MeasureObjectSizeShape for all objects of a site.
 
     Parameters
@@ -506,6 +535,9 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
         Highest Zernike degree (CPJUMP1: 9).
     objects : ObjectPixels, optional
         ``object_pixels(labels, n_objects)`` when already computed.
+    edge_distance : 1-D float array, optional
+        ``radial.edge_distances(objects)[1]``, shared with RadialDistribution
+        (see :func:`radii_distances`); the results are the same.
 
     Returns
     -------
@@ -552,8 +584,7 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
         solidity = area / convex_areas(op)
 
     # radii: distance to the nearest pixel outside the object, each object alone
-    packed = pack_objects(op, pad=1)
-    d = edt_at(packed.canvas > 0, packed.cy, packed.cx)
+    d = radii_distances(op, edge_distance)
     dsorted = segment_sort(d, op.obj)
     max_radius = segment_max(d, op.starts, op.counts)
     with _quiet(xp):
