@@ -149,9 +149,11 @@ def subset_dense_rank(xp, global_rank, n_ranks: int | None = None):
         return global_rank.astype(xp.float64)
     if n_ranks is None:
         n_ranks = int(global_rank.max()) + 1
-    present = xp.zeros(int(n_ranks), dtype=xp.int64)
+    # 1-byte flags and 32-bit running counts: a quarter and a half of the memory traffic of int64
+    present = xp.zeros(int(n_ranks), dtype=xp.uint8)
     present[global_rank] = 1
-    return (xp.cumsum(present) - 1)[global_rank].astype(xp.float64)
+    acc = xp.int32 if int(n_ranks) < 2**31 else xp.int64
+    return xp.cumsum(present, dtype=acc)[global_rank].astype(xp.float64) - 1.0
 
 
 def measure_correlation(
