@@ -437,23 +437,31 @@ def measure_texture_channels(
         _, high[c], _ = _level_stats(levels.q8[c], labels, n_objects, xp)
         fm1[c] = high[c] + 1
         layout[c] = code_layout(high[c], n_objects, xp)  # shared by the scales and directions
+    offsets = [(int(s), d) for s in scales for d in range(len(DIRECTIONS))]
     for group, words in levels.packed:
         wanted = [(k, c) for k, c in enumerate(group) if c in images]
         if not wanted:
             continue
-        for s in scales:
-            per_dir = {c: [] for _, c in wanted}
-            for d in range(len(DIRECTIONS)):
-                pairs = geometry[(int(s), d)]
-                pair_levels = _gather_levels(words, group, pairs.first, pairs.shift, xp)
-                for k, c in wanted:
-                    qa, qb = pair_levels[k]
-                    o, i, j, cnt = _pair_codes(qa, qb, pairs.obj, high[c], n_objects, xp, layout[c])
-                    # max(fm1) = max(high) + 1 = the layout's width
-                    per_dir[c].append(haralick_from_pairs(o, i, j, cnt, n_objects, fm1[c], xp,
-                                                          n_levels=layout[c].width))
-            for _, c in wanted:
-                _store_scale(out, per_dir[c], c, s, gray_levels, xp)
+        # the sparse GLCM entries of every (scale, direction) of a channel, object
+        # rows offset by g * N for offset g: one Haralick evaluation per channel
+        entries = {c: [] for _, c in wanted}
+        for g, (s, d) in enumerate(offsets):
+            pairs = geometry[(s, d)]
+            pair_levels = _gather_levels(words, group, pairs.first, pairs.shift, xp)
+            for k, c in wanted:
+                qa, qb = pair_levels[k]
+                o, i, j, cnt = _pair_codes(qa, qb, pairs.obj, high[c], n_objects, xp, layout[c])
+                entries[c].append((o + g * n_objects, i, j, cnt))
+        n_all = len(offsets) * n_objects
+        for _, c in wanted:
+            o, i, j, cnt = (xp.concatenate([e[t] for e in entries[c]]) for t in range(4))
+            # max(fm1) = max(high) + 1 = the layout's width
+            feats, n_pairs = haralick_from_pairs(o, i, j, cnt, n_all, xp.tile(fm1[c], len(offsets)), xp,
+                                                 n_levels=layout[c].width)
+            for si, s in enumerate(scales):
+                rows = [slice((si * len(DIRECTIONS) + d) * n_objects, (si * len(DIRECTIONS) + d + 1) * n_objects)
+                        for d in range(len(DIRECTIONS))]
+                _store_scale(out, [(feats[:, r], n_pairs[r]) for r in rows], c, s, gray_levels, xp)
     return out
 
 
