@@ -105,6 +105,11 @@ class ObjectPixels:
         return self.counts == 0
 
     @functools.cached_property
+    def max_count(self) -> int:
+        """Largest pixel count of an object, on the host (one device read, cached)."""
+        return int(self.counts.max()) if self.n else 0
+
+    @functools.cached_property
     def runs(self):
         """``row_extremes(self)``, computed once."""
         return _row_extremes(self)
