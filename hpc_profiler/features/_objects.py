@@ -318,8 +318,7 @@ def segment_sort(values, obj):
     if v.shape[0] == 0:
         return v
     lo = v.min()
-    span = float(v.max() - lo)
-    scale = 2.0 * span + 1.0
+    scale = 2.0 * (v.max() - lo) + 1.0  # a device scalar: no host round trip
     off = obj.astype(xp.float64, copy=False) * scale
     key = xp.sort((v - lo) + off)
     # obj is grouped ascending, so the k-th sorted key belongs to obj[k]

@@ -562,7 +562,8 @@ def image_texture_values(
     q8 = quantize(xp.asarray(image), gray_levels).astype(xp.uint8) if q8 is None else q8  # 1-byte pair passes
     q = q8
     h, w = q.shape
-    fm1 = xp.reshape(q.max().astype(xp.int64) + 1, (1,))
+    n_levels = int(q.max()) + 1  # the GLCM size, read once per image (not per offset)
+    fm1 = xp.full((1,), n_levels, dtype=xp.int64)
     out = {}
     for s in scales:
         for d, (dy, dx) in enumerate(DIRECTIONS):
@@ -577,7 +578,8 @@ def image_texture_values(
                 counts = xp.bincount(codes.ravel(), minlength=65536)
                 codes = xp.nonzero(counts)[0]
                 obj = xp.zeros(codes.shape, dtype=xp.int64)
-                feats, _ = haralick_from_pairs(obj, codes // 256, codes % 256, counts[codes], 1, fm1, xp)
+                feats, _ = haralick_from_pairs(obj, codes // 256, codes % 256, counts[codes], 1, fm1, xp,
+                                               n_levels=n_levels)
             for k, f in enumerate(HARALICK_FEATURES):
                 out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k, 0]
     return out
