@@ -53,7 +53,7 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 
 from .backend import Backend
 
-__all__ = ["AuditCounter", "DeviceArray", "audit_backend", "Counts", "KINDS"]
+__all__ = ["AuditCounter", "DeviceArray", "audit_backend", "counts_table", "Counts", "KINDS"]
 
 #: Counted quantities, in the order printed.
 KINDS = ("launches", "syncs", "d2h", "h2d")
@@ -61,7 +61,7 @@ KINDS = ("launches", "syncs", "d2h", "h2d")
 #: ``xp`` functions whose output size depends on the data (CuPy syncs to size them).
 SYNC_FUNCTIONS = frozenset({
     "nonzero", "flatnonzero", "argwhere", "unique", "compress", "extract", "bincount",
-    "histogram", "repeat", "trim_zeros", "setdiff1d", "intersect1d", "union1d", "in1d", "isin_nonzero",
+    "histogram", "trim_zeros", "setdiff1d", "intersect1d", "union1d",
 })
 #: ``ndi`` functions returning host values or data-sized outputs.
 NDI_SYNC_FUNCTIONS = frozenset({"label", "find_objects"})
@@ -80,7 +80,7 @@ VIEW_FUNCTIONS = frozenset({
 #: Array methods that are host transfers.
 HOST_METHODS = frozenset({"tolist", "item", "tobytes", "tofile", "dump", "dumps", "__reduce__", "__reduce_ex__"})
 #: Array methods whose output size depends on the data.
-SYNC_METHODS = frozenset({"nonzero", "compress", "repeat"})
+SYNC_METHODS = frozenset({"nonzero", "compress"})
 
 
 @dataclass

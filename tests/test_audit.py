@@ -113,3 +113,22 @@ def test_audited_features_equal_cpu_features():
     for fam in params.families:
         assert counter.sections[fam].launches > 0, fam
     assert counter.sections["other"].d2h <= len(params.objects) + 1
+
+
+def test_watershed_copies_have_their_own_section_and_lines_are_tracked():
+    """The host watershed's copies (exempt from the issue's budget) are counted apart, and
+    ``track`` names the package line of each count."""
+    from hpc_profiler.segmentation import _watershed_host
+
+    counter = AuditCounter(track=True)
+    bk = audit_backend(counter)
+    image = bk.asarray(np.random.default_rng(0).random((20, 20)))
+    markers = bk.asarray(np.pad(np.eye(2, dtype=np.int32), 9))
+    with counter.section("segmentation"):
+        out = _watershed_host(bk, image, markers, bk.xp.ones((20, 20), dtype=bool))
+    assert isinstance(out, DeviceArray) and out.shape == (20, 20)
+    assert counter.sections["watershed"].d2h == 3  # image, markers, mask to the host
+    assert counter.sections["segmentation"].d2h == 0
+    assert counter.sections["segmentation"].h2d == 1  # the labels back onto the device
+    lines = dict(counter.top("d2h"))
+    assert len(lines) == 3 and all(k.startswith("segmentation.py:") for k in lines)
