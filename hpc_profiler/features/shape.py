@@ -96,19 +96,6 @@ def zernike_indexes(degree: int = 9):
     return [(n, m) for n in range(degree + 1) for m in range(n + 1) if (n - m) % 2 == 0]
 
 
-def _shift(a, dy: int, dx: int, fill=0):
-    """``out[y, x] = a[y + dy, x + dx]``, ``fill`` outside the image."""
-    xp = backend_of(a).xp
-    out = xp.full(a.shape, fill, dtype=a.dtype)
-    h, w = a.shape
-    ys = slice(max(0, -dy), min(h, h - dy))
-    xs = slice(max(0, -dx), min(w, w - dx))
-    yd = slice(max(0, dy), min(h, h + dy))
-    xd = slice(max(0, dx), min(w, w + dx))
-    out[ys, xs] = a[yd, xd]
-    return out
-
-
 def perimeters(labels, n_objects: int):
     """Per-object ``skimage.measure.perimeter(object, neighborhood=4)``.
 
@@ -119,21 +106,28 @@ def perimeters(labels, n_objects: int):
     """
     xp = backend_of(labels).xp
     lab = labels.astype(xp.int32, copy=False)  # int32: half the memory traffic of int64
+    h, w = lab.shape
+    # neighbours read as views of one zero-padded copy (no shifted copies)
+    pad = xp.pad(lab, 1)
     inner = lab > 0
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        inner &= _shift(lab, dy, dx, fill=0) == lab
+        inner &= pad[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] == lab
     border = (lab > 0) & ~inner
-    blab = xp.where(border, lab, 0)
-    code = border.astype(xp.int32)
+    # the configuration code is needed at the border pixels only (a small part of
+    # the image): gathered from the padded border-label image at their 8 neighbours
+    bpad = xp.pad(xp.where(border, lab, 0), 1)
+    sel = xp.flatnonzero(xp.ravel(border))
+    own = xp.ravel(lab)[sel]
+    at = (sel // w + 1) * (w + 2) + (sel % w + 1)  # border pixels in the padded image
+    bflat = xp.ravel(bpad)
+    code = xp.ones(sel.shape[0], dtype=xp.int32)
     for dy, dx, wgt in ((-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2),
                         (-1, -1, 10), (-1, 1, 10), (1, -1, 10), (1, 1, 10)):
-        code += wgt * ((_shift(blab, dy, dx) == blab) & border)
+        code += wgt * (xp.take(bflat, at + (dy * (w + 2) + dx)) == own)
     lut = xp.zeros(50, dtype=xp.float64)
     for k, v in _PERIMETER_WEIGHTS.items():
         lut[k] = v
-    sel = xp.flatnonzero(xp.ravel(border))
-    return xp.bincount(xp.ravel(lab)[sel] - 1, weights=lut[xp.ravel(code)[sel]],
-                       minlength=n_objects)[:n_objects]
+    return xp.bincount(own - 1, weights=lut[code], minlength=n_objects)[:n_objects]
 
 
 def euler_numbers(labels, n_objects: int):
