@@ -286,7 +286,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
             out.update(
                 mod.measure_texture_channels(
                     lab, n, {c: images[c] for c in channels}, scales=t.scales, gray_levels=t.gray_levels,
-                    geometry=mod.texture_geometry(lab, t.scales), levels=texture_levels,
+                    geometry=mod.texture_geometry(lab, t.scales), levels=texture_levels, objects=op,
                 )
             )
     if "Correlation" in fams and len(channels) > 1:

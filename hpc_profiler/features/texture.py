@@ -223,6 +223,19 @@ def code_layout(high, n_objects: int, xp) -> CodeLayout:
     return CodeLayout(width, total, end - size, end)
 
 
+def _largest_levels(q8, objects, xp):
+    """Largest level of each object's pixels (0 for an object without pixels), int64.
+
+    The ``high`` of :func:`_level_stats`, from the grouped pixels of
+    :class:`~hpc_profiler.features._objects.ObjectPixels`.
+    """
+    from hpc_profiler.features._objects import segment_max
+
+    values = xp.take(xp.ravel(q8), objects.flat)
+    high = segment_max(values, objects.starts, objects.counts)
+    return xp.where(objects.counts > 0, high, 0).astype(xp.int64)
+
+
 def _pair_codes(qa, qb, obj, high, n_objects: int, xp, layout: CodeLayout | None = None):
     """Distinct canonical pairs ``(obj, lo, hi)`` of nonzero levels with their counts.
 
@@ -403,12 +416,16 @@ def measure_texture_channels(
     gray_levels: int = 256,
     geometry: dict | None = None,
     levels: TextureLevels | None = None,
+    objects=None,
 ) -> dict:
     """:func:`measure_texture` for every channel of ``images`` (mapping channel -> image).
 
     The same numbers; the levels of up to 8 channels are read with one
     gather per pixel pair, and ``levels`` (:func:`texture_levels` of the
     same images) shares the quantization between the object sets of a site.
+    ``objects`` (``_objects.object_pixels(labels, n_objects)``) gives each
+    object's largest level by a segment maximum over its pixels instead of a
+    (object, level) histogram of the whole image.
     """
     chans = list(images)
     bk = backend_of(labels, *[images[c] for c in chans])
@@ -434,7 +451,10 @@ def measure_texture_channels(
         geometry = texture_geometry(labels, scales)
     high, fm1, layout = {}, {}, {}
     for c in chans:
-        _, high[c], _ = _level_stats(levels.q8[c], labels, n_objects, xp)
+        if objects is not None:
+            high[c] = _largest_levels(levels.q8[c], objects, xp)
+        else:
+            _, high[c], _ = _level_stats(levels.q8[c], labels, n_objects, xp)
         fm1[c] = high[c] + 1
         layout[c] = code_layout(high[c], n_objects, xp)  # shared by the scales and directions
     offsets = [(int(s), d) for s in scales for d in range(len(DIRECTIONS))]
