@@ -101,6 +101,9 @@ class Backend:
 
 def to_numpy(a):
     """Host copy of a NumPy or CuPy array; other objects are returned as is."""
+    owner = getattr(a, "__hpc_backend__", None)  # arrays of a counting backend (hpc_profiler._audit)
+    if owner is not None:
+        return owner.to_numpy(a)
     if hasattr(a, "get") and type(a).__module__.startswith("cupy"):
         return a.get()
     return a
@@ -164,8 +167,15 @@ def get_backend(device: str = "auto") -> Backend:
 
 
 def backend_of(*arrays) -> Backend:
-    """Backend that owns ``arrays``: GPU if any is a CuPy array, else CPU."""
+    """Backend that owns ``arrays``: GPU if any is a CuPy array, else CPU.
+
+    Arrays that name their backend in ``__hpc_backend__`` (the counting
+    proxies of :mod:`hpc_profiler._audit`) get that backend.
+    """
     for a in arrays:
+        owner = getattr(a, "__hpc_backend__", None)
+        if owner is not None:
+            return owner
         if type(a).__module__.startswith("cupy"):
             return gpu_backend()
     return cpu_backend()

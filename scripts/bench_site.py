@@ -34,6 +34,15 @@ function computed from the site itself is applied first). Printed:
   and to cp_measure, and the largest relative difference CPU vs GPU per feature
   column (the worst columns are listed).
 
+With ``--audit`` (no GPU needed) the site also goes through the counting
+backend of :mod:`hpc_profiler._audit`: per step and feature family, the
+array-library calls (~ kernel launches on a GPU), the implicit syncs (CuPy
+reading an output size on the host), the device->host and host->device
+copies the same code would make on the GPU, printed beside the CPU seconds,
+with PASS/FAIL against the budgets of issue 13 (<= 20 device->host copies per
+site outside the cells watershed, <= 10,000 launches per site).
+``--families`` restricts the families measured (a quick look at some of them).
+
 Ratios are "other seconds / hpc_profiler seconds" (higher is better for us).
 """
 from __future__ import annotations
@@ -208,6 +217,57 @@ def granularity_vs_skimage(cfg, images, illum, seg, cpu):
     return ours_s, ski_s, same
 
 
+#: Budgets of issue 13 for one site on the GPU path.
+D2H_BUDGET = 20
+LAUNCH_BUDGET = 10_000
+
+
+def run_audit(cfg, images, illum):
+    """The site through the counting backend; returns the AuditCounter (sections per step/family)."""
+    from hpc_profiler import illumination, segmentation
+    from hpc_profiler._audit import AuditCounter, audit_backend
+    from hpc_profiler.features import measure_site
+
+    counter = AuditCounter()
+    bk = audit_backend(counter)
+    with counter.section("illum_apply"):
+        imgs = {ch: bk.asarray(images[ch], dtype=bk.xp.float32) for ch in cfg.channels}
+        imgs = {ch: illumination.apply_illum(imgs[ch], bk.asarray(illum[ch], dtype=bk.xp.float32))
+                for ch in cfg.channels}
+    with counter.section("segmentation"):
+        seg = segmentation.segment_site(imgs, cfg.segmentation, cfg.illumination.dna_background)
+    with counter.section("features: shared + assembly"):
+        labels = {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm}
+        measure_site(imgs, labels, cfg.features, cfg.channels)
+    return counter
+
+
+def print_audit(counter, cfg, wall: dict, cput: dict, fam_cpu: dict) -> None:
+    """The audit table beside the CPU seconds, and PASS/FAIL per budget."""
+    from hpc_profiler._audit import counts_table
+
+    order = ["illum_apply", "segmentation", "watershed", *cfg.features.families, "features: shared + assembly"]
+    secs = {**{k: cput.get(k) for k in ("illum_apply", "segmentation")}, **fam_cpu}
+    print(f"\nGPU audit (counting backend on the CPU; hpc_profiler._audit): per step / family")
+    print(f"{'section':28s} {'cpu_s':>7s} {'launches':>9s} {'syncs':>7s} {'d2h':>6s} {'h2d':>6s}")
+    for name, c in counts_table(counter, order):
+        sec = secs.get(name)
+        sec_s = f"{sec:7.3f}" if sec is not None else f"{'-':>7s}"
+        print(f"{name:28s} {sec_s} {c.launches:9d} {c.syncs:7d} {c.d2h:6d} {c.h2d:6d}")
+    tot = counter.total()
+    print(f"{'TOTAL':28s} {cput.get('total', 0.0):7.3f} {tot.launches:9d} {tot.syncs:7d} {tot.d2h:6d} {tot.h2d:6d}")
+    out_ws = counter.total(exclude=("watershed",))
+    ok_copy = out_ws.d2h <= D2H_BUDGET
+    ok_launch = tot.launches <= LAUNCH_BUDGET
+    print(f"budget device->host copies outside the watershed: {out_ws.d2h} <= {D2H_BUDGET}: "
+          f"{'PASS' if ok_copy else 'FAIL'}")
+    print(f"budget launches per site: {tot.launches} <= {LAUNCH_BUDGET}: {'PASS' if ok_launch else 'FAIL'}")
+    print(f"implicit syncs (data-sized outputs: boolean masks, nonzero, unique, bincount sizing; not in the "
+          f"issue's budget): {out_ws.syncs} outside the watershed")
+    print("launches count one per xp/ndi/ski call, ufunc, computing method or advanced index (scipy/"
+          "scikit-image calls as one, a lower bound for their cuCIM twins); cpu_s from the run above")
+
+
 def max_rel_diff(a, b) -> np.ndarray:
     """Per column: max |a - b| / max(|a|, |b|, 1e-12) over rows (NaN pairs ignored)."""
     a = np.asarray(a, np.float64)
@@ -225,6 +285,8 @@ def single_thread_child(args) -> dict:
     env.update({v: "1" for v in SINGLE_THREAD_ENV})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child-json", "--size", str(args.size),
            "--cells", str(args.cells), "--seed", str(args.seed), "--config", str(args.config)]
+    if args.families:
+        cmd += ["--families", args.families]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -239,6 +301,10 @@ def main(argv=None) -> int:
                     help="time cp_measure on K and 2K objects and extrapolate linearly (0: all objects)")
     ap.add_argument("--no-cp-measure", action="store_true")
     ap.add_argument("--no-single-thread", action="store_true", help="skip the one-thread child run")
+    ap.add_argument("--audit", action="store_true",
+                    help="also count launches and host copies per family as on a GPU (counting backend)")
+    ap.add_argument("--families", default=None,
+                    help="comma-separated feature families to measure (default: the config's)")
     ap.add_argument("--child-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -247,6 +313,12 @@ def main(argv=None) -> int:
 
     cfg = load_config(args.config)
     cfg.device = "cpu"
+    if args.families:
+        fams = [f.strip() for f in args.families.split(",") if f.strip()]
+        unknown = sorted(set(fams) - set(cfg.features.families))
+        if unknown:
+            ap.error(f"--families: unknown {unknown}; the config has {cfg.features.families}")
+        cfg.features.families = fams
     images = make_site(args.size, args.cells, args.seed, cfg.channels)
     illum = illum_functions(cfg, images)
     cpu = cpu_backend()
@@ -348,6 +420,11 @@ def main(argv=None) -> int:
             worst = np.argsort(-d)[:5]
             print(f"  {o}: {int((d > 1e-3).sum())} of {d.size} columns differ by > 1e-3; worst: "
                   + ", ".join(f"{tab.names[j]}={d[j]:.2g}" for j in worst))
+
+    if args.audit:
+        counter = run_audit(cfg, images, illum)
+        src = one if one else {"cpu": cput, "fam_cpu": feats.cpu_seconds}
+        print_audit(counter, cfg, wall, src["cpu"], src["fam_cpu"])
     return 0
 
 

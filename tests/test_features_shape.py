@@ -246,3 +246,24 @@ def test_degenerate_objects_and_no_objects():
         assert all(v.shape == (n,) for v in measure_radial_distribution(lab0, n, img, "X").values())
     # objects declared but absent
     assert np.isnan(_shape()(np.zeros_like(lab), 2)["AreaShape_Perimeter"]).all()
+
+
+def test_radii_distances_shared_with_radial_edge_distances():
+    """AreaShape's radii from RadialDistribution's distance transform (objects touching the
+    image edge redone alone) equal the radii from AreaShape's own packed transform."""
+    from hpc_profiler.features._objects import object_pixels
+    from hpc_profiler.features.radial import edge_distances
+    from hpc_profiler.features.shape import radii_distances
+
+    lab = np.zeros((40, 40), np.int32)
+    lab[5:12, 5:15] = 1
+    lab[12:20, 5:15] = 2  # touches object 1
+    lab[25:30, 25:39] = 3
+    lab[30:40, 0:6] = 4  # touches two image edges
+    for labels in (lab, lab[:, 3:], lab[2:38, 2:38]):
+        op = object_pixels(labels, int(labels.max()) + 1)  # one trailing empty object
+        own = radii_distances(op)
+        shared = radii_distances(op, edge_distances(op)[1])
+        np.testing.assert_array_equal(shared, own)
+        # the edge path is exercised: the radial transform alone differs (object 4 on the edge)
+        assert not np.array_equal(edge_distances(op)[1], own)

@@ -211,10 +211,17 @@ class _Timer:
         class _Ctx:
             def __enter__(self):
                 timer.bk.synchronize()
+                # a counting backend (hpc_profiler._audit) attributes its counts to the family
+                counter = getattr(timer.bk, "counter", None)
+                self.section = counter.section(family) if counter is not None else None
+                if self.section is not None:
+                    self.section.__enter__()
                 self.t0 = time.perf_counter()
                 self.c0 = time.process_time()
 
             def __exit__(self, *exc):
+                if self.section is not None:
+                    self.section.__exit__(*exc)
                 timer.bk.synchronize()
                 timer.seconds[family] = timer.seconds.get(family, 0.0) + time.perf_counter() - self.t0
                 timer.cpu_seconds[family] = timer.cpu_seconds.get(family, 0.0) + time.process_time() - self.c0
@@ -227,21 +234,28 @@ def _family_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None) -> dict:
+def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None) -> dict:
     """Unprefixed columns of one object from every selected family except Granularity.
 
     ``image_ranks`` (channel -> dense ranks of the image's pixels, see
-    ``correlation.image_dense_ranks``) is shared by the object sets of a site.
+    ``correlation.image_dense_ranks``) and ``texture_levels``
+    (``texture.texture_levels``) are shared by the object sets of a site.
     """
     fams = params.families
     out = {}
     from ._objects import centroids, edge_mask, object_pixels
 
     op = object_pixels(lab, n)
+    edge_dist = None  # RadialDistribution's distance transform, shared with AreaShape's radii
     if "AreaShape" in fams:  # MeasureObjectSizeShape also returns Location_Center_X/Y
         with timer("AreaShape"):
+            if "RadialDistribution" in fams:
+                edge_dist = _family_module("radial").edge_distances(op)
             out.update(
-                _family_module("shape").measure_areashape(lab, n, zernike_degree=params.zernike_degree, objects=op)
+                _family_module("shape").measure_areashape(
+                    lab, n, zernike_degree=params.zernike_degree, objects=op,
+                    edge_distance=edge_dist[1] if edge_dist is not None else None,
+                )
             )
     else:
         cy, cx = centroids(op)
@@ -257,7 +271,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
             mod = _family_module("radial")
             r = params.radial
             geometry = mod.radial_geometry(
-                lab, n, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius, objects=op
+                lab, n, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius, objects=op, edges=edge_dist
             )
             for c in channels:
                 out.update(
@@ -270,15 +284,14 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
         with timer("Texture"):
             mod = _family_module("texture")
             t = params.texture
-            geometry = mod.texture_geometry(lab, t.scales)
-            for c in channels:
-                tex = mod.measure_texture(
-                    lab, n, images[c], c, scales=t.scales, gray_levels=t.gray_levels, geometry=geometry
-                )
-                if not t.undefined_as_nan:  # CellProfiler's record_measurement writes 0 for non-finite values
-                    xp_t = backend_of(lab).xp
-                    tex = {k: xp_t.where(xp_t.isnan(v), 0.0, v) for k, v in tex.items()}
-                out.update(tex)
+            tex = mod.measure_texture_channels(
+                lab, n, {c: images[c] for c in channels}, scales=t.scales, gray_levels=t.gray_levels,
+                geometry=mod.texture_geometry(lab, t.scales), levels=texture_levels, objects=op,
+            )
+            if not t.undefined_as_nan:  # CellProfiler's record_measurement writes 0 for non-finite values
+                xp_t = backend_of(lab).xp
+                tex = {k: xp_t.where(xp_t.isnan(v), 0.0, v) for k, v in tex.items()}
+            out.update(tex)
     if "Correlation" in fams and len(channels) > 1:
         with timer("Correlation"):
             out.update(
@@ -316,11 +329,36 @@ def _granularity(images, labels, n, channels, params, timer):
     return per_object, image
 
 
-def _host_column(v, n) -> np.ndarray:
-    a = np.asarray(backend_of(v).to_numpy(v), dtype=np.float64).reshape(-1)
-    if a.shape[0] != n:
-        raise ValueError(f"expected {n} values, got {a.shape[0]}")
-    return a
+def _host_table(bk, obj: str, cols: dict, expected: Sequence[str], n: int) -> np.ndarray:
+    """``(n, len(expected))`` float32 host table of the columns, with ONE device->host copy.
+
+    The columns are stacked on the device (float64, as computed) and copied
+    to the host together; a column of the wrong length is named in a
+    ValueError.
+    """
+    xp = bk.xp
+    parts = []
+    for k in expected:
+        v = xp.asarray(cols[k], dtype=xp.float64).reshape(-1)
+        if v.shape[0] != n:
+            raise ValueError(f"measure_site: {obj} column {k}: expected {n} values, got {v.shape[0]}")
+        parts.append(v)
+    if not parts:
+        return np.empty((n, 0), dtype=np.float32)
+    host = np.asarray(bk.to_numpy(xp.stack(parts, axis=1)), dtype=np.float64)
+    return host.astype(np.float32)
+
+
+def _host_scalars(bk, values: dict) -> dict[str, float]:
+    """``{name: float}`` from device scalars (and Python numbers) with one device->host copy."""
+    names = list(values)
+    dev = [k for k in names if not isinstance(values[k], (int, float))]
+    out = {k: float(values[k]) for k in names if k not in dev}
+    if dev:
+        xp = bk.xp
+        host = np.asarray(bk.to_numpy(xp.stack([xp.asarray(values[k], dtype=xp.float64).reshape(()) for k in dev])))
+        out.update({k: float(v) for k, v in zip(dev, host.tolist())})
+    return {k: out[k] for k in names}
 
 
 def measure_site(
@@ -375,19 +413,24 @@ def measure_site(
     names = feature_names(channels, params)
     timer = _Timer(bk)
 
-    image: dict[str, float] = {f"Image_Count_{o}": float(n) for o in params.objects}
-    if "Texture" in params.families and params.texture.image_texture:
+    # image-level values stay on the device until the one copy of _host_scalars
+    image: dict = {f"Image_Count_{o}": float(n) for o in params.objects}
+    texture_levels = None
+    if "Texture" in params.families:
         mod = _family_module("texture")
         t = params.texture
-        with timer("Texture"):
-            for c in channels:
-                for k, v in mod.measure_image_texture(imgs[c], c, scales=t.scales, gray_levels=t.gray_levels).items():
-                    image[f"Image_{k}"] = float(v)
+        with timer("Texture"):  # the channels' gray levels, shared by the object sets and the image
+            texture_levels = mod.texture_levels({c: imgs[c] for c in channels}, t.gray_levels)
+            if t.image_texture:
+                for c in channels:
+                    for k, v in mod.image_texture_values(imgs[c], c, scales=t.scales, gray_levels=t.gray_levels,
+                                                         q8=texture_levels.q8[c]).items():
+                        image[f"Image_{k}"] = v
 
     per_object = {o: {} for o in params.objects}
     if "Granularity" in params.families:
         gran_obj, gran_img = _granularity(imgs, labs, n, channels, params, timer)
-        image.update({f"Image_{k}": float(v) for k, v in gran_img.items()})
+        image.update({f"Image_{k}": v for k, v in gran_img.items()})
         for o in params.objects:
             per_object[o].update(gran_obj[o])
 
@@ -400,7 +443,8 @@ def measure_site(
     for o in params.objects:
         cols = per_object[o]
         if n > 0:
-            cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks))
+            cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks,
+                                         texture_levels))
         expected = [k[len(o) + 1:] for k in names[o]]
         if n > 0 and set(cols) != set(expected):
             extra = sorted(set(cols) - set(expected))
@@ -409,10 +453,7 @@ def measure_site(
                 f"measure_site: {o} columns differ from feature_names: unexpected {extra[:5]}"
                 f"{'...' if len(extra) > 5 else ''}, missing {lost[:5]}{'...' if len(lost) > 5 else ''}"
             )
-        values = np.empty((n, len(expected)), dtype=np.float32)
-        for j, k in enumerate(expected):
-            if n:
-                values[:, j] = _host_column(cols[k], n)
+        values = _host_table(bk, o, cols, expected, n) if n else np.empty((0, len(expected)), dtype=np.float32)
         parents = {}
         if o == "Cells":
             parents = {"Nuclei": numbers.copy()}
@@ -426,5 +467,5 @@ def measure_site(
             f"unexpected {sorted(set(image) - set(expected_image))[:5]}, "
             f"missing {sorted(set(expected_image) - set(image))[:5]}"
         )
-    image = {k: image[k] for k in expected_image}
+    image = _host_scalars(bk, {k: image[k] for k in expected_image})
     return SiteFeatures(objects=tables, image=image, seconds=timer.seconds, cpu_seconds=timer.cpu_seconds)

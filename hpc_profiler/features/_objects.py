@@ -105,6 +105,11 @@ class ObjectPixels:
         return self.counts == 0
 
     @functools.cached_property
+    def max_count(self) -> int:
+        """Largest pixel count of an object, on the host (one device read, cached)."""
+        return int(self.counts.max()) if self.n else 0
+
+    @functools.cached_property
     def runs(self):
         """``row_extremes(self)``, computed once."""
         return _row_extremes(self)
@@ -195,25 +200,35 @@ def segment_sum(values, starts, counts):
     v = values.astype(xp.float64, copy=False)
     if v.shape[0] == 0:
         return xp.zeros(n)
-    k = _n_reduced(starts, v.shape[0])
     try:
-        s = xp.add.reduceat(v, starts[:k])
+        s = _reduceat_segments(xp.add, v, starts, counts)
     except (AttributeError, NotImplementedError, TypeError):  # backends without ufunc.reduceat
         return xp.bincount(repeat_index(counts), weights=v, minlength=n)[:n]
-    out = xp.zeros(n)
-    out[:k] = xp.where(counts[:k] > 0, s, 0.0)
-    return out
+    return xp.where(counts > 0, s, 0.0)
 
 
-def _n_reduced(starts, size: int) -> int:
-    """Objects whose segment starts inside the values (a prefix: ``starts`` ascend).
+def _reduceat_segments(ufunc, values, starts, counts):
+    """``ufunc.reduceat`` over every object's segment, with no host synchronisation.
 
-    The trailing empty objects start at ``size``; ``ufunc.reduceat`` must not
-    see them (a start clamped to ``size - 1`` would cut the last pixel off
-    the last non-empty object).
+    Trailing empty objects start at ``len(values)``, which ``reduceat`` refuses;
+    their starts are clamped to the last value, which cuts that value off the
+    last non-empty object when empty objects follow it. It is put back on the
+    device: ``ufunc(r, last value)`` for that object (always, for the
+    idempotent minimum/maximum; only when it was cut off, for ``add``).
+    Values of empty objects are arbitrary (callers mask them).
     """
-    xp = backend_of(starts).xp
-    return int(xp.searchsorted(starts, size, side="left"))
+    xp = backend_of(values).xp
+    n = counts.shape[0]
+    size = values.shape[0]
+    r = ufunc.reduceat(values, xp.minimum(starts, size - 1))
+    j = (n - 1) - xp.argmax(counts[::-1] > 0)  # the last object with values
+    last = values[size - 1]
+    if ufunc is xp.add:
+        cut = (j < n - 1) & (counts[j] >= 2)
+        r[j] = r[j] + xp.where(cut, last, xp.zeros_like(last))
+    else:
+        r[j] = ufunc(r[j], last)
+    return r
 
 
 def _segment_reduce(ufunc_name: str, ndi_name: str, values, starts, counts):
@@ -224,11 +239,9 @@ def _segment_reduce(ufunc_name: str, ndi_name: str, values, starts, counts):
     if values.shape[0] == 0:
         return out
     ok = counts > 0
-    k = _n_reduced(starts, values.shape[0])
     try:
-        r = getattr(xp, ufunc_name).reduceat(values, starts[:k])
-        out[:k] = xp.where(ok[:k], r.astype(xp.float64, copy=False), xp.nan)
-        return out
+        r = _reduceat_segments(getattr(xp, ufunc_name), values, starts, counts)
+        return xp.where(ok, r.astype(xp.float64, copy=False), xp.nan)
     except (AttributeError, NotImplementedError, TypeError):  # backends without ufunc.reduceat
         pass
     ndi = backend_of(values).ndi
@@ -305,8 +318,7 @@ def segment_sort(values, obj):
     if v.shape[0] == 0:
         return v
     lo = v.min()
-    span = float(v.max() - lo)
-    scale = 2.0 * span + 1.0
+    scale = 2.0 * (v.max() - lo) + 1.0  # a device scalar: no host round trip
     off = obj.astype(xp.float64, copy=False) * scale
     key = xp.sort((v - lo) + off)
     # obj is grouped ascending, so the k-th sorted key belongs to obj[k]

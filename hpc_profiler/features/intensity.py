@@ -67,7 +67,7 @@ from hpc_profiler.features._objects import (
 __all__ = ["measure_intensity", "intensity_statistics", "edge_pixels", "EdgePixels"]
 
 
-def intensity_statistics(values, obj, n: int) -> dict:
+def intensity_statistics(values, obj, n: int, max_count: int | None = None) -> dict:
     """Order and moment statistics of per-object values (CellProfiler's set).
 
     Parameters
@@ -78,6 +78,9 @@ def intensity_statistics(values, obj, n: int) -> dict:
         Object row of each value (``label - 1``), grouped ascending.
     n : int
         Number of objects.
+    max_count : int, optional
+        Largest number of values of an object, when known on the host (fewer
+        rounds of the vectorized binary searches; the result is the same).
 
     Returns
     -------
@@ -106,26 +109,36 @@ def intensity_statistics(values, obj, n: int) -> dict:
     median = segment_quantile(sorted_vals, starts, counts, 0.5)
     out["Median"] = median
     out["UpperQuartile"] = segment_quantile(sorted_vals, starts, counts, 0.75)
-    out["MAD"] = _mad_from_sorted(sorted_vals, starts, counts, median)
+    out["MAD"] = _mad_from_sorted(sorted_vals, starts, counts, median, max_count)
     return out
 
 
-def _kth_of_two_sorted(get_a, len_a, get_b, len_b, k):
+def _search_rounds(size: int) -> int:
+    """Rounds that settle a binary search over ``[0, size]`` (known on the host).
+
+    The vectorized searches run this fixed number of rounds instead of
+    asking the device after each round whether any object is still active
+    (a device->host copy per round on a GPU); settled objects are unchanged
+    by the extra rounds.
+    """
+    return int(size).bit_length() + 1
+
+
+def _kth_of_two_sorted(get_a, len_a, get_b, len_b, k, size: int):
     """``k``-th smallest (0-based) of the union of two ascending sequences, per object.
 
     ``get_a(i)``/``get_b(i)`` return the ``i``-th element of each object's
     sequence (indices are clipped by the caller's bounds logic). Vectorized
     binary search over ``i``, the number of elements taken from ``a`` among
-    the ``k + 1`` smallest: about ``log2(max length)`` rounds over all objects.
+    the ``k + 1`` smallest: :func:`_search_rounds` of ``size`` (an upper
+    bound of the lengths) rounds over all objects.
     """
     xp = backend_of(len_a).xp
     lo = xp.maximum(0, k + 1 - len_b)
     hi = xp.minimum(k + 1, len_a)
     inf = xp.inf
-    while True:
+    for _ in range(_search_rounds(size)):
         active = lo < hi
-        if not bool(active.any()):
-            break
         mid = (lo + hi) // 2
         # taking mid from a: need a[mid] >= b[k - mid] when mid < len_a and k - mid >= 0
         j = k - mid
@@ -141,7 +154,7 @@ def _kth_of_two_sorted(get_a, len_a, get_b, len_b, k):
     return xp.maximum(a_prev, b_prev)
 
 
-def _mad_from_sorted(sorted_vals, starts, counts, median):
+def _mad_from_sorted(sorted_vals, starts, counts, median, max_count: int | None = None):
     """CellProfiler's MADIntensity from the per-object sorted values, without a second sort.
 
     The deviations ``|x - median|`` of the values below the median, read from
@@ -158,7 +171,8 @@ def _mad_from_sorted(sorted_vals, starts, counts, median):
         return out
     st, cnt, med = starts[ok], counts[ok], median[ok]
     # m = number of values strictly below the median in each object
-    m = _count_below(sorted_vals, starts, counts, median)[ok]
+    size = sorted_vals.shape[0] if max_count is None else int(max_count)  # bounds every object's count
+    m = _count_below(sorted_vals, starts, counts, median, size)[ok]
     len_a, len_b = m, cnt - m
 
     def get_a(t):  # t-th smallest deviation among the values below the median
@@ -171,22 +185,20 @@ def _mad_from_sorted(sorted_vals, starts, counts, median):
     # element, or the mean of the two middle ones for an even count
     k0 = (cnt.astype(xp.int64) - 1) // 2
     k1 = cnt.astype(xp.int64) // 2
-    v0 = _kth_of_two_sorted(get_a, len_a, get_b, len_b, k0)
-    v1 = _kth_of_two_sorted(get_a, len_a, get_b, len_b, k1)
+    v0 = _kth_of_two_sorted(get_a, len_a, get_b, len_b, k0, size)
+    v1 = _kth_of_two_sorted(get_a, len_a, get_b, len_b, k1, size)
     out[ok] = xp.where(k0 == k1, v0, (v0 + v1) / 2.0)
     return out
 
 
-def _count_below(sorted_vals, starts, counts, threshold):
+def _count_below(sorted_vals, starts, counts, threshold, size: int | None = None):
     """Per object, how many of its sorted values are strictly below ``threshold[object]``."""
     xp = backend_of(sorted_vals).xp
     n = counts.shape[0]
     lo = xp.zeros(n, dtype=xp.int64)
     hi = counts.astype(xp.int64)
-    while True:
+    for _ in range(_search_rounds(sorted_vals.shape[0] if size is None else size)):
         active = lo < hi
-        if not bool(active.any()):
-            break
         mid = (lo + hi) // 2
         v = sorted_vals[xp.minimum(starts + mid, sorted_vals.shape[0] - 1)]
         right = v < threshold
@@ -285,7 +297,7 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     else:
         vals, obj, y, x = _finite(op, all_vals)
         yf, xf = y.astype(xp.float64), x.astype(xp.float64)
-    stats = intensity_statistics(vals, obj, n)
+    stats = intensity_statistics(vals, obj, n, op.max_count if finite else None)
 
     out = {}
     for key in ("Integrated", "Mean", "Std", "Min", "Max"):

@@ -186,18 +186,32 @@ def geodesic_from_seeds(packed, n_pixels: int, seeds):
     return dist[:n_pixels]
 
 
+def edge_distances(op: ObjectPixels):
+    """``(packed, d_edge)``: each object alone on a packed canvas, and the distance of
+    each of its pixels to the nearest pixel outside it within the image
+    (CellProfiler's ``distance_to_edge``; the image edge is not background).
+
+    For an object that does not touch the image edge this is also
+    MeasureObjectSizeShape's distance (the object alone, zero-padded), which
+    lets AreaShape share it (``shape.measure_areashape(edge_distance=...)``).
+    """
+    packed = pack_objects(op, pad=1, image_edge_is_background=False)
+    return packed, edt_at(packed.canvas != 0, packed.cy, packed.cx)
+
+
 def radial_geometry(labels, n_objects: int, *, bins: int = 4, scaled: bool = True,
-                    max_radius: int = 100, objects: ObjectPixels | None = None) -> RadialGeometry:
+                    max_radius: int = 100, objects: ObjectPixels | None = None,
+                    edges=None) -> RadialGeometry:
     """Centres, distances, bins and wedges of every object (see the module docstring).
 
-    Computed once per object set and reused for every channel.
+    Computed once per object set and reused for every channel; ``edges`` is
+    :func:`edge_distances` of the objects when already computed.
     """
     bk = backend_of(labels)
     xp = bk.xp
     op = objects if objects is not None else object_pixels(labels, n_objects)
     n = op.n
-    packed = pack_objects(op, pad=1, image_edge_is_background=False)
-    d_edge = edt_at(packed.canvas != 0, packed.cy, packed.cx)
+    packed, d_edge = edges if edges is not None else edge_distances(op)
     idx, ok = segment_argmax(d_edge, op.obj, n)
     d_center = geodesic_from_seeds(packed, op.flat.shape[0], idx[ok])
     good = xp.isfinite(d_center) & ok[op.obj]

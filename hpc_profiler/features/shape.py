@@ -96,19 +96,6 @@ def zernike_indexes(degree: int = 9):
     return [(n, m) for n in range(degree + 1) for m in range(n + 1) if (n - m) % 2 == 0]
 
 
-def _shift(a, dy: int, dx: int, fill=0):
-    """``out[y, x] = a[y + dy, x + dx]``, ``fill`` outside the image."""
-    xp = backend_of(a).xp
-    out = xp.full(a.shape, fill, dtype=a.dtype)
-    h, w = a.shape
-    ys = slice(max(0, -dy), min(h, h - dy))
-    xs = slice(max(0, -dx), min(w, w - dx))
-    yd = slice(max(0, dy), min(h, h + dy))
-    xd = slice(max(0, dx), min(w, w + dx))
-    out[ys, xs] = a[yd, xd]
-    return out
-
-
 def perimeters(labels, n_objects: int):
     """Per-object ``skimage.measure.perimeter(object, neighborhood=4)``.
 
@@ -119,21 +106,28 @@ def perimeters(labels, n_objects: int):
     """
     xp = backend_of(labels).xp
     lab = labels.astype(xp.int32, copy=False)  # int32: half the memory traffic of int64
+    h, w = lab.shape
+    # neighbours read as views of one zero-padded copy (no shifted copies)
+    pad = xp.pad(lab, 1)
     inner = lab > 0
     for dy, dx in ((-1, 0), (1, 0), (0, -1), (0, 1)):
-        inner &= _shift(lab, dy, dx, fill=0) == lab
+        inner &= pad[1 + dy:1 + dy + h, 1 + dx:1 + dx + w] == lab
     border = (lab > 0) & ~inner
-    blab = xp.where(border, lab, 0)
-    code = border.astype(xp.int32)
+    # the configuration code is needed at the border pixels only (a small part of
+    # the image): gathered from the padded border-label image at their 8 neighbours
+    bpad = xp.pad(xp.where(border, lab, 0), 1)
+    sel = xp.flatnonzero(xp.ravel(border))
+    own = xp.ravel(lab)[sel]
+    at = (sel // w + 1) * (w + 2) + (sel % w + 1)  # border pixels in the padded image
+    bflat = xp.ravel(bpad)
+    code = xp.ones(sel.shape[0], dtype=xp.int32)
     for dy, dx, wgt in ((-1, 0, 2), (1, 0, 2), (0, -1, 2), (0, 1, 2),
                         (-1, -1, 10), (-1, 1, 10), (1, -1, 10), (1, 1, 10)):
-        code += wgt * ((_shift(blab, dy, dx) == blab) & border)
+        code += wgt * (xp.take(bflat, at + (dy * (w + 2) + dx)) == own)
     lut = xp.zeros(50, dtype=xp.float64)
     for k, v in _PERIMETER_WEIGHTS.items():
         lut[k] = v
-    sel = xp.flatnonzero(xp.ravel(border))
-    return xp.bincount(xp.ravel(lab)[sel] - 1, weights=lut[xp.ravel(code)[sel]],
-                       minlength=n_objects)[:n_objects]
+    return xp.bincount(own - 1, weights=lut[code], minlength=n_objects)[:n_objects]
 
 
 def euler_numbers(labels, n_objects: int):
@@ -511,8 +505,37 @@ def zernike_moments(op: ObjectPixels, cy, cx, radius, degree: int = 9):
     return out
 
 
+def radii_distances(op: ObjectPixels, edge_distance=None):
+    """Distance of every object pixel to the nearest pixel outside its object, each object alone.
+
+    The distance transform MeasureObjectSizeShape takes of each object's
+    zero-padded crop, computed on one packed canvas. ``edge_distance`` - the
+    same distance with the image edge not counted as background
+    (``radial.edge_distances``, computed anyway for RadialDistribution) - is
+    equal for every object that does not touch the image edge (the nearest
+    outside pixel of such an object lies within one pixel of its bounding
+    box, inside the image), so only the objects touching the edge are then
+    packed and transformed again.
+    """
+    xp = backend_of(op.flat).xp
+    if edge_distance is None:
+        packed = pack_objects(op, pad=1)
+        return edt_at(packed.canvas > 0, packed.cy, packed.cx)
+    ymin, xmin, ymax, xmax = bounding_boxes(op)
+    h, w = op.shape
+    touch = (op.counts > 0) & ((ymin == 0) | (xmin == 0) | (ymax == h) | (xmax == w))
+    sel = xp.flatnonzero(touch[op.obj])
+    counts = xp.where(touch, op.counts, 0)
+    sub = ObjectPixels(n=op.n, shape=op.shape, flat=op.flat[sel], obj=op.obj[sel], y=op.y[sel], x=op.x[sel],
+                       counts=counts, starts=xp.cumsum(counts) - counts)
+    packed = pack_objects(sub, pad=1)
+    d = edge_distance.astype(xp.float64, copy=True)
+    d[sel] = edt_at(packed.canvas > 0, packed.cy, packed.cx)
+    return d
+
+
 def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
-                      objects: ObjectPixels | None = None) -> dict:
+                      objects: ObjectPixels | None = None, edge_distance=None) -> dict:
     """MeasureObjectSizeShape for all objects of a site.
 
     Parameters
@@ -525,6 +548,9 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
         Highest Zernike degree (CPJUMP1: 9).
     objects : ObjectPixels, optional
         ``object_pixels(labels, n_objects)`` when already computed.
+    edge_distance : 1-D float array, optional
+        ``radial.edge_distances(objects)[1]``, shared with RadialDistribution
+        (see :func:`radii_distances`); the results are the same.
 
     Returns
     -------
@@ -572,8 +598,7 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
         solidity = area / convex_area
 
     # radii: distance to the nearest pixel outside the object, each object alone
-    packed = pack_objects(op, pad=1)
-    d = edt_at(packed.canvas > 0, packed.cy, packed.cx)
+    d = radii_distances(op, edge_distance)
     dsorted = segment_sort(d, op.obj)
     max_radius = segment_max(d, op.starts, op.counts)
     with _quiet(xp):

@@ -200,7 +200,44 @@ def _level_stats(q, labels, n_objects: int, xp):
     return low.astype(xp.int64), high.astype(xp.int64), has_pixels
 
 
-def _pair_codes(qa, qb, obj, high, n_objects: int, xp):
+class CodeLayout(NamedTuple):
+    """Per-object blocks of pair codes of one channel (see :func:`_pair_codes`).
+
+    Depends on the objects' largest levels only, so it is computed once per
+    channel and shared by its (scale, direction) passes; ``width`` and
+    ``total`` are host integers (read from the device once per channel).
+    """
+
+    width: int
+    total: int
+    base: object
+    end: object
+
+
+def code_layout(high, n_objects: int, xp) -> CodeLayout:
+    """:class:`CodeLayout` of objects whose largest levels are ``high``."""
+    n_rows = xp.maximum(high + 1, 0)
+    width = int(high.max()) + 1 if n_objects else 1
+    size = n_rows * width
+    end = xp.cumsum(size)
+    total = int(end[-1]) if n_objects else 0
+    return CodeLayout(width, total, end - size, end)
+
+
+def _largest_levels(q8, objects, xp):
+    """Largest level of each object's pixels (0 for an object without pixels), int64.
+
+    The ``high`` of :func:`_level_stats`, from the grouped pixels of
+    :class:`~hpc_profiler.features._objects.ObjectPixels`.
+    """
+    from hpc_profiler.features._objects import segment_max
+
+    values = xp.take(xp.ravel(q8), objects.flat)
+    high = segment_max(values, objects.starts, objects.counts)
+    return xp.where(objects.counts > 0, high, 0).astype(xp.int64)
+
+
+def _pair_codes(qa, qb, obj, high, n_objects: int, xp, layout: CodeLayout | None = None):
     """Distinct canonical pairs ``(obj, lo, hi)`` of nonzero levels with their counts.
 
     ``qa``, ``qb`` are the small-integer levels of the two pixels of each pair
@@ -215,12 +252,9 @@ def _pair_codes(qa, qb, obj, high, n_objects: int, xp):
     """
     lo = xp.minimum(qa, qb)
     hi = xp.maximum(qa, qb)
-    n_rows = xp.maximum(high + 1, 0)
-    width = int(high.max()) + 1 if n_objects else 1
-    size = n_rows * width
-    end = xp.cumsum(size)
-    base = end - size
-    total = int(end[-1]) if n_objects else 0
+    if layout is None:
+        layout = code_layout(high, n_objects, xp)
+    width, total, base, end = layout
     if 0 < total <= BINCOUNT_BUDGET:
         local = xp.multiply(lo, width, dtype=xp.uint16)  # lo * R + hi < 65536
         local += hi
@@ -241,7 +275,7 @@ def _pair_codes(qa, qb, obj, high, n_objects: int, xp):
     return o[nz], i[nz], j[nz], counts[nz]
 
 
-def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp):
+def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None):
     """The 13 Haralick features of per-object symmetric GLCMs given sparsely.
 
     Parameters
@@ -254,6 +288,8 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp):
     fm1 : int array [n_objects]
         ``max level + 1`` of each object's crop (mahotas sizes its GLCM so; the
         length of the vector whose variance is ``DifferenceVariance``).
+    n_levels : int, optional
+        ``max(fm1)`` when already known on the host (saves a device read).
 
     Returns
     -------
@@ -280,8 +316,9 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp):
     ij_sum = per_obj(m * lof * hif)
     idm = per_obj(m / (d * d + 1.0))
 
-    n_lv = int(fm1.max()) if n else 1
-    n_lv = max(n_lv, 1)
+    if n_levels is None:
+        n_levels = int(fm1.max()) if n else 1
+    n_lv = max(int(n_levels), 1)
     k = xp.arange(n_lv, dtype=xp.float64)
     tk = xp.arange(2 * n_lv, dtype=xp.float64)
     px = (
@@ -326,20 +363,137 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp):
     return feats, n_pairs
 
 
-def _object_direction(q_flat, pairs: PairGeometry, high, fm1, n_objects: int, xp):
-    """Features ``[13, N]`` and pair counts of one (scale, direction) for all objects.
+class TextureLevels(NamedTuple):
+    """Quantized levels of a site's channels, shared by its object sets.
 
-    ``q_flat`` is the raveled uint8 level image; the second pixel of each pair
-    is read through a view shifted by ``pairs.shift`` (no index addition).
+    ``q8`` maps channel -> uint8 level image (:func:`quantize`); ``packed``
+    lists ``(channels, words)``: the levels of up to 8 channels interleaved
+    byte-wise in one uint64 word per pixel, so one gather per pixel pair
+    reads every channel's levels (the gathers dominate the per-object cost).
     """
-    # take() skips the int32 -> intp copy of the index that [] makes (about 2x faster)
-    qa = xp.take(q_flat, pairs.first)
-    if pairs.shift >= 0:
-        qb = xp.take(q_flat[pairs.shift:], pairs.first)
-    else:
-        qb = xp.take(q_flat, pairs.first + pairs.shift)
-    o, i, j, c = _pair_codes(qa, qb, pairs.obj, high, n_objects, xp)
-    return haralick_from_pairs(o, i, j, c, n_objects, fm1, xp)
+
+    gray_levels: int
+    q8: dict
+    packed: list
+
+
+def texture_levels(images, gray_levels: int = 256) -> TextureLevels:
+    """:class:`TextureLevels` of ``images`` (mapping channel -> float image in [0, 1])."""
+    chans = list(images)
+    bk = backend_of(*[images[c] for c in chans])
+    xp = bk.xp
+    q8 = {c: quantize(xp.asarray(images[c]), gray_levels).astype(xp.uint8) for c in chans}
+    packed = []
+    for g in range(0, len(chans), 8):
+        group = chans[g:g + 8]
+        if len(group) == 1:
+            packed.append((tuple(group), q8[group[0]].ravel()))
+            continue
+        size = q8[group[0]].size
+        words = xp.zeros((size, 8), dtype=xp.uint8)
+        for k, c in enumerate(group):
+            words[:, k] = q8[c].ravel()
+        packed.append((tuple(group), words.view(xp.uint64).reshape(size)))
+    return TextureLevels(int(gray_levels), q8, packed)
+
+
+def _gather_levels(words, group, first, shift: int, xp):
+    """Levels ``(qa, qb)`` per channel of ``group`` at the pairs ``(first, first + shift)``."""
+    a = xp.take(words, first)
+    b = xp.take(words[shift:], first) if shift >= 0 else xp.take(words, first + shift)
+    if len(group) == 1:
+        return [(a, b)]
+    a8 = a.view(xp.uint8).reshape(-1, 8)
+    b8 = b.view(xp.uint8).reshape(-1, 8)
+    return [(a8[:, k], b8[:, k]) for k in range(len(group))]
+
+
+def measure_texture_channels(
+    labels,
+    n_objects: int,
+    images,
+    *,
+    scales: Sequence[int] = (3, 5, 10),
+    gray_levels: int = 256,
+    geometry: dict | None = None,
+    levels: TextureLevels | None = None,
+    objects=None,
+) -> dict:
+    """:func:`measure_texture` for every channel of ``images`` (mapping channel -> image).
+
+    The same numbers; the levels of up to 8 channels are read with one
+    gather per pixel pair, and ``levels`` (:func:`texture_levels` of the
+    same images) shares the quantization between the object sets of a site.
+    ``objects`` (``_objects.object_pixels(labels, n_objects)``) gives each
+    object's largest level by a segment maximum over its pixels instead of a
+    (object, level) histogram of the whole image.
+    """
+    chans = list(images)
+    bk = backend_of(labels, *[images[c] for c in chans])
+    xp = bk.xp
+    labels = xp.asarray(labels)
+    for c in chans:
+        if labels.shape != images[c].shape:
+            raise ValueError(f"texture {c}: labels {labels.shape} and image {images[c].shape} differ in shape")
+    n_objects = int(n_objects)
+    if n_objects and int(labels.max()) > n_objects:
+        raise ValueError(f"texture {','.join(chans)}: label {int(labels.max())} exceeds n_objects={n_objects}")
+    out = {}
+    if n_objects == 0:
+        for c in chans:
+            for s in scales:
+                for d in range(len(DIRECTIONS)):
+                    for f in HARALICK_FEATURES:
+                        out[texture_feature_name(f, c, s, d, gray_levels)] = xp.zeros(0)
+        return out
+    if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
+        levels = texture_levels({c: images[c] for c in chans}, gray_levels)
+    if geometry is None:
+        geometry = texture_geometry(labels, scales)
+    high, fm1, layout = {}, {}, {}
+    for c in chans:
+        if objects is not None:
+            high[c] = _largest_levels(levels.q8[c], objects, xp)
+        else:
+            _, high[c], _ = _level_stats(levels.q8[c], labels, n_objects, xp)
+        fm1[c] = high[c] + 1
+        layout[c] = code_layout(high[c], n_objects, xp)  # shared by the scales and directions
+    offsets = [(int(s), d) for s in scales for d in range(len(DIRECTIONS))]
+    for group, words in levels.packed:
+        wanted = [(k, c) for k, c in enumerate(group) if c in images]
+        if not wanted:
+            continue
+        # the sparse GLCM entries of every (scale, direction) of a channel, object
+        # rows offset by g * N for offset g: one Haralick evaluation per channel
+        entries = {c: [] for _, c in wanted}
+        for g, (s, d) in enumerate(offsets):
+            pairs = geometry[(s, d)]
+            pair_levels = _gather_levels(words, group, pairs.first, pairs.shift, xp)
+            for k, c in wanted:
+                qa, qb = pair_levels[k]
+                o, i, j, cnt = _pair_codes(qa, qb, pairs.obj, high[c], n_objects, xp, layout[c])
+                entries[c].append((o + g * n_objects, i, j, cnt))
+        n_all = len(offsets) * n_objects
+        for _, c in wanted:
+            o, i, j, cnt = (xp.concatenate([e[t] for e in entries[c]]) for t in range(4))
+            # max(fm1) = max(high) + 1 = the layout's width
+            feats, n_pairs = haralick_from_pairs(o, i, j, cnt, n_all, xp.tile(fm1[c], len(offsets)), xp,
+                                                 n_levels=layout[c].width)
+            for si, s in enumerate(scales):
+                rows = [slice((si * len(DIRECTIONS) + d) * n_objects, (si * len(DIRECTIONS) + d + 1) * n_objects)
+                        for d in range(len(DIRECTIONS))]
+                _store_scale(out, [(feats[:, r], n_pairs[r]) for r in rows], c, s, gray_levels, xp)
+    return out
+
+
+def _store_scale(out: dict, per_dir, channel: str, scale: int, gray_levels: int, xp) -> None:
+    """Columns of one channel and scale from the per-direction ``(features, pair counts)``."""
+    # mahotas raises if ANY direction is empty -> the whole object is NaN.
+    defined = xp.stack([n for _, n in per_dir]).min(axis=0) > 0
+    for d, (feats, _) in enumerate(per_dir):
+        feats = xp.where(defined[None, :], feats, xp.nan)
+        for k, f in enumerate(HARALICK_FEATURES):  # rows by index: no loop over a device array
+            out[texture_feature_name(f, channel, scale, d, gray_levels)] = feats[k]
 
 
 def measure_texture(
@@ -379,39 +533,8 @@ def measure_texture(
         array [N]. All features of an object at a scale are NaN when any
         direction has no valid pair (see the module docstring).
     """
-    bk = backend_of(labels, image)
-    xp = bk.xp
-    labels = xp.asarray(labels)
-    if labels.shape != image.shape:
-        raise ValueError(f"texture {channel}: labels {labels.shape} and image {image.shape} differ in shape")
-    n_objects = int(n_objects)
-    if n_objects and int(labels.max()) > n_objects:
-        raise ValueError(f"texture {channel}: label {int(labels.max())} exceeds n_objects={n_objects}")
-    q = quantize(xp.asarray(image), gray_levels)
-    out = {}
-    if n_objects == 0:
-        for s in scales:
-            for d in range(len(DIRECTIONS)):
-                for f in HARALICK_FEATURES:
-                    out[texture_feature_name(f, channel, s, d, gray_levels)] = xp.zeros(0)
-        return out
-    if geometry is None:
-        geometry = texture_geometry(labels, scales)
-    _, high, _ = _level_stats(q, labels, n_objects, xp)
-    fm1 = high + 1
-    q_flat = q.astype(xp.uint8).ravel()  # levels < 256: 1-byte gathers per pair
-    for s in scales:
-        per_dir = [
-            _object_direction(q_flat, geometry[(int(s), d)], high, fm1, n_objects, xp)
-            for d in range(len(DIRECTIONS))
-        ]
-        # mahotas raises if ANY direction is empty -> the whole object is NaN.
-        defined = xp.stack([n for _, n in per_dir]).min(axis=0) > 0
-        for d, (feats, _) in enumerate(per_dir):
-            feats = xp.where(defined[None, :], feats, xp.nan)
-            for f, values in zip(HARALICK_FEATURES, feats):
-                out[texture_feature_name(f, channel, s, d, gray_levels)] = values
-    return out
+    return measure_texture_channels(labels, n_objects, {channel: image}, scales=scales,
+                                    gray_levels=gray_levels, geometry=geometry)
 
 
 def measure_image_texture(
@@ -420,6 +543,27 @@ def measure_image_texture(
     *,
     scales: Sequence[int] = (3, 5, 10),
     gray_levels: int = 256,
+) -> dict:
+    """Whole-image Haralick features as Python floats (one device->host copy).
+
+    See :func:`image_texture_values`, which returns the same values as 0-d
+    arrays on the image's device.
+    """
+    bk = backend_of(image)
+    values = image_texture_values(image, channel, scales=scales, gray_levels=gray_levels)
+    names = list(values)
+    xp = bk.xp
+    host = bk.to_numpy(xp.stack([xp.reshape(values[k], ()) for k in names])).tolist() if names else []
+    return {k: float(v) for k, v in zip(names, host)}
+
+
+def image_texture_values(
+    image,
+    channel: str,
+    *,
+    scales: Sequence[int] = (3, 5, 10),
+    gray_levels: int = 256,
+    q8=None,
 ) -> dict:
     """Whole-image Haralick features (CellProfiler ``MeasureTexture.run_image``).
 
@@ -430,15 +574,17 @@ def measure_image_texture(
     Returns
     -------
     dict
-        ``Texture_{Feature}_{channel}_{scale}_{dd}_{gray_levels}`` -> float (the
-        ``Image_`` prefix is left to the caller); NaN when the image is smaller
-        than the scale.
+        ``Texture_{Feature}_{channel}_{scale}_{dd}_{gray_levels}`` -> float64
+        0-d array on the image's device (the ``Image_`` prefix is left to the
+        caller); NaN when the image is smaller than the scale. ``q8``, the
+        image's uint8 levels (:func:`texture_levels`), skips the quantization.
     """
     xp = backend_of(image).xp
-    q = quantize(xp.asarray(image), gray_levels)
+    q8 = quantize(xp.asarray(image), gray_levels).astype(xp.uint8) if q8 is None else q8  # 1-byte pair passes
+    q = q8
     h, w = q.shape
-    fm1 = xp.reshape(q.max().astype(xp.int64) + 1, (1,))
-    q8 = q.astype(xp.uint8)  # levels < 256: 1-byte pair passes
+    n_levels = int(q.max()) + 1  # the GLCM size, read once per image (not per offset)
+    fm1 = xp.full((1,), n_levels, dtype=xp.int64)
     out = {}
     for s in scales:
         for d, (dy, dx) in enumerate(DIRECTIONS):
@@ -453,7 +599,8 @@ def measure_image_texture(
                 counts = xp.bincount(codes.ravel(), minlength=65536)
                 codes = xp.nonzero(counts)[0]
                 obj = xp.zeros(codes.shape, dtype=xp.int64)
-                feats, _ = haralick_from_pairs(obj, codes // 256, codes % 256, counts[codes], 1, fm1, xp)
-            for f, value in zip(HARALICK_FEATURES, feats[:, 0]):
-                out[texture_feature_name(f, channel, s, d, gray_levels)] = float(value)
+                feats, _ = haralick_from_pairs(obj, codes // 256, codes % 256, counts[codes], 1, fm1, xp,
+                                               n_levels=n_levels)
+            for k, f in enumerate(HARALICK_FEATURES):
+                out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k, 0]
     return out
