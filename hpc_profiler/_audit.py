@@ -467,6 +467,13 @@ class AuditBackend(Backend):
 
     counter: AuditCounter
 
+    @property
+    def is_gpu(self) -> bool:
+        """True: stage code takes its GPU branches (e.g. granularity's batched
+        iterated reconstruction instead of the numba one), which is what the
+        audit counts."""
+        return True
+
     def asarray(self, a, dtype=None):
         return self.xp.asarray(a, dtype=dtype)
 

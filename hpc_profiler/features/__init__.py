@@ -308,24 +308,23 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
 
 
 def _granularity(images, labels, n, channels, params, timer):
-    """Per-object and image-level granularity (one call per channel, all objects)."""
-    per_object = {o: {} for o in labels}
-    image = {}
+    """Per-object and image-level granularity of every channel and object set.
+
+    :func:`granularity.measure_granularity_channels` batches the channels'
+    reconstructions on the GPU (one stack per scale) and goes channel by
+    channel on the CPU.
+    """
     mod = _family_module("granularity")
     g = params.granularity
     with timer("Granularity"):
         # the per-object upsampling weights depend on the labels only: once per object set
         samplers = {o: mod.object_sampler(labels[o], n, g.subsample_size) for o in labels}
-        for c in channels:
-            po, im = mod.measure_granularity(
-                images[c], c, labels, {o: n for o in labels},
-                spectrum_length=g.spectrum_length, subsample_size=g.subsample_size,
-                image_sample_size=g.image_sample_size, element_size=g.element_size,
-                samplers=samplers,
-            )
-            for o in labels:
-                per_object[o].update(po[o])
-            image.update(im)
+        per_object, image = mod.measure_granularity_channels(
+            {c: images[c] for c in channels}, labels, {o: n for o in labels},
+            spectrum_length=g.spectrum_length, subsample_size=g.subsample_size,
+            image_sample_size=g.image_sample_size, element_size=g.element_size,
+            samplers=samplers,
+        )
     return per_object, image
 
 
