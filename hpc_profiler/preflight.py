@@ -220,8 +220,9 @@ def check_output(cfg: Config) -> list[Problem]:
 def check_stage_inputs(cfg: Config, stage: str, profiles: Optional[str] = None) -> list[Problem]:
     """What a later stage reads from the output folder: site files, the well table."""
     if stage == "reduce":
+        # the layout of reduce.discover_site_files: sites/<plate>/<row>/*.h5 and packed/<plate>.h5
         sites = Path(cfg.out) / "sites"
-        if not any(sites.glob("*/*.h5")):
+        if not any(sites.glob("*/*/*.h5")) and not any((Path(cfg.out) / "packed").glob("*.h5")):
             return [Problem("output_dir", f"nothing to reduce: no site files under {sites} "
                                           f"(run `hpc-profiler submit extract` or `hpc-profiler run` first)")]
     if stage == "evaluate":

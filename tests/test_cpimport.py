@@ -143,7 +143,7 @@ def test_site_folders_match_pycytominer(tmp_path, reference, dtype, rtol):
     book = {c for c in pcm_feats if cpimport.is_bookkeeping(c.split("_", 1)[1])}
     assert pcm_feats - book == set(feats)
     assert not any("_Parent_" in f or "_Location_" in f or "_Children_" in f for f in feats)
-    site = read_site_file(next((Path(cfg.out) / "sites" / "BR00121431").glob("*A01*.h5")))
+    site = read_site_file(next((Path(cfg.out) / "sites" / "BR00121431").glob("*/*A01*.h5")))
     assert site.objects["Cells"].values.dtype == np.dtype(dtype)
     assert site.attrs["backend"] == "cellprofiler"
     assert set(site.objects["Cytoplasm"].parents) == {"Cells", "Nuclei"}
