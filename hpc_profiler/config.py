@@ -280,6 +280,10 @@ class ExecutorConfig:
         5.0, doc="Seconds between the driver's squeue checks of its Slurm jobs: a task that left the queue "
         "without a result is reported failed within one interval"
     )
+    progress_interval_s: float = opt(
+        30.0, doc="Seconds between the driver's progress lines (sites done / total, sites/s, ETA) when its "
+        "output is not a terminal (a log under Slurm or nohup); on a terminal a bar moves site by site"
+    )
     mpi_startup_timeout_s: float = opt(
         120.0, doc="Seconds an MPI rank may take to reach the first barrier (MPI_Init included) before it "
         "aborts the job, so a rank lost at start-up cannot leave the others waiting until the time limit"
@@ -683,6 +687,8 @@ def validate(cfg: Config, where: str = "<config>") -> Config:
         err("executor.max_retries", "must be >= 0")
     if cfg.executor.poll_interval_s <= 0:
         err("executor.poll_interval_s", "must be > 0")
+    if cfg.executor.progress_interval_s <= 0:
+        err("executor.progress_interval_s", "must be > 0")
     if cfg.executor.mpi_startup_timeout_s <= 0:
         err("executor.mpi_startup_timeout_s", "must be > 0")
     if cfg.illumination.downsample < 1:

@@ -81,6 +81,7 @@ from . import manifest as manifest_mod
 from ._atomic import write_bytes_atomic
 from . import ledger, pipeline, sitefile, storage
 from .images import load_site_images
+from .progress import Progress
 from .config import Config, ConfigError, load_config
 
 STAGES = ("illum", "extract")
@@ -251,6 +252,27 @@ def read_worklog(cfg: Config, stage: str) -> list[dict]:
                     except ValueError:
                         pass  # a line cut by a kill
     return recs
+
+
+def batch_progress(cfg: Config, stage: str, batch: str, since: float) -> int:
+    """Sites (plates) of ``batch`` handled so far: records in the work logs written since ``since``.
+
+    Only the work-log files modified at or after ``since`` are read (the
+    tasks of this batch write them), one read each.
+    """
+    root = worklog_dir(cfg, stage)
+    if not root.exists():
+        return 0
+    tag = f'"batch": {json.dumps(batch)}'
+    n = 0
+    for p in root.glob("*.jsonl"):
+        try:
+            if p.stat().st_mtime < since - 1.0:
+                continue
+            n += p.read_text().count(tag)
+        except OSError:
+            continue
+    return n
 
 
 # =========================================================================== planning
@@ -818,8 +840,12 @@ def submit_stage(cfg: Config, stage: str, dry_run: bool = False, wait: bool = Fa
         return result
     total = len(todo) if stage == "extract" else n_tasks
     while True:
+        started = time.time()
+        bar = Progress(stage, total, "site" if stage == "extract" else "plate",
+                       interval_s=cfg.executor.progress_interval_s)
         results = wait_for(jobs, total=total, kind=kind, poll_s=cfg.executor.poll_interval_s,
-                           logs=[_job_log(j) for j in jobs])
+                           logs=[_job_log(j) for j in jobs], progress=bar,
+                           count_done=lambda b=batch, t=started: batch_progress(cfg, stage, b, t))
         result.results += results
         lost = _record_lost_tasks(cfg, stage, batch, results, items, jobs)
         if not lost or result.retries >= cfg.executor.max_retries:
@@ -979,8 +1005,13 @@ def _job_log(job) -> str:
 
 
 def wait_for(jobs: list, total: Optional[int] = None, *, kind: Optional[str] = None, poll_s: float = 5.0,
-             logs: Optional[list] = None) -> list:
-    """Wait for submitit jobs, with a tqdm bar on a terminal; returns their results.
+             logs: Optional[list] = None, progress=None, count_done=None) -> list:
+    """Wait for submitit jobs, showing progress; returns their results.
+
+    ``progress`` is a :class:`hpc_profiler.progress.Progress` (a bar on a
+    terminal, a line every few seconds in a log); ``count_done`` returns how
+    many items (sites) are done so far (:func:`batch_progress`), read every
+    few seconds, so the count moves site by site rather than task by task.
 
     A task that failed as a whole is returned as its exception, so one lost
     task does not hide the others' results. On Slurm the driver watches
@@ -991,11 +1022,8 @@ def wait_for(jobs: list, total: Optional[int] = None, *, kind: Optional[str] = N
     does not use ``sacct``, which fails on clusters without accounting (then
     submitit alone would never see such a task end).
     """
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # pragma: no cover - tqdm is a dependency
-        tqdm = None
-    bar = tqdm(total=total or len(jobs), unit="site", disable=not sys.stderr.isatty()) if tqdm else None
+    bar = progress if progress is not None else Progress("tasks", total or len(jobs), "task")
+    next_count = 0.0
     logs = logs or [_job_log(j) for j in jobs]
     log_of = {j.job_id: log for j, log in zip(jobs, logs)}
     results: dict = {}
@@ -1010,9 +1038,13 @@ def wait_for(jobs: list, total: Optional[int] = None, *, kind: Optional[str] = N
             res = exc
         results[job.job_id] = res
         pending.pop(job.job_id, None)
-        if bar is not None:
-            n = sum(res.get(k, 0) for k in ("done", "skipped", "failed")) if isinstance(res, dict) else 1
-            bar.update(n)
+        finished.append(sum(res.get(k, 0) for k in ("done", "skipped", "failed")) if isinstance(res, dict) else 1)
+
+    finished: list = []
+
+    def show() -> None:
+        counted = count_done() if count_done is not None else 0
+        bar.update_to(max(counted, sum(finished)))
 
     while pending:
         for job in list(pending.values()):
@@ -1035,13 +1067,14 @@ def wait_for(jobs: list, total: Optional[int] = None, *, kind: Optional[str] = N
                         reason = slurm_job_end(str(jid))
                     results[jid] = TaskLostError(str(jid), reason, log_of.get(jid, ""))
                     pending.pop(jid)
-                    if bar is not None:
-                        bar.update(1)
+                    finished.append(0)
             next_check = time.time() + poll_s
+        if time.time() >= next_count or not pending:
+            show()
+            next_count = time.time() + min(5.0, bar.interval_s)
         if pending:
             time.sleep(min(1.0, poll_s))  # result files are looked for once a second, as submitit does
-    if bar is not None:
-        bar.close()
+    bar.close()
     return [results[j.job_id] for j in jobs]
 
 

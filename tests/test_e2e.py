@@ -9,6 +9,7 @@ The same small batch runs three ways and must give the same final tables:
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -124,7 +125,8 @@ def test_slurm_and_mpirun_equal_single_process(batch, reference, local_slurm, mp
 
 def test_interrupted_run_resumes_without_redoing_sites(batch, reference):
     root, synth_dir = batch
-    cfgp = _config(root, synth_dir, "interrupted", kind="local", sites_per_task=4)
+    # progress lines every 0.5 s: the output is a pipe, as under Slurm or nohup (issue 18)
+    cfgp = _config(root, synth_dir, "interrupted", kind="local", sites_per_task=4, progress_interval_s=0.5)
     cfg = load_config(cfgp)
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "hpc_profiler", "run", str(cfgp), "--no-mpi", "--no-report"],
@@ -141,6 +143,11 @@ def test_interrupted_run_resumes_without_redoing_sites(batch, reference):
     assert proc.poll() is None, "the run finished before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its local workers, as a Ctrl-C on a shell would
     proc.wait(timeout=30)
+    # a run whose output is not a terminal printed site-by-site progress during extract
+    printed = proc.stdout.read().decode(errors="replace")
+    counts = [int(m) for m in re.findall(r"^extract: (\d+)/32 sites \(\d+%\), [0-9.]+ sites/s, ETA ", printed, re.M)]
+    assert counts and max(counts) >= 1, printed[-2000:]
+    assert counts == sorted(counts), counts
     time.sleep(0.5)
     finished = {p: p.stat().st_mtime_ns for p in sites.rglob("*.h5") if not p.name.startswith(".")}
     assert 6 <= len(finished) < 32
