@@ -1,30 +1,61 @@
 #!/usr/bin/env bash
-# Every GPU parity test and GPU benchmark, in one command, for a session that is lent a GPU:
-#   bash scripts/gpu_check.sh
-# Needs CuPy and cuCIM. On the lent H100/H200 machine (Python 3.12, CUDA 13, CuPy present, no
-# cuCIM), carry the wheels in ./.whl (see the device README) and this script installs them:
-#   cucim-cu13 (--no-deps), tifffile, and whatever else `pip show` reports missing there.
-# Prints the parity results and the benchmark tables (CPU vs GPU seconds, ratios).
+# Every GPU parity test and GPU benchmark, in one command, for a session that is lent a GPU.
+#
+# On the lent machine (Python 3.12, CUDA 13, CuPy; no cuCIM, no numba) the wheels travel in two
+# device calls, because one call carries at most 64 MiB and llvmlite alone is ~60 MB. Here, once:
+#   bash scripts/gpu_wheels.sh                # fills .whl/ and .whl-numba/ (git-ignored)
+# then two device calls in a row, on the same warm machine (.device/ is kept between calls):
+#   1. carry [".whl-numba"]:  bash scripts/gpu_check.sh --install-only     (~1 min)
+#   2. carry [".whl"]:        bash scripts/gpu_check.sh                    (~5 min)
+# On a GPU node where `pip install '.[gpu-cuda13]'` was run, plain `bash scripts/gpu_check.sh`.
+#
+# Prints: the backend, the GPU parity tests (every feature column GPU vs CPU on the same masks,
+# labels, reconstruction), scripts/bench_segmentation.py, scripts/bench_site.py (CPU one thread,
+# cp_measure and the GPU side by side, CPU/GPU differences per column) and the end-to-end extract
+# throughput on 16 synthetic 1080x1080 sites (scripts/bench_extract_throughput.py, sites/s in
+# steady state). Everything is also written to $OUT/gpu_check.log when $OUT is set.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site
+SITE="$PWD/.device/site"
+mkdir -p "$SITE"
+for t in .whl-numba/*.tar.xz; do  # llvmlite: a wheel's files, unpacked where pip would put them
+  [ -f "$t" ] && { tar -C "$SITE" -xJf "$t" || { echo "gpu_check: unpacking $t failed"; exit 1; }; }
+done
+for d in .whl-numba .whl; do
+  if compgen -G "$d/*.whl" >/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$d"/*.whl \
+      || { echo "gpu_check: installing $d failed"; exit 1; }
+  fi
+done
+export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR="$PWD/.device/numba"
+if [ "${1:-}" = "--install-only" ]; then
+  python3 -c "import numba, llvmlite; print('installed in .device/site: numba', numba.__version__)"
+  exit $?
 fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+if [ -n "${OUT:-}" ]; then
+  mkdir -p "$OUT"
+  exec > >(tee "$OUT/gpu_check.log") 2>&1
+fi
+python3 -c "import numba" 2>/dev/null || {
+  echo "gpu_check: numba is missing: run 'bash scripts/gpu_check.sh --install-only' carrying .whl-numba first"
+  exit 1
+}
 python3 - <<'PY' || exit 1
 from hpc_profiler.backend import get_backend
 bk = get_backend("gpu")
-import cupy
-print("GPU backend:", bk, "| device:", cupy.cuda.runtime.getDeviceProperties(0)["name"].decode())
+import cupy, numba
+print("GPU backend:", bk, "| device:", cupy.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+      "| CuPy", cupy.__version__, "| numba", numba.__version__)
 PY
 status=0
+t0=$SECONDS
 echo "== GPU parity tests"
 python3 -m pytest -q -rs -m gpu tests/ || status=1
-for bench in scripts/bench_segmentation.py scripts/bench_site.py; do
-  if [ -f "$bench" ]; then
-    echo "== $bench"
-    python3 "$bench" || status=1
-  fi
-done
+echo "== scripts/bench_segmentation.py"
+python3 scripts/bench_segmentation.py || status=1
+echo "== scripts/bench_site.py"
+python3 scripts/bench_site.py || status=1
+echo "== scripts/bench_extract_throughput.py (16 sites of 1080 px on the GPU)"
+python3 scripts/bench_extract_throughput.py --device gpu --sites 16 --size 1080 --warmup 2 || status=1
+echo "gpu_check: $((SECONDS - t0)) s, exit status $status"
 exit $status
