@@ -47,6 +47,25 @@ def _smaller(hv, ha, a, b):
 
 
 @njit_cached
+def _push(hv, ha, hi, items, value, age, idx):
+    """Push ``(value, age, idx)`` on the heap of ``items`` entries; returns the new size."""
+    child = items
+    hv[child] = value
+    ha[child] = age
+    hi[child] = idx
+    while child > 0:
+        parent = (child + 1) // 2 - 1
+        if _smaller(hv, ha, child, parent):
+            hv[child], hv[parent] = hv[parent], hv[child]
+            ha[child], ha[parent] = ha[parent], ha[child]
+            hi[child], hi[parent] = hi[parent], hi[child]
+            child = parent
+        else:
+            break
+    return items + 1
+
+
+@njit_cached
 def _flood(image, output, mask, markers_at, offsets):
     n_max = image.size + markers_at.size + 1
     hv = np.empty(n_max, np.float64)  # heap values
@@ -55,21 +74,7 @@ def _flood(image, output, mask, markers_at, offsets):
     items = 0
     age = 1
     for k in range(markers_at.size):
-        # push (image[idx], 0, idx)
-        child = items
-        hv[child] = image[markers_at[k]]
-        ha[child] = 0
-        hi[child] = markers_at[k]
-        items += 1
-        while child > 0:
-            parent = (child + 1) // 2 - 1
-            if _smaller(hv, ha, child, parent):
-                hv[child], hv[parent] = hv[parent], hv[child]
-                ha[child], ha[parent] = ha[parent], ha[child]
-                hi[child], hi[parent] = hi[parent], hi[child]
-                child = parent
-            else:
-                break
+        items = _push(hv, ha, hi, items, image[markers_at[k]], 0, markers_at[k])
     nn = offsets.size
     while items > 0:
         idx = hi[0]
@@ -103,20 +108,7 @@ def _flood(image, output, mask, markers_at, offsets):
                 continue
             age += 1
             output[nb] = lab
-            child = items
-            hv[child] = image[nb]
-            ha[child] = age
-            hi[child] = nb
-            items += 1
-            while child > 0:
-                parent = (child + 1) // 2 - 1
-                if _smaller(hv, ha, child, parent):
-                    hv[child], hv[parent] = hv[parent], hv[child]
-                    ha[child], ha[parent] = ha[parent], ha[child]
-                    hi[child], hi[parent] = hi[parent], hi[child]
-                    child = parent
-                else:
-                    break
+            items = _push(hv, ha, hi, items, image[nb], age, nb)
 
 
 def watershed_numpy(image, markers, mask=None) -> np.ndarray:
