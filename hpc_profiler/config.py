@@ -151,6 +151,10 @@ class IlluminationConfig:
     downsample: int = opt(4, doc="Downsampling factor before smoothing (the pipeline resizes by 0.25)")
     median_filter_size: int = opt(50, doc="Median filter size on the downsampled average, pixels")
     robust_minimum_percentile: float = opt(2.0, doc="Function divided by this percentile so that it is >= 1")
+    max_unreadable_fraction: float = opt(
+        0.05, doc="Largest share of a plate's sites whose images may be unreadable (each one a row of the "
+        "failure table) for its illumination function to be written from the rest; above it the plate fails"
+    )
     dna_background: DnaBackgroundConfig = opt(factory=DnaBackgroundConfig, doc="DNA background subtraction")
 
 
@@ -691,6 +695,8 @@ def validate(cfg: Config, where: str = "<config>") -> Config:
         err("executor.progress_interval_s", "must be > 0")
     if cfg.executor.mpi_startup_timeout_s <= 0:
         err("executor.mpi_startup_timeout_s", "must be > 0")
+    if not 0.0 <= cfg.illumination.max_unreadable_fraction <= 1.0:
+        err("illumination.max_unreadable_fraction", "must be in [0, 1]")
     if cfg.illumination.downsample < 1:
         err("illumination.downsample", "must be >= 1")
     if cfg.evaluate.null_size < 1:

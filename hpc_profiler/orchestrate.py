@@ -115,8 +115,9 @@ def failures_dir(cfg: Config, stage: str) -> Path:
 
 
 def failure_path(cfg: Config, stage: str, plate: str, well: Optional[str] = None, site=None) -> Path:
-    """File of one failure record: per site for ``extract``, per plate for ``illum``."""
-    if stage == "illum":
+    """File of one failure record: per site for ``extract``; for ``illum`` per plate, and
+    per site for a site whose images the illum stage could not read."""
+    if stage == "illum" and well is None:
         return failures_dir(cfg, stage) / f"{plate}.json"
     return failures_dir(cfg, stage) / str(plate) / f"{Path(sitefile.site_file_name(plate, well, site)).stem}.json"
 
@@ -399,11 +400,13 @@ def site_done(cfg: Config, site) -> bool:
         sitefile.site_ref(packed, ledger.pack_group(site.well, site.site)), chash).ok
 
 
-def illum_done(cfg: Config, plate: str) -> bool:
-    """A plate's illumination is done when its file exists with the current config hash."""
+def illum_done(cfg: Config, plate: str, sites: Optional[Sequence] = None) -> bool:
+    """A plate's illumination is done when its file exists with the current config hash
+    and, given the plate's ``sites``, the same image list and no fixed unreadable image
+    (:func:`pipeline.illum_valid`)."""
     if not cfg.illumination.enabled:
         return True
-    return pipeline.illum_valid(pipeline.illum_path(cfg, plate), cfg)
+    return pipeline.illum_valid(pipeline.illum_path(cfg, plate), cfg, sites)
 
 
 def illum_pending(cfg: Config, sites: Sequence) -> list[str]:
@@ -415,7 +418,7 @@ def illum_pending(cfg: Config, sites: Sequence) -> list[str]:
     for s in sites:  # one pass over the sites, not one per plate
         by_plate.setdefault(s.plate, []).append(s)
     return [plate for plate in sorted(by_plate)
-            if pipeline.plate_needs_illum(cfg, by_plate[plate]) and not illum_done(cfg, plate)]
+            if pipeline.plate_needs_illum(cfg, by_plate[plate]) and not illum_done(cfg, plate, by_plate[plate])]
 
 
 def plate_rows(manifest_file, plate: str) -> list[int]:
@@ -541,17 +544,28 @@ def run_extract_range(cfg: Config, sites_path, start: int, stop: int, batch: str
 
 
 def run_illum_plate(cfg: Config, manifest_file, plate: str, batch: str = "") -> dict:
-    """Compute one plate's illumination functions; the body of one illum task."""
+    """Compute one plate's illumination functions; the body of one illum task.
+
+    Each site with unreadable images gets a row in the failure table (stage
+    ``illum``, the file named); rows of sites that read well by now are
+    cleared when the function is written.
+    """
     log = WorkLog(cfg, "illum", batch)
     t0 = time.time()
-    if illum_done(cfg, plate):
+    sites = manifest_mod.load_manifest(manifest_file, plate_rows(manifest_file, plate))
+    unreadable: set = set()
+
+    def on_unreadable(site, exc) -> None:
+        unreadable.add((site.well, str(site.site)))
+        record_failure(cfg, "illum", exc, plate=plate, well=site.well, site=site.site, batch=batch)
+
+    if illum_done(cfg, plate, sites):
         status = "skipped"
     else:
-        sites = manifest_mod.load_manifest(manifest_file, plate_rows(manifest_file, plate))
         if cfg.illumination.enabled:
             remove_stale_temps(pipeline.illum_path(cfg, plate))
         try:
-            pipeline.illum_plate(cfg, plate, sites)
+            pipeline.illum_plate(cfg, plate, sites, on_unreadable=on_unreadable)
         except UncompletedJobError:
             raise
         except Exception as exc:
@@ -559,11 +573,14 @@ def run_illum_plate(cfg: Config, manifest_file, plate: str, batch: str = "") -> 
             status = "failed"
         else:
             status = "done"
+            for f in list_failures(cfg, "illum"):  # sites unreadable before and readable now
+                if f.get("plate") == plate and f.get("well") and (f["well"], str(f.get("site"))) not in unreadable:
+                    clear_failure(cfg, "illum", plate=plate, well=f["well"], site=f.get("site"))
     if status != "failed":
         clear_failure(cfg, "illum", plate=plate)
     log.add(plate, status, t0, time.time())
     return {"done": int(status == "done"), "skipped": int(status == "skipped"),
-            "failed": int(status == "failed"), "seconds": time.time() - t0}
+            "failed": int(status == "failed"), "unreadable": len(unreadable), "seconds": time.time() - t0}
 
 
 class StageTask(submitit.helpers.Checkpointable):

@@ -13,9 +13,11 @@ crash or a preemption redoes only the unfinished work.
 """
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Callable, Iterable, Optional
 
 from . import sitefile
 from .backend import get_backend
@@ -39,28 +41,83 @@ def site_path(cfg: Config, site) -> Path:
     return sitefile.site_file_path(cfg.out, site.plate, site.well, site.site)
 
 
-def illum_valid(path: Path, cfg: Config) -> bool:
-    """Whether ``path`` holds this config's illumination functions for every channel."""
+def illum_inputs(plate_sites) -> tuple[str, list]:
+    """The plate's image list as a digest (sha1 of the sorted channel files).
+
+    Together with the unreadable files recorded in the function's file
+    (:func:`unreadable_stamp`), it is the illumination function's input stamp:
+    the function is redone when the plate gains or loses images, or when an
+    image that was unreadable changed since (was fixed).
+    """
+    import hashlib
+
+    files = sorted(str(f) for s in plate_sites for f in s.files.values())
+    return hashlib.sha1("\n".join(files).encode()).hexdigest(), files
+
+
+def unreadable_stamp(files) -> list:
+    """``[path, size, mtime_ns]`` of each file (``-1, -1`` when it is missing or remote)."""
+    from . import storage
+
+    out = []
+    for f in sorted(set(map(str, files))):
+        size = mtime = -1
+        if not storage.is_url(f):
+            try:
+                st = os.stat(f)
+                size, mtime = st.st_size, st.st_mtime_ns
+            except OSError:
+                pass
+        out.append([f, size, mtime])
+    return out
+
+
+def illum_valid(path: Path, cfg: Config, plate_sites=None) -> bool:
+    """Whether ``path`` holds this config's illumination functions for every channel.
+
+    With ``plate_sites`` the input stamp is checked too: the same image list,
+    and every image that was unreadable when the function was made unchanged
+    (a fixed image makes the function stale, so it is recomputed with it).
+    """
     import h5py
 
     if not path.exists():
         return False
     try:
         with h5py.File(path, "r") as f:
-            return f.attrs.get("config_hash") == cfg.hash() and all(ch in f for ch in cfg.channels)
-    except OSError:
+            if f.attrs.get("config_hash") != cfg.hash() or not all(ch in f for ch in cfg.channels):
+                return False
+            if plate_sites is None:
+                return True
+            digest = f.attrs.get("inputs_digest")
+            unreadable = json.loads(f.attrs.get("unreadable", "[]"))
+    except (OSError, ValueError):
         return False
+    if digest != illum_inputs(plate_sites)[0]:
+        return False
+    return unreadable_stamp([u[0] for u in unreadable]) == unreadable
 
 
-def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False) -> Optional[Path]:
+class IllumInputError(RuntimeError):
+    """Too many of a plate's images are unreadable to make its illumination function."""
+
+
+def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False,
+                on_unreadable: Optional[Callable] = None) -> Optional[Path]:
     """Compute and save the illumination functions of one plate.
 
     Streams the plate's sites through :class:`illumination.IllumAccumulator`
-    (a running sum of downsampled images; never all sites in memory). Sites
-    whose images cannot be read are skipped with a warning: one bad image must
-    not cost the plate its illumination function. Returns the file path, or
-    ``None`` when illumination correction is disabled or every site of the
-    plate names CellProfiler illumination files of its own.
+    (a running sum of downsampled images; never all sites in memory). A site
+    whose images cannot be read is reported to ``on_unreadable(site, exc)``
+    (the illum task records it in the failure table) and left out, as long as
+    such sites are at most ``illumination.max_unreadable_fraction`` of the
+    plate; beyond that :class:`IllumInputError` names the count and the first
+    files, and nothing is written. The file records its input stamp
+    (:func:`illum_inputs`, the unreadable files with size and mtime), so a
+    fixed image makes :func:`illum_valid` false and the function is redone.
+    Returns the file path, or ``None`` when illumination correction is
+    disabled or every site of the plate names CellProfiler illumination files
+    of its own.
     """
     from . import illumination
     from .images import SiteInputError, load_site_images
@@ -69,7 +126,7 @@ def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False
     if not plate_needs_illum(cfg, plate_sites):
         return None
     path = illum_path(cfg, plate)
-    if not force and illum_valid(path, cfg):
+    if not force and illum_valid(path, cfg, plate_sites):
         return path
     ic = cfg.illumination
     acc = illumination.IllumAccumulator(cfg.channels, ic.downsample)
@@ -79,18 +136,28 @@ def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False
         try:
             images = load_site_images(site, cfg.channels, cfg.input.full_scale)
         except SiteInputError as exc:
-            skipped.append(str(exc))
+            skipped.append((site, exc))
+            if on_unreadable is not None:
+                on_unreadable(site, exc)
             continue
         shape = next(iter(images.values())).shape
         acc.add(images)
-    if shape is None:
-        raise RuntimeError(f"plate {plate}: no readable site to compute the illumination function from")
+    share = len(skipped) / max(len(plate_sites), 1)
+    if shape is None or share > ic.max_unreadable_fraction:
+        first = "; ".join(str(e) for _, e in skipped[:3])
+        raise IllumInputError(
+            f"plate {plate}: {len(skipped)} of {len(plate_sites)} sites have unreadable images ({share:.0%}, "
+            f"above illumination.max_unreadable_fraction {ic.max_unreadable_fraction:g}); no illumination "
+            f"function written. First: {first}")
     functions = acc.functions(ic.median_filter_size, ic.robust_minimum_percentile, shape)
+    bad_files = [f for site, _ in skipped for f in site.files.values()]
     attrs = {
         "plate": plate,
         "config_hash": cfg.hash(),
         "n_sites": acc.count,
         "n_skipped": len(skipped),
+        "inputs_digest": illum_inputs(plate_sites)[0],
+        "unreadable": json.dumps(unreadable_stamp(bad_files)),
         "downsample": ic.downsample,
         "median_filter_size": ic.median_filter_size,
         "robust_minimum_percentile": ic.robust_minimum_percentile,

@@ -253,9 +253,13 @@ def format_status(st: BatchStatus, failed: bool = False) -> str:
     lines.append(f"jobs queued or running: {running}")
     if st.stages:
         lines.append("; ".join(f"{k}: {v}" for k, v in st.stages.items()))
-    illum_failed = [f for f in st.failures if f["stage"] == "illum"]
+    illum_failed = [f for f in st.failures if f["stage"] == "illum" and not f.get("well")]
     if illum_failed:
         lines.append(f"illumination failed for plates: {', '.join(f['plate'] for f in illum_failed)}")
+    unreadable = [f for f in st.failures if f["stage"] == "illum" and f.get("well")]
+    if unreadable:
+        lines.append(f"illumination: {len(unreadable)} site(s) with unreadable images left out of "
+                     f"plates {', '.join(sorted({f['plate'] for f in unreadable}))}")
     if st.damaged:
         lines.append(f"{len(st.damaged)} site(s) recorded as done have a missing, changed or invalid file "
                      "(pending again):")
@@ -267,7 +271,7 @@ def format_status(st: BatchStatus, failed: bool = False) -> str:
         lines.append(f"{len(st.failures)} failure(s)" + ("" if failed else "; list them with --failed"))
     if failed:
         for f in st.failures:
-            where = f["plate"] if f["stage"] == "illum" else f"{f['plate']}/{f['well']}/{f['site']}"
+            where = f"{f['plate']}/{f['well']}/{f['site']}" if f.get("well") else f["plate"]
             lines.append(f"  [{f['stage']}] {where}: {f['error_type']}: {f['message']} "
                          f"(task {f['task']}, {f['time']})")
     return "\n".join(lines)
