@@ -772,7 +772,18 @@ def _new_batch_id(stage: str) -> str:
 
 
 def _missing_illum(cfg: Config, sites: Sequence) -> list[str]:
-    return illum_pending(cfg, sites)
+    """Plates of ``sites`` that need illumination functions and have none for this config.
+
+    A function that is only stale (an image that was unreadable has been fixed
+    since) still serves the extract stage; the illum stage redoes it.
+    """
+    if not cfg.illumination.enabled:
+        return []
+    by_plate: dict = {}
+    for s in sites:
+        by_plate.setdefault(s.plate, []).append(s)
+    return [plate for plate in sorted(by_plate)
+            if pipeline.plate_needs_illum(cfg, by_plate[plate]) and not illum_done(cfg, plate)]
 
 
 def _item_key(stage: str, item) -> str:
