@@ -95,7 +95,9 @@ def test_reference_run_writes_everything(reference):
     cfg, res = reference
     out = Path(cfg.out)
     assert len(list((out / "sites").rglob("*.h5"))) == 32
-    assert (out / "profiles" / "well_feature_selected.parquet").exists()
+    selected = pd.read_parquet(out / "profiles" / "well_feature_selected.parquet")
+    feats = [c for c in selected.columns if not c.startswith("Metadata_")]
+    assert feats and not selected[feats].isna().any().any()  # the main output has no NaN (issue 18)
     assert res.summary is not None and len(res.summary) > 0
     assert {"fraction_retrieved"} <= set(res.summary.columns)
     names = {Path(p).name for p in res.plots}
