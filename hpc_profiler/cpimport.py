@@ -159,6 +159,39 @@ def folder_plate(ts: TableSet) -> str:
     return p.name
 
 
+# --------------------------------------------------------------------------- writing
+def write_cytominer_sqlite(site_dirs, path, compartments=("Cells", "Cytoplasm", "Nuclei")) -> Path:
+    """A cytominer-database style SQLite of per-site ExportToSpreadsheet folders.
+
+    One ``TableNumber`` per folder (``t<index>_<folder name>``); ``Image`` columns
+    prefixed ``Image_`` and compartment columns ``<Compartment>_`` (``ImageNumber``
+    and ``ObjectNumber`` kept as they are), indexed as cytominer-database
+    indexes them: the layout :func:`import_cellprofiler` and pycytominer's
+    ``SingleCells`` read. Used by the tests and ``scripts/bench_import.py``.
+    """
+    con = sqlite3.connect(path)
+    keep = ("ImageNumber", "ObjectNumber")
+    try:
+        for t, d in enumerate(site_dirs):
+            tn = f"t{t:05d}_{Path(d).name}"
+            img = pd.read_csv(Path(d) / "Image.csv")
+            img = img.rename(columns={c: f"Image_{c}" for c in img.columns if c != "ImageNumber"})
+            img.insert(0, "TableNumber", tn)
+            img.to_sql("Image", con, if_exists="append", index=False)
+            for comp in compartments:
+                df = pd.read_csv(Path(d) / f"{comp}.csv")
+                df = df.rename(columns={c: f"{comp}_{c}" for c in df.columns if c not in keep})
+                df.insert(0, "TableNumber", tn)
+                df.to_sql(comp, con, if_exists="append", index=False)
+        for comp in compartments:
+            con.execute(f"CREATE INDEX {comp.lower()}_idx ON {comp}(TableNumber, ImageNumber, ObjectNumber)")
+        con.execute("CREATE INDEX image_idx ON Image(TableNumber, ImageNumber)")
+        con.commit()
+    finally:
+        con.close()
+    return Path(path)
+
+
 # --------------------------------------------------------------------------- reading
 def _sqlite_connect(path) -> sqlite3.Connection:
     try:

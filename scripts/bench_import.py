@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -106,28 +105,13 @@ def write_plate(root: Path, plate: str, wells: int, sites: int, cells: int, feat
 
 
 def build_sqlite(plate_dir: Path, path: Path) -> Path:
-    """cytominer-database layout of a plate's site folders (Image_* columns, prefixed compartment columns)."""
-    con = sqlite3.connect(path)
-    for t, d in enumerate(sorted(p for p in (plate_dir / "analysis").iterdir() if p.is_dir())):
-        tn = f"t{t:05d}"
-        img = pd.read_csv(d / "Image.csv")
-        img = img.rename(columns={c: f"Image_{c}" for c in img.columns if c != "ImageNumber"})
-        img.insert(0, "TableNumber", tn)
-        img.to_sql("Image", con, if_exists="append", index=False)
-        for comp in COMPARTMENTS:
-            df = pd.read_csv(d / f"{comp}.csv")
-            df = df.rename(columns={c: f"{comp}_{c}" for c in df.columns if c not in ("ImageNumber", "ObjectNumber")})
-            df.insert(0, "TableNumber", tn)
-            df.to_sql(comp, con, if_exists="append", index=False)
-    for comp in COMPARTMENTS:
-        con.execute(f"CREATE INDEX {comp.lower()}_idx ON {comp}(TableNumber, ImageNumber, ObjectNumber)")
-    con.execute("CREATE INDEX image_idx ON Image(TableNumber, ImageNumber)")
-    con.commit()
-    con.close()
-    return path
+    """cytominer-database layout of a plate's site folders (:func:`cpimport.write_cytominer_sqlite`)."""
+    from hpc_profiler.cpimport import write_cytominer_sqlite
+
+    return write_cytominer_sqlite(sorted(p for p in (plate_dir / "analysis").iterdir() if p.is_dir()), path,
+                                  COMPARTMENTS)
 
 
-# --------------------------------------------------------------------------- runs
 def _launcher(ranks: int) -> list[str]:
     mpirun = shutil.which("mpirun")
     if mpirun is None:

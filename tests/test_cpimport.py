@@ -12,7 +12,6 @@ columns and one table per compartment with prefixed columns, linked by
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -35,25 +34,7 @@ STRATA = ["Metadata_Plate", "Metadata_Well"]
 # --------------------------------------------------------------------------- helpers
 def build_cytominer_sqlite(site_dirs, path) -> Path:
     """A cytominer-database style SQLite of the sites' CSVs (one TableNumber per folder)."""
-    con = sqlite3.connect(path)
-    for t, d in enumerate(site_dirs):
-        tn = f"table{t:04d}_{Path(d).name}"
-        img = pd.read_csv(Path(d) / "Image.csv")
-        img = img.rename(columns={c: f"Image_{c}" for c in img.columns if c != "ImageNumber"})
-        img.insert(0, "TableNumber", tn)
-        img.to_sql("Image", con, if_exists="append", index=False)
-        for comp in COMPARTMENTS:
-            df = pd.read_csv(Path(d) / f"{comp}.csv")
-            keep = ("ImageNumber", "ObjectNumber")
-            df = df.rename(columns={c: f"{comp}_{c}" for c in df.columns if c not in keep})
-            df.insert(0, "TableNumber", tn)
-            df.to_sql(comp, con, if_exists="append", index=False)
-    for comp in COMPARTMENTS:
-        con.execute(f"CREATE INDEX {comp.lower()}_idx ON {comp}(TableNumber, ImageNumber, ObjectNumber)")
-    con.execute("CREATE INDEX image_idx ON Image(TableNumber, ImageNumber)")
-    con.commit()
-    con.close()
-    return Path(path)
+    return cpimport.write_cytominer_sqlite(site_dirs, path, COMPARTMENTS)
 
 
 def pycytominer_single_cells(db) -> pd.DataFrame:
