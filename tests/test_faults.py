@@ -241,7 +241,7 @@ def test_task_killed_while_writing_a_site_ends_run_then_rerun_completes(synth, r
 @pytest.mark.slurm
 def test_scancel_of_one_array_task_ends_run_then_rerun_completes(synth, reference, local_slurm):
     cfg_path, cfg = _prepare(synth, reference, "scancel", local_slurm.partition, array_parallelism=2)
-    proc = _driver(cfg_path, _env())
+    proc = _driver(cfg_path, _env(HPCP_TEST_HOLD_ARRAY_TASK=1))  # task 1 waits to be cancelled
     victim = None
     deadline = time.time() + 300
     while victim is None and time.time() < deadline and proc.poll() is None:

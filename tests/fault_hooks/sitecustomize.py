@@ -13,6 +13,11 @@ tasks and MPI ranks), so Python imports this module at start-up.
 ``HPCP_TEST_KILL_RANK=<rank>`` (with ``HPCP_TEST_KILL_MARKER``)
     That MPI rank SIGKILLs itself when it imports ``mpi4py.MPI``, i.e. when
     ``MPI_Init`` starts: a rank lost before ``MPI_Init`` completes.
+``HPCP_TEST_HOLD_ARRAY_TASK=<array index>``
+    That Slurm array task sleeps (up to 10 min) before it writes its first
+    site file, so a test can ``scancel`` it while it is surely running; a
+    task of a few tiny sites otherwise finishes between ``squeue`` saying
+    RUNNING and the ``scancel``.
 """
 import importlib.abc
 import importlib.machinery
@@ -23,6 +28,7 @@ import sys
 _WRITE = os.environ.get("HPCP_TEST_KILL_WRITING")
 _RANK = os.environ.get("HPCP_TEST_KILL_RANK")
 _MARKER = os.environ.get("HPCP_TEST_KILL_MARKER")
+_HOLD = os.environ.get("HPCP_TEST_HOLD_ARRAY_TASK")
 
 
 def _claim() -> bool:
@@ -50,9 +56,13 @@ def _patch_sitefile(module) -> None:
 
     @contextmanager
     def atomic_path(path, suffix=""):
+        if _HOLD is not None and os.environ.get("SLURM_ARRAY_TASK_ID") == _HOLD:
+            import time
+
+            time.sleep(600)
         with orig(path, suffix) as tmp:
             yield tmp
-            if Path(path).name == _WRITE and _claim():
+            if _WRITE and Path(path).name == _WRITE and _claim():
                 size = Path(tmp).stat().st_size
                 os.truncate(tmp, size // 2)  # the writer is half-way through
                 _die()
@@ -73,7 +83,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "mpi4py.MPI" and _RANK is not None and _this_rank() == _RANK and _claim():
             _die()
-        if name == "hpc_profiler.sitefile" and _WRITE:
+        if name == "hpc_profiler.sitefile" and (_WRITE or _HOLD is not None):
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is None:
                 return None
@@ -88,5 +98,5 @@ class _Finder(importlib.abc.MetaPathFinder):
         return None
 
 
-if _WRITE or _RANK is not None:
+if _WRITE or _RANK is not None or _HOLD is not None:
     sys.meta_path.insert(0, _Finder())
