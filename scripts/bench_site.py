@@ -301,6 +301,8 @@ def main(argv=None) -> int:
                     help="time cp_measure on K and 2K objects and extrapolate linearly (0: all objects)")
     ap.add_argument("--no-cp-measure", action="store_true")
     ap.add_argument("--no-single-thread", action="store_true", help="skip the one-thread child run")
+    ap.add_argument("--no-granularity-reference", action="store_true",
+                    help="skip granularity again with skimage.morphology.reconstruction (bit-identity check)")
     ap.add_argument("--audit", action="store_true",
                     help="also count launches and host copies per family as on a GPU (counting backend)")
     ap.add_argument("--families", default=None,
@@ -396,7 +398,7 @@ def main(argv=None) -> int:
           + "; cp_measure's TOTAL is its features only (no illumination or segmentation)")
     print("features cpu = sum of the families' CPU seconds; TOTAL cpu = process_images as a whole "
           "(wall seconds are unreliable on a shared machine)")
-    if "Granularity" in cfg.features.families:
+    if "Granularity" in cfg.features.families and not args.no_granularity_reference:
         g_ours, g_ski, g_same = granularity_vs_skimage(cfg, images, illum, seg, cpu)
         line = (f"Granularity again, same masks, this process: {g_ours:.2f} s CPU; with "
                 f"skimage.morphology.reconstruction {g_ski:.2f} s ({g_ski / max(g_ours, 1e-9):.1f}x); "

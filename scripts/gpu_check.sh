@@ -8,6 +8,8 @@
 #   1. carry [".whl-numba"]:  bash scripts/gpu_check.sh --install-only     (~1 min)
 #   2. carry [".whl"]:        bash scripts/gpu_check.sh                    (~5 min)
 # On a GPU node where `pip install '.[gpu-cuda13]'` was run, plain `bash scripts/gpu_check.sh`.
+# `--quick` (a re-measurement on a nearly spent device budget, ~3 min): the parity tests, bench_site.py
+# without its CPU references (cp_measure, skimage's reconstruction) and the throughput run.
 #
 # Prints: the backend, the GPU parity tests (every feature column GPU vs CPU on the same masks,
 # labels, reconstruction), scripts/bench_segmentation.py, scripts/bench_site.py (CPU one thread,
@@ -28,6 +30,8 @@ for d in .whl-numba .whl; do
   fi
 done
 export PYTHONPATH="$PWD:$SITE${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 NUMBA_CACHE_DIR="$PWD/.device/numba"
+QUICK=0
+[ "${1:-}" = "--quick" ] && QUICK=1
 if [ "${1:-}" = "--install-only" ]; then
   python3 -c "import numba, llvmlite; print('installed in .device/site: numba', numba.__version__)"
   exit $?
@@ -49,13 +53,19 @@ print("GPU backend:", bk, "| device:", cupy.cuda.runtime.getDeviceProperties(0)[
 PY
 status=0
 t0=$SECONDS
-echo "== GPU parity tests"
-python3 -m pytest -q -rs -m gpu tests/ || status=1
-echo "== scripts/bench_segmentation.py"
-python3 scripts/bench_segmentation.py || status=1
-echo "== scripts/bench_site.py"
-python3 scripts/bench_site.py || status=1
-echo "== scripts/bench_extract_throughput.py (16 sites of 1080 px on the GPU)"
+section() { echo "== [$((SECONDS - t0)) s] $*"; }
+section "GPU parity tests"
+python3 -m pytest -q -rs -s -m gpu tests/ || status=1
+if [ $QUICK = 0 ]; then
+  section "scripts/bench_segmentation.py"
+  python3 scripts/bench_segmentation.py || status=1
+  section "scripts/bench_site.py"
+  python3 scripts/bench_site.py || status=1
+else
+  section "scripts/bench_site.py --no-cp-measure --no-granularity-reference (quick)"
+  python3 scripts/bench_site.py --no-cp-measure --no-granularity-reference || status=1
+fi
+section "scripts/bench_extract_throughput.py (16 sites of 1080 px on the GPU)"
 python3 scripts/bench_extract_throughput.py --device gpu --sites 16 --size 1080 --warmup 2 || status=1
 echo "gpu_check: $((SECONDS - t0)) s, exit status $status"
 exit $status
