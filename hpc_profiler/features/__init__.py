@@ -234,12 +234,14 @@ def _family_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None) -> dict:
+def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None,
+                     shape_host=None) -> dict:
     """Unprefixed columns of one object from every selected family except Granularity.
 
     ``image_ranks`` (channel -> dense ranks of the image's pixels, see
     ``correlation.image_dense_ranks``) and ``texture_levels``
-    (``texture.texture_levels``) are shared by the object sets of a site.
+    (``texture.texture_levels``) are shared by the object sets of a site;
+    ``shape_host`` (device path) is this object's ``shape.host_areashape`` entry.
     """
     fams = params.families
     out = {}
@@ -254,7 +256,8 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
             out.update(
                 _family_module("shape").measure_areashape(
                     lab, n, zernike_degree=params.zernike_degree, objects=op,
-                    edge_distance=edge_dist[1] if edge_dist is not None else None,
+                    edge_distance=edge_dist[1] if edge_dist is not None and shape_host is None else None,
+                    host=shape_host,
                 )
             )
     else:
@@ -437,13 +440,17 @@ def measure_site(
     if "Correlation" in params.families and len(channels) > 1 and n > 0:
         with timer("Correlation"):  # one value sort per channel, shared by the object sets
             image_ranks = {c: _family_module("correlation").image_dense_ranks(imgs[c]) for c in channels}
+    shape_host = {}
+    if "AreaShape" in params.families and n > 0 and bk.xp is not np:
+        with timer("AreaShape"):  # the hull/transform part on the host: one copy of all label images
+            shape_host = _family_module("shape").host_areashape({o: labs[o] for o in params.objects}, n)
     tables = {}
     numbers = np.arange(1, n + 1, dtype=np.int32)
     for o in params.objects:
         cols = per_object[o]
         if n > 0:
             cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks,
-                                         texture_levels))
+                                         texture_levels, shape_host=shape_host.get(o)))
         expected = [k[len(o) + 1:] for k in names[o]]
         if n > 0 and set(cols) != set(expected):
             extra = sorted(set(cols) - set(expected))

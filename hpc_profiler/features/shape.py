@@ -13,25 +13,51 @@ centroid there). CellProfiler 4 takes most of these from
 of each object alone, and the Feret diameters and the Zernike moments from
 ``centrosome`` (convex hull, rotating calipers, minimum enclosing circle).
 
-Here every feature is computed for all objects of a site at once, on the
-backend of ``labels`` (NumPy or CuPy), with no loop over objects:
+How it runs
+-----------
+* CPU (NumPy labels): moments, bounding boxes and centroids from whole-array
+  sums; the rest in numba kernels that walk each object once
+  (:func:`_perimeter_euler_kernel`, :func:`_radii_kernel`,
+  :func:`_hull_geometry`, :func:`_zernike_kernel`). They reproduce the
+  arithmetic of the whole-array versions kept below (``perimeters``,
+  ``euler_numbers``, ``convex_hulls``, ``feret_diameters``, ``convex_areas``,
+  ``radii_distances``) to the bit - NumPy's pairwise summation included -
+  and the tests check it. The enclosing circle stays whole-array NumPy
+  (:func:`minimum_enclosing_circles`): its ``arccos`` must be NumPy's, whose
+  last bit differs from the C library's that numba calls.
+* Device (CuPy labels, or the counting backend of :mod:`hpc_profiler._audit`):
+  hulls, Feret diameters, enclosing circles, per-object distance transforms
+  and the 3x3/2x2 configuration counts are sequential per object, which a
+  GPU does badly. They run on the host, on **one copy of the label images per
+  site**: :func:`host_areashape` stacks the label images of all object sets
+  (``measure_site`` calls it once) and copies them in one device->host
+  transfer; the host columns go back in one host->device copy per object
+  set. Only the Zernike moments, which touch every pixel, stay on the device
+  (:func:`_zernike_moments_device`, a few dozen launches per object set, none
+  per object; equal to the numba kernel to the bit when run on NumPy). The
+  device path therefore gives the CPU path's numbers for every column but
+  Zernike (CuPy's reductions and fused multiply-adds differ in the last bits).
+
+Algorithms:
 
 * area, bounding box, centroid, second central moments -> axes, eccentricity,
-  orientation (``regionprops`` formulas) from ``bincount`` sums;
+  orientation (``regionprops`` formulas);
 * perimeter: ``skimage.measure.perimeter`` (4-neighbourhood border, weights
-  of the 3x3 border configurations), made label-aware so touching objects are
+  of the 3x3 border configurations), label-aware so touching objects are
   measured as if alone;
 * Euler number (8-connectivity, ``regionprops``): the 2x2 configuration count
-  of ``skimage.measure.euler_number``, made label-aware;
-* radii: one Euclidean distance transform of :func:`pack_objects`' canvas;
-* convex hulls of all objects together by iterated removal of reflex
-  vertices from the angularly sorted candidate points (per-row extreme
-  pixels); Solidity counts the pixel centres inside the hull of the pixels'
-  diamond corners, as ``skimage.morphology.convex_hull_image`` does; Feret
-  diameters from the hull of pixel centres (maximum vertex distance, minimum
-  over hull edges of the farthest vertex); the minimum enclosing circle by
-  Chrystal's algorithm (as ``centrosome.cpmorphology.minimum_enclosing_circle``)
-  iterated for all objects in parallel;
+  of ``skimage.measure.euler_number``, label-aware;
+* radii: an exact Euclidean distance transform of each object alone in its
+  padded bounding box (Meijster's algorithm; SciPy's values);
+* convex hulls from the per-row extreme pixels (the only possible hull
+  vertices; Andrew's monotone chain, exact on integer and half-integer
+  coordinates); Solidity counts the pixel centres inside the hull of the
+  pixels' diamond corners, as ``skimage.morphology.convex_hull_image`` does;
+  Feret diameters from the hull of pixel centres (maximum vertex distance,
+  minimum over hull edges of the farthest vertex); the minimum enclosing
+  circle by Chrystal's algorithm (as
+  ``centrosome.cpmorphology.minimum_enclosing_circle``), iterated for all
+  objects in parallel;
 * Zernike: magnitude of the moment of the object's indicator on its minimum
   enclosing circle, divided by the circle's area (``centrosome.zernike``).
 * ConvexArea (CellProfiler 5): the pixel count of the convex hull image
@@ -499,14 +525,17 @@ def _zernike_tables(degree: int):
 
 
 def _zernike_moments_device(op: ObjectPixels, cy, cx, radius, degree: int = 9):
-    """:func:`zernike_moments` as whole-site array operations (the device twin of :func:`_zernike_kernel`).
+    """:func:`zernike_moments` as whole-site array operations: the device twin of :func:`_zernike_kernel`.
 
-    The same disk membership (same ``rho^2`` formula); the powers ``z^m`` and
-    ``rho^(2k)`` as cumulative products, every basis value of every pixel in
-    one ``(pixels, terms)`` complex array, the per-object sums by one
-    ``bincount`` of known length per real/imaginary part, and the radial
-    polynomials as one product with the coefficient matrix: a few dozen
-    kernel launches per object set, none of them per object.
+    The same values in the same order, as a few dozen kernel launches per
+    object set and none per object: ``z^m`` as a cumulative product over
+    ``m`` and, per ``m``, ``rho^(j - m) z^m`` as a cumulative product of
+    ``z^m`` by ``rho^2`` (complex products are the kernel's real formulas),
+    all basis terms in one ``(terms, pixels)`` array summed per object by
+    one ``add.reduceat`` per real/imaginary part (pairwise inside each
+    segment, as :func:`segment_sum`; ``bincount`` where the backend has no
+    ``reduceat``), and the radial polynomials accumulated term by term. On
+    NumPy it gives the kernel's numbers to the bit (``tests/test_audit.py``).
     """
     xp = backend_of(op.flat).xp
     n = op.n
@@ -518,31 +547,62 @@ def _zernike_moments_device(op: ObjectPixels, cy, cx, radius, degree: int = 9):
     r2 = xm * xm + ym * ym
     inside = r2 <= 1
     z = xp.where(inside, xm + 1j * ym, 0.0)
-    r2 = xp.where(inside, r2, 0.0)
+    r2 = xp.where(inside, r2, 0.0).astype(xp.complex128)
     npix = z.shape[0]
-    kmax = degree // 2
-    zp = xp.empty((npix, degree + 1), dtype=xp.complex128)
-    zp[:, 0] = inside
+    zp = xp.empty((degree + 1, npix), dtype=xp.complex128)
+    zp[0] = inside
     if degree > 0:
-        zp[:, 1:] = xp.cumprod(xp.broadcast_to(z[:, None], (npix, degree)), axis=1)
-    rp = xp.ones((npix, kmax + 1))
-    if kmax > 0:
-        rp[:, 1:] = xp.cumprod(xp.broadcast_to(r2[:, None], (npix, kmax)), axis=1)
-    # basis terms in _zernike_tables' order: for each m, j = m, m + 2, ... (rho^(j - m) = r2^k)
-    terms = xp.concatenate([zp[:, m:m + 1] * rp[:, :(degree - m) // 2 + 1] for m in range(degree + 1)], axis=1)
-    nb = terms.shape[1]
-    slot = (obj[:, None] * nb + xp.arange(nb)[None, :]).ravel()
-    sums = (xp.bincount(slot, weights=xp.ascontiguousarray(terms.real).ravel(), minlength=n * nb)[:n * nb]
-            + 1j * xp.bincount(slot, weights=xp.ascontiguousarray(terms.imag).ravel(), minlength=n * nb)[:n * nb])
+        zp[1:] = xp.cumprod(xp.broadcast_to(z[None, :], (degree, npix)), axis=0)
+    blocks = []
+    for m in range(degree + 1):
+        k = (degree - m) // 2
+        if k == 0:
+            blocks.append(zp[m:m + 1])
+        else:
+            blocks.append(xp.cumprod(xp.concatenate([zp[m:m + 1], xp.broadcast_to(r2[None, :], (k, npix))]), axis=0))
+    terms = xp.concatenate(blocks, axis=0)
+    bre = _term_sums(xp.ascontiguousarray(terms.real), op)
+    bim = _term_sums(xp.ascontiguousarray(terms.imag), op)
     ptr, basis, coef = _zernike_tables(degree)
     feats = zernike_indexes(degree)
-    cmat = np.zeros((nb, len(feats)))
+    kmax = int(np.max(np.diff(ptr)))
+    # the k-th radial term of every feature (coefficient 0 where a feature has fewer terms)
+    idx = np.zeros((kmax, len(feats)), dtype=np.int64)
+    cof = np.zeros((kmax, len(feats)))
     for f in range(len(feats)):
-        np.add.at(cmat[:, f], basis[ptr[f]:ptr[f + 1]], coef[ptr[f]:ptr[f + 1]])
-    moments = sums.reshape(n, nb) @ xp.asarray(cmat)
+        t = ptr[f + 1] - ptr[f]
+        idx[:t, f] = basis[ptr[f]:ptr[f + 1]]
+        cof[:t, f] = coef[ptr[f]:ptr[f + 1]]
+    tab = xp.asarray(np.concatenate([idx.astype(np.float64), cof]))  # one host->device copy
+    re = xp.zeros((len(feats), n))
+    im = xp.zeros((len(feats), n))
+    for k in range(kmax):
+        rows = tab[k].astype(xp.int64)
+        c = tab[kmax + k][:, None]
+        re = re + c * bre[rows]
+        im = im + c * bim[rows]
     with _quiet(xp):
-        values = xp.abs(moments) / (math.pi * radius * radius)[:, None]
-    return {f: values[:, k] for k, f in enumerate(feats)}
+        values = xp.sqrt(re * re + im * im) / (math.pi * radius * radius)[None, :]
+    return {f: values[k] for k, f in enumerate(feats)}
+
+
+def _term_sums(values, op: ObjectPixels):
+    """Per-object sums of every row of ``values`` ``(terms, pixels)``, as :func:`segment_sum` sums one row."""
+    xp = backend_of(values).xp
+    n = op.n
+    t, size = values.shape
+    if size == 0:
+        return xp.zeros((t, n))
+    try:
+        r = xp.add.reduceat(values, xp.minimum(op.starts, size - 1), axis=1)
+    except (AttributeError, NotImplementedError, TypeError):  # backends without ufunc.reduceat
+        slot = (xp.arange(t)[:, None] * n + op.obj[None, :]).ravel()
+        return xp.bincount(slot, weights=values.ravel(), minlength=t * n)[:t * n].reshape(t, n)
+    # trailing empty objects cut the last value off the last non-empty one (see _objects._reduceat_segments)
+    j = (n - 1) - xp.argmax(op.counts[::-1] > 0)
+    cut = (j < n - 1) & (op.counts[j] >= 2)
+    r[:, j] = r[:, j] + xp.where(cut, values[:, size - 1], 0.0)
+    return xp.where(op.counts[None, :] > 0, r, 0.0)
 
 
 def radii_distances(op: ObjectPixels, edge_distance=None):
