@@ -132,6 +132,43 @@ def _closest(xp, cy, cx, has):
     return order[:, 0], order[:, 1] if n > 1 else order[:, 0]
 
 
+def _neighbor_pairs(xp, padded, width: int, base, own, radius: int, n: int):
+    """Neighbour pairs and touching outline pixels, every disk offset at once.
+
+    ``padded`` is the flat label image padded by ``radius + 1``; ``base`` the
+    flat indices of the outline pixels in it and ``own`` their labels. The
+    labels at every offset of the disk of radius ``radius + 0.5`` are read in
+    one gather (``outline pixels x offsets``): an outline pixel touches when
+    one of them is another object; the pairs (own, other) at offsets within
+    ``radius`` are the neighbour pairs, returned as unique codes
+    ``own * (n + 1) + other``. On the device a fixed number of array
+    operations, whatever the number of objects or offsets (one launch per
+    offset cost ~10 launches x 100 offsets per call); on the CPU one offset at
+    a time, which streams through memory faster than the 2-D gather.
+    """
+    touch_offsets = disk_offsets(radius + 0.5)
+    in_count = (touch_offsets ** 2).sum(axis=1) <= radius * radius  # the disk of radius ``radius``
+    table = np.stack([touch_offsets[:, 0] * width + touch_offsets[:, 1], in_count]).astype(np.int64)
+    if xp is np:  # CPU: one offset at a time (streams through memory; faster than the 2-D gather)
+        touching = np.zeros(own.shape, dtype=bool)
+        pair_codes = []
+        for off, counted in table.T.tolist():
+            q = padded[base + off]
+            other = (q != 0) & (q != own)
+            touching |= other
+            if counted:
+                pair_codes.append(own[other].astype(np.int64) * (n + 1) + q[other])
+        codes = np.unique(np.concatenate(pair_codes)) if pair_codes else np.zeros(0, np.int64)
+        return codes, touching
+    table = xp.asarray(table)  # one host->device copy of the offsets
+    q = padded[base[:, None] + table[0][None, :]]
+    other = (q != 0) & (q != own[:, None])
+    touching = other.any(axis=1)
+    pairs = other & (table[1] > 0)[None, :]
+    codes = (own[:, None].astype(xp.int64) * (n + 1) + q)[pairs]
+    return xp.unique(codes), touching
+
+
 def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dict:
     """Neighbour measurements of each object against the other objects.
 
@@ -198,17 +235,7 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dic
     width = padded.shape[1]
     padded = padded.ravel()
     base = (oy + pad) * width + (ox + pad)  # flat index of each outline pixel in ``padded``
-    offsets_touch = disk_offsets(radius + 0.5)
-    in_count = set(map(tuple, disk_offsets(radius).tolist()))
-    touching = xp.zeros(own.shape, dtype=bool)
-    pair_codes = []
-    for dy, dx in offsets_touch.tolist():
-        q = padded[base + (dy * width + dx)]
-        other = (q != 0) & (q != own)
-        touching |= other
-        if (dy, dx) in in_count:
-            pair_codes.append(own[other].astype(xp.int64) * (n + 1) + q[other])
-    codes = xp.unique(xp.concatenate(pair_codes)) if pair_codes else xp.zeros(0, xp.int64)
+    codes, touching = _neighbor_pairs(xp, padded, width, base, own, radius, n)
     n_neighbors = xp.bincount(codes // (n + 1), minlength=n + 1)[1 : n + 1].astype(xp.float64)
     perim = xp.bincount(own, minlength=n + 1)[1 : n + 1].astype(xp.float64)
     touch = xp.bincount(own[touching], minlength=n + 1)[1 : n + 1].astype(xp.float64)
