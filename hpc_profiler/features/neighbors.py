@@ -91,33 +91,63 @@ def disk_offsets(radius: float) -> np.ndarray:
 
 def outline_mask(xp, labels):
     """CellProfiler's ``outline``: labelled pixels with an 8-neighbour of another
-    value, plus labelled pixels on the image border."""
-    diff = xp.zeros(labels.shape, dtype=bool)
-    for (sa, sb) in (
-        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-        ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
-        ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
-    ):
-        d = labels[sa] != labels[sb]
-        diff[sa] |= d
-        diff[sb] |= d
-    diff[0, :] = True
-    diff[-1, :] = True
-    diff[:, 0] = True
-    diff[:, -1] = True
+    value, plus labelled pixels on the image border.
+
+    A pixel has an 8-neighbour of another value when the maximum or the
+    minimum of its 3 x 3 window (edge pixels repeated, which adds no new
+    value) differs from it: on the device two rank filters instead of eight
+    shifted comparisons (a handful of launches instead of ~25).
+    """
+    if xp is np:  # eight shifted comparisons: 6x faster than the rank filters on the CPU
+        diff = np.zeros(labels.shape, dtype=bool)
+        for (sa, sb) in (
+            ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+            ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+            ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+            ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
+        ):
+            d = labels[sa] != labels[sb]
+            diff[sa] |= d
+            diff[sb] |= d
+        diff[0, :] = True
+        diff[-1, :] = True
+        diff[:, 0] = True
+        diff[:, -1] = True
+        return diff & (labels != 0)
+    if labels.shape[0] < 3 or labels.shape[1] < 3:  # every pixel is on the border
+        return labels != 0
+    ndi = backend_of(labels).ndi
+    diff = ((ndi.maximum_filter(labels, size=3, mode="nearest") != labels)
+            | (ndi.minimum_filter(labels, size=3, mode="nearest") != labels))
+    diff = xp.pad(diff[1:-1, 1:-1], 1, mode="constant", constant_values=True)
     return diff & (labels != 0)
 
 
 def object_centers(xp, labels, n):
-    """Centroids (y, x) of objects 1..n, NaN for objects without pixels."""
-    inside = (labels > 0) & (labels <= n)
-    ys, xs = xp.nonzero(inside)
-    idx = labels[inside].astype(xp.int64) - 1
-    cnt = xp.bincount(idx, minlength=n)[:n].astype(xp.float64)
+    """Centroids (y, x) of objects 1..n, NaN for objects without pixels.
+
+    On the device, sums per label by ``bincount`` over all pixels in raster
+    order (labels above ``n`` fall in bins that are cut off, no boolean
+    selection): the order and values of the CPU's sum over the object's
+    pixels alone.
+    """
+    if xp is np:  # the labelled pixels only: faster on the CPU
+        inside = (labels > 0) & (labels <= n)
+        ys, xs = np.nonzero(inside)
+        idx = labels[inside].astype(np.int64) - 1
+        cnt = np.bincount(idx, minlength=n)[:n].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cy = np.bincount(idx, weights=ys.astype(np.float64), minlength=n)[:n] / cnt
+            cx = np.bincount(idx, weights=xs.astype(np.float64), minlength=n)[:n] / cnt
+        return cy, cx, cnt
+    flat = labels.ravel()
+    k = xp.arange(flat.shape[0])
+    w = labels.shape[1]
+    m = max(n + 1, 1)
+    cnt = xp.bincount(flat, minlength=m)[1:n + 1].astype(xp.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cy = xp.bincount(idx, weights=ys.astype(xp.float64), minlength=n)[:n] / cnt
-        cx = xp.bincount(idx, weights=xs.astype(xp.float64), minlength=n)[:n] / cnt
+        cy = xp.bincount(flat, weights=(k // w).astype(xp.float64), minlength=m)[1:n + 1] / cnt
+        cx = xp.bincount(flat, weights=(k % w).astype(xp.float64), minlength=m)[1:n + 1] / cnt
     return cy, cx, cnt
 
 
