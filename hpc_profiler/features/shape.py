@@ -1178,7 +1178,7 @@ def _zernike_kernel(py, px, starts, counts, cy, cx, radius, degree, feat_ptr, fe
                 ci[p] = zi[p]
             for j in range(m, degree + 1, 2):  # rho^(j - m) z^m
                 bre[b] = _segment_total(cr, c, cut)
-                bim[b] = _segment_total(ci, c, cut)
+                bim[b] = _segment_total(ci, c, cut) if m > 0 else 0.0  # z^0 is real
                 b += 1
                 if j + 2 <= degree:
                     for p in range(c):
