@@ -1050,20 +1050,20 @@ def _pairwise_block(a, lo, n):
 
 
 @_njit
-def _pairwise(a, lo, n):
+def _pairwise(a, lo, n, istack, left):
     """NumPy's pairwise summation of ``a[lo:lo + n]`` (what ``add.reduce``/``reduceat`` compute).
 
     Blocks of at most 128 values (:func:`_pairwise_block`); a longer run is
     split at ``n // 2`` rounded down to a multiple of 8 and the halves'
     sums are added. The recursion is unrolled on a small explicit stack
-    (numba's on-disk cache does not support recursive functions).
+    (numba's on-disk cache does not support recursive functions): ``istack``
+    is a ``(3, 64)`` int64 and ``left`` a ``(64,)`` float64 scratch array.
     """
     if n <= 128:
         return _pairwise_block(a, lo, n)
-    slo = np.empty(64, dtype=np.int64)
-    sn = np.empty(64, dtype=np.int64)
-    state = np.zeros(64, dtype=np.int64)  # 0: new, 1: left half pending, 2: right half pending
-    left = np.empty(64)
+    slo = istack[0]
+    sn = istack[1]
+    state = istack[2]  # 0: new, 1: left half pending, 2: right half pending
     sp = 0
     slo[0] = lo
     sn[0] = n
@@ -1097,7 +1097,7 @@ def _pairwise(a, lo, n):
 
 
 @_njit
-def _segment_total(a, n, cut_last):
+def _segment_total(a, n, cut_last, istack, left):
     """``add.reduceat`` of one segment ``a[:n]`` as :func:`segment_sum` computes it.
 
     ``cut_last``: the segment is the last non-empty one and empty objects
@@ -1107,8 +1107,8 @@ def _segment_total(a, n, cut_last):
     if n == 0:
         return 0.0
     if cut_last and n >= 2:
-        return (a[0] + _pairwise(a, 1, n - 2)) + a[n - 1]
-    return a[0] + _pairwise(a, 1, n - 1)
+        return (a[0] + _pairwise(a, 1, n - 2, istack, left)) + a[n - 1]
+    return a[0] + _pairwise(a, 1, n - 1, istack, left)
 
 
 @_njit
@@ -1142,6 +1142,8 @@ def _zernike_kernel(py, px, starts, counts, cy, cx, radius, degree, feat_ptr, fe
     ci = np.empty(maxc)
     bre = np.empty(nb)
     bim = np.empty(nb)
+    istack = np.zeros((3, 64), dtype=np.int64)
+    left = np.empty(64)
     for i in range(n):
         s = starts[i]
         c = counts[i]
@@ -1177,8 +1179,8 @@ def _zernike_kernel(py, px, starts, counts, cy, cx, radius, degree, feat_ptr, fe
                 cr[p] = zr[p]
                 ci[p] = zi[p]
             for j in range(m, degree + 1, 2):  # rho^(j - m) z^m
-                bre[b] = _segment_total(cr, c, cut)
-                bim[b] = _segment_total(ci, c, cut) if m > 0 else 0.0  # z^0 is real
+                bre[b] = _segment_total(cr, c, cut, istack, left)
+                bim[b] = _segment_total(ci, c, cut, istack, left) if m > 0 else 0.0  # z^0 is real
                 b += 1
                 if j + 2 <= degree:
                     for p in range(c):
