@@ -125,3 +125,29 @@ def test_object_without_pixels():
     assert np.isnan(out["Neighbors_FirstClosestDistance_5"][2])
     assert 3 not in out["Neighbors_FirstClosestObjectNumber_5"] and 3 not in out["Neighbors_SecondClosestObjectNumber_5"]
     assert len(MEASUREMENTS) == 7
+
+
+@pytest.mark.parametrize("distance", [5, 1, None])
+def test_device_path_equals_cpu_path_with_bounded_launches(distance):
+    """Through the counting backend (what CuPy would run) the neighbour search reads every disk
+    offset in one gather: the CPU path's numbers exactly, and launches that do not grow with
+    the number of objects or offsets (the CPU path loops over the offsets)."""
+    from hpc_profiler._audit import AuditCounter, audit_backend
+
+    def run(lab):
+        n = int(lab.max())
+        ref = measure_neighbors(lab, n, distance=distance)
+        counter = AuditCounter()
+        bk = audit_backend(counter)
+        with counter.section("nb"):
+            got = measure_neighbors(bk.asarray(lab), n, distance=distance)
+        assert list(got) == list(ref)
+        for k, v in ref.items():
+            np.testing.assert_array_equal(bk.to_numpy(got[k]), v, err_msg=k)
+        return counter.sections["nb"]
+
+    lab = _labels()
+    few = run(np.where(lab <= 6, lab, 0).astype(np.int32))
+    many = run(lab)
+    assert few.launches == many.launches <= 125, (few, many)  # was ~10 per disk offset (~1,100 at distance 5)
+    assert many.d2h == 0, many

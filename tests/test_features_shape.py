@@ -267,3 +267,92 @@ def test_radii_distances_shared_with_radial_edge_distances():
         np.testing.assert_array_equal(shared, own)
         # the edge path is exercised: the radial transform alone differs (object 4 on the edge)
         assert not np.array_equal(edge_distances(op)[1], own)
+
+
+def _kernel_cases():
+    """Label images for the kernel-vs-array-version checks: the test site (touching, holed,
+    two-piece objects), a crop whose objects touch the image edge, degenerate objects, and
+    trailing empty objects (``n`` above the largest label)."""
+    lab, n, _ = make_site(seed=3, size=160, n_ellipses=30)
+    deg = np.zeros((20, 20), np.int32)
+    deg[2, 2] = 1
+    deg[5, 5:9] = 2
+    deg[10:15, 12] = 3
+    deg[16, 16] = deg[17, 17] = 4
+    return [(lab, n), (lab[7:150, 11:141], n), (lab, n + 3), (deg, 4), (deg, 6)]
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_numba_kernels_equal_array_versions(case):
+    """Each numba kernel of the CPU path gives the bits of the whole-array version it replaced
+    (``perimeters``, ``euler_numbers``, ``convex_hulls`` + ``feret_diameters`` +
+    ``minimum_enclosing_circles``, ``convex_areas``, ``radii_distances``)."""
+    from hpc_profiler.features import shape
+    from hpc_profiler.features._objects import centroids, object_pixels, row_extremes
+
+    lab, n = _kernel_cases()[case]
+    op = object_pixels(lab, n)
+    out, (mcy, mcx, mr) = shape._areashape_host(lab, op, None)
+    empty = op.counts == 0
+    np.testing.assert_array_equal(out["AreaShape_Perimeter"][~empty], shape.perimeters(lab, n)[~empty])
+    np.testing.assert_array_equal(out["AreaShape_EulerNumber"][~empty], shape.euler_numbers(lab, n)[~empty])
+    np.testing.assert_array_equal(out["AreaShape_ConvexArea"][~empty], shape.convex_areas(op)[~empty])
+    cy, cx = centroids(op)
+    eo, ey, exmin, exmax = row_extremes(op)
+    hobj, hy, hx = shape.convex_hulls(np.concatenate([eo, eo]), np.concatenate([ey, ey]).astype(float),
+                                      np.concatenate([exmin, exmax]).astype(float), n, center=(cy, cx))
+    fmin, fmax = shape.feret_diameters(hobj, hy, hx, n)
+    np.testing.assert_array_equal(out["AreaShape_MinFeretDiameter"], fmin)
+    np.testing.assert_array_equal(out["AreaShape_MaxFeretDiameter"], fmax)
+    for got, ref in zip((mcy, mcx, mr), shape.minimum_enclosing_circles(hobj, hy, hx, n)):
+        np.testing.assert_array_equal(got, ref)
+    d = shape._radii_host(op, None)
+    np.testing.assert_array_equal(d, shape.radii_distances(op))
+    assert np.isnan(out["AreaShape_MaxFeretDiameter"][empty]).all()
+
+
+@pytest.mark.parametrize("case", range(5))
+def test_zernike_kernel_equals_device_twin(case):
+    """The numba Zernike kernel (CPU path) and its whole-array twin (device path), both on
+    NumPy, give the same bits, also with trailing empty objects (``reduceat``'s split sum)."""
+    from hpc_profiler.features import shape
+    from hpc_profiler.features._objects import object_pixels
+
+    lab, n = _kernel_cases()[case]
+    op = object_pixels(lab, n)
+    _, (mcy, mcx, mr) = shape._areashape_host(lab, op, None)
+    cpu = shape.zernike_moments(op, mcy, mcx, mr, 9)
+    twin = shape._zernike_moments_device(op, mcy, mcx, mr, 9)
+    assert list(cpu) == list(twin) == shape.zernike_indexes(9)
+    for k in cpu:
+        np.testing.assert_array_equal(cpu[k], twin[k], err_msg=str(k))
+    ok = op.counts > 0
+    assert np.isfinite(cpu[(0, 0)][ok & (mr > 0)]).all()
+
+
+def test_device_path_copies_the_labels_once():
+    """Through the counting backend (what CuPy would do), AreaShape of several label images
+    costs one device->host copy in all, launches that do not grow with the number of objects,
+    and gives the CPU path's numbers."""
+    from hpc_profiler._audit import AuditCounter, audit_backend
+    from hpc_profiler.features import shape
+
+    def run(lab, n):
+        labels = {"a": lab, "b": np.where(lab % 3 == 0, 0, lab).astype(np.int32)}
+        ref = {k: shape.measure_areashape(v, n) for k, v in labels.items()}
+        counter = AuditCounter()
+        bk = audit_backend(counter)
+        dev = {k: bk.asarray(v) for k, v in labels.items()}
+        with counter.section("shape"):
+            host = shape.host_areashape(dev, n)
+            got = {k: shape.measure_areashape(dev[k], n, host=host[k]) for k in labels}
+        for k in labels:
+            assert list(got[k]) == list(ref[k])
+            for col, v in ref[k].items():
+                np.testing.assert_array_equal(bk.to_numpy(got[k][col]), v, err_msg=f"{k} {col}")
+        return counter.sections["shape"]
+
+    few = run(*make_site(seed=4, size=160, n_ellipses=8)[:2])
+    many = run(*make_site(seed=4, size=160, n_ellipses=30)[:2])
+    assert few.d2h == many.d2h == 1, (few, many)
+    assert few.launches == many.launches <= 2 * 200, (few, many)

@@ -91,33 +91,63 @@ def disk_offsets(radius: float) -> np.ndarray:
 
 def outline_mask(xp, labels):
     """CellProfiler's ``outline``: labelled pixels with an 8-neighbour of another
-    value, plus labelled pixels on the image border."""
-    diff = xp.zeros(labels.shape, dtype=bool)
-    for (sa, sb) in (
-        ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
-        ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
-        ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
-        ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
-    ):
-        d = labels[sa] != labels[sb]
-        diff[sa] |= d
-        diff[sb] |= d
-    diff[0, :] = True
-    diff[-1, :] = True
-    diff[:, 0] = True
-    diff[:, -1] = True
+    value, plus labelled pixels on the image border.
+
+    A pixel has an 8-neighbour of another value when the maximum or the
+    minimum of its 3 x 3 window (edge pixels repeated, which adds no new
+    value) differs from it: on the device two rank filters instead of eight
+    shifted comparisons (a handful of launches instead of ~25).
+    """
+    if xp is np:  # eight shifted comparisons: 6x faster than the rank filters on the CPU
+        diff = np.zeros(labels.shape, dtype=bool)
+        for (sa, sb) in (
+            ((slice(1, None), slice(None)), (slice(None, -1), slice(None))),
+            ((slice(None), slice(1, None)), (slice(None), slice(None, -1))),
+            ((slice(1, None), slice(1, None)), (slice(None, -1), slice(None, -1))),
+            ((slice(1, None), slice(None, -1)), (slice(None, -1), slice(1, None))),
+        ):
+            d = labels[sa] != labels[sb]
+            diff[sa] |= d
+            diff[sb] |= d
+        diff[0, :] = True
+        diff[-1, :] = True
+        diff[:, 0] = True
+        diff[:, -1] = True
+        return diff & (labels != 0)
+    if labels.shape[0] < 3 or labels.shape[1] < 3:  # every pixel is on the border
+        return labels != 0
+    ndi = backend_of(labels).ndi
+    diff = ((ndi.maximum_filter(labels, size=3, mode="nearest") != labels)
+            | (ndi.minimum_filter(labels, size=3, mode="nearest") != labels))
+    diff = xp.pad(diff[1:-1, 1:-1], 1, mode="constant", constant_values=True)
     return diff & (labels != 0)
 
 
 def object_centers(xp, labels, n):
-    """Centroids (y, x) of objects 1..n, NaN for objects without pixels."""
-    inside = (labels > 0) & (labels <= n)
-    ys, xs = xp.nonzero(inside)
-    idx = labels[inside].astype(xp.int64) - 1
-    cnt = xp.bincount(idx, minlength=n)[:n].astype(xp.float64)
+    """Centroids (y, x) of objects 1..n, NaN for objects without pixels.
+
+    On the device, sums per label by ``bincount`` over all pixels in raster
+    order (labels above ``n`` fall in bins that are cut off, no boolean
+    selection): the order and values of the CPU's sum over the object's
+    pixels alone.
+    """
+    if xp is np:  # the labelled pixels only: faster on the CPU
+        inside = (labels > 0) & (labels <= n)
+        ys, xs = np.nonzero(inside)
+        idx = labels[inside].astype(np.int64) - 1
+        cnt = np.bincount(idx, minlength=n)[:n].astype(np.float64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            cy = np.bincount(idx, weights=ys.astype(np.float64), minlength=n)[:n] / cnt
+            cx = np.bincount(idx, weights=xs.astype(np.float64), minlength=n)[:n] / cnt
+        return cy, cx, cnt
+    flat = labels.ravel()
+    k = xp.arange(flat.shape[0])
+    w = labels.shape[1]
+    m = max(n + 1, 1)
+    cnt = xp.bincount(flat, minlength=m)[1:n + 1].astype(xp.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
-        cy = xp.bincount(idx, weights=ys.astype(xp.float64), minlength=n)[:n] / cnt
-        cx = xp.bincount(idx, weights=xs.astype(xp.float64), minlength=n)[:n] / cnt
+        cy = xp.bincount(flat, weights=(k // w).astype(xp.float64), minlength=m)[1:n + 1] / cnt
+        cx = xp.bincount(flat, weights=(k % w).astype(xp.float64), minlength=m)[1:n + 1] / cnt
     return cy, cx, cnt
 
 
@@ -130,6 +160,43 @@ def _closest(xp, cy, cx, has):
     d[xp.arange(n), xp.arange(n)] = xp.inf
     order = xp.argsort(d, axis=1, kind="stable")
     return order[:, 0], order[:, 1] if n > 1 else order[:, 0]
+
+
+def _neighbor_pairs(xp, padded, width: int, base, own, radius: int, n: int):
+    """Neighbour pairs and touching outline pixels, every disk offset at once.
+
+    ``padded`` is the flat label image padded by ``radius + 1``; ``base`` the
+    flat indices of the outline pixels in it and ``own`` their labels. The
+    labels at every offset of the disk of radius ``radius + 0.5`` are read in
+    one gather (``outline pixels x offsets``): an outline pixel touches when
+    one of them is another object; the pairs (own, other) at offsets within
+    ``radius`` are the neighbour pairs, returned as unique codes
+    ``own * (n + 1) + other``. On the device a fixed number of array
+    operations, whatever the number of objects or offsets (one launch per
+    offset cost ~10 launches x 100 offsets per call); on the CPU one offset at
+    a time, which streams through memory faster than the 2-D gather.
+    """
+    touch_offsets = disk_offsets(radius + 0.5)
+    in_count = (touch_offsets ** 2).sum(axis=1) <= radius * radius  # the disk of radius ``radius``
+    table = np.stack([touch_offsets[:, 0] * width + touch_offsets[:, 1], in_count]).astype(np.int64)
+    if xp is np:  # CPU: one offset at a time (streams through memory; faster than the 2-D gather)
+        touching = np.zeros(own.shape, dtype=bool)
+        pair_codes = []
+        for off, counted in table.T.tolist():
+            q = padded[base + off]
+            other = (q != 0) & (q != own)
+            touching |= other
+            if counted:
+                pair_codes.append(own[other].astype(np.int64) * (n + 1) + q[other])
+        codes = np.unique(np.concatenate(pair_codes)) if pair_codes else np.zeros(0, np.int64)
+        return codes, touching
+    table = xp.asarray(table)  # one host->device copy of the offsets
+    q = padded[base[:, None] + table[0][None, :]]
+    other = (q != 0) & (q != own[:, None])
+    touching = other.any(axis=1)
+    pairs = other & (table[1] > 0)[None, :]
+    codes = (own[:, None].astype(xp.int64) * (n + 1) + q)[pairs]
+    return xp.unique(codes), touching
 
 
 def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dict:
@@ -198,17 +265,7 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dic
     width = padded.shape[1]
     padded = padded.ravel()
     base = (oy + pad) * width + (ox + pad)  # flat index of each outline pixel in ``padded``
-    offsets_touch = disk_offsets(radius + 0.5)
-    in_count = set(map(tuple, disk_offsets(radius).tolist()))
-    touching = xp.zeros(own.shape, dtype=bool)
-    pair_codes = []
-    for dy, dx in offsets_touch.tolist():
-        q = padded[base + (dy * width + dx)]
-        other = (q != 0) & (q != own)
-        touching |= other
-        if (dy, dx) in in_count:
-            pair_codes.append(own[other].astype(xp.int64) * (n + 1) + q[other])
-    codes = xp.unique(xp.concatenate(pair_codes)) if pair_codes else xp.zeros(0, xp.int64)
+    codes, touching = _neighbor_pairs(xp, padded, width, base, own, radius, n)
     n_neighbors = xp.bincount(codes // (n + 1), minlength=n + 1)[1 : n + 1].astype(xp.float64)
     perim = xp.bincount(own, minlength=n + 1)[1 : n + 1].astype(xp.float64)
     touch = xp.bincount(own[touching], minlength=n + 1)[1 : n + 1].astype(xp.float64)

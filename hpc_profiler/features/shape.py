@@ -13,25 +13,51 @@ centroid there). CellProfiler 4 takes most of these from
 of each object alone, and the Feret diameters and the Zernike moments from
 ``centrosome`` (convex hull, rotating calipers, minimum enclosing circle).
 
-Here every feature is computed for all objects of a site at once, on the
-backend of ``labels`` (NumPy or CuPy), with no loop over objects:
+How it runs
+-----------
+* CPU (NumPy labels): moments, bounding boxes and centroids from whole-array
+  sums; the rest in numba kernels that walk each object once
+  (:func:`_perimeter_euler_kernel`, :func:`_radii_kernel`,
+  :func:`_hull_geometry`, :func:`_zernike_kernel`). They reproduce the
+  arithmetic of the whole-array versions kept below (``perimeters``,
+  ``euler_numbers``, ``convex_hulls``, ``feret_diameters``, ``convex_areas``,
+  ``radii_distances``) to the bit - NumPy's pairwise summation included -
+  and the tests check it. The enclosing circle stays whole-array NumPy
+  (:func:`minimum_enclosing_circles`): its ``arccos`` must be NumPy's, whose
+  last bit differs from the C library's that numba calls.
+* Device (CuPy labels, or the counting backend of :mod:`hpc_profiler._audit`):
+  hulls, Feret diameters, enclosing circles, per-object distance transforms
+  and the 3x3/2x2 configuration counts are sequential per object, which a
+  GPU does badly. They run on the host, on **one copy of the label images per
+  site**: :func:`host_areashape` stacks the label images of all object sets
+  (``measure_site`` calls it once) and copies them in one device->host
+  transfer; the host columns go back in one host->device copy per object
+  set. Only the Zernike moments, which touch every pixel, stay on the device
+  (:func:`_zernike_moments_device`, a few dozen launches per object set, none
+  per object; equal to the numba kernel to the bit when run on NumPy). The
+  device path therefore gives the CPU path's numbers for every column but
+  Zernike (CuPy's reductions and fused multiply-adds differ in the last bits).
+
+Algorithms:
 
 * area, bounding box, centroid, second central moments -> axes, eccentricity,
-  orientation (``regionprops`` formulas) from ``bincount`` sums;
+  orientation (``regionprops`` formulas);
 * perimeter: ``skimage.measure.perimeter`` (4-neighbourhood border, weights
-  of the 3x3 border configurations), made label-aware so touching objects are
+  of the 3x3 border configurations), label-aware so touching objects are
   measured as if alone;
 * Euler number (8-connectivity, ``regionprops``): the 2x2 configuration count
-  of ``skimage.measure.euler_number``, made label-aware;
-* radii: one Euclidean distance transform of :func:`pack_objects`' canvas;
-* convex hulls of all objects together by iterated removal of reflex
-  vertices from the angularly sorted candidate points (per-row extreme
-  pixels); Solidity counts the pixel centres inside the hull of the pixels'
-  diamond corners, as ``skimage.morphology.convex_hull_image`` does; Feret
-  diameters from the hull of pixel centres (maximum vertex distance, minimum
-  over hull edges of the farthest vertex); the minimum enclosing circle by
-  Chrystal's algorithm (as ``centrosome.cpmorphology.minimum_enclosing_circle``)
-  iterated for all objects in parallel;
+  of ``skimage.measure.euler_number``, label-aware;
+* radii: an exact Euclidean distance transform of each object alone in its
+  padded bounding box (Meijster's algorithm; SciPy's values);
+* convex hulls from the per-row extreme pixels (the only possible hull
+  vertices; Andrew's monotone chain, exact on integer and half-integer
+  coordinates); Solidity counts the pixel centres inside the hull of the
+  pixels' diamond corners, as ``skimage.morphology.convex_hull_image`` does;
+  Feret diameters from the hull of pixel centres (maximum vertex distance,
+  minimum over hull edges of the farthest vertex); the minimum enclosing
+  circle by Chrystal's algorithm (as
+  ``centrosome.cpmorphology.minimum_enclosing_circle``), iterated for all
+  objects in parallel;
 * Zernike: magnitude of the moment of the object's indicator on its minimum
   enclosing circle, divided by the circle's area (``centrosome.zernike``).
 * ConvexArea (CellProfiler 5): the pixel count of the convex hull image
@@ -54,6 +80,9 @@ Deliberate differences
 from __future__ import annotations
 
 import math
+
+import numba
+import numpy as np
 
 from hpc_profiler.backend import backend_of
 from hpc_profiler.features._objects import (
@@ -305,10 +334,15 @@ def minimum_enclosing_circles(hobj, hy, hx, n: int, max_iter: int = 200):
     The hull of each set must be listed counter-clockwise (``convex_hulls``).
     Returns ``(cy, cx, radius)`` per set (NaN for empty sets).
     """
-    xp = backend_of(hy).xp
     Y, counts = _pad_groups(hobj, hy, n)
     X, _ = _pad_groups(hobj, hx, n)
-    m = Y.shape[1]
+    return _enclosing_circles_padded(Y, X, counts, max_iter)
+
+
+def _enclosing_circles_padded(Y, X, counts, max_iter: int = 200):
+    """:func:`minimum_enclosing_circles` of hulls given as ``(n, m)`` NaN-padded rows (``m >= 3``)."""
+    xp = backend_of(Y).xp
+    n, m = Y.shape
     cy = xp.full(n, xp.nan)
     cx = xp.full(n, xp.nan)
     r = xp.full(n, xp.nan)
@@ -451,58 +485,124 @@ def zernike_moments(op: ObjectPixels, cy, cx, radius, degree: int = 9):
     the circle's area, as ``centrosome.zernike.zernike`` in CellProfiler.
 
     Evaluated through the per-object basis sums
-    ``M_jm = sum_p rho^(j - m) z^m`` (``z = (x + i y) / r``, ``j - m`` even),
-    each one ``bincount``: ``sum_p V_nm = sum_k c_k M_(n-2k) m``. Only the
-    magnitude is reported, which does not depend on the angle convention.
+    ``M_jm = sum_p rho^(j - m) z^m`` (``z = (x + i y) / r``, ``j - m`` even):
+    ``sum_p V_nm = sum_k c_k M_(n-2k) m``. Only the magnitude is reported,
+    which does not depend on the angle convention. NumPy arrays go through
+    the numba kernel (:func:`_zernike_kernel`, one pass per object), device
+    arrays through :func:`_zernike_moments_device` (a few whole-site array
+    operations); the two agree to rounding (``tests/test_features_shape.py``).
+    """
+    xp = backend_of(op.flat).xp
+    if xp is not np:
+        return _zernike_moments_device(op, cy, cx, radius, degree)
+    feats = zernike_indexes(degree)
+    ptr, basis, coef = _zernike_tables(degree)
+    n = op.n
+    out = np.empty((n, len(feats)))
+    nonempty = np.flatnonzero(op.counts > 0)
+    # segment_sum's reduceat sums the last non-empty object in two parts when empty objects follow it
+    cut = int(nonempty[-1]) if nonempty.shape[0] and nonempty[-1] < n - 1 else -1
+    _zernike_kernel(op.y, op.x, op.starts, op.counts, np.asarray(cy, np.float64), np.asarray(cx, np.float64),
+                    np.asarray(radius, np.float64), degree, ptr, basis, coef, cut, out)
+    return {f: out[:, k] for k, f in enumerate(feats)}
+
+
+def _zernike_tables(degree: int):
+    """Basis terms ``(j, m)`` (``m`` ascending, ``j = m, m + 2, ...``) and, per feature of
+    :func:`zernike_indexes`, the (basis index, radial coefficient) pairs as CSR arrays."""
+    index = {}
+    for m in range(degree + 1):
+        for j in range(m, degree + 1, 2):
+            index[(j, m)] = len(index)
+    ptr, basis, coef = [0], [], []
+    for nn, mm in zernike_indexes(degree):
+        for k, c in enumerate(_radial_coefficients(nn, mm)):
+            basis.append(index[(nn - 2 * k, mm)])
+            coef.append(c)
+        ptr.append(len(basis))
+    return (np.asarray(ptr, dtype=np.int64), np.asarray(basis, dtype=np.int64),
+            np.asarray(coef, dtype=np.float64))
+
+
+def _zernike_moments_device(op: ObjectPixels, cy, cx, radius, degree: int = 9):
+    """:func:`zernike_moments` as whole-site array operations: the device twin of :func:`_zernike_kernel`.
+
+    The same values in the same order, as a few dozen kernel launches per
+    object set and none per object: ``z^m`` as a cumulative product over
+    ``m`` and, per ``m``, ``rho^(j - m) z^m`` as a cumulative product of
+    ``z^m`` by ``rho^2`` (complex products are the kernel's real formulas),
+    all basis terms in one ``(terms, pixels)`` array summed per object by
+    one ``add.reduceat`` per real/imaginary part (pairwise inside each
+    segment, as :func:`segment_sum`; ``bincount`` where the backend has no
+    ``reduceat``), and the radial polynomials accumulated term by term. On
+    NumPy it gives the kernel's numbers to the bit (``tests/test_audit.py``).
     """
     xp = backend_of(op.flat).xp
     n = op.n
     obj = op.obj
+    fy, fx = op.yx_float
     with _quiet(xp):
-        ym = (op.y - cy[obj]) / radius[obj]
-        xm = (op.x - cx[obj]) / radius[obj]
+        ym = (fy - cy[obj]) / radius[obj]
+        xm = (fx - cx[obj]) / radius[obj]
     r2 = xm * xm + ym * ym
     inside = r2 <= 1
-    xm = xp.where(inside, xm, 0.0)
-    ym = xp.where(inside, ym, 0.0)
-    r2 = xp.where(inside, r2, 0.0)
-    zr = inside.astype(xp.float64)  # z^0 inside the disk
-    zi = xp.zeros_like(zr)
-    # work buffers reused for every power (no per-step allocation of pixel-sized arrays)
-    t1, t2, nzr, nzi = (xp.empty_like(zr) for _ in range(4))
-    wr, wi = xp.empty_like(zr), xp.empty_like(zr)
-    basis = {}
+    z = xp.where(inside, xm + 1j * ym, 0.0)
+    r2 = xp.where(inside, r2, 0.0).astype(xp.complex128)
+    npix = z.shape[0]
+    zp = xp.empty((degree + 1, npix), dtype=xp.complex128)
+    zp[0] = inside
+    if degree > 0:
+        zp[1:] = xp.cumprod(xp.broadcast_to(z[None, :], (degree, npix)), axis=0)
+    blocks = []
     for m in range(degree + 1):
-        if m > 0:  # z^m = z^(m-1) * z
-            xp.multiply(zr, xm, out=t1)
-            xp.multiply(zi, ym, out=t2)
-            xp.subtract(t1, t2, out=nzr)
-            xp.multiply(zr, ym, out=t1)
-            xp.multiply(zi, xm, out=t2)
-            xp.add(t1, t2, out=nzi)
-            zr, nzr = nzr, zr
-            zi, nzi = nzi, zi
-        cr, ci = zr, zi  # rho^(j - m) z^m, starting at j = m
-        for j in range(m, degree + 1, 2):
-            re = segment_sum(cr, op.starts, op.counts)
-            im = segment_sum(ci, op.starts, op.counts) if m > 0 else xp.zeros(n)
-            basis[(j, m)] = (re, im)
-            if j + 2 <= degree:
-                xp.multiply(cr, r2, out=wr)
-                xp.multiply(ci, r2, out=wi)
-                cr, ci = wr, wi
-    out = {}
-    area = math.pi * radius * radius
-    for nn, mm in zernike_indexes(degree):
-        re = xp.zeros(n)
-        im = xp.zeros(n)
-        for k, c in enumerate(_radial_coefficients(nn, mm)):
-            bre, bim = basis[(nn - 2 * k, mm)]
-            re = re + c * bre
-            im = im + c * bim
-        with _quiet(xp):
-            out[(nn, mm)] = xp.sqrt(re * re + im * im) / area
-    return out
+        k = (degree - m) // 2
+        if k == 0:
+            blocks.append(zp[m:m + 1])
+        else:
+            blocks.append(xp.cumprod(xp.concatenate([zp[m:m + 1], xp.broadcast_to(r2[None, :], (k, npix))]), axis=0))
+    terms = xp.concatenate(blocks, axis=0)
+    bre = _term_sums(xp.ascontiguousarray(terms.real), op)
+    bim = _term_sums(xp.ascontiguousarray(terms.imag), op)
+    ptr, basis, coef = _zernike_tables(degree)
+    feats = zernike_indexes(degree)
+    kmax = int(np.max(np.diff(ptr)))
+    # the k-th radial term of every feature (coefficient 0 where a feature has fewer terms)
+    idx = np.zeros((kmax, len(feats)), dtype=np.int64)
+    cof = np.zeros((kmax, len(feats)))
+    for f in range(len(feats)):
+        t = ptr[f + 1] - ptr[f]
+        idx[:t, f] = basis[ptr[f]:ptr[f + 1]]
+        cof[:t, f] = coef[ptr[f]:ptr[f + 1]]
+    tab = xp.asarray(np.concatenate([idx.astype(np.float64), cof]))  # one host->device copy
+    re = xp.zeros((len(feats), n))
+    im = xp.zeros((len(feats), n))
+    for k in range(kmax):
+        rows = tab[k].astype(xp.int64)
+        c = tab[kmax + k][:, None]
+        re = re + c * bre[rows]
+        im = im + c * bim[rows]
+    with _quiet(xp):
+        values = xp.sqrt(re * re + im * im) / (math.pi * radius * radius)[None, :]
+    return {f: values[k] for k, f in enumerate(feats)}
+
+
+def _term_sums(values, op: ObjectPixels):
+    """Per-object sums of every row of ``values`` ``(terms, pixels)``, as :func:`segment_sum` sums one row."""
+    xp = backend_of(values).xp
+    n = op.n
+    t, size = values.shape
+    if size == 0:
+        return xp.zeros((t, n))
+    try:
+        r = xp.add.reduceat(values, xp.minimum(op.starts, size - 1), axis=1)
+    except (AttributeError, NotImplementedError, TypeError):  # backends without ufunc.reduceat
+        slot = (xp.arange(t)[:, None] * n + op.obj[None, :]).ravel()
+        return xp.bincount(slot, weights=values.ravel(), minlength=t * n)[:t * n].reshape(t, n)
+    # trailing empty objects cut the last value off the last non-empty one (see _objects._reduceat_segments)
+    j = (n - 1) - xp.argmax(op.counts[::-1] > 0)
+    cut = (j < n - 1) & (op.counts[j] >= 2)
+    r[:, j] = r[:, j] + xp.where(cut, values[:, size - 1], 0.0)
+    return xp.where(op.counts[None, :] > 0, r, 0.0)
 
 
 def radii_distances(op: ObjectPixels, edge_distance=None):
@@ -535,7 +635,7 @@ def radii_distances(op: ObjectPixels, edge_distance=None):
 
 
 def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
-                      objects: ObjectPixels | None = None, edge_distance=None) -> dict:
+                      objects: ObjectPixels | None = None, edge_distance=None, host=None) -> dict:
     """MeasureObjectSizeShape for all objects of a site.
 
     Parameters
@@ -550,7 +650,12 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
         ``object_pixels(labels, n_objects)`` when already computed.
     edge_distance : 1-D float array, optional
         ``radial.edge_distances(objects)[1]``, shared with RadialDistribution
-        (see :func:`radii_distances`); the results are the same.
+        (see :func:`radii_distances`); the results are the same. NumPy only
+        (the device path measures the radii on the host).
+    host : tuple, optional
+        Device path only: this label image's entry of :func:`host_areashape`
+        (computed for all object sets of a site from one copy of their labels);
+        without it, this label image is copied to the host alone.
 
     Returns
     -------
@@ -561,61 +666,122 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
     xp = bk.xp
     if labels.ndim != 2:
         raise ValueError(f"measure_areashape: 2-D labels expected, got shape {tuple(labels.shape)}")
+    if xp is not np:
+        return _measure_areashape_device(labels, n_objects, zernike_degree, objects, host)
     op = objects if objects is not None else object_pixels(labels, n_objects)
+    out, (mcy, mcx, mr) = _areashape_host(labels, op, edge_distance)
+    if zernike_degree is not None and zernike_degree >= 0:
+        for (nn, mm), v in zernike_moments(op, mcy, mcx, mr, zernike_degree).items():
+            out[f"AreaShape_Zernike_{nn}_{mm}"] = v
+    return out
+
+
+_CIRCLE = ("circle_y", "circle_x", "circle_r")
+
+
+def host_areashape(labels: dict, n_objects: int) -> dict:
+    """Device path: every AreaShape column but the Zernike moments, on the host, for several label images.
+
+    The label images (one per object set of a site) are copied to the host
+    together - one device->host copy per site - and measured there by the
+    NumPy/numba path (:func:`_areashape_host`): convex hulls, Feret
+    diameters, enclosing circles and per-object distance transforms are
+    sequential per object, which a GPU does badly. Returns ``{key: (names,
+    values)}``, ``values`` a ``(k, N)`` host array whose rows are the columns
+    ``names`` (the enclosing circle last), for :func:`measure_areashape`'s
+    ``host``.
+    """
+    bk = backend_of(*labels.values())
+    keys = list(labels)
+    stack = bk.to_numpy(bk.xp.stack([labels[k].astype(bk.xp.int32, copy=False) for k in keys]))
+    out = {}
+    for i, k in enumerate(keys):
+        lab = np.ascontiguousarray(stack[i])
+        cols, circle = _areashape_host(lab, object_pixels(lab, n_objects), None)
+        names = tuple(cols) + _CIRCLE
+        out[k] = (names, np.stack([*cols.values(), *circle]) if names else np.zeros((0, n_objects)))
+    return out
+
+
+def _measure_areashape_device(labels, n_objects, zernike_degree, objects, host) -> dict:
+    """The device path: host columns (one copy of the labels there, one of the results back) + Zernike."""
+    xp = backend_of(labels).xp
+    if host is None:
+        host = host_areashape({"labels": labels}, n_objects)["labels"]
+    names, values = host
+    dev = xp.asarray(values)  # one host->device copy of all host columns
+    cols = {name: dev[k] for k, name in enumerate(names)}
+    mcy, mcx, mr = (cols.pop(c) for c in _CIRCLE)
+    if zernike_degree is not None and zernike_degree >= 0:
+        op = objects if objects is not None else object_pixels(labels, n_objects)
+        cols.update({f"AreaShape_Zernike_{nn}_{mm}": v
+                     for (nn, mm), v in _zernike_moments_device(op, mcy, mcx, mr, zernike_degree).items()})
+    return cols
+
+
+def _areashape_host(labels, op: ObjectPixels, edge_distance):
+    """Every AreaShape column but Zernike, and the enclosing circles ``(cy, cx, r)``; NumPy + numba."""
     n = op.n
-    area = op.counts.astype(xp.float64)
+    area = op.counts.astype(np.float64)
     empty = op.counts == 0
 
     def nan_empty(v):
-        return xp.where(empty, xp.nan, v.astype(xp.float64))
+        return np.where(empty, np.nan, v.astype(np.float64))
 
     ymin, xmin, ymax, xmax = bounding_boxes(op)
     cy, cx = centroids(op)
     # second central moments
     dy = op.y - cy[op.obj]
     dx = op.x - cx[op.obj]
-    with _quiet(xp):
+    with np.errstate(divide="ignore", invalid="ignore"):
         myy = segment_sum(dy * dy, op.starts, op.counts) / area
         mxx = segment_sum(dx * dx, op.starts, op.counts) / area
         mxy = segment_sum(dy * dx, op.starts, op.counts) / area
     # regionprops inertia tensor [[a, b], [b, c]] = [[mxx, -mxy], [-mxy, myy]]
     a, b, c = mxx, -mxy, myy
-    root = xp.sqrt(((a - c) / 2) ** 2 + b * b)
+    root = np.sqrt(((a - c) / 2) ** 2 + b * b)
     l1 = (a + c) / 2 + root
-    l2 = xp.maximum((a + c) / 2 - root, 0.0)
-    with _quiet(xp):
-        ecc = xp.where(l1 == 0, 0.0, xp.sqrt(1 - l2 / l1))
-    orient = xp.where(a - c == 0, xp.where(b < 0, math.pi / 4, -math.pi / 4),
-                      0.5 * xp.arctan2(-2 * b, c - a))
-    perim = perimeters(labels, n)
-    with _quiet(xp):
+    l2 = np.maximum((a + c) / 2 - root, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ecc = np.where(l1 == 0, 0.0, np.sqrt(1 - l2 / l1))
+    orient = np.where(a - c == 0, np.where(b < 0, math.pi / 4, -math.pi / 4),
+                      0.5 * np.arctan2(-2 * b, c - a))
+    lab = np.ascontiguousarray(labels, dtype=np.int32)
+    perim = np.zeros(n)
+    euler = np.zeros(n)
+    lut = np.zeros(50)
+    for k, v in _PERIMETER_WEIGHTS.items():
+        lut[k] = v
+    _perimeter_euler_kernel(lab, n, lut, np.asarray(_EULER_COEFS_8, dtype=np.float64), perim, euler)
+    with np.errstate(divide="ignore", invalid="ignore"):
         formfactor = 4 * math.pi * area / perim ** 2
-        compactness = perim ** 2 / xp.maximum(4 * math.pi * area, 1.0)
-    bbox_area = ((ymax - ymin) * (xmax - xmin)).astype(xp.float64)
-    with _quiet(xp):
-        extent = area / bbox_area
-        convex_area = convex_areas(op).astype(xp.float64)
-        solidity = area / convex_area
+        compactness = perim ** 2 / np.maximum(4 * math.pi * area, 1.0)
+    bbox_area = ((ymax - ymin) * (xmax - xmin)).astype(np.float64)
 
     # radii: distance to the nearest pixel outside the object, each object alone
-    d = radii_distances(op, edge_distance)
-    dsorted = segment_sort(d, op.obj)
+    d = _radii_host(op, edge_distance)
     max_radius = segment_max(d, op.starts, op.counts)
-    with _quiet(xp):
+    with np.errstate(divide="ignore", invalid="ignore"):
         mean_radius = segment_sum(d, op.starts, op.counts) / area
-    median_radius = segment_median(dsorted, op.starts, op.counts)
+    median_radius = segment_median(segment_sort(d, op.obj), op.starts, op.counts)
 
-    # convex hull of pixel centres -> Feret diameters, minimum enclosing circle
+    # convex hulls (pixel centres; diamond corners for ConvexArea), Feret diameters, enclosing circle
     eo, ey, exmin, exmax = row_extremes(op)
-    hobj, hy, hx = convex_hulls(
-        xp.concatenate([eo, eo]),
-        xp.concatenate([ey, ey]).astype(xp.float64),
-        xp.concatenate([exmin, exmax]).astype(xp.float64),
-        n,
-        center=(cy, cx),
-    )
-    fmin, fmax = feret_diameters(hobj, hy, hx, n)
-    mcy, mcx, mr = minimum_enclosing_circles(hobj, hy, hx, n)
+    rcount = np.bincount(eo, minlength=n)[:n].astype(np.int64)
+    rstart = np.cumsum(rcount) - rcount
+    width = max(3, 2 * int(rcount.max()) if n else 3)
+    hull_y = np.full((n, width), np.nan)
+    hull_x = np.full((n, width), np.nan)
+    hull_n = np.zeros(n, dtype=np.int64)
+    fmin, fmax, convex_area = np.empty(n), np.empty(n), np.empty(n)
+    _hull_geometry(rstart, rcount, np.ascontiguousarray(ey), np.ascontiguousarray(exmin),
+                   np.ascontiguousarray(exmax), cy, cx, ymin, ymax, float(op.shape[1]),
+                   hull_y, hull_x, hull_n, fmin, fmax, convex_area)
+    m = max(3, int(hull_n.max()) if n else 3)
+    circle = _enclosing_circles_padded(hull_y[:, :m], hull_x[:, :m], hull_n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        extent = area / bbox_area
+        solidity = area / convex_area
 
     out = {
         "AreaShape_Area": area,
@@ -625,10 +791,10 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
         "AreaShape_Solidity": nan_empty(solidity),
         "AreaShape_ConvexArea": nan_empty(convex_area),
         "AreaShape_Extent": nan_empty(extent),
-        "AreaShape_EulerNumber": nan_empty(euler_numbers(labels, n)),
+        "AreaShape_EulerNumber": nan_empty(euler),
         "AreaShape_Compactness": nan_empty(compactness),
-        "AreaShape_MajorAxisLength": nan_empty(4 * xp.sqrt(l1)),
-        "AreaShape_MinorAxisLength": nan_empty(4 * xp.sqrt(l2)),
+        "AreaShape_MajorAxisLength": nan_empty(4 * np.sqrt(l1)),
+        "AreaShape_MinorAxisLength": nan_empty(4 * np.sqrt(l2)),
         "AreaShape_Orientation": nan_empty(orient * (180.0 / math.pi)),
         "AreaShape_MaximumRadius": max_radius,
         "AreaShape_MeanRadius": mean_radius,
@@ -642,11 +808,519 @@ def measure_areashape(labels, n_objects: int, *, zernike_degree: int = 9,
         "AreaShape_BoundingBoxMaximum_Y": nan_empty(ymax),
         "AreaShape_Center_X": cx,
         "AreaShape_Center_Y": cy,
-        "AreaShape_EquivalentDiameter": nan_empty(xp.sqrt(4 * area / math.pi)),
+        "AreaShape_EquivalentDiameter": nan_empty(np.sqrt(4 * area / math.pi)),
         "Location_Center_X": cx,
         "Location_Center_Y": cy,
     }
-    if zernike_degree is not None and zernike_degree >= 0:
-        for (nn, mm), v in zernike_moments(op, mcy, mcx, mr, zernike_degree).items():
-            out[f"AreaShape_Zernike_{nn}_{mm}"] = v
-    return out
+    return out, circle
+
+
+def _radii_host(op: ObjectPixels, edge_distance):
+    """:func:`radii_distances` on the host: numba's exact per-object transform (:func:`_radii_kernel`).
+
+    With ``edge_distance`` (NumPy) only the objects touching the image edge
+    are transformed again (see :func:`radii_distances`).
+    """
+    ymin, xmin, ymax, xmax = bounding_boxes(op)
+    if edge_distance is None:
+        d = np.empty(op.flat.shape[0])
+        todo = np.ones(op.n, dtype=np.bool_)
+    else:
+        h, w = op.shape
+        d = np.asarray(edge_distance, dtype=np.float64).copy()
+        todo = (op.counts > 0) & ((ymin == 0) | (xmin == 0) | (ymax == h) | (xmax == w))
+    _radii_kernel(op.y, op.x, op.starts, op.counts, ymin, xmin, ymax, xmax, todo, d)
+    return d
+
+
+# ----------------------------------------------------------------- host kernels (numba)
+def _njit(fn):
+    """``numba.njit`` (cached, no GIL) with NumPy's float error model: 0 / 0 is NaN, not an exception."""
+    try:
+        return numba.njit(cache=True, nogil=True, error_model="numpy")(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(cache=False, nogil=True, error_model="numpy")(fn)
+
+
+@_njit
+def _monotone_hull(py, px, npts, hy, hx):
+    """Strict convex hull (no collinear vertex) of points sorted by ``(y, x)``, exactly.
+
+    Andrew's monotone chain in the ``(y, x)`` plane, which lists the hull
+    clockwise in the ``(x, y)`` plane; written reversed into ``hy, hx``, so
+    counter-clockwise in ``(x, y)`` as :func:`convex_hulls` lists it (any
+    start). Coordinates are integers or halves: every cross product is exact.
+    Returns the number of vertices.
+    """
+    if npts == 0:
+        return 0
+    sy = np.empty(2 * npts + 1)
+    sx = np.empty(2 * npts + 1)
+    k = 0
+    for i in range(npts):  # lower chain
+        while k >= 2 and ((sy[k - 1] - sy[k - 2]) * (px[i] - sx[k - 2])
+                          - (sx[k - 1] - sx[k - 2]) * (py[i] - sy[k - 2])) <= 0:
+            k -= 1
+        sy[k] = py[i]
+        sx[k] = px[i]
+        k += 1
+    lower = k + 1
+    for i in range(npts - 2, -1, -1):  # upper chain
+        while k >= lower and ((sy[k - 1] - sy[k - 2]) * (px[i] - sx[k - 2])
+                              - (sx[k - 1] - sx[k - 2]) * (py[i] - sy[k - 2])) <= 0:
+            k -= 1
+        sy[k] = py[i]
+        sx[k] = px[i]
+        k += 1
+    m = k - 1 if k > 1 else k  # the last point repeats the first
+    if m == 2 and sy[0] == sy[1] and sx[0] == sx[1]:
+        m = 1
+    for i in range(m):
+        hy[i] = sy[m - 1 - i]
+        hx[i] = sx[m - 1 - i]
+    return m
+
+
+@_njit
+def _hull_geometry(ostart, ocount, ey, exmin, exmax, cy, cx, ymin, ymax, width, hull_y, hull_x, hull_n,
+                   fmin, fmax, convex_area):
+    """Per object, from its (row, first column, last column) runs: hulls, Feret diameters, ConvexArea.
+
+    ``hull_y/hull_x[i, :hull_n[i]]``: the strict convex hull of the pixel
+    centres, counter-clockwise in ``(x, y)``, starting at the vertex of
+    smallest angle around the centroid (the list :func:`convex_hulls` gives).
+    ``fmin, fmax``: :func:`feret_diameters`' formulas on it. ``convex_area``:
+    :func:`convex_areas`' count of pixel centres per row inside the hull of
+    the pixels' diamond corners, with its formulas.
+    """
+    n = ostart.shape[0]
+    for i in range(n):
+        s = ostart[i]
+        c = ocount[i]
+        if c == 0:
+            hull_n[i] = 0
+            fmin[i] = np.nan
+            fmax[i] = np.nan
+            convex_area[i] = 0.0
+            continue
+        # --- pixel centres: (y, xmin), (y, xmax) per row, sorted by (y, x)
+        py = np.empty(2 * c)
+        px = np.empty(2 * c)
+        k = 0
+        for r in range(s, s + c):
+            py[k] = ey[r]
+            px[k] = exmin[r]
+            k += 1
+            if exmax[r] != exmin[r]:
+                py[k] = ey[r]
+                px[k] = exmax[r]
+                k += 1
+        hy = np.empty(2 * k + 1)
+        hx = np.empty(2 * k + 1)
+        m = _monotone_hull(py, px, k, hy, hx)
+        # start at the smallest angle around the centroid
+        best = 0
+        besta = np.inf
+        for j in range(m):
+            a = math.atan2(hy[j] - cy[i], hx[j] - cx[i])
+            if a < besta:
+                besta = a
+                best = j
+        for j in range(m):
+            hull_y[i, j] = hy[(best + j) % m]
+            hull_x[i, j] = hx[(best + j) % m]
+        hull_n[i] = m
+        Y = hull_y[i]
+        X = hull_x[i]
+        # --- Feret diameters
+        dmax = -1.0
+        for a in range(m):
+            for b in range(m):
+                dy = Y[a] - Y[b]
+                dx = X[a] - X[b]
+                d = math.sqrt(dy * dy + dx * dx)
+                if d > dmax:
+                    dmax = d
+        dmin = np.inf
+        for e in range(m):
+            e1 = (e + 1) % m
+            ey_ = Y[e1] - Y[e]
+            ex_ = X[e1] - X[e]
+            elen = math.sqrt(ey_ * ey_ + ex_ * ex_)
+            if not elen > 0:
+                continue
+            w = -1.0
+            for v in range(m):
+                cr = abs(ex_ * (Y[v] - Y[e]) - ey_ * (X[v] - X[e])) / elen
+                if cr > w:
+                    w = cr
+            if w < dmin:
+                dmin = w
+        fmin[i] = 0.0 if m <= 2 else dmin
+        fmax[i] = 0.0 if m == 1 else dmax
+        # --- ConvexArea: hull of the diamond corners, sorted by (y, x)
+        qy = np.empty(6 * c)
+        qx = np.empty(6 * c)
+        k = 0
+        for r in range(s, s + c):
+            y = float(ey[r])
+            lo = float(exmin[r])
+            hi = float(exmax[r])
+            qy[k] = y - 0.5
+            qx[k] = lo
+            qy[k + 1] = y - 0.5
+            qx[k + 1] = hi
+            qy[k + 2] = y
+            qx[k + 2] = lo - 0.5
+            qy[k + 3] = y
+            qx[k + 3] = hi + 0.5
+            qy[k + 4] = y + 0.5
+            qx[k + 4] = lo
+            qy[k + 5] = y + 0.5
+            qx[k + 5] = hi
+            k += 6
+        # sorted by (y, x): y steps by 0.5, x spans less than width + 2
+        order = np.argsort(qy * (width + 2.0) + qx, kind="mergesort")
+        sy = qy[order]
+        sx = qx[order]
+        gy = np.empty(2 * k + 1)
+        gx = np.empty(2 * k + 1)
+        g = _monotone_hull(sy, sx, k, gy, gx)
+        total = 0.0
+        for yi in range(ymin[i], ymax[i]):
+            yr = float(yi)
+            xl = 1e18
+            xr = -1e18
+            for e in range(g):
+                e1 = (e + 1) % g
+                ya = gy[e]
+                yb = gy[e1]
+                if not (yr >= min(ya, yb) and yr <= max(ya, yb)):
+                    continue
+                xa = gx[e]
+                xb = gx[e1]
+                if ya == yb:
+                    x1 = xa
+                    x2 = xb
+                else:
+                    t = (yr - ya) / (yb - ya)
+                    x1 = xa + t * (xb - xa)
+                    x2 = x1
+                xl = min(xl, min(x1, x2))
+                xr = max(xr, max(x1, x2))
+            if xr >= xl:
+                cnt = math.floor(xr + 1e-9) - math.ceil(xl - 1e-9) + 1
+                total += max(cnt, 0.0)
+        convex_area[i] = total
+
+
+@_njit
+def _pairwise_block(a, lo, n):
+    """NumPy's pairwise summation of at most 128 values: eight accumulators, then the rest."""
+    if n < 8:
+        res = 0.0
+        for i in range(n):
+            res += a[lo + i]
+        return res
+    r0 = a[lo]
+    r1 = a[lo + 1]
+    r2 = a[lo + 2]
+    r3 = a[lo + 3]
+    r4 = a[lo + 4]
+    r5 = a[lo + 5]
+    r6 = a[lo + 6]
+    r7 = a[lo + 7]
+    i = 8
+    end = n - (n % 8)
+    while i < end:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@_njit
+def _pairwise(a, lo, n, istack, left):
+    """NumPy's pairwise summation of ``a[lo:lo + n]`` (what ``add.reduce``/``reduceat`` compute).
+
+    Blocks of at most 128 values (:func:`_pairwise_block`); a longer run is
+    split at ``n // 2`` rounded down to a multiple of 8 and the halves'
+    sums are added. The recursion is unrolled on a small explicit stack
+    (numba's on-disk cache does not support recursive functions): ``istack``
+    is a ``(3, 64)`` int64 and ``left`` a ``(64,)`` float64 scratch array.
+    """
+    if n <= 128:
+        return _pairwise_block(a, lo, n)
+    slo = istack[0]
+    sn = istack[1]
+    state = istack[2]  # 0: new, 1: left half pending, 2: right half pending
+    sp = 0
+    slo[0] = lo
+    sn[0] = n
+    while True:
+        m = sn[sp]
+        if m > 128:
+            half = m // 2
+            half -= half % 8
+            state[sp] = 1
+            slo[sp + 1] = slo[sp]
+            sn[sp + 1] = half
+            state[sp + 1] = 0
+            sp += 1
+            continue
+        val = _pairwise_block(a, slo[sp], m)
+        sp -= 1
+        while sp >= 0 and state[sp] == 2:
+            val = left[sp] + val
+            sp -= 1
+        if sp < 0:
+            return val
+        # the left half of frame sp is done: keep it, go to the right half
+        left[sp] = val
+        state[sp] = 2
+        half = sn[sp] // 2
+        half -= half % 8
+        slo[sp + 1] = slo[sp] + half
+        sn[sp + 1] = sn[sp] - half
+        state[sp + 1] = 0
+        sp += 1
+
+
+@_njit
+def _segment_total(a, n, cut_last, istack, left):
+    """``add.reduceat`` of one segment ``a[:n]`` as :func:`segment_sum` computes it.
+
+    ``cut_last``: the segment is the last non-empty one and empty objects
+    follow it; :func:`_objects._reduceat_segments` then sums all but the last
+    value and adds the last one after.
+    """
+    if n == 0:
+        return 0.0
+    if cut_last and n >= 2:
+        return (a[0] + _pairwise(a, 1, n - 2, istack, left)) + a[n - 1]
+    return a[0] + _pairwise(a, 1, n - 1, istack, left)
+
+
+@_njit
+def _zernike_kernel(py, px, starts, counts, cy, cx, radius, degree, feat_ptr, feat_basis, feat_coef,
+                    cut_obj, out):
+    """Zernike magnitudes of every object with :func:`zernike_moments`' arithmetic, to the bit.
+
+    Per object, the basis values ``rho^(j - m) z^m`` of its pixels (zero
+    outside the unit disk) come from the same products in the same order
+    (``m`` ascending, ``j = m, m + 2, ...`` inside), are summed with NumPy's
+    pairwise summation (what ``add.reduceat`` does), combined with the radial
+    coefficients in order and divided by the circle's area. Feature ``f`` is
+    ``sum_k feat_coef[k] * basis[feat_basis[k]]``, ``k`` in
+    ``feat_ptr[f]:feat_ptr[f + 1]``. ``cut_obj``: the object whose sums
+    :func:`_segment_total` takes with ``cut_last`` (-1: none).
+    """
+    n = starts.shape[0]
+    nb = 0
+    for m in range(degree + 1):
+        nb += (degree - m) // 2 + 1
+    nf = feat_ptr.shape[0] - 1
+    maxc = 1
+    for i in range(n):
+        maxc = max(maxc, counts[i])
+    xm = np.empty(maxc)
+    ym = np.empty(maxc)
+    r2 = np.empty(maxc)
+    zr = np.empty(maxc)
+    zi = np.empty(maxc)
+    cr = np.empty(maxc)
+    ci = np.empty(maxc)
+    bre = np.empty(nb)
+    bim = np.empty(nb)
+    istack = np.zeros((3, 64), dtype=np.int64)
+    left = np.empty(64)
+    for i in range(n):
+        s = starts[i]
+        c = counts[i]
+        r = radius[i]
+        for p in range(c):
+            y = (py[s + p] - cy[i]) / r
+            x = (px[s + p] - cx[i]) / r
+            q = x * x + y * y
+            if q <= 1:
+                xm[p] = x
+                ym[p] = y
+                r2[p] = q
+                zr[p] = 1.0
+            else:
+                xm[p] = 0.0
+                ym[p] = 0.0
+                r2[p] = 0.0
+                zr[p] = 0.0
+            zi[p] = 0.0
+        cut = i == cut_obj
+        b = 0
+        for m in range(degree + 1):
+            if m > 0:  # z^m = z^(m-1) z
+                for p in range(c):
+                    t1 = zr[p] * xm[p]
+                    t2 = zi[p] * ym[p]
+                    nzr = t1 - t2
+                    t1 = zr[p] * ym[p]
+                    t2 = zi[p] * xm[p]
+                    zi[p] = t1 + t2
+                    zr[p] = nzr
+            for p in range(c):
+                cr[p] = zr[p]
+                ci[p] = zi[p]
+            for j in range(m, degree + 1, 2):  # rho^(j - m) z^m
+                bre[b] = _segment_total(cr, c, cut, istack, left)
+                bim[b] = _segment_total(ci, c, cut, istack, left) if m > 0 else 0.0  # z^0 is real
+                b += 1
+                if j + 2 <= degree:
+                    for p in range(c):
+                        cr[p] = cr[p] * r2[p]
+                        ci[p] = ci[p] * r2[p]
+        area = math.pi * r * r
+        for f in range(nf):
+            re = 0.0
+            im = 0.0
+            for k in range(feat_ptr[f], feat_ptr[f + 1]):
+                re = re + feat_coef[k] * bre[feat_basis[k]]
+                im = im + feat_coef[k] * bim[feat_basis[k]]
+            out[i, f] = math.sqrt(re * re + im * im) / area
+
+
+@_njit
+def _radii_kernel(py, px, starts, counts, ymin, xmin, ymax, xmax, todo, d):
+    """Exact Euclidean distance of each pixel of the objects ``todo`` to the nearest pixel outside it.
+
+    Each object alone in its bounding box padded by one background pixel
+    (``regionprops``' image, as MeasureObjectSizeShape sees it): Meijster's
+    two-pass exact transform on integer squared distances, then
+    ``sqrt(float(dy^2 + dx^2))`` - the value of SciPy's exact transform,
+    written into ``d`` at the object's pixels.
+    """
+    n = starts.shape[0]
+    for i in range(n):
+        if not todo[i] or counts[i] == 0:
+            continue
+        h = ymax[i] - ymin[i] + 2
+        w = xmax[i] - xmin[i] + 2
+        inside = np.zeros((h, w), dtype=np.bool_)
+        s = starts[i]
+        for p in range(s, s + counts[i]):
+            inside[py[p] - ymin[i] + 1, px[p] - xmin[i] + 1] = True
+        g = np.empty((h, w), dtype=np.int64)
+        for x in range(w):  # vertical distance to background: downwards, then upwards (rows contiguous)
+            g[0, x] = 0
+        for y in range(1, h):
+            for x in range(w):
+                g[y, x] = g[y - 1, x] + 1 if inside[y, x] else 0
+        for y in range(h - 2, -1, -1):
+            for x in range(w):
+                if g[y + 1, x] + 1 < g[y, x]:
+                    g[y, x] = g[y + 1, x] + 1
+        sq = np.empty(w, dtype=np.int64)
+        tq = np.empty(w, dtype=np.int64)
+        dt = np.empty((h, w), dtype=np.int64)
+        for y in range(h):  # lower envelope of the parabolas (x - u)^2 + g(u)^2
+            q = 0
+            sq[0] = 0
+            tq[0] = 0
+            gy = g[y]
+            for u in range(1, w):
+                gu = gy[u] * gy[u]
+                while q >= 0:
+                    a = tq[q] - sq[q]
+                    b = tq[q] - u
+                    if a * a + gy[sq[q]] * gy[sq[q]] <= b * b + gu:
+                        break
+                    q -= 1
+                if q < 0:
+                    q = 0
+                    sq[0] = u
+                else:
+                    # first column where u's parabola lies below sq[q]'s
+                    v = sq[q]
+                    sep = (u * u - v * v + gu - gy[v] * gy[v]) // (2 * (u - v)) + 1
+                    if sep < w:
+                        q += 1
+                        sq[q] = u
+                        tq[q] = sep
+            for x in range(w - 1, -1, -1):
+                a = x - sq[q]
+                dt[y, x] = a * a + gy[sq[q]] * gy[sq[q]]
+                if x == tq[q]:
+                    q -= 1
+        for p in range(s, s + counts[i]):
+            d[p] = math.sqrt(float(dt[py[p] - ymin[i] + 1, px[p] - xmin[i] + 1]))
+
+
+@_njit
+def _perimeter_euler_kernel(lab, n, lut, coefs, perim, euler):
+    """``skimage`` perimeter (4-neighbourhood) and Euler number (8-connectivity) of every label.
+
+    As :func:`perimeters` and :func:`euler_numbers`: a raster pass marks
+    each object's border pixels; a second adds, in raster order (the order of
+    their ``bincount``), the weight of each border pixel's configuration code;
+    every 2x2 window of the zero-padded image adds the coefficient of its
+    code to each label present in it. Labels above ``n`` count as other
+    objects and are not measured.
+    """
+    H, W = lab.shape
+    border = np.zeros((H, W), dtype=np.bool_)
+    for y in range(H):
+        for x in range(W):
+            v = lab[y, x]
+            if v <= 0:
+                continue
+            if (y == 0 or lab[y - 1, x] != v or y == H - 1 or lab[y + 1, x] != v
+                    or x == 0 or lab[y, x - 1] != v or x == W - 1 or lab[y, x + 1] != v):
+                border[y, x] = True
+    for y in range(H):
+        for x in range(W):
+            if not border[y, x]:
+                continue
+            v = lab[y, x]
+            if v > n:
+                continue
+            code = 1
+            for dy in range(-1, 2):
+                yy = y + dy
+                if yy < 0 or yy >= H:
+                    continue
+                for dx in range(-1, 2):
+                    xx = x + dx
+                    if (dy == 0 and dx == 0) or xx < 0 or xx >= W:
+                        continue
+                    if border[yy, xx] and lab[yy, xx] == v:
+                        code += 2 if (dy == 0 or dx == 0) else 10
+            perim[v - 1] += lut[code]
+    for y in range(H + 1):
+        for x in range(W + 1):
+            # corners of the window (y - 1 .. y, x - 1 .. x) of the image
+            d = lab[y - 1, x - 1] if (y >= 1 and x >= 1) else 0
+            c = lab[y - 1, x] if (y >= 1 and x < W) else 0
+            b = lab[y, x - 1] if (y < H and x >= 1) else 0
+            a = lab[y, x] if (y < H and x < W) else 0
+            if a == b and a == c and a == d:
+                continue
+            for k in range(4):
+                lk = a if k == 0 else (b if k == 1 else (c if k == 2 else d))
+                if lk <= 0 or lk > n:
+                    continue
+                if k >= 1 and a == lk:
+                    continue
+                if k >= 2 and b == lk:
+                    continue
+                if k == 3 and c == lk:
+                    continue
+                code = (1 if a == lk else 0) + (4 if b == lk else 0) + (2 if c == lk else 0) + (8 if d == lk else 0)
+                euler[lk - 1] += coefs[code]
+
