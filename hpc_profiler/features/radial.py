@@ -31,6 +31,24 @@ gathers and a scatter-min only, so the whole family stays on the device. The
 channel-independent parts of the per-channel sums (bin and wedge keys, pixel
 counts) are computed once per object set (``RadialGeometry.sums``).
 
+Summation order and precision
+-----------------------------
+CellProfiler sums the float32 image per (object, bin) and per (object, bin,
+wedge) with ``scipy.sparse.coo_matrix((values, (rows, cols))).toarray()``,
+which accumulates in the values' dtype (float32), one pixel at a time in the
+order of the pixels (raster order, ``pixel_data[good_mask]``); FracAtD is the
+float32 quotient of that histogram by its float32 row sum
+(``numpy.sum(histogram, 1)``). On the CPU the same sums are formed here in
+the same order and precision (``numpy.add.at`` on a float32 array applies the
+pixels one by one in order; the object pixels are in raster order within each
+object, :func:`~hpc_profiler.features._objects.object_pixels`), so the values
+equal CellProfiler's to the last bit where the masks and centres agree. On
+the GPU an in-order float32 accumulation would serialise; there the sums are
+formed in float64 (one ``bincount``) and rounded to float32 once, which is
+deterministic and differs from the CPU's raster-order float32 sums by the
+float32 rounding of the sums only (relative ~1e-7 per sum, far inside the
+CPU vs GPU parity bound).
+
 Deliberate differences
 ----------------------
 * Ties for the centre (several pixels equally far from the edge) take the
@@ -128,6 +146,22 @@ class RadialGeometry:
 #: zero image: ``sqrt(manhattan distance)``, i.e. 1 and sqrt(2)).
 _STEPS = [(dy, dx, float(np.sqrt(abs(dy) + abs(dx))))
           for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+
+
+def float32_sums(bk, keys, values, size: int):
+    """``size`` per-key sums of ``values`` as float32, CellProfiler's way.
+
+    CPU: float32 accumulation one value at a time in the order given
+    (``scipy.sparse.coo_matrix(...).toarray()``'s loop; ``numpy.add.at``
+    applies the values in order, unbuffered). GPU: float64 sums rounded to
+    float32 (see the module docstring).
+    """
+    xp = bk.xp
+    if bk.is_gpu:
+        return xp.bincount(keys, weights=values.astype(xp.float64), minlength=size)[:size].astype(xp.float32)
+    out = np.zeros(size, dtype=np.float32)
+    np.add.at(out, np.asarray(keys), np.asarray(values, dtype=np.float32))
+    return out
 
 
 def geodesic_from_seeds(packed, n_pixels: int, seeds):
@@ -267,13 +301,14 @@ def measure_radial_distribution(labels, n_objects: int, image, channel: str, *, 
     n = op.n
     nb = g.bins + 1
     s = g.sums
-    v = xp.ravel(image)[s["flat"]].astype(xp.float64)
-    hist = xp.bincount(s["bin_key"], weights=v, minlength=n * nb)[: n * nb].reshape(n, nb)
+    # CellProfiler's float32 image values, summed in float32 (module docstring)
+    v = xp.ravel(image)[s["flat"]].astype(xp.float32)
+    hist = float32_sums(bk, s["bin_key"], v, n * nb).reshape(n, nb)
     with np.errstate(divide="ignore", invalid="ignore"):
-        frac = hist / hist.sum(axis=1, keepdims=True)
+        frac = (hist / hist.sum(axis=1, keepdims=True)).astype(xp.float64)  # float32 quotient
         mean_frac = frac / (s["pix_frac"] + np.finfo(float).eps)
         # wedge means per (object, bin, wedge)
-        wsum = xp.bincount(s["wedge_key"], weights=v, minlength=n * nb * 8)[: n * nb * 8].reshape(n, nb, 8)
+        wsum = float32_sums(bk, s["wedge_key"], v, n * nb * 8).reshape(n, nb, 8).astype(xp.float64)
         present, k = s["present"], s["k"]
         means = xp.where(present, wsum / s["wcnt"], 0.0)
         mu = means.sum(axis=2) / k
