@@ -242,6 +242,11 @@ class NeighborsConfig:
     cells_distance: int = opt(5, doc="Cells: neighbors within this many pixels")
     nuclei_distance: int = opt(1, doc="Nuclei: neighbors within this many pixels")
     cells_adjacent: bool = opt(True, doc="Cells: also adjacent neighbors (Neighbors_*_Adjacent)")
+    count_discarded: bool = opt(
+        True,
+        doc="Also count objects the segmentation discarded as neighbors (cells of border nuclei, too-large"
+        " nuclei): CellProfiler's 'Consider objects discarded for touching image border? = Yes' (CPJUMP1)",
+    )
 
 
 @dataclass

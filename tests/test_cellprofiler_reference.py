@@ -17,6 +17,7 @@ scikit-image is installed.
 """
 from __future__ import annotations
 
+import csv
 import importlib.util
 from pathlib import Path
 
@@ -112,13 +113,8 @@ def test_texture_of_undefined_objects_is_zero_as_cellprofiler_writes_it():
 
 
 #: (compartment, family) pairs not yet at the bar, with the looser bound they are held to and why
-#: (docs/feature_differences.md): Cells neighbours, where CellProfiler also counts the cells of
-#: border-discarded nuclei; radial fractions, which CellProfiler accumulates in float32.
-OPEN = {
-    ("Cells", "Neighbors"): (1e-6, 1.0),
-    ("Cells", "RadialDistribution"): (1e-5, 1e-4),
-    ("Cytoplasm", "RadialDistribution"): (1e-5, 1e-4),
-}
+#: (docs/feature_differences.md "Open"). Empty: every family and compartment is at the bar.
+OPEN: dict = {}
 
 
 def test_features_on_identical_masks_within_the_bar(result):
@@ -139,3 +135,31 @@ def test_features_on_identical_masks_within_the_bar(result):
 def test_no_cellprofiler_column_is_missing(result):
     for obj, cols in result["missing"].items():
         assert not cols, (obj, cols)
+
+
+def test_neighbors_count_discarded_switch_on_the_reference(tmp_path):
+    """CPJUMP1 sets "Consider objects discarded for touching image border?" = Yes: with
+    ``features.neighbors.count_discarded`` (the default) Cells and Nuclei neighbours are
+    CellProfiler's; switched off (the setting "No"), cells next to the cell of a
+    border-discarded nucleus differ from this reference. First site only, Neighbors only."""
+    from hpc_profiler.config import Config
+
+    mod = _compare_module()
+    with open(DATA / "load_data.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    first = {k: (str(DATA / v) if k.startswith("PathName_") else v) for k, v in rows[0].items()}
+    one = tmp_path / "load_data.csv"
+    with open(one, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(first))
+        w.writeheader()
+        w.writerow(first)
+    out = {}
+    for count in (True, False):
+        cfg = Config()
+        cfg.features.families = ["Neighbors"]
+        cfg.features.neighbors.count_discarded = count
+        res = mod.compare(one, DATA / "cellprofiler", DATA / "cellprofiler" / "labels", cfg=cfg)
+        out[count] = res["families"][("Cells", "Neighbors")]
+        assert res["objects"]["Cells"]["identical"] == res["objects"]["Cells"]["theirs"] > 0
+    assert out[True]["median"] <= 1e-6 and out[True]["p95"] <= 1e-4, out[True]
+    assert out[False]["max"] > 1e-2, out[False]

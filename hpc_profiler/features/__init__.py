@@ -51,7 +51,7 @@ from ..backend import backend_of
 from ..config import FEATURE_FAMILIES, OBJECTS, FeaturesConfig
 from ..sitefile import ObjectTable
 from .correlation import correlation_feature_names, measure_correlation
-from .neighbors import measure_neighbors, neighbor_feature_names
+from .neighbors import measure_neighbors, neighbor_feature_names, with_discarded_labels
 
 __all__ = [
     "SiteFeatures",
@@ -234,12 +234,15 @@ def _family_module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None) -> dict:
+def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None,
+                     unfiltered=None) -> dict:
     """Unprefixed columns of one object from every selected family except Granularity.
 
     ``image_ranks`` (channel -> dense ranks of the image's pixels, see
     ``correlation.image_dense_ranks``) and ``texture_levels``
     (``texture.texture_levels``) are shared by the object sets of a site.
+    ``unfiltered``: the object set's label image before the identification's
+    filters (``Segmentation.unfiltered``) or None.
     """
     fams = params.families
     out = {}
@@ -302,8 +305,11 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
             )
     if "Neighbors" in fams:
         with timer("Neighbors"):
+            ext = None
+            if params.neighbors.count_discarded and unfiltered is not None:
+                ext = with_discarded_labels(unfiltered, lab)
             for d in neighbor_distances(obj, params):
-                out.update(measure_neighbors(lab, n, distance=d))
+                out.update(measure_neighbors(lab, n, distance=d, with_discarded=ext))
     return out
 
 
@@ -367,6 +373,7 @@ def measure_site(
     channels: Sequence[str],
     *,
     n_objects: Optional[int] = None,
+    unfiltered: Optional[Mapping[str, object]] = None,
 ) -> SiteFeatures:
     """All selected feature families for the objects of one site.
 
@@ -383,6 +390,12 @@ def measure_site(
         Channels measured, in the configured order.
     n_objects : int, optional
         N; defaults to the largest label over the label images.
+    unfiltered : mapping object -> (H, W) int array, optional
+        ``Segmentation.unfiltered``: the objects before the identification's
+        final filters (CellProfiler's ``small_removed_segmented``). With
+        ``params.neighbors.count_discarded`` the Neighbors family counts the
+        discarded ones as neighbours, as CellProfiler's "Consider objects
+        discarded for touching image border?" = Yes.
 
     Returns
     -------
@@ -442,8 +455,14 @@ def measure_site(
     for o in params.objects:
         cols = per_object[o]
         if n > 0:
+            unf = None
+            if unfiltered is not None and unfiltered.get(o) is not None:
+                unf = xp.asarray(unfiltered[o])
+                if tuple(unf.shape) != tuple(labs[o].shape):
+                    raise ValueError(f"measure_site: unfiltered {o} labels have shape {tuple(unf.shape)},"
+                                     f" the labels {tuple(labs[o].shape)}")
             cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks,
-                                         texture_levels))
+                                         texture_levels, unf))
         expected = [k[len(o) + 1:] for k in names[o]]
         if n > 0 and set(cols) != set(expected):
             extra = sorted(set(cols) - set(expected))

@@ -36,13 +36,27 @@ pixel, so this finds exactly the pairs CellProfiler's per-object dilation finds)
 and gathers the labels at every offset of the disk (a loop over offsets, not
 over objects). Runs on CPU or GPU through :mod:`hpc_profiler.backend`.
 
+Objects the identification discarded
+------------------------------------
+CellProfiler's "Consider objects discarded for touching image border?" = Yes
+(the CPJUMP1 setting of all three Neighbors modules) measures on the object
+set's ``small_removed_segmented`` label image instead of the final one: for
+Cells the cells grown from the final nuclei *and* from the nuclei discarded
+for touching the border (IdentifySecondaryObjects grows both, then drops the
+latter), for Nuclei the nuclei before the filters except the border-touching
+and too-small ones (so the too-large ones). With ``with_discarded`` (see
+:func:`with_discarded_labels`) the discarded objects are counted as
+neighbours (``NumberOfNeighbors``), as touching pixels (``PercentTouching``)
+and as nearest centres for ``FirstClosestDistance``,
+``SecondClosestDistance`` and ``AngleBetweenNeighbors``, while
+``FirstClosestObjectNumber`` / ``SecondClosestObjectNumber`` name final
+objects only: CellProfiler recomputes those among the kept objects, not the
+distances (``MeasureObjectNeighbors.run``). They are never measured
+themselves. Without it (the setting "No", ``features.neighbors.count_discarded:
+false``) only the final objects exist.
+
 Deliberate differences (``docs/feature_differences.md``):
 
-* CellProfiler by default also counts objects that the identification module
-  discarded for touching the image border ("Consider objects discarded for
-  touching image border?" = Yes). The discarded objects are not kept by our
-  segmentation, so neighbours are counted among the final objects only (the
-  setting "No").
 * An object without pixels (possible only for an empty compartment) gets 0
   neighbours, object numbers 0 and NaN distances/angle instead of an error.
 * The angle's cosine is clipped to [-1, 1] before ``arccos`` (CellProfiler can
@@ -132,7 +146,34 @@ def _closest(xp, cy, cx, has):
     return order[:, 0], order[:, 1] if n > 1 else order[:, 0]
 
 
-def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dict:
+def with_discarded_labels(unfiltered, final):
+    """The label image :func:`measure_neighbors` takes as ``with_discarded``.
+
+    ``unfiltered`` is CellProfiler's ``small_removed_segmented`` of an object
+    set (any numbering: the objects before the identification's final
+    filters), ``final`` the final labels 1..N. An unfiltered object that
+    overlaps a final object gets that object's number; every other one (a
+    discarded object) gets N + 1, N + 2, ... in the order of its unfiltered
+    number. The pixels are the unfiltered image's, as CellProfiler measures
+    them.
+    """
+    bk = backend_of(unfiltered, final)
+    xp = bk.xp
+    unfiltered = xp.asarray(unfiltered).astype(xp.int64)
+    final = xp.asarray(final)
+    m = int(unfiltered.max()) if unfiltered.size else 0
+    n = int(final.max()) if final.size else 0
+    lut = xp.zeros(m + 1, dtype=xp.int64)
+    both = (final > 0) & (unfiltered > 0)
+    lut[unfiltered[both]] = final[both].astype(xp.int64)
+    present = xp.bincount(unfiltered.ravel(), minlength=m + 1) > 0
+    extra = present & (lut == 0)
+    extra[0] = False
+    lut = xp.where(extra, n + xp.cumsum(extra), lut)
+    return lut[unfiltered].astype(xp.int32)
+
+
+def measure_neighbors(labels, n_objects: int, *, distance: Optional[int], with_discarded=None) -> dict:
     """Neighbour measurements of each object against the other objects.
 
     Parameters
@@ -145,6 +186,12 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dic
         CellProfiler's "Within a specified distance" in pixels (columns
         ``..._<distance>``), or ``None`` for "Adjacent" (columns ``..._Adjacent``,
         computed as distance 1).
+    with_discarded : int array (H, W), optional
+        :func:`with_discarded_labels`: objects 1..N as CellProfiler's
+        ``small_removed_segmented`` has them and the discarded objects
+        numbered from N + 1; they count as neighbours ("Consider objects
+        discarded for touching image border?" = Yes, see the module
+        docstring). ``None``: the setting "No".
 
     Returns
     -------
@@ -164,33 +211,51 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dic
     if radius < 0:
         raise ValueError(f"neighbor distance must be >= 0, got {distance}")
     zeros = {k: xp.zeros(n, dtype=xp.float64) for k in names}
-    labels = xp.asarray(labels)
-    if n < 2:
+    if with_discarded is None:
+        labels = xp.asarray(labels)
+        labels = xp.where(labels <= n, labels, 0).astype(xp.int32)
+        m = n  # objects that exist as neighbours: the final ones only
+    else:
+        if tuple(with_discarded.shape) != tuple(labels.shape):
+            raise ValueError(f"measure_neighbors: with_discarded has shape {tuple(with_discarded.shape)},"
+                             f" the labels {tuple(labels.shape)}")
+        labels = xp.asarray(with_discarded).astype(xp.int32)
+        m = max(int(labels.max()) if labels.size else 0, n)
+    # CellProfiler measures nothing unless there are at least two objects
+    # (final plus discarded ones)
+    if n == 0 or m < 2:
         return zeros
-    labels = xp.where(labels <= n, labels, 0).astype(xp.int32)
-    cy, cx, cnt = object_centers(xp, labels, n)
-    has = cnt > 0
+    cy, cx, cnt = object_centers(xp, labels, m)
+    has_all = cnt > 0
+    has = has_all[:n]
     s = neighbor_scale(distance)
 
-    # --- closest objects by centre distance, angle between them
-    first, second = _closest(xp, cy, cx, has)
-    v1y, v1x = cy[first] - cy, cx[first] - cx
-    if n > 2:
-        v2y, v2x = cy[second] - cy, cx[second] - cx
+    # --- closest objects by centre distance, angle between them. The numbers
+    # name final objects only; the distances and the angle also see the
+    # discarded objects (CellProfiler recomputes only the numbers).
+    first_all, second_all = _closest(xp, cy, cx, has_all)
+    first_all, second_all = first_all[:n], second_all[:n]
+    if m > n:
+        first, second = _closest(xp, cy[:n], cx[:n], has)
+    else:
+        first, second = first_all, second_all
+    cyn, cxn = cy[:n], cx[:n]
+    v1y, v1x = cy[first_all] - cyn, cx[first_all] - cxn
+    if m > 2:
+        v2y, v2x = cy[second_all] - cyn, cx[second_all] - cxn
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = (v1y * v2y + v1x * v2x) / xp.sqrt((v1y**2 + v1x**2) * (v2y**2 + v2x**2))
         angle = xp.degrees(xp.arccos(xp.clip(cos, -1.0, 1.0)))
-        second_number = (second + 1).astype(xp.float64)
     else:
         v2y = v2x = xp.zeros(n)
         angle = xp.zeros(n)
-        second_number = xp.zeros(n)
-    first_number = (first + 1).astype(xp.float64)
+    first_number = (first + 1).astype(xp.float64) if n > 1 else xp.zeros(n)
+    second_number = (second + 1).astype(xp.float64) if n > 2 else xp.zeros(n)
     first_number[~has] = 0
     second_number[~has] = 0
 
     # --- neighbours and touching, from the outline pixels
-    outline = outline_mask(xp, labels)
+    outline = outline_mask(xp, labels) & (labels <= n)  # outlines of the measured objects
     oy, ox = xp.nonzero(outline)
     own = labels[oy, ox]
     pad = radius + 1
@@ -207,9 +272,9 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dic
         other = (q != 0) & (q != own)
         touching |= other
         if (dy, dx) in in_count:
-            pair_codes.append(own[other].astype(xp.int64) * (n + 1) + q[other])
+            pair_codes.append(own[other].astype(xp.int64) * (m + 1) + q[other])
     codes = xp.unique(xp.concatenate(pair_codes)) if pair_codes else xp.zeros(0, xp.int64)
-    n_neighbors = xp.bincount(codes // (n + 1), minlength=n + 1)[1 : n + 1].astype(xp.float64)
+    n_neighbors = xp.bincount(codes // (m + 1), minlength=n + 1)[1 : n + 1].astype(xp.float64)
     perim = xp.bincount(own, minlength=n + 1)[1 : n + 1].astype(xp.float64)
     touch = xp.bincount(own[touching], minlength=n + 1)[1 : n + 1].astype(xp.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
