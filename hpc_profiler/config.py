@@ -259,6 +259,12 @@ class FeaturesConfig:
     granularity: GranularityConfig = opt(factory=GranularityConfig, doc="Granularity")
     correlation: CorrelationConfig = opt(factory=CorrelationConfig, doc="Colocalization")
     neighbors: NeighborsConfig = opt(factory=NeighborsConfig, doc="Neighbors")
+    empty_objects: Literal["nan", "cellprofiler"] = opt(
+        "nan",
+        doc="Objects without pixels (an empty cytoplasm): nan = NaN for every statistic (integrated intensities 0);"
+        " cellprofiler = what CellProfiler writes (0 for Intensity, Location_*Intensity and RadialCV, NaN for"
+        " AreaShape and the rest)",
+    )
 
 
 # ----------------------------------------------------------------- executor

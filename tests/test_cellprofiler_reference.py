@@ -112,6 +112,45 @@ def test_texture_of_undefined_objects_is_zero_as_cellprofiler_writes_it():
         assert np.isnan(tab.values[1, j]) if as_nan else tab.values[1, j] == 0.0
 
 
+def test_empty_objects_as_cellprofiler_writes_them():
+    """``features.empty_objects: cellprofiler``: an object without pixels (here an empty
+    cytoplasm) gets CellProfiler's values, by hand from its modules: MeasureObjectIntensity
+    starts every column (Intensity_*, Location_CenterMassIntensity_*, Location_MaxIntensity_*)
+    at 0 and fills only objects it finds; RadialCV is 0 where no wedge has pixels, FracAtD
+    and MeanFrac are 0 / 0 = NaN; MeasureObjectSizeShape fills missing objects with NaN;
+    Granularity and Correlation (``scipy.ndimage.mean`` of nothing) and Location_Center are
+    NaN. Objects with pixels are unchanged."""
+    from hpc_profiler.config import FeaturesConfig
+    from hpc_profiler.features import measure_site
+
+    rng = np.random.default_rng(5)
+    lab = np.zeros((64, 64), np.int32)
+    lab[4:28, 4:28] = 1
+    lab[34:60, 34:60] = 2
+    lab[4:28, 36:60] = 3
+    cyto = np.where(lab == 2, 0, lab).astype(np.int32)
+    images = {c: rng.random(lab.shape).astype(np.float32) for c in ("DNA", "RNA")}
+    labels = {"Nuclei": lab, "Cells": lab, "Cytoplasm": cyto}
+    tabs = {}
+    for mode in ("nan", "cellprofiler"):
+        params = FeaturesConfig()
+        params.empty_objects = mode
+        tabs[mode] = measure_site(images, labels, params, ["DNA", "RNA"]).objects["Cytoplasm"]
+    names = tabs["nan"].names
+    ours, cp = tabs["nan"].values, tabs["cellprofiler"].values
+    np.testing.assert_array_equal(ours[[0, 2]], cp[[0, 2]])
+    for j, name in enumerate(names):
+        col = name[len("Cytoplasm_"):]
+        if col.startswith(("Intensity_", "Location_CenterMassIntensity_", "Location_MaxIntensity_",
+                           "RadialDistribution_RadialCV_", "Texture_")):
+            assert cp[1, j] == 0.0, name
+        else:
+            assert np.isnan(cp[1, j]), name
+    j = names.index("Cytoplasm_Intensity_MeanIntensity_DNA")
+    assert np.isnan(ours[1, j])  # the default: a mean of nothing is undefined
+    assert ours[1, names.index("Cytoplasm_AreaShape_Area")] == 0.0
+
+
 #: (compartment, family) pairs not yet at the bar, with the looser bound they are held to and why
 #: (docs/feature_differences.md "Open"). Empty: every family and compartment is at the bar.
 OPEN: dict = {}

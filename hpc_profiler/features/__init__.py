@@ -313,6 +313,36 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
     return out
 
 
+#: Columns CellProfiler writes as 0 for an object without pixels: MeasureObjectIntensity
+#: starts from zeros and fills the objects it finds; MeasureObjectIntensityDistribution's
+#: RadialCV is set to 0 where no wedge has pixels. AreaShape (filled with NaN for missing
+#: labels), FracAtD / MeanFrac (0 / 0), Granularity and Correlation (``scipy.ndimage.mean``
+#: of nothing), Location_Center (``centers_of_labels``) are NaN there as ours.
+_EMPTY_ZERO_PREFIXES = ("Intensity_", "Location_CenterMassIntensity_", "Location_MaxIntensity_",
+                        "RadialDistribution_RadialCV_")
+
+
+def empty_objects_as_cellprofiler(lab, n: int, cols: dict) -> dict:
+    """``cols`` with the values of objects without pixels set as CellProfiler writes them.
+
+    ``features.empty_objects: cellprofiler``: 0 for the columns of
+    ``_EMPTY_ZERO_PREFIXES``, NaN for ``AreaShape_*`` (CellProfiler fills
+    missing objects with NaN, where we write an area of 0), the rest unchanged
+    (already NaN as CellProfiler's, or Texture, which ``texture.undefined_as_nan``
+    governs).
+    """
+    xp = backend_of(lab).xp
+    empty = xp.bincount(xp.ravel(lab), minlength=n + 1)[1 : n + 1] == 0
+    out = {}
+    for k, v in cols.items():
+        if k.startswith(_EMPTY_ZERO_PREFIXES):
+            v = xp.where(empty, 0.0, v)
+        elif k.startswith("AreaShape_"):
+            v = xp.where(empty, xp.nan, v)
+        out[k] = v
+    return out
+
+
 def _granularity(images, labels, n, channels, params, timer):
     """Per-object and image-level granularity of every channel and object set.
 
@@ -463,6 +493,8 @@ def measure_site(
                                      f" the labels {tuple(labs[o].shape)}")
             cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks,
                                          texture_levels, unf))
+        if n > 0 and params.empty_objects == "cellprofiler":
+            cols = empty_objects_as_cellprofiler(labs[o], n, cols)
         expected = [k[len(o) + 1:] for k in names[o]]
         if n > 0 and set(cols) != set(expected):
             extra = sorted(set(cols) - set(expected))
