@@ -307,7 +307,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
         with timer("Neighbors"):
             ext = None
             if params.neighbors.count_discarded and unfiltered is not None:
-                ext = with_discarded_labels(unfiltered, lab)
+                ext = with_discarded_labels(unfiltered, lab, n)
             for d in neighbor_distances(obj, params):
                 out.update(measure_neighbors(lab, n, distance=d, with_discarded=ext))
     return out

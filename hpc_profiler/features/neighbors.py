@@ -146,7 +146,7 @@ def _closest(xp, cy, cx, has):
     return order[:, 0], order[:, 1] if n > 1 else order[:, 0]
 
 
-def with_discarded_labels(unfiltered, final):
+def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None):
     """The label image :func:`measure_neighbors` takes as ``with_discarded``.
 
     ``unfiltered`` is CellProfiler's ``small_removed_segmented`` of an object
@@ -155,14 +155,14 @@ def with_discarded_labels(unfiltered, final):
     overlaps a final object gets that object's number; every other one (a
     discarded object) gets N + 1, N + 2, ... in the order of its unfiltered
     number. The pixels are the unfiltered image's, as CellProfiler measures
-    them.
+    them. ``n_objects``: N when known (saves a device sync).
     """
     bk = backend_of(unfiltered, final)
     xp = bk.xp
     unfiltered = xp.asarray(unfiltered).astype(xp.int64)
     final = xp.asarray(final)
     m = int(unfiltered.max()) if unfiltered.size else 0
-    n = int(final.max()) if final.size else 0
+    n = int(n_objects) if n_objects is not None else (int(final.max()) if final.size else 0)
     lut = xp.zeros(m + 1, dtype=xp.int64)
     both = (final > 0) & (unfiltered > 0)
     lut[unfiltered[both]] = final[both].astype(xp.int64)
