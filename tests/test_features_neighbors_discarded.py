@@ -34,15 +34,16 @@ def _row():
 
 def test_with_discarded_labels_numbering():
     final, unfiltered = _row()
-    ext = with_discarded_labels(unfiltered, final)
-    assert ext.dtype == np.int32
+    d = with_discarded_labels(unfiltered, final)
+    ext = d.labels
+    assert ext.dtype == np.int32 and d.n_labels == 2 + 7 and d.n_cellprofiler == 7
     np.testing.assert_array_equal(ext[final > 0], final[final > 0])
-    np.testing.assert_array_equal(np.unique(ext[(final == 0) & (unfiltered > 0)]), [3])
-    # several discarded objects: numbered after the final ones in unedited order
+    # a discarded object of unfiltered number u is N + u
+    np.testing.assert_array_equal(np.unique(ext[(final == 0) & (unfiltered > 0)]), [2 + 7])
     unfiltered[0:2, 0:2] = 9
     unfiltered[10:12, 0:2] = 8
-    ext = with_discarded_labels(unfiltered, final)
-    assert ext[5, 12] == 3 and ext[11, 0] == 4 and ext[0, 0] == 5
+    d = with_discarded_labels(unfiltered, final, 2)
+    assert d.labels[5, 12] == 9 and d.labels[11, 0] == 10 and d.labels[0, 0] == 11 and d.n_labels == 11
 
 
 def test_discarded_neighbour_counts_by_hand():

@@ -67,7 +67,7 @@ Deliberate differences (``docs/feature_differences.md``):
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -135,27 +135,42 @@ def object_centers(xp, labels, n):
     return cy, cx, cnt
 
 
-def _closest(xp, cy, cx, has):
-    """Indices of the nearest and second-nearest other objects (stable ties)."""
-    n = cy.shape[0]
-    d = xp.sqrt((cy[:, None] - cy[None, :]) ** 2 + (cx[:, None] - cx[None, :]) ** 2)
-    d[~has, :] = xp.inf
+def _closest(xp, cy, cx, has, rows: Optional[int] = None):
+    """Indices of the nearest and second-nearest other objects (stable ties) of the
+    first ``rows`` objects (all by default) among all objects."""
+    m = cy.shape[0]
+    r = m if rows is None else rows
+    d = xp.sqrt((cy[:r, None] - cy[None, :]) ** 2 + (cx[:r, None] - cx[None, :]) ** 2)
+    d[~has[:r], :] = xp.inf
     d[:, ~has] = xp.inf
-    d[xp.arange(n), xp.arange(n)] = xp.inf
+    d[xp.arange(r), xp.arange(r)] = xp.inf
     order = xp.argsort(d, axis=1, kind="stable")
-    return order[:, 0], order[:, 1] if n > 1 else order[:, 0]
+    return order[:, 0], order[:, 1] if m > 1 else order[:, 0]
 
 
-def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None):
-    """The label image :func:`measure_neighbors` takes as ``with_discarded``.
+class DiscardedObjects(NamedTuple):
+    """What :func:`measure_neighbors` takes as ``with_discarded`` (:func:`with_discarded_labels`)."""
+
+    #: objects 1..N with their unfiltered pixels; a discarded object of unfiltered number u is N + u
+    labels: object
+    #: N + the largest unfiltered number: the label range of ``labels``
+    n_labels: int
+    #: the largest unfiltered number: CellProfiler's ``nneighbors``, which decides whether
+    #: there are enough objects to measure (> 1) and a second closest one (> 2)
+    n_cellprofiler: int
+
+
+def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None) -> DiscardedObjects:
+    """The objects :func:`measure_neighbors` takes as ``with_discarded``.
 
     ``unfiltered`` is CellProfiler's ``small_removed_segmented`` of an object
-    set (any numbering: the objects before the identification's final
-    filters), ``final`` the final labels 1..N. An unfiltered object that
-    overlaps a final object gets that object's number; every other one (a
-    discarded object) gets N + 1, N + 2, ... in the order of its unfiltered
-    number. The pixels are the unfiltered image's, as CellProfiler measures
-    them. ``n_objects``: N when known (saves a device sync).
+    set (the objects before the identification's final filters, in its own
+    numbering 1..M), ``final`` the final labels 1..N. An unfiltered object
+    that overlaps a final object gets that object's number; every other one
+    (a discarded object) with unfiltered number u gets N + u (numbers that
+    stay unused are objects without pixels, which are never anybody's
+    neighbour). The pixels are the unfiltered image's, as CellProfiler
+    measures them. ``n_objects``: N when known. One device->host copy (M).
     """
     bk = backend_of(unfiltered, final)
     xp = bk.xp
@@ -163,14 +178,11 @@ def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None):
     final = xp.asarray(final)
     m = int(unfiltered.max()) if unfiltered.size else 0
     n = int(n_objects) if n_objects is not None else (int(final.max()) if final.size else 0)
-    lut = xp.zeros(m + 1, dtype=xp.int64)
+    lut = n + xp.arange(m + 1, dtype=xp.int64)
+    lut[0] = 0
     both = (final > 0) & (unfiltered > 0)
     lut[unfiltered[both]] = final[both].astype(xp.int64)
-    present = xp.bincount(unfiltered.ravel(), minlength=m + 1) > 0
-    extra = present & (lut == 0)
-    extra[0] = False
-    lut = xp.where(extra, n + xp.cumsum(extra), lut)
-    return lut[unfiltered].astype(xp.int32)
+    return DiscardedObjects(lut[unfiltered].astype(xp.int32), n + m, m)
 
 
 def measure_neighbors(labels, n_objects: int, *, distance: Optional[int], with_discarded=None) -> dict:
@@ -186,10 +198,10 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int], with_d
         CellProfiler's "Within a specified distance" in pixels (columns
         ``..._<distance>``), or ``None`` for "Adjacent" (columns ``..._Adjacent``,
         computed as distance 1).
-    with_discarded : int array (H, W), optional
+    with_discarded : DiscardedObjects, optional
         :func:`with_discarded_labels`: objects 1..N as CellProfiler's
         ``small_removed_segmented`` has them and the discarded objects
-        numbered from N + 1; they count as neighbours ("Consider objects
+        numbered above N; they count as neighbours ("Consider objects
         discarded for touching image border?" = Yes, see the module
         docstring). ``None``: the setting "No".
 
@@ -214,16 +226,18 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int], with_d
     if with_discarded is None:
         labels = xp.asarray(labels)
         labels = xp.where(labels <= n, labels, 0).astype(xp.int32)
-        m = n  # objects that exist as neighbours: the final ones only
+        m = n_cp = n  # objects that exist as neighbours: the final ones only
     else:
-        if tuple(with_discarded.shape) != tuple(labels.shape):
-            raise ValueError(f"measure_neighbors: with_discarded has shape {tuple(with_discarded.shape)},"
+        ext = with_discarded.labels
+        if tuple(ext.shape) != tuple(labels.shape):
+            raise ValueError(f"measure_neighbors: with_discarded has shape {tuple(ext.shape)},"
                              f" the labels {tuple(labels.shape)}")
-        labels = xp.asarray(with_discarded).astype(xp.int32)
-        m = max(int(labels.max()) if labels.size else 0, n)
+        labels = xp.asarray(ext).astype(xp.int32)
+        m = max(int(with_discarded.n_labels), n)
+        n_cp = int(with_discarded.n_cellprofiler)
     # CellProfiler measures nothing unless there are at least two objects
     # (final plus discarded ones)
-    if n == 0 or m < 2:
+    if n == 0 or n_cp < 2:
         return zeros
     cy, cx, cnt = object_centers(xp, labels, m)
     has_all = cnt > 0
@@ -233,15 +247,14 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int], with_d
     # --- closest objects by centre distance, angle between them. The numbers
     # name final objects only; the distances and the angle also see the
     # discarded objects (CellProfiler recomputes only the numbers).
-    first_all, second_all = _closest(xp, cy, cx, has_all)
-    first_all, second_all = first_all[:n], second_all[:n]
+    first_all, second_all = _closest(xp, cy, cx, has_all, rows=n)
     if m > n:
         first, second = _closest(xp, cy[:n], cx[:n], has)
     else:
         first, second = first_all, second_all
     cyn, cxn = cy[:n], cx[:n]
     v1y, v1x = cy[first_all] - cyn, cx[first_all] - cxn
-    if m > 2:
+    if n_cp > 2:
         v2y, v2x = cy[second_all] - cyn, cx[second_all] - cxn
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = (v1y * v2y + v1x * v2x) / xp.sqrt((v1y**2 + v1x**2) * (v2y**2 + v2x**2))
