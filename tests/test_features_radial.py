@@ -199,3 +199,23 @@ def test_gpu_path_on_cpu_twin_close_to_cpu(monkeypatch):
     d = d[np.isfinite(d)]
     assert np.median(d) <= 1e-5 and d.max() <= 1e-3, (np.median(d), d.max())
     assert d.max() > 0  # the two summations differ somewhere: the branch ran
+
+
+def test_float32_sums_kernel_equals_numpy_add_at():
+    """The numba loop accumulates as ``numpy.add.at`` on float32 (in order, unbuffered) and
+    as scipy's ``coo_matrix(...).toarray()``; not as a float64 sum rounded once."""
+    from scipy.sparse import coo_matrix
+
+    from hpc_profiler.backend import cpu_backend
+    from hpc_profiler.features.radial import float32_sums
+
+    rng = np.random.default_rng(4)
+    keys = rng.integers(0, 7, 20000)
+    vals = rng.random(20000).astype(np.float32)
+    got = float32_sums(cpu_backend(), keys, vals, 9)
+    ref = np.zeros(9, np.float32)
+    np.add.at(ref, keys, vals)
+    np.testing.assert_array_equal(got, ref)
+    coo = coo_matrix((vals, (keys, np.zeros_like(keys))), (9, 1)).toarray()[:, 0]
+    np.testing.assert_array_equal(got, coo)
+    assert (got != np.bincount(keys, weights=vals.astype(np.float64), minlength=9).astype(np.float32)).any()

@@ -39,9 +39,10 @@ which accumulates in the values' dtype (float32), one pixel at a time in the
 order of the pixels (raster order, ``pixel_data[good_mask]``); FracAtD is the
 float32 quotient of that histogram by its float32 row sum
 (``numpy.sum(histogram, 1)``). On the CPU the same sums are formed here in
-the same order and precision (``numpy.add.at`` on a float32 array applies the
-pixels one by one in order; the object pixels are in raster order within each
-object, :func:`~hpc_profiler.features._objects.object_pixels`), so the values
+the same order and precision (:func:`float32_sums`: a numba loop adding the
+pixels one by one in float32, as ``numpy.add.at`` would; the object pixels are
+in raster order within each object,
+:func:`~hpc_profiler.features._objects.object_pixels`), so the values
 equal CellProfiler's to the last bit where the masks and centres agree. On
 the GPU an in-order float32 accumulation would serialise; there the sums are
 formed in float64 (one ``bincount``) and rounded to float32 once, which is
@@ -65,6 +66,7 @@ from __future__ import annotations
 import numpy as np
 
 from hpc_profiler.backend import backend_of
+from hpc_profiler.morphology import njit_cached
 from hpc_profiler.features._objects import (
     check_image_shape,
     ObjectPixels,
@@ -148,20 +150,30 @@ _STEPS = [(dy, dx, float(np.sqrt(abs(dy) + abs(dx))))
           for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
+def _ordered_float32_sums(keys, values, out):
+    """``out[keys[i]] += values[i]`` for i = 0, 1, ... in float32 (numba: no reassociation)."""
+    for i in range(keys.shape[0]):
+        out[keys[i]] += values[i]
+    return out
+
+
+_ordered_float32_sums_jit = njit_cached(_ordered_float32_sums)
+
+
 def float32_sums(bk, keys, values, size: int):
     """``size`` per-key sums of ``values`` as float32, CellProfiler's way.
 
     CPU: float32 accumulation one value at a time in the order given
-    (``scipy.sparse.coo_matrix(...).toarray()``'s loop; ``numpy.add.at``
-    applies the values in order, unbuffered). GPU: float64 sums rounded to
-    float32 (see the module docstring).
+    (``scipy.sparse.coo_matrix(...).toarray()``'s loop ``Bx[i] += Ax[n]``), a
+    numba loop (equal to ``numpy.add.at`` on a float32 array, which the tests
+    check). GPU: float64 sums rounded to float32 (see the module docstring).
     """
     xp = bk.xp
     if bk.is_gpu:
         return xp.bincount(keys, weights=values.astype(xp.float64), minlength=size)[:size].astype(xp.float32)
     out = np.zeros(size, dtype=np.float32)
-    np.add.at(out, np.asarray(keys), np.asarray(values, dtype=np.float32))
-    return out
+    return _ordered_float32_sums_jit(np.ascontiguousarray(keys, dtype=np.int64),
+                                     np.ascontiguousarray(values, dtype=np.float32), out)
 
 
 def geodesic_from_seeds(packed, n_pixels: int, seeds):
