@@ -735,8 +735,14 @@ def unfiltered_nuclei(unedited, params: NucleiConfig):
     unedited numbering (``identifyprimaryobjects``: ``filter_on_size(...,
     return_only_small=True)`` after ``filter_on_border``).
     """
-    labels = remove_border_objects(unedited) if params.exclude_border else unedited
-    return filter_on_size(labels, params.min_diameter, math.inf)
+    xp = backend_of(unedited).xp
+    m = int(unedited.max()) if unedited.size else 0  # the one device->host copy
+    if m == 0:
+        return unedited.astype(xp.int32)
+    keep = xp.bincount(unedited.ravel(), minlength=m + 1) >= math.pi * params.min_diameter**2 / 4
+    if params.exclude_border:
+        keep[xp.concatenate([unedited[0, :], unedited[-1, :], unedited[:, 0], unedited[:, -1]])] = False
+    return _lut_apply(xp, unedited, keep)
 
 
 def _keep_final_objects(grown, unedited, final, n_final: int):
