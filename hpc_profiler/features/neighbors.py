@@ -28,7 +28,10 @@ another value, or on the image border. "Adjacent" is a distance of 1 (a
 column suffix is the distance (``_5``) or ``Adjacent``.
 
 With fewer than two objects every column is 0; with exactly two, the second
-closest number, distance and the angle are 0 (CellProfiler's conventions).
+closest number, distance and the angle are 0 (CellProfiler's conventions;
+with discarded objects, "objects" counts CellProfiler's ``nneighbors``, the
+largest number of the unfiltered labels, and the second closest *number*
+still needs three final objects).
 
 Vectorised over all objects: the neighbour search only visits outline pixels
 (the pixel of an object nearest to any outside point is always an outline
