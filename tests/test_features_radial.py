@@ -239,3 +239,31 @@ def test_geodesic_cpu_loop_equals_the_device_rounds():
         b = geodesic_from_seeds(packed, op.flat.shape[0], idx[ok], backend=twin)
         np.testing.assert_array_equal(a, b)
         assert np.isinf(a).any() and np.isfinite(a).sum() > 1000  # a split object's far piece stays inf
+
+
+def test_geodesic_device_two_step_paths_on_thin_objects():
+    """One-pixel-wide 8-connected walks: most two-step paths have one of their two
+    intermediate pixels outside the object, so a two-step offer summed in the wrong
+    order would show up as a last-bit difference from the CPU loop."""
+    from hpc_profiler.backend import Backend, cpu_backend
+    from hpc_profiler.features._objects import pack_objects
+    from hpc_profiler.features.radial import geodesic_from_seeds
+
+    rng = np.random.default_rng(7)
+    labels = np.zeros((160, 160), np.int32)
+    for k in range(1, 13):
+        y, x = rng.integers(20, 140, 2)
+        for _ in range(120):
+            labels[y, x] = labels[y, x] or k
+            y = int(np.clip(y + rng.integers(-1, 2), 1, 158))
+            x = int(np.clip(x + rng.integers(-1, 2), 1, 158))
+    n = int(labels.max())
+    op = object_pixels(labels, n)
+    packed = pack_objects(op, pad=1, image_edge_is_background=False)
+    seeds = op.starts[op.counts > 0] + op.counts[op.counts > 0] // 2  # a middle pixel of each object
+    cpu = cpu_backend()
+    twin = Backend("gpu", cpu.xp, cpu.ndi, cpu.ski)
+    a = geodesic_from_seeds(packed, op.flat.shape[0], seeds)
+    b = geodesic_from_seeds(packed, op.flat.shape[0], seeds, backend=twin)
+    np.testing.assert_array_equal(a, b)
+    assert np.isfinite(a).sum() > 500 and a[np.isfinite(a)].max() > 20

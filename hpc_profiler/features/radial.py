@@ -229,7 +229,8 @@ def geodesic_from_seeds(packed, n_pixels: int, seeds, *, backend=None):
     MeasureObjectIntensityDistribution uses it). Bellman-Ford relaxation on
     the object pixels of a packed canvas (objects isolated by background):
     each round, every pixel improved in the previous round offers
-    ``d(pixel) + step`` to its 8 neighbours (``minimum.at``, a scatter-min);
+    ``d(pixel) + step`` to its 8 neighbours and ``(d(pixel) + step) + step``
+    to the ends of its 64 two-step paths (``minimum.at``, a scatter-min);
     the rounds stop when nothing improves (exact shortest paths; the same
     fixed point as relaxing each pixel from its neighbours). Gathers and
     ``minimum.at`` only, so it runs unchanged on NumPy and CuPy (whose
@@ -267,23 +268,30 @@ def geodesic_from_seeds(packed, n_pixels: int, seeds, *, backend=None):
         return _label_correcting_jit(np.ascontiguousarray(nbrs, dtype=np.int32),
                                      np.asarray([step for _, _, step in _STEPS], dtype=np.float64),
                                      np.ascontiguousarray(seeds, dtype=np.int64), int(n_pixels))
-    steps = xp.asarray([step for _, _, step in _STEPS], dtype=xp.float64)[:, None]
+    # Device: rounds that push along every 1- and 2-step path at once (72 offers
+    # per pixel), about half the rounds of a 1-step push and fewer launches per
+    # round. A 2-step offer is ``(d + s1) + s2`` added in that order, the float
+    # sum of a real path, so the fixed point is the one of the 1-step rounds (and
+    # of the CPU loop; see _label_correcting). The sentinel column points at
+    # itself, so the sentinel slot only ever offers to itself, never improving.
+    nbrs = xp.concatenate([nbrs, xp.full((8, 1), n_pixels, dtype=xp.int32)], axis=1)  # (8, P + 1)
+    # two[j, i] = nbrs[j][nbrs[i]]: step i, then step j (row 8 * j + i once flattened)
+    two = nbrs[:, nbrs].reshape(64, n_pixels + 1)
+    hops = xp.concatenate([nbrs, two], axis=0)  # (72, P + 1)
+    s = [step for _, _, step in _STEPS]
+    first = xp.asarray(s + [s[i] for j in range(8) for i in range(8)], dtype=xp.float64)[:, None]
+    second = xp.asarray([0.0] * 8 + [s[j] for j in range(8) for i in range(8)], dtype=xp.float64)[:, None]
     dist = xp.full(n_pixels + 1, xp.inf)
     dist[seeds] = 0.0
-    flag = xp.zeros(n_pixels + 1, dtype=bool)
     changed = seeds
     while changed.shape[0] > 0:
-        # push: every pixel improved in the last round offers d + step to its
-        # neighbours; a neighbour whose distance drops is improved in this round
-        targets = nbrs[:, changed].ravel()
-        offers = (dist[changed][None, :] + steps).ravel()
+        # push: every pixel improved in the last round offers its paths' sums;
+        # a pixel whose distance drops is improved in this round
+        targets = hops[:, changed].ravel()
+        offers = ((dist[changed][None, :] + first) + second).ravel()
         before = dist[targets]
         xp.minimum.at(dist, targets, offers)
-        dist[n_pixels] = xp.inf
-        flag[targets[dist[targets] < before]] = True
-        flag[n_pixels] = False
-        changed = xp.flatnonzero(flag)
-        flag[changed] = False
+        changed = xp.unique(targets[dist[targets] < before])
     return dist[:n_pixels]
 
 
