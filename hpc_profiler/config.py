@@ -242,6 +242,11 @@ class NeighborsConfig:
     cells_distance: int = opt(5, doc="Cells: neighbors within this many pixels")
     nuclei_distance: int = opt(1, doc="Nuclei: neighbors within this many pixels")
     cells_adjacent: bool = opt(True, doc="Cells: also adjacent neighbors (Neighbors_*_Adjacent)")
+    count_discarded: bool = opt(
+        True,
+        doc="Also count objects the segmentation discarded as neighbors (cells of border nuclei, too-large"
+        " nuclei): CellProfiler's 'Consider objects discarded for touching image border? = Yes' (CPJUMP1)",
+    )
 
 
 @dataclass
@@ -254,6 +259,12 @@ class FeaturesConfig:
     granularity: GranularityConfig = opt(factory=GranularityConfig, doc="Granularity")
     correlation: CorrelationConfig = opt(factory=CorrelationConfig, doc="Colocalization")
     neighbors: NeighborsConfig = opt(factory=NeighborsConfig, doc="Neighbors")
+    empty_objects: Literal["nan", "cellprofiler"] = opt(
+        "nan",
+        doc="Objects without pixels (an empty cytoplasm): nan = NaN for every statistic (integrated intensities 0);"
+        " cellprofiler = what CellProfiler writes (0 for Intensity, Location_*Intensity and RadialCV, NaN for"
+        " AreaShape and the rest)",
+    )
 
 
 # ----------------------------------------------------------------- executor

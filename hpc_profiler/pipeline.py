@@ -232,7 +232,7 @@ def process_images(cfg: Config, images: dict, illum: Optional[dict] = None, back
 
     t0 = time.perf_counter()
     labels = {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm}
-    feats = features.measure_site(imgs, labels, cfg.features, cfg.channels)
+    feats = features.measure_site(imgs, labels, cfg.features, cfg.channels, unfiltered=seg.unfiltered)
     bk.synchronize()
     seconds["features"] = time.perf_counter() - t0
     return seg, feats, seconds

@@ -139,6 +139,12 @@ class Segmentation:
     cytoplasm: object
     measurements: dict = field(default_factory=dict)
     warnings: list = field(default_factory=list)
+    #: CellProfiler's ``small_removed_segmented`` of Nuclei and Cells (object name ->
+    #: label image in the unedited numbering): the objects before the final filters,
+    #: which MeasureObjectNeighbors also counts with "Consider objects discarded for
+    #: touching image border?" = Yes (:func:`unfiltered_nuclei`; for Cells also the
+    #: cells grown from border-discarded nuclei). Empty when not computed.
+    unfiltered: dict = field(default_factory=dict)
 
 
 # --------------------------------------------------------------------------- thresholds
@@ -640,7 +646,7 @@ def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
     return labels, measurements
 
 
-def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
+def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None, return_unfiltered: bool = False):
     """IdentifySecondaryObjects "Watershed - Image" seeded by the nuclei.
 
     Parameters
@@ -655,6 +661,9 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
         cell next to a discarded border nucleus does not take its territory),
         holes are filled, and the cells of discarded nuclei are removed
         afterwards (``filter_labels``).
+    return_unfiltered : bool
+        Also return the cells before that removal (CellProfiler's
+        ``small_removed_segmented``, unedited numbering).
 
     Returns
     -------
@@ -662,6 +671,7 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
     measurements : dict
         ``Threshold_FinalThreshold_Cells``, ``Threshold_OrigThreshold_Cells``,
         ``Count_Cells``.
+    unfiltered : int32 array (H, W), only with ``return_unfiltered=True``
     """
     bk = backend_of(rna, nuclei)
     xp = bk.xp
@@ -678,23 +688,26 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None):
     n = int(nuclei.max()) if nuclei.size else 0
     foreground = binarize(img, final, params.smoothing_scale)
     wv, soe = threshold_quality(rna, foreground)
-    if n == 0:
-        cells = xp.zeros(img.shape, dtype=xp.int32)
-    else:
+    unfiltered = cells = xp.zeros(img.shape, dtype=xp.int32)
+    if n > 0:
         seeds = nuclei if unedited_nuclei is None else secondary_seeds(unedited_nuclei, nuclei)
         mask = foreground | (seeds > 0)
         cells = _watershed_host(bk, 1.0 - img, seeds.astype(xp.int32), mask)
         if params.fill_holes:
             cells = fill_label_holes(cells)
+        unfiltered = cells
         if unedited_nuclei is not None:
             cells = _keep_final_objects(cells, unedited_nuclei, nuclei, n)
-    return cells, {
+    measurements = {
         "Threshold_FinalThreshold_Cells": final,
         "Threshold_OrigThreshold_Cells": orig,
         "Threshold_WeightedVariance_Cells": wv,
         "Threshold_SumOfEntropies_Cells": soe,
         "Count_Cells": float(int((xp.bincount(cells.ravel(), minlength=n + 1)[1:] > 0).sum())),
     }
+    if return_unfiltered:
+        return cells, measurements, unfiltered
+    return cells, measurements
 
 
 def secondary_seeds(unedited, final):
@@ -713,6 +726,23 @@ def secondary_seeds(unedited, final):
     touching[xp.concatenate([unedited[0, :], unedited[-1, :], unedited[:, 0], unedited[:, -1]])] = True
     touching[0] = False
     return xp.where(touching[unedited] | (final > 0), unedited, 0).astype(xp.int32)
+
+
+def unfiltered_nuclei(unedited, params: NucleiConfig):
+    """CellProfiler's ``small_removed_segmented`` of the primary objects: the
+    unedited objects without the border-touching ones (when excluded) and
+    without the too-small ones, but with the too-large ones; not hole-filled,
+    unedited numbering (``identifyprimaryobjects``: ``filter_on_size(...,
+    return_only_small=True)`` after ``filter_on_border``).
+    """
+    xp = backend_of(unedited).xp
+    m = int(unedited.max()) if unedited.size else 0  # the one device->host copy
+    if m == 0:
+        return unedited.astype(xp.int32)
+    keep = xp.bincount(unedited.ravel(), minlength=m + 1) >= math.pi * params.min_diameter**2 / 4
+    if params.exclude_border:
+        keep[xp.concatenate([unedited[0, :], unedited[-1, :], unedited[:, 0], unedited[:, -1]])] = False
+    return _lut_apply(xp, unedited, keep)
 
 
 def _keep_final_objects(grown, unedited, final, n_final: int):
@@ -789,9 +819,11 @@ def segment_site(
     if dna_bg.enabled:
         dna = subtract_background(dna, dna_background(dna, dna_bg.block_size, dna_bg.smoothing))
     nuclei, m_nuc, unedited = segment_nuclei(dna, seg.nuclei, return_unedited=True)
-    cells, m_cells = segment_cells(images[seg.cells.channel], nuclei, seg.cells, unedited_nuclei=unedited)
+    cells, m_cells, cells_unfiltered = segment_cells(images[seg.cells.channel], nuclei, seg.cells,
+                                                     unedited_nuclei=unedited, return_unfiltered=True)
     cyto = cytoplasm(cells, nuclei)
     xp = backend_of(cyto).xp
     n_cyto = int((xp.bincount(cyto.ravel(), minlength=2)[1:] > 0).sum())
     measurements = {**m_nuc, **m_cells, "Count_Cytoplasm": float(n_cyto)}
-    return Segmentation(nuclei, cells, cyto, measurements, warnings)
+    unfiltered = {"Nuclei": unfiltered_nuclei(unedited, seg.nuclei), "Cells": cells_unfiltered}
+    return Segmentation(nuclei, cells, cyto, measurements, warnings, unfiltered)

@@ -238,7 +238,7 @@ def run_audit(cfg, images, illum):
         seg = segmentation.segment_site(imgs, cfg.segmentation, cfg.illumination.dna_background)
     with counter.section("features: shared + assembly"):
         labels = {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm}
-        measure_site(imgs, labels, cfg.features, cfg.channels)
+        measure_site(imgs, labels, cfg.features, cfg.channels, unfiltered=seg.unfiltered)
     return counter
 
 
@@ -359,7 +359,8 @@ def main(argv=None) -> int:
 
         gimgs = {ch: gb.asarray(np.clip(images[ch] / illum[ch], 0, 1).astype(np.float32)) for ch in cfg.channels}
         glabs = {o: gb.asarray(cpu.to_numpy(getattr(seg, o.lower()))) for o in cfg.features.objects}
-        same = measure_site(gimgs, glabs, cfg.features, cfg.channels)
+        gunf = {o: gb.asarray(cpu.to_numpy(v)) for o, v in seg.unfiltered.items()}
+        same = measure_site(gimgs, glabs, cfg.features, cfg.channels, unfiltered=gunf)
         gpu = (gseg, same, gwall, gfeats)
     else:
         print("GPU: not available here (hpc_profiler.backend.gpu_available() is False); GPU section skipped")

@@ -130,7 +130,7 @@ def run_project(site: dict, channels, cfg=None):
     imgs = {ch: scale_to_unit(read_tiff(site["files"][ch]), cfg.input.full_scale) for ch in channels}
     seg = segmentation.segment_site(imgs, cfg.segmentation, cfg.illumination.dna_background)
     labels = {"Nuclei": seg.nuclei, "Cells": seg.cells, "Cytoplasm": seg.cytoplasm}
-    feats = features.measure_site(imgs, labels, cfg.features, channels)
+    feats = features.measure_site(imgs, labels, cfg.features, channels, unfiltered=seg.unfiltered)
     return imgs, seg, labels, feats
 
 

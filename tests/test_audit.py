@@ -107,7 +107,14 @@ def test_audited_features_equal_cpu_features():
                        {o: bk.asarray(v) for o, v in labels.items()}, params, ("DNA", "RNA"), n_objects=n)
     for o in ref.objects:
         assert got.objects[o].names == ref.objects[o].names
-        np.testing.assert_array_equal(got.objects[o].values, ref.objects[o].values)
+        # RadialDistribution's GPU branch sums in float64 and rounds once, the CPU in float32
+        # in raster order as CellProfiler (radial.float32_sums): float32 rounding apart (RadialCV,
+        # a std of near-equal wedge means, amplifies it)
+        radial = np.array([c.startswith(f"{o}_RadialDistribution_") for c in ref.objects[o].names])
+        assert radial.any()
+        np.testing.assert_array_equal(got.objects[o].values[:, ~radial], ref.objects[o].values[:, ~radial])
+        np.testing.assert_allclose(got.objects[o].values[:, radial], ref.objects[o].values[:, radial],
+                                   rtol=1e-5, atol=0)
     assert got.image == pytest.approx(ref.image, nan_ok=True, rel=0, abs=0)
     # every family was attributed its own counts, and the tables came back with one copy each
     for fam in params.families:

@@ -52,7 +52,8 @@ def test_object_touching_image_edge_and_touching_neighbours():
     labels = np.zeros((20, 30), np.int32)
     labels[0:9, 0:9] = 1
     labels[0:9, 9:18] = 2
-    img = np.random.default_rng(0).random(labels.shape)
+    # float32, as CellProfiler's images: both sides then sum in float32 (coo_matrix)
+    img = np.random.default_rng(0).random(labels.shape).astype(np.float32)
     geo = radial_geometry(labels, 2)
     # object 1: farthest from background/other labels is on the top row (edge not background)
     assert geo.center_y[0] == 0
@@ -71,8 +72,49 @@ def test_uniform_disk_hand_checked():
     assert fr.sum() == pytest.approx(1.0)
     assert np.all(np.diff(fr) > 0)  # outer rings hold more pixels
     for i in range(1, 5):
-        assert out[f"RadialDistribution_MeanFrac_X_{i}of4"][0] == pytest.approx(1.0, abs=1e-12)
+        # FracAtD is a float32 quotient, as CellProfiler's: MeanFrac is 1 to float32 rounding
+        assert out[f"RadialDistribution_MeanFrac_X_{i}of4"][0] == pytest.approx(1.0, abs=2e-7)
         assert out[f"RadialDistribution_RadialCV_X_{i}of4"][0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sums_are_cellprofilers_float32_raster_order():
+    """CellProfiler's recipe (MeasureObjectIntensityDistribution.do_measurements) on
+    our bins and wedges, written with scipy.sparse.coo_matrix as CellProfiler does:
+    FracAtD equal to the last bit, MeanFrac and RadialCV to float64 rounding."""
+    from scipy.sparse import coo_matrix
+
+    labels, n, images = make_site(seed=0)
+    img = np.asarray(images["DNA"], dtype=np.float32)
+    geo = radial_geometry(labels, n)
+    ours = measure_radial_distribution(labels, n, img, "DNA", geometry=geo)
+    nb = geo.bins + 1
+    flat = geo.op.flat[geo.good]
+    bin_img = np.full(labels.size, -1, np.int64)
+    bin_img[flat] = geo.bin[geo.good]
+    wedge_img = np.zeros(labels.size, np.int64)
+    wedge_img[flat] = geo.wedge[geo.good]
+    good = bin_img >= 0  # CellProfiler's good_mask; boolean indexing = raster order
+    lab, b, w = labels.ravel()[good] - 1, bin_img[good], wedge_img[good]
+    v = img.ravel()[good]
+    hist = coo_matrix((v, (lab, b)), (n, nb)).toarray()
+    assert hist.dtype == np.float32
+    frac = hist / np.dstack([np.sum(hist, 1)] * nb)[0]
+    count = coo_matrix((np.ones(v.size), (lab, b)), (n, nb)).toarray()
+    mean_frac = frac / (count / count.sum(1, keepdims=True) + np.finfo(float).eps)
+    for i in range(geo.bins):
+        sfx = f"DNA_{i + 1}of{geo.bins}"
+        np.testing.assert_array_equal(ours[f"RadialDistribution_FracAtD_{sfx}"], frac[:, i].astype(np.float64))
+        np.testing.assert_allclose(ours[f"RadialDistribution_MeanFrac_{sfx}"], mean_frac[:, i], rtol=1e-13)
+        sel = b == i
+        radial_values = coo_matrix((v[sel], (lab[sel], w[sel])), (n, 8)).toarray()
+        pixel_count = coo_matrix((np.ones(int(sel.sum())), (lab[sel], w[sel])), (n, 8)).toarray()
+        means = np.ma.masked_array(radial_values / pixel_count, pixel_count == 0)
+        cv = np.asarray(np.std(means, 1) / np.mean(means, 1))
+        cv[np.sum(pixel_count > 0, 1) == 0] = 0
+        np.testing.assert_allclose(ours[f"RadialDistribution_RadialCV_{sfx}"], cv, rtol=1e-12, atol=1e-15)
+    # a float64 sum (what the family did before) is not CellProfiler's
+    hist64 = np.bincount(lab * nb + b, weights=v.astype(np.float64), minlength=n * nb).reshape(n, nb)
+    assert ((hist64 / hist64.sum(1, keepdims=True))[:, : geo.bins] != frac[:, : geo.bins]).any()
 
 
 def test_empty_object_nan_and_names(repo_root):
@@ -139,3 +181,89 @@ def test_edt_at_equals_scipy_distance_map():
     mask = ndi.binary_opening(rng.random((90, 110)) > 0.3)
     ys, xs = np.nonzero(mask)
     np.testing.assert_array_equal(edt_at(mask, ys, xs), ndi.distance_transform_edt(mask)[ys, xs])
+
+
+def test_gpu_path_on_cpu_twin_close_to_cpu(monkeypatch):
+    """The GPU branch (float64 sums rounded to float32 once, see the module docstring),
+    run on NumPy: within the CPU vs GPU parity bound of the raster-order float32 sums."""
+    import hpc_profiler.features.radial as R
+    from hpc_profiler.backend import Backend, cpu_backend
+
+    labels, n, images = make_site(seed=2)
+    img = np.asarray(images["Mito"], dtype=np.float32)
+    cpu = measure_radial_distribution(labels, n, img, "Mito")
+    twin = Backend("gpu", cpu_backend().xp, cpu_backend().ndi, cpu_backend().ski)
+    monkeypatch.setattr(R, "backend_of", lambda *a: twin)
+    gpu = measure_radial_distribution(labels, n, img, "Mito")
+    d = np.concatenate([np.abs(gpu[k] - cpu[k]) / np.maximum(np.abs(cpu[k]), 1e-30) for k in cpu])
+    d = d[np.isfinite(d)]
+    assert np.median(d) <= 1e-5 and d.max() <= 1e-3, (np.median(d), d.max())
+    assert d.max() > 0  # the two summations differ somewhere: the branch ran
+
+
+def test_float32_sums_kernel_equals_numpy_add_at():
+    """The numba loop accumulates as ``numpy.add.at`` on float32 (in order, unbuffered) and
+    as scipy's ``coo_matrix(...).toarray()``; not as a float64 sum rounded once."""
+    from scipy.sparse import coo_matrix
+
+    from hpc_profiler.backend import cpu_backend
+    from hpc_profiler.features.radial import float32_sums
+
+    rng = np.random.default_rng(4)
+    keys = rng.integers(0, 7, 20000)
+    vals = rng.random(20000).astype(np.float32)
+    got = float32_sums(cpu_backend(), keys, vals, 9)
+    ref = np.zeros(9, np.float32)
+    np.add.at(ref, keys, vals)
+    np.testing.assert_array_equal(got, ref)
+    coo = coo_matrix((vals, (keys, np.zeros_like(keys))), (9, 1)).toarray()[:, 0]
+    np.testing.assert_array_equal(got, coo)
+    assert (got != np.bincount(keys, weights=vals.astype(np.float64), minlength=9).astype(np.float32)).any()
+
+
+def test_geodesic_cpu_loop_equals_the_device_rounds():
+    """The CPU's numba label-correcting loop and the device path's Bellman-Ford rounds
+    (run on NumPy through the GPU code path) give the same distances to the bit."""
+    from hpc_profiler.backend import Backend, cpu_backend
+    from hpc_profiler.features._objects import segment_argmax
+    from hpc_profiler.features.radial import edge_distances, geodesic_from_seeds
+
+    cpu = cpu_backend()
+    twin = Backend("gpu", cpu.xp, cpu.ndi, cpu.ski)
+    for seed in (0, 3):
+        labels, n, _ = make_site(seed=seed)
+        op = object_pixels(labels, n)
+        packed, d_edge = edge_distances(op)
+        idx, ok = segment_argmax(d_edge, op.obj, n)
+        a = geodesic_from_seeds(packed, op.flat.shape[0], idx[ok])
+        b = geodesic_from_seeds(packed, op.flat.shape[0], idx[ok], backend=twin)
+        np.testing.assert_array_equal(a, b)
+        assert np.isinf(a).any() and np.isfinite(a).sum() > 1000  # a split object's far piece stays inf
+
+
+def test_geodesic_device_two_step_paths_on_thin_objects():
+    """One-pixel-wide 8-connected walks: most two-step paths have one of their two
+    intermediate pixels outside the object, so a two-step offer summed in the wrong
+    order would show up as a last-bit difference from the CPU loop."""
+    from hpc_profiler.backend import Backend, cpu_backend
+    from hpc_profiler.features._objects import pack_objects
+    from hpc_profiler.features.radial import geodesic_from_seeds
+
+    rng = np.random.default_rng(7)
+    labels = np.zeros((160, 160), np.int32)
+    for k in range(1, 13):
+        y, x = rng.integers(20, 140, 2)
+        for _ in range(120):
+            labels[y, x] = labels[y, x] or k
+            y = int(np.clip(y + rng.integers(-1, 2), 1, 158))
+            x = int(np.clip(x + rng.integers(-1, 2), 1, 158))
+    n = int(labels.max())
+    op = object_pixels(labels, n)
+    packed = pack_objects(op, pad=1, image_edge_is_background=False)
+    seeds = op.starts[op.counts > 0] + op.counts[op.counts > 0] // 2  # a middle pixel of each object
+    cpu = cpu_backend()
+    twin = Backend("gpu", cpu.xp, cpu.ndi, cpu.ski)
+    a = geodesic_from_seeds(packed, op.flat.shape[0], seeds)
+    b = geodesic_from_seeds(packed, op.flat.shape[0], seeds, backend=twin)
+    np.testing.assert_array_equal(a, b)
+    assert np.isfinite(a).sum() > 500 and a[np.isfinite(a)].max() > 20

@@ -51,7 +51,7 @@ from ..backend import backend_of
 from ..config import FEATURE_FAMILIES, OBJECTS, FeaturesConfig
 from ..sitefile import ObjectTable
 from .correlation import correlation_feature_names, measure_correlation
-from .neighbors import measure_neighbors, neighbor_feature_names
+from .neighbors import measure_neighbors, neighbor_feature_names, with_discarded_labels
 
 __all__ = [
     "SiteFeatures",
@@ -235,13 +235,15 @@ def _family_module(name: str):
 
 
 def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None,
-                     shape_host=None) -> dict:
+                     shape_host=None, unfiltered=None) -> dict:
     """Unprefixed columns of one object from every selected family except Granularity.
 
     ``image_ranks`` (channel -> dense ranks of the image's pixels, see
     ``correlation.image_dense_ranks``) and ``texture_levels``
     (``texture.texture_levels``) are shared by the object sets of a site;
     ``shape_host`` (device path) is this object's ``shape.host_areashape`` entry.
+    ``unfiltered``: the object set's label image before the identification's
+    filters (``Segmentation.unfiltered``) or None.
     """
     fams = params.families
     out = {}
@@ -303,8 +305,41 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
             )
     if "Neighbors" in fams:
         with timer("Neighbors"):
+            ext = None
+            if params.neighbors.count_discarded and unfiltered is not None:
+                ext = with_discarded_labels(unfiltered, lab, n)
             for d in neighbor_distances(obj, params):
-                out.update(measure_neighbors(lab, n, distance=d))
+                out.update(measure_neighbors(lab, n, distance=d, with_discarded=ext))
+    return out
+
+
+#: Columns CellProfiler writes as 0 for an object without pixels: MeasureObjectIntensity
+#: starts from zeros and fills the objects it finds; MeasureObjectIntensityDistribution's
+#: RadialCV is set to 0 where no wedge has pixels. AreaShape (filled with NaN for missing
+#: labels), FracAtD / MeanFrac (0 / 0), Granularity and Correlation (``scipy.ndimage.mean``
+#: of nothing), Location_Center (``centers_of_labels``) are NaN there as ours.
+_EMPTY_ZERO_PREFIXES = ("Intensity_", "Location_CenterMassIntensity_", "Location_MaxIntensity_",
+                        "RadialDistribution_RadialCV_")
+
+
+def empty_objects_as_cellprofiler(lab, n: int, cols: dict) -> dict:
+    """``cols`` with the values of objects without pixels set as CellProfiler writes them.
+
+    ``features.empty_objects: cellprofiler``: 0 for the columns of
+    ``_EMPTY_ZERO_PREFIXES``, NaN for ``AreaShape_*`` (CellProfiler fills
+    missing objects with NaN, where we write an area of 0), the rest unchanged
+    (already NaN as CellProfiler's, or Texture, which ``texture.undefined_as_nan``
+    governs).
+    """
+    xp = backend_of(lab).xp
+    empty = xp.bincount(xp.ravel(lab), minlength=n + 1)[1 : n + 1] == 0
+    out = {}
+    for k, v in cols.items():
+        if k.startswith(_EMPTY_ZERO_PREFIXES):
+            v = xp.where(empty, 0.0, v)
+        elif k.startswith("AreaShape_"):
+            v = xp.where(empty, xp.nan, v)
+        out[k] = v
     return out
 
 
@@ -368,6 +403,7 @@ def measure_site(
     channels: Sequence[str],
     *,
     n_objects: Optional[int] = None,
+    unfiltered: Optional[Mapping[str, object]] = None,
 ) -> SiteFeatures:
     """All selected feature families for the objects of one site.
 
@@ -384,6 +420,12 @@ def measure_site(
         Channels measured, in the configured order.
     n_objects : int, optional
         N; defaults to the largest label over the label images.
+    unfiltered : mapping object -> (H, W) int array, optional
+        ``Segmentation.unfiltered``: the objects before the identification's
+        final filters (CellProfiler's ``small_removed_segmented``). With
+        ``params.neighbors.count_discarded`` the Neighbors family counts the
+        discarded ones as neighbours, as CellProfiler's "Consider objects
+        discarded for touching image border?" = Yes.
 
     Returns
     -------
@@ -447,8 +489,16 @@ def measure_site(
     for o in params.objects:
         cols = per_object[o]
         if n > 0:
+            unf = None
+            if unfiltered is not None and unfiltered.get(o) is not None:
+                unf = xp.asarray(unfiltered[o])
+                if tuple(unf.shape) != tuple(labs[o].shape):
+                    raise ValueError(f"measure_site: unfiltered {o} labels have shape {tuple(unf.shape)},"
+                                     f" the labels {tuple(labs[o].shape)}")
             cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks,
-                                         texture_levels, shape_host=shape_host.get(o)))
+                                         texture_levels, shape_host=shape_host.get(o), unfiltered=unf))
+        if n > 0 and params.empty_objects == "cellprofiler":
+            cols = empty_objects_as_cellprofiler(labs[o], n, cols)
         expected = [k[len(o) + 1:] for k in names[o]]
         if n > 0 and set(cols) != set(expected):
             extra = sorted(set(cols) - set(expected))

@@ -28,7 +28,10 @@ another value, or on the image border. "Adjacent" is a distance of 1 (a
 column suffix is the distance (``_5``) or ``Adjacent``.
 
 With fewer than two objects every column is 0; with exactly two, the second
-closest number, distance and the angle are 0 (CellProfiler's conventions).
+closest number, distance and the angle are 0 (CellProfiler's conventions;
+with discarded objects, "objects" counts CellProfiler's ``nneighbors``, the
+largest number of the unfiltered labels, and the second closest *number*
+still needs three final objects).
 
 Vectorised over all objects: the neighbour search only visits outline pixels
 (the pixel of an object nearest to any outside point is always an outline
@@ -36,13 +39,27 @@ pixel, so this finds exactly the pairs CellProfiler's per-object dilation finds)
 and gathers the labels at every offset of the disk (a loop over offsets, not
 over objects). Runs on CPU or GPU through :mod:`hpc_profiler.backend`.
 
+Objects the identification discarded
+------------------------------------
+CellProfiler's "Consider objects discarded for touching image border?" = Yes
+(the CPJUMP1 setting of all three Neighbors modules) measures on the object
+set's ``small_removed_segmented`` label image instead of the final one: for
+Cells the cells grown from the final nuclei *and* from the nuclei discarded
+for touching the border (IdentifySecondaryObjects grows both, then drops the
+latter), for Nuclei the nuclei before the filters except the border-touching
+and too-small ones (so the too-large ones). With ``with_discarded`` (see
+:func:`with_discarded_labels`) the discarded objects are counted as
+neighbours (``NumberOfNeighbors``), as touching pixels (``PercentTouching``)
+and as nearest centres for ``FirstClosestDistance``,
+``SecondClosestDistance`` and ``AngleBetweenNeighbors``, while
+``FirstClosestObjectNumber`` / ``SecondClosestObjectNumber`` name final
+objects only: CellProfiler recomputes those among the kept objects, not the
+distances (``MeasureObjectNeighbors.run``). They are never measured
+themselves. Without it (the setting "No", ``features.neighbors.count_discarded:
+false``) only the final objects exist.
+
 Deliberate differences (``docs/feature_differences.md``):
 
-* CellProfiler by default also counts objects that the identification module
-  discarded for touching the image border ("Consider objects discarded for
-  touching image border?" = Yes). The discarded objects are not kept by our
-  segmentation, so neighbours are counted among the final objects only (the
-  setting "No").
 * An object without pixels (possible only for an empty compartment) gets 0
   neighbours, object numbers 0 and NaN distances/angle instead of an error.
 * The angle's cosine is clipped to [-1, 1] before ``arccos`` (CellProfiler can
@@ -53,7 +70,7 @@ Deliberate differences (``docs/feature_differences.md``):
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -151,15 +168,17 @@ def object_centers(xp, labels, n):
     return cy, cx, cnt
 
 
-def _closest(xp, cy, cx, has):
-    """Indices of the nearest and second-nearest other objects (stable ties)."""
-    n = cy.shape[0]
-    d = xp.sqrt((cy[:, None] - cy[None, :]) ** 2 + (cx[:, None] - cx[None, :]) ** 2)
-    d[~has, :] = xp.inf
+def _closest(xp, cy, cx, has, rows: Optional[int] = None):
+    """Indices of the nearest and second-nearest other objects (stable ties) of the
+    first ``rows`` objects (all by default) among all objects."""
+    m = cy.shape[0]
+    r = m if rows is None else rows
+    d = xp.sqrt((cy[:r, None] - cy[None, :]) ** 2 + (cx[:r, None] - cx[None, :]) ** 2)
+    d[~has[:r], :] = xp.inf
     d[:, ~has] = xp.inf
-    d[xp.arange(n), xp.arange(n)] = xp.inf
+    d[xp.arange(r), xp.arange(r)] = xp.inf
     order = xp.argsort(d, axis=1, kind="stable")
-    return order[:, 0], order[:, 1] if n > 1 else order[:, 0]
+    return order[:, 0], order[:, 1] if m > 1 else order[:, 0]
 
 
 def _neighbor_pairs(xp, padded, width: int, base, own, radius: int, n: int):
@@ -199,7 +218,44 @@ def _neighbor_pairs(xp, padded, width: int, base, own, radius: int, n: int):
     return xp.unique(codes), touching
 
 
-def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dict:
+class DiscardedObjects(NamedTuple):
+    """What :func:`measure_neighbors` takes as ``with_discarded`` (:func:`with_discarded_labels`)."""
+
+    #: objects 1..N with their unfiltered pixels; a discarded object of unfiltered number u is N + u
+    labels: object
+    #: N + the largest unfiltered number: the label range of ``labels``
+    n_labels: int
+    #: the largest unfiltered number: CellProfiler's ``nneighbors``, which decides whether
+    #: there are enough objects to measure (> 1) and a second closest one (> 2)
+    n_cellprofiler: int
+
+
+def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None) -> DiscardedObjects:
+    """The objects :func:`measure_neighbors` takes as ``with_discarded``.
+
+    ``unfiltered`` is CellProfiler's ``small_removed_segmented`` of an object
+    set (the objects before the identification's final filters, in its own
+    numbering 1..M), ``final`` the final labels 1..N. An unfiltered object
+    that overlaps a final object gets that object's number; every other one
+    (a discarded object) with unfiltered number u gets N + u (numbers that
+    stay unused are objects without pixels, which are never anybody's
+    neighbour). The pixels are the unfiltered image's, as CellProfiler
+    measures them. ``n_objects``: N when known. One device->host copy (M).
+    """
+    bk = backend_of(unfiltered, final)
+    xp = bk.xp
+    unfiltered = xp.asarray(unfiltered).astype(xp.int64)
+    final = xp.asarray(final)
+    m = int(unfiltered.max()) if unfiltered.size else 0
+    n = int(n_objects) if n_objects is not None else (int(final.max()) if final.size else 0)
+    lut = n + xp.arange(m + 1, dtype=xp.int64)
+    lut[0] = 0
+    both = (final > 0) & (unfiltered > 0)
+    lut[unfiltered[both]] = final[both].astype(xp.int64)
+    return DiscardedObjects(lut[unfiltered].astype(xp.int32), n + m, m)
+
+
+def measure_neighbors(labels, n_objects: int, *, distance: Optional[int], with_discarded=None) -> dict:
     """Neighbour measurements of each object against the other objects.
 
     Parameters
@@ -212,6 +268,12 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dic
         CellProfiler's "Within a specified distance" in pixels (columns
         ``..._<distance>``), or ``None`` for "Adjacent" (columns ``..._Adjacent``,
         computed as distance 1).
+    with_discarded : DiscardedObjects, optional
+        :func:`with_discarded_labels`: objects 1..N as CellProfiler's
+        ``small_removed_segmented`` has them and the discarded objects
+        numbered above N; they count as neighbours ("Consider objects
+        discarded for touching image border?" = Yes, see the module
+        docstring). ``None``: the setting "No".
 
     Returns
     -------
@@ -231,33 +293,52 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dic
     if radius < 0:
         raise ValueError(f"neighbor distance must be >= 0, got {distance}")
     zeros = {k: xp.zeros(n, dtype=xp.float64) for k in names}
-    labels = xp.asarray(labels)
-    if n < 2:
+    if with_discarded is None:
+        labels = xp.asarray(labels)
+        labels = xp.where(labels <= n, labels, 0).astype(xp.int32)
+        m = n_cp = n  # objects that exist as neighbours: the final ones only
+    else:
+        ext = with_discarded.labels
+        if tuple(ext.shape) != tuple(labels.shape):
+            raise ValueError(f"measure_neighbors: with_discarded has shape {tuple(ext.shape)},"
+                             f" the labels {tuple(labels.shape)}")
+        labels = xp.asarray(ext).astype(xp.int32)
+        m = max(int(with_discarded.n_labels), n)
+        n_cp = int(with_discarded.n_cellprofiler)
+    # CellProfiler measures nothing unless there are at least two objects
+    # (final plus discarded ones)
+    if n == 0 or n_cp < 2:
         return zeros
-    labels = xp.where(labels <= n, labels, 0).astype(xp.int32)
-    cy, cx, cnt = object_centers(xp, labels, n)
-    has = cnt > 0
+    cy, cx, cnt = object_centers(xp, labels, m)
+    has_all = cnt > 0
+    has = has_all[:n]
     s = neighbor_scale(distance)
 
-    # --- closest objects by centre distance, angle between them
-    first, second = _closest(xp, cy, cx, has)
-    v1y, v1x = cy[first] - cy, cx[first] - cx
-    if n > 2:
-        v2y, v2x = cy[second] - cy, cx[second] - cx
+    # --- closest objects by centre distance, angle between them. The numbers
+    # name final objects only; the distances and the angle also see the
+    # discarded objects (CellProfiler recomputes only the numbers).
+    first_all, second_all = _closest(xp, cy, cx, has_all, rows=n)
+    if m > n:
+        first, second = _closest(xp, cy[:n], cx[:n], has)
+    else:
+        first, second = first_all, second_all
+    cyn, cxn = cy[:n], cx[:n]
+    v1y, v1x = cy[first_all] - cyn, cx[first_all] - cxn
+    if n_cp > 2:
+        v2y, v2x = cy[second_all] - cyn, cx[second_all] - cxn
         with np.errstate(invalid="ignore", divide="ignore"):
             cos = (v1y * v2y + v1x * v2x) / xp.sqrt((v1y**2 + v1x**2) * (v2y**2 + v2x**2))
         angle = xp.degrees(xp.arccos(xp.clip(cos, -1.0, 1.0)))
-        second_number = (second + 1).astype(xp.float64)
     else:
         v2y = v2x = xp.zeros(n)
         angle = xp.zeros(n)
-        second_number = xp.zeros(n)
-    first_number = (first + 1).astype(xp.float64)
+    first_number = (first + 1).astype(xp.float64) if n > 1 else xp.zeros(n)
+    second_number = (second + 1).astype(xp.float64) if n > 2 else xp.zeros(n)
     first_number[~has] = 0
     second_number[~has] = 0
 
     # --- neighbours and touching, from the outline pixels
-    outline = outline_mask(xp, labels)
+    outline = outline_mask(xp, labels) & (labels <= n)  # outlines of the measured objects
     oy, ox = xp.nonzero(outline)
     own = labels[oy, ox]
     pad = radius + 1
@@ -265,8 +346,8 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int]) -> dic
     width = padded.shape[1]
     padded = padded.ravel()
     base = (oy + pad) * width + (ox + pad)  # flat index of each outline pixel in ``padded``
-    codes, touching = _neighbor_pairs(xp, padded, width, base, own, radius, n)
-    n_neighbors = xp.bincount(codes // (n + 1), minlength=n + 1)[1 : n + 1].astype(xp.float64)
+    codes, touching = _neighbor_pairs(xp, padded, width, base, own, radius, m)
+    n_neighbors = xp.bincount(codes // (m + 1), minlength=n + 1)[1 : n + 1].astype(xp.float64)
     perim = xp.bincount(own, minlength=n + 1)[1 : n + 1].astype(xp.float64)
     touch = xp.bincount(own[touching], minlength=n + 1)[1 : n + 1].astype(xp.float64)
     with np.errstate(invalid="ignore", divide="ignore"):
