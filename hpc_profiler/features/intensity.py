@@ -46,10 +46,14 @@ Deliberate differences
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from hpc_profiler.backend import backend_of
+from hpc_profiler.features._cpu_segments import segment_total
+from hpc_profiler.morphology import njit_cached
 from hpc_profiler.features._objects import (
     check_image_shape,
     ObjectPixels,
@@ -218,6 +222,177 @@ def _finite(op: ObjectPixels, values, extra=None):
     return values[keep], op.obj[keep], op.y[keep], op.x[keep]
 
 
+# ---------------------------------------------------------------------------
+# CPU kernel (numba): every statistic of one channel in one walk per object
+# ---------------------------------------------------------------------------
+
+#: Rows of the CPU kernel's output, in this order.
+_ROWS = ("Integrated", "Mean", "Std", "Min", "Max", "LowerQuartile", "Median", "UpperQuartile", "MAD",
+         "MassDisplacement", "CMI_X", "CMI_Y", "Max_X", "Max_Y",
+         "IntegratedEdge", "MeanEdge", "StdEdge", "MinEdge", "MaxEdge")
+
+
+def _last_nonempty(counts):
+    last = -1
+    for i in range(counts.shape[0]):
+        if counts[i] > 0:
+            last = i
+    return last
+
+
+def _reduceat_sum(a, s, c, split):
+    """``segment_sum``'s value for one segment (``split``: the clamped last object of reduceat)."""
+    if split:
+        return segment_total(a, s, c - 1) + a[s + c - 1]
+    return segment_total(a, s, c)
+
+
+def _quantile(sv, s, c, fraction):
+    """:func:`segment_quantile` of one sorted segment (CellProfiler's ``n * q`` interpolation)."""
+    pos = np.float64(c) * fraction
+    kf = np.floor(pos)
+    f = pos - kf
+    k = min(np.int64(kf), c - 1)
+    k1 = min(k + 1, c - 1)
+    v0 = sv[s + k]
+    if k < c - 1:
+        return v0 * (1.0 - f) + sv[s + k1] * f
+    return v0
+
+
+def _mad(sv, s, c, med):
+    """Median of ``|x - med|`` over one sorted segment: merge the two sorted runs of deviations."""
+    m = 0  # values strictly below the median
+    while m < c and sv[s + m] < med:
+        m += 1
+    k0 = (c - 1) // 2
+    k1 = c // 2
+    i = m - 1  # next value below the median (deviations grow downwards)
+    j = m  # next value from the median up
+    v0 = 0.0
+    v1 = 0.0
+    for t in range(k1 + 1):
+        if j >= c or (i >= 0 and med - sv[s + i] < sv[s + j] - med):
+            d = med - sv[s + i]
+            i -= 1
+        else:
+            d = sv[s + j] - med
+            j += 1
+        if t == k0:
+            v0 = d
+        if t == k1:
+            v1 = d
+    if k0 == k1:
+        return v0
+    return (v0 + v1) / 2.0
+
+
+def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, estarts, ecounts, out):
+    """Fill ``out[row, object]`` (rows :data:`_ROWS`) for one channel.
+
+    ``v``: float64 values grouped by object in raster order; ``sv``: the same
+    values sorted inside each object; ``ev``/``estarts``/``ecounts``: the edge
+    pixels' values grouped by object; ``cm_y_all``/``cm_x_all``: the objects'
+    (unweighted) centres of mass, shared by the channels. Sums are ``add.reduceat``'s bits
+    (products are formed in a scratch buffer and summed pairwise, as NumPy
+    does), minima, maxima and order statistics are exact.
+    """
+    n = starts.shape[0]
+    nan = np.nan
+    maxc = 1
+    for i in range(n):
+        if counts[i] > maxc:
+            maxc = counts[i]
+        if ecounts[i] > maxc:
+            maxc = ecounts[i]
+    buf = np.empty(maxc)
+    last = _last_nonempty(counts)
+    elast = _last_nonempty(ecounts)
+    for i in range(n):
+        c = counts[i]
+        for r in range(out.shape[0]):
+            out[r, i] = nan
+        out[0, i] = 0.0
+        out[14, i] = 0.0
+        if c > 0:
+            s = starts[i]
+            split = i == last and last < n - 1 and c >= 2
+            integ = _reduceat_sum(v, s, c, split)
+            mean = integ / np.float64(c)
+            vmin = v[s]
+            vmax = v[s]
+            imax = s
+            for k in range(s, s + c):
+                d = v[k] - mean
+                buf[k - s] = d * d
+                if v[k] < vmin:
+                    vmin = v[k]
+                if v[k] > vmax:
+                    vmax = v[k]
+                    imax = k
+            out[0, i] = integ
+            out[1, i] = mean
+            out[2, i] = np.sqrt(_reduceat_sum(buf, 0, c, split) / np.float64(c))
+            out[3, i] = vmin
+            out[4, i] = vmax
+            out[5, i] = _quantile(sv, s, c, 0.25)
+            med = _quantile(sv, s, c, 0.5)
+            out[6, i] = med
+            out[7, i] = _quantile(sv, s, c, 0.75)
+            out[8, i] = _mad(sv, s, c, med)
+            # centre of mass of the intensity vs of the binary object
+            cm_y = cm_y_all[i]
+            cm_x = cm_x_all[i]
+            if integ != 0:
+                for k in range(c):
+                    buf[k] = yf[s + k] * v[s + k]
+                cmi_y = _reduceat_sum(buf, 0, c, split) / integ
+                for k in range(c):
+                    buf[k] = xf[s + k] * v[s + k]
+                cmi_x = _reduceat_sum(buf, 0, c, split) / integ
+                out[9, i] = np.sqrt((cmi_y - cm_y) ** 2 + (cmi_x - cm_x) ** 2)
+                out[10, i] = cmi_x
+                out[11, i] = cmi_y
+            out[12, i] = xf[imax]  # the first maximum in raster order
+            out[13, i] = yf[imax]
+        ec = ecounts[i]
+        if ec > 0:
+            es = estarts[i]
+            esplit = i == elast and elast < n - 1 and ec >= 2
+            esum = _reduceat_sum(ev, es, ec, esplit)
+            emean = esum / np.float64(ec)
+            emin = ev[es]
+            emax = ev[es]
+            for k in range(es, es + ec):
+                d = ev[k] - emean
+                buf[k - es] = d * d
+                if ev[k] < emin:
+                    emin = ev[k]
+                if ev[k] > emax:
+                    emax = ev[k]
+            out[14, i] = esum
+            out[15, i] = emean
+            out[16, i] = np.sqrt(_reduceat_sum(buf, 0, ec, esplit) / np.float64(ec))
+            out[17, i] = emin
+            out[18, i] = emax
+
+
+_last_nonempty = njit_cached(_last_nonempty)
+_reduceat_sum = njit_cached(_reduceat_sum)
+_quantile = njit_cached(_quantile)
+_mad = njit_cached(_mad)
+_intensity_jit = njit_cached(_intensity_kernel)
+
+
+def _sorted_within(values, starts, counts):
+    """Copy of ``values`` sorted inside each object (NumPy's SIMD sort per object, CPU only)."""
+    out = values.copy()
+    for s, c in zip(starts.tolist(), counts.tolist()):
+        if c > 1:
+            out[s:s + c].sort()
+    return out
+
+
 @dataclass(frozen=True)
 class EdgePixels:
     """The edge pixels of an object set, grouped by object (channel independent).
@@ -229,12 +404,17 @@ class EdgePixels:
     obj, counts, starts : 1-D int arrays
         Object row of each edge pixel, edge pixels per object, first edge
         pixel of each object (as in :class:`ObjectPixels`).
+    centres : tuple of two (N,) arrays or None
+        The objects' unweighted centres of mass, computed by the first
+        channel that needs them and shared with the others.
     """
 
     index: Any
     obj: Any
     counts: Any
     starts: Any
+    #: channel-independent centres of mass ``(y, x)`` of the objects, filled on first use
+    centres: Any = field(default=None, compare=False)
 
 
 def edge_pixels(op: ObjectPixels, edges) -> EdgePixels:
@@ -247,7 +427,7 @@ def edge_pixels(op: ObjectPixels, edges) -> EdgePixels:
 
 
 def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: ObjectPixels | None = None,
-                      edges=None) -> dict:
+                      edges=None, engine: str = "auto") -> dict:
     """MeasureObjectIntensity for one channel, all objects of a site at once.
 
     Parameters
@@ -266,6 +446,10 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     edges : (H, W) bool array or EdgePixels, optional
         ``edge_mask(labels)``, or ``edge_pixels(objects, edge_mask(labels))``
         to share the grouping of the edge pixels between channels.
+    engine : {"auto", "cpu", "array"}
+        ``"cpu"``: the numba kernel (NumPy inputs only; exact order
+        statistics from a per-object sort); ``"array"``: the backend array
+        code the GPU runs; ``"auto"``: ``"cpu"`` on NumPy, else ``"array"``.
 
     Returns
     -------
@@ -297,6 +481,14 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     else:
         vals, obj, y, x = _finite(op, all_vals)
         yf, xf = y.astype(xp.float64), x.astype(xp.float64)
+    if engine not in ("auto", "cpu", "array"):
+        raise ValueError(f"measure_intensity: engine must be 'auto', 'cpu' or 'array', got {engine!r}")
+    if engine == "auto":
+        engine = "cpu" if xp is np else "array"
+    if engine == "cpu":
+        if xp is not np:
+            raise ValueError("measure_intensity: engine 'cpu' needs NumPy arrays")
+        return _measure_cpu(op, ep, image, all_vals, finite, vals, obj, yf, xf, channel)
     stats = intensity_statistics(vals, obj, n, op.max_count if finite else None)
 
     out = {}
@@ -353,4 +545,61 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
         label_var(evals, eobj, n, ecounts, emean, estarts))
     out[f"Intensity_MinIntensityEdge_{channel}"] = segment_min(evals, estarts, ecounts)
     out[f"Intensity_MaxIntensityEdge_{channel}"] = segment_max(evals, estarts, ecounts)
+    return out
+
+
+def _centre_of_mass(yf, xf, starts, counts):
+    """Unweighted centre of mass ``(y, x)`` of each object (NaN without pixels), as the array code computes it."""
+    xp = backend_of(yf).xp
+    has = counts > 0
+    cm_y = xp.full(counts.shape[0], xp.nan)
+    cm_x = xp.full(counts.shape[0], xp.nan)
+    cm_y[has] = segment_sum(yf, starts, counts)[has] / counts[has]
+    cm_x[has] = segment_sum(xf, starts, counts)[has] / counts[has]
+    return cm_y, cm_x
+
+
+def _centres(op, ep):
+    """:func:`_centre_of_mass` of all pixels of ``op``, computed once per object set (kept on ``ep``)."""
+    if ep.centres is None:
+        yf, xf = op.yx_float
+        object.__setattr__(ep, "centres", _centre_of_mass(yf, xf, op.starts, op.counts))
+    return ep.centres
+
+
+def _measure_cpu(op, ep, image, all_vals, finite, vals, obj, yf, xf, channel) -> dict:
+    """:func:`measure_intensity` through the numba kernel (same grouping and masking rules)."""
+    n = op.n
+    if finite:
+        counts, starts = op.counts, op.starts
+        # sort the image's own dtype (float32: NumPy's fastest sort), the same order
+        raw = np.ravel(image)[op.flat]
+        evals, ecounts, estarts = all_vals[ep.index], ep.counts, ep.starts
+    else:
+        counts = np.bincount(obj, minlength=n)[:n]
+        starts = np.cumsum(counts) - counts
+        raw = vals
+        on_edge = np.zeros(all_vals.shape[0], dtype=bool)
+        on_edge[ep.index] = True
+        evals, eobj, _, _ = _finite(op, all_vals, on_edge)
+        ecounts = np.bincount(eobj, minlength=n)[:n]
+        estarts = np.cumsum(ecounts) - ecounts
+    n_vals = np.ascontiguousarray(vals, dtype=np.float64)
+    res = np.empty((len(_ROWS), n))
+    sv = _sorted_within(raw, starts, counts).astype(np.float64, copy=False)
+    cm_y, cm_x = _centres(op, ep) if finite else _centre_of_mass(yf, xf, starts, counts)
+    _intensity_jit(n_vals, sv, starts.astype(np.int64), counts.astype(np.int64),
+                   np.ascontiguousarray(yf, np.float64), np.ascontiguousarray(xf, np.float64), cm_y, cm_x,
+                   np.ascontiguousarray(evals, np.float64), estarts.astype(np.int64), ecounts.astype(np.int64), res)
+    r = dict(zip(_ROWS, res))
+    out = {}
+    for key in ("Integrated", "Mean", "Std", "Min", "Max", "LowerQuartile", "Median", "UpperQuartile", "MAD"):
+        out[f"Intensity_{key}Intensity_{channel}"] = r[key]
+    out[f"Intensity_MassDisplacement_{channel}"] = r["MassDisplacement"]
+    out[f"Location_CenterMassIntensity_X_{channel}"] = r["CMI_X"]
+    out[f"Location_CenterMassIntensity_Y_{channel}"] = r["CMI_Y"]
+    out[f"Location_MaxIntensity_X_{channel}"] = r["Max_X"]
+    out[f"Location_MaxIntensity_Y_{channel}"] = r["Max_Y"]
+    for key in ("Integrated", "Mean", "Std", "Min", "Max"):
+        out[f"Intensity_{key}IntensityEdge_{channel}"] = r[f"{key}Edge"]
     return out
