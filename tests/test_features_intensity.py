@@ -222,3 +222,21 @@ def test_cpu_order_statistics_are_exact():
         assert out["Intensity_MedianIntensity_C"][i] == med
         assert out["Intensity_UpperQuartileIntensity_C"][i] == cp_quantile(v, 0.75)
         assert out["Intensity_MADIntensity_C"][i] == np.median(np.abs(v - med)), i
+
+
+def test_edge_pixels_from_labels_equal_find_boundaries():
+    """The CPU edge test at the labelled pixels picks find_boundaries(mode='inner')'s pixels."""
+    from hpc_profiler.features._objects import edge_mask
+    from hpc_profiler.features.intensity import edge_pixels
+
+    rng = np.random.default_rng(11)
+    lab = ndi.zoom(rng.integers(0, 9, (9, 11)), 7, order=0)[:60, :70].astype(np.int32)  # touching blocks, image edge
+    lab[rng.random(lab.shape) < 0.02] = 0  # holes
+    lab[5, 5] = 9  # a one-pixel object
+    n = int(lab.max())
+    op = object_pixels(lab, n)
+    a = edge_pixels(op, edge_mask(lab))
+    b = edge_pixels(op, labels=lab)
+    for f in ("index", "obj", "counts", "starts"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    assert 0 < a.index.size < op.flat.size

@@ -243,7 +243,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
     """
     fams = params.families
     out = {}
-    from ._objects import centroids, edge_mask, object_pixels
+    from ._objects import centroids, object_pixels
 
     op = object_pixels(lab, n)
     edge_dist = None  # RadialDistribution's distance transform, shared with AreaShape's radii
@@ -263,7 +263,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
     if "Intensity" in fams:
         with timer("Intensity"):
             mod = _family_module("intensity")
-            edges = mod.edge_pixels(op, edge_mask(lab))  # shared by the channels
+            edges = mod.edge_pixels(op, labels=lab)  # shared by the channels
             for c in channels:
                 out.update(mod.measure_intensity(lab, n, images[c], c, objects=op, edges=edges))
     if "RadialDistribution" in fams:
