@@ -264,8 +264,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
         with timer("Intensity"):
             mod = _family_module("intensity")
             edges = mod.edge_pixels(op, labels=lab)  # shared by the channels
-            for c in channels:
-                out.update(mod.measure_intensity(lab, n, images[c], c, objects=op, edges=edges))
+            out.update(mod.measure_intensity_channels(lab, n, images, channels, objects=op, edges=edges))
     if "RadialDistribution" in fams:
         with timer("RadialDistribution"):
             mod = _family_module("radial")

@@ -68,7 +68,7 @@ from hpc_profiler.features._objects import (
     segment_sum,
 )
 
-__all__ = ["measure_intensity", "intensity_statistics", "edge_pixels", "EdgePixels"]
+__all__ = ["measure_intensity", "measure_intensity_channels", "intensity_statistics", "edge_pixels", "EdgePixels"]
 
 
 def intensity_statistics(values, obj, n: int, max_count: int | None = None) -> dict:
@@ -502,25 +502,32 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     used as they are; otherwise the non-finite pixels are left out first, as
     CellProfiler masks them.
     """
-    bk = backend_of(labels, image)
+    return measure_intensity_channels(labels, n_objects, {channel: image}, [channel], objects=objects,
+                                      edges=edges, engine=engine)
+
+
+def measure_intensity_channels(labels, n_objects: int, images, channels, *, objects: ObjectPixels | None = None,
+                               edges=None, engine: str = "auto") -> dict:
+    """:func:`measure_intensity` for several channels of one object set at once.
+
+    On the CPU (``engine="cpu"``) each channel goes through the numba kernel;
+    the array code (``engine="array"``, the GPU path) stacks the channels so
+    that its launches do not grow with their number. Parameters as
+    :func:`measure_intensity`, with ``images`` a mapping channel -> image
+    and ``channels`` the channels to measure; returns the columns of all of
+    them.
+    """
+    bk = backend_of(labels, *[images[c] for c in channels])
     xp = bk.xp
-    check_image_shape("measure_intensity", channel, image, labels)
+    for c in channels:
+        check_image_shape("measure_intensity", c, images[c], labels)
     op = objects if objects is not None else object_pixels(labels, n_objects)
-    n = op.n
     if isinstance(edges, EdgePixels):
         ep = edges
     elif edges is None:
         ep = edge_pixels(op, labels=labels)
     else:
         ep = edge_pixels(op, edges)
-    all_vals = xp.ravel(image)[op.flat].astype(xp.float64, copy=False)
-    finite = bool(xp.isfinite(all_vals).all())
-    if finite:
-        vals, obj = all_vals, op.obj
-        yf, xf = op.yx_float
-    else:
-        vals, obj, y, x = _finite(op, all_vals)
-        yf, xf = y.astype(xp.float64), x.astype(xp.float64)
     if engine not in ("auto", "cpu", "array"):
         raise ValueError(f"measure_intensity: engine must be 'auto', 'cpu' or 'array', got {engine!r}")
     if engine == "auto":
@@ -528,64 +535,11 @@ def measure_intensity(labels, n_objects: int, image, channel: str, *, objects: O
     if engine == "cpu":
         if xp is not np:
             raise ValueError("measure_intensity: engine 'cpu' needs NumPy arrays")
-        return _measure_cpu(op, ep, image, all_vals, finite, vals, obj, yf, xf, channel)
-    stats = intensity_statistics(vals, obj, n, op.max_count if finite else None)
-
-    out = {}
-    for key in ("Integrated", "Mean", "Std", "Min", "Max"):
-        out[f"Intensity_{key}Intensity_{channel}"] = stats[key]
-    for key in ("LowerQuartile", "Median", "UpperQuartile"):
-        out[f"Intensity_{key}Intensity_{channel}"] = stats[key]
-    out[f"Intensity_MADIntensity_{channel}"] = stats["MAD"]
-
-    # centre of mass of the intensity vs of the binary object
-    integrated = stats["Integrated"]
-    if finite:
-        counts, starts = op.counts, op.starts
-    else:
-        counts = xp.bincount(obj, minlength=n)[:n]
-        starts = xp.cumsum(counts) - counts
-    nz = integrated != 0
-    cmi_y = xp.full(n, xp.nan)
-    cmi_x = xp.full(n, xp.nan)
-    cmi_y[nz] = segment_sum(yf * vals, starts, counts)[nz] / integrated[nz]
-    cmi_x[nz] = segment_sum(xf * vals, starts, counts)[nz] / integrated[nz]
-    has = counts > 0
-    cm_y = xp.full(n, xp.nan)
-    cm_x = xp.full(n, xp.nan)
-    cm_y[has] = segment_sum(yf, starts, counts)[has] / counts[has]
-    cm_x[has] = segment_sum(xf, starts, counts)[has] / counts[has]
-    out[f"Intensity_MassDisplacement_{channel}"] = xp.sqrt((cmi_y - cm_y) ** 2 + (cmi_x - cm_x) ** 2)
-    out[f"Location_CenterMassIntensity_X_{channel}"] = cmi_x
-    out[f"Location_CenterMassIntensity_Y_{channel}"] = cmi_y
-    idx, ok = segment_argmax(vals, obj, n, maxima=stats["Max"])
-    max_x = xp.full(n, xp.nan)
-    max_y = xp.full(n, xp.nan)
-    max_x[ok] = xf[idx[ok]]
-    max_y[ok] = yf[idx[ok]]
-    out[f"Location_MaxIntensity_X_{channel}"] = max_x
-    out[f"Location_MaxIntensity_Y_{channel}"] = max_y
-
-    # edge pixels
-    if finite:
-        evals, eobj, ecounts, estarts = all_vals[ep.index], ep.obj, ep.counts, ep.starts
-    else:
-        on_edge = xp.zeros(all_vals.shape[0], dtype=bool)
-        on_edge[ep.index] = True
-        evals, eobj, _, _ = _finite(op, all_vals, on_edge)
-        ecounts = xp.bincount(eobj, minlength=n)[:n]
-        estarts = xp.cumsum(ecounts) - ecounts
-    esum = segment_sum(evals, estarts, ecounts)
-    emean = xp.full(n, xp.nan)
-    ehas = ecounts > 0
-    emean[ehas] = esum[ehas] / ecounts[ehas]
-    out[f"Intensity_IntegratedIntensityEdge_{channel}"] = esum
-    out[f"Intensity_MeanIntensityEdge_{channel}"] = emean
-    out[f"Intensity_StdIntensityEdge_{channel}"] = xp.sqrt(
-        label_var(evals, eobj, n, ecounts, emean, estarts))
-    out[f"Intensity_MinIntensityEdge_{channel}"] = segment_min(evals, estarts, ecounts)
-    out[f"Intensity_MaxIntensityEdge_{channel}"] = segment_max(evals, estarts, ecounts)
-    return out
+        out = {}
+        for c in channels:
+            out.update(_measure_cpu(op, ep, images[c], c))
+        return out
+    return _array_channels(xp, op, ep, images, list(channels))
 
 
 def _centre_of_mass(yf, xf, starts, counts):
@@ -607,9 +561,17 @@ def _centres(op, ep):
     return ep.centres
 
 
-def _measure_cpu(op, ep, image, all_vals, finite, vals, obj, yf, xf, channel) -> dict:
-    """:func:`measure_intensity` through the numba kernel (same grouping and masking rules)."""
+def _measure_cpu(op, ep, image, channel) -> dict:
+    """One channel through the numba kernel (non-finite pixels left out, as CellProfiler masks them)."""
     n = op.n
+    all_vals = np.ravel(image)[op.flat].astype(np.float64, copy=False)
+    finite = bool(np.isfinite(all_vals).all())
+    if finite:
+        vals, obj = all_vals, op.obj
+        yf, xf = op.yx_float
+    else:
+        vals, obj, y, x = _finite(op, all_vals)
+        yf, xf = y.astype(np.float64), x.astype(np.float64)
     if finite:
         counts, starts = op.counts, op.starts
         # sort the image's own dtype (float32: NumPy's fastest sort), the same order
@@ -642,4 +604,183 @@ def _measure_cpu(op, ep, image, all_vals, finite, vals, obj, yf, xf, channel) ->
     out[f"Location_MaxIntensity_Y_{channel}"] = r["Max_Y"]
     for key in ("Integrated", "Mean", "Std", "Min", "Max"):
         out[f"Intensity_{key}IntensityEdge_{channel}"] = r[f"{key}Edge"]
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Array code (the GPU path): all channels of an object set stacked, no host read
+# ---------------------------------------------------------------------------
+
+def _segments(xp, starts, counts, size: int):
+    """What :func:`_rows_reduce` needs of a segmentation, computed once: clamped starts, last object, cut."""
+    n = counts.shape[0]
+    idx = xp.minimum(starts, max(size - 1, 0))
+    j = (n - 1) - xp.argmax(counts[::-1] > 0)  # the last object with values
+    cut = (j < n - 1) & (counts[j] >= 2)
+    return starts, counts, idx, j, cut
+
+
+def _rows_reduce(xp, name: str, m, seg):
+    """``ufunc.reduceat`` of every row of ``m`` over the object segments ``seg`` (:func:`_segments`).
+
+    ``name`` is ``add``, ``minimum`` or ``maximum``. The arithmetic of
+    :func:`hpc_profiler.features._objects.segment_sum` / ``segment_min`` /
+    ``segment_max`` per row (same bits on NumPy): trailing empty objects are
+    clamped and the last value put back on the device. One launch for all
+    rows plus three for the patch; values of empty objects are arbitrary
+    (callers mask them).
+    """
+    starts, counts, idx, j, cut = seg
+    n = counts.shape[0]
+    rows, size = m.shape
+    if size == 0:
+        return xp.zeros((rows, n), dtype=m.dtype)
+    ufunc = getattr(xp, name)
+    try:
+        r = ufunc.reduceat(m, idx, axis=1)
+    except (AttributeError, NotImplementedError, TypeError):  # backends without ufunc.reduceat
+        reduce = {"add": segment_sum, "minimum": segment_min, "maximum": segment_max}[name]
+        return xp.stack([reduce(row, starts, counts) for row in m])
+    last = m[:, size - 1]
+    if name == "add":
+        r[:, j] = r[:, j] + xp.where(cut, last, xp.zeros((), dtype=m.dtype))
+    else:
+        r[:, j] = ufunc(r[:, j], last)
+    return r
+
+
+def _segmented_sort_rows(xp, m, seg, n_seg: int):
+    """Sort every row of ``m`` within the segments ``seg`` (grouped ascending), one sort for all rows.
+
+    float32 data: one ``sort`` of 64-bit keys ``(row * n_seg + segment) << 32 |
+    order bits``, decoded back (exact); other data: one ``lexsort``.
+    Returns float64 ``(rows, P)``.
+    """
+    rows, size = m.shape
+    gid = (xp.arange(rows, dtype=xp.int64)[:, None] * n_seg + seg[None, :]).ravel()
+    if m.dtype == xp.float32 and rows * n_seg < 2**31:
+        u = (m.ravel() + xp.float32(0.0)).view(xp.uint32)
+        neg = (u >> 31) == 1
+        u = xp.where(neg, ~u, u | xp.uint32(0x80000000)).astype(xp.uint64)
+        key = xp.sort((gid.astype(xp.uint64) << xp.uint64(32)) | u)
+        low = (key & xp.uint64(0xFFFFFFFF)).astype(xp.uint32)
+        bits = xp.where((low >> 31) == 1, low & xp.uint32(0x7FFFFFFF), ~low)
+        return bits.view(xp.float32).astype(xp.float64).reshape(rows, size)
+    flat = m.ravel().astype(xp.float64)
+    order = xp.lexsort(xp.stack([flat, gid.astype(xp.float64)]))
+    return flat[order].reshape(rows, size)
+
+
+def _gather_rows(xp, m, pos, ok, reps: int = 1):
+    """``m[row, pos[t * rows + row, i]]`` for ``reps`` stacked ``(rows, N)`` index arrays, NaN where not ``ok``."""
+    rows, size = m.shape
+    p = xp.clip(pos, 0, max(size - 1, 0))
+    row = xp.arange(reps * rows, dtype=xp.int64) % rows
+    flat = (row[:, None] * size + p).ravel()
+    got = m.ravel()[flat].reshape(pos.shape)
+    return xp.where(xp.concatenate([ok] * reps) if reps > 1 else ok, got, xp.nan)
+
+
+def _array_channels(xp, op: ObjectPixels, ep: "EdgePixels", images, channels) -> dict:
+    """Every Intensity column of ``channels`` for one object set, as stacked backend array code.
+
+    Channels are rows of ``(C, P)`` arrays; per-object reductions are one
+    ``reduceat`` per quantity for all channels; the order statistics come from
+    one segmented sort of the values and one of the deviations from the
+    median. Non-finite pixels are left out by masks (no host-side
+    compaction), so nothing is read back to the host and the launches do
+    not depend on the number of objects or channels.
+    """
+    n = op.n
+    starts, counts, obj = op.starts, op.counts, op.obj
+    size = op.flat.shape[0]
+    raw = xp.stack([xp.ravel(images[c])[op.flat] for c in channels])  # (C, P), the images' dtype
+    v = raw.astype(xp.float64)
+    fin = xp.isfinite(v)
+    inf = xp.inf
+    nch = len(channels)
+    seg = _segments(xp, starts, counts, size)
+    yf, xf = op.yx_float
+    finf = fin.astype(xp.float64)
+    vz = xp.where(fin, v, 0.0)
+    # every plain sum over the pixels in one reduceat: counts, totals, weighted and plain coordinates
+    sums = _rows_reduce(xp, "add", xp.concatenate([finf, vz, yf[None, :] * vz, xf[None, :] * vz,
+                                                    finf * yf[None, :], finf * xf[None, :]]), seg)
+    sums = xp.where(counts > 0, sums, 0.0).reshape(6, nch, n)
+    cnt, integ, syv, sxv, sy, sx = (sums[t] for t in range(6))
+    has = cnt > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = xp.where(has, integ / cnt, xp.nan)
+        dev = xp.where(fin, v - mean[:, obj], 0.0)
+        std = xp.where(has, xp.sqrt(_rows_reduce(xp, "add", dev * dev, seg) / cnt), xp.nan)
+    ext = _rows_reduce(xp, "minimum", xp.concatenate([xp.where(fin, v, inf), -xp.where(fin, v, -inf)]), seg)
+    vmin = xp.where(has, ext[:nch], xp.nan)
+    vmax = xp.where(has, -ext[nch:], xp.nan)
+
+    # order statistics: non-finite pixels become +inf and sort after the finite ones
+    raw_inf = xp.where(fin, raw, inf).astype(raw.dtype, copy=False) if raw.dtype.kind == "f" else raw
+    sv = _segmented_sort_rows(xp, raw_inf, obj, n)
+    c = cnt.astype(xp.int64)
+    base = starts[None, :]
+    pos = xp.stack([cnt * 0.25, cnt * 0.5, cnt * 0.75])  # (3, C, N)
+    kf = xp.floor(pos)
+    f = pos - kf
+    k = xp.minimum(kf.astype(xp.int64), c[None] - 1)
+    k1 = xp.minimum(k + 1, c[None] - 1)
+    g = _gather_rows(xp, sv, base + xp.concatenate([k, k1]).reshape(6 * nch, n), has, reps=6)
+    v0, v1 = g[:3 * nch].reshape(3, nch, n), g[3 * nch:].reshape(3, nch, n)
+    q = xp.where(k < c[None] - 1, v0 * (1.0 - f) + v1 * f, v0)
+    lq, med, uq = q[0], q[1], q[2]
+    dev_med = xp.where(xp.isfinite(sv), xp.abs(sv - med[:, obj]), inf)
+    sd = _segmented_sort_rows(xp, dev_med, obj, n)
+    d = _gather_rows(xp, sd, base + xp.concatenate([(c - 1) // 2, c // 2]), has, reps=2)
+    d0, d1 = d[:nch], d[nch:]
+    mad = xp.where((c - 1) // 2 == c // 2, d0, (d0 + d1) / 2.0)
+
+    # centres of mass, location of the maximum
+    with np.errstate(invalid="ignore", divide="ignore"):
+        nz = has & (integ != 0)
+        cmi_y = xp.where(nz, syv / integ, xp.nan)
+        cmi_x = xp.where(nz, sxv / integ, xp.nan)
+        cm_y = xp.where(has, sy / cnt, xp.nan)
+        cm_x = xp.where(has, sx / cnt, xp.nan)
+    disp = xp.sqrt((cmi_y - cm_y) ** 2 + (cmi_x - cm_x) ** 2)
+    at_max = fin & (v == vmax[:, obj])
+    first = _rows_reduce(xp, "minimum", xp.where(at_max, xp.arange(size, dtype=xp.int64)[None, :], size), seg)
+    idx = xp.clip(first, 0, max(size - 1, 0))
+    max_x = xp.where(has, xf[idx], xp.nan)
+    max_y = xp.where(has, yf[idx], xp.nan)
+
+    # edge pixels
+    e = v[:, ep.index]
+    efin = fin[:, ep.index]
+    eseg = _segments(xp, ep.starts, ep.counts, ep.index.shape[0])
+    ec = ep.counts
+    ez = xp.where(efin, e, 0.0)
+    esums = xp.where(ec > 0, _rows_reduce(xp, "add", xp.concatenate([efin.astype(xp.float64), ez]), eseg), 0.0)
+    ecnt, esum = esums[:nch], esums[nch:]
+    ehas = ecnt > 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        emean = xp.where(ehas, esum / ecnt, xp.nan)
+        edev = xp.where(efin, e - emean[:, ep.obj], 0.0)
+        estd = xp.where(ehas, xp.sqrt(_rows_reduce(xp, "add", edev * edev, eseg) / ecnt), xp.nan)
+    eext = _rows_reduce(xp, "minimum", xp.concatenate([xp.where(efin, e, inf), -xp.where(efin, e, -inf)]), eseg)
+    emin = xp.where(ehas, eext[:nch], xp.nan)
+    emax = xp.where(ehas, -eext[nch:], xp.nan)
+
+    out = {}
+    for r, ch in enumerate(channels):
+        cols = {
+            f"Intensity_IntegratedIntensity_{ch}": integ[r], f"Intensity_MeanIntensity_{ch}": mean[r],
+            f"Intensity_StdIntensity_{ch}": std[r], f"Intensity_MinIntensity_{ch}": vmin[r],
+            f"Intensity_MaxIntensity_{ch}": vmax[r], f"Intensity_LowerQuartileIntensity_{ch}": lq[r],
+            f"Intensity_MedianIntensity_{ch}": med[r], f"Intensity_UpperQuartileIntensity_{ch}": uq[r],
+            f"Intensity_MADIntensity_{ch}": mad[r], f"Intensity_MassDisplacement_{ch}": disp[r],
+            f"Location_CenterMassIntensity_X_{ch}": cmi_x[r], f"Location_CenterMassIntensity_Y_{ch}": cmi_y[r],
+            f"Location_MaxIntensity_X_{ch}": max_x[r], f"Location_MaxIntensity_Y_{ch}": max_y[r],
+            f"Intensity_IntegratedIntensityEdge_{ch}": esum[r], f"Intensity_MeanIntensityEdge_{ch}": emean[r],
+            f"Intensity_StdIntensityEdge_{ch}": estd[r], f"Intensity_MinIntensityEdge_{ch}": emin[r],
+            f"Intensity_MaxIntensityEdge_{ch}": emax[r],
+        }
+        out.update(cols)
     return out
