@@ -152,18 +152,34 @@ _ranks_from_sorted_keys_jit = njit_cached(_ranks_from_sorted_keys)
 def _subset_ranks(global_rank, n_ranks):
     """:func:`subset_dense_rank` in one numba pass over the flags (float64 result)."""
     present = np.zeros(n_ranks, dtype=np.int32)
-    for g in global_rank:
-        present[g] = 1
-    acc = 0
-    for r in range(n_ranks):
-        acc += present[r]
-        present[r] = acc
     out = np.empty(global_rank.shape[0])
-    for i in range(global_rank.shape[0]):
-        out[i] = present[global_rank[i]] - 1.0
+    _subset_ranks_into(global_rank, np.arange(global_rank.shape[0]), present, out)
     return out
 
 
+def _subset_ranks_into(ranks, flat, present, out):
+    """``out[i] = `` dense rank of ``ranks[flat[i]]`` among ``ranks[flat]``; ``present`` is zeroed scratch."""
+    m = flat.shape[0]
+    for i in range(m):
+        present[ranks[flat[i]]] = 1
+    acc = 0
+    for r in range(present.shape[0]):
+        acc += present[r]
+        present[r] = acc
+    for i in range(m):
+        out[i] = present[ranks[flat[i]]] - 1.0
+    present[:] = 0
+
+
+def _set_values_and_ranks(image, ranks, flat, present, vals, out):
+    """One channel: the object set's values (float64) and its dense ranks from the image ranks (numba)."""
+    for i in range(flat.shape[0]):
+        vals[i] = image[flat[i]]
+    _subset_ranks_into(ranks, flat, present, out)
+
+
+_subset_ranks_into = njit_cached(_subset_ranks_into)
+_set_values_and_ranks_jit = njit_cached(_set_values_and_ranks)
 _subset_ranks_jit = njit_cached(_subset_ranks)
 
 
@@ -470,14 +486,24 @@ def measure_correlation(
     chans = sorted(channels)
     row = {c: i for i, c in enumerate(chans)}
     pairs = channel_pairs(channels)
-    vals = xp.stack([xp.ravel(images[c])[op.flat] for c in chans]).astype(xp.float64)
-    ranks = []
-    for c in chans:
-        if image_ranks is not None and c in image_ranks:
-            ranks.append(subset_dense_rank(xp, xp.ravel(image_ranks[c])[op.flat], n_ranks=image_ranks[c].size))
-        else:
-            ranks.append(dense_rank(xp, vals[row[c]]).astype(xp.float64))
-    ranks = xp.stack(ranks)
+    shared = image_ranks is not None and all(c in image_ranks for c in chans)
+    if engine == "cpu" and shared and 0 < images[chans[0]].size < 2**31:
+        # one numba pass per channel: the set's values and its ranks from the image ranks
+        vals = np.empty((len(chans), op.flat.shape[0]))
+        ranks = np.empty((len(chans), op.flat.shape[0]))
+        present = np.zeros(int(images[chans[0]].size), dtype=np.int32)
+        for i, c in enumerate(chans):
+            _set_values_and_ranks_jit(np.ravel(images[c]), np.ravel(image_ranks[c]), op.flat, present, vals[i],
+                                      ranks[i])
+    else:
+        vals = xp.stack([xp.ravel(images[c])[op.flat] for c in chans]).astype(xp.float64)
+        ranks = []
+        for c in chans:
+            if image_ranks is not None and c in image_ranks:
+                ranks.append(subset_dense_rank(xp, xp.ravel(image_ranks[c])[op.flat], n_ranks=image_ranks[c].size))
+            else:
+                ranks.append(dense_rank(xp, vals[row[c]]).astype(xp.float64))
+        ranks = xp.stack(ranks)
     ia = np.array([row[a] for a, _ in pairs], dtype=np.int64)
     ib = np.array([row[b] for _, b in pairs], dtype=np.int64)
     factor = threshold_percent / 100.0
