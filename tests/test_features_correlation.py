@@ -281,3 +281,19 @@ def test_array_code_launches_do_not_grow_with_objects_and_read_nothing_back():
     (n1, l1), (n2, l2) = counts
     assert n2 > 2 * n1
     assert l1 == l2, counts
+
+
+def test_masked_image_ranks_give_the_same_result():
+    """Ranks sorted among the labelled pixels only (image_dense_ranks(mask=...)) give the same features."""
+    from hpc_profiler.features.correlation import image_dense_ranks
+
+    lab, n, imgs = _site(seed=12, size=120)
+    imgs = {c: v.astype(np.float32) for c, v in imgs.items()}
+    mask = lab > 0
+    full = {c: image_dense_ranks(v) for c, v in imgs.items()}
+    part = {c: image_dense_ranks(v, mask=mask) for c, v in imgs.items()}
+    assert not np.array_equal(full["ER"], part["ER"])  # the masked sort ranks fewer pixels
+    a = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, image_ranks=full)
+    b = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, image_ranks=part)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

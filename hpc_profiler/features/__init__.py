@@ -40,6 +40,7 @@ The CPJUMP1 choices made here (see ``docs/feature_differences.md``):
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -435,7 +436,9 @@ def measure_site(
     image_ranks = None
     if "Correlation" in params.families and len(channels) > 1 and n > 0:
         with timer("Correlation"):  # one value sort per channel, shared by the object sets
-            image_ranks = {c: _family_module("correlation").image_dense_ranks(imgs[c]) for c in channels}
+            labelled = functools.reduce(lambda a, b: a | b, [labs[o] > 0 for o in params.objects])
+            image_ranks = {c: _family_module("correlation").image_dense_ranks(imgs[c], mask=labelled)
+                           for c in channels}
     tables = {}
     numbers = np.arange(1, n + 1, dtype=np.int32)
     for o in params.objects:

@@ -135,6 +135,14 @@ def dense_rank(xp, values):
 def _ranks_from_sorted_keys(key):
     """Dense ranks from ascending 64-bit keys ``value bits << 32 | pixel index`` (numba)."""
     rank = np.empty(key.shape[0], dtype=np.int64)
+    _ranks_into(key, rank)
+    return rank
+
+
+def _ranks_into(key, rank):
+    """``rank[pixel index] = `` dense rank, from ascending keys ``value bits << 32 | pixel index`` (numba)."""
+    if key.shape[0] == 0:
+        return
     r = 0
     prev = key[0] >> 32
     for k in range(key.shape[0]):
@@ -143,9 +151,9 @@ def _ranks_from_sorted_keys(key):
             r += 1
             prev = hi
         rank[key[k] & 0xFFFFFFFF] = r
-    return rank
 
 
+_ranks_into = njit_cached(_ranks_into)
 _ranks_from_sorted_keys_jit = njit_cached(_ranks_from_sorted_keys)
 
 
@@ -183,7 +191,7 @@ _set_values_and_ranks_jit = njit_cached(_set_values_and_ranks)
 _subset_ranks_jit = njit_cached(_subset_ranks)
 
 
-def image_dense_ranks(image):
+def image_dense_ranks(image, mask=None):
     """Dense rank of every pixel of ``image`` among all its pixels, int64, same shape.
 
     Computed once per channel and site, then restricted to each object set by
@@ -192,9 +200,26 @@ def image_dense_ranks(image):
     is exactly float32) is ordered by one ``sort`` of 64-bit keys (value
     bits, pixel index) and ranked in one numba pass over the sorted keys;
     elsewhere by :func:`dense_rank`.
+
+    ``mask`` (bool, same shape), optional: only the ranks of the pixels in
+    ``mask`` are wanted (the union of a site's object sets); on the CPU the
+    others are not sorted and get rank 0. Ranks among a superset of an object
+    set are all :func:`subset_dense_rank` needs, so the result per object set
+    is the same. Ignored on other backends (whole-image ranks).
     """
     xp = backend_of(image).xp
     flat = xp.ravel(image)
+    if xp is np and mask is not None and 0 < flat.size < 2**32:
+        sel = np.flatnonzero(np.ravel(mask))
+        v = flat[sel]
+        if v.dtype == np.float32 or (v.dtype.kind == "f" and bool((v.astype(np.float32) == v).all())):
+            v32 = v.astype(np.float32, copy=False)
+            if sel.size and not bool(np.isnan(v32).any()):
+                hi = float32_index_keys(v32) >> np.uint64(32)
+                key = np.sort((hi << np.uint64(32)) | sel.astype(np.uint64))
+                rank = np.zeros(flat.size, dtype=np.int64)
+                _ranks_into(key, rank)
+                return rank.reshape(image.shape)
     if xp is np and 0 < flat.size < 2**32:
         v32 = None
         if flat.dtype == np.float32:
