@@ -29,9 +29,21 @@ before ``B`` in *sorted* channel-name order (``Correlation_Correlation_AGP_DNA``
 never ``..._DNA_AGP``), the symmetric measures (Correlation, Overlap) are written
 once per pair and the asymmetric ones (K, Manders, RWC) in both orders.
 
-Everything is computed for all objects at once with segment sums over the
-labelled pixels grouped by object (CPU and GPU share this code through
-:mod:`hpc_profiler.backend`); the dense ranks come from one sort per channel.
+Everything is a per-object sum over the labelled pixels grouped by object,
+computed two ways that give the same numbers (``engine`` of
+:func:`measure_correlation`):
+
+* on the CPU, a numba kernel walks each object once for all channels and
+  pairs; the sums that can cancel (Pearson's) are NumPy's ``add.reduceat``
+  bit for bit (:mod:`._cpu_segments`), the non-negative thresholded sums are
+  accumulated in one pass (within ~1e-14 relative);
+* on other backends (the GPU), backend array code stacks the channels and
+  the pairs into ``(C, P)`` / ``(Q, P)`` arrays and reduces each stack with
+  one ``reduceat``: a few hundred launches per site whatever the number of
+  objects, no device->host copy.
+
+The dense ranks come from one sort per channel (of the site's labelled
+pixels on the CPU), restricted to each object set by flags and a prefix count.
 
 Where this deliberately follows CellProfiler rather than ``cp_measure`` 0.3.0
 (the test reference), documented in ``docs/feature_differences.md``:

@@ -5,10 +5,24 @@ Reproduces, per object and channel, the columns CellProfiler 4 writes as
 ``Intensity_{Integrated,Mean,Std,Min,Max}IntensityEdge_{ch}``,
 ``Intensity_{LowerQuartile,Median,UpperQuartile,MAD}Intensity_{ch}``,
 ``Intensity_MassDisplacement_{ch}``, ``Location_CenterMassIntensity_{X,Y}_{ch}``
-and ``Location_MaxIntensity_{X,Y}_{ch}``, vectorized over all objects of a site
-(one stable sort of the labelled pixels, ``bincount`` sums, one
-``lexsort((value, object))`` for the order statistics), on the backend of the
-inputs (NumPy or CuPy).
+and ``Location_MaxIntensity_{X,Y}_{ch}``, for all objects of a site at once,
+computed two ways that give the same bits when every pixel is finite
+(``engine`` of :func:`measure_intensity_channels`):
+
+* on the CPU, a numba kernel walks each object once per channel: sums are
+  NumPy's ``add.reduceat`` bit for bit (:mod:`._cpu_segments`), the order
+  statistics come from NumPy's sort of each object's values (exact), the MAD
+  from merging the two sorted runs of deviations below and above the median;
+  the edge pixels are tested at the labelled pixels only;
+* on other backends (the GPU), backend array code stacks the channels of an
+  object set into ``(C, P)`` arrays: every sum in a few ``reduceat`` calls,
+  the order statistics from one segmented sort of the values and one of the
+  deviations (64-bit keys for float32 data), non-finite pixels masked on the
+  device - ~230 launches per object set whatever the number of objects and
+  channels, no device->host copy.
+
+:func:`intensity_statistics` (the earlier vectorized formulation, with
+binary searches instead of the second sort) is kept as a reference.
 
 CellProfiler conventions kept on purpose
 ----------------------------------------
@@ -24,12 +38,8 @@ CellProfiler conventions kept on purpose
 * Edge pixels are ``find_boundaries(labels, mode="inner")`` of the whole label
   image (see :func:`hpc_profiler.features._objects.edge_mask`).
 * The max-intensity location is the first pixel in raster order among ties.
-* Min/Max are exact; the quartiles, median and MAD read the per-object sorted
-  values from one sort of a combined key (see
-  :func:`hpc_profiler.features._objects.segment_sort`), exact to ~1e-13. The
-  MAD needs no second sort: the deviations below and above the median are two
-  already-sorted runs, and a vectorized binary search picks the needed order
-  statistics of their union.
+* Min/Max, the quartiles, the median and the MAD are exact order statistics
+  of the pixel values (both engines sort exactly).
 * What does not depend on the channel - the object grouping and float
   coordinates of the pixels (:class:`~hpc_profiler.features._objects.ObjectPixels`)
   and the grouping of the edge pixels (:func:`edge_pixels`) - is computed once
