@@ -74,7 +74,7 @@ import numpy as np
 
 from ..backend import backend_of
 from ._cpu_segments import float32_index_keys, segment_total
-from ._objects import ObjectPixels, object_pixels, repeat_index, segment_max
+from ._objects import ObjectPixels, object_pixels, repeat_index
 from ..morphology import njit_cached
 
 #: Measures written once per unordered pair / in both orders of a pair.
@@ -296,17 +296,16 @@ def _rows_segment_sum(xp, m, starts, counts):
     return xp.where(counts > 0, r, 0.0)
 
 
-def _rows_segment_max(xp, m, starts, counts):
-    """Per-object maxima of every row of ``m`` (``maximum.reduceat`` per row; empty objects arbitrary)."""
-    n = counts.shape[0]
-    size = m.shape[1]
-    try:
-        r = xp.maximum.reduceat(m, xp.minimum(starts, size - 1), axis=1)
-    except (AttributeError, NotImplementedError, TypeError):  # backends without ufunc.reduceat
-        return xp.stack([segment_max(row, starts, counts) for row in m])
-    j = (n - 1) - xp.argmax(counts[::-1] > 0)
-    r[:, j] = xp.maximum(r[:, j], m[:, size - 1])
-    return r
+def _rows_segment_max(xp, m, obj, n: int):
+    """Per-object maxima of every row of ``m`` (one scatter ``maximum.at``; empty objects ``-inf``).
+
+    A scatter rather than ``maximum.reduceat``: CuPy has ``reduceat`` for
+    ``add`` only.
+    """
+    rows = m.shape[0]
+    out = xp.full(rows * n, -xp.inf)
+    xp.maximum.at(out, (xp.arange(rows, dtype=xp.int64)[:, None] * n + obj[None, :]).ravel(), m.ravel())
+    return out.reshape(rows, n)
 
 
 def _array_sums(xp, vals, ranks, starts, counts, idx, factor, ia, ib, rmax):
@@ -322,7 +321,7 @@ def _array_sums(xp, vals, ranks, starts, counts, idx, factor, ia, ib, rmax):
     s1 = _rows_segment_sum(xp, vals, starts, counts)
     d = vals - (s1 / npix)[:, idx]
     sxx = _rows_segment_sum(xp, d * d, starts, counts)
-    thr = factor * _rows_segment_max(xp, vals, starts, counts)
+    thr = factor * _rows_segment_max(xp, vals, idx, counts.shape[0])
     above = vals >= thr[:, idx]
     tot = _rows_segment_sum(xp, xp.where(above, vals, 0.0), starts, counts)
     both = above[ia] & above[ib]

@@ -70,7 +70,6 @@ from hpc_profiler.features._objects import (
     edge_mask,
     label_var,
     object_pixels,
-    segment_argmax,
     segment_max,
     segment_min,
     segment_quantile,
@@ -621,41 +620,52 @@ def _measure_cpu(op, ep, image, channel) -> dict:
 # Array code (the GPU path): all channels of an object set stacked, no host read
 # ---------------------------------------------------------------------------
 
-def _segments(xp, starts, counts, size: int):
-    """What :func:`_rows_reduce` needs of a segmentation, computed once: clamped starts, last object, cut."""
+def _segments(xp, starts, counts, size: int, obj):
+    """What :func:`_rows_reduce` needs of a segmentation, computed once.
+
+    ``(starts, counts, clamped starts, last object with values, cut flag,
+    object of each value)``.
+    """
     n = counts.shape[0]
     idx = xp.minimum(starts, max(size - 1, 0))
     j = (n - 1) - xp.argmax(counts[::-1] > 0)  # the last object with values
     cut = (j < n - 1) & (counts[j] >= 2)
-    return starts, counts, idx, j, cut
+    return starts, counts, idx, j, cut, obj
 
 
 def _rows_reduce(xp, name: str, m, seg):
-    """``ufunc.reduceat`` of every row of ``m`` over the object segments ``seg`` (:func:`_segments`).
+    """Per-object reduction of every row of ``m`` over the segments ``seg`` (:func:`_segments`).
 
-    ``name`` is ``add``, ``minimum`` or ``maximum``. The arithmetic of
-    :func:`hpc_profiler.features._objects.segment_sum` / ``segment_min`` /
-    ``segment_max`` per row (same bits on NumPy): trailing empty objects are
-    clamped and the last value put back on the device. One launch for all
-    rows plus three for the patch; values of empty objects are arbitrary
-    (callers mask them).
+    ``add``: ``add.reduceat`` with the arithmetic of
+    :func:`hpc_profiler.features._objects.segment_sum` per row (same bits on
+    NumPy; trailing empty objects clamped and the last value put back on the
+    device), one launch for all rows plus three for the patch.
+    ``minimum``/``maximum``: one scatter ``ufunc.at`` into ``(rows, N)``
+    (CuPy has ``reduceat`` for ``add`` only). Values of empty objects are
+    arbitrary (callers mask them).
     """
-    starts, counts, idx, j, cut = seg
+    starts, counts, idx, j, cut, obj = seg
     n = counts.shape[0]
     rows, size = m.shape
     if size == 0:
         return xp.zeros((rows, n), dtype=m.dtype)
-    ufunc = getattr(xp, name)
+    if name != "add":
+        ufunc = getattr(xp, name)
+        if m.dtype.kind == "f":
+            fill = xp.inf if name == "minimum" else -xp.inf
+        else:
+            info = np.iinfo(m.dtype)
+            fill = info.max if name == "minimum" else info.min
+        out = xp.full(rows * n, fill, dtype=m.dtype)
+        gid = (xp.arange(rows, dtype=xp.int64)[:, None] * n + obj[None, :]).ravel()
+        ufunc.at(out, gid, m.ravel())
+        return out.reshape(rows, n)
     try:
-        r = ufunc.reduceat(m, idx, axis=1)
+        r = xp.add.reduceat(m, idx, axis=1)
     except (AttributeError, NotImplementedError, TypeError):  # backends without ufunc.reduceat
-        reduce = {"add": segment_sum, "minimum": segment_min, "maximum": segment_max}[name]
-        return xp.stack([reduce(row, starts, counts) for row in m])
+        return xp.stack([segment_sum(row, starts, counts) for row in m])
     last = m[:, size - 1]
-    if name == "add":
-        r[:, j] = r[:, j] + xp.where(cut, last, xp.zeros((), dtype=m.dtype))
-    else:
-        r[:, j] = ufunc(r[:, j], last)
+    r[:, j] = r[:, j] + xp.where(cut, last, xp.zeros((), dtype=m.dtype))
     return r
 
 
@@ -709,7 +719,7 @@ def _array_channels(xp, op: ObjectPixels, ep: "EdgePixels", images, channels) ->
     fin = xp.isfinite(v)
     inf = xp.inf
     nch = len(channels)
-    seg = _segments(xp, starts, counts, size)
+    seg = _segments(xp, starts, counts, size, obj)
     yf, xf = op.yx_float
     finf = fin.astype(xp.float64)
     vz = xp.where(fin, v, 0.0)
@@ -764,7 +774,7 @@ def _array_channels(xp, op: ObjectPixels, ep: "EdgePixels", images, channels) ->
     # edge pixels
     e = v[:, ep.index]
     efin = fin[:, ep.index]
-    eseg = _segments(xp, ep.starts, ep.counts, ep.index.shape[0])
+    eseg = _segments(xp, ep.starts, ep.counts, ep.index.shape[0], ep.obj)
     ec = ep.counts
     ez = xp.where(efin, e, 0.0)
     esums = xp.where(ec > 0, _rows_reduce(xp, "add", xp.concatenate([efin.astype(xp.float64), ez]), eseg), 0.0)
