@@ -263,16 +263,16 @@ def _quantile(sv, s, c, fraction):
     f = pos - kf
     k = min(np.int64(kf), c - 1)
     k1 = min(k + 1, c - 1)
-    v0 = sv[s + k]
+    v0 = np.float64(sv[s + k])  # sv may be float32: widened exactly
     if k < c - 1:
-        return v0 * (1.0 - f) + sv[s + k1] * f
+        return v0 * (1.0 - f) + np.float64(sv[s + k1]) * f
     return v0
 
 
 def _mad(sv, s, c, med):
     """Median of ``|x - med|`` over one sorted segment: merge the two sorted runs of deviations."""
     m = 0  # values strictly below the median
-    while m < c and sv[s + m] < med:
+    while m < c and np.float64(sv[s + m]) < med:
         m += 1
     k0 = (c - 1) // 2
     k1 = c // 2
@@ -281,11 +281,11 @@ def _mad(sv, s, c, med):
     v0 = 0.0
     v1 = 0.0
     for t in range(k1 + 1):
-        if j >= c or (i >= 0 and med - sv[s + i] < sv[s + j] - med):
-            d = med - sv[s + i]
+        if j >= c or (i >= 0 and med - np.float64(sv[s + i]) < np.float64(sv[s + j]) - med):
+            d = med - np.float64(sv[s + i])
             i -= 1
         else:
-            d = sv[s + j] - med
+            d = np.float64(sv[s + j]) - med
             j += 1
         if t == k0:
             v0 = d
@@ -573,20 +573,17 @@ def _centres(op, ep):
 def _measure_cpu(op, ep, image, channel) -> dict:
     """One channel through the numba kernel (non-finite pixels left out, as CellProfiler masks them)."""
     n = op.n
-    all_vals = np.ravel(image)[op.flat].astype(np.float64, copy=False)
-    finite = bool(np.isfinite(all_vals).all())
+    raw = np.ravel(image)[op.flat]  # one gather, in the image's dtype
+    all_vals = raw.astype(np.float64, copy=False)
+    finite = bool(np.isfinite(raw).all())
     if finite:
         vals, obj = all_vals, op.obj
         yf, xf = op.yx_float
+        counts, starts = op.counts, op.starts
+        evals, ecounts, estarts = all_vals[ep.index], ep.counts, ep.starts
     else:
         vals, obj, y, x = _finite(op, all_vals)
         yf, xf = y.astype(np.float64), x.astype(np.float64)
-    if finite:
-        counts, starts = op.counts, op.starts
-        # sort the image's own dtype (float32: NumPy's fastest sort), the same order
-        raw = np.ravel(image)[op.flat]
-        evals, ecounts, estarts = all_vals[ep.index], ep.counts, ep.starts
-    else:
         counts = np.bincount(obj, minlength=n)[:n]
         starts = np.cumsum(counts) - counts
         raw = vals
@@ -595,13 +592,17 @@ def _measure_cpu(op, ep, image, channel) -> dict:
         evals, eobj, _, _ = _finite(op, all_vals, on_edge)
         ecounts = np.bincount(eobj, minlength=n)[:n]
         estarts = np.cumsum(ecounts) - ecounts
-    n_vals = np.ascontiguousarray(vals, dtype=np.float64)
     res = np.empty((len(_ROWS), n))
-    sv = _sorted_within(raw, starts, counts).astype(np.float64, copy=False)
+    # sorted in the image's own dtype (float32: NumPy's fastest sort; the kernel
+    # widens each value it reads, so the order statistics are the same)
+    sv = _sorted_within(raw, starts, counts)
+    if sv.dtype not in (np.float32, np.float64):
+        sv = sv.astype(np.float64)
     cm_y, cm_x = _centres(op, ep) if finite else _centre_of_mass(yf, xf, starts, counts)
-    _intensity_jit(n_vals, sv, starts.astype(np.int64), counts.astype(np.int64),
-                   np.ascontiguousarray(yf, np.float64), np.ascontiguousarray(xf, np.float64), cm_y, cm_x,
-                   np.ascontiguousarray(evals, np.float64), estarts.astype(np.int64), ecounts.astype(np.int64), res)
+    _intensity_jit(np.ascontiguousarray(vals, dtype=np.float64), sv, starts.astype(np.int64, copy=False),
+                   counts.astype(np.int64, copy=False), np.ascontiguousarray(yf, np.float64),
+                   np.ascontiguousarray(xf, np.float64), cm_y, cm_x, np.ascontiguousarray(evals, np.float64),
+                   estarts.astype(np.int64, copy=False), ecounts.astype(np.int64, copy=False), res)
     r = dict(zip(_ROWS, res))
     out = {}
     for key in ("Integrated", "Mean", "Std", "Min", "Max", "LowerQuartile", "Median", "UpperQuartile", "MAD"):
