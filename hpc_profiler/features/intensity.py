@@ -314,7 +314,7 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
             maxc = counts[i]
         if ecounts[i] > maxc:
             maxc = ecounts[i]
-    buf = np.empty(maxc)
+    buf = np.empty((3, maxc))
     last = _last_nonempty(counts)
     elast = _last_nonempty(ecounts)
     for i in range(n):
@@ -331,17 +331,23 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
             vmin = v[s]
             vmax = v[s]
             imax = s
+            b0 = buf[0]
+            b1 = buf[1]
+            b2 = buf[2]
             for k in range(s, s + c):
-                d = v[k] - mean
-                buf[k - s] = d * d
-                if v[k] < vmin:
-                    vmin = v[k]
-                if v[k] > vmax:
-                    vmax = v[k]
+                vk = v[k]
+                d = vk - mean
+                b0[k - s] = d * d
+                b1[k - s] = yf[k] * vk
+                b2[k - s] = xf[k] * vk
+                if vk < vmin:
+                    vmin = vk
+                if vk > vmax:
+                    vmax = vk
                     imax = k
             out[0, i] = integ
             out[1, i] = mean
-            out[2, i] = np.sqrt(_reduceat_sum(buf, 0, c, split) / np.float64(c))
+            out[2, i] = np.sqrt(_reduceat_sum(b0, 0, c, split) / np.float64(c))
             out[3, i] = vmin
             out[4, i] = vmax
             out[5, i] = _quantile(sv, s, c, 0.25)
@@ -353,12 +359,8 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
             cm_y = cm_y_all[i]
             cm_x = cm_x_all[i]
             if integ != 0:
-                for k in range(c):
-                    buf[k] = yf[s + k] * v[s + k]
-                cmi_y = _reduceat_sum(buf, 0, c, split) / integ
-                for k in range(c):
-                    buf[k] = xf[s + k] * v[s + k]
-                cmi_x = _reduceat_sum(buf, 0, c, split) / integ
+                cmi_y = _reduceat_sum(b1, 0, c, split) / integ
+                cmi_x = _reduceat_sum(b2, 0, c, split) / integ
                 out[9, i] = np.sqrt((cmi_y - cm_y) ** 2 + (cmi_x - cm_x) ** 2)
                 out[10, i] = cmi_x
                 out[11, i] = cmi_y
@@ -374,14 +376,14 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
             emax = ev[es]
             for k in range(es, es + ec):
                 d = ev[k] - emean
-                buf[k - es] = d * d
+                buf[0, k - es] = d * d
                 if ev[k] < emin:
                     emin = ev[k]
                 if ev[k] > emax:
                     emax = ev[k]
             out[14, i] = esum
             out[15, i] = emean
-            out[16, i] = np.sqrt(_reduceat_sum(buf, 0, ec, esplit) / np.float64(ec))
+            out[16, i] = np.sqrt(_reduceat_sum(buf[0], 0, ec, esplit) / np.float64(ec))
             out[17, i] = emin
             out[18, i] = emax
 
