@@ -297,3 +297,17 @@ def test_masked_image_ranks_give_the_same_result():
     b = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, image_ranks=part)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_cpu_kernel_equals_array_code_with_nan_pixels():
+    """A NaN pixel spoils its object's sums the same way in both engines (NaN propagates)."""
+    lab, n, imgs = _site(seed=13, size=100)
+    imgs = {c: v.astype(np.float32) for c, v in imgs.items()}
+    ys, xs = np.nonzero(lab == 2)
+    imgs["ER"][ys[0], xs[0]] = np.nan
+    imgs["DNA"][ys[5], xs[5]] = np.nan
+    cpu = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, engine="cpu")
+    arr = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, engine="array")
+    for k in cpu:
+        np.testing.assert_allclose(cpu[k], arr[k], rtol=1e-13, atol=0, equal_nan=True, err_msg=k)
+    assert np.isnan(cpu["Correlation_Correlation_DNA_ER"][1])

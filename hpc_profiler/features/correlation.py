@@ -371,7 +371,7 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
             mean = s1 / np.float64(c)
             vmax = v[0]
             for k in range(1, c):
-                if v[k] > vmax:
+                if v[k] > vmax or v[k] != v[k]:  # NaN propagates, as in maximum.reduceat
                     vmax = v[k]
             thr = factor * vmax
             b0 = buf[0]
