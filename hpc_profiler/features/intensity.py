@@ -769,8 +769,10 @@ def _array_channels(xp, op: ObjectPixels, ep: "EdgePixels", images, channels) ->
         cm_x = xp.where(has, sx / cnt, xp.nan)
     disp = xp.sqrt((cmi_y - cm_y) ** 2 + (cmi_x - cm_x) ** 2)
     at_max = fin & (v == vmax[:, obj])
-    first = _rows_reduce(xp, "minimum", xp.where(at_max, xp.arange(size, dtype=xp.int64)[None, :], size), seg)
-    idx = xp.clip(first, 0, max(size - 1, 0))
+    # float64 positions (exact below 2**53): every scatter of this module is a float64 one
+    first = _rows_reduce(xp, "minimum", xp.where(at_max, xp.arange(size, dtype=xp.float64)[None, :], float(size)),
+                         seg)
+    idx = xp.clip(first, 0, max(size - 1, 0)).astype(xp.int64)
     max_x = xp.where(has, xf[idx], xp.nan)
     max_y = xp.where(has, yf[idx], xp.nan)
 
