@@ -196,3 +196,118 @@ def test_shared_image_ranks_give_the_same_result():
                             objects=object_pixels(lab, n + 1), image_ranks=ranks)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def _with_odd_objects(lab, n):
+    """Add a one-pixel object, an empty label in the middle and empty labels at the end."""
+    lab = lab.copy()
+    lab[0, 0] = n + 1  # one pixel
+    lab[lab == 3] = 0  # label 3 empty
+    return lab, n + 4  # labels n + 2 .. n + 4 empty (the clamped last segment of reduceat)
+
+
+@pytest.mark.parametrize("shared_ranks", [False, True])
+def test_cpu_kernel_equals_array_code(shared_ranks):
+    """The numba kernel (CPU default) and the backend array code (the GPU path) agree.
+
+    Pearson's r (the sums that can cancel) to the bit; the thresholded sums,
+    accumulated sequentially by the kernel, within 1e-13 relative.
+    """
+    from hpc_profiler.features.correlation import image_dense_ranks
+
+    lab, n, imgs = _site(seed=6, size=140)
+    lab, n = _with_odd_objects(lab, n)
+    imgs = {c: v.astype(np.float32) for c, v in imgs.items()}
+    ranks = {c: image_dense_ranks(v) for c, v in imgs.items()} if shared_ranks else None
+    cpu = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, image_ranks=ranks, engine="cpu")
+    arr = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, image_ranks=ranks, engine="array")
+    assert np.isnan(cpu["Correlation_Correlation_AGP_DNA"][[2, n - 1]]).all()
+    for k in cpu:
+        if k.startswith("Correlation_Correlation_"):
+            np.testing.assert_array_equal(cpu[k], arr[k], err_msg=k)
+        else:
+            np.testing.assert_allclose(cpu[k], arr[k], rtol=1e-13, atol=0, err_msg=k)
+
+
+def test_image_dense_ranks_cpu_path_equals_dense_rank():
+    """The CPU key sort + numba pass gives the generic dense ranks (ties, signs, -0.0, float64 input)."""
+    from hpc_profiler.features.correlation import dense_rank, image_dense_ranks
+
+    rng = np.random.default_rng(8)
+    v = (rng.integers(-60, 60, (70, 90)).astype(np.float32) / np.float32(7.0))
+    v[0, :10] = -0.0
+    v[1, :10] = 0.0
+    expected = np.searchsorted(np.unique(v), v)
+    np.testing.assert_array_equal(image_dense_ranks(v), expected)
+    np.testing.assert_array_equal(image_dense_ranks(v.astype(np.float64)), expected)
+    w = v.astype(np.float64) + 1e-12  # not float32-exact: the generic path
+    np.testing.assert_array_equal(image_dense_ranks(w), dense_rank(np, w.ravel()).reshape(w.shape))
+
+
+def test_pairwise_segment_total_is_reduceat_bit_for_bit():
+    """The CPU kernels' sum is NumPy's add.reduceat to the bit, over all segment sizes."""
+    from hpc_profiler.features._cpu_segments import segment_total
+
+    rng = np.random.default_rng(9)
+    counts = np.concatenate([np.arange(1, 300), rng.integers(300, 9000, 30)])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    a = rng.random(int(counts.sum())) * rng.choice([1.0, 1e-4, 1e4], int(counts.sum())) - 0.3
+    ref = np.add.reduceat(a, starts)
+    got = np.array([segment_total(a, int(s), int(c)) for s, c in zip(starts, counts)])
+    np.testing.assert_array_equal(got, ref)
+
+
+def test_array_code_launches_do_not_grow_with_objects_and_read_nothing_back():
+    """GPU path through the counting backend: no loop over objects, no device->host copy."""
+    from hpc_profiler._audit import AuditCounter, audit_backend
+    from hpc_profiler.features.correlation import image_dense_ranks
+
+    counts = []
+    for size in (90, 180):
+        lab, n, imgs = _site(seed=10, size=size)
+        counter = AuditCounter()
+        bk = audit_backend(counter)
+        dimgs = {c: bk.asarray(v.astype(np.float32)) for c, v in imgs.items()}
+        with counter.section("corr"):
+            ranks = {c: image_dense_ranks(v) for c, v in dimgs.items()}
+            out = measure_correlation(bk.asarray(lab), n, dimgs, CHANNELS, threshold_percent=THR, image_ranks=ranks)
+        ref = measure_correlation(lab, n, {c: v.astype(np.float32) for c, v in imgs.items()}, CHANNELS,
+                                  threshold_percent=THR)
+        for k in ref:
+            np.testing.assert_allclose(bk.to_numpy(out[k]), ref[k], rtol=1e-13, atol=0, err_msg=k)
+        c = counter.sections["corr"]
+        assert c.d2h == 0, c
+        counts.append((n, c.launches))
+    (n1, l1), (n2, l2) = counts
+    assert n2 > 2 * n1
+    assert l1 == l2, counts
+
+
+def test_masked_image_ranks_give_the_same_result():
+    """Ranks sorted among the labelled pixels only (image_dense_ranks(mask=...)) give the same features."""
+    from hpc_profiler.features.correlation import image_dense_ranks
+
+    lab, n, imgs = _site(seed=12, size=120)
+    imgs = {c: v.astype(np.float32) for c, v in imgs.items()}
+    mask = lab > 0
+    full = {c: image_dense_ranks(v) for c, v in imgs.items()}
+    part = {c: image_dense_ranks(v, mask=mask) for c, v in imgs.items()}
+    assert not np.array_equal(full["ER"], part["ER"])  # the masked sort ranks fewer pixels
+    a = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, image_ranks=full)
+    b = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, image_ranks=part)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_cpu_kernel_equals_array_code_with_nan_pixels():
+    """A NaN pixel spoils its object's sums the same way in both engines (NaN propagates)."""
+    lab, n, imgs = _site(seed=13, size=100)
+    imgs = {c: v.astype(np.float32) for c, v in imgs.items()}
+    ys, xs = np.nonzero(lab == 2)
+    imgs["ER"][ys[0], xs[0]] = np.nan
+    imgs["DNA"][ys[5], xs[5]] = np.nan
+    cpu = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, engine="cpu")
+    arr = measure_correlation(lab, n, imgs, CHANNELS, threshold_percent=THR, engine="array")
+    for k in cpu:
+        np.testing.assert_allclose(cpu[k], arr[k], rtol=1e-13, atol=0, equal_nan=True, err_msg=k)
+    assert np.isnan(cpu["Correlation_Correlation_DNA_ER"][1])

@@ -6,7 +6,7 @@ import scipy.ndimage as ndi
 import pytest
 
 from hpc_profiler.features._objects import object_pixels, segment_quantile, segment_sort
-from hpc_profiler.features.intensity import measure_intensity
+from hpc_profiler.features.intensity import measure_intensity, measure_intensity_channels
 from test_features_shape import compare_table, make_site, single_masks
 
 
@@ -168,3 +168,118 @@ def test_mad_without_second_sort_matches_definition():
         assert out["Median"][i] == pytest.approx(med, abs=1e-14)
         ref = ndi.median(np.abs(v - med), np.ones(v.size, int), 1)
         assert out["MAD"][i] == pytest.approx(ref, abs=1e-14), i
+
+
+def _odd_site(dtype):
+    """Synthetic cytoplasm plus a one-pixel object, an empty label inside and empty labels at the end."""
+    from test_features_shape import synth_objects
+
+    objects, images = synth_objects()
+    lab = objects["Cytoplasm"].copy()
+    n = int(lab.max())
+    lab[lab == 2] = 0
+    lab[0, 0] = n + 1
+    img = images["AGP"].astype(dtype)
+    return lab, n + 3, img
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("with_nan", [False, True])
+def test_cpu_kernel_equals_array_code(dtype, with_nan):
+    """The numba kernel (CPU default) and the backend array code (the GPU path) agree.
+
+    To the bit when every pixel is finite; with non-finite pixels (left out by
+    compaction on the CPU, by masks in the array code, so the sums group their
+    terms differently) within 1e-13.
+    """
+    lab, n, img = _odd_site(dtype)
+    if with_nan:
+        ys, xs = np.nonzero(lab == 5)
+        img[ys[:3], xs[:3]] = np.nan  # non-finite pixels are left out, as CellProfiler masks them
+        img[lab == 7] = np.inf
+    cpu = measure_intensity(lab, n, img, "C", engine="cpu")
+    arr = measure_intensity(lab, n, img, "C", engine="array")
+    assert set(cpu) == set(arr)
+    assert np.isnan(cpu["Intensity_MeanIntensity_C"][[1, n - 1]]).all()
+    for k in cpu:
+        if with_nan:
+            np.testing.assert_allclose(cpu[k], arr[k], rtol=1e-13, atol=1e-15, err_msg=k)
+        else:
+            np.testing.assert_array_equal(cpu[k], arr[k], err_msg=k)
+    # several channels at once (stacked in the array code) give the same columns
+    img2 = np.flipud(img).copy()
+    both = measure_intensity_channels(lab, n, {"C": img, "D": img2}, ["C", "D"], engine="array")
+    for k in arr:
+        np.testing.assert_array_equal(both[k], arr[k], err_msg=k)
+    d = measure_intensity(lab, n, img2, "D", engine="cpu")
+    for k in d:
+        np.testing.assert_allclose(both[k], d[k], rtol=1e-13 if with_nan else 0, atol=1e-15 if with_nan else 0,
+                                   err_msg=k)
+
+
+def test_cpu_order_statistics_are_exact():
+    """Quartiles, median and MAD of the CPU kernel equal a per-object NumPy computation to the bit."""
+    lab, n, img = _odd_site(np.float32)
+    img = np.round(img * 40) / 40  # many ties
+    out = measure_intensity(lab, n, img, "C", engine="cpu")
+    for i in range(n):
+        v = np.sort(img[lab == i + 1].astype(np.float64))
+        if v.size == 0:
+            continue
+        med = cp_quantile(v, 0.5)
+        assert out["Intensity_LowerQuartileIntensity_C"][i] == cp_quantile(v, 0.25)
+        assert out["Intensity_MedianIntensity_C"][i] == med
+        assert out["Intensity_UpperQuartileIntensity_C"][i] == cp_quantile(v, 0.75)
+        assert out["Intensity_MADIntensity_C"][i] == np.median(np.abs(v - med)), i
+
+
+def test_edge_pixels_from_labels_equal_find_boundaries():
+    """The CPU edge test at the labelled pixels picks find_boundaries(mode='inner')'s pixels."""
+    from hpc_profiler.features._objects import edge_mask
+    from hpc_profiler.features.intensity import edge_pixels
+
+    rng = np.random.default_rng(11)
+    lab = ndi.zoom(rng.integers(0, 9, (9, 11)), 7, order=0)[:60, :70].astype(np.int32)  # touching blocks, image edge
+    lab[rng.random(lab.shape) < 0.02] = 0  # holes
+    lab[5, 5] = 9  # a one-pixel object
+    n = int(lab.max())
+    op = object_pixels(lab, n)
+    a = edge_pixels(op, edge_mask(lab))
+    b = edge_pixels(op, labels=lab)
+    for f in ("index", "obj", "counts", "starts"):
+        np.testing.assert_array_equal(getattr(a, f), getattr(b, f), err_msg=f)
+    assert 0 < a.index.size < op.flat.size
+
+
+def test_array_code_launches_do_not_grow_with_objects_and_read_nothing_back():
+    """GPU path through the counting backend: no loop over objects or channels, no device->host copy."""
+    from hpc_profiler._audit import AuditCounter, audit_backend
+    from hpc_profiler.features.intensity import edge_pixels
+
+    counts = []
+    for size in (90, 180):
+        rng = np.random.default_rng(size)
+        grid = np.zeros((size, size), bool)
+        for y in range(2, size - 12, 15):
+            for x in range(2, size - 12, 15):
+                grid[y:y + rng.integers(6, 13), x:x + rng.integers(6, 13)] = True
+        lab = ndi.label(grid)[0].astype(np.int32)
+        n = int(lab.max())
+        imgs = {c: rng.random(lab.shape).astype(np.float32) for c in ("A", "B", "C")}
+        counter = AuditCounter()
+        bk = audit_backend(counter)
+        dlab = bk.asarray(lab)
+        op = object_pixels(dlab, n)
+        ep = edge_pixels(op, labels=dlab)
+        dimgs = {c: bk.asarray(v) for c, v in imgs.items()}
+        with counter.section("int"):
+            out = measure_intensity_channels(dlab, n, dimgs, list(imgs), objects=op, edges=ep)
+        ref = measure_intensity_channels(lab, n, imgs, list(imgs))
+        for k in ref:
+            np.testing.assert_array_equal(bk.to_numpy(out[k]), ref[k], err_msg=k)
+        c = counter.sections["int"]
+        assert c.d2h == 0, c
+        counts.append((n, c.launches))
+    (n1, l1), (n2, l2) = counts
+    assert n2 > 2 * n1
+    assert l1 == l2, counts

@@ -40,6 +40,7 @@ The CPJUMP1 choices made here (see ``docs/feature_differences.md``):
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import time
 from dataclasses import dataclass, field
@@ -247,7 +248,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
     """
     fams = params.families
     out = {}
-    from ._objects import centroids, edge_mask, object_pixels
+    from ._objects import centroids, object_pixels
 
     op = object_pixels(lab, n)
     # RadialDistribution computes its own distance transform: AreaShape's per-object
@@ -266,9 +267,8 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
     if "Intensity" in fams:
         with timer("Intensity"):
             mod = _family_module("intensity")
-            edges = mod.edge_pixels(op, edge_mask(lab))  # shared by the channels
-            for c in channels:
-                out.update(mod.measure_intensity(lab, n, images[c], c, objects=op, edges=edges))
+            edges = mod.edge_pixels(op, labels=lab)  # shared by the channels
+            out.update(mod.measure_intensity_channels(lab, n, images, channels, objects=op, edges=edges))
     if "RadialDistribution" in fams:
         with timer("RadialDistribution"):
             mod = _family_module("radial")
@@ -479,7 +479,9 @@ def measure_site(
     image_ranks = None
     if "Correlation" in params.families and len(channels) > 1 and n > 0:
         with timer("Correlation"):  # one value sort per channel, shared by the object sets
-            image_ranks = {c: _family_module("correlation").image_dense_ranks(imgs[c]) for c in channels}
+            labelled = functools.reduce(lambda a, b: a | b, [labs[o] > 0 for o in params.objects])
+            image_ranks = {c: _family_module("correlation").image_dense_ranks(imgs[c], mask=labelled)
+                           for c in channels}
     shape_host = {}
     if "AreaShape" in params.families and n > 0 and bk.xp is not np:
         with timer("AreaShape"):  # the hull/transform part on the host: one copy of all label images
