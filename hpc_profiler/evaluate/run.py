@@ -335,14 +335,12 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
         if store.owner[confs[ci]] == me:
             store.get(confs[ci])
             raw[confs[ci]] = store.raw[confs[ci]]
-    local = []
-    for c in parts[me]:
-        idx = order[bounds[c]:bounds[c + 1]]
-        local.append((int(c), nulls.map_p_value(map_scores[c], [raw[confs[ci]] for ci in vix[idx]])))
+    mine = np.asarray(parts[me], dtype=np.int64)
+    seqs = [[confs[ci] for ci in vix[order[bounds[c]:bounds[c + 1]]]] for c in mine]
+    local = (mine, nulls.map_p_values(map_scores[mine], seqs, raw))
     p = np.full(n_cls, np.nan)
-    for part in comm.allgather(local):
-        for c, pv in part:
-            p[c] = pv
+    for cls, pv in comm.allgather(local):
+        p[cls] = pv
     return p
 
 
