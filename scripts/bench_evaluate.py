@@ -22,7 +22,11 @@ default ``class_significance: map_permutation``, which also does the per-query
 BH, the summary and the normalized AP), the ratio copairs/ours; then ours in
 fresh processes under ``mpirun -n 1``, ``-n 2`` and ``-n 4`` (time after
 reading, from the ranks' barrier, slowest rank; the per-phase seconds of the
-slowest rank, and the bytes of nulls a rank received for the class p-values),
+slowest rank and of every rank (``comm``: seconds inside collectives, i.e.
+transfers plus waiting for slower ranks, part of the other phases), the
+numba start-up of a rank before the barrier (``kernel_load_s``, not in the
+times: ``hpc-profiler evaluate`` pays it once per rank before reading the
+profiles), and the bytes of nulls a rank received for the class p-values),
 and the parallel efficiency ``t1 / (n tn)``. With fewer cores than ranks
 (``os.cpu_count()``), the ranks share cores and the 4-rank row says
 ``oversubscribed``: its efficiency then measures the machine, not the code.
@@ -157,15 +161,20 @@ def worker(path: str, case: str, null_size: int) -> None:
     """Body of one mpirun rank: read, barrier, time evaluate_profiles, report from rank 0."""
     from hpc_profiler import mpi
 
+    from hpc_profiler.evaluate import nulls
+
     comm = mpi.get_comm()
+    load = nulls.load_kernels()  # numba start-up of the rank, as hpc-profiler evaluate does before reading
     df = pd.read_parquet(path)
     comm.barrier()
     t, cpu, res = run_ours(df, case, null_size, comm)
-    info = comm.gather((t, res["seconds"], res["null_bytes_received"], cpu), root=0)
+    info = comm.gather((t, res["seconds"], res["null_bytes_received"], cpu, load), root=0)
     if comm.Get_rank() == 0:
         print(json.dumps({"seconds": max(i[0] for i in info), "cpu_seconds": max(i[3] for i in info),
+                          "kernel_load_s": round(max(i[4] for i in info), 2),
                           "queries": len(res["queries"]),
                           "phases": {k: round(max(i[1][k] for i in info), 2) for k in info[0][1]},
+                          "phases_per_rank": [{k: round(v, 2) for k, v in i[1].items()} for i in info],
                           "null_mb_received": round(max(i[2] for i in info) / 2**20, 1)}))
 
 
@@ -209,7 +218,7 @@ def comm_per_rank(queries: pd.DataFrame, class_by: list[str], null_size: int, n_
     k = len(uniq)
     first = np.full(k, len(conf_arr))
     np.minimum.at(first, gid, vix)
-    parts = class_partition(first, np.bincount(gid, minlength=k), n_ranks)
+    parts = class_partition(first, nulls.map_class_cost(np.bincount(gid, minlength=k)), n_ranks)
     rank_of_class = np.empty(k, dtype=np.int64)
     for r, part in enumerate(parts):
         rank_of_class[part] = r
