@@ -40,10 +40,16 @@ owned elsewhere): AP allgather ``32 Q (P-1)/P`` bytes, p-value allgather
 ``16 Q (P-1)/P``, nulls ``4 S C_r``, class p-values ``16 K (P-1)/P``. On the
 JUMP-scale case of ``scripts/bench_evaluate.py`` (53,552 wells, 45,096
 queries, 5,000 classes, 109 configurations, ``S`` = 100,000) at 64 ranks:
-1.35 + 0.68 + 10.7 + 0.08 = about 13 MB received per rank (``C_r`` <= 28:
+1.35 + 0.68 + 9.9 + 0.08 = about 12 MB received per rank (``C_r`` <= 26:
 a class's replicates sit on plates with different control counts, hence
-different ``N``); measured 16.4 MB of nulls at 2 ranks and 18.3 MB at 4,
-equal to the replay (``comm_per_rank`` in the benchmark).
+different ``N``; classes balanced by
+:func:`~hpc_profiler.evaluate.nulls.map_class_cost`); 16.4 MB of nulls at 2
+ranks and 18.3 MB at 4, measured and replayed (``comm_per_rank`` in the
+benchmark). Per rank this shrinks with ``P`` only in the null term (a rank
+needs the configurations of its classes, at most all of them): at 64 ranks
+the 12 MB take ~1 ms on a 100 Gb/s link: what caps the scaling there is
+the work every rank repeats (task preparation, pair index set-up, BH and the
+class table), not the transfers.
 
 Deliberate differences from copairs: BH q-values are computed per query (and
 per class) within each (task, group); empty tasks are errors
