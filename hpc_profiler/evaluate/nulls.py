@@ -58,7 +58,9 @@ def null_rng(seed: int, n_pos: int, total: int) -> np.random.Generator:
 
 
 def _floyd_draws(rng, size: int, k: int, total: int) -> np.ndarray:
-    """The random numbers of Floyd's algorithm for ``size`` k-subsets: ``(k, size)``, row ``c`` uniform on ``0..total-k+c``.
+    """The random numbers of Floyd's algorithm for ``size`` k-subsets: ``(k, size)``.
+
+    Row ``c`` is uniform on ``0..total-k+c``.
 
     One ``rng.integers`` call per step, in step order: this fixes the random
     stream of the nulls (the kernels below only combine these numbers).
