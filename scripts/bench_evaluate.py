@@ -22,7 +22,11 @@ default ``class_significance: map_permutation``, which also does the per-query
 BH, the summary and the normalized AP), the ratio copairs/ours; then ours in
 fresh processes under ``mpirun -n 1``, ``-n 2`` and ``-n 4`` (time after
 reading, from the ranks' barrier, slowest rank; the per-phase seconds of the
-slowest rank, and the bytes of nulls a rank received for the class p-values),
+slowest rank and of every rank (``comm``: seconds inside collectives, i.e.
+transfers plus waiting for slower ranks, part of the other phases), the
+numba start-up of a rank before the barrier (``kernel_load_s``, not in the
+times: ``hpc-profiler evaluate`` pays it once per rank before reading the
+profiles), and the bytes of nulls a rank received for the class p-values),
 and the parallel efficiency ``t1 / (n tn)``. With fewer cores than ranks
 (``os.cpu_count()``), the ranks share cores and the 4-rank row says
 ``oversubscribed``: its efficiency then measures the machine, not the code.
@@ -33,13 +37,15 @@ ours one thread per rank), since the CPU ratio is steadier under other load;
 likewise ``cpu_efficiency_n`` = CPU seconds of 1 rank / (n x CPU seconds of
 the busiest of n ranks), which shows how evenly the work is divided even when
 other jobs take the cores (it does not see time spent waiting).
-BLAS is single-threaded (one rank = one core) unless OMP/OPENBLAS_NUM_THREADS
-are set. Nothing is
-asserted; the machine's other load shows in the numbers.
+BLAS is single-threaded for ours (one rank = one core: the ranks through
+OMP/OPENBLAS_NUM_THREADS unless the caller set them, the in-process run
+through threadpoolctl); copairs runs with its defaults (its thread pool, BLAS
+threads). Nothing is asserted; the machine's other load shows in the numbers.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import json
 import os
@@ -53,9 +59,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-# one rank = one core: keep BLAS single-threaded unless the caller chose otherwise
+# one rank = one core: the mpirun ranks start with single-threaded BLAS unless the caller chose otherwise
+# (NumPy is loaded already, so this process's own BLAS is limited around our runs: one_thread())
 for _v in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_v, "1")
+
+
+def one_thread():
+    """Single-threaded BLAS in this process (threadpoolctl), for our in-process run; copairs keeps its defaults."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # then the in-process row uses BLAS's default threads (the mpirun rows do not)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
 
 REPO = Path(__file__).resolve().parents[1]
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
@@ -157,15 +173,20 @@ def worker(path: str, case: str, null_size: int) -> None:
     """Body of one mpirun rank: read, barrier, time evaluate_profiles, report from rank 0."""
     from hpc_profiler import mpi
 
+    from hpc_profiler.evaluate import nulls
+
     comm = mpi.get_comm()
+    load = nulls.load_kernels()  # numba start-up of the rank, as hpc-profiler evaluate does before reading
     df = pd.read_parquet(path)
     comm.barrier()
     t, cpu, res = run_ours(df, case, null_size, comm)
-    info = comm.gather((t, res["seconds"], res["null_bytes_received"], cpu), root=0)
+    info = comm.gather((t, res["seconds"], res["null_bytes_received"], cpu, load), root=0)
     if comm.Get_rank() == 0:
         print(json.dumps({"seconds": max(i[0] for i in info), "cpu_seconds": max(i[3] for i in info),
+                          "kernel_load_s": round(max(i[4] for i in info), 2),
                           "queries": len(res["queries"]),
                           "phases": {k: round(max(i[1][k] for i in info), 2) for k in info[0][1]},
+                          "phases_per_rank": [{k: round(v, 2) for k, v in i[1].items()} for i in info],
                           "null_mb_received": round(max(i[2] for i in info) / 2**20, 1)}))
 
 
@@ -209,7 +230,7 @@ def comm_per_rank(queries: pd.DataFrame, class_by: list[str], null_size: int, n_
     k = len(uniq)
     first = np.full(k, len(conf_arr))
     np.minimum.at(first, gid, vix)
-    parts = class_partition(first, np.bincount(gid, minlength=k), n_ranks)
+    parts = class_partition(first, nulls.map_class_cost(np.bincount(gid, minlength=k)), n_ranks)
     rank_of_class = np.empty(k, dtype=np.int64)
     for r, part in enumerate(parts):
         rank_of_class[part] = r
@@ -226,7 +247,12 @@ def comm_per_rank(queries: pd.DataFrame, class_by: list[str], null_size: int, n_
 def bench(case: str, df: pd.DataFrame, args) -> dict:
     n_wells = len(df)
     row = {"case": case, "wells": n_wells, "null_size": args.null_size}
-    t_ours, c_ours, res = min((run_ours(df, case, args.null_size) for _ in range(args.repeat)), key=lambda r: r[0])
+    from hpc_profiler.evaluate import nulls
+
+    nulls.load_kernels()  # numba start-up, before the timings (the mpirun ranks do the same)
+    with one_thread():
+        t_ours, c_ours, res = min((run_ours(df, case, args.null_size) for _ in range(args.repeat)),
+                                  key=lambda r: r[0])
     q = res["queries"]
     row.update(classes=int(q["Metadata_broad_sample"].nunique()), queries=len(q),
                null_confs=int(res["nulls_drawn"]), ours_s=round(t_ours, 2), ours_cpu_s=round(c_ours, 2),

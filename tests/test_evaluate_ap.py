@@ -192,3 +192,63 @@ def test_map_p_value_accumulates_exactly_as_copairs_mean():
             expect = ((ref > score).sum() + 1) / (3001 + 1)
             assert nulls.map_p_value(score, [dists[i] for i in ix]) == expect
             assert nulls.map_p_value(np.float64(score), dists[ix]) == expect
+
+
+def _numpy_floyd_null(n_pos, total, size, seed):
+    """The null as the vectorized NumPy code computed it before the compiled kernels (reference of the stream).
+
+    Same generator, same draws (one ``integers`` call per Floyd step), Floyd's
+    set logic and sorted insertion written as array operations, AP by
+    :func:`nulls.null_ap`.
+    """
+    rng = nulls.null_rng(seed, n_pos, total)
+    dt = np.int16 if total < 2**15 else np.int32
+    srt = np.empty((n_pos, size), dtype=dt)
+    for col, jj in enumerate(range(total - n_pos, total)):
+        t = rng.integers(0, jj + 1, size=size, dtype=dt)
+        if col == 0:
+            srt[0] = t
+            continue
+        v = np.where((srt[:col] == t).any(axis=0), dt(jj), t)
+        srt[col] = np.maximum(v, srt[col - 1])
+        for p in range(col - 1, 0, -1):
+            srt[p] = np.maximum(np.minimum(srt[p], v), srt[p - 1])
+        srt[0] = np.minimum(srt[0], v)
+    return nulls.null_ap(np.ascontiguousarray(srt.T) + 1, total)  # C order, as before: the row sums
+
+
+@pytest.mark.parametrize("k,total", [(1, 60), (2, 9), (3, 63), (7, 70), (8, 70), (13, 75), (16, 64), (17, 300),
+                                     (40, 500), (127, 5000), (128, 5000), (131, 5000), (3, 70000)])
+def test_compiled_null_is_the_numpy_stream_bit_for_bit(k, total):
+    """The compiled Floyd + AP kernels change no bit of the nulls (same draws, same float32 sums as NumPy).
+
+    Covers k < 8 (one-by-one sum), 8..128 (NumPy's 8 partial sums and the
+    remainder), above 128 and 2**16 candidates (the per-permutation path and
+    :func:`nulls.null_ap`), and a size that is not a multiple of the block.
+    """
+    size = 2 * nulls.FLOYD_BLOCK + 37
+    got = nulls.null_distribution(k, total, size, seed=6)
+    np.testing.assert_array_equal(got, _numpy_floyd_null(k, total, size, seed=6))
+
+
+def test_map_p_values_equal_map_p_value_and_copairs_mean():
+    """Batched class p-values (shared member sequences, blocks, 4-row passes) equal the one-class reference."""
+    rng = np.random.default_rng(12)
+    size = nulls.MAP_BLOCK + 501
+    confs = [(k, n) for k in (1, 2, 3, 5) for n in (20, 21)]
+    dists = {c: nulls.null_distribution(c[0], c[1], size, seed=2) for c in confs}
+    seqs, scores = [], []
+    for c in range(60):
+        m = int(rng.integers(1, 12))
+        seq = [confs[i] for i in rng.integers(0, len(confs), m)]
+        if c % 7 == 0 and seqs:
+            seq = list(seqs[-1])  # classes sharing a member sequence share one null mean
+        ref_mean = np.stack([dists[k] for k in seq]).mean(axis=0)  # copairs get_map_pvalue
+        seqs.append(seq)
+        scores.append(float(np.quantile(ref_mean, rng.uniform(0.5, 1.0))) if c % 3 else float(ref_mean[5]))
+    got = nulls.map_p_values(np.array(scores), seqs, dists)
+    ref = [nulls.map_p_value(s, [dists[k] for k in seq]) for s, seq in zip(scores, seqs)]
+    np.testing.assert_array_equal(got, ref)
+    cp = [((np.stack([dists[k] for k in seq]).mean(axis=0) > s).sum() + 1) / (size + 1) for s, seq in zip(scores, seqs)]
+    np.testing.assert_array_equal(got, cp)
+    assert len(set(got)) > 10

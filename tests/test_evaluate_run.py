@@ -160,3 +160,22 @@ def test_task_definitions_replace_defaults_from_yaml():
     q = evaluate_profiles(profiles, cfg.evaluate)["queries"]
     assert set(q["task"]) == {"mine"} and set(q["Metadata_modality"]) == {"orf"}
     assert (q["n_pos_pairs"] == 1).all() and (q["n_total_pairs"] == 1 + 2 * 4).all()
+
+
+def test_sorted_group_ids_equal_multiindex_factorize():
+    """Class / group ids without MultiIndex tuples are pandas' sorted tuple factorization, id for id."""
+    from hpc_profiler.evaluate.run import group_rows, sorted_group_ids
+
+    rng = np.random.default_rng(4)
+    t = pd.DataFrame({"a": rng.choice(["x", "y", "10", "9", None], 500), "b": rng.integers(0, 12, 500),
+                      "c": rng.choice(["p", "q"], 500)})
+    t.index = rng.permutation(1000)[:500]
+    for cols in (["a"], ["b"], ["a", "b"], ["c", "a", "b"]):
+        ref, uniq = pd.MultiIndex.from_frame(t[cols].astype(str)).factorize(sort=True)
+        gid, n = sorted_group_ids(t, cols)
+        np.testing.assert_array_equal(gid, ref)
+        assert n == len(uniq)
+        rows = group_rows(t, cols)
+        assert len(rows) == n
+        for g, idx in enumerate(rows):
+            np.testing.assert_array_equal(idx, t.index.to_numpy()[ref == g])

@@ -40,10 +40,16 @@ owned elsewhere): AP allgather ``32 Q (P-1)/P`` bytes, p-value allgather
 ``16 Q (P-1)/P``, nulls ``4 S C_r``, class p-values ``16 K (P-1)/P``. On the
 JUMP-scale case of ``scripts/bench_evaluate.py`` (53,552 wells, 45,096
 queries, 5,000 classes, 109 configurations, ``S`` = 100,000) at 64 ranks:
-1.35 + 0.68 + 10.7 + 0.08 = about 13 MB received per rank (``C_r`` <= 28:
+1.35 + 0.68 + 9.9 + 0.08 = about 12 MB received per rank (``C_r`` <= 26:
 a class's replicates sit on plates with different control counts, hence
-different ``N``); measured 16.4 MB of nulls at 2 ranks and 18.3 MB at 4,
-equal to the replay (``comm_per_rank`` in the benchmark).
+different ``N``; classes balanced by
+:func:`~hpc_profiler.evaluate.nulls.map_class_cost`); 16.4 MB of nulls at 2
+ranks and 18.3 MB at 4, measured and replayed (``comm_per_rank`` in the
+benchmark). Per rank this shrinks with ``P`` only in the null term (a rank
+needs the configurations of its classes, at most all of them): at 64 ranks
+the 12 MB take ~1 ms on a 100 Gb/s link: what caps the scaling there is
+the work every rank repeats (task preparation, pair index set-up, BH and the
+class table), not the transfers.
 
 Deliberate differences from copairs: BH q-values are computed per query (and
 per class) within each (task, group); empty tasks are errors
@@ -258,12 +264,32 @@ class NullStore:
 
 
 # --------------------------------------------------------------------------- classes
+def sorted_group_ids(table: pd.DataFrame, cols: list[str]) -> tuple[np.ndarray, int]:
+    """Group id of each row by the values of ``cols`` as strings, ids in sorted order of the value tuples.
+
+    The ids of ``pd.MultiIndex.from_frame(table[cols].astype(str)).factorize(sort=True)``,
+    column by column (sorted codes of a column, then dense ranks of
+    ``(prefix, code)``), without building the tuples; and the number of groups.
+    A missing value (pandas 3 keeps ``None`` missing through ``astype(str)``)
+    sorts last, as in the MultiIndex.
+    """
+    gid = np.zeros(len(table), dtype=np.int64)
+    n = 1 if len(table) else 0
+    for c in cols:
+        codes, uniq = pd.factorize(table[c].astype(str).to_numpy(), sort=True, use_na_sentinel=False)
+        gid = gid * len(uniq) + codes
+        uniq_gid, gid = np.unique(gid, return_inverse=True)
+        gid, n = gid.ravel().astype(np.int64), len(uniq_gid)
+    return gid, n
+
+
 def group_rows(table: pd.DataFrame, cols: list[str]) -> list[np.ndarray]:
     """Index labels of each group of ``cols`` (one group when ``cols`` is empty), groups sorted."""
     if not cols or len(table) == 0:
         return [table.index.to_numpy()]
-    gid, _ = pd.MultiIndex.from_frame(table[cols].astype(str)).factorize(sort=True)
-    return [table.index.to_numpy()[gid == g] for g in range(gid.max() + 1)]
+    gid, n = sorted_group_ids(table, cols)
+    order = np.argsort(gid, kind="stable")
+    return np.split(table.index.to_numpy()[order], np.searchsorted(gid[order], np.arange(1, n)))
 
 
 def class_partition(first_conf: np.ndarray, work: np.ndarray, n_parts: int) -> list[np.ndarray]:
@@ -292,10 +318,12 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
 
     The null of a class is the float32 mean, permutation by permutation, of its
     members' nulls; ``p = (#{null mean > mAP} + 1) / (null_size + 1)``
-    (:func:`hpc_profiler.evaluate.nulls.map_p_value`). Ranks take contiguous
-    runs of classes (:func:`class_partition`, balanced by members x null
-    size); each null a rank needs and does not own comes once from its owner
-    (one ``alltoall``), and the p-values are gathered (8 bytes per class).
+    (:func:`hpc_profiler.evaluate.nulls.map_p_value`; computed for a rank's
+    classes at once by :func:`hpc_profiler.evaluate.nulls.map_p_values`).
+    Ranks take contiguous runs of classes (:func:`class_partition`, balanced
+    by :func:`~hpc_profiler.evaluate.nulls.map_class_cost`); each null a rank
+    needs and does not own comes once from its owner (one ``alltoall``), and
+    the p-values are gathered (16 bytes per class: index and value).
 
     Communication per rank (``S`` = null size, ``C_r`` = distinct
     configurations of the rank's classes, ``K`` classes, ``Q`` queries):
@@ -312,7 +340,7 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
     bounds = np.searchsorted(gid[order], np.arange(n_cls + 1))
     first_conf = np.full(n_cls, len(confs), dtype=np.int64)
     np.minimum.at(first_conf, gid, vix)
-    parts = class_partition(first_conf, np.bincount(gid, minlength=n_cls), comm.Get_size())
+    parts = class_partition(first_conf, nulls.map_class_cost(np.bincount(gid, minlength=n_cls)), comm.Get_size())
     me = comm.Get_rank()
     needs = []  # configuration indices each rank needs (known to every rank)
     for part in parts:
@@ -335,14 +363,12 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
         if store.owner[confs[ci]] == me:
             store.get(confs[ci])
             raw[confs[ci]] = store.raw[confs[ci]]
-    local = []
-    for c in parts[me]:
-        idx = order[bounds[c]:bounds[c + 1]]
-        local.append((int(c), nulls.map_p_value(map_scores[c], [raw[confs[ci]] for ci in vix[idx]])))
+    mine = np.asarray(parts[me], dtype=np.int64)
+    seqs = [[confs[ci] for ci in vix[order[bounds[c]:bounds[c + 1]]]] for c in mine]
+    local = (mine, nulls.map_p_values(map_scores[mine], seqs, raw))
     p = np.full(n_cls, np.nan)
-    for part in comm.allgather(local):
-        for c, pv in part:
-            p[c] = pv
+    for cls, pv in comm.allgather(local):
+        p[cls] = pv
     return p
 
 
@@ -358,8 +384,7 @@ def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullSt
     valid = queries.loc[(queries["n_pos_pairs"] > 0) & queries["average_precision"].notna()].reset_index(drop=True)
     if len(valid) == 0:
         return pd.DataFrame(columns=["task"] + keys + ["mean_average_precision", "q_value", "retrieved"])
-    gid, uniq = pd.MultiIndex.from_frame(valid[keys].astype(str)).factorize(sort=True)
-    n = len(uniq)
+    gid, n = sorted_group_ids(valid, keys)
     extra = [k for k in SUMMARY_KEYS if k in valid.columns and k not in keys]
     const = valid[extra].astype(str).groupby(gid, sort=True).nunique()
     keys += [k for k in extra if bool((const[k] == 1).all())]
@@ -539,6 +564,33 @@ def _empty_task(message: str, ecfg: EvaluateConfig, empties: list, comm) -> None
         print(f"WARNING: {message}; task skipped", file=sys.stderr)
 
 
+class TimedComm:
+    """The communicator with the wall and CPU seconds spent in its collectives added to ``clock['comm']``.
+
+    Time in a collective is transfer plus waiting for the slowest rank (MPI
+    waits by polling, so waiting also counts as CPU time): the benchmark
+    reports it per rank, which tells load imbalance from serial work.
+    """
+
+    def __init__(self, comm, clock: dict):
+        self._comm, self._clock = comm, clock
+
+    def __getattr__(self, name):
+        return getattr(self._comm, name)
+
+    def _timed(self, name, *args):
+        t0 = _now()
+        out = getattr(self._comm, name)(*args)
+        _tick(self._clock, "comm", t0, _now())
+        return out
+
+    def allgather(self, obj):
+        return self._timed("allgather", obj)
+
+    def alltoall(self, objs):
+        return self._timed("alltoall", objs)
+
+
 def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
@@ -567,11 +619,12 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
     comm = comm or mpi.get_comm()
     bk = get_backend(device)
     keep_raw = ecfg.map_pvalue or ecfg.class_significance == "map_permutation"
-    store = NullStore(ecfg.null_size, ecfg.seed, comm, keep_raw=keep_raw)
     all_q, all_c, all_s, all_d, all_dp = [], [], [], [], []
     empties: list[str] = []
     # wall and CPU seconds per phase on this rank (benchmarks)
-    clock = {f"{k}{c}": 0.0 for k in ("prepare", "ap", "p_values", "classes") for c in ("", "_cpu")}
+    clock = {f"{k}{c}": 0.0 for k in ("prepare", "ap", "p_values", "classes", "comm") for c in ("", "_cpu")}
+    comm = TimedComm(comm, clock)  # "comm": seconds inside collectives, part of the phases
+    store = NullStore(ecfg.null_size, ecfg.seed, comm, keep_raw=keep_raw)
     retrieved: dict[str, pd.DataFrame] = {}
     for wave in task_waves(ecfg):
         for name in wave:
@@ -756,6 +809,7 @@ def evaluate_batch(cfg: Config, comm=None) -> pd.DataFrame:
     """Library entry of ``hpc-profiler run``: read the well table, run, write on rank 0; returns the summary."""
     comm = comm or mpi.get_comm()
     with mpi.abort_on_error(comm):
+        nulls.load_kernels()
         profiles = read_profiles(profiles_path(cfg), cfg.evaluate.drop_nonfinite_features)
         results = evaluate_profiles(profiles, cfg.evaluate, comm, cfg.device)
         if comm.Get_rank() == 0:
@@ -799,6 +853,7 @@ def main_evaluate(args) -> int:
     out = Path(args.out) if args.out else Path(cfg.out) / "evaluate"
     try:
         with mpi.abort_on_error(comm):
+            nulls.load_kernels()
             results = evaluate_profiles(read_profiles(src, e.drop_nonfinite_features), e, comm, cfg.device)
             if comm.Get_rank() == 0:
                 write_outputs(results, out, e.csv, e.plots)
