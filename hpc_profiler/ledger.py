@@ -51,26 +51,22 @@ from typing import Optional, Sequence
 import h5py
 
 from . import sitefile
+from .layout import Layout
+from .sitefile import pack_group  # noqa: F401 - the name packers and readers import from here
 from ._atomic import atomic_path
 
-LEDGER_DIR = "ledger"
 #: candidates up to this many are validated in this process; more go to worker processes
 SERIAL_LIMIT = 64
 
 
 def ledger_dir(out) -> Path:
     """``<out>/ledger``: one ``<task>.tsv`` per task that finished (or packed) sites."""
-    return Path(out) / LEDGER_DIR
+    return Layout(out).ledger_dir
 
 
 def site_key(plate, well, site) -> str:
     """``plate/well/site``, the same as :attr:`manifest.Site.key`."""
     return f"{plate}/{well}/{site}"
-
-
-def pack_group(well, site) -> str:
-    """Group of a site in its plate's packed file: ``<well>_s<site>``."""
-    return f"{well}_s{site}"
 
 
 # =========================================================================== writing
@@ -474,8 +470,10 @@ def main(argv=None) -> int:
     """``python -m hpc_profiler.ledger pack CONFIG [--plate P ...] [--keep-loose]``."""
     import argparse
 
-    from . import orchestrate as orch
     from .config import ConfigError, load_config
+    from .manifest import ManifestError
+    from .workflow import OrchestrationError
+    from .workflow.sites import load_or_build_manifest, plates_of
 
     p = argparse.ArgumentParser(prog="python -m hpc_profiler.ledger",
                                 description="pack finished site files into one HDF5 file per plate")
@@ -487,12 +485,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         cfg = load_config(args.config)
-        sites = orch.load_or_build_manifest(cfg)
-    except (ConfigError, orch.OrchestrationError, orch.manifest_mod.ManifestError) as exc:
+        sites = load_or_build_manifest(cfg)
+    except (ConfigError, OrchestrationError, ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     status = 0
-    for plate in args.plate or orch.plates_of(sites):
+    for plate in args.plate or plates_of(sites):
         try:
             c = pack_plate(cfg, plate, sites, remove_loose=not args.keep_loose)
         except OSError as exc:

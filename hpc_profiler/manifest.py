@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
+from ._atomic import atomic_path
+
 ROWS = "ABCDEFGHIJKLMNOP"
 #: Opera Phenix file name: row, column, field, plane, channel.
 PHENIX_RE = re.compile(
@@ -286,41 +288,6 @@ def manifest_from_phenix(
 
 
 # ------------------------------------------------------------------- dispatch
-def build_manifest(cfg) -> tuple[list[Site], list[SiteProblem]]:
-    """Manifest of the image source configured in ``cfg.input``.
-
-    Parameters
-    ----------
-    cfg : hpc_profiler.config.Config
-
-    Returns
-    -------
-    (sites, problems)
-        ``problems`` lists sites that are present but incomplete.
-
-    Raises
-    ------
-    ManifestError
-        No source configured, or the source is unreadable.
-    """
-    inp = cfg.input
-    if inp.loaddata_csv is not None or inp.phenix_dir is not None or inp.gallery is not None:
-        from .gallery import configure_storage
-
-        configure_storage(cfg)
-    if inp.loaddata_csv is not None:
-        return manifest_from_loaddata(cfg.path(inp.loaddata_csv), cfg.channels), []
-    if inp.phenix_dir is not None:
-        return manifest_from_phenix(cfg.path(inp.phenix_dir), inp.phenix_channels, cfg.channels, inp.phenix_plate)
-    if inp.gallery is not None:
-        from .gallery import gallery_manifest
-
-        return gallery_manifest(cfg)
-    raise ManifestError(
-        f"{cfg.source or '<config>'}: input: no image source; set input.loaddata_csv or input.phenix_dir"
-    )
-
-
 # ------------------------------------------------------------------- Parquet
 def _columns(channels: Sequence[str]) -> list[str]:
     return ["plate", "well", "site"] + [f"file_{c}" for c in channels] + [f"illum_{c}" for c in channels]
@@ -360,10 +327,8 @@ def save_manifest(sites: Sequence[Site], path) -> Path:
         metadata={"hpc_profiler.channels": json.dumps(channels)},
     )
     table = pa.table(data, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, row_group_size=4096)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a unique temporary name: two writers never share one
+        pq.write_table(table, tmp, row_group_size=4096)
     return path
 
 

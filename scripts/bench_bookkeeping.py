@@ -40,6 +40,8 @@ import numpy as np
 import yaml
 
 from hpc_profiler import ledger, manifest as M, orchestrate as orch, run, sitefile, status
+from hpc_profiler.layout import Layout
+from hpc_profiler.sources import build_manifest
 from hpc_profiler.config import CPJUMP1_CHANNELS, load_config
 
 WELLS = [M.well_from_row_col(r, c) for r in range(1, 17) for c in range(1, 25)]
@@ -86,7 +88,7 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
     made = set()
     led_dir = ledger.ledger_dir(out)
     led_dir.mkdir(parents=True)
-    work_dir = orch.worklog_dir(cfg, "extract")
+    work_dir = Layout.of(cfg).worklog_dir("extract")
     work_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
     t = 1.7e9
@@ -134,7 +136,7 @@ def today_scan(cfg, sites, verify=False, progress=False):
 def today_columns(cfg, rebuild=False, write=True):
     """Today's manifest handling: Site objects, and a dry run parses the image source again."""
     if not write:
-        return orch.SiteColumns.of_sites(M.build_manifest(cfg)[0])
+        return orch.SiteColumns.of_sites(build_manifest(cfg)[0])
     return orch.SiteColumns.of_sites(orch.load_or_build_manifest(cfg))
 
 
