@@ -20,8 +20,10 @@ relative ``PathName`` values are resolved against the CSV's folder (CellProfiler
 resolves them against its default input folder), and the result is sorted by
 (plate, well, site) so that site indices are stable across runs and ranks.
 
-A manifest is saved as Parquet (:func:`save_manifest`) so that a Slurm task or
-an MPI rank can load only its slice of sites (:func:`load_manifest`).
+A manifest is saved as Parquet (:func:`save_manifest`, atomically) so that a
+Slurm task or an MPI rank can load only its slice of sites (:func:`load_manifest`).
+Which source a config names, and the Gallery source, live in
+:mod:`hpc_profiler.sources`, which imports this module (never the other way).
 """
 from __future__ import annotations
 
@@ -45,10 +47,6 @@ PHENIX_RE = re.compile(
 
 class ManifestError(ValueError):
     """The image source cannot be turned into a manifest (names the file/column)."""
-
-
-class UnsupportedInputError(ManifestError):
-    """An image source that this version cannot read yet."""
 
 
 @dataclass(frozen=True)
