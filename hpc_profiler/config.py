@@ -259,7 +259,8 @@ class FeaturesConfig:
 # ----------------------------------------------------------------- executor
 @dataclass
 class StageResourcesConfig:
-    """Resources of one stage's jobs; a key left null takes the executor block's value."""
+    """Resources of one stage's jobs; a key left null takes the executor block's value, and an empty
+    string (0 for gpus_per_node) clears it (``gres: ""``: this stage asks for no gres)."""
 
     partition: Optional[str] = opt(None, doc="Slurm partition")
     account: Optional[str] = opt(None, doc="Slurm account")

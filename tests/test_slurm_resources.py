@@ -31,11 +31,11 @@ def _write(path: Path, executor: dict, **extra) -> Path:
 
 EXECUTOR = {
     "kind": "slurm", "partition": "cpu", "account": "lab", "time_min": 30, "cpus_per_task": 1, "mem_gb": 4,
-    "extra_sbatch": ["--comment=default-block"],
+    "extra_sbatch": ["--comment=default-block"], "gres": "gpu:1",
     "stages": {
         "extract": {"partition": "gpu", "gres": "gpu:1", "cpus_per_task": 4, "mem_gb": 16,
                     "extra_sbatch": ["--comment=extract-gpu", "--exclusive"]},
-        "reduce": {"cpus_per_task": 2, "mpi_ranks": 8, "qos": "long", "time_min": 240},
+        "reduce": {"cpus_per_task": 2, "mpi_ranks": 8, "qos": "long", "time_min": 240, "gres": ""},
     },
 }
 
@@ -47,7 +47,9 @@ def test_stage_resources_take_the_default_block_and_the_stage_overrides(tmp_path
                                                                                               "lab", 30)
     assert ex.extra_sbatch == ("--comment=extract-gpu", "--exclusive")  # a stage's list replaces the default one
     il = stage_resources(cfg, "illum")  # no override: exactly the default block
-    assert (il.partition, il.gres, il.cpus_per_task, il.extra_sbatch) == ("cpu", None, 1, ("--comment=default-block",))
+    assert (il.partition, il.gres, il.cpus_per_task, il.extra_sbatch) == ("cpu", "gpu:1", 1,
+                                                                          ("--comment=default-block",))
+    assert submitit_parameters(cfg, "illum", "slurm")["slurm_gres"] == "gpu:1"
     red = stage_resources(cfg, "reduce")
     assert (red.partition, red.cpus_per_task, red.mpi_ranks, red.qos, red.time_min) == ("cpu", 2, 8, "long", 240)
     assert stage_resources(cfg, "evaluate").mpi_ranks == cfg.executor.mpi_ranks
@@ -63,6 +65,8 @@ def test_stage_resources_take_the_default_block_and_the_stage_overrides(tmp_path
               "--account=lab", "--qos=long", "--comment=default-block", "--output=/x/reduce_%j.out",
               f"--mem-per-cpu={int(4 * 1024 / 16)}M"]:
         assert o in opts, (o, opts)
+    assert not any(o.startswith("--gres") for o in opts)  # gres: "" clears the block's gpu:1 for reduce
+    assert "--gres=gpu:1" in sbatch_options(cfg, "evaluate", 2, log="l")
     ev = sbatch_options(cfg, "extract", 2, log="l")
     assert "--gres=gpu:1" in ev and "--exclusive" in ev and "--partition=gpu" in ev
 

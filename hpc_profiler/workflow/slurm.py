@@ -8,8 +8,10 @@ The ``executor`` block of a config is the default of every stage; its
       extra_sbatch: ["--comment=screen-7"]
       stages:
         extract: {partition: gpu, gres: "gpu:1", cpus_per_task: 4}
-        reduce: {cpus_per_task: 2, mpi_ranks: 16}
+        reduce: {cpus_per_task: 2, mpi_ranks: 16, gres: ""}
 
+A key a stage leaves out (or sets to null) takes the block's value; an empty
+string (0 for ``gpus_per_node``) clears it for that stage.
 :func:`stage_resources` resolves the settings of one stage;
 :func:`submitit_parameters` turns them into ``AutoExecutor.update_parameters``
 arguments for the illum and extract arrays, and :func:`sbatch_options` into
@@ -99,7 +101,7 @@ def submitit_parameters(cfg, stage: str, kind: str) -> dict:
         "cpus_per_task": int(res.cpus_per_task),
         "mem_gb": float(res.mem_gb),
     }
-    if res.gpus_per_node is not None:
+    if res.gpus_per_node:
         params["gpus_per_node"] = int(res.gpus_per_node)
     if kind == "slurm":
         params["slurm_array_parallelism"] = int(res.array_parallelism)
@@ -130,7 +132,7 @@ def sbatch_options(cfg, stage: str, ntasks: int, *, log: str) -> list[str]:
         value = getattr(res, key)
         if value:
             opts.append(f"--{key}={value}")
-    if res.gpus_per_node is not None:
+    if res.gpus_per_node:
         opts.append(f"--gpus-per-node={int(res.gpus_per_node)}")
     for key, value in parse_extra_sbatch(res.extra_sbatch).items():
         name = key.replace("_", "-")
