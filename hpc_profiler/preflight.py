@@ -201,7 +201,12 @@ def check_mpi(cfg: Config, ranks: Optional[int]) -> list[Problem]:
     runs reduce and evaluate in one process, with the same numbers."""
     if cfg.executor.kind == "slurm":
         return []  # the MPI stages run as an sbatch job with srun
-    n = cfg.executor.mpi_ranks if ranks is None else ranks
+    if ranks is None:  # the most any MPI stage asks for (executor.mpi_ranks or its executor.stages override)
+        from .workflow.slurm import stage_resources
+
+        n = max(stage_resources(cfg, s).mpi_ranks for s in ("reduce", "evaluate"))
+    else:
+        n = ranks
     if n <= 1:
         return []
     why = mpi_available()
