@@ -41,6 +41,7 @@ import yaml
 
 from hpc_profiler import ledger, manifest as M, orchestrate as orch, run, sitefile, status
 from hpc_profiler.layout import Layout
+from hpc_profiler.workflow import arrays as wf_arrays, plan as wf_plan, sites as wf_sites, stages as wf_stages
 from hpc_profiler.sources import build_manifest
 from hpc_profiler.config import CPJUMP1_CHANNELS, load_config
 
@@ -151,16 +152,35 @@ def today_digest(cfg):
     return run._digest([cfg.hash(), *entries])
 
 
+#: the modules that hold (import) the swapped names: every one is patched
+HOLDERS = (orch, run, status, wf_plan, wf_sites, wf_arrays, wf_stages)
+
+
+def swap(name: str, fn) -> list:
+    """Set ``name`` to ``fn`` in every module of :data:`HOLDERS` that has it; returns what to restore."""
+    saved = [(m, getattr(m, name)) for m in HOLDERS if hasattr(m, name)]
+    for m, _ in saved:
+        setattr(m, name, fn)
+    return saved
+
+
+def restore(saved: list, name: str) -> None:
+    for m, fn in saved:
+        setattr(m, name, fn)
+
+
 class Today:
     """Swap today's done-check into the same status / submit / pending code for a measurement."""
 
+    NAMES = {"scan_sites": today_scan, "site_files_digest": today_digest, "manifest_columns": today_columns}
+
     def __enter__(self):
-        self.saved = (orch.scan_sites, run.site_files_digest, orch.manifest_columns)
-        orch.scan_sites, run.site_files_digest, orch.manifest_columns = today_scan, today_digest, today_columns
+        self.saved = {name: swap(name, fn) for name, fn in self.NAMES.items()}
         return self
 
     def __exit__(self, *exc):
-        orch.scan_sites, run.site_files_digest, orch.manifest_columns = self.saved
+        for name, saved in self.saved.items():
+            restore(saved, name)
 
 
 # ---------------------------------------------------------------- measurement
@@ -188,15 +208,14 @@ def measure(cfg_path: Path, method: str) -> dict:
     ctx = Today() if method == "today" else None
     if ctx:
         ctx.__enter__()
-    saved = orch.scan_sites
-    orch.scan_sites = keep
+    saved = swap("scan_sites", keep)
     try:
         t_pending, pending = timed(lambda: orch.pending_sites(cfg, sites))
         scan = scans[-1]
         t_status, st = timed(lambda: status.collect_status(cfg))
         t_submit, sub = timed(lambda: orch.submit_stage(cfg, "extract", dry_run=True, kind="local"))
     finally:
-        orch.scan_sites = saved
+        restore(saved, "scan_sites")
         if ctx:
             ctx.__exit__(None, None, None)
     assert st.totals.done == n - len(pending) and sub.n_scheduled == len(pending), (st.totals, sub)
