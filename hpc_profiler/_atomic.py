@@ -7,7 +7,7 @@ renamed over the destination with :func:`os.replace`, which is atomic on POSIX
 file systems: a reader sees the old file or the new one, never half of one.
 On any error, or a ``KeyboardInterrupt``, the temporary file is removed.
 A writer killed outright leaves its temporary behind;
-:func:`orchestrate.remove_stale_temps` removes such files before a site is
+:func:`hpc_profiler.workflow.tasks.remove_stale_temps` removes such files before a site is
 written again.
 """
 from __future__ import annotations

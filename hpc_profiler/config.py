@@ -269,8 +269,31 @@ class FeaturesConfig:
 
 # ----------------------------------------------------------------- executor
 @dataclass
+class StageResourcesConfig:
+    """Resources of one stage's jobs; a key left null takes the executor block's value, and an empty
+    string (0 for gpus_per_node) clears it (``gres: ""``: this stage asks for no gres)."""
+
+    partition: Optional[str] = opt(None, doc="Slurm partition")
+    account: Optional[str] = opt(None, doc="Slurm account")
+    qos: Optional[str] = opt(None, doc="Slurm QoS")
+    time_min: Optional[int] = opt(None, doc="Time limit per task (MPI stages: per job), minutes")
+    cpus_per_task: Optional[int] = opt(None, doc="CPUs per array task (MPI stages: per rank)")
+    mem_gb: Optional[float] = opt(None, doc="Memory per task (MPI stages: per job), GB")
+    gres: Optional[str] = opt(None, doc="Generic resources, e.g. gpu:1")
+    gpus_per_node: Optional[int] = opt(None, doc="GPUs per node (alternative to gres)")
+    array_parallelism: Optional[int] = opt(None, doc="Maximum array tasks running at once")
+    extra_sbatch: Optional[list[str]] = opt(None, doc="Extra #SBATCH lines; replace the executor block's list")
+    mpi_ranks: Optional[int] = opt(None, doc="Ranks of an MPI stage (reduce, evaluate)")
+
+
+@dataclass
 class ExecutorConfig:
-    """Where per-site work runs (submitit AutoExecutor) and with which resources."""
+    """Where per-site work runs (submitit AutoExecutor) and with which resources.
+
+    The keys are every stage's defaults; ``stages`` overrides them per stage
+    (``stages: {extract: {partition: gpu, gres: "gpu:1"}}``), for the array jobs
+    (illum, extract) and the MPI jobs (reduce, evaluate) alike.
+    """
 
     kind: Literal["auto", "slurm", "local", "debug"] = opt(
         "auto", doc="auto: Slurm when sbatch is on PATH, else local"
@@ -302,6 +325,10 @@ class ExecutorConfig:
     mpi_startup_timeout_s: float = opt(
         120.0, doc="Seconds an MPI rank may take to reach the first barrier (MPI_Init included) before it "
         "aborts the job, so a rank lost at start-up cannot leave the others waiting until the time limit"
+    )
+    stages: dict[str, StageResourcesConfig] = opt(
+        factory=dict, doc="Per-stage overrides of the keys above (illum, extract, reduce, evaluate), "
+        "e.g. {extract: {partition: gpu, gres: 'gpu:1'}, reduce: {mpi_ranks: 16}}"
     )
 
 
@@ -706,6 +733,12 @@ def validate(cfg: Config, where: str = "<config>") -> Config:
         err("executor.progress_interval_s", "must be > 0")
     if cfg.executor.mpi_startup_timeout_s <= 0:
         err("executor.mpi_startup_timeout_s", "must be > 0")
+    for stage, over in cfg.executor.stages.items():
+        if stage not in ("illum", "extract", "reduce", "evaluate"):
+            err(f"executor.stages.{stage}", "unknown stage; known: illum, extract, reduce, evaluate")
+        for key in ("cpus_per_task", "mpi_ranks", "array_parallelism", "time_min"):
+            if getattr(over, key) is not None and getattr(over, key) < 1:
+                err(f"executor.stages.{stage}.{key}", "must be >= 1")
     if not 0.0 <= cfg.illumination.max_unreadable_fraction <= 1.0:
         err("illumination.max_unreadable_fraction", "must be in [0, 1]")
     if cfg.illumination.downsample < 1:

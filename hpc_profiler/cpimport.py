@@ -88,12 +88,12 @@ import numpy as np
 import pandas as pd
 
 from ._atomic import write_bytes_atomic
+from .layout import Layout
 from .mpi import abort_on_error, get_comm
-from .sitefile import ObjectTable, site_file_path, validate_site_file, write_site_file
+from .sitefile import ObjectTable, validate_site_file, write_site_file
 
 BOOKKEEPING_NAMES = frozenset({"ImageNumber", "ObjectNumber", "TableNumber"})
 BOOKKEEPING_PREFIXES = ("Parent_", "Children_", "Location_", "Number_", "Metadata_")
-IMPORT_DIR = "import"
 SKIPPED_NAME = "skipped.csv"
 SUMMARY_NAME = "import_summary.json"
 WELL_METADATA_NAME = "well_metadata.csv"
@@ -510,7 +510,7 @@ def join_compartments(tables: dict, compartments, where_of, image, report) -> Op
 
 # --------------------------------------------------------------------------- per rank
 def _site_path(cfg, rec) -> Path:
-    return site_file_path(cfg.out, rec["plate"], rec["well"], rec["site"])
+    return Layout.of(cfg).site(rec["plate"], rec["well"], rec["site"])
 
 
 def convert_units(cfg, units: list[tuple[TableSet, list[dict]]], report) -> dict:
@@ -666,7 +666,7 @@ def _import(cfg, src, comm, overwrite: bool, verbose: bool) -> dict:
             images.append((sets[i], recs))
         plan = plan_units(images, size)
         meta = well_metadata_table(all_images)
-        out = Path(cfg.out) / IMPORT_DIR
+        out = Layout.of(cfg).import_dir
         out.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(out / WELL_METADATA_NAME, meta.to_csv(index=False).encode())
         summary_head = {"sources": len(sets), "images": len(all_images), "kept_existing": kept_existing}
@@ -679,7 +679,7 @@ def _import(cfg, src, comm, overwrite: bool, verbose: bool) -> dict:
     summary = None
     if rank == 0:
         all_problems = [p for part in parts for p in part["problems"]]
-        out = Path(cfg.out) / IMPORT_DIR
+        out = Layout.of(cfg).import_dir
         cols = ["file", "image", "object", "reason"]
         write_bytes_atomic(out / SKIPPED_NAME, pd.DataFrame(all_problems, columns=cols).to_csv(index=False).encode())
         summary = dict(summary_head)
@@ -701,7 +701,7 @@ def _import(cfg, src, comm, overwrite: bool, verbose: bool) -> dict:
 
 def imported_well_metadata(out) -> Optional[pd.DataFrame]:
     """``<out>/import/well_metadata.csv`` when an import wrote one (plate and well as text)."""
-    path = Path(out) / IMPORT_DIR / WELL_METADATA_NAME
+    path = Layout(out).import_dir / WELL_METADATA_NAME
     if not path.is_file():
         return None
     return pd.read_csv(path, dtype=str, keep_default_na=True)
@@ -735,9 +735,9 @@ def main_import(args) -> int:
     if comm.Get_rank() == 0:
         print(
             f"imported {summary['sites_written']} site(s), {summary['cells']} cells "
-            f"({summary['kept_existing']} existing kept, {summary['problems']} problem(s)) into {Path(cfg.out) / 'sites'}"
+            f"({summary['kept_existing']} existing kept, {summary['problems']} problem(s)) into {Layout.of(cfg).sites_dir}"
         )
-        print(f"summary: {Path(cfg.out) / IMPORT_DIR / SUMMARY_NAME}")
+        print(f"summary: {Layout.of(cfg).import_dir / SUMMARY_NAME}")
     return 0
 
 

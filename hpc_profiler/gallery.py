@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from . import storage
+from .layout import Layout
 
 
 def join(root: str, *parts: str) -> str:
@@ -131,7 +132,7 @@ def plate_loaddata(root: str, batch: str, plate: str, channels: Sequence[str], u
 def gallery_manifest(cfg, out_dir: Optional[Path] = None):
     """Sites of the configured Gallery batch (``cfg.input.gallery``), sorted.
 
-    Returns ``(sites, problems)`` like :func:`manifest.build_manifest`; a plate
+    Returns ``(sites, problems)`` like :func:`hpc_profiler.sources.build_manifest`; a plate
     whose LoadData CSV cannot be read is a problem naming its URL.
     """
     from .manifest import SiteProblem, manifest_from_loaddata, sort_sites
@@ -140,7 +141,7 @@ def gallery_manifest(cfg, out_dir: Optional[Path] = None):
     configure_storage(cfg)
     root = str(cfg.path(g.root)) if not storage.is_url(g.root) else g.root
     plates = list(g.plates) or list_plates(root, g.batch)
-    out_dir = Path(out_dir or (cfg.out / "manifest"))
+    out_dir = Path(out_dir or Layout.of(cfg).gallery_manifest_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     sites, problems = [], []
     for plate in plates:

@@ -37,14 +37,13 @@ I/O is on the host.
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from pathlib import Path
 from typing import Mapping, Optional
 
 import h5py
 import numpy as np
 
+from ._atomic import atomic_path
 from .backend import backend_of
 
 __all__ = [
@@ -288,23 +287,16 @@ def save_illum(path, functions: Mapping, attrs: Optional[Mapping] = None) -> Pat
 
     Layout: one float32 dataset per channel at the root (named by the channel),
     ``attrs`` as root attributes. Written under a unique temporary name in the
-    destination folder, then renamed with :func:`os.replace`.
+    destination folder, flushed to disk and renamed (:func:`hpc_profiler._atomic.atomic_path`).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for ch, fn in functions.items():
                 arr = np.asarray(backend_of(fn).to_numpy(fn), dtype=np.float32)
                 f.create_dataset(str(ch), data=arr, compression="gzip", compression_opts=4)
             for k, v in (attrs or {}).items():
                 f.attrs[str(k)] = v
-        os.replace(tmp, path)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
     return path
 
 

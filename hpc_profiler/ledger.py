@@ -9,7 +9,7 @@ site to its own ledger file, one tab-separated line per record::
     <out>/ledger/<task>.tsv    <plate/well/site> <file> <size> <mtime ns> <config hash> <seconds> <time> .
 
 ``file`` is relative to ``<out>`` (``sites/<plate>/<row>/<name>.h5``); a site
-packed into its plate's file (:func:`pack_plate`) is named
+packed into its plate's file (:func:`hpc_profiler.pack.pack_plate`) is named
 ``packed/<plate>.h5::<well>_s<site>``. Tab-separated text parses about ten
 times faster than JSON lines, which matters at 370,000 records. A record is
 one ``os.write`` of one line on an ``O_APPEND`` file that only its task
@@ -48,29 +48,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-import h5py
-
 from . import sitefile
-from ._atomic import atomic_path
+from .layout import Layout
+from .sitefile import pack_group  # noqa: F401 - the name packers and readers import from here
 
-LEDGER_DIR = "ledger"
 #: candidates up to this many are validated in this process; more go to worker processes
 SERIAL_LIMIT = 64
 
 
 def ledger_dir(out) -> Path:
     """``<out>/ledger``: one ``<task>.tsv`` per task that finished (or packed) sites."""
-    return Path(out) / LEDGER_DIR
+    return Layout(out).ledger_dir
 
 
 def site_key(plate, well, site) -> str:
     """``plate/well/site``, the same as :attr:`manifest.Site.key`."""
     return f"{plate}/{well}/{site}"
-
-
-def pack_group(well, site) -> str:
-    """Group of a site in its plate's packed file: ``<well>_s<site>``."""
-    return f"{well}_s{site}"
 
 
 # =========================================================================== writing
@@ -422,87 +415,7 @@ def ledger_signature(cfg) -> list[tuple]:
     return [(os.path.basename(p), size, mtime) for p, size, mtime in ledger_files(cfg.out)]
 
 
-# =========================================================================== packing
-def pack_plate(cfg, plate: str, sites: Sequence, *, remove_loose: bool = True) -> dict:
-    """Pack a plate's finished sites into ``<out>/packed/<plate>.h5`` (one group per site).
+if __name__ == "__main__":  # ``python -m hpc_profiler.ledger pack CONFIG``, as before: the packer's CLI
+    from hpc_profiler.pack import main
 
-    The sites are those of ``sites`` on ``plate`` that :func:`scan_sites`
-    finds done (loose files, or groups of an earlier pack, which are carried
-    over). The packed file is written under a temporary name and renamed into
-    place; then each site gets a ledger record naming its group, and only then
-    are the loose files removed (``remove_loose``), so a kill at any point
-    leaves every site readable and counted once. Returns counts
-    ``{"packed", "from_loose", "from_pack", "removed", "bytes"}``.
-    """
-    plate_sites = [s for s in sites if s.plate == plate]
-    scan = scan_sites(cfg, plate_sites)
-    chash = cfg.hash()
-    dest = sitefile.packed_path(cfg.out, plate)
-    todo = [(s, scan.paths.get(i) or str(sitefile.site_file_path(cfg.out, s.plate, s.well, s.site)))
-            for i, s in enumerate(plate_sites) if scan.done[i]]
-    counts = {"packed": 0, "from_loose": 0, "from_pack": 0, "removed": 0, "bytes": 0}
-    if not todo:
-        return counts
-    with atomic_path(dest, suffix=".h5") as tmp, h5py.File(tmp, "w") as fd:
-        fd.attrs["plate"] = str(plate)
-        fd.attrs["config_hash"] = chash
-        for s, ref in todo:
-            group = pack_group(s.well, s.site)
-            with sitefile.open_site(ref) as src:
-                if not bool(src.attrs.get("complete", False)) or src.attrs.get("config_hash") != chash:
-                    raise OSError(f"{ref}: not a finished site file of this config; not packed")
-                src.file.copy(src, fd, name=group)
-            counts["from_pack" if sitefile.PACK_SEP in str(ref) else "from_loose"] += 1
-        fd.attrs["complete"] = True
-    w = LedgerWriter(cfg.out, f"pack-{plate}")
-    for s, _ in todo:
-        w.record(s.key, sitefile.site_ref(dest, pack_group(s.well, s.site)), chash)
-    counts["packed"] = len(todo)
-    counts["bytes"] = dest.stat().st_size
-    if remove_loose:
-        for _, ref in todo:
-            if sitefile.PACK_SEP not in str(ref):
-                try:
-                    os.unlink(ref)
-                    counts["removed"] += 1
-                except FileNotFoundError:
-                    pass
-    return counts
-
-
-def main(argv=None) -> int:
-    """``python -m hpc_profiler.ledger pack CONFIG [--plate P ...] [--keep-loose]``."""
-    import argparse
-
-    from . import orchestrate as orch
-    from .config import ConfigError, load_config
-
-    p = argparse.ArgumentParser(prog="python -m hpc_profiler.ledger",
-                                description="pack finished site files into one HDF5 file per plate")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    pp = sub.add_parser("pack", help="pack each plate's finished sites into <out>/packed/<plate>.h5")
-    pp.add_argument("config", help="config file (YAML)")
-    pp.add_argument("--plate", action="append", default=None, help="only this plate (repeatable)")
-    pp.add_argument("--keep-loose", action="store_true", help="keep the loose site files after packing")
-    args = p.parse_args(argv)
-    try:
-        cfg = load_config(args.config)
-        sites = orch.load_or_build_manifest(cfg)
-    except (ConfigError, orch.OrchestrationError, orch.manifest_mod.ManifestError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    status = 0
-    for plate in args.plate or orch.plates_of(sites):
-        try:
-            c = pack_plate(cfg, plate, sites, remove_loose=not args.keep_loose)
-        except OSError as exc:
-            print(f"plate {plate}: {exc}", file=sys.stderr)
-            status = 1
-            continue
-        print(f"plate {plate}: {c['packed']} site(s) packed ({c['from_loose']} loose, {c['from_pack']} "
-              f"already packed), {c['removed']} loose file(s) removed, {c['bytes'] / 1e6:.1f} MB")
-    return status
-
-
-if __name__ == "__main__":
     sys.exit(main())

@@ -20,8 +20,10 @@ relative ``PathName`` values are resolved against the CSV's folder (CellProfiler
 resolves them against its default input folder), and the result is sorted by
 (plate, well, site) so that site indices are stable across runs and ranks.
 
-A manifest is saved as Parquet (:func:`save_manifest`) so that a Slurm task or
-an MPI rank can load only its slice of sites (:func:`load_manifest`).
+A manifest is saved as Parquet (:func:`save_manifest`, atomically) so that a
+Slurm task or an MPI rank can load only its slice of sites (:func:`load_manifest`).
+Which source a config names, and the Gallery source, live in
+:mod:`hpc_profiler.sources`, which imports this module (never the other way).
 """
 from __future__ import annotations
 
@@ -33,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Optional, Sequence
 
+from ._atomic import atomic_path
+
 ROWS = "ABCDEFGHIJKLMNOP"
 #: Opera Phenix file name: row, column, field, plane, channel.
 PHENIX_RE = re.compile(
@@ -43,10 +47,6 @@ PHENIX_RE = re.compile(
 
 class ManifestError(ValueError):
     """The image source cannot be turned into a manifest (names the file/column)."""
-
-
-class UnsupportedInputError(ManifestError):
-    """An image source that this version cannot read yet."""
 
 
 @dataclass(frozen=True)
@@ -286,41 +286,6 @@ def manifest_from_phenix(
 
 
 # ------------------------------------------------------------------- dispatch
-def build_manifest(cfg) -> tuple[list[Site], list[SiteProblem]]:
-    """Manifest of the image source configured in ``cfg.input``.
-
-    Parameters
-    ----------
-    cfg : hpc_profiler.config.Config
-
-    Returns
-    -------
-    (sites, problems)
-        ``problems`` lists sites that are present but incomplete.
-
-    Raises
-    ------
-    ManifestError
-        No source configured, or the source is unreadable.
-    """
-    inp = cfg.input
-    if inp.loaddata_csv is not None or inp.phenix_dir is not None or inp.gallery is not None:
-        from .gallery import configure_storage
-
-        configure_storage(cfg)
-    if inp.loaddata_csv is not None:
-        return manifest_from_loaddata(cfg.path(inp.loaddata_csv), cfg.channels), []
-    if inp.phenix_dir is not None:
-        return manifest_from_phenix(cfg.path(inp.phenix_dir), inp.phenix_channels, cfg.channels, inp.phenix_plate)
-    if inp.gallery is not None:
-        from .gallery import gallery_manifest
-
-        return gallery_manifest(cfg)
-    raise ManifestError(
-        f"{cfg.source or '<config>'}: input: no image source; set input.loaddata_csv or input.phenix_dir"
-    )
-
-
 # ------------------------------------------------------------------- Parquet
 def _columns(channels: Sequence[str]) -> list[str]:
     return ["plate", "well", "site"] + [f"file_{c}" for c in channels] + [f"illum_{c}" for c in channels]
@@ -360,10 +325,8 @@ def save_manifest(sites: Sequence[Site], path) -> Path:
         metadata={"hpc_profiler.channels": json.dumps(channels)},
     )
     table = pa.table(data, schema=schema)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, row_group_size=4096)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a unique temporary name: two writers never share one
+        pq.write_table(table, tmp, row_group_size=4096)
     return path
 
 

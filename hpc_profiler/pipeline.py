@@ -22,6 +22,7 @@ from typing import Callable, Iterable, Optional
 from . import sitefile
 from .backend import get_backend
 from .config import Config
+from .layout import Layout
 
 
 class SiteProcessingError(RuntimeError):
@@ -32,13 +33,13 @@ class SiteProcessingError(RuntimeError):
 
 
 def illum_path(cfg: Config, plate: str) -> Path:
-    """``<out>/illum/<plate>_illum.h5`` (or ``input.illum_dir`` when set)."""
-    root = cfg.path(cfg.input.illum_dir) if cfg.input.illum_dir else cfg.out / "illum"
-    return Path(root) / f"{plate}_illum.h5"
+    """``<out>/illum/<plate>_illum.h5`` (or ``input.illum_dir`` when set): :meth:`Layout.illum`."""
+    return Layout.of(cfg).illum(plate)
 
 
 def site_path(cfg: Config, site) -> Path:
-    return sitefile.site_file_path(cfg.out, site.plate, site.well, site.site)
+    """``<out>/sites/<plate>/<row>/<plate>_<well>_s<site>.h5``: :meth:`Layout.site_of`."""
+    return Layout.of(cfg).site_of(site)
 
 
 def illum_inputs(plate_sites) -> tuple[str, list]:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Optional
 
 from .config import Config
+from .layout import Layout
 
 #: Stages that call :func:`preflight` before they start.
 STAGES = ("check", "run", "submit", "reduce", "evaluate")
@@ -200,7 +201,12 @@ def check_mpi(cfg: Config, ranks: Optional[int]) -> list[Problem]:
     runs reduce and evaluate in one process, with the same numbers."""
     if cfg.executor.kind == "slurm":
         return []  # the MPI stages run as an sbatch job with srun
-    n = cfg.executor.mpi_ranks if ranks is None else ranks
+    if ranks is None:  # the most any MPI stage asks for (executor.mpi_ranks or its executor.stages override)
+        from .workflow.slurm import stage_resources
+
+        n = max(stage_resources(cfg, s).mpi_ranks for s in ("reduce", "evaluate"))
+    else:
+        n = ranks
     if n <= 1:
         return []
     why = mpi_available()
@@ -221,8 +227,9 @@ def check_stage_inputs(cfg: Config, stage: str, profiles: Optional[str] = None) 
     """What a later stage reads from the output folder: site files, the well table."""
     if stage == "reduce":
         # the layout of reduce.discover_site_files: sites/<plate>/<row>/*.h5 and packed/<plate>.h5
-        sites = Path(cfg.out) / "sites"
-        if not any(sites.glob("*/*/*.h5")) and not any((Path(cfg.out) / "packed").glob("*.h5")):
+        layout = Layout.of(cfg)
+        sites = layout.sites_dir
+        if not any(sites.glob("*/*/*.h5")) and not any(layout.packed_dir.glob("*.h5")):
             return [Problem("output_dir", f"nothing to reduce: no site files under {sites} "
                                           f"(run `hpc-profiler submit extract` or `hpc-profiler run` first)")]
     if stage == "evaluate":

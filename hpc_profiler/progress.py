@@ -9,7 +9,7 @@ the count moves, one line a person or ``tail -f`` can read::
 
 and a last line when the stage ends. On a terminal it drives a tqdm bar.
 The count is absolute (``update_to``), read from the tasks' per-site work
-logs (:func:`hpc_profiler.orchestrate.batch_progress`), so it moves site by
+logs (:func:`hpc_profiler.workflow.records.batch_progress`), so it moves site by
 site, not task by task.
 """
 from __future__ import annotations

@@ -54,6 +54,7 @@ import pandas as pd
 
 from . import profiles as P
 from ._atomic import atomic_path, write_bytes_atomic
+from .layout import Layout
 from .mpi import abort_on_error, get_comm, split_balanced
 from .sitefile import open_site, read_cells_matrix, site_ref, validate_site_file
 
@@ -76,12 +77,12 @@ def discover_site_files(out) -> list[str]:
     ways (a pack whose loose files were kept, or a site redone after packing)
     is listed once, as its loose file.
     """
-    out = Path(out)
-    root = out / "sites"
+    layout = Layout(out)
+    root = layout.sites_dir
     loose = sorted(str(p) for p in root.glob("*/*/*.h5") if not p.name.startswith(".")) if root.is_dir() else []
     names = {Path(p).parent.parent.name + "/" + Path(p).name for p in loose}
     packed = []
-    pdir = out / "packed"
+    pdir = layout.packed_dir
     if pdir.is_dir():
         for pack in sorted(pdir.glob("*.h5")):
             if pack.name.startswith("."):
@@ -282,7 +283,7 @@ def _peak_rss_mb() -> float:
 
 
 def _write_outputs(cfg, tables: dict, skipped: list, skip_invalid: bool, summary: dict) -> dict:
-    outdir = Path(cfg.out) / "profiles"
+    outdir = Layout.of(cfg).profiles_dir
     paths = {}
     for name, df in tables.items():
         paths[name] = str(write_table_atomic(df, outdir / f"{name}.parquet"))
@@ -302,13 +303,13 @@ def default_metadata(cfg, aggregated: pd.DataFrame):
     The shipped CPJUMP1 plate maps for plates that are CPJUMP1 barcodes and the
     ``Metadata_*`` a CellProfiler import carried (:func:`metadata.default_well_metadata`).
     """
-    from .cpimport import IMPORT_DIR, WELL_METADATA_NAME, imported_well_metadata
+    from .cpimport import WELL_METADATA_NAME, imported_well_metadata
     from .metadata import default_well_metadata
 
     imported = imported_well_metadata(cfg.out)
     meta = default_well_metadata(aggregated["Metadata_Plate"].unique(), imported)
     where = "shipped CPJUMP1 plate maps" + (
-        f" + {Path(cfg.out) / IMPORT_DIR / WELL_METADATA_NAME}" if imported is not None else ""
+        f" + {Layout.of(cfg).import_dir / WELL_METADATA_NAME}" if imported is not None else ""
     )
     return meta, where
 
@@ -387,7 +388,7 @@ def _reduce_batch(cfg, comm, skip_invalid: bool) -> dict:
             raise ReduceError(f"{len(bad)} invalid site file(s) (use --skip-invalid to skip them): {listing}")
         skipped = [_skip_record(r["path"], r["reason"], "validate") for r in bad]
         if not any(r["ok"] for r in records):
-            raise ReduceError(f"no valid site files under {Path(cfg.out) / 'sites'}")
+            raise ReduceError(f"no valid site files under {Layout.of(cfg).sites_dir}")
         keys, paths, weights = group_wells(records)
         parts = assign_wells(weights, size)
         plan = [[(keys[i], paths[i]) for i in part] for part in parts]

@@ -122,6 +122,11 @@ def packed_path(root, plate: str) -> Path:
     return Path(root) / "packed" / f"{plate}.h5"
 
 
+def pack_group(well, site) -> str:
+    """Group of a site in its plate's packed file: ``<well>_s<site>``."""
+    return f"{well}_s{site}"
+
+
 #: A packed site is named ``<packed file>::<group>``; loose site files by their path.
 PACK_SEP = "::"
 

@@ -1,6 +1,6 @@
 """``hpc-profiler status``: how far a batch is, what runs, what failed.
 
-Reads only files the orchestration writes (:mod:`hpc_profiler.orchestrate`):
+Reads only files the orchestration writes (:mod:`hpc_profiler.workflow`):
 the completion ledger (done = recorded with the current config hash, the file
 there with the recorded size; :func:`hpc_profiler.ledger.scan_sites`; with
 ``--verify`` every site file is opened and validated instead), the failure
@@ -31,8 +31,15 @@ from dataclasses import dataclass, field
 from itertools import compress
 from typing import Optional
 
-from . import orchestrate as orch
+from . import manifest as manifest_mod
 from .config import ConfigError, load_config
+from .layout import Layout
+from .workflow import OrchestrationError
+from .workflow.plan import chunk_ranges, illum_done, scan_sites
+from .workflow.sites import manifest_columns
+from .workflow.records import list_failures, read_json, read_worklog
+from .workflow.stages import STAGES, StampedStage
+from .workflow.watch import slurm_job_end, slurm_queue
 
 
 @dataclass
@@ -105,9 +112,9 @@ def collect_status(cfg, verify: bool = False) -> BatchStatus:
     Done sites come from the completion ledger; ``verify`` validates every
     site file instead (in parallel, with progress).
     """
-    cols = orch.manifest_columns(cfg)
-    scan = orch.scan_sites(cfg, cols, verify=verify, progress=verify)
-    failures = orch.list_failures(cfg, "illum") + orch.list_failures(cfg, "extract")
+    cols = manifest_columns(cfg)
+    scan = scan_sites(cfg, cols, verify=verify, progress=verify)
+    failures = list_failures(cfg, "illum") + list_failures(cfg, "extract")
     failed_keys = {(f["plate"], f["well"], f["site"]) for f in failures if f["stage"] == "extract"}
     # counted per plate with C-level Counters: a Python loop per site costs seconds at 370,000 sites
     total = Counter(cols.plates)
@@ -124,14 +131,14 @@ def collect_status(cfg, verify: bool = False) -> BatchStatus:
     # a failure record of a site that is done by now is stale (written by a lost race); dropped below
     done_keys = {k for k, d in state.items() if d}
     for p in plates.values():
-        p.illum = orch.illum_done(cfg, p.plate) if cfg.illumination.enabled else None
+        p.illum = illum_done(cfg, p.plate) if cfg.illumination.enabled else None
     failures = [f for f in failures if f["stage"] != "extract" or (f["plate"], f["well"], f["site"]) not in done_keys]
     job_ids = []
-    bdir = orch.batches_dir(cfg)
+    bdir = Layout.of(cfg).batches
     if bdir.exists():
         for b in sorted(bdir.glob("*/batch.json")):
             try:
-                job_ids += orch.read_json(b).get("job_ids", [])
+                job_ids += read_json(b).get("job_ids", [])
             except (OSError, ValueError):
                 continue
     st = BatchStatus(plates=[plates[k] for k in sorted(plates)], failures=failures,
@@ -143,7 +150,7 @@ def collect_status(cfg, verify: bool = False) -> BatchStatus:
         return done_all | failed_keys
 
     _add_dead_tasks(st, dead_task_failures(cfg, settled_keys))
-    st.throughput_per_hour = throughput(orch.read_worklog(cfg, "extract"))
+    st.throughput_per_hour = throughput(read_worklog(cfg, "extract"))
     st.stages = mpi_stage_states(cfg)
     pending = st.totals.pending
     if st.throughput_per_hour and st.running_jobs and pending:  # an ETA only while work can progress
@@ -164,11 +171,11 @@ def dead_task_failures(cfg, settled_keys) -> list[dict]:
     """
     from submitit.core.utils import JobPaths
 
-    bdir = orch.batches_dir(cfg)
+    bdir = Layout.of(cfg).batches
     records = []
     for b in bdir.glob("*/batch.json") if bdir.exists() else []:
         try:
-            rec = orch.read_json(b)
+            rec = read_json(b)
         except (OSError, ValueError):
             continue
         if rec.get("stage") == "extract" and rec.get("kind") == "slurm" and rec.get("job_ids"):
@@ -177,17 +184,17 @@ def dead_task_failures(cfg, settled_keys) -> list[dict]:
         return []
     if callable(settled_keys):
         settled_keys = settled_keys()
-    queue = orch.slurm_queue()
+    queue = slurm_queue()
     if queue is None:
         return []
     seen: set = set()
     rows = []
     for _created, folder, rec in sorted(records, key=lambda r: r[0], reverse=True):  # newest first
         try:
-            sites = orch.manifest_mod.load_manifest(folder / "sites.parquet")
+            sites = manifest_mod.load_manifest(folder / "sites.parquet")
         except Exception:  # noqa: BLE001 - a batch folder without its site list tells nothing
             continue
-        ranges = orch.chunk_ranges(len(sites), int(rec.get("sites_per_task") or 1))
+        ranges = chunk_ranges(len(sites), int(rec.get("sites_per_task") or 1))
         for jid, (a, b) in zip(rec["job_ids"], ranges):
             keys = [(s.plate, s.well, str(s.site)) for s in sites[a:b]]
             fresh = [k for k in keys if k not in seen]
@@ -195,9 +202,9 @@ def dead_task_failures(cfg, settled_keys) -> list[dict]:
             todo = [k for k in fresh if k not in settled_keys]
             if not todo or str(jid) in queue:
                 continue
-            if JobPaths(orch.logs_dir(cfg) / "%j", job_id=str(jid), task_id=0).result_pickle.exists():
+            if JobPaths(Layout.of(cfg).logs / "%j", job_id=str(jid), task_id=0).result_pickle.exists():
                 continue  # it ended normally; its failures are in the table
-            reason = orch.slurm_job_end(str(jid))
+            reason = slurm_job_end(str(jid))
             for plate, well, site in todo:
                 rows.append({"stage": "extract", "plate": plate, "well": well, "site": site,
                              "error_type": "TaskLostError", "message": f"task {jid} ended without a result: "
@@ -217,21 +224,12 @@ def _add_dead_tasks(st: BatchStatus, rows: list) -> None:
 
 
 def mpi_stage_states(cfg) -> dict:
-    """State of the MPI stages from their stamps (:mod:`hpc_profiler.run`):
-    "up to date" when the stamp matches the current inputs, "out of date" when
-    the inputs changed since (new or redone site files, a new profile table),
-    "not run" without a stamp."""
-    from . import run
-
-    states = {}
-    for stage, digest in (("reduce", run.site_files_digest), ("evaluate", run.profiles_digest)):
-        if run.stage_is_current(cfg, stage, digest(cfg)):
-            states[stage] = "up to date"
-        elif run.stamp_path(cfg, stage).exists():
-            states[stage] = "out of date"
-        else:
-            states[stage] = "not run"
-    return states
+    """State of the stamped stages (reduce, evaluate), each asked through its
+    :class:`hpc_profiler.workflow.stages.Stage` object: "up to date" when the
+    stamp matches the current inputs, "out of date" when the inputs changed
+    since (new or redone site files, a new profile table), "not run" without a
+    stamp."""
+    return {name: stage.state(cfg) for name, stage in STAGES.items() if isinstance(stage, StampedStage)}
 
 
 def _fmt_s(s: Optional[float]) -> str:
@@ -290,7 +288,7 @@ def main_status(args) -> int:
     try:
         cfg = load_config(args.config)
         st = collect_status(cfg, verify=args.verify)
-    except (ConfigError, orch.OrchestrationError, orch.manifest_mod.ManifestError) as exc:
+    except (ConfigError, OrchestrationError, manifest_mod.ManifestError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(format_status(st, failed=args.failed))

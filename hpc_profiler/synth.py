@@ -39,7 +39,6 @@ import argparse
 import csv
 import hashlib
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -49,6 +48,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 import scipy.ndimage as ndi
 
+from ._atomic import atomic_path
 from .config import CPJUMP1_CHANNELS, CPJUMP1_PHENIX_CHANNELS, SynthConfig
 from .manifest import phenix_file_name, row_col_from_well
 
@@ -467,9 +467,8 @@ def plate_names(synth_cfg: SynthConfig) -> dict:
 def _write_tiff(path: Path, data: np.ndarray, compress: bool = False) -> None:
     import tifffile
 
-    tmp = path.with_name(path.name + ".tmp")
-    tifffile.imwrite(tmp, data, compression="zlib" if compress else None, metadata=None)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # a unique temporary name: two writers never share one
+        tifffile.imwrite(tmp, data, compression="zlib" if compress else None, metadata=None)
 
 
 def generate_batch(

@@ -40,6 +40,9 @@ import numpy as np
 import yaml
 
 from hpc_profiler import ledger, manifest as M, orchestrate as orch, run, sitefile, status
+from hpc_profiler.layout import Layout
+from hpc_profiler.workflow import arrays as wf_arrays, plan as wf_plan, sites as wf_sites, stages as wf_stages
+from hpc_profiler.sources import build_manifest
 from hpc_profiler.config import CPJUMP1_CHANNELS, load_config
 
 WELLS = [M.well_from_row_col(r, c) for r in range(1, 17) for c in range(1, 25)]
@@ -86,7 +89,7 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
     made = set()
     led_dir = ledger.ledger_dir(out)
     led_dir.mkdir(parents=True)
-    work_dir = orch.worklog_dir(cfg, "extract")
+    work_dir = Layout.of(cfg).worklog_dir("extract")
     work_dir.mkdir(parents=True)
     rng = np.random.default_rng(0)
     t = 1.7e9
@@ -134,7 +137,7 @@ def today_scan(cfg, sites, verify=False, progress=False):
 def today_columns(cfg, rebuild=False, write=True):
     """Today's manifest handling: Site objects, and a dry run parses the image source again."""
     if not write:
-        return orch.SiteColumns.of_sites(M.build_manifest(cfg)[0])
+        return orch.SiteColumns.of_sites(build_manifest(cfg)[0])
     return orch.SiteColumns.of_sites(orch.load_or_build_manifest(cfg))
 
 
@@ -149,16 +152,35 @@ def today_digest(cfg):
     return run._digest([cfg.hash(), *entries])
 
 
+#: the modules that hold (import) the swapped names: every one is patched
+HOLDERS = (orch, run, status, wf_plan, wf_sites, wf_arrays, wf_stages)
+
+
+def swap(name: str, fn) -> list:
+    """Set ``name`` to ``fn`` in every module of :data:`HOLDERS` that has it; returns what to restore."""
+    saved = [(m, getattr(m, name)) for m in HOLDERS if hasattr(m, name)]
+    for m, _ in saved:
+        setattr(m, name, fn)
+    return saved
+
+
+def restore(saved: list, name: str) -> None:
+    for m, fn in saved:
+        setattr(m, name, fn)
+
+
 class Today:
     """Swap today's done-check into the same status / submit / pending code for a measurement."""
 
+    NAMES = {"scan_sites": today_scan, "site_files_digest": today_digest, "manifest_columns": today_columns}
+
     def __enter__(self):
-        self.saved = (orch.scan_sites, run.site_files_digest, orch.manifest_columns)
-        orch.scan_sites, run.site_files_digest, orch.manifest_columns = today_scan, today_digest, today_columns
+        self.saved = {name: swap(name, fn) for name, fn in self.NAMES.items()}
         return self
 
     def __exit__(self, *exc):
-        orch.scan_sites, run.site_files_digest, orch.manifest_columns = self.saved
+        for name, saved in self.saved.items():
+            restore(saved, name)
 
 
 # ---------------------------------------------------------------- measurement
@@ -186,15 +208,14 @@ def measure(cfg_path: Path, method: str) -> dict:
     ctx = Today() if method == "today" else None
     if ctx:
         ctx.__enter__()
-    saved = orch.scan_sites
-    orch.scan_sites = keep
+    saved = swap("scan_sites", keep)
     try:
         t_pending, pending = timed(lambda: orch.pending_sites(cfg, sites))
         scan = scans[-1]
         t_status, st = timed(lambda: status.collect_status(cfg))
         t_submit, sub = timed(lambda: orch.submit_stage(cfg, "extract", dry_run=True, kind="local"))
     finally:
-        orch.scan_sites = saved
+        restore(saved, "scan_sites")
         if ctx:
             ctx.__exit__(None, None, None)
     assert st.totals.done == n - len(pending) and sub.n_scheduled == len(pending), (st.totals, sub)

@@ -51,6 +51,7 @@ def make_config(out: Path, device: str, sites: int, size: int, cells: int):
 
 def run(device: str, sites: int, size: int, cells: int, warmup: int, keep: Path | None) -> dict:
     from hpc_profiler import orchestrate
+    from hpc_profiler.layout import Layout
     from hpc_profiler.synth import generate_batch
 
     tmp = Path(tempfile.mkdtemp(prefix=f"throughput_{device}_", dir=keep))
@@ -70,7 +71,7 @@ def run(device: str, sites: int, size: int, cells: int, warmup: int, keep: Path 
                   key=lambda r: r["end"])
     if counts.get("failed") or len(recs) != len(manifest):
         raise SystemExit(f"{device}: {counts} - every site must be done for a throughput figure "
-                         f"(failures under {orchestrate.failures_dir(cfg, 'extract')})")
+                         f"(failures under {Layout.of(cfg).failures_dir('extract')})")
     per_site = [r["end"] - r["start"] for r in recs]
     w = min(warmup, len(recs) - 1)
     steady = (len(recs) - w) / (recs[-1]["end"] - recs[w - 1]["end"]) if w >= 1 else len(recs) / wall

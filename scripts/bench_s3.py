@@ -96,7 +96,7 @@ def run_source(name, cfg, compute, depths, repeat=1):
     """
     from hpc_profiler import gallery, storage
     from hpc_profiler.images import load_site_images
-    from hpc_profiler.manifest import build_manifest
+    from hpc_profiler.sources import build_manifest
 
     sites, problems = build_manifest(cfg)  # also configures storage for this source
     if problems:
@@ -171,7 +171,7 @@ def main(argv=None) -> int:
                 return pipeline.process_images(cfg_local, images, illum)
 
             # compute alone, on images already in memory
-            from hpc_profiler.manifest import build_manifest
+            from hpc_profiler.sources import build_manifest
 
             sites, _ = build_manifest(cfg_local)
             from hpc_profiler import gallery

@@ -15,7 +15,12 @@
 #      node named `hostname -s` with the CPUs and memory `slurmd -C` reports:
 #      SlurmUser=root, ProctrackType=proctrack/linuxproc, TaskPlugin=task/none,
 #      SelectType=select/cons_tres with CR_Core_Memory, no accounting
-#      (submitit then warns that sacct fails and falls back to its own checks)
+#      (submitit then warns that sacct fails and falls back to its own checks),
+#      and a count-only generic resource `testgpu` (GresTypes=testgpu, the node's
+#      Gres=testgpu:N, /etc/slurm/gres.conf `Name=testgpu Count=N`) that jobs can
+#      request on this CPU-only node (`--gres=testgpu:1`; the per-stage gres test
+#      reads it back). Not `gpu`: Slurm's gres/gpu plugin drops a GPU without a
+#      device File ("Removing file-less GPU"), and the node would drain.
 #   4. starts slurmctld and slurmd and waits until `sinfo` shows the node idle
 #
 # State, spool, logs and pid files live under $HPC_SLURM_DIR
@@ -24,10 +29,13 @@
 #   HPC_SLURM_CPUS      CPUs to advertise (default: the real count; a larger
 #                       value lets more light test tasks run at once)
 #   HPC_SLURM_TIMEOUT   seconds to wait for the node to be idle (default 60)
+#   HPC_SLURM_GRES      count of the node's testgpu gres (default 4)
 set -euo pipefail
 
 STATE="${HPC_SLURM_DIR:-/tmp/hpc-profiler-slurm}"
 CONF=/etc/slurm/slurm.conf
+GRES_CONF=/etc/slurm/gres.conf
+GRES_COUNT="${HPC_SLURM_GRES:-4}"
 TIMEOUT="${HPC_SLURM_TIMEOUT:-60}"
 
 log() { echo "[start_local_slurm] $*"; }
@@ -104,10 +112,12 @@ if [ -n "${HPC_SLURM_CPUS:-}" ] && [ "${HPC_SLURM_CPUS}" != "$CPUS" ]; then
 fi
 
 NEW_CONF="$(mktemp)"
-trap 'rm -f "$NEW_CONF"' EXIT
+NEW_GRES="$(mktemp)"
+trap 'rm -f "$NEW_CONF" "$NEW_GRES"' EXIT
 cat >"$NEW_CONF" <<EOF
 # Written by hpc_profiler scripts/start_local_slurm.sh: single-node test cluster.
 ClusterName=local
+GresTypes=testgpu
 SlurmctldHost=${HOST}(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
@@ -139,8 +149,13 @@ SlurmdTimeout=30
 InactiveLimit=0
 DefMemPerCPU=1000
 ${OVERRIDES}
-NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} State=UNKNOWN
+NodeName=${HOST} NodeAddr=127.0.0.1 CPUs=${CPUS} RealMemory=${MEM} Gres=testgpu:${GRES_COUNT} State=UNKNOWN
 PartitionName=debug Nodes=${HOST} Default=YES MaxTime=INFINITE State=UP
+EOF
+
+cat >"$NEW_GRES" <<EOF
+# Written by hpc_profiler scripts/start_local_slurm.sh: a count-only generic resource, no device files.
+NodeName=${HOST} Name=testgpu Count=${GRES_COUNT}
 EOF
 
 pid_alive() { [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
@@ -149,6 +164,11 @@ restart=0
 if [ ! -f "$CONF" ] || ! cmp -s "$NEW_CONF" "$CONF"; then
     log "writing $CONF"
     install -m 644 "$NEW_CONF" "$CONF"
+    restart=1
+fi
+if [ ! -f "$GRES_CONF" ] || ! cmp -s "$NEW_GRES" "$GRES_CONF"; then
+    log "writing $GRES_CONF"
+    install -m 644 "$NEW_GRES" "$GRES_CONF"
     restart=1
 fi
 

@@ -29,6 +29,7 @@ import pytest
 import yaml
 
 from hpc_profiler import orchestrate as orch
+from hpc_profiler.workflow import watch
 from hpc_profiler import sitefile, status
 from hpc_profiler.config import load_config
 from hpc_profiler.run import StageError, run_batch, run_mpi_stage
@@ -176,7 +177,7 @@ def test_slurm_job_end_words(monkeypatch):
         "3": {"JobState": "FAILED", "Reason": "NonZeroExitCode", "ExitCode": "1:0"},
         "4": {},
     }
-    monkeypatch.setattr(orch, "slurm_job_info", lambda j: infos[j])
+    monkeypatch.setattr(watch, "slurm_job_info", lambda j: infos[j])
     assert orch.slurm_job_end("1") == "CANCELLED, killed by signal 15 (SIGTERM)"
     assert orch.slurm_job_end("2") == "OUT_OF_MEMORY, reason OutOfMemory, killed by signal 125"
     assert orch.slurm_job_end("3") == "FAILED, reason NonZeroExitCode, exit code 1"

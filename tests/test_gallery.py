@@ -7,7 +7,7 @@ import tifffile
 from hpc_profiler import gallery
 from hpc_profiler.config import from_dict
 from hpc_profiler.images import load_site_images
-from hpc_profiler.manifest import build_manifest
+from hpc_profiler.sources import build_manifest
 
 CH = ["DNA", "ER", "RNA", "AGP", "Mito"]
 BATCH = "2020_11_04_CPJUMP1"

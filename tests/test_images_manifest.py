@@ -9,12 +9,12 @@ import pytest
 import tifffile
 
 from hpc_profiler.config import CPJUMP1_PHENIX_CHANNELS, from_dict
+from hpc_profiler.sources import build_manifest
 from hpc_profiler.images import ImageReadError, SiteInputError, load_site_images, read_tiff
 from hpc_profiler.manifest import (
     ManifestError,
     Site,
     SiteProblem,
-    build_manifest,
     load_manifest,
     manifest_from_loaddata,
     manifest_from_phenix,

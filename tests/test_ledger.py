@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from hpc_profiler import ledger, manifest as manifest_mod, orchestrate as orch, reduce as R, sitefile, status
+from hpc_profiler.pack import pack_plate
 from hpc_profiler.config import load_config
 from hpc_profiler.manifest import Site
 from hpc_profiler.sitefile import ObjectTable
@@ -180,7 +181,7 @@ def test_packed_plate_read_by_reduce_and_counted_done(finished):
     cfg, sites = finished
     before = R.discover_site_files(cfg.out)
     ref = {Path(p).name: R.read_site(p) for p in before}
-    counts = ledger.pack_plate(cfg, "P1", sites)
+    counts = pack_plate(cfg, "P1", sites)
     n1 = sum(s.plate == "P1" for s in sites)
     assert (counts["packed"], counts["from_loose"], counts["removed"]) == (n1, n1, n1)
     assert not list((cfg.out / "sites" / "P1").rglob("*.h5"))
@@ -202,7 +203,7 @@ def test_packed_plate_read_by_reduce_and_counted_done(finished):
     pack = sitefile.packed_path(cfg.out, "P1")
     assert "missing from the packed file" in sitefile.validate_site_file(sitefile.site_ref(pack, "Z99_s1")).reason
     # repacking carries the packed sites over; a damaged pack makes its sites pending and reported
-    assert ledger.pack_plate(cfg, "P1", sites)["from_pack"] == n1
+    assert pack_plate(cfg, "P1", sites)["from_pack"] == n1
     os.truncate(pack, 100)
     scan = ledger.scan_sites(cfg, sites)
     assert scan.n_done == len(sites) - n1 and len(scan.problems) == n1

@@ -173,7 +173,7 @@ def test_executor_resources_reach_the_sbatch_script(tmp_path):
                             cpus_per_task=4, mem_gb=16, array_parallelism=7,
                             extra_sbatch=["--constraint=a100", "#SBATCH --reservation big", "exclusive"])
     cfg = load_config(cfg_path)
-    params = orch.executor_parameters(cfg, "extract", "slurm")
+    params = orch.submitit_parameters(cfg, "extract", "slurm")
     assert params["slurm_additional_parameters"] == {"constraint": "a100", "reservation": "big", "exclusive": True}
     ex = orch.make_executor(cfg, "extract", "slurm")._executor  # the real SlurmExecutor
     assert ex.max_num_timeout == cfg.executor.max_retries

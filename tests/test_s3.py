@@ -20,7 +20,7 @@ import pytest
 from hpc_profiler import gallery, illumination, pipeline, sitefile, storage, synth
 from hpc_profiler.config import SynthConfig
 from hpc_profiler.images import SiteInputError, load_site_images
-from hpc_profiler.manifest import build_manifest
+from hpc_profiler.sources import build_manifest
 
 from s3_server import BATCH, CHANNELS, LocalS3, aws_env, gallery_config, upload_tree, write_gallery_layout
 

@@ -68,6 +68,7 @@ import pandas as pd
 from .. import mpi
 from ..backend import get_backend, to_numpy
 from ..config import Config, ConfigError, EvaluateConfig, default_eval_tasks, load_config_or_report
+from ..layout import Layout
 from . import ap as apk
 from . import nulls, stats
 from .tasks import SUMMARY_KEYS, TaskError, feature_columns, match_rules, prepare_task
@@ -693,7 +694,7 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
 
 def profiles_path(cfg: Config) -> Path:
     name = "well_feature_selected.parquet" if cfg.evaluate.profiles == "feature_selected" else "well_normalized.parquet"
-    return Path(cfg.out) / "profiles" / name
+    return Layout.of(cfg).profile(name)
 
 
 #: CellProfiler compartments whose prefixes mark feature columns (pycytominer ``infer_cp_features``).
@@ -813,7 +814,7 @@ def evaluate_batch(cfg: Config, comm=None) -> pd.DataFrame:
         profiles = read_profiles(profiles_path(cfg), cfg.evaluate.drop_nonfinite_features)
         results = evaluate_profiles(profiles, cfg.evaluate, comm, cfg.device)
         if comm.Get_rank() == 0:
-            write_outputs(results, Path(cfg.out) / "evaluate", cfg.evaluate.csv, cfg.evaluate.plots)
+            write_outputs(results, Layout.of(cfg).evaluate_dir, cfg.evaluate.csv, cfg.evaluate.plots)
         comm.barrier()
     return results["summary"]
 
@@ -850,7 +851,7 @@ def main_evaluate(args) -> int:
     if args.strict:
         e.empty_task = "error"
     src = Path(args.profiles) if args.profiles else profiles_path(cfg)
-    out = Path(args.out) if args.out else Path(cfg.out) / "evaluate"
+    out = Path(args.out) if args.out else Layout.of(cfg).evaluate_dir
     try:
         with mpi.abort_on_error(comm):
             nulls.load_kernels()
