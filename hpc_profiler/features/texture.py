@@ -50,9 +50,13 @@ Where this deliberately differs (documented for ``docs``):
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
+import numpy as np
+
 from hpc_profiler.backend import backend_of
+from hpc_profiler.morphology import njit_cached
 
 #: The 13 Haralick features in CellProfiler's (and mahotas') order.
 HARALICK_FEATURES = (
@@ -363,6 +367,268 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     return feats, n_pairs
 
 
+# --------------------------------------------------------------------------
+# CPU path: one numba pass per object set (GLCMs and features object by object)
+# --------------------------------------------------------------------------
+
+#: Integer moments are exact in int64 while ``T**2 * 255**2 < 2**63`` (``T`` =
+#: twice the pair count of one GLCM); larger GLCMs use float64 moments.
+_EXACT_T = 11_000_000
+
+_LOG2_TABLE = None
+
+
+def _log2_table():
+    """``log2(v)`` for the integers ``v < 65536`` (entry 0 unused), built once."""
+    global _LOG2_TABLE
+    if _LOG2_TABLE is None:
+        tab = np.zeros(1 << 16)
+        tab[1:] = np.log2(np.arange(1, 1 << 16, dtype=np.float64))
+        _LOG2_TABLE = tab
+    return _LOG2_TABLE
+
+
+def _neg_plog2p(v, total, log2_total, tab):
+    """``-(v / total) * log2(v / total)`` for integer counts ``0 < v <= total``.
+
+    ``log2(total) - log2(v)`` (table look-ups, no cancellation beyond a factor
+    ``log2(total)`` since ``v <= total / 2`` there); the one count above half
+    the total, where that difference cancels, takes ``log2(v / total)``.
+    """
+    if 2 * v <= total:
+        lv = tab[v] if v < tab.shape[0] else math.log2(v)
+        return (v / total) * (log2_total - lv)
+    return -(v / total) * math.log2(v / total)
+
+
+def _log2_int(v, tab):
+    return tab[v] if v < tab.shape[0] else math.log2(v)
+
+
+def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, tab, out):
+    """The 13 features of one GLCM given by its counts; resets the scratch tables.
+
+    ``cnt[u * 256 + v]`` counts the ordered pairs ``(u, v)`` (first pixel at
+    level ``u``, second at ``v``), the cells counted listed in ``touched[:nt]``
+    (each once); ``N`` pairs in all; ``fm1`` the GLCM size (largest level + 1).
+    The symmetric GLCM holds ``cnt[u, v] + cnt[v, u]`` at ``(u, v)`` and
+    ``(v, u)`` (``2 cnt[u, u]`` on the diagonal) out of ``T = 2 N``. ``a``,
+    ``hs``, ``hd`` are zeroed scratch histograms (marginal, sum and difference
+    of the levels) of 256, 512 and 256 entries; the integer moments make
+    Variance, SumVariance and Correlation exact up to one final rounding
+    (mahotas' ``sum(k^2 p) - mu^2`` cancels when the variance is small).
+    """
+    T = 2 * N
+    log2_T = _log2_int(T, tab)
+    log2_N = _log2_int(N, tab)
+    asm2 = 0  # 2 N**2 * ASM, an integer
+    s2 = 0  # sum over the unordered pairs of lo * hi
+    ent = 0.0
+    for t in range(nt):
+        cell = touched[t]
+        i = cell >> 8
+        j = cell & 255
+        if i == j:  # one cell 2c of the symmetric GLCM
+            c = cnt[cell]
+            cnt[cell] = 0
+            asm2 += 2 * c * c
+            ent += _neg_plog2p(2 * c, T, log2_T, tab)
+        else:  # two cells c: the first of (i, j), (j, i) met takes both
+            mirror = j * 256 + i
+            c = cnt[cell] + cnt[mirror]
+            if c == 0:
+                continue
+            cnt[cell] = 0
+            cnt[mirror] = 0
+            asm2 += c * c
+            ent += 2.0 * _neg_plog2p(c, T, log2_T, tab)
+            if i > j:
+                i, j = j, i
+        a[i] += c
+        a[j] += c
+        hs[i + j] += c
+        hd[j - i] += c
+        s2 += c * i * j
+    a1 = 0
+    a2 = 0
+    hx = 0.0
+    for i in range(fm1):
+        v = a[i]
+        if v:
+            a[i] = 0
+            a1 += v * i
+            a2 += v * i * i
+            hx += _neg_plog2p(v, T, log2_T, tab)
+    b2 = 0
+    sum_ent = 0.0
+    for s in range(2 * fm1 - 1):
+        v = hs[s]
+        if v:
+            hs[s] = 0
+            b2 += v * s * s
+            sum_ent += _neg_plog2p(v, N, log2_N, tab)
+    contrast = 0
+    idm = 0.0
+    diff_ent = 0.0
+    diff_var = 0.0
+    inv = 1.0 / fm1
+    for k in range(fm1):
+        v = hd[k]
+        diff_var += (v / N - inv) ** 2
+        if v:
+            hd[k] = 0
+            contrast += v * k * k
+            idm += v / (k * k + 1.0)
+            diff_ent += _neg_plog2p(v, N, log2_N, tab)
+    if T < _EXACT_T:  # exact integer numerators: no cancellation
+        var_num = T * a2 - a1 * a1
+        cov_num = 2 * T * s2 - a1 * a1
+        sv_num = N * b2 - a1 * a1
+    else:
+        var_num = float(T) * a2 - float(a1) * a1
+        cov_num = 2.0 * T * s2 - float(a1) * a1
+        sv_num = float(N) * b2 - float(a1) * a1
+    out[0] = asm2 / (2.0 * N * N)
+    out[1] = contrast / N
+    out[2] = cov_num / var_num if var_num > 0 else 1.0
+    out[3] = var_num / (float(T) * T)
+    out[4] = idm / N
+    out[5] = a1 / N
+    out[6] = sv_num / (float(N) * N)
+    out[7] = sum_ent
+    out[8] = ent
+    out[9] = diff_var / fm1
+    out[10] = diff_ent
+    hxy = 2.0 * hx
+    out[11] = (ent - hxy) / hx if hx > 0 else ent - hxy
+    out[12] = math.sqrt(max(0.0, 1.0 - math.exp(-2.0 * (hxy - ent))))
+
+
+def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C, offsets, ignore_zeros, tab,
+                    feats, npairs):
+    """Haralick features of every object, channel and offset (see :func:`_measure_texture_numba`).
+
+    ``flat``/``ys``/``xs``: the objects' pixels grouped by object (``starts``,
+    ``counts``); ``P``: one int64 word per pixel holding the uint8 levels of
+    the ``C <= 8`` channels byte by byte (one load reads every channel).
+    Pairs are ``(p, p + offset)`` with both pixels inside the image and, when
+    ``check_labels``, the same label; with ``ignore_zeros`` a pair with a
+    level 0 is not counted (mahotas). Writes ``feats[g, c, :, o]`` (NaN when
+    there is no pair) and ``npairs[g, c, o]``.
+    """
+    n = starts.shape[0]
+    G = offsets.shape[0]
+    cnt = np.zeros((C, 65536), np.int32)
+    touched = np.empty((C, 65537), np.int32)
+    nt = np.zeros(C, np.int64)
+    npr = np.zeros(C, np.int64)
+    a = np.zeros(256, np.int64)
+    hs = np.zeros(512, np.int64)
+    hd = np.zeros(256, np.int64)
+    high = np.empty(C, np.int64)
+    out = np.empty(13)
+    keep_all = not ignore_zeros
+    for o in range(n):
+        s0 = starts[o]
+        m = counts[o]
+        high[:] = 0
+        for t in range(s0, s0 + m):
+            word = P[flat[t]]
+            for c in range(C):
+                v = (word >> (8 * c)) & 255
+                if v > high[c]:
+                    high[c] = v
+        for g in range(G):
+            dy = offsets[g, 0]
+            dx = offsets[g, 1]
+            shift = dy * W + dx
+            nt[:] = 0
+            npr[:] = 0
+            for t in range(s0, s0 + m):
+                y2 = ys[t] + dy
+                x2 = xs[t] + dx
+                if y2 >= H or x2 < 0 or x2 >= W:
+                    continue
+                p = flat[t]
+                q = p + shift
+                if check_labels and lab[q] != lab[p]:
+                    continue
+                wa = P[p]
+                wb = P[q]
+                for c in range(C):
+                    u = (wa >> (8 * c)) & 255
+                    v = (wb >> (8 * c)) & 255
+                    ok = keep_all or (u != 0 and v != 0)
+                    # ordered cell (the mirror cells are merged in _haralick_counts);
+                    # a pair with a 0 level goes to cell 0, emptied below (no branch)
+                    cell = (u * 256 + v) * ok
+                    touched[c, nt[c]] = cell  # kept only where the cell was empty
+                    nt[c] += ok and cnt[c, cell] == 0
+                    cnt[c, cell] += 1
+                    npr[c] += ok
+            for c in range(C):
+                N = npr[c]
+                npairs[g, c, o] = N
+                if ignore_zeros:
+                    cnt[c, 0] = 0
+                if N == 0:
+                    for f in range(13):
+                        feats[g, c, f, o] = np.nan
+                    continue
+                _haralick_counts(N, high[c] + 1, cnt[c], touched[c], nt[c], a, hs, hd, tab, out)
+                for f in range(13):
+                    feats[g, c, f, o] = out[f]
+
+
+_neg_plog2p = njit_cached(_neg_plog2p)
+_log2_int = njit_cached(_log2_int)
+_haralick_counts = njit_cached(_haralick_counts)
+_texture_kernel = njit_cached(_texture_kernel)
+
+
+def _pack_levels(qs):
+    """The uint8 level images ``qs`` (up to 8) interleaved byte-wise: one int64 word per pixel."""
+    size = qs[0].size
+    words = np.zeros((size, 8), dtype=np.uint8)
+    for k, q in enumerate(qs):
+        words[:, k] = np.asarray(q, dtype=np.uint8).reshape(-1)
+    return words.view(np.int64).reshape(size)
+
+
+def _run_kernel(labels, flat, ys, xs, starts, counts, groups, shape, offsets, ignore_zeros: bool):
+    """Call :func:`_texture_kernel`; returns ``feats [G, C, 13, n]`` and ``npairs [G, C, n]``.
+
+    ``groups``: ``(count, words)`` per pass, ``words`` the int64 words of
+    :func:`_pack_levels` holding ``count`` channels; the channels of all the
+    groups in order make the axis ``C``.
+    """
+    h, w = shape
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    n = len(starts)
+    n_chan = sum(k for k, _ in groups)
+    feats = np.empty((len(offs), n_chan, 13, n))
+    npairs = np.zeros((len(offs), n_chan, n), np.int64)
+    check = labels is not None
+    lab = np.ascontiguousarray(labels, dtype=np.int32).reshape(-1) if check else np.zeros(1, np.int32)
+    args = [np.asarray(v, np.int64) for v in (flat, ys, xs, starts, counts)]
+    c0 = 0
+    for k, words in groups:
+        fg, ng = np.empty((len(offs), k, 13, n)), np.zeros((len(offs), k, n), np.int64)
+        _texture_kernel(h, w, lab, check, *args, words, k, offs, bool(ignore_zeros), _log2_table(), fg, ng)
+        feats[:, c0:c0 + k] = fg
+        npairs[:, c0:c0 + k] = ng
+        c0 += k
+    return feats, npairs
+
+
+def _level_groups(levels: "TextureLevels", chans):
+    """``(count, int64 words)`` passes of :func:`_run_kernel` for ``chans``, reusing ``levels.packed``."""
+    if [c for group, _ in levels.packed for c in group] == list(chans):
+        return [(len(group), words.view(np.int64) if len(group) > 1 else _pack_levels([words]))
+                for group, words in levels.packed]
+    return [(len(chans[g:g + 8]), _pack_levels([levels.q8[c] for c in chans[g:g + 8]]))
+            for g in range(0, len(chans), 8)]
+
 class TextureLevels(NamedTuple):
     """Quantized levels of a site's channels, shared by its object sets.
 
@@ -448,6 +714,8 @@ def measure_texture_channels(
         return out
     if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
         levels = texture_levels({c: images[c] for c in chans}, gray_levels)
+    if not bk.is_gpu:
+        return _measure_texture_numba(labels, n_objects, chans, levels, scales, gray_levels, objects, out)
     if geometry is None:
         geometry = texture_geometry(labels, scales)
     high, fm1, layout = {}, {}, {}
@@ -483,6 +751,29 @@ def measure_texture_channels(
                 rows = [slice((si * len(DIRECTIONS) + d) * n_objects, (si * len(DIRECTIONS) + d + 1) * n_objects)
                         for d in range(len(DIRECTIONS))]
                 _store_scale(out, [(feats[:, r], n_pairs[r]) for r in rows], c, s, gray_levels, xp)
+    return out
+
+
+def _measure_texture_numba(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
+                           out: dict) -> dict:
+    """CPU path of :func:`measure_texture_channels`: one :func:`_texture_kernel` pass.
+
+    Object by object, the valid pairs of each offset are listed once and the
+    GLCM of every channel is counted into a dense 256 x 256 scratch table whose
+    touched cells give the features (no per-pair arrays for the whole site).
+    """
+    from hpc_profiler.features._objects import object_pixels
+
+    if objects is None:
+        objects = object_pixels(labels, n_objects)
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    feats, npairs = _run_kernel(labels, objects.flat, objects.y, objects.x, objects.starts, objects.counts,
+                                _level_groups(levels, chans), labels.shape, offsets, ignore_zeros=True)
+    nd = len(DIRECTIONS)
+    for ci, c in enumerate(chans):
+        for si, s in enumerate(scales):
+            g = range(si * nd, (si + 1) * nd)
+            _store_scale(out, [(feats[k, ci], npairs[k, ci]) for k in g], c, s, gray_levels, np)
     return out
 
 
@@ -583,6 +874,9 @@ def image_texture_values(
     q8 = quantize(xp.asarray(image), gray_levels).astype(xp.uint8) if q8 is None else q8  # 1-byte pair passes
     q = q8
     h, w = q.shape
+    if not backend_of(q8).is_gpu:  # CPU: the numba kernel, the whole image as one object
+        return image_texture_channels({channel: image}, scales=scales, gray_levels=gray_levels,
+                                      levels=TextureLevels(int(gray_levels), {channel: q8}, [((channel,), q8.ravel())]))
     n_levels = int(q.max()) + 1  # the GLCM size, read once per image (not per offset)
     fm1 = xp.full((1,), n_levels, dtype=xp.int64)
     out = {}
@@ -604,3 +898,37 @@ def image_texture_values(
             for k, f in enumerate(HARALICK_FEATURES):
                 out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k, 0]
     return out
+
+
+def image_texture_channels(
+    images,
+    *,
+    scales: Sequence[int] = (3, 5, 10),
+    gray_levels: int = 256,
+    levels: TextureLevels | None = None,
+) -> dict:
+    """:func:`image_texture_values` of every channel of ``images`` (mapping channel -> image).
+
+    ``levels`` (:func:`texture_levels` of the same images) skips the
+    quantization. On the CPU one numba pass reads the levels of up to 8
+    channels per pixel pair; on a GPU this is one :func:`image_texture_values`
+    per channel.
+    """
+    chans = list(images)
+    bk = backend_of(*[images[c] for c in chans])
+    if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
+        levels = texture_levels({c: images[c] for c in chans}, gray_levels)
+    if bk.is_gpu:
+        out = {}
+        for c in chans:
+            out.update(image_texture_values(images[c], c, scales=scales, gray_levels=gray_levels, q8=levels.q8[c]))
+        return out
+    h, w = levels.q8[chans[0]].shape
+    flat = np.arange(h * w, dtype=np.int64)
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    feats, _ = _run_kernel(None, flat, flat // w, flat % w, np.zeros(1, np.int64), np.full(1, h * w, np.int64),
+                           _level_groups(levels, chans), (h, w), offsets, ignore_zeros=False)
+    nd = len(DIRECTIONS)
+    return {texture_feature_name(f, c, int(s), d, gray_levels): feats[si * nd + d, ci, k, 0]
+            for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(nd)
+            for k, f in enumerate(HARALICK_FEATURES)}
