@@ -279,7 +279,8 @@ def _pair_codes(qa, qb, obj, high, n_objects: int, xp, layout: CodeLayout | None
     return o[nz], i[nz], j[nz], counts[nz]
 
 
-def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None):
+def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None,
+                        max_pairs: int | None = None):
     """The 13 Haralick features of per-object symmetric GLCMs given sparsely.
 
     Parameters
@@ -294,6 +295,10 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
         length of the vector whose variance is ``DifferenceVariance``).
     n_levels : int, optional
         ``max(fm1)`` when already known on the host (saves a device read).
+    max_pairs : int, optional
+        A host bound on any object's pair count (e.g. the image's pixel
+        count): below ``_EXACT_T / 2`` the moments' numerators are formed in
+        int64, exactly; without it in float64.
 
     Returns
     -------
@@ -317,14 +322,12 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
 
     asm = per_obj(m * half)
     entropy = per_obj(-m * xp.log2(half))
-    ij_sum = per_obj(m * lof * hif)
     idm = per_obj(m / (d * d + 1.0))
 
     if n_levels is None:
         n_levels = int(fm1.max()) if n else 1
     n_lv = max(int(n_levels), 1)
     k = xp.arange(n_lv, dtype=xp.float64)
-    tk = xp.arange(2 * n_lv, dtype=xp.float64)
     px = (
         xp.bincount(obj * n_lv + lo, weights=0.5 * m, minlength=n * n_lv)
         + xp.bincount(obj * n_lv + hi, weights=0.5 * m, minlength=n * n_lv)
@@ -332,12 +335,31 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     pxy = xp.bincount(obj * 2 * n_lv + lo + hi, weights=m, minlength=2 * n * n_lv).reshape(n, 2 * n_lv)
     pmy = xp.bincount(obj * n_lv + (hi - lo), weights=m, minlength=n * n_lv).reshape(n, n_lv)
 
-    ux = px @ k
-    vx = (((k[None, :] - ux[:, None]) ** 2) * px).sum(axis=1)
-    with_var = vx > 0
-    correlation = xp.where(with_var, (ij_sum - ux * ux) / xp.where(with_var, vx, 1.0), 1.0)
-    sum_avg = pxy @ tk
-    sum_var = pxy @ (tk * tk) - sum_avg * sum_avg
+    # Variance, SumVariance and Correlation from integer moments: the float64
+    # bincounts of integer weights are exact (sums < 2**53) and the numerators
+    # are formed in int64, so no cancellation (mahotas' sum(k^2 p) - mu^2 loses
+    # every digit of a covariance near 0; on a GPU the atomics' order then
+    # decided the result) and the numba CPU path gives the same values
+    s = lof + hif
+    a1 = per_obj(c * s)  # sum over the unordered pairs of lo + hi
+    a2 = per_obj(c * (lof * lof + hif * hif))
+    s2 = per_obj(c * (lof * hif))
+    b2 = per_obj(c * (s * s))
+    T = 2.0 * n_pairs
+    if max_pairs is not None and 2 * int(max_pairs) < _EXACT_T:
+        ni, a1i = n_pairs.astype(xp.int64), a1.astype(xp.int64)
+        sq = a1i * a1i
+        var_num = (2 * ni * a2.astype(xp.int64) - sq).astype(xp.float64)
+        cov_num = (4 * ni * s2.astype(xp.int64) - sq).astype(xp.float64)
+        sv_num = (ni * b2.astype(xp.int64) - sq).astype(xp.float64)
+    else:
+        var_num, cov_num, sv_num = T * a2 - a1 * a1, 2.0 * T * s2 - a1 * a1, n_pairs * b2 - a1 * a1
+    safe_n = xp.where(n_pairs > 0, n_pairs, 1.0)
+    vx = var_num / (4.0 * safe_n * safe_n)
+    with_var = var_num > 0
+    correlation = xp.where(with_var, cov_num / xp.where(with_var, var_num, 1.0), 1.0)
+    sum_avg = a1 / safe_n
+    sum_var = sv_num / (safe_n * safe_n)
     contrast = pmy @ (k * k)
     fm1f = fm1.astype(xp.float64)
     inside = k[None, :] < fm1f[:, None]
@@ -504,7 +526,7 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, tab, out):
     out[12] = math.sqrt(max(0.0, 1.0 - math.exp(-2.0 * (hxy - ent))))
 
 
-def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C, offsets, ignore_zeros, tab,
+def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C, offsets, ignore_zeros, dense, tab,
                     feats, npairs):
     """Haralick features of every object, channel and offset (see :func:`_measure_texture_numba`).
 
@@ -513,7 +535,10 @@ def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C,
     the ``C <= 8`` channels byte by byte (one load reads every channel).
     Pairs are ``(p, p + offset)`` with both pixels inside the image and, when
     ``check_labels``, the same label; with ``ignore_zeros`` a pair with a
-    level 0 is not counted (mahotas). Writes ``feats[g, c, :, o]`` (NaN when
+    level 0 is not counted (mahotas). ``dense`` (the whole image, zeros kept):
+    the pairs are only counted and the GLCM's cells found by scanning it
+    (cheaper than listing touched cells when the pairs far outnumber the
+    cells). Writes ``feats[g, c, :, o]`` (NaN when
     there is no pair) and ``npairs[g, c, o]``.
     """
     n = starts.shape[0]
@@ -528,6 +553,7 @@ def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C,
     high = np.empty(C, np.int64)
     out = np.empty(13)
     keep_all = not ignore_zeros
+    dense = dense and keep_all
     for o in range(n):
         s0 = starts[o]
         m = counts[o]
@@ -555,18 +581,31 @@ def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C,
                     continue
                 wa = P[p]
                 wb = P[q]
+                if dense:  # few GLCMs with many pairs: count only, the cells are found by a scan below
+                    for c in range(C):
+                        cnt[c, ((wa >> (8 * c)) & 255) * 256 + ((wb >> (8 * c)) & 255)] += 1
+                    npr[0] += 1
+                    continue
                 for c in range(C):
                     u = (wa >> (8 * c)) & 255
                     v = (wb >> (8 * c)) & 255
-                    ok = keep_all or (u != 0 and v != 0)
+                    ok = keep_all | ((u != 0) & (v != 0))  # no branch
                     # ordered cell (the mirror cells are merged in _haralick_counts);
                     # a pair with a 0 level goes to cell 0, emptied below (no branch)
                     cell = (u * 256 + v) * ok
                     touched[c, nt[c]] = cell  # kept only where the cell was empty
-                    nt[c] += ok and cnt[c, cell] == 0
+                    nt[c] += ok & (cnt[c, cell] == 0)
                     cnt[c, cell] += 1
                     npr[c] += ok
             for c in range(C):
+                if dense:
+                    npr[c] = npr[0]
+                    fm1 = high[c] + 1
+                    for u in range(fm1):
+                        for v in range(fm1):
+                            if cnt[c, u * 256 + v]:
+                                touched[c, nt[c]] = u * 256 + v
+                                nt[c] += 1
                 N = npr[c]
                 npairs[g, c, o] = N
                 if ignore_zeros:
@@ -614,7 +653,8 @@ def _run_kernel(labels, flat, ys, xs, starts, counts, groups, shape, offsets, ig
     c0 = 0
     for k, words in groups:
         fg, ng = np.empty((len(offs), k, 13, n)), np.zeros((len(offs), k, n), np.int64)
-        _texture_kernel(h, w, lab, check, *args, words, k, offs, bool(ignore_zeros), _log2_table(), fg, ng)
+        _texture_kernel(h, w, lab, check, *args, words, k, offs, bool(ignore_zeros), not check and n == 1,
+                        _log2_table(), fg, ng)
         feats[:, c0:c0 + k] = fg
         npairs[:, c0:c0 + k] = ng
         c0 += k
@@ -746,7 +786,7 @@ def measure_texture_channels(
             o, i, j, cnt = (xp.concatenate([e[t] for e in entries[c]]) for t in range(4))
             # max(fm1) = max(high) + 1 = the layout's width
             feats, n_pairs = haralick_from_pairs(o, i, j, cnt, n_all, xp.tile(fm1[c], len(offsets)), xp,
-                                                 n_levels=layout[c].width)
+                                                 n_levels=layout[c].width, max_pairs=labels.size)
             for si, s in enumerate(scales):
                 rows = [slice((si * len(DIRECTIONS) + d) * n_objects, (si * len(DIRECTIONS) + d + 1) * n_objects)
                         for d in range(len(DIRECTIONS))]
@@ -894,7 +934,7 @@ def image_texture_values(
                 codes = xp.nonzero(counts)[0]
                 obj = xp.zeros(codes.shape, dtype=xp.int64)
                 feats, _ = haralick_from_pairs(obj, codes // 256, codes % 256, counts[codes], 1, fm1, xp,
-                                               n_levels=n_levels)
+                                               n_levels=n_levels, max_pairs=h * w)
             for k, f in enumerate(HARALICK_FEATURES):
                 out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k, 0]
     return out
