@@ -284,14 +284,12 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
         with timer("Texture"):
             mod = _family_module("texture")
             t = params.texture
-            tex = mod.measure_texture_channels(
+            out.update(mod.measure_texture_channels(
                 lab, n, {c: images[c] for c in channels}, scales=t.scales, gray_levels=t.gray_levels,
                 levels=texture_levels, objects=op,  # the GPU path builds its pair geometry itself
-            )
-            if not t.undefined_as_nan:  # CellProfiler's record_measurement writes 0 for non-finite values
-                xp_t = backend_of(lab).xp
-                tex = {k: xp_t.where(xp_t.isnan(v), 0.0, v) for k, v in tex.items()}
-            out.update(tex)
+                # CellProfiler's record_measurement writes 0 for non-finite values
+                undefined=None if t.undefined_as_nan else 0.0,
+            ))
     if "Correlation" in fams and len(channels) > 1:
         with timer("Correlation"):
             out.update(

@@ -288,7 +288,8 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     obj, lo, hi, counts : int arrays
         Distinct entries ``(object, i, j)`` with ``i <= j`` of the co-occurrence
         counts, one count per unordered pixel pair (the symmetric GLCM holds
-        ``counts`` at ``(i, j)`` and at ``(j, i)``).
+        ``counts`` at ``(i, j)`` and at ``(j, i)``); entries with count 0 are
+        allowed (they add nothing).
     n_objects : int
     fm1 : int array [n_objects]
         ``max level + 1`` of each object's crop (mahotas sizes its GLCM so; the
@@ -311,7 +312,8 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     n = n_objects
     c = counts.astype(xp.float64)
     n_pairs = xp.bincount(obj, weights=c, minlength=n)[:n]
-    m = c / n_pairs[obj]  # mass of the entry in the symmetric GLCM (both halves)
+    # mass of the entry in the symmetric GLCM (both halves); entries may have count 0
+    m = c / xp.maximum(n_pairs, 1.0)[obj]
     lof, hif = lo.astype(xp.float64), hi.astype(xp.float64)
     d = hif - lof
     diag = lo == hi
@@ -321,7 +323,7 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
         return xp.bincount(obj, weights=w, minlength=n)[:n]
 
     asm = per_obj(m * half)
-    entropy = per_obj(-m * xp.log2(half))
+    entropy = per_obj(-m * xp.log2(xp.where(half > 0, half, 1.0)))
     idm = per_obj(m / (d * d + 1.0))
 
     if n_levels is None:
@@ -724,15 +726,18 @@ def measure_texture_channels(
     geometry: dict | None = None,
     levels: TextureLevels | None = None,
     objects=None,
+    undefined=None,
 ) -> dict:
     """:func:`measure_texture` for every channel of ``images`` (mapping channel -> image).
 
-    The same numbers; the levels of up to 8 channels are read with one
-    gather per pixel pair, and ``levels`` (:func:`texture_levels` of the
-    same images) shares the quantization between the object sets of a site.
-    ``objects`` (``_objects.object_pixels(labels, n_objects)``) gives each
-    object's largest level by a segment maximum over its pixels instead of a
-    (object, level) histogram of the whole image.
+    The same numbers; ``levels`` (:func:`texture_levels` of the same images)
+    shares the quantization between the object sets of a site and
+    ``objects`` (``_objects.object_pixels(labels, n_objects)``) the grouping
+    of the pixels. ``undefined``: the value written for an undefined object
+    instead of NaN (CellProfiler writes 0), replaced in one pass over all the
+    columns. On the CPU one numba pass (:func:`_texture_kernel`); on a GPU
+    one batched pass (:func:`_measure_texture_device`), or with ``geometry``
+    (:func:`texture_geometry`) one pass per offset and channel.
     """
     chans = list(images)
     bk = backend_of(labels, *[images[c] for c in chans])
@@ -742,7 +747,8 @@ def measure_texture_channels(
         if labels.shape != images[c].shape:
             raise ValueError(f"texture {c}: labels {labels.shape} and image {images[c].shape} differ in shape")
     n_objects = int(n_objects)
-    if n_objects and int(labels.max()) > n_objects:
+    # (a host read: skipped on a GPU when measure_site passes the grouped pixels of checked labels)
+    if n_objects and (objects is None or not bk.is_gpu) and int(labels.max()) > n_objects:
         raise ValueError(f"texture {','.join(chans)}: label {int(labels.max())} exceeds n_objects={n_objects}")
     out = {}
     if n_objects == 0:
@@ -755,7 +761,11 @@ def measure_texture_channels(
     if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
         levels = texture_levels({c: images[c] for c in chans}, gray_levels)
     if not bk.is_gpu:
-        return _measure_texture_numba(labels, n_objects, chans, levels, scales, gray_levels, objects, out)
+        return _measure_texture_numba(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
+                                      undefined)
+    if geometry is None:  # the batched device path (a geometry given selects the per-offset one below)
+        return _measure_texture_device(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
+                                       undefined)
     if geometry is None:
         geometry = texture_geometry(labels, scales)
     high, fm1, layout = {}, {}, {}
@@ -791,11 +801,13 @@ def measure_texture_channels(
                 rows = [slice((si * len(DIRECTIONS) + d) * n_objects, (si * len(DIRECTIONS) + d + 1) * n_objects)
                         for d in range(len(DIRECTIONS))]
                 _store_scale(out, [(feats[:, r], n_pairs[r]) for r in rows], c, s, gray_levels, xp)
+    if undefined is not None:
+        out = {k: xp.where(xp.isnan(v), undefined, v) for k, v in out.items()}
     return out
 
 
 def _measure_texture_numba(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
-                           out: dict) -> dict:
+                           out: dict, undefined=None) -> dict:
     """CPU path of :func:`measure_texture_channels`: one :func:`_texture_kernel` pass.
 
     Object by object, the valid pairs of each offset are listed once and the
@@ -810,11 +822,121 @@ def _measure_texture_numba(labels, n_objects: int, chans, levels: TextureLevels,
     feats, npairs = _run_kernel(labels, objects.flat, objects.y, objects.x, objects.starts, objects.counts,
                                 _level_groups(levels, chans), labels.shape, offsets, ignore_zeros=True)
     nd = len(DIRECTIONS)
+    return _columns(feats.reshape(len(scales), nd, len(chans), 13, -1).transpose(3, 2, 0, 1, 4),
+                    npairs.reshape(len(scales), nd, len(chans), -1).transpose(2, 0, 1, 3),
+                    chans, scales, gray_levels, undefined, out, np)
+
+
+def _columns(feats, n_pairs, chans, scales, gray_levels: int, undefined, out: dict, xp) -> dict:
+    """Columns from ``feats [13, C, scales, directions, N]`` and ``n_pairs [C, scales, directions, N]``.
+
+    mahotas raises if ANY direction of a scale has no pair: the object's 52
+    features at that scale are then undefined (NaN, or ``undefined``); one
+    array pass for all the columns, which are views of it.
+    """
+    defined = n_pairs.min(axis=2) > 0
+    feats = xp.where(defined[None, :, :, None, :], feats, xp.nan if undefined is None else undefined)
+    if undefined is not None:
+        feats = xp.where(xp.isnan(feats), undefined, feats)
     for ci, c in enumerate(chans):
         for si, s in enumerate(scales):
-            g = range(si * nd, (si + 1) * nd)
-            _store_scale(out, [(feats[k, ci], npairs[k, ci]) for k in g], c, s, gray_levels, np)
+            for d in range(len(DIRECTIONS)):
+                for k, f in enumerate(HARALICK_FEATURES):
+                    out[texture_feature_name(f, c, s, d, gray_levels)] = feats[k, ci, si, d]
     return out
+
+
+def _measure_texture_device(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
+                            out: dict, undefined=None) -> dict:
+    """GPU path of :func:`measure_texture_channels`: every channel, offset and object in one pass.
+
+    Each labelled pixel is paired with its partner at every offset (an
+    ``[offsets, pixels]`` index, no compress); a pair is kept when both pixels
+    have the object's label and nonzero levels. Its key ``((channel, offset,
+    object), lo, hi)`` is sorted once; run starts, a ``cumsum`` and one
+    ``bincount`` of length = the number of pairs give each distinct GLCM entry
+    and its count (unused run slots keep count 0), which
+    :func:`haralick_from_pairs` turns into the features. A fixed number of
+    launches per object set, no host read.
+    """
+    from hpc_profiler.features._objects import object_pixels
+
+    xp = backend_of(labels).xp
+    n = int(n_objects)
+    if objects is None:
+        objects = object_pixels(labels, n)
+    h, w = labels.shape
+    nd = len(DIRECTIONS)
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    n_off, n_ch = len(offsets), len(chans)
+    step = xp.asarray([[dy, dx] for dy, dx in offsets], dtype=xp.int64)
+    ys, xs = objects.y[None, :] + step[:, 0:1], objects.x[None, :] + step[:, 1:2]  # [G, M]
+    inside = (ys < h) & (xs >= 0) & (xs < w)
+    partner = xp.where(inside, ys * w + xs, 0)
+    same = inside & (xp.take(xp.ravel(labels), partner) == (objects.obj + 1)[None, :])
+    q = xp.stack([xp.ravel(levels.q8[c]) for c in chans])  # [C, H * W] uint8
+    qa = xp.take(q, objects.flat, axis=1)[:, None, :]  # [C, 1, M]
+    qb = xp.take(q, partner, axis=1)  # [C, G, M]
+    lo = xp.minimum(qa, qb)
+    hi = xp.maximum(qa, qb)
+    keep = same[None, :, :] & (lo > 0)  # mahotas ignore_zeros: lo > 0 iff both levels are
+    combo = xp.arange(n_ch * n_off, dtype=xp.int64).reshape(n_ch, n_off, 1) * n + objects.obj[None, None, :]
+    key = combo * 65536 + lo.astype(xp.int64) * 256 + hi
+    sentinel = n_ch * n_off * n * 65536
+    key = xp.sort(xp.where(keep, key, sentinel).ravel())
+    n_keys = int(key.shape[0])
+    start = xp.concatenate([xp.ones(1, dtype=bool), key[1:] != key[:-1]])
+    run = xp.cumsum(start) - 1
+    counts = xp.bincount(run, weights=(key != sentinel).astype(xp.float64), minlength=n_keys)[:n_keys]
+    run_key = xp.zeros(n_keys, dtype=xp.int64)
+    run_key[run] = key  # every pair of a run writes the same key
+    run_key = xp.where(counts > 0, run_key, 0)
+    high = xp.stack([_largest_levels(levels.q8[c], objects, xp) for c in chans])  # [C, N]
+    fm1 = xp.broadcast_to((high + 1)[:, None, :], (n_ch, n_off, n)).reshape(-1)
+    feats, n_pairs = haralick_from_pairs(run_key // 65536, (run_key // 256) % 256, run_key % 256, counts,
+                                         n_ch * n_off * n, fm1, xp, n_levels=256, max_pairs=h * w)
+    return _columns(feats.reshape(13, n_ch, len(scales), nd, n), n_pairs.reshape(n_ch, len(scales), nd, n),
+                    chans, scales, gray_levels, undefined, out, xp)
+
+
+def _image_texture_device(images, chans, levels: TextureLevels, scales, gray_levels: int) -> dict:
+    """GPU path of :func:`image_texture_channels`: one ``bincount`` of known length for every GLCM.
+
+    The canonical codes ``((channel, offset), lo, hi)`` of all pixel pairs of
+    the image (zeros kept, as ``run_image``) are counted into a dense
+    ``[channels * offsets, 256 * 256]`` table whose cells, count 0 included,
+    are the entries of :func:`haralick_from_pairs`.
+    """
+    xp = backend_of(*[images[c] for c in chans]).xp
+    q = xp.stack([levels.q8[c] for c in chans])  # [C, H, W] uint8
+    n_ch, (h, w) = len(chans), q.shape[1:]
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    n_off = len(offsets)
+    rows = xp.arange(n_ch, dtype=xp.int64)[:, None, None] * n_off
+    codes = []
+    for g, (dy, dx) in enumerate(offsets):  # 12 offsets, not objects
+        if dy >= h or abs(dx) >= w:
+            continue  # no pair: NaN, as haralick_from_pairs gives for an empty GLCM
+        a, b = _overlap_slices((h, w), dy, dx)
+        qa, qb = q[(slice(None),) + a], q[(slice(None),) + b]
+        code = (rows + g) * 65536 + xp.minimum(qa, qb).astype(xp.int64) * 256
+        code += xp.maximum(qa, qb)
+        codes.append(code.ravel())
+    n_all = n_ch * n_off
+    if codes:
+        counts = xp.bincount(xp.concatenate(codes), minlength=n_all * 65536)[: n_all * 65536]
+    else:
+        counts = xp.zeros(n_all * 65536, dtype=xp.int64)
+    cell = xp.arange(n_all * 65536, dtype=xp.int64)
+    high = q.reshape(n_ch, -1).max(axis=1).astype(xp.int64)
+    fm1 = xp.broadcast_to((high + 1)[:, None], (n_ch, n_off)).reshape(-1)
+    i, j = (cell // 256) % 256, cell % 256  # cells below the diagonal have count 0
+    feats, _ = haralick_from_pairs(cell // 65536, xp.minimum(i, j), xp.maximum(i, j), counts, n_all, fm1, xp,
+                                   n_levels=256, max_pairs=h * w)
+    feats = feats.reshape(13, n_ch, n_off)
+    return {texture_feature_name(f, c, int(s), d, gray_levels): feats[k, ci, si * len(DIRECTIONS) + d]
+            for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(len(DIRECTIONS))
+            for k, f in enumerate(HARALICK_FEATURES)}
 
 
 def _store_scale(out: dict, per_dir, channel: str, scale: int, gray_levels: int, xp) -> None:
@@ -911,34 +1033,9 @@ def image_texture_values(
         image's uint8 levels (:func:`texture_levels`), skips the quantization.
     """
     xp = backend_of(image).xp
-    q8 = quantize(xp.asarray(image), gray_levels).astype(xp.uint8) if q8 is None else q8  # 1-byte pair passes
-    q = q8
-    h, w = q.shape
-    if not backend_of(q8).is_gpu:  # CPU: the numba kernel, the whole image as one object
-        return image_texture_channels({channel: image}, scales=scales, gray_levels=gray_levels,
-                                      levels=TextureLevels(int(gray_levels), {channel: q8}, [((channel,), q8.ravel())]))
-    n_levels = int(q.max()) + 1  # the GLCM size, read once per image (not per offset)
-    fm1 = xp.full((1,), n_levels, dtype=xp.int64)
-    out = {}
-    for s in scales:
-        for d, (dy, dx) in enumerate(DIRECTIONS):
-            dy, dx = int(s) * dy, int(s) * dx
-            if dy >= h or abs(dx) >= w:
-                feats = xp.full((13, 1), xp.nan)
-            else:
-                a, b = _overlap_slices(q.shape, dy, dx)
-                qa, qb = q8[a], q8[b]
-                codes = xp.multiply(xp.minimum(qa, qb), 256, dtype=xp.int64)
-                codes += xp.maximum(qa, qb)
-                counts = xp.bincount(codes.ravel(), minlength=65536)
-                codes = xp.nonzero(counts)[0]
-                obj = xp.zeros(codes.shape, dtype=xp.int64)
-                feats, _ = haralick_from_pairs(obj, codes // 256, codes % 256, counts[codes], 1, fm1, xp,
-                                               n_levels=n_levels, max_pairs=h * w)
-            for k, f in enumerate(HARALICK_FEATURES):
-                out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k, 0]
-    return out
-
+    q8 = quantize(xp.asarray(image), gray_levels).astype(xp.uint8) if q8 is None else q8
+    return image_texture_channels({channel: image}, scales=scales, gray_levels=gray_levels,
+                                  levels=TextureLevels(int(gray_levels), {channel: q8}, [((channel,), q8.ravel())]))
 
 def image_texture_channels(
     images,
@@ -959,10 +1056,7 @@ def image_texture_channels(
     if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
         levels = texture_levels({c: images[c] for c in chans}, gray_levels)
     if bk.is_gpu:
-        out = {}
-        for c in chans:
-            out.update(image_texture_values(images[c], c, scales=scales, gray_levels=gray_levels, q8=levels.q8[c]))
-        return out
+        return _image_texture_device(images, chans, levels, scales, gray_levels)
     h, w = levels.q8[chans[0]].shape
     flat = np.arange(h * w, dtype=np.int64)
     offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
