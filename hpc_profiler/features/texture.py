@@ -429,7 +429,7 @@ def _log2_int(v, tab):
     return tab[v] if v < tab.shape[0] else math.log2(v)
 
 
-def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, tab, out):
+def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, tab, out):
     """The 13 features of one GLCM given by its counts; resets the scratch tables.
 
     ``cnt[u * 256 + v]`` counts the ordered pairs ``(u, v)`` (first pixel at
@@ -438,9 +438,11 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, tab, out):
     The symmetric GLCM holds ``cnt[u, v] + cnt[v, u]`` at ``(u, v)`` and
     ``(v, u)`` (``2 cnt[u, u]`` on the diagonal) out of ``T = 2 N``. ``a``,
     ``hs``, ``hd`` are zeroed scratch histograms (marginal, sum and difference
-    of the levels) of 256, 512 and 256 entries; the integer moments make
-    Variance, SumVariance and Correlation exact up to one final rounding
-    (mahotas' ``sum(k^2 p) - mu^2`` cancels when the variance is small).
+    of the levels) of 256, 512 and 256 entries and ``seen`` a 1024-entry list
+    of their nonzero bins, so the work is per distinct cell, not per level.
+    Integer moments make Variance, SumVariance, Correlation and
+    DifferenceVariance exact up to one final rounding (mahotas' ``sum(k^2 p)
+    - mu^2`` cancels when the variance is small).
     """
     T = 2 * N
     log2_T = _log2_int(T, tab)
@@ -448,6 +450,9 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, tab, out):
     asm2 = 0  # 2 N**2 * ASM, an integer
     s2 = 0  # sum over the unordered pairs of lo * hi
     ent = 0.0
+    na = 0  # seen[:na]: levels of a; seen[256:256 + ns]: sums; seen[768:768 + nd]: differences
+    ns = 0
+    nd = 0
     for t in range(nt):
         cell = touched[t]
         i = cell >> 8
@@ -468,50 +473,63 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, tab, out):
             ent += 2.0 * _neg_plog2p(c, T, log2_T, tab)
             if i > j:
                 i, j = j, i
+        if a[i] == 0:
+            seen[na] = i
+            na += 1
         a[i] += c
+        if a[j] == 0:
+            seen[na] = j
+            na += 1
         a[j] += c
+        if hs[i + j] == 0:
+            seen[256 + ns] = i + j
+            ns += 1
         hs[i + j] += c
+        if hd[j - i] == 0:
+            seen[768 + nd] = j - i
+            nd += 1
         hd[j - i] += c
         s2 += c * i * j
     a1 = 0
     a2 = 0
     hx = 0.0
-    for i in range(fm1):
+    for t in range(na):
+        i = seen[t]
         v = a[i]
-        if v:
-            a[i] = 0
-            a1 += v * i
-            a2 += v * i * i
-            hx += _neg_plog2p(v, T, log2_T, tab)
+        a[i] = 0
+        a1 += v * i
+        a2 += v * i * i
+        hx += _neg_plog2p(v, T, log2_T, tab)
     b2 = 0
     sum_ent = 0.0
-    for s in range(2 * fm1 - 1):
-        v = hs[s]
-        if v:
-            hs[s] = 0
-            b2 += v * s * s
-            sum_ent += _neg_plog2p(v, N, log2_N, tab)
+    for t in range(ns):
+        k = seen[256 + t]
+        v = hs[k]
+        hs[k] = 0
+        b2 += v * k * k
+        sum_ent += _neg_plog2p(v, N, log2_N, tab)
     contrast = 0
+    hd2 = 0
     idm = 0.0
     diff_ent = 0.0
-    diff_var = 0.0
-    inv = 1.0 / fm1
-    for k in range(fm1):
+    for t in range(nd):
+        k = seen[768 + t]
         v = hd[k]
-        diff_var += (v / N - inv) ** 2
-        if v:
-            hd[k] = 0
-            contrast += v * k * k
-            idm += v / (k * k + 1.0)
-            diff_ent += _neg_plog2p(v, N, log2_N, tab)
+        hd[k] = 0
+        hd2 += v * v
+        contrast += v * k * k
+        idm += v / (k * k + 1.0)
+        diff_ent += _neg_plog2p(v, N, log2_N, tab)
     if T < _EXACT_T:  # exact integer numerators: no cancellation
         var_num = T * a2 - a1 * a1
         cov_num = 2 * T * s2 - a1 * a1
         sv_num = N * b2 - a1 * a1
+        dv_num = fm1 * hd2 - N * N
     else:
         var_num = float(T) * a2 - float(a1) * a1
         cov_num = 2.0 * T * s2 - float(a1) * a1
         sv_num = float(N) * b2 - float(a1) * a1
+        dv_num = float(fm1) * hd2 - float(N) * N
     out[0] = asm2 / (2.0 * N * N)
     out[1] = contrast / N
     out[2] = cov_num / var_num if var_num > 0 else 1.0
@@ -521,7 +539,8 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, tab, out):
     out[6] = sv_num / (float(N) * N)
     out[7] = sum_ent
     out[8] = ent
-    out[9] = diff_var / fm1
+    # variance of P(|i-j| = k), k < fm1: (sum p_k^2 - 1 / fm1) / fm1
+    out[9] = dv_num / (float(N) * N * fm1 * fm1)
     out[10] = diff_ent
     hxy = 2.0 * hx
     out[11] = (ent - hxy) / hx if hx > 0 else ent - hxy
@@ -552,6 +571,7 @@ def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C,
     a = np.zeros(256, np.int64)
     hs = np.zeros(512, np.int64)
     hd = np.zeros(256, np.int64)
+    seen = np.empty(1024, np.int64)
     high = np.empty(C, np.int64)
     out = np.empty(13)
     keep_all = not ignore_zeros
@@ -616,7 +636,7 @@ def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C,
                     for f in range(13):
                         feats[g, c, f, o] = np.nan
                     continue
-                _haralick_counts(N, high[c] + 1, cnt[c], touched[c], nt[c], a, hs, hd, tab, out)
+                _haralick_counts(N, high[c] + 1, cnt[c], touched[c], nt[c], a, hs, hd, seen, tab, out)
                 for f in range(13):
                     feats[g, c, f, o] = out[f]
 
