@@ -560,20 +560,23 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, tab, out):
     out[12] = math.sqrt(max(0.0, 1.0 - math.exp(-2.0 * (hxy - ent))))
 
 
-def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C, offsets, ignore_zeros, dense, tab,
-                    feats, npairs):
+def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_mode, tab, feats, npairs):
     """Haralick features of every object, channel and offset (see :func:`_measure_texture_numba`).
 
     ``flat``/``ys``/``xs``: the objects' pixels grouped by object (``starts``,
     ``counts``); ``P``: one int64 word per pixel holding the uint8 levels of
     the ``C <= 8`` channels byte by byte (one load reads every channel).
-    Pairs are ``(p, p + offset)`` with both pixels inside the image and, when
-    ``check_labels``, the same label; with ``ignore_zeros`` a pair with a
-    level 0 is not counted (mahotas). ``dense`` (the whole image, zeros kept):
-    the pairs are only counted and the GLCM's cells found by scanning it
-    (cheaper than listing touched cells when the pairs far outnumber the
-    cells). Writes ``feats[g, c, :, o]`` (NaN when
-    there is no pair) and ``npairs[g, c, o]``.
+    Writes ``feats[g, c, :, o]`` (NaN when there is no pair) and
+    ``npairs[g, c, o]``.
+
+    ``objects_mode`` (CellProfiler's ``run_one``): each object's pixels are
+    copied into a zeroed crop of its bounding box, as mahotas sees the
+    object's ``intensity_image``; the crop is scanned row by row and a pair
+    with a level 0 (which includes any pixel outside the object) is not
+    counted (``ignore_zeros``). The cells counted are listed as they are first
+    touched. Otherwise (``run_image``: one object, the whole image, zeros
+    kept) the pairs are only counted and the GLCM's cells found by scanning
+    it (cheaper when the pairs far outnumber the cells).
     """
     n = starts.shape[0]
     G = offsets.shape[0]
@@ -587,53 +590,71 @@ def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C,
     seen = np.empty(1024, np.int64)
     high = np.empty(C, np.int64)
     out = np.empty(13)
-    keep_all = not ignore_zeros
-    dense = dense and keep_all
+    crop = np.zeros(H * W if objects_mode else 1, np.int64)
     for o in range(n):
         s0 = starts[o]
         m = counts[o]
         high[:] = 0
+        y0, y1, x0, x1 = H, -1, W, -1
         for t in range(s0, s0 + m):
             word = P[flat[t]]
             for c in range(C):
                 v = (word >> (8 * c)) & 255
                 if v > high[c]:
                     high[c] = v
+            y0 = min(y0, ys[t])
+            y1 = max(y1, ys[t])
+            x0 = min(x0, xs[t])
+            x1 = max(x1, xs[t])
+        bh, bw = y1 - y0 + 1, x1 - x0 + 1
+        if objects_mode and m:
+            crop[:bh * bw] = 0
+            for t in range(s0, s0 + m):
+                crop[(ys[t] - y0) * bw + xs[t] - x0] = P[flat[t]]
         for g in range(G):
             dy = offsets[g, 0]
             dx = offsets[g, 1]
-            shift = dy * W + dx
             nt[:] = 0
             npr[:] = 0
-            for t in range(s0, s0 + m):
-                y2 = ys[t] + dy
-                x2 = xs[t] + dx
-                if y2 >= H or x2 < 0 or x2 >= W:
-                    continue
-                p = flat[t]
-                q = p + shift
-                if check_labels and lab[q] != lab[p]:
-                    continue
-                wa = P[p]
-                wb = P[q]
-                if dense:  # few GLCMs with many pairs: count only, the cells are found by a scan below
+            if objects_mode:
+                if m and dy < bh and abs(dx) < bw:
+                    for y in range(bh - dy):
+                        row = y * bw
+                        row2 = (y + dy) * bw + dx
+                        for x in range(max(0, -dx), bw - max(0, dx)):
+                            wa = crop[row + x]
+                            if wa == 0:
+                                continue
+                            wb = crop[row2 + x]
+                            if wb == 0:
+                                continue
+                            for c in range(C):
+                                u = (wa >> (8 * c)) & 255
+                                v = (wb >> (8 * c)) & 255
+                                ok = (u != 0) & (v != 0)
+                                # ordered cell (the mirror cells are merged in _haralick_counts);
+                                # a pair with a 0 level goes to cell 0, emptied below (no branch)
+                                cell = (u * 256 + v) * ok
+                                touched[c, nt[c]] = cell  # kept only where the cell was empty
+                                nt[c] += ok & (cnt[c, cell] == 0)
+                                cnt[c, cell] += 1
+                                npr[c] += ok
+                    for c in range(C):
+                        cnt[c, 0] = 0
+            else:
+                shift = dy * W + dx
+                for t in range(s0, s0 + m):
+                    y2 = ys[t] + dy
+                    x2 = xs[t] + dx
+                    if y2 >= H or x2 < 0 or x2 >= W:
+                        continue
+                    p = flat[t]
+                    wa = P[p]
+                    wb = P[p + shift]
                     for c in range(C):
                         cnt[c, ((wa >> (8 * c)) & 255) * 256 + ((wb >> (8 * c)) & 255)] += 1
                     npr[0] += 1
-                    continue
                 for c in range(C):
-                    u = (wa >> (8 * c)) & 255
-                    v = (wb >> (8 * c)) & 255
-                    ok = keep_all | ((u != 0) & (v != 0))  # no branch
-                    # ordered cell (the mirror cells are merged in _haralick_counts);
-                    # a pair with a 0 level goes to cell 0, emptied below (no branch)
-                    cell = (u * 256 + v) * ok
-                    touched[c, nt[c]] = cell  # kept only where the cell was empty
-                    nt[c] += ok & (cnt[c, cell] == 0)
-                    cnt[c, cell] += 1
-                    npr[c] += ok
-            for c in range(C):
-                if dense:
                     npr[c] = npr[0]
                     fm1 = high[c] + 1
                     for u in range(fm1):
@@ -641,10 +662,9 @@ def _texture_kernel(H, W, lab, check_labels, flat, ys, xs, starts, counts, P, C,
                             if cnt[c, u * 256 + v]:
                                 touched[c, nt[c]] = u * 256 + v
                                 nt[c] += 1
+            for c in range(C):
                 N = npr[c]
                 npairs[g, c, o] = N
-                if ignore_zeros:
-                    cnt[c, 0] = 0
                 if N == 0:
                     for f in range(13):
                         feats[g, c, f, o] = np.nan
@@ -669,7 +689,7 @@ def _pack_levels(qs):
     return words.view(np.int64).reshape(size)
 
 
-def _run_kernel(labels, flat, ys, xs, starts, counts, groups, shape, offsets, ignore_zeros: bool):
+def _run_kernel(objects_mode: bool, flat, ys, xs, starts, counts, groups, shape, offsets):
     """Call :func:`_texture_kernel`; returns ``feats [G, C, 13, n]`` and ``npairs [G, C, n]``.
 
     ``groups``: ``(count, words)`` per pass, ``words`` the int64 words of
@@ -682,14 +702,11 @@ def _run_kernel(labels, flat, ys, xs, starts, counts, groups, shape, offsets, ig
     n_chan = sum(k for k, _ in groups)
     feats = np.empty((len(offs), n_chan, 13, n))
     npairs = np.zeros((len(offs), n_chan, n), np.int64)
-    check = labels is not None
-    lab = np.ascontiguousarray(labels, dtype=np.int32).reshape(-1) if check else np.zeros(1, np.int32)
     args = [np.asarray(v, np.int64) for v in (flat, ys, xs, starts, counts)]
     c0 = 0
     for k, words in groups:
         fg, ng = np.empty((len(offs), k, 13, n)), np.zeros((len(offs), k, n), np.int64)
-        _texture_kernel(h, w, lab, check, *args, words, k, offs, bool(ignore_zeros), not check and n == 1,
-                        _log2_table(), fg, ng)
+        _texture_kernel(h, w, *args, words, k, offs, bool(objects_mode), _log2_table(), fg, ng)
         feats[:, c0:c0 + k] = fg
         npairs[:, c0:c0 + k] = ng
         c0 += k
@@ -852,8 +869,8 @@ def _measure_texture_numba(labels, n_objects: int, chans, levels: TextureLevels,
     if objects is None:
         objects = object_pixels(labels, n_objects)
     offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
-    feats, npairs = _run_kernel(labels, objects.flat, objects.y, objects.x, objects.starts, objects.counts,
-                                _level_groups(levels, chans), labels.shape, offsets, ignore_zeros=True)
+    feats, npairs = _run_kernel(True, objects.flat, objects.y, objects.x, objects.starts, objects.counts,
+                                _level_groups(levels, chans), labels.shape, offsets)
     nd = len(DIRECTIONS)
     return _columns(feats.reshape(len(scales), nd, len(chans), 13, -1).transpose(3, 2, 0, 1, 4),
                     npairs.reshape(len(scales), nd, len(chans), -1).transpose(2, 0, 1, 3),
@@ -1093,8 +1110,8 @@ def image_texture_channels(
     h, w = levels.q8[chans[0]].shape
     flat = np.arange(h * w, dtype=np.int64)
     offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
-    feats, _ = _run_kernel(None, flat, flat // w, flat % w, np.zeros(1, np.int64), np.full(1, h * w, np.int64),
-                           _level_groups(levels, chans), (h, w), offsets, ignore_zeros=False)
+    feats, _ = _run_kernel(False, flat, flat // w, flat % w, np.zeros(1, np.int64), np.full(1, h * w, np.int64),
+                           _level_groups(levels, chans), (h, w), offsets)
     nd = len(DIRECTIONS)
     return {texture_feature_name(f, c, int(s), d, gray_levels): feats[si * nd + d, ci, k, 0]
             for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(nd)
