@@ -260,6 +260,24 @@ def exact_moment_features(q, direction, scale):
     return {"Correlation": cov / vx if vx else Fraction(1), "Variance": vx, "SumVariance": sv}
 
 
+def exact_info_measures(q, direction, scale):
+    """InfoMeas1/2 of mahotas' GLCM (``ignore_zeros``) in 50-digit decimal arithmetic."""
+    from decimal import Decimal, localcontext
+
+    cm = mahotas.features.texture.cooccurence(q, direction, distance=scale, symmetric=True).astype(np.int64)
+    cm[0, :] = 0
+    cm[:, 0] = 0
+    with localcontext() as ctx:
+        ctx.prec = 50
+        total = Decimal(int(cm.sum()))
+        ln2 = Decimal(2).ln()
+        px = [Decimal(int(v)) / total for v in cm.sum(axis=1)]
+        hxy = -sum(Decimal(int(v)) / total * (Decimal(int(v)) / total).ln() for v in cm.ravel() if v) / ln2
+        hx = -sum(p * p.ln() for p in px if p) / ln2
+        return {"InfoMeas1": float((hxy - 2 * hx) / hx),
+                "InfoMeas2": float((1 - (-2 * (2 * hx - hxy)).exp()).sqrt())}  # bits in exp, as mahotas
+
+
 def device_twin(labels, n, images, **kw):
     """measure_texture_channels on the GPU code path, run on NumPy by the counting backend."""
     from hpc_profiler._audit import audit_backend
@@ -289,6 +307,11 @@ def test_moments_exact_on_low_contrast_objects(seed):
                 for got in (cpu[key][0], dev[key][0]):
                     assert abs(got - float(ref)) <= 1e-15 * abs(float(ref)), (key, got, float(ref))
             smallest = min(smallest, abs(float(exact_moment_features(q, d, s)["Correlation"])))
+            # InfoMeas: HXY - 2 HX cancels on such objects; the mutual information form keeps the digits
+            for feat, ref in exact_info_measures(q, d, s).items():
+                key = f"Texture_{feat}_ER_{s}_{d:02d}_256"
+                for got in (cpu[key][0], dev[key][0]):
+                    assert abs(got - ref) <= 1e-11 * abs(ref), (key, got, ref)
     assert smallest < 5e-3  # the cancellation case is there: a correlation near 0
 
 

@@ -380,9 +380,18 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     inside = k[None, :] < fm1f[:, None]
     diff_var = (xp.where(inside, (pmy - 1.0 / fm1f[:, None]) ** 2, 0.0)).sum(axis=1) / fm1f
     hx = _entropy_rows(px, xp)
-    hxy = 2.0 * hx
-    info1 = xp.where(hx > 0, (entropy - hxy) / xp.where(hx > 0, hx, 1.0), entropy - hxy)
-    info2 = xp.sqrt(xp.maximum(0.0, 1.0 - xp.exp(-2.0 * (hxy - entropy))))
+    # InfoMeas from the mutual information sum p log2(p / (px_i px_j)) (= 2 HX - HXY) with the
+    # ratio's numerator - denominator formed from exact integer counts (see _haralick_counts)
+    marg = (xp.bincount(obj * n_lv + lo, weights=c, minlength=n * n_lv)
+            + xp.bincount(obj * n_lv + hi, weights=c, minlength=n * n_lv))  # integer counts, T per object
+    cell = xp.where(diag, 2.0 * c, c)
+    den = marg[obj * n_lv + lo] * marg[obj * n_lv + hi]
+    den = xp.where(c > 0, den, 1.0)  # entries with count 0 add 0: log1p(0)
+    num = xp.where(c > 0, cell * (2.0 * n_pairs)[obj], 1.0)
+    ratio = xp.log1p((num - den) / den) / math.log(2.0)
+    mi = per_obj(xp.where(c > 0, xp.where(diag, 1.0, 2.0) * cell / xp.maximum(2.0 * n_pairs, 1.0)[obj] * ratio, 0.0))
+    info1 = xp.where(hx > 0, -mi / xp.where(hx > 0, hx, 1.0), -mi)
+    info2 = xp.sqrt(xp.maximum(0.0, -xp.expm1(-2.0 * mi)))
     feats = xp.stack(
         [
             asm,
@@ -413,6 +422,7 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
 _EXACT_T = 11_000_000
 
 _LOG2_TABLE = None
+_LN2 = math.log(2.0)
 
 
 def _log2_table():
@@ -442,7 +452,7 @@ def _log2_int(v, tab):
     return tab[v] if v < tab.shape[0] else math.log2(v)
 
 
-def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, tab, out):
+def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, entries, tab, out):
     """The 13 features of one GLCM given by its counts; resets the scratch tables.
 
     ``cnt[u * 256 + v]`` counts the ordered pairs ``(u, v)`` (first pixel at
@@ -452,8 +462,12 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, tab, out):
     ``(v, u)`` (``2 cnt[u, u]`` on the diagonal) out of ``T = 2 N``. ``a``,
     ``hs``, ``hd`` are zeroed scratch histograms (marginal, sum and difference
     of the levels) of 256, 512 and 256 entries and ``seen`` a 1024-entry list
-    of their nonzero bins, so the work is per distinct cell, not per level.
-    Integer moments make Variance, SumVariance, Correlation and
+    of their nonzero bins, so the work is per distinct cell, not per level;
+    ``entries [32896, 3]`` holds the distinct ``(i, j, count)``, ``i <= j``.
+    InfoMeas1/2 use the mutual information ``sum p log2(p / (px_i px_j))``
+    (``= HXY1 - HXY``, here ``2 HX - HXY``) from integer ratios, which keeps
+    the digits that the difference of the two entropies cancels. Integer
+    moments make Variance, SumVariance, Correlation and
     DifferenceVariance exact up to one final rounding (mahotas' ``sum(k^2 p)
     - mu^2`` cancels when the variance is small).
     """
@@ -463,6 +477,7 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, tab, out):
     asm2 = 0  # 2 N**2 * ASM, an integer
     s2 = 0  # sum over the unordered pairs of lo * hi
     ent = 0.0
+    ne = 0
     na = 0  # seen[:na]: levels of a; seen[256:256 + ns]: sums; seen[768:768 + nd]: differences
     ns = 0
     nd = 0
@@ -486,6 +501,10 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, tab, out):
             ent += 2.0 * _neg_plog2p(c, T, log2_T, tab)
             if i > j:
                 i, j = j, i
+        entries[ne, 0] = i
+        entries[ne, 1] = j
+        entries[ne, 2] = c
+        ne += 1
         if a[i] == 0:
             seen[na] = i
             na += 1
@@ -503,6 +522,16 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, tab, out):
             nd += 1
         hd[j - i] += c
         s2 += c * i * j
+    mi = 0.0  # mutual information of the symmetric GLCM, bits
+    for e in range(ne):
+        i = entries[e, 0]
+        j = entries[e, 1]
+        c = entries[e, 2]
+        v = 2 * c if i == j else c  # value of one cell; two cells off the diagonal
+        den = a[i] * a[j]
+        # log2(v T / (a_i a_j)) with the integer difference exact: no cancellation near 1
+        term = (v / T) * math.log1p((v * T - den) / den) / _LN2
+        mi += term if i == j else 2.0 * term
     a1 = 0
     a2 = 0
     hx = 0.0
@@ -555,9 +584,8 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, tab, out):
     # variance of P(|i-j| = k), k < fm1: (sum p_k^2 - 1 / fm1) / fm1
     out[9] = dv_num / (float(N) * N * fm1 * fm1)
     out[10] = diff_ent
-    hxy = 2.0 * hx
-    out[11] = (ent - hxy) / hx if hx > 0 else ent - hxy
-    out[12] = math.sqrt(max(0.0, 1.0 - math.exp(-2.0 * (hxy - ent))))
+    out[11] = -mi / hx if hx > 0 else -mi  # (HXY - HXY1) / HX
+    out[12] = math.sqrt(max(0.0, -math.expm1(-2.0 * mi)))  # sqrt(1 - exp(-2 (HXY2 - HXY)))
 
 
 def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_mode, tab, feats, npairs):
@@ -588,6 +616,7 @@ def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_m
     hs = np.zeros(512, np.int64)
     hd = np.zeros(256, np.int64)
     seen = np.empty(1024, np.int64)
+    entries = np.empty((32896, 3), np.int64)
     high = np.empty(C, np.int64)
     out = np.empty(13)
     crop = np.zeros(H * W if objects_mode else 1, np.int64)
@@ -669,7 +698,7 @@ def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_m
                     for f in range(13):
                         feats[g, c, f, o] = np.nan
                     continue
-                _haralick_counts(N, high[c] + 1, cnt[c], touched[c], nt[c], a, hs, hd, seen, tab, out)
+                _haralick_counts(N, high[c] + 1, cnt[c], touched[c], nt[c], a, hs, hd, seen, entries, tab, out)
                 for f in range(13):
                     feats[g, c, f, o] = out[f]
 
