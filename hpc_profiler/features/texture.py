@@ -529,8 +529,12 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, entries, tab, ou
         c = entries[e, 2]
         v = 2 * c if i == j else c  # value of one cell; two cells off the diagonal
         den = a[i] * a[j]
-        # log2(v T / (a_i a_j)) with the integer difference exact: no cancellation near 1
-        term = (v / T) * math.log1p((v * T - den) / den) / _LN2
+        diff = v * T - den
+        if 2 * abs(diff) < den:  # log2(v T / (a_i a_j)) near 0: from the exact integer difference
+            lr = math.log1p(diff / den) / _LN2
+        else:  # |log2| > 0.58: table look-ups lose at most a few ulps of log2(T)
+            lr = _log2_int(v, tab) + log2_T - _log2_int(a[i], tab) - _log2_int(a[j], tab)
+        term = (v / T) * lr
         mi += term if i == j else 2.0 * term
     a1 = 0
     a2 = 0
