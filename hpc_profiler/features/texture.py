@@ -607,7 +607,7 @@ def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_m
     with a level 0 (which includes any pixel outside the object) is not
     counted (``ignore_zeros``). The cells counted are listed as they are first
     touched. Otherwise (``run_image``: one object, the whole image, zeros
-    kept) the pairs are only counted and the GLCM's cells found by scanning
+    kept; ``flat`` etc. are not read) the pairs are only counted and the GLCM's cells found by scanning
     it (cheaper when the pairs far outnumber the cells).
     """
     n = starts.shape[0]
@@ -629,6 +629,14 @@ def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_m
         m = counts[o]
         high[:] = 0
         y0, y1, x0, x1 = H, -1, W, -1
+        if not objects_mode:  # the whole image: its largest levels
+            for t in range(H * W):
+                word = P[t]
+                for c in range(C):
+                    v = (word >> (8 * c)) & 255
+                    if v > high[c]:
+                        high[c] = v
+            m = 0  # no pixel list
         for t in range(s0, s0 + m):
             word = P[flat[t]]
             for c in range(C):
@@ -674,19 +682,17 @@ def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_m
                                 npr[c] += ok
                     for c in range(C):
                         cnt[c, 0] = 0
-            else:
-                shift = dy * W + dx
-                for t in range(s0, s0 + m):
-                    y2 = ys[t] + dy
-                    x2 = xs[t] + dx
-                    if y2 >= H or x2 < 0 or x2 >= W:
-                        continue
-                    p = flat[t]
-                    wa = P[p]
-                    wb = P[p + shift]
-                    for c in range(C):
-                        cnt[c, ((wa >> (8 * c)) & 255) * 256 + ((wb >> (8 * c)) & 255)] += 1
-                    npr[0] += 1
+            else:  # the whole image, row by row
+                if dy < H and abs(dx) < W:
+                    for y in range(H - dy):
+                        row = y * W
+                        row2 = (y + dy) * W + dx
+                        for x in range(max(0, -dx), W - max(0, dx)):
+                            wa = P[row + x]
+                            wb = P[row2 + x]
+                            for c in range(C):
+                                cnt[c, ((wa >> (8 * c)) & 255) * 256 + ((wb >> (8 * c)) & 255)] += 1
+                    npr[0] = (H - dy) * (W - abs(dx))
                 for c in range(C):
                     npr[c] = npr[0]
                     fm1 = high[c] + 1
@@ -1141,9 +1147,9 @@ def image_texture_channels(
     if bk.is_gpu:
         return _image_texture_device(images, chans, levels, scales, gray_levels)
     h, w = levels.q8[chans[0]].shape
-    flat = np.arange(h * w, dtype=np.int64)
     offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
-    feats, _ = _run_kernel(False, flat, flat // w, flat % w, np.zeros(1, np.int64), np.full(1, h * w, np.int64),
+    none = np.zeros(0, np.int64)  # the kernel reads the whole image, not a pixel list
+    feats, _ = _run_kernel(False, none, none, none, np.zeros(1, np.int64), np.full(1, h * w, np.int64),
                            _level_groups(levels, chans), (h, w), offsets)
     nd = len(DIRECTIONS)
     return {texture_feature_name(f, c, int(s), d, gray_levels): feats[si * nd + d, ci, k, 0]
