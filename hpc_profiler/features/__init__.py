@@ -287,14 +287,12 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
         with timer("Texture"):
             mod = _family_module("texture")
             t = params.texture
-            tex = mod.measure_texture_channels(
+            out.update(mod.measure_texture_channels(
                 lab, n, {c: images[c] for c in channels}, scales=t.scales, gray_levels=t.gray_levels,
-                geometry=mod.texture_geometry(lab, t.scales), levels=texture_levels, objects=op,
-            )
-            if not t.undefined_as_nan:  # CellProfiler's record_measurement writes 0 for non-finite values
-                xp_t = backend_of(lab).xp
-                tex = {k: xp_t.where(xp_t.isnan(v), 0.0, v) for k, v in tex.items()}
-            out.update(tex)
+                levels=texture_levels, objects=op,  # the GPU path builds its pair geometry itself
+                # CellProfiler's record_measurement writes 0 for non-finite values
+                undefined=None if t.undefined_as_nan else 0.0,
+            ))
     if "Correlation" in fams and len(channels) > 1:
         with timer("Correlation"):
             out.update(
@@ -464,10 +462,9 @@ def measure_site(
         with timer("Texture"):  # the channels' gray levels, shared by the object sets and the image
             texture_levels = mod.texture_levels({c: imgs[c] for c in channels}, t.gray_levels)
             if t.image_texture:
-                for c in channels:
-                    for k, v in mod.image_texture_values(imgs[c], c, scales=t.scales, gray_levels=t.gray_levels,
-                                                         q8=texture_levels.q8[c]).items():
-                        image[f"Image_{k}"] = v
+                for k, v in mod.image_texture_channels({c: imgs[c] for c in channels}, scales=t.scales,
+                                                       gray_levels=t.gray_levels, levels=texture_levels).items():
+                    image[f"Image_{k}"] = v
 
     per_object = {o: {} for o in params.objects}
     if "Granularity" in params.families:

@@ -21,12 +21,22 @@ object (``ignore_zeros=True``) and once per image (``ignore_zeros=False``):
    ``P(|i-j| = k)`` of length ``max level in the object + 1`` and
    ``Correlation`` is 1 when the marginal variance is 0.
 
-Instead of one GLCM per object, every valid pixel pair of the site is reduced
-to canonical pair codes ``(object, min level, max level)`` which are counted
-with one ``bincount`` per (scale, direction) (``xp.unique`` when the code space
-is too large); the features are then ``bincount`` sums over these sparse
-entries plus small dense per-object marginals ``[N, levels]``. There is no loop
-over objects, and CPU and GPU share the code through :mod:`hpc_profiler.backend`.
+Two implementations, compared with each other in the tests:
+
+* **CPU** (:func:`_texture_kernel`, numba; numba is already a hard dependency
+  for :mod:`hpc_profiler.morphology`): object by object and offset by offset,
+  the pairs of every channel (up to 8 levels read with one 64-bit load per
+  pixel) are counted into a 256 x 256 scratch table and the features are
+  computed from its touched cells, so the work is one pass over the pairs;
+  the whole image is one "object" with zeros kept.
+* **GPU** (:func:`_measure_texture_device`, :func:`_image_texture_device`,
+  array code through :mod:`hpc_profiler.backend`): one sort of the keys
+  ``((channel, offset, object), lo, hi)`` of all pairs of an object set, run
+  starts + ``cumsum`` + one ``bincount`` for the distinct entries, and for
+  the whole image one ``bincount`` of known length; then
+  :func:`haralick_from_pairs`. A fixed number of launches per site, no loop
+  over objects and no host read. (:func:`texture_geometry` passed as
+  ``geometry`` selects an older per-offset pass.)
 
 Where this deliberately differs (documented for ``docs``):
 
@@ -39,10 +49,13 @@ Where this deliberately differs (documented for ``docs``):
   writes 0 as CellProfiler unless ``features.texture.undefined_as_nan`` is set.
   The same holds for the image-level measurement when the image is smaller than
   the scale (CellProfiler would raise there).
-* **Variance** (and Correlation through it) uses the centred form
-  ``sum((k - mu)^2 p_k)`` where mahotas uses ``sum(k^2 p_k) - mu^2``; they are
-  algebraically equal and differ by floating-point cancellation only (~1e-6
-  relative at most on very low-contrast objects).
+* **Variance, SumVariance, Correlation** (and DifferenceVariance on the CPU)
+  come from integer moments of the pair counts, exact up to one final
+  rounding, where mahotas evaluates ``sum(k^2 p_k) - mu^2`` in floating
+  point: on low-contrast objects (a covariance near 0 beside a mean of ~200
+  levels) that form loses most digits (on the bench site Correlation was off
+  by up to 0.8 % of the exact rational value, and its CPU and GPU results
+  differed by 2 % through the summation order of the GPU's atomics).
 * **InfoMeas1/2** use ``HXY1 = HXY2 = 2 HX``, exact for a symmetric GLCM
   (mahotas evaluates the same sums over the outer product of the marginals).
 * Float images outside ``[0, 1]`` are clipped (scikit-image raises for values
@@ -50,9 +63,13 @@ Where this deliberately differs (documented for ``docs``):
 """
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Sequence
 
+import numpy as np
+
 from hpc_profiler.backend import backend_of
+from hpc_profiler.morphology import njit_cached
 
 #: The 13 Haralick features in CellProfiler's (and mahotas') order.
 HARALICK_FEATURES = (
@@ -275,7 +292,8 @@ def _pair_codes(qa, qb, obj, high, n_objects: int, xp, layout: CodeLayout | None
     return o[nz], i[nz], j[nz], counts[nz]
 
 
-def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None):
+def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None,
+                        max_pairs: int | None = None):
     """The 13 Haralick features of per-object symmetric GLCMs given sparsely.
 
     Parameters
@@ -283,13 +301,18 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     obj, lo, hi, counts : int arrays
         Distinct entries ``(object, i, j)`` with ``i <= j`` of the co-occurrence
         counts, one count per unordered pixel pair (the symmetric GLCM holds
-        ``counts`` at ``(i, j)`` and at ``(j, i)``).
+        ``counts`` at ``(i, j)`` and at ``(j, i)``); entries with count 0 are
+        allowed (they add nothing).
     n_objects : int
     fm1 : int array [n_objects]
         ``max level + 1`` of each object's crop (mahotas sizes its GLCM so; the
         length of the vector whose variance is ``DifferenceVariance``).
     n_levels : int, optional
         ``max(fm1)`` when already known on the host (saves a device read).
+    max_pairs : int, optional
+        A host bound on any object's pair count (e.g. the image's pixel
+        count): below ``_EXACT_T / 2`` the moments' numerators are formed in
+        int64, exactly; without it in float64.
 
     Returns
     -------
@@ -302,7 +325,8 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     n = n_objects
     c = counts.astype(xp.float64)
     n_pairs = xp.bincount(obj, weights=c, minlength=n)[:n]
-    m = c / n_pairs[obj]  # mass of the entry in the symmetric GLCM (both halves)
+    # mass of the entry in the symmetric GLCM (both halves); entries may have count 0
+    m = c / xp.maximum(n_pairs, 1.0)[obj]
     lof, hif = lo.astype(xp.float64), hi.astype(xp.float64)
     d = hif - lof
     diag = lo == hi
@@ -312,15 +336,13 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
         return xp.bincount(obj, weights=w, minlength=n)[:n]
 
     asm = per_obj(m * half)
-    entropy = per_obj(-m * xp.log2(half))
-    ij_sum = per_obj(m * lof * hif)
+    entropy = per_obj(-m * xp.log2(xp.where(half > 0, half, 1.0)))
     idm = per_obj(m / (d * d + 1.0))
 
     if n_levels is None:
         n_levels = int(fm1.max()) if n else 1
     n_lv = max(int(n_levels), 1)
     k = xp.arange(n_lv, dtype=xp.float64)
-    tk = xp.arange(2 * n_lv, dtype=xp.float64)
     px = (
         xp.bincount(obj * n_lv + lo, weights=0.5 * m, minlength=n * n_lv)
         + xp.bincount(obj * n_lv + hi, weights=0.5 * m, minlength=n * n_lv)
@@ -328,20 +350,48 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     pxy = xp.bincount(obj * 2 * n_lv + lo + hi, weights=m, minlength=2 * n * n_lv).reshape(n, 2 * n_lv)
     pmy = xp.bincount(obj * n_lv + (hi - lo), weights=m, minlength=n * n_lv).reshape(n, n_lv)
 
-    ux = px @ k
-    vx = (((k[None, :] - ux[:, None]) ** 2) * px).sum(axis=1)
-    with_var = vx > 0
-    correlation = xp.where(with_var, (ij_sum - ux * ux) / xp.where(with_var, vx, 1.0), 1.0)
-    sum_avg = pxy @ tk
-    sum_var = pxy @ (tk * tk) - sum_avg * sum_avg
+    # Variance, SumVariance and Correlation from integer moments: the float64
+    # bincounts of integer weights are exact (sums < 2**53) and the numerators
+    # are formed in int64, so no cancellation (mahotas' sum(k^2 p) - mu^2 loses
+    # every digit of a covariance near 0; on a GPU the atomics' order then
+    # decided the result) and the numba CPU path gives the same values
+    s = lof + hif
+    a1 = per_obj(c * s)  # sum over the unordered pairs of lo + hi
+    a2 = per_obj(c * (lof * lof + hif * hif))
+    s2 = per_obj(c * (lof * hif))
+    b2 = per_obj(c * (s * s))
+    T = 2.0 * n_pairs
+    if max_pairs is not None and 2 * int(max_pairs) < _EXACT_T:
+        ni, a1i = n_pairs.astype(xp.int64), a1.astype(xp.int64)
+        sq = a1i * a1i
+        var_num = (2 * ni * a2.astype(xp.int64) - sq).astype(xp.float64)
+        cov_num = (4 * ni * s2.astype(xp.int64) - sq).astype(xp.float64)
+        sv_num = (ni * b2.astype(xp.int64) - sq).astype(xp.float64)
+    else:
+        var_num, cov_num, sv_num = T * a2 - a1 * a1, 2.0 * T * s2 - a1 * a1, n_pairs * b2 - a1 * a1
+    safe_n = xp.where(n_pairs > 0, n_pairs, 1.0)
+    vx = var_num / (4.0 * safe_n * safe_n)
+    with_var = var_num > 0
+    correlation = xp.where(with_var, cov_num / xp.where(with_var, var_num, 1.0), 1.0)
+    sum_avg = a1 / safe_n
+    sum_var = sv_num / (safe_n * safe_n)
     contrast = pmy @ (k * k)
     fm1f = fm1.astype(xp.float64)
     inside = k[None, :] < fm1f[:, None]
     diff_var = (xp.where(inside, (pmy - 1.0 / fm1f[:, None]) ** 2, 0.0)).sum(axis=1) / fm1f
     hx = _entropy_rows(px, xp)
-    hxy = 2.0 * hx
-    info1 = xp.where(hx > 0, (entropy - hxy) / xp.where(hx > 0, hx, 1.0), entropy - hxy)
-    info2 = xp.sqrt(xp.maximum(0.0, 1.0 - xp.exp(-2.0 * (hxy - entropy))))
+    # InfoMeas from the mutual information sum p log2(p / (px_i px_j)) (= 2 HX - HXY) with the
+    # ratio's numerator - denominator formed from exact integer counts (see _haralick_counts)
+    marg = (xp.bincount(obj * n_lv + lo, weights=c, minlength=n * n_lv)
+            + xp.bincount(obj * n_lv + hi, weights=c, minlength=n * n_lv))  # integer counts, T per object
+    cell = xp.where(diag, 2.0 * c, c)
+    den = marg[obj * n_lv + lo] * marg[obj * n_lv + hi]
+    den = xp.where(c > 0, den, 1.0)  # entries with count 0 add 0: log1p(0)
+    num = xp.where(c > 0, cell * (2.0 * n_pairs)[obj], 1.0)
+    ratio = xp.log1p((num - den) / den) / math.log(2.0)
+    mi = per_obj(xp.where(c > 0, xp.where(diag, 1.0, 2.0) * cell / xp.maximum(2.0 * n_pairs, 1.0)[obj] * ratio, 0.0))
+    info1 = xp.where(hx > 0, -mi / xp.where(hx > 0, hx, 1.0), -mi)
+    info2 = xp.sqrt(xp.maximum(0.0, -xp.expm1(-2.0 * mi)))
     feats = xp.stack(
         [
             asm,
@@ -362,6 +412,353 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     feats = xp.where(n_pairs[None, :] > 0, feats, xp.nan)
     return feats, n_pairs
 
+
+# --------------------------------------------------------------------------
+# CPU path: one numba pass per object set (GLCMs and features object by object)
+# --------------------------------------------------------------------------
+
+#: Integer moments are exact in int64 while ``T**2 * 255**2 < 2**63`` (``T`` =
+#: twice the pair count of one GLCM); larger GLCMs use float64 moments.
+_EXACT_T = 11_000_000
+
+_LOG2_TABLE = None
+_LN2 = math.log(2.0)
+
+
+def _log2_table():
+    """``log2(v)`` for the integers ``v < 65536`` (entry 0 unused), built once."""
+    global _LOG2_TABLE
+    if _LOG2_TABLE is None:
+        tab = np.zeros(1 << 16)
+        tab[1:] = np.log2(np.arange(1, 1 << 16, dtype=np.float64))
+        _LOG2_TABLE = tab
+    return _LOG2_TABLE
+
+
+def _neg_plog2p(v, total, log2_total, tab):
+    """``-(v / total) * log2(v / total)`` for integer counts ``0 < v <= total``.
+
+    ``log2(total) - log2(v)`` (table look-ups, no cancellation beyond a factor
+    ``log2(total)`` since ``v <= total / 2`` there); the one count above half
+    the total, where that difference cancels, takes ``log2(v / total)``.
+    """
+    if 2 * v <= total:
+        lv = tab[v] if v < tab.shape[0] else math.log2(v)
+        return (v / total) * (log2_total - lv)
+    return -(v / total) * math.log2(v / total)
+
+
+def _log2_int(v, tab):
+    return tab[v] if v < tab.shape[0] else math.log2(v)
+
+
+def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, entries, tab, out):
+    """The 13 features of one GLCM given by its counts; resets the scratch tables.
+
+    ``cnt[u * 256 + v]`` counts the ordered pairs ``(u, v)`` (first pixel at
+    level ``u``, second at ``v``), the cells counted listed in ``touched[:nt]``
+    (each once); ``N`` pairs in all; ``fm1`` the GLCM size (largest level + 1).
+    The symmetric GLCM holds ``cnt[u, v] + cnt[v, u]`` at ``(u, v)`` and
+    ``(v, u)`` (``2 cnt[u, u]`` on the diagonal) out of ``T = 2 N``. ``a``,
+    ``hs``, ``hd`` are zeroed scratch histograms (marginal, sum and difference
+    of the levels) of 256, 512 and 256 entries and ``seen`` a 1024-entry list
+    of their nonzero bins, so the work is per distinct cell, not per level;
+    ``entries [32896, 3]`` holds the distinct ``(i, j, count)``, ``i <= j``.
+    InfoMeas1/2 use the mutual information ``sum p log2(p / (px_i px_j))``
+    (``= HXY1 - HXY``, here ``2 HX - HXY``) from integer ratios, which keeps
+    the digits that the difference of the two entropies cancels. Integer
+    moments make Variance, SumVariance, Correlation and
+    DifferenceVariance exact up to one final rounding (mahotas' ``sum(k^2 p)
+    - mu^2`` cancels when the variance is small).
+    """
+    T = 2 * N
+    log2_T = _log2_int(T, tab)
+    log2_N = _log2_int(N, tab)
+    asm2 = 0  # 2 N**2 * ASM, an integer
+    s2 = 0  # sum over the unordered pairs of lo * hi
+    ent = 0.0
+    ne = 0
+    na = 0  # seen[:na]: levels of a; seen[256:256 + ns]: sums; seen[768:768 + nd]: differences
+    ns = 0
+    nd = 0
+    for t in range(nt):
+        cell = touched[t]
+        i = cell >> 8
+        j = cell & 255
+        if i == j:  # one cell 2c of the symmetric GLCM
+            c = cnt[cell]
+            cnt[cell] = 0
+            asm2 += 2 * c * c
+            ent += _neg_plog2p(2 * c, T, log2_T, tab)
+        else:  # two cells c: the first of (i, j), (j, i) met takes both
+            mirror = j * 256 + i
+            c = cnt[cell] + cnt[mirror]
+            if c == 0:
+                continue
+            cnt[cell] = 0
+            cnt[mirror] = 0
+            asm2 += c * c
+            ent += 2.0 * _neg_plog2p(c, T, log2_T, tab)
+            if i > j:
+                i, j = j, i
+        entries[ne, 0] = i
+        entries[ne, 1] = j
+        entries[ne, 2] = c
+        ne += 1
+        if a[i] == 0:
+            seen[na] = i
+            na += 1
+        a[i] += c
+        if a[j] == 0:
+            seen[na] = j
+            na += 1
+        a[j] += c
+        if hs[i + j] == 0:
+            seen[256 + ns] = i + j
+            ns += 1
+        hs[i + j] += c
+        if hd[j - i] == 0:
+            seen[768 + nd] = j - i
+            nd += 1
+        hd[j - i] += c
+        s2 += c * i * j
+    mi = 0.0  # mutual information of the symmetric GLCM, bits
+    for e in range(ne):
+        i = entries[e, 0]
+        j = entries[e, 1]
+        c = entries[e, 2]
+        v = 2 * c if i == j else c  # value of one cell; two cells off the diagonal
+        den = a[i] * a[j]
+        diff = v * T - den
+        if 2 * abs(diff) < den:  # log2(v T / (a_i a_j)) near 0: from the exact integer difference
+            lr = math.log1p(diff / den) / _LN2
+        else:  # |log2| > 0.58: table look-ups lose at most a few ulps of log2(T)
+            lr = _log2_int(v, tab) + log2_T - _log2_int(a[i], tab) - _log2_int(a[j], tab)
+        term = (v / T) * lr
+        mi += term if i == j else 2.0 * term
+    a1 = 0
+    a2 = 0
+    hx = 0.0
+    for t in range(na):
+        i = seen[t]
+        v = a[i]
+        a[i] = 0
+        a1 += v * i
+        a2 += v * i * i
+        hx += _neg_plog2p(v, T, log2_T, tab)
+    b2 = 0
+    sum_ent = 0.0
+    for t in range(ns):
+        k = seen[256 + t]
+        v = hs[k]
+        hs[k] = 0
+        b2 += v * k * k
+        sum_ent += _neg_plog2p(v, N, log2_N, tab)
+    contrast = 0
+    hd2 = 0
+    idm = 0.0
+    diff_ent = 0.0
+    for t in range(nd):
+        k = seen[768 + t]
+        v = hd[k]
+        hd[k] = 0
+        hd2 += v * v
+        contrast += v * k * k
+        idm += v / (k * k + 1.0)
+        diff_ent += _neg_plog2p(v, N, log2_N, tab)
+    if T < _EXACT_T:  # exact integer numerators: no cancellation
+        var_num = T * a2 - a1 * a1
+        cov_num = 2 * T * s2 - a1 * a1
+        sv_num = N * b2 - a1 * a1
+        dv_num = fm1 * hd2 - N * N
+    else:
+        var_num = float(T) * a2 - float(a1) * a1
+        cov_num = 2.0 * T * s2 - float(a1) * a1
+        sv_num = float(N) * b2 - float(a1) * a1
+        dv_num = float(fm1) * hd2 - float(N) * N
+    out[0] = asm2 / (2.0 * N * N)
+    out[1] = contrast / N
+    out[2] = cov_num / var_num if var_num > 0 else 1.0
+    out[3] = var_num / (float(T) * T)
+    out[4] = idm / N
+    out[5] = a1 / N
+    out[6] = sv_num / (float(N) * N)
+    out[7] = sum_ent
+    out[8] = ent
+    # variance of P(|i-j| = k), k < fm1: (sum p_k^2 - 1 / fm1) / fm1
+    out[9] = dv_num / (float(N) * N * fm1 * fm1)
+    out[10] = diff_ent
+    out[11] = -mi / hx if hx > 0 else -mi  # (HXY - HXY1) / HX
+    out[12] = math.sqrt(max(0.0, -math.expm1(-2.0 * mi)))  # sqrt(1 - exp(-2 (HXY2 - HXY)))
+
+
+def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_mode, tab, feats, npairs):
+    """Haralick features of every object, channel and offset (see :func:`_measure_texture_numba`).
+
+    ``flat``/``ys``/``xs``: the objects' pixels grouped by object (``starts``,
+    ``counts``); ``P``: one int64 word per pixel holding the uint8 levels of
+    the ``C <= 8`` channels byte by byte (one load reads every channel).
+    Writes ``feats[g, c, :, o]`` (NaN when there is no pair) and
+    ``npairs[g, c, o]``.
+
+    ``objects_mode`` (CellProfiler's ``run_one``): each object's pixels are
+    copied into a zeroed crop of its bounding box, as mahotas sees the
+    object's ``intensity_image``; the crop is scanned row by row and a pair
+    with a level 0 (which includes any pixel outside the object) is not
+    counted (``ignore_zeros``). The cells counted are listed as they are first
+    touched. Otherwise (``run_image``: one object, the whole image, zeros
+    kept; ``flat`` etc. are not read) the pairs are only counted and the GLCM's cells found by scanning
+    it (cheaper when the pairs far outnumber the cells).
+    """
+    n = starts.shape[0]
+    G = offsets.shape[0]
+    cnt = np.zeros((C, 65536), np.int32)
+    touched = np.empty((C, 65537), np.int32)
+    nt = np.zeros(C, np.int64)
+    npr = np.zeros(C, np.int64)
+    a = np.zeros(256, np.int64)
+    hs = np.zeros(512, np.int64)
+    hd = np.zeros(256, np.int64)
+    seen = np.empty(1024, np.int64)
+    entries = np.empty((32896, 3), np.int64)
+    high = np.empty(C, np.int64)
+    out = np.empty(13)
+    crop = np.zeros(H * W if objects_mode else 1, np.int64)
+    for o in range(n):
+        s0 = starts[o]
+        m = counts[o]
+        high[:] = 0
+        y0, y1, x0, x1 = H, -1, W, -1
+        if not objects_mode:  # the whole image: its largest levels
+            for t in range(H * W):
+                word = P[t]
+                for c in range(C):
+                    v = (word >> (8 * c)) & 255
+                    if v > high[c]:
+                        high[c] = v
+            m = 0  # no pixel list
+        for t in range(s0, s0 + m):
+            word = P[flat[t]]
+            for c in range(C):
+                v = (word >> (8 * c)) & 255
+                if v > high[c]:
+                    high[c] = v
+            y0 = min(y0, ys[t])
+            y1 = max(y1, ys[t])
+            x0 = min(x0, xs[t])
+            x1 = max(x1, xs[t])
+        bh, bw = y1 - y0 + 1, x1 - x0 + 1
+        if objects_mode and m:
+            crop[:bh * bw] = 0
+            for t in range(s0, s0 + m):
+                crop[(ys[t] - y0) * bw + xs[t] - x0] = P[flat[t]]
+        for g in range(G):
+            dy = offsets[g, 0]
+            dx = offsets[g, 1]
+            nt[:] = 0
+            npr[:] = 0
+            if objects_mode:
+                if m and dy < bh and abs(dx) < bw:
+                    for y in range(bh - dy):
+                        row = y * bw
+                        row2 = (y + dy) * bw + dx
+                        for x in range(max(0, -dx), bw - max(0, dx)):
+                            wa = crop[row + x]
+                            if wa == 0:
+                                continue
+                            wb = crop[row2 + x]
+                            if wb == 0:
+                                continue
+                            for c in range(C):
+                                u = (wa >> (8 * c)) & 255
+                                v = (wb >> (8 * c)) & 255
+                                ok = (u != 0) & (v != 0)
+                                # ordered cell (the mirror cells are merged in _haralick_counts);
+                                # a pair with a 0 level goes to cell 0, emptied below (no branch)
+                                cell = (u * 256 + v) * ok
+                                touched[c, nt[c]] = cell  # kept only where the cell was empty
+                                nt[c] += ok & (cnt[c, cell] == 0)
+                                cnt[c, cell] += 1
+                                npr[c] += ok
+                    for c in range(C):
+                        cnt[c, 0] = 0
+            else:  # the whole image, row by row
+                if dy < H and abs(dx) < W:
+                    for y in range(H - dy):
+                        row = y * W
+                        row2 = (y + dy) * W + dx
+                        for x in range(max(0, -dx), W - max(0, dx)):
+                            wa = P[row + x]
+                            wb = P[row2 + x]
+                            for c in range(C):
+                                cnt[c, ((wa >> (8 * c)) & 255) * 256 + ((wb >> (8 * c)) & 255)] += 1
+                    npr[0] = (H - dy) * (W - abs(dx))
+                for c in range(C):
+                    npr[c] = npr[0]
+                    fm1 = high[c] + 1
+                    for u in range(fm1):
+                        for v in range(fm1):
+                            if cnt[c, u * 256 + v]:
+                                touched[c, nt[c]] = u * 256 + v
+                                nt[c] += 1
+            for c in range(C):
+                N = npr[c]
+                npairs[g, c, o] = N
+                if N == 0:
+                    for f in range(13):
+                        feats[g, c, f, o] = np.nan
+                    continue
+                _haralick_counts(N, high[c] + 1, cnt[c], touched[c], nt[c], a, hs, hd, seen, entries, tab, out)
+                for f in range(13):
+                    feats[g, c, f, o] = out[f]
+
+
+_neg_plog2p = njit_cached(_neg_plog2p)
+_log2_int = njit_cached(_log2_int)
+_haralick_counts = njit_cached(_haralick_counts)
+_texture_kernel = njit_cached(_texture_kernel)
+
+
+def _pack_levels(qs):
+    """The uint8 level images ``qs`` (up to 8) interleaved byte-wise: one int64 word per pixel."""
+    size = qs[0].size
+    words = np.zeros((size, 8), dtype=np.uint8)
+    for k, q in enumerate(qs):
+        words[:, k] = np.asarray(q, dtype=np.uint8).reshape(-1)
+    return words.view(np.int64).reshape(size)
+
+
+def _run_kernel(objects_mode: bool, flat, ys, xs, starts, counts, groups, shape, offsets):
+    """Call :func:`_texture_kernel`; returns ``feats [G, C, 13, n]`` and ``npairs [G, C, n]``.
+
+    ``groups``: ``(count, words)`` per pass, ``words`` the int64 words of
+    :func:`_pack_levels` holding ``count`` channels; the channels of all the
+    groups in order make the axis ``C``.
+    """
+    h, w = shape
+    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    n = len(starts)
+    n_chan = sum(k for k, _ in groups)
+    feats = np.empty((len(offs), n_chan, 13, n))
+    npairs = np.zeros((len(offs), n_chan, n), np.int64)
+    args = [np.asarray(v, np.int64) for v in (flat, ys, xs, starts, counts)]
+    c0 = 0
+    for k, words in groups:
+        fg, ng = np.empty((len(offs), k, 13, n)), np.zeros((len(offs), k, n), np.int64)
+        _texture_kernel(h, w, *args, words, k, offs, bool(objects_mode), _log2_table(), fg, ng)
+        feats[:, c0:c0 + k] = fg
+        npairs[:, c0:c0 + k] = ng
+        c0 += k
+    return feats, npairs
+
+
+def _level_groups(levels: "TextureLevels", chans):
+    """``(count, int64 words)`` passes of :func:`_run_kernel` for ``chans``, reusing ``levels.packed``."""
+    if [c for group, _ in levels.packed for c in group] == list(chans):
+        return [(len(group), words.view(np.int64) if len(group) > 1 else _pack_levels([words]))
+                for group, words in levels.packed]
+    return [(len(chans[g:g + 8]), _pack_levels([levels.q8[c] for c in chans[g:g + 8]]))
+            for g in range(0, len(chans), 8)]
 
 class TextureLevels(NamedTuple):
     """Quantized levels of a site's channels, shared by its object sets.
@@ -418,15 +815,18 @@ def measure_texture_channels(
     geometry: dict | None = None,
     levels: TextureLevels | None = None,
     objects=None,
+    undefined=None,
 ) -> dict:
     """:func:`measure_texture` for every channel of ``images`` (mapping channel -> image).
 
-    The same numbers; the levels of up to 8 channels are read with one
-    gather per pixel pair, and ``levels`` (:func:`texture_levels` of the
-    same images) shares the quantization between the object sets of a site.
-    ``objects`` (``_objects.object_pixels(labels, n_objects)``) gives each
-    object's largest level by a segment maximum over its pixels instead of a
-    (object, level) histogram of the whole image.
+    The same numbers; ``levels`` (:func:`texture_levels` of the same images)
+    shares the quantization between the object sets of a site and
+    ``objects`` (``_objects.object_pixels(labels, n_objects)``) the grouping
+    of the pixels. ``undefined``: the value written for an undefined object
+    instead of NaN (CellProfiler writes 0), replaced in one pass over all the
+    columns. On the CPU one numba pass (:func:`_texture_kernel`); on a GPU
+    one batched pass (:func:`_measure_texture_device`), or with ``geometry``
+    (:func:`texture_geometry`) one pass per offset and channel.
     """
     chans = list(images)
     bk = backend_of(labels, *[images[c] for c in chans])
@@ -436,7 +836,8 @@ def measure_texture_channels(
         if labels.shape != images[c].shape:
             raise ValueError(f"texture {c}: labels {labels.shape} and image {images[c].shape} differ in shape")
     n_objects = int(n_objects)
-    if n_objects and int(labels.max()) > n_objects:
+    # (a host read: skipped on a GPU when measure_site passes the grouped pixels of checked labels)
+    if n_objects and (objects is None or not bk.is_gpu) and int(labels.max()) > n_objects:
         raise ValueError(f"texture {','.join(chans)}: label {int(labels.max())} exceeds n_objects={n_objects}")
     out = {}
     if n_objects == 0:
@@ -448,6 +849,12 @@ def measure_texture_channels(
         return out
     if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
         levels = texture_levels({c: images[c] for c in chans}, gray_levels)
+    if not bk.is_gpu:
+        return _measure_texture_numba(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
+                                      undefined)
+    if geometry is None:  # the batched device path (a geometry given selects the per-offset one below)
+        return _measure_texture_device(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
+                                       undefined)
     if geometry is None:
         geometry = texture_geometry(labels, scales)
     high, fm1, layout = {}, {}, {}
@@ -478,12 +885,147 @@ def measure_texture_channels(
             o, i, j, cnt = (xp.concatenate([e[t] for e in entries[c]]) for t in range(4))
             # max(fm1) = max(high) + 1 = the layout's width
             feats, n_pairs = haralick_from_pairs(o, i, j, cnt, n_all, xp.tile(fm1[c], len(offsets)), xp,
-                                                 n_levels=layout[c].width)
+                                                 n_levels=layout[c].width, max_pairs=labels.size)
             for si, s in enumerate(scales):
                 rows = [slice((si * len(DIRECTIONS) + d) * n_objects, (si * len(DIRECTIONS) + d + 1) * n_objects)
                         for d in range(len(DIRECTIONS))]
                 _store_scale(out, [(feats[:, r], n_pairs[r]) for r in rows], c, s, gray_levels, xp)
+    if undefined is not None:
+        out = {k: xp.where(xp.isnan(v), undefined, v) for k, v in out.items()}
     return out
+
+
+def _measure_texture_numba(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
+                           out: dict, undefined=None) -> dict:
+    """CPU path of :func:`measure_texture_channels`: one :func:`_texture_kernel` pass.
+
+    Object by object, the valid pairs of each offset are listed once and the
+    GLCM of every channel is counted into a dense 256 x 256 scratch table whose
+    touched cells give the features (no per-pair arrays for the whole site).
+    """
+    from hpc_profiler.features._objects import object_pixels
+
+    if objects is None:
+        objects = object_pixels(labels, n_objects)
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    feats, npairs = _run_kernel(True, objects.flat, objects.y, objects.x, objects.starts, objects.counts,
+                                _level_groups(levels, chans), labels.shape, offsets)
+    nd = len(DIRECTIONS)
+    return _columns(feats.reshape(len(scales), nd, len(chans), 13, -1).transpose(3, 2, 0, 1, 4),
+                    npairs.reshape(len(scales), nd, len(chans), -1).transpose(2, 0, 1, 3),
+                    chans, scales, gray_levels, undefined, out, np)
+
+
+def _columns(feats, n_pairs, chans, scales, gray_levels: int, undefined, out: dict, xp) -> dict:
+    """Columns from ``feats [13, C, scales, directions, N]`` and ``n_pairs [C, scales, directions, N]``.
+
+    mahotas raises if ANY direction of a scale has no pair: the object's 52
+    features at that scale are then undefined (NaN, or ``undefined``); one
+    array pass for all the columns, which are views of it.
+    """
+    defined = n_pairs.min(axis=2) > 0
+    feats = xp.where(defined[None, :, :, None, :], feats, xp.nan if undefined is None else undefined)
+    if undefined is not None:
+        feats = xp.where(xp.isnan(feats), undefined, feats)
+    for ci, c in enumerate(chans):
+        for si, s in enumerate(scales):
+            for d in range(len(DIRECTIONS)):
+                for k, f in enumerate(HARALICK_FEATURES):
+                    out[texture_feature_name(f, c, s, d, gray_levels)] = feats[k, ci, si, d]
+    return out
+
+
+def _measure_texture_device(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
+                            out: dict, undefined=None) -> dict:
+    """GPU path of :func:`measure_texture_channels`: every channel, offset and object in one pass.
+
+    Each labelled pixel is paired with its partner at every offset (an
+    ``[offsets, pixels]`` index, no compress); a pair is kept when both pixels
+    have the object's label and nonzero levels. Its key ``((channel, offset,
+    object), lo, hi)`` is sorted once; run starts, a ``cumsum`` and one
+    ``bincount`` of length = the number of pairs give each distinct GLCM entry
+    and its count (unused run slots keep count 0), which
+    :func:`haralick_from_pairs` turns into the features. A fixed number of
+    launches per object set, no host read.
+    """
+    from hpc_profiler.features._objects import object_pixels
+
+    xp = backend_of(labels).xp
+    n = int(n_objects)
+    if objects is None:
+        objects = object_pixels(labels, n)
+    h, w = labels.shape
+    nd = len(DIRECTIONS)
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    n_off, n_ch = len(offsets), len(chans)
+    step = xp.asarray([[dy, dx] for dy, dx in offsets], dtype=xp.int64)
+    ys, xs = objects.y[None, :] + step[:, 0:1], objects.x[None, :] + step[:, 1:2]  # [G, M]
+    inside = (ys < h) & (xs >= 0) & (xs < w)
+    partner = xp.where(inside, ys * w + xs, 0)
+    same = inside & (xp.take(xp.ravel(labels), partner) == (objects.obj + 1)[None, :])
+    q = xp.stack([xp.ravel(levels.q8[c]) for c in chans])  # [C, H * W] uint8
+    qa = xp.take(q, objects.flat, axis=1)[:, None, :]  # [C, 1, M]
+    qb = xp.take(q, partner, axis=1)  # [C, G, M]
+    lo = xp.minimum(qa, qb)
+    hi = xp.maximum(qa, qb)
+    keep = same[None, :, :] & (lo > 0)  # mahotas ignore_zeros: lo > 0 iff both levels are
+    combo = xp.arange(n_ch * n_off, dtype=xp.int64).reshape(n_ch, n_off, 1) * n + objects.obj[None, None, :]
+    key = combo * 65536 + lo.astype(xp.int64) * 256 + hi
+    sentinel = n_ch * n_off * n * 65536
+    key = xp.sort(xp.where(keep, key, sentinel).ravel())
+    n_keys = int(key.shape[0])
+    start = xp.concatenate([xp.ones(1, dtype=bool), key[1:] != key[:-1]])
+    run = xp.cumsum(start) - 1
+    counts = xp.bincount(run, weights=(key != sentinel).astype(xp.float64), minlength=n_keys)[:n_keys]
+    run_key = xp.zeros(n_keys, dtype=xp.int64)
+    run_key[run] = key  # every pair of a run writes the same key
+    run_key = xp.where(counts > 0, run_key, 0)
+    high = xp.stack([_largest_levels(levels.q8[c], objects, xp) for c in chans])  # [C, N]
+    fm1 = xp.broadcast_to((high + 1)[:, None, :], (n_ch, n_off, n)).reshape(-1)
+    feats, n_pairs = haralick_from_pairs(run_key // 65536, (run_key // 256) % 256, run_key % 256, counts,
+                                         n_ch * n_off * n, fm1, xp, n_levels=256, max_pairs=h * w)
+    return _columns(feats.reshape(13, n_ch, len(scales), nd, n), n_pairs.reshape(n_ch, len(scales), nd, n),
+                    chans, scales, gray_levels, undefined, out, xp)
+
+
+def _image_texture_device(images, chans, levels: TextureLevels, scales, gray_levels: int) -> dict:
+    """GPU path of :func:`image_texture_channels`: one ``bincount`` of known length for every GLCM.
+
+    The canonical codes ``((channel, offset), lo, hi)`` of all pixel pairs of
+    the image (zeros kept, as ``run_image``) are counted into a dense
+    ``[channels * offsets, 256 * 256]`` table whose cells, count 0 included,
+    are the entries of :func:`haralick_from_pairs`.
+    """
+    xp = backend_of(*[images[c] for c in chans]).xp
+    q = xp.stack([levels.q8[c] for c in chans])  # [C, H, W] uint8
+    n_ch, (h, w) = len(chans), q.shape[1:]
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    n_off = len(offsets)
+    rows = xp.arange(n_ch, dtype=xp.int64)[:, None, None] * n_off
+    codes = []
+    for g, (dy, dx) in enumerate(offsets):  # 12 offsets, not objects
+        if dy >= h or abs(dx) >= w:
+            continue  # no pair: NaN, as haralick_from_pairs gives for an empty GLCM
+        a, b = _overlap_slices((h, w), dy, dx)
+        qa, qb = q[(slice(None),) + a], q[(slice(None),) + b]
+        code = (rows + g) * 65536 + xp.minimum(qa, qb).astype(xp.int64) * 256
+        code += xp.maximum(qa, qb)
+        codes.append(code.ravel())
+    n_all = n_ch * n_off
+    if codes:
+        counts = xp.bincount(xp.concatenate(codes), minlength=n_all * 65536)[: n_all * 65536]
+    else:
+        counts = xp.zeros(n_all * 65536, dtype=xp.int64)
+    cell = xp.arange(n_all * 65536, dtype=xp.int64)
+    high = q.reshape(n_ch, -1).max(axis=1).astype(xp.int64)
+    fm1 = xp.broadcast_to((high + 1)[:, None], (n_ch, n_off)).reshape(-1)
+    i, j = (cell // 256) % 256, cell % 256  # cells below the diagonal have count 0
+    feats, _ = haralick_from_pairs(cell // 65536, xp.minimum(i, j), xp.maximum(i, j), counts, n_all, fm1, xp,
+                                   n_levels=256, max_pairs=h * w)
+    feats = feats.reshape(13, n_ch, n_off)
+    return {texture_feature_name(f, c, int(s), d, gray_levels): feats[k, ci, si * len(DIRECTIONS) + d]
+            for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(len(DIRECTIONS))
+            for k, f in enumerate(HARALICK_FEATURES)}
 
 
 def _store_scale(out: dict, per_dir, channel: str, scale: int, gray_levels: int, xp) -> None:
@@ -580,27 +1122,36 @@ def image_texture_values(
         image's uint8 levels (:func:`texture_levels`), skips the quantization.
     """
     xp = backend_of(image).xp
-    q8 = quantize(xp.asarray(image), gray_levels).astype(xp.uint8) if q8 is None else q8  # 1-byte pair passes
-    q = q8
-    h, w = q.shape
-    n_levels = int(q.max()) + 1  # the GLCM size, read once per image (not per offset)
-    fm1 = xp.full((1,), n_levels, dtype=xp.int64)
-    out = {}
-    for s in scales:
-        for d, (dy, dx) in enumerate(DIRECTIONS):
-            dy, dx = int(s) * dy, int(s) * dx
-            if dy >= h or abs(dx) >= w:
-                feats = xp.full((13, 1), xp.nan)
-            else:
-                a, b = _overlap_slices(q.shape, dy, dx)
-                qa, qb = q8[a], q8[b]
-                codes = xp.multiply(xp.minimum(qa, qb), 256, dtype=xp.int64)
-                codes += xp.maximum(qa, qb)
-                counts = xp.bincount(codes.ravel(), minlength=65536)
-                codes = xp.nonzero(counts)[0]
-                obj = xp.zeros(codes.shape, dtype=xp.int64)
-                feats, _ = haralick_from_pairs(obj, codes // 256, codes % 256, counts[codes], 1, fm1, xp,
-                                               n_levels=n_levels)
-            for k, f in enumerate(HARALICK_FEATURES):
-                out[texture_feature_name(f, channel, s, d, gray_levels)] = feats[k, 0]
-    return out
+    q8 = quantize(xp.asarray(image), gray_levels).astype(xp.uint8) if q8 is None else q8
+    return image_texture_channels({channel: image}, scales=scales, gray_levels=gray_levels,
+                                  levels=TextureLevels(int(gray_levels), {channel: q8}, [((channel,), q8.ravel())]))
+
+def image_texture_channels(
+    images,
+    *,
+    scales: Sequence[int] = (3, 5, 10),
+    gray_levels: int = 256,
+    levels: TextureLevels | None = None,
+) -> dict:
+    """:func:`image_texture_values` of every channel of ``images`` (mapping channel -> image).
+
+    ``levels`` (:func:`texture_levels` of the same images) skips the
+    quantization. On the CPU one numba pass reads the levels of up to 8
+    channels per pixel pair; on a GPU this is one :func:`image_texture_values`
+    per channel.
+    """
+    chans = list(images)
+    bk = backend_of(*[images[c] for c in chans])
+    if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
+        levels = texture_levels({c: images[c] for c in chans}, gray_levels)
+    if bk.is_gpu:
+        return _image_texture_device(images, chans, levels, scales, gray_levels)
+    h, w = levels.q8[chans[0]].shape
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    none = np.zeros(0, np.int64)  # the kernel reads the whole image, not a pixel list
+    feats, _ = _run_kernel(False, none, none, none, np.zeros(1, np.int64), np.full(1, h * w, np.int64),
+                           _level_groups(levels, chans), (h, w), offsets)
+    nd = len(DIRECTIONS)
+    return {texture_feature_name(f, c, int(s), d, gray_levels): feats[si * nd + d, ci, k, 0]
+            for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(nd)
+            for k, f in enumerate(HARALICK_FEATURES)}
