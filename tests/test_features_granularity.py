@@ -231,6 +231,10 @@ def test_disk_filters_equal_skimage_bit_for_bit(shape, radius):
     for op, ref in (("min", skimage.morphology.erosion(img, fp)), ("max", skimage.morphology.dilation(img, fp))):
         got = _disk_filter(img, radius, op, cpu_backend())
         assert got.dtype == ref.dtype and np.array_equal(got, ref), op
+        # the GPU path (one footprint filter over a stack) on its CPU twin
+        got = _disk_filter(np.stack([img, img[::-1].copy()]), radius, op, gpu_twin())
+        assert np.array_equal(got[0], ref), op
+        assert np.array_equal(got[1], _disk_filter(img[::-1].copy(), radius, op, cpu_backend())), op
 
 
 def test_cross_erosion_both_paths_equal_skimage():
@@ -260,6 +264,22 @@ def test_spectrum_reconstructions_equal_skimage_fixed_mask():
         ero = skimage.morphology.erosion(ero, CROSS)
         ref = skimage.morphology.reconstruction(ero, pixels, method="dilation", footprint=CROSS)
         assert np.array_equal(rec, ref), f"scale {k + 1}"
+
+
+def test_background_of_a_stack_equals_each_image():
+    """The GPU path subtracts the background of a site's channels as one stack (also with
+    non-integer sampling factors, map_coordinates per image): the same bits as one by one."""
+    from hpc_profiler.features.granularity import background_subtracted
+
+    _, _, _, img = blob_site(size=90, n=6, seed=2)
+    stack = np.stack([img, img.T.copy(), np.sqrt(img)])
+    for sub, back in ((0.5, 0.5), (0.4, 0.7), (1.0, 0.5)):
+        kw = dict(subsample_size=sub, image_sample_size=back, element_size=4)
+        for bk in (None, gpu_twin()):
+            got, length = background_subtracted(stack, backend=bk, **kw)
+            for c in range(3):
+                ref, ref_len = background_subtracted(stack[c], **kw)
+                assert np.array_equal(got[c], ref) and length == ref_len, (sub, back, c)
 
 
 def test_gpu_path_on_cpu_twin_equals_cpu():
@@ -329,14 +349,14 @@ def test_object_spectrum_does_not_depend_on_summation_order(monkeypatch):
     assert np.array_equal(ref, G.object_spectrum(spec, img, cells, n, s), equal_nan=True)  # deterministic
     assert (ref[1:] == 0).any()  # scales that change nothing in some objects
     rng = np.random.default_rng(0)
-    ordered = G._object_means
+    ordered = G._object_step_means
 
-    def any_order(sampler, small, n_objects, xp):
+    def any_order(sampler, recs, n_objects, xp):
         p = rng.permutation(sampler.obj.size)
         return ordered(G.ObjectSampler(sampler.obj[p], sampler.src[p], sampler.weight[p], sampler.count),
-                       small, n_objects, xp)
+                       recs, n_objects, xp)
 
-    monkeypatch.setattr(G, "_object_means", any_order)
+    monkeypatch.setattr(G, "_object_step_means", any_order)
     for _ in range(3):
         got = G.object_spectrum(spec, img, cells, n, s, backend=gpu_twin())
         np.testing.assert_array_equal(got == 0, ref == 0)
