@@ -238,3 +238,32 @@ def test_max_tree_errors_and_nan_fallback():
     got = reconstruct_markers(seed, mask)
     ref = reconstruct_by_dilation(seed, mask[None])
     assert np.array_equal(got, ref, equal_nan=True)
+
+
+def test_iteration_drops_stable_images_from_the_batch():
+    """Images of one stack converge after very different step counts (a serpentine corridor,
+    a noise image, a marker equal to its mask): the iterated reconstruction goes on with the
+    images still changing only, and every image equals scikit-image's, whatever the blocks."""
+    n = 21
+    corridor = np.zeros((n, n))
+    corridor[::2] = 1.0
+    for r in range(1, n, 2):
+        corridor[r, n - 1 if r % 4 == 1 else 0] = 1.0
+    corridor += np.linspace(0, 1e-3, n * n).reshape(n, n) * (corridor > 0)
+    seed0 = np.zeros_like(corridor)
+    seed0[0, 0] = corridor[0, 0]
+    rng = np.random.default_rng(8)
+    noise = rng.random((n, n))
+    masks = np.stack([corridor, noise, noise, corridor])
+    seeds = np.stack([seed0, marker_below(noise, rng, "erosion"), noise.copy(), seed0 * 0.5])
+    bk = cpu_backend()
+    for every, most in ((1, 1), (2, 4), (3, 64)):
+        got = reconstruct_by_iteration(seeds, masks, bk.xp, bk.ndi, 1, check_every=every, max_check_every=most)
+        for k in range(4):
+            assert_bits_equal(got[k], skimage_rec(seeds[k], masks[k], 1))
+    # one mask broadcast over several markers (granularity's GPU call)
+    markers = np.stack([seed0, seed0 * 0.3])[:, None]  # [2, 1, n, n]
+    got = reconstruct_by_iteration(markers, np.broadcast_to(corridor, markers.shape), bk.xp, bk.ndi, 1,
+                                   check_every=4)
+    for k in range(2):
+        assert_bits_equal(got[k, 0], skimage_rec(markers[k, 0], corridor, 1))

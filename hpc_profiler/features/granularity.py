@@ -236,8 +236,10 @@ def erode_cross(image, bk, footprint=None):
 
 
 #: geodesic dilation steps before the first convergence check on the GPU (the
-#: block then doubles up to 512: ~6 host synchronisations for ~1,200 steps)
+#: block then doubles up to :data:`GPU_MAX_CHECK_EVERY`: ~7 host
+#: synchronisations for ~1,200 steps, fewer than 256 steps past convergence)
 GPU_CHECK_EVERY = 32
+GPU_MAX_CHECK_EVERY = 256
 
 
 def reconstruct(marker, mask, bk):
@@ -253,7 +255,8 @@ def reconstruct(marker, mask, bk):
     from hpc_profiler.morphology import reconstruct_by_dilation, reconstruct_by_iteration
 
     if bk.is_gpu:
-        return reconstruct_by_iteration(marker, mask, bk.xp, bk.ndi, connectivity=1, check_every=GPU_CHECK_EVERY)
+        return reconstruct_by_iteration(marker, mask, bk.xp, bk.ndi, connectivity=1, check_every=GPU_CHECK_EVERY,
+                                        max_check_every=GPU_MAX_CHECK_EVERY)
     return reconstruct_by_dilation(marker, mask, connectivity=1)
 
 
