@@ -580,33 +580,29 @@ def _eroded_markers(image, m):
 
     The same minimums as :func:`erode_cross` applied ``K`` times (a pixel's
     missing neighbours outside the image are itself). Rows are computed in a
-    wavefront (row ``t - k`` of erosion ``k`` at time ``t``) so that the
-    working set stays a few rows of ``m``; each row goes through a row buffer.
+    wavefront (row ``r`` of erosion ``k`` at time ``r + k + 1``, when rows
+    ``r - 1 .. r + 1`` of erosion ``k - 1`` exist) into a ring of the last
+    ``K + 3`` rows of every erosion; a row finished by all ``K`` erosions is
+    written to ``m`` in one contiguous pass.
     """
     H, W = image.shape
     K = m.shape[1]
-    up = np.empty(W)
-    mid = np.empty(W)
-    down = np.empty(W)
-    for t in range(H + K - 1):
-        for k in range(K):
-            r = t - k
+    D = K + 3
+    ring = np.empty((K + 1, D, W))  # ring[k + 1]: rows of erosion k (ring[0]: the image), row r at r % D
+    for t in range(H + K + 1):
+        for k in range(-1, K):
+            r = t - k - 1
             if r < 0 or r >= H:
                 continue
-            ru = r - 1 if r > 0 else r
-            rd = r + 1 if r < H - 1 else r
-            if k == 0:
+            dst = ring[k + 1, r % D]
+            if k == -1:
                 for c in range(W):
-                    up[c] = image[ru, c]
-                    mid[c] = image[r, c]
-                    down[c] = image[rd, c]
-            else:
-                j = k - 1
-                for c in range(W):
-                    up[c] = m[ru * W + c, j]
-                    mid[c] = m[r * W + c, j]
-                    down[c] = m[rd * W + c, j]
-            base = r * W
+                    dst[c] = image[r, c]
+                continue
+            src = ring[k]
+            up = src[(r - 1) % D] if r > 0 else src[r % D]
+            mid = src[r % D]
+            down = src[(r + 1) % D] if r < H - 1 else src[r % D]
             for c in range(W):
                 v = mid[c]
                 a = up[c]
@@ -615,13 +611,21 @@ def _eroded_markers(image, m):
                 a = down[c]
                 if a < v:
                     v = a
-                a = mid[c - 1] if c > 0 else v
-                if a < v:
-                    v = a
-                a = mid[c + 1] if c < W - 1 else v
-                if a < v:
-                    v = a
-                m[base + c, k] = v
+                if c > 0:
+                    a = mid[c - 1]
+                    if a < v:
+                        v = a
+                if c < W - 1:
+                    a = mid[c + 1]
+                    if a < v:
+                        v = a
+                dst[c] = v
+        r = t - K  # finished by the last erosion at this time
+        if 0 <= r < H:
+            base = r * W
+            for c in range(W):
+                for k in range(K):
+                    m[base + c, k] = ring[k + 1, r % D, c]
 
 
 def _unpack_diffs(pixels, m, diffs):
