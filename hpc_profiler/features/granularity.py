@@ -479,7 +479,8 @@ class ObjectSampler(NamedTuple):
     count: object
 
 
-def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: ObjectPixels | None = None) -> ObjectSampler:
+def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: ObjectPixels | None = None,
+                   backend=None) -> ObjectSampler:
     """Build the :class:`ObjectSampler` of a label image (once per object set).
 
     Pixel ``(i, j)`` samples the subsampled grid at ``(i * scale[0], j *
@@ -488,9 +489,12 @@ def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: 
     of every object pixel are summed per (object, low-res pixel) with one
     ``bincount`` over codes laid out object by object in their low-res bounding
     boxes. ``pixels`` is the :func:`~hpc_profiler.features._objects.object_pixels`
-    of ``labels`` when the caller already has it.
+    of ``labels`` when the caller already has it. On the CPU the four sums are
+    one numba pass (:func:`_sampler_sums`, the same additions in the same
+    order); ``backend`` as in :func:`granular_spectra`.
     """
-    xp = backend_of(labels).xp
+    bk = backend if backend is not None else backend_of(labels)
+    xp = bk.xp
     n = int(n_objects)
     (hs, ws), scale = sampling_grid(labels.shape, subsample_size)
     op = pixels if pixels is not None else object_pixels(labels, n)
@@ -514,17 +518,20 @@ def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: 
     base = end - bh * bw
     total = int(end[-1]) if n else 0
     # code of (object, low-res pixel) = base + (row - top) * bw + (col - left)
-    bwo = bw[obj]
-    k00 = (base - top * bw - left)[obj] + r0t[y] * bwo + c0t[x]
-    dc = dct[x]
-    k10 = k00 + drt[y] * bwo
-    fr, fc = frt[y], fct[x]
-    summed = (
-        xp.bincount(k00, weights=(1 - fr) * (1 - fc), minlength=total)[:total]
-        + xp.bincount(k00 + dc, weights=(1 - fr) * fc, minlength=total)[:total]
-        + xp.bincount(k10, weights=fr * (1 - fc), minlength=total)[:total]
-        + xp.bincount(k10 + dc, weights=fr * fc, minlength=total)[:total]
-    )
+    if not bk.is_gpu:  # one numba pass, the same four sums in the same order
+        summed = _cpu_kernels()[3](y, x, obj, r0t, frt, drt, c0t, fct, dct, base - top * bw - left, bw, total)
+    else:
+        bwo = bw[obj]
+        k00 = (base - top * bw - left)[obj] + r0t[y] * bwo + c0t[x]
+        dc = dct[x]
+        k10 = k00 + drt[y] * bwo
+        fr, fc = frt[y], fct[x]
+        summed = (
+            xp.bincount(k00, weights=(1 - fr) * (1 - fc), minlength=total)[:total]
+            + xp.bincount(k00 + dc, weights=(1 - fr) * fc, minlength=total)[:total]
+            + xp.bincount(k10, weights=fr * (1 - fc), minlength=total)[:total]
+            + xp.bincount(k10 + dc, weights=fr * fc, minlength=total)[:total]
+        )
     codes = xp.nonzero(summed)[0]  # weights are >= 0: zero sums carry nothing
     o = xp.searchsorted(end, codes, side="right")
     local = codes - base[o]
@@ -654,15 +661,44 @@ def _pixel_step_sums(obj, src, weight, recs, n_objects):
     return out
 
 
+def _sampler_sums(y, x, obj, r0t, frt, drt, c0t, fct, dct, offset, bw, total):
+    """The bilinear weights of every object pixel summed per (object, low-res pixel) code
+    (:func:`object_sampler`): four accumulations in pixel order, as its four ``bincount``
+    calls, added in the same order."""
+    a00 = np.zeros(total)
+    a01 = np.zeros(total)
+    a10 = np.zeros(total)
+    a11 = np.zeros(total)
+    for i in range(obj.size):
+        o = obj[i]
+        yy = y[i]
+        xx = x[i]
+        b = bw[o]
+        k00 = offset[o] + r0t[yy] * b + c0t[xx]
+        k10 = k00 + drt[yy] * b
+        dc = dct[xx]
+        fr = frt[yy]
+        fc = fct[xx]
+        a00[k00] += (1 - fr) * (1 - fc)
+        a01[k00 + dc] += (1 - fr) * fc
+        a10[k10] += fr * (1 - fc)
+        a11[k10 + dc] += fr * fc
+    out = np.empty(total)
+    for k in range(total):
+        out[k] = ((a00[k] + a01[k]) + a10[k]) + a11[k]
+    return out
+
+
 _cpu_kernel_cache: list = []
 
 
 def _cpu_kernels():
-    """The numba kernels of the CPU spectrum: (eroded markers, unpack steps, pixel step sums)."""
+    """The numba kernels of the CPU path: (eroded markers, unpack diffs, pixel step sums, sampler sums)."""
     if not _cpu_kernel_cache:
         from hpc_profiler.morphology import njit_cached
 
-        _cpu_kernel_cache.extend(njit_cached(f) for f in (_eroded_markers, _unpack_diffs, _pixel_step_sums))
+        _cpu_kernel_cache.extend(njit_cached(f) for f in (_eroded_markers, _unpack_diffs, _pixel_step_sums,
+                                                          _sampler_sums))
     return _cpu_kernel_cache
 
 
