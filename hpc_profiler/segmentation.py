@@ -254,7 +254,7 @@ def threshold_quality(image, binary) -> tuple[float, float]:
         nfg, nbg = np.int64(lfg.size), np.int64(lbg.size)  # (a float32 variance times int64 is float64)
         wv = float((np.var(lfg) * nfg + np.var(lbg) * nbg) / (nfg + nbg))
     clamped = np.where(img < minval, minval, img)
-    noise = np.random.RandomState(0).normal(size=img.shape)
+    noise = _quality_noise_host(tuple(img.shape))
     delta = 2.0 ** -8
     base = np.clip(clamped, delta, 1)
     pert = np.exp2(np.log2(base + delta) * noise + (1 - noise) * np.log2(base))
@@ -297,6 +297,19 @@ def _tie_noise_host(shape):
     (every site of a plate has one); callers must not modify it.
     """
     noise = np.random.RandomState(0).uniform(0, 0.001, shape)
+    noise.setflags(write=False)
+    return noise
+
+
+@functools.lru_cache(maxsize=4)
+def _quality_noise_host(shape):
+    """centrosome's ``smooth_with_noise`` draws for :func:`threshold_quality`:
+    ``RandomState(0).normal(size=shape)``, the same numbers in every NumPy version.
+
+    Cached per shape (drawing 1080 x 1080 normals took ~35 ms, twice per
+    site: nuclei and cells); read-only, callers must not modify it.
+    """
+    noise = np.random.RandomState(0).normal(size=shape)
     noise.setflags(write=False)
     return noise
 

@@ -469,3 +469,20 @@ def test_threshold_quality_equals_centrosome(synth_sites):
         wv, soe = threshold_quality(img, fg)
         assert wv == pytest.approx(cth.weighted_variance(img, mask, fg), rel=1e-12, abs=1e-15)
         assert soe == pytest.approx(cth.sum_of_entropies(img, mask, fg), rel=1e-12, abs=1e-15)
+
+
+def test_threshold_quality_noise_is_cached_and_unchanged():
+    """The sum-of-entropies noise is drawn once per shape (read-only) and is centrosome's
+    ``RandomState(0).normal`` draw; two sites of one shape get the same numbers as fresh draws."""
+    from hpc_profiler.segmentation import _quality_noise_host, threshold_quality
+
+    a = _quality_noise_host((31, 40))
+    assert a is _quality_noise_host((31, 40)) and not a.flags.writeable
+    assert np.array_equal(a, np.random.RandomState(0).normal(size=(31, 40)))
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        img = rng.random((31, 40))
+        fg = img > 0.6
+        got = threshold_quality(img, fg)
+        _quality_noise_host.cache_clear()
+        assert threshold_quality(img, fg) == got
