@@ -48,9 +48,18 @@ channel and measured for every object set (CellProfiler shares it too;
 of step 4 is linear in the reconstruction: it is precomputed once per object set
 as sparse weights ``(object, low-res pixel, weight)`` (the bilinear weights of
 the object's pixels summed per low-res pixel with one ``bincount`` over codes
-laid out in each object's low-res bounding box) so that each step costs one
-``bincount`` over about a quarter of the object pixels instead of a
-full-resolution interpolation (same numbers to ~1e-14).
+laid out in each object's low-res bounding box; on the CPU one numba pass
+making the same additions) so that the steps cost one pass over about a
+quarter of the object pixels instead of a full-resolution interpolation
+(same numbers to ~1e-14): on the GPU one ``bincount`` for all 16 steps of a
+channel and object set, on the CPU one numba pass.
+
+GPU launches (``scripts/bench_site.py --audit``; the 1080 x 1080 bench site,
+granularity alone): ~4,550 launches and 19 device->host copies, of which the
+reconstruction's 3,591 and 9 (2 launches per step, one copy per convergence
+check), the samplers' 588 and 6 (mostly
+:func:`~hpc_profiler.features._objects.object_pixels`), the per-object steps
+315; the background of the 5 channels is one stack (20 launches, no copy).
 
 **Why the GPU disagreed with the CPU by up to 28 % (issue 13), and the fix.**
 Read against cuCIM's source (``cucim.skimage.morphology`` ``gray``,
@@ -334,15 +343,20 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
     one iterated geodesic dilation under the fixed mask ``pixels``. The
     longest propagation sets the step count (Mito of the 1080 x 1080
     benchmark site, counted on the CPU: 22 steps at scale 1, 1,121 at scale
-    13), so a site costs ~2 launches per step (~3,000 with the doubling
-    blocks' overshoot: 32 + 64 + ... + 512 + 512 steps) and ~6 host
-    synchronisations, instead of ~16 x 700 x 2 launches and ~100
-    synchronisations scale by scale (estimated; not measured on a GPU). The
-    image-level spectra are copied to the host once, at the end.
+    13), so a site costs 2 launches per step (``maximum_filter``, ``minimum``)
+    times the steps to the last block boundary past convergence (blocks of
+    32, 64, 128, then 256): on the bench site with its illumination
+    correction the audit counts 3,591 launches and 9 checks (one
+    device->host copy each) for ~1,760 steps. Each check drops the images
+    that one step left unchanged, so the late steps touch the few slowest
+    scales, not all 80 images (device memory traffic, not launches, set the
+    GPU's pace there). The image-level spectra are copied to the host once,
+    at the end.
 
     The fixed mask gives CellProfiler's result, which reconstructs under the
     previous reconstruction: ``R(ero_k, mask=pixels) = R(ero_k, mask=rec_{k-1})``
-    (the CPU used the nested masks until the max-tree made one mask cheaper): reconstruction by dilation is ``R_g(f)(x) = max over paths
+    (the CPU used the nested masks until the max-tree made one mask cheaper):
+    reconstruction by dilation is ``R_g(f)(x) = max over paths
     P from y to x of min(f(y), min_P g)``; ``rec_{k-1} <= pixels`` gives ``<=``,
     and along an optimal path for ``R_pixels(ero_k)`` every pixel z has
     ``rec_{k-1}(z) >= R_pixels(ero_k)(z) >=`` the path value (``ero_k <=
