@@ -518,7 +518,7 @@ def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: 
     c0t, fct, dct, col_ok = _axis_samples(labels.shape[1], scale[1], ws, xp)
     y, x, obj = op.y, op.x, op.obj
     keep = row_ok[y] & col_ok[x]
-    if not bool(keep.all()):
+    if not bk.is_gpu and not bool(keep.all()):  # (the GPU weighs them 0 instead: no host round trip)
         y, x, obj = y[keep], x[keep], obj[keep]
     # low-res bounding box of each object's samples (both bilinear corners)
     ymin, xmin, ymax, xmax = bounding_boxes(op)
@@ -530,21 +530,20 @@ def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: 
     bw = xp.where(nonempty, c0t[last_c] + dct[last_c] - left + 1, 0)
     end = xp.cumsum(bh * bw)
     base = end - bh * bw
-    total = int(end[-1]) if n else 0
     # code of (object, low-res pixel) = base + (row - top) * bw + (col - left)
-    if not bk.is_gpu:  # one numba pass, the same four sums in the same order
+    if not bk.is_gpu:  # one numba pass, four sums added as four bincounts would
+        total = int(end[-1]) if n else 0
         summed = _cpu_kernels()[3](y, x, obj, r0t, frt, drt, c0t, fct, dct, base - top * bw - left, bw, total)
-    else:
+    else:  # one bincount of the four corners (sized on the device: no copy of the total)
         bwo = bw[obj]
         k00 = (base - top * bw - left)[obj] + r0t[y] * bwo + c0t[x]
         dc = dct[x]
         k10 = k00 + drt[y] * bwo
+        kf = keep.astype(xp.float64)
         fr, fc = frt[y], fct[x]
-        summed = (
-            xp.bincount(k00, weights=(1 - fr) * (1 - fc), minlength=total)[:total]
-            + xp.bincount(k00 + dc, weights=(1 - fr) * fc, minlength=total)[:total]
-            + xp.bincount(k10, weights=fr * (1 - fc), minlength=total)[:total]
-            + xp.bincount(k10 + dc, weights=fr * fc, minlength=total)[:total]
+        summed = xp.bincount(
+            xp.concatenate([k00, k00 + dc, k10, k10 + dc]),
+            weights=xp.concatenate([(1 - fr) * (1 - fc) * kf, (1 - fr) * fc * kf, fr * (1 - fc) * kf, fr * fc * kf]),
         )
     codes = xp.nonzero(summed)[0]  # weights are >= 0: zero sums carry nothing
     o = xp.searchsorted(end, codes, side="right")
@@ -857,14 +856,15 @@ def measure_granularity_channels(
                 raise ValueError(
                     f"granularity {channel}/{obj_name}: labels {labels.shape} and image {image.shape} differ"
                 )
-    counts = {}
-    for obj_name, labels in labels_by_object.items():
-        n = int(n_objects[obj_name])
-        if n and int(labels.max()) > n:
-            raise ValueError(
-                f"granularity {next(iter(images))}/{obj_name}: label {int(labels.max())} exceeds n_objects={n}"
-            )
-        counts[obj_name] = n
+    counts = {o: int(n_objects[o]) for o in labels_by_object}
+    checked = [o for o in labels_by_object if counts[o] and labels_by_object[o].size]
+    if checked:  # every object set's largest label with ONE device->host copy
+        tops = bk.to_numpy(xp.stack([labels_by_object[o].max().astype(xp.int64) for o in checked])).tolist()
+        for obj_name, top in zip(checked, tops):
+            if top > counts[obj_name]:
+                raise ValueError(
+                    f"granularity {next(iter(images))}/{obj_name}: label {top} exceeds n_objects={counts[obj_name]}"
+                )
     samplers = {
         o: (samplers.get(o) if samplers else None) or object_sampler(labels_by_object[o], counts[o], subsample_size)
         for o in labels_by_object
