@@ -35,9 +35,9 @@ numba, bit-identical to ``skimage.morphology.reconstruction``); the markers
 are written pixel-major by one wavefront erosion kernel and the per-object
 sums read that layout directly (:func:`_cpu_kernels`). Measured with
 ``scripts/bench_texture_granularity.py`` (one thread, the 1080 x 1080 bench
-site, same run): ~2.3x faster than the previous CPU path (16 hybrid
-reconstructions per channel under nested masks, itself ~4-5x faster than
-scikit-image's). On the GPU: iterated geodesic dilation of all 16 scales x 5
+site, same run, 2026-11-28 on the shared 2-core machine): 2.2-2.9x faster
+than the previous CPU path (16 hybrid reconstructions per channel under
+nested masks, itself ~4-5x faster than scikit-image's), bit-identical. On the GPU: iterated geodesic dilation of all 16 scales x 5
 channels of a site as one stack, checked for convergence in doubling blocks,
 never synchronising per step (:func:`granular_spectra`,
 :func:`measure_granularity_channels`).
