@@ -23,11 +23,23 @@ a float32 (or float16) mask, float64 otherwise).
     square) until stable, written against the ``xp``/``ndi`` namespaces of
     :mod:`hpc_profiler.backend`. Leading axes are independent images, so the 5
     channels of one granularity scale are one array and one launch per step.
-    Convergence is checked every ``check_every`` steps by comparing with the
-    state ``check_every`` steps earlier (the sequence only increases, so equal
-    means stable): one device->host transfer per block, none per step. The
+    Convergence is checked at the end of blocks of steps by comparing the
+    last step's input and output per image (a step that changes nothing is a
+    fixed point); images found stable leave the batch: one device->host
+    transfer per block, none per step. The
     number of steps is the longest propagation path (25 to ~1,200 on Cell
     Painting sites), so it is the GPU path, not the CPU one.
+
+:func:`reconstruct_markers` (CPU)
+    Several markers under ONE mask (granularity's 16 scales): the mask's
+    max-tree (component tree of its upper level sets: a sort and a
+    union-find, Berger et al. 2007) is built once; each marker then costs
+    two linear passes over the tree (subtree maxima of the marker, then
+    ``max over the ancestors of min(level, subtree max)`` top-down), the
+    markers walked together pixel-major. Also only copies values, so
+    bit-identical; per marker 2-7x faster than the hybrid algorithm on
+    granularity's 16 markers, tree included (12 vs 25 ms per 540 x 540
+    reconstruction in ``scripts/bench_texture_granularity.py``, one thread).
 
 Why numba. Measured with ``scripts/bench_texture_granularity.py`` (one
 thread; the 16 reconstructions of one channel of the 1080 x 1080 synthetic
@@ -63,6 +75,8 @@ References
    Processing 2(2), 176-201, 1993.
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import numpy as np
 
@@ -302,11 +316,15 @@ def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_e
     xp, ndi : modules
         The backend's array and ndimage namespaces.
     check_every, max_check_every : int
-        Steps between convergence checks, the only host synchronisations: the
-        state is compared with the one a block earlier. The block doubles
-        after each check that finds changes, up to ``max_check_every``, so a
+        Steps between convergence checks, the only host synchronisations:
+        each check compares the last step's input and output per image (one
+        step that changes nothing is a fixed point) and copies one flag per
+        image to the host; the images still changing go on, gathered into a
+        smaller stack (granularity's 80 images need from ~20 to ~1,100
+        steps, so most of the late steps touch a few images). The block
+        doubles after each check, up to ``max_check_every``, so a
         reconstruction needing S steps costs about ``log2(S / check_every)``
-        synchronisations and at most ``max(S, max_check_every)`` extra steps.
+        synchronisations and fewer than ``max_check_every`` extra steps.
 
     Returns
     -------
@@ -321,16 +339,258 @@ def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_e
     if current.shape != m.shape or current.ndim < 2:
         raise ValueError(f"reconstruction: seed {current.shape} and mask {m.shape} must be equal, >= 2-D")
     footprint = np.ones((3, 3), bool) if full else np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
-    footprint = xp.asarray(footprint.reshape((1,) * (current.ndim - 2) + (3, 3)))
-    # "nearest" repeats the border pixel, which is already in its own window:
-    # the max over the window is that over the in-image neighbours
-    work = xp.empty_like(current)
+    from hpc_profiler.backend import to_numpy
+
+    shape = current.shape
+    H, W = shape[-2:]
+    flat = current.reshape(-1, H, W)  # a view of the result (``current`` is a fresh contiguous copy)
+    # the masks flattened alike: a view of a full mask, one copy of a broadcast one
+    flat_mask = xp.reshape(xp.broadcast_to(m, shape), (-1, H, W))
+    fp = xp.asarray(footprint.reshape(1, 3, 3))
+    cur, msk, active, active_dev = flat, flat_mask, None, None
     block = int(check_every)
     while True:
-        before = current.copy()
-        for _ in range(block):
-            ndi.maximum_filter(current, footprint=footprint, output=work, mode="nearest")
-            xp.minimum(work, m, out=current)
-        if not bool((current != before).any()):
+        work = xp.empty_like(cur)
+        for i in range(block):
+            if i == block - 1:
+                before = cur.copy()
+            # "nearest" repeats the border pixel, which is already in its own
+            # window: the max over the window is that over the in-image neighbours
+            ndi.maximum_filter(cur, footprint=fp, output=work, mode="nearest")
+            xp.minimum(work, msk, out=cur)
+        # an image that one step leaves unchanged is at its fixed point (the
+        # images are independent): it leaves the active set
+        changed = (cur != before).reshape(cur.shape[0], -1).any(axis=1)
+        flags = np.asarray(to_numpy(changed), dtype=bool)  # the block's one device->host copy
+        if active is not None:
+            flat[active_dev] = cur
+        if not flags.any():
             return current
+        active = (np.arange(flags.size) if active is None else active)[flags]
+        active_dev = xp.asarray(active)
+        cur = flat[active_dev]
+        msk = flat_mask[active_dev]
         block = min(2 * block, int(max_check_every))
+
+
+# --------------------------------------------------------------------------- one mask, many markers
+def _max_tree(I, order, H, W, full, parent, zpar):
+    """Max-tree of the flat ``H x W`` image ``I`` (Berger et al. 2007), in ``parent``.
+
+    ``order`` sorts the pixels by increasing value. Pixels are inserted from
+    the highest down; each joins the already inserted neighbours' components
+    (union-find with path compression in ``zpar``) as their new root, so a
+    pixel's parent is never above it and every pixel follows its parent in
+    ``order``. The last loop makes every parent *canonical*: the first pixel
+    (in ``order``) of its node, the connected component of one grey level of
+    ``{I >= level}``; a pixel whose parent has the same value is a
+    non-canonical member of that node. ``order[0]`` is the root.
+    """
+    n = H * W
+    for p in range(n):
+        zpar[p] = -1
+    nk = 8 if full else 4
+    for i in range(n - 1, -1, -1):
+        p = order[i]
+        parent[p] = p
+        zpar[p] = p
+        r = p // W
+        c = p - r * W
+        for k in range(nk):
+            if k == 0:
+                if r == 0:
+                    continue
+                q = p - W
+            elif k == 1:
+                if r == H - 1:
+                    continue
+                q = p + W
+            elif k == 2:
+                if c == 0:
+                    continue
+                q = p - 1
+            elif k == 3:
+                if c == W - 1:
+                    continue
+                q = p + 1
+            elif k == 4:
+                if r == 0 or c == 0:
+                    continue
+                q = p - W - 1
+            elif k == 5:
+                if r == 0 or c == W - 1:
+                    continue
+                q = p - W + 1
+            elif k == 6:
+                if r == H - 1 or c == 0:
+                    continue
+                q = p + W - 1
+            else:
+                if r == H - 1 or c == W - 1:
+                    continue
+                q = p + W + 1
+            if zpar[q] == -1:
+                continue
+            root = q
+            while zpar[root] != root:
+                root = zpar[root]
+            while zpar[q] != root:  # path compression
+                nxt = zpar[q]
+                zpar[q] = root
+                q = nxt
+            if root != p:
+                parent[root] = p
+                zpar[root] = p
+    for i in range(n):
+        p = order[i]
+        q = parent[p]
+        if I[parent[q]] == I[q]:
+            parent[p] = parent[q]
+
+
+def _tree_reconstruct(I, order, parent, m):
+    """Reconstruct the markers ``m[p, k]`` (pixel-major) under ``I`` on its max-tree, in place.
+
+    Pass 1 (children before parents) gathers at each node's canonical pixel
+    the largest marker value of its subtree, ``M``. A pixel's value is then
+    the largest, over the nodes from its own to the root, of ``min(level,
+    M)``: the highest level ``t`` at which it is connected through ``{I >=
+    t}`` to a marker value ``>= t``. Pass 2 (parents first) computes it
+    top-down, writing over ``m``. Only ``I`` and marker values are copied.
+    """
+    n = order.shape[0]
+    K = m.shape[1]
+    for i in range(n - 1, 0, -1):
+        p = order[i]
+        q = parent[p]
+        for k in range(K):
+            a = m[p, k]
+            if a > m[q, k]:
+                m[q, k] = a
+    for i in range(n):
+        p = order[i]
+        q = parent[p]
+        lev = I[p]
+        if q == p:  # the root
+            for k in range(K):
+                a = m[p, k]
+                m[p, k] = a if a < lev else lev
+        elif I[q] == lev:  # non-canonical pixel: its node's value (q is done)
+            for k in range(K):
+                m[p, k] = m[q, k]
+        else:  # canonical pixel of a node whose parent node is q's
+            for k in range(K):
+                a = m[p, k]
+                a = a if a < lev else lev
+                b = m[q, k]
+                m[p, k] = a if a > b else b
+
+
+def _to_pixel_major(src, k0, m):
+    """``m[p, k] = src[k0 + k, p]`` (a cache-friendly transpose)."""
+    for p in range(m.shape[0]):
+        for k in range(m.shape[1]):
+            m[p, k] = src[k0 + k, p]
+
+
+def _from_pixel_major(m, k0, dst):
+    """``dst[k0 + k, p] = m[p, k]``."""
+    for p in range(m.shape[0]):
+        for k in range(m.shape[1]):
+            dst[k0 + k, p] = m[p, k]
+
+
+_max_tree_jit = njit_cached(_max_tree)
+_tree_reconstruct_jit = njit_cached(_tree_reconstruct)
+_to_pixel_major_jit = njit_cached(_to_pixel_major)
+_from_pixel_major_jit = njit_cached(_from_pixel_major)
+#: markers reconstructed together per pass over the tree (pixel-major blocks of this many values)
+_TREE_BLOCK = 16
+
+
+def reconstruct_markers(seeds, mask, connectivity: int = 1) -> np.ndarray:
+    """Reconstructions by dilation of several markers under ONE mask (CPU, exact).
+
+    Parameters
+    ----------
+    seeds : array_like [K, H, W]
+        Markers, each ``<= mask`` everywhere.
+    mask : array_like [H, W]
+        The common mask.
+    connectivity : {1, 2}
+        As :func:`reconstruct_by_dilation`.
+
+    Returns
+    -------
+    numpy.ndarray [K, H, W]
+        Equal bit for bit to :func:`reconstruct_by_dilation` (and to
+        ``skimage.morphology.reconstruction``) of each marker under ``mask``;
+        dtype as :func:`reconstruct_by_dilation`.
+
+    Notes
+    -----
+    The mask's max-tree (component tree of its upper level sets; one sort and
+    a union-find, numba) is built once and each marker then costs two linear
+    passes over it (:func:`_tree_reconstruct`), the markers walked together
+    in blocks of :data:`_TREE_BLOCK` (granularity's own path,
+    :func:`hpc_profiler.features.granularity.granular_spectra`, writes its
+    markers pixel-major and calls :func:`mask_tree` and
+    :func:`reconstruct_pixel_major` directly). A mask holding NaN has no order to build a tree on:
+    it falls back to :func:`reconstruct_by_dilation` per marker.
+    """
+    full = _connectivity(connectivity)
+    seeds = np.asarray(seeds)
+    mask = np.asarray(mask)
+    if seeds.ndim != 3 or mask.ndim != 2 or seeds.shape[1:] != mask.shape:
+        raise ValueError(f"reconstruction: seeds {seeds.shape} must be [K, H, W] over a mask [H, W], got {mask.shape}")
+    _check(seeds, np.broadcast_to(mask, seeds.shape), np)
+    ft = _float_type(mask.dtype)
+    K, (H, W) = seeds.shape[0], mask.shape
+    out = np.empty(seeds.shape, ft)
+    if out.size == 0:
+        return out
+    I = np.ascontiguousarray(mask, dtype=ft).reshape(-1)
+    if np.isnan(I).any():
+        return reconstruct_by_dilation(seeds, np.broadcast_to(mask, seeds.shape), connectivity)
+    flat_out = out.reshape(K, -1)
+    flat_seeds = np.ascontiguousarray(seeds, dtype=ft).reshape(K, -1)  # astype(ft), as scikit-image casts
+    tree = mask_tree(I.reshape(H, W), connectivity)
+    for k0 in range(0, K, _TREE_BLOCK):
+        m = np.empty((I.size, min(K, k0 + _TREE_BLOCK) - k0), ft)
+        _to_pixel_major_jit(flat_seeds, k0, m)
+        reconstruct_pixel_major(m, tree)
+        _from_pixel_major_jit(m, k0, flat_out)
+    return out
+
+
+class MaskTree(NamedTuple):
+    """The max-tree of a mask (:func:`mask_tree`): flat values, pixel order, canonical parents."""
+
+    values: np.ndarray
+    order: np.ndarray
+    parent: np.ndarray
+
+
+def mask_tree(mask, connectivity: int = 1) -> MaskTree:
+    """Max-tree of a NaN-free 2-D float mask (one sort and a numba union-find, :func:`_max_tree`)."""
+    if mask.size >= 2**31:
+        raise ValueError(f"mask_tree: {mask.shape} has too many pixels for int32 indices")
+    full = _connectivity(connectivity)
+    H, W = mask.shape
+    I = np.ascontiguousarray(mask).reshape(-1)
+    # any order by value will do (ties in any order): the default sort is the fastest
+    order = np.argsort(I).astype(np.int32)
+    parent = np.empty(I.size, np.int32)
+    zpar = np.empty(I.size, np.int32)
+    _max_tree_jit(I, order, H, W, full, parent, zpar)
+    return MaskTree(I, order, parent)
+
+
+def reconstruct_pixel_major(m: np.ndarray, tree: MaskTree) -> np.ndarray:
+    """Reconstruct, in place, the markers held pixel-major in ``m[p, k]`` under ``tree``'s mask.
+
+    ``m`` is C-contiguous ``[H * W, K]`` of the mask's dtype, every marker
+    ``<= mask`` (not checked). Returns ``m``.
+    """
+    _tree_reconstruct_jit(tree.values, tree.order, tree.parent, m)
+    return m

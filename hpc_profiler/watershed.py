@@ -40,28 +40,34 @@ __all__ = ["watershed", "watershed_numpy"]
 
 
 @njit_cached
-def _smaller(hv, ha, a, b):
-    if hv[a] != hv[b]:
-        return hv[a] < hv[b]
-    return ha[a] < ha[b]
+def _key_smaller(va, aa, vb, ab):
+    """(value, age) ``a`` strictly before ``b``: the heap's order."""
+    if va != vb:
+        return va < vb
+    return aa < ab
 
 
 @njit_cached
 def _push(hv, ha, hi, items, value, age, idx):
-    """Push ``(value, age, idx)`` on the heap of ``items`` entries; returns the new size."""
+    """Push ``(value, age, idx)`` on the heap of ``items`` entries; returns the new size.
+
+    Sift-up with a hole: the parents that the new item passes move down one
+    level each and the item is written once, where the swaps would leave it
+    (the same comparisons, the same heap).
+    """
     child = items
-    hv[child] = value
-    ha[child] = age
-    hi[child] = idx
     while child > 0:
         parent = (child + 1) // 2 - 1
-        if _smaller(hv, ha, child, parent):
-            hv[child], hv[parent] = hv[parent], hv[child]
-            ha[child], ha[parent] = ha[parent], ha[child]
-            hi[child], hi[parent] = hi[parent], hi[child]
+        if _key_smaller(value, age, hv[parent], ha[parent]):
+            hv[child] = hv[parent]
+            ha[child] = ha[parent]
+            hi[child] = hi[parent]
             child = parent
         else:
             break
+    hv[child] = value
+    ha[child] = age
+    hi[child] = idx
     return items + 1
 
 
@@ -80,27 +86,36 @@ def _flood(image, output, mask, markers_at, offsets):
         idx = hi[0]
         items -= 1
         if items > 0:
-            hv[0] = hv[items]
-            ha[0] = ha[items]
-            hi[0] = hi[items]
+            # sift the last item down from the root with a hole: the smaller
+            # child (strictly smaller than the item, left child first on ties)
+            # moves up; the item is written once where the swaps would leave it
+            xv = hv[items]
+            xa = ha[items]
+            xi = hi[items]
             i = 0
-            smallest = 0
             while True:
                 left = 2 * i + 1
-                right = 2 * i + 2
-                if left < items:
-                    if _smaller(hv, ha, left, i):
-                        smallest = left
-                    if right < items and _smaller(hv, ha, right, smallest):
-                        smallest = right
-                else:
+                if left >= items:
                     break
-                if smallest == i:
+                right = left + 1
+                best = i
+                bv = xv
+                ba = xa
+                if _key_smaller(hv[left], ha[left], xv, xa):
+                    best = left
+                    bv = hv[left]
+                    ba = ha[left]
+                if right < items and _key_smaller(hv[right], ha[right], bv, ba):
+                    best = right
+                if best == i:
                     break
-                hv[i], hv[smallest] = hv[smallest], hv[i]
-                ha[i], ha[smallest] = ha[smallest], ha[i]
-                hi[i], hi[smallest] = hi[smallest], hi[i]
-                i = smallest
+                hv[i] = hv[best]
+                ha[i] = ha[best]
+                hi[i] = hi[best]
+                i = best
+            hv[i] = xv
+            ha[i] = xa
+            hi[i] = xi
         lab = output[idx]
         for k in range(nn):
             nb = idx + offsets[k]

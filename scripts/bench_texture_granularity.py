@@ -12,10 +12,13 @@ and granularity (16 / 0.5 / 0.5 / 10) for every channel and object set, and cp_m
 scaled to all channels and the scaling is printed). Prints seconds and ratios;
 it asserts nothing.
 
-Granularity is timed twice in the same run: as shipped (reconstruction by
-:func:`hpc_profiler.morphology.reconstruct_by_dilation`, Vincent's hybrid
-algorithm in numba) and with ``skimage.morphology.reconstruction`` swapped in
-(the previous implementation), and the two results are compared bit for bit.
+Granularity is timed three times in the same run: as shipped (the 16
+markers of a channel on one max-tree of the mask,
+:func:`hpc_profiler.morphology.reconstruct_markers`), scale by scale with
+:func:`hpc_profiler.morphology.reconstruct_by_dilation` (Vincent's hybrid
+algorithm in numba, the previous CPU path) and with
+``skimage.morphology.reconstruction`` swapped in (the one before), and the
+results are compared bit for bit.
 A last block times single 540 x 540 reconstructions (the 16 of one channel of
 the site, each under the fixed mask): scikit-image, ours and SimpleITK's
 ``ReconstructionByDilationImageFilter`` when SimpleITK is installed (it is not
@@ -124,16 +127,25 @@ def main() -> None:
         t_ski, theirs = run_granularity("granularity (skimage rec.)")
     finally:
         granularity.reconstruct = shipped
+    granularity.reconstruct = hybrid_reconstruct
+    try:
+        t_hyb, hybrid = run_granularity("granularity (hybrid per scale)")
+    finally:
+        granularity.reconstruct = shipped
     same = all(np.array_equal(ours[k], theirs[k], equal_nan=True) for k in ours)
+    same_hybrid = all(np.array_equal(ours[k], hybrid[k], equal_nan=True) for k in ours)
     print(f"{'step (all channels and object sets)':38s} {'CPU s':>7s}")
     for name, sec in cpu.items():
         print(f"{name:38s} {sec:7.2f}")
     tex_cpu = sum(v for k, v in cpu.items() if k.startswith("texture"))
-    gran_cpu = sum(v for k, v in cpu.items() if k.startswith("granularity") and "skimage" not in k)
+    gran_cpu = sum(v for k, v in cpu.items() if k.startswith("granularity") and "(" not in k)
+    hyb_cpu = sum(v for k, v in cpu.items() if k.startswith("granularity (hybrid"))
     ski_cpu = sum(v for k, v in cpu.items() if k.startswith("granularity (skimage"))
     print(f"{'texture total':38s} {tex_cpu:7.2f}\n{'granularity total':38s} {gran_cpu:7.2f}")
     print(f"{'granularity with skimage reconstruction':38s} {ski_cpu:7.2f}  "
           f"(ratio {ski_cpu / max(gran_cpu, 1e-9):.1f}x; results bit-identical: {same})")
+    print(f"{'granularity with the hybrid per scale':38s} {hyb_cpu:7.2f}  "
+          f"(ratio {hyb_cpu / max(gran_cpu, 1e-9):.1f}x; the previous CPU path; bit-identical: {same_hybrid})")
     print(f"hpc_profiler wall: texture {t_tex:.2f} s, granularity {t_gran:.2f} s "
           f"(skimage reconstruction {t_ski:.2f} s)")
     reconstruction_line(images, first_call)
@@ -188,6 +200,13 @@ def skimage_reconstruct(marker, mask, bk):
     return out
 
 
+def hybrid_reconstruct(marker, mask, bk):
+    """The previous CPU reconstruction: Vincent's hybrid algorithm (numba), image by image."""
+    from hpc_profiler.morphology import reconstruct_by_dilation
+
+    return reconstruct_by_dilation(marker, mask, connectivity=1)
+
+
 def reconstruction_line(images, first_call: float) -> None:
     """ms per reconstruction of one channel's 16 granularity markers under its fixed mask."""
     import skimage.morphology
@@ -229,6 +248,15 @@ def reconstruction_line(images, first_call: float) -> None:
         equal = all(np.array_equal(a, b) for a, b in zip(outs, ref))
         print(f"reconstruction {pixels.shape[0]}x{pixels.shape[1]} {name:24s} {ms[name]:7.1f} ms "
               f"(skimage/this {ms['skimage'] / ms[name]:.1f}x; bit-identical to skimage: {equal})")
+    from hpc_profiler.morphology import reconstruct_markers
+
+    reconstruct_markers(np.stack(markers)[:, :8, :8], pixels[:8, :8])  # its kernels' first call, untimed
+    c0 = time.process_time()
+    outs = reconstruct_markers(np.stack(markers), pixels)
+    tree_ms = (time.process_time() - c0) / len(markers) * 1e3
+    equal = all(np.array_equal(a, b) for a, b in zip(outs, ref))
+    print(f"reconstruction {pixels.shape[0]}x{pixels.shape[1]} {'ours (max-tree, 16 on 1)':24s} {tree_ms:7.1f} ms "
+          f"(skimage/this {ms['skimage'] / tree_ms:.1f}x; bit-identical to skimage: {equal})")
     if sitk is None:
         print("reconstruction SimpleITK: not installed (pip install SimpleITK to time it)")
     print(f"numba kernels' first call in this process (cache load or compile, not in the times above): "

@@ -231,6 +231,10 @@ def test_disk_filters_equal_skimage_bit_for_bit(shape, radius):
     for op, ref in (("min", skimage.morphology.erosion(img, fp)), ("max", skimage.morphology.dilation(img, fp))):
         got = _disk_filter(img, radius, op, cpu_backend())
         assert got.dtype == ref.dtype and np.array_equal(got, ref), op
+        # the GPU path (one footprint filter over a stack) on its CPU twin
+        got = _disk_filter(np.stack([img, img[::-1].copy()]), radius, op, gpu_twin())
+        assert np.array_equal(got[0], ref), op
+        assert np.array_equal(got[1], _disk_filter(img[::-1].copy(), radius, op, cpu_backend())), op
 
 
 def test_cross_erosion_both_paths_equal_skimage():
@@ -260,6 +264,22 @@ def test_spectrum_reconstructions_equal_skimage_fixed_mask():
         ero = skimage.morphology.erosion(ero, CROSS)
         ref = skimage.morphology.reconstruction(ero, pixels, method="dilation", footprint=CROSS)
         assert np.array_equal(rec, ref), f"scale {k + 1}"
+
+
+def test_background_of_a_stack_equals_each_image():
+    """The GPU path subtracts the background of a site's channels as one stack (also with
+    non-integer sampling factors, map_coordinates per image): the same bits as one by one."""
+    from hpc_profiler.features.granularity import background_subtracted
+
+    _, _, _, img = blob_site(size=90, n=6, seed=2)
+    stack = np.stack([img, img.T.copy(), np.sqrt(img)])
+    for sub, back in ((0.5, 0.5), (0.4, 0.7), (1.0, 0.5)):
+        kw = dict(subsample_size=sub, image_sample_size=back, element_size=4)
+        for bk in (None, gpu_twin()):
+            got, length = background_subtracted(stack, backend=bk, **kw)
+            for c in range(3):
+                ref, ref_len = background_subtracted(stack[c], **kw)
+                assert np.array_equal(got[c], ref) and length == ref_len, (sub, back, c)
 
 
 def test_gpu_path_on_cpu_twin_equals_cpu():
@@ -329,16 +349,79 @@ def test_object_spectrum_does_not_depend_on_summation_order(monkeypatch):
     assert np.array_equal(ref, G.object_spectrum(spec, img, cells, n, s), equal_nan=True)  # deterministic
     assert (ref[1:] == 0).any()  # scales that change nothing in some objects
     rng = np.random.default_rng(0)
-    ordered = G._object_means
+    ordered = G._object_step_means
 
-    def any_order(sampler, small, n_objects, xp):
+    def any_order(sampler, recs, n_objects, xp):
         p = rng.permutation(sampler.obj.size)
         return ordered(G.ObjectSampler(sampler.obj[p], sampler.src[p], sampler.weight[p], sampler.count),
-                       small, n_objects, xp)
+                       recs, n_objects, xp)
 
-    monkeypatch.setattr(G, "_object_means", any_order)
+    monkeypatch.setattr(G, "_object_step_means", any_order)
     for _ in range(3):
         got = G.object_spectrum(spec, img, cells, n, s, backend=gpu_twin())
         np.testing.assert_array_equal(got == 0, ref == 0)
         rel = np.abs(got - ref) / np.maximum(np.maximum(np.abs(got), np.abs(ref)), 1e-12)
         assert np.nanmax(rel) < 1e-6
+
+
+def test_cpu_pixel_major_kernels_equal_their_plain_twins():
+    """The CPU spectrum's numba kernels against the array code they replace, bit for bit:
+    16 cross erosions written pixel-major (wavefront) vs ``erode_cross`` 16 times (also on odd
+    and one-row shapes); the per-object step sums from the pixel-major reconstructions vs
+    ``_cpu_step_means`` over the k-major steps; the image-level losses vs means of
+    ``rec_{k-1} - rec_k``."""
+    import hpc_profiler.features.granularity as G
+    from hpc_profiler.backend import cpu_backend
+
+    eroded = G._cpu_kernels()[0]
+    rng = np.random.default_rng(4)
+    for shape in [(1, 1), (1, 9), (9, 1), (2, 3), (31, 17)]:
+        img = np.round(rng.random(shape), 2)
+        m = np.empty((img.size, 16))
+        eroded(img, m)
+        ero = img
+        for k in range(16):
+            ero = G.erode_cross(ero, cpu_backend())
+            assert np.array_equal(m[:, k].reshape(shape), ero), (shape, k)
+    nuclei, cells, n, img = blob_site(size=160, n=14, seed=9)
+    spec = G.granular_spectrum(img, **PARAMS)
+    assert spec.pixel_recs is not None and spec.pixel_recs.shape == (spec.pixels.size, CFG.spectrum_length)
+    prev = spec.pixels
+    for k, rec in enumerate(spec.recs):
+        assert spec.image_values[k] * max(spec.pixels.mean(), np.finfo(float).eps) / 100.0 == pytest.approx(
+            (prev - rec).mean(), rel=1e-15, abs=0)
+        prev = rec
+    for lab in (nuclei, cells):
+        s = object_sampler(lab, n, CFG.subsample_size)
+        got = G.object_spectrum(spec, img, lab, n, s)
+        ref = G.object_spectrum(spec._replace(pixel_recs=None), img, lab, n, s)
+        assert got.tobytes() == ref.tobytes()
+
+
+def test_cpu_sampler_kernel_equals_the_bincount_path():
+    """object_sampler's numba pass (CPU) against its one-bincount twin (the GPU path on NumPy,
+    off-grid samples weighted 0): the same entries, weights equal up to the order of the
+    additions, for touching cells, nuclei, odd sizes and sampling factors whose samples fall
+    off the grid."""
+    from hpc_profiler.features.granularity import object_sampler
+
+    nuclei, cells, n, _ = blob_site(size=151, n=12, seed=4)
+    for lab in (nuclei, cells, cells[:97, :120]):
+        m = int(lab.max())
+        for sub in (0.5, 0.3, 1.0):
+            a = object_sampler(lab, m, sub)
+            b = object_sampler(lab, m, sub, backend=gpu_twin())
+            for f in ("obj", "src", "count"):
+                assert np.array_equal(getattr(a, f), getattr(b, f)), (sub, f)
+            np.testing.assert_allclose(b.weight, a.weight, rtol=1e-14, atol=0)
+    empty = object_sampler(np.zeros((20, 20), np.int32), 3, 0.5)
+    assert empty.obj.size == 0 and np.array_equal(empty.count, np.zeros(3))
+
+
+def test_label_above_n_objects_names_the_object_set():
+    from hpc_profiler.features.granularity import measure_granularity_channels
+
+    nuclei, cells, n, img = blob_site(size=60, n=4, seed=1)
+    with pytest.raises(ValueError, match=rf"granularity DNA/Cells: label {n} exceeds n_objects={n - 1}"):
+        measure_granularity_channels({"DNA": img}, {"Nuclei": np.minimum(nuclei, n - 1), "Cells": cells},
+                                     {"Nuclei": n - 1, "Cells": n - 1}, **PARAMS)

@@ -387,6 +387,27 @@ def test_is_local_maximum_equals_centrosome():
             np.testing.assert_array_equal(is_local_maximum(image, components, r), ref, err_msg=f"{seed} {r}")
 
 
+def test_is_local_maximum_gpu_path_equals_cpu_path():
+    """The GPU's dense comparison per disk offset (run on NumPy through a backend named "gpu")
+    finds the same pixels as the CPU's shrinking candidate sets: quantised values with many
+    ties, objects a few pixels apart, objects on the border, an empty label image."""
+    from hpc_profiler.backend import Backend, cpu_backend
+    from hpc_profiler.segmentation import is_local_maximum
+
+    cpu = cpu_backend()
+    twin = Backend("gpu", cpu.xp, cpu.ndi, cpu.ski)
+    for seed in range(3):
+        components = _clumps(seed + 30)
+        rng = np.random.default_rng(seed)
+        image = np.round(ndi.gaussian_filter(rng.random(components.shape), 2) * 50) / 50
+        for r in (1.0, 2.5, 7.5):
+            ref = is_local_maximum(image, components, r)
+            assert ref.any()
+            np.testing.assert_array_equal(is_local_maximum(image, components, r, backend=twin), ref)
+    empty = np.zeros((12, 15), np.int32)
+    assert not is_local_maximum(np.ones((12, 15)), empty, 2.5, backend=twin).any()
+
+
 def test_declump_equals_centrosome_composition():
     """Declumping is CellProfiler 5's separate_neighboring_objects ("Shape"/"Shape"):
     centrosome's hole filling and local maxima, the seed-0 uniform noise, and the watershed."""
@@ -469,3 +490,37 @@ def test_threshold_quality_equals_centrosome(synth_sites):
         wv, soe = threshold_quality(img, fg)
         assert wv == pytest.approx(cth.weighted_variance(img, mask, fg), rel=1e-12, abs=1e-15)
         assert soe == pytest.approx(cth.sum_of_entropies(img, mask, fg), rel=1e-12, abs=1e-15)
+
+
+def test_threshold_quality_noise_is_cached_and_unchanged():
+    """The sum-of-entropies noise is drawn once per shape (read-only) and is centrosome's
+    ``RandomState(0).normal`` draw; two sites of one shape get the same numbers as fresh draws."""
+    from hpc_profiler.segmentation import _quality_noise_host, threshold_quality
+
+    a = _quality_noise_host((31, 40))
+    assert a is _quality_noise_host((31, 40)) and not a.flags.writeable
+    assert np.array_equal(a, np.random.RandomState(0).normal(size=(31, 40)))
+    rng = np.random.default_rng(1)
+    for _ in range(2):
+        img = rng.random((31, 40))
+        fg = img > 0.6
+        got = threshold_quality(img, fg)
+        _quality_noise_host.cache_clear()
+        assert threshold_quality(img, fg) == got
+
+
+def test_channel_warnings_one_copy_names_each_channel():
+    """QC messages for all-zero, saturated and empty channels in channel order (the maxima and
+    saturated fractions now come to the host together): hand-made images."""
+    from hpc_profiler.segmentation import channel_warnings
+
+    ok = np.full((10, 10), 0.5, np.float32)
+    sat = ok.copy()
+    sat[:2] = 1.0  # 20 % at full scale
+    few = ok.copy()
+    few[0, 0] = 1.0  # 1 %: not more than the limit
+    got = channel_warnings({"DNA": np.zeros((10, 10), np.float32), "ER": ok, "RNA": sat, "AGP": few,
+                            "Mito": np.zeros((0, 0), np.float32)})
+    assert got == ["channel DNA: all pixels are zero", "channel RNA: 20.0% of pixels are saturated (> 1%)",
+                   "channel Mito: all pixels are zero"]
+    assert channel_warnings({}) == []

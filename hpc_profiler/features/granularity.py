@@ -27,17 +27,20 @@ full-frame image mask), after Ravkin's granulometry:
    CellProfiler's ``ObjectRecord``.
 
 Step 3 is where the time goes: 16 reconstructions per channel, 80 per site.
-They are :mod:`hpc_profiler.morphology`'s: on the CPU Vincent's hybrid
-algorithm compiled with numba, bit-identical to
-``skimage.morphology.reconstruction`` and ~4-5x faster than it on these
-images (its sort-based algorithm took ~0.1 s per 540 x 540 image); on the GPU
-iterated geodesic dilation of all 16 scales x 5 channels of a site as one
-stack, checked for convergence in doubling blocks, never synchronising per
-step (:func:`granular_spectra`, :func:`measure_granularity_channels`). On the
-CPU each reconstruction uses the previous one as its mask, which gives the
-same result as CellProfiler's fixed mask (proof in :func:`granular_spectra`)
-and shortens the propagation. ``scripts/bench_texture_granularity.py`` times both
-reconstructions (and SimpleITK's) in one run.
+They are :mod:`hpc_profiler.morphology`'s. On the CPU all 16 of a channel
+share one mask (the background-subtracted image; proof in
+:func:`granular_spectra`), so its max-tree is built once and every marker
+costs two linear passes over it (:func:`hpc_profiler.morphology.reconstruct_markers`,
+numba, bit-identical to ``skimage.morphology.reconstruction``); the markers
+are written pixel-major by one wavefront erosion kernel and the per-object
+sums read that layout directly (:func:`_cpu_kernels`). Measured with
+``scripts/bench_texture_granularity.py`` (one thread, the 1080 x 1080 bench
+site, same run, 2026-11-28 on the shared 2-core machine): 2.2-2.9x faster
+than the previous CPU path (16 hybrid reconstructions per channel under
+nested masks, itself ~4-5x faster than scikit-image's), bit-identical. On the GPU: iterated geodesic dilation of all 16 scales x 5
+channels of a site as one stack, checked for convergence in doubling blocks,
+never synchronising per step (:func:`granular_spectra`,
+:func:`measure_granularity_channels`).
 
 Everything up to step 3 depends on the channel only, so it is done once per
 channel and measured for every object set (CellProfiler shares it too;
@@ -45,9 +48,18 @@ channel and measured for every object set (CellProfiler shares it too;
 of step 4 is linear in the reconstruction: it is precomputed once per object set
 as sparse weights ``(object, low-res pixel, weight)`` (the bilinear weights of
 the object's pixels summed per low-res pixel with one ``bincount`` over codes
-laid out in each object's low-res bounding box) so that each step costs one
-``bincount`` over about a quarter of the object pixels instead of a
-full-resolution interpolation (same numbers to ~1e-14).
+laid out in each object's low-res bounding box; on the CPU one numba pass
+making the same additions) so that the steps cost one pass over about a
+quarter of the object pixels instead of a full-resolution interpolation
+(same numbers to ~1e-14): on the GPU one ``bincount`` for all 16 steps of a
+channel and object set, on the CPU one numba pass.
+
+GPU launches (``scripts/bench_site.py --audit``; the 1080 x 1080 bench site,
+granularity alone): ~4,550 launches and 19 device->host copies, of which the
+reconstruction's 3,591 and 9 (2 launches per step, one copy per convergence
+check), the samplers' 588 and 6 (mostly
+:func:`~hpc_profiler.features._objects.object_pixels`), the per-object steps
+315; the background of the 5 channels is one stack (20 launches, no copy).
 
 **Why the GPU disagreed with the CPU by up to 28 % (issue 13), and the fix.**
 Read against cuCIM's source (``cucim.skimage.morphology`` ``gray``,
@@ -118,27 +130,36 @@ def _grid_count(n: int, factor: float) -> tuple[float, int]:
 
 
 def _downsample(image, factor: float, bk):
-    """Bilinear samples of ``image`` at ``arange(ceil(n * factor)) / factor`` per axis."""
+    """Bilinear samples of ``image`` at ``arange(ceil(n * factor)) / factor`` on its last two axes."""
     xp = bk.xp
-    (_, h), (_, w) = _grid_count(image.shape[0], factor), _grid_count(image.shape[1], factor)
-    i = xp.arange(h, dtype=xp.float64) / factor
-    j = xp.arange(w, dtype=xp.float64) / factor
+    (_, h), (_, w) = _grid_count(image.shape[-2], factor), _grid_count(image.shape[-1], factor)
+    i = np.arange(h, dtype=np.float64) / factor  # positions known on the host: no device round trip
+    j = np.arange(w, dtype=np.float64) / factor
     step = int(round(1.0 / factor))
-    if bool((i == xp.arange(h) * step).all() & (j == xp.arange(w) * step).all()):
+    if bool((i == np.arange(h) * step).all() and (j == np.arange(w) * step).all()):
         # every sample sits on a pixel (factor 1/step): the bilinear weights are
         # (1, 0), so the samples are exactly the pixels of a strided view
-        return image[::step, ::step][:h, :w].copy()
-    coords = xp.stack(xp.meshgrid(i, j, indexing="ij"))
-    return bk.ndi.map_coordinates(image, coords, order=1)
+        return image[..., ::step, ::step][..., :h, :w].copy()
+    coords = xp.stack(xp.meshgrid(xp.asarray(i), xp.asarray(j), indexing="ij"))
+    return _each_image(image, lambda im: bk.ndi.map_coordinates(im, coords, order=1), xp)
+
+
+def _each_image(stack, fn, xp):
+    """``fn`` of each 2-D image of ``stack`` (its last two axes), stacked back."""
+    if stack.ndim == 2:
+        return fn(stack)
+    flat = stack.reshape((-1,) + stack.shape[-2:])
+    out = xp.stack([fn(flat[k]) for k in range(flat.shape[0])])
+    return out.reshape(stack.shape[:-2] + out.shape[-2:])
 
 
 def _upsample(small, out_shape, scale_y: float, scale_x: float, bk):
-    """Bilinear samples of ``small`` at ``(i * scale_y, j * scale_x)`` on ``out_shape``."""
+    """Bilinear samples of ``small`` (last two axes) at ``(i * scale_y, j * scale_x)`` on ``out_shape``."""
     xp = bk.xp
-    i = xp.arange(out_shape[0], dtype=xp.float64) * scale_y
-    j = xp.arange(out_shape[1], dtype=xp.float64) * scale_x
+    i = xp.arange(out_shape[-2], dtype=xp.float64) * scale_y
+    j = xp.arange(out_shape[-1], dtype=xp.float64) * scale_x
     coords = xp.stack(xp.meshgrid(i, j, indexing="ij"))
-    return bk.ndi.map_coordinates(small, coords, order=1)
+    return _each_image(small, lambda im: bk.ndi.map_coordinates(im, coords, order=1), xp)
 
 
 def disk_half_widths(radius: int) -> np.ndarray:
@@ -168,6 +189,13 @@ def _disk_filter(image, radius: int, op: str, bk):
     xp, ndi = bk.xp, bk.ndi
     r = int(radius)
     widths = disk_half_widths(r)
+    if bk.is_gpu:
+        # one launch over the whole stack (a min/max is exact in any order):
+        # fewer launches than the row decomposition, which pays on the CPU
+        fp = np.abs(np.arange(-r, r + 1))[None, :] <= widths[:, None]
+        fp = xp.asarray(fp.reshape((1,) * (image.ndim - 2) + fp.shape))
+        filt2 = ndi.minimum_filter if op == "min" else ndi.maximum_filter
+        return filt2(image, footprint=fp, mode="reflect")
     filt = ndi.minimum_filter1d if op == "min" else ndi.maximum_filter1d
     pick = xp.minimum if op == "min" else xp.maximum
     h = image.shape[-2]
@@ -196,16 +224,17 @@ def _reflect_rows(h: int, r: int, xp):
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
 
 
-def erode_cross(image, bk):
+def erode_cross(image, bk, footprint=None):
     """Grey erosion by the 3x3 cross on the last two axes, border "reflect".
 
     Equal to ``skimage.morphology.erosion(image, disk(1))``: under "reflect"
     the missing neighbour of a border pixel is the pixel itself, so the
     minimum is over the neighbours inside the image. The CPU takes four
-    slice minimums; the GPU one ``minimum_filter`` launch over the stack.
+    slice minimums; the GPU one ``minimum_filter`` launch over the stack
+    (``footprint``: the cross already on the device, shaped for ``image``).
     """
     if bk.is_gpu:
-        fp = bk.xp.asarray(CROSS.reshape((1,) * (image.ndim - 2) + (3, 3)))
+        fp = footprint if footprint is not None else bk.xp.asarray(CROSS.reshape((1,) * (image.ndim - 2) + (3, 3)))
         return bk.ndi.minimum_filter(image, footprint=fp, mode="nearest")
     out = image.copy()
     np.minimum(out[..., 1:, :], image[..., :-1, :], out=out[..., 1:, :])
@@ -216,8 +245,10 @@ def erode_cross(image, bk):
 
 
 #: geodesic dilation steps before the first convergence check on the GPU (the
-#: block then doubles up to 512: ~6 host synchronisations for ~1,200 steps)
+#: block then doubles up to :data:`GPU_MAX_CHECK_EVERY`: ~7 host
+#: synchronisations for ~1,200 steps, fewer than 256 steps past convergence)
 GPU_CHECK_EVERY = 32
+GPU_MAX_CHECK_EVERY = 256
 
 
 def reconstruct(marker, mask, bk):
@@ -233,40 +264,51 @@ def reconstruct(marker, mask, bk):
     from hpc_profiler.morphology import reconstruct_by_dilation, reconstruct_by_iteration
 
     if bk.is_gpu:
-        return reconstruct_by_iteration(marker, mask, bk.xp, bk.ndi, connectivity=1, check_every=GPU_CHECK_EVERY)
+        return reconstruct_by_iteration(marker, mask, bk.xp, bk.ndi, connectivity=1, check_every=GPU_CHECK_EVERY,
+                                        max_check_every=GPU_MAX_CHECK_EVERY)
     return reconstruct_by_dilation(marker, mask, connectivity=1)
+
+
+_SHIPPED_RECONSTRUCT = reconstruct
 
 
 class Spectrum(NamedTuple):
     """Channel part of MeasureGranularity, shared by all object sets.
 
     ``pixels`` is the background-subtracted subsampled image, ``recs`` the
-    ``spectrum_length`` reconstructions (same grid) and ``image_values`` the
-    image-level spectrum.
+    ``spectrum_length`` reconstructions (same grid), ``image_values`` the
+    image-level spectrum; on the CPU ``pixel_recs`` holds the same
+    reconstructions pixel-major (what :func:`object_spectrum` reads).
     """
 
     pixels: object
     recs: list
     image_values: list
+    #: CPU only: the reconstructions pixel-major, ``[h * w, spectrum_length]``
+    #: (``recs`` are views of its columns)
+    pixel_recs: object = None
 
 
 def background_subtracted(image, *, subsample_size: float = 0.5, image_sample_size: float = 0.5,
-                          element_size: int = 10):
+                          element_size: int = 10, backend=None):
     """Steps 1-2: subsampled image minus its opened (background) version, >= 0.
 
-    Returns ``(pixels, new_length)`` with ``new_length`` the float grid lengths
-    CellProfiler uses for the later rescaling.
+    ``image`` is ``[H, W]`` or a stack ``[..., H, W]`` of independent images
+    (the GPU path passes a site's channels at once). Returns ``(pixels,
+    new_length)`` with ``new_length`` the float grid lengths CellProfiler uses
+    for the later rescaling.
     """
-    bk = backend_of(image)
+    bk = backend if backend is not None else backend_of(image)
     xp = bk.xp
     image = xp.asarray(image, dtype=xp.float64)
-    new_len = (image.shape[0] * subsample_size, image.shape[1] * subsample_size)
+    H, W = image.shape[-2:]
+    new_len = (H * subsample_size, W * subsample_size)
     if subsample_size < 1:
         pixels = _downsample(image, subsample_size, bk)
     else:
         pixels = image.copy()
-        new_len = (float(image.shape[0]), float(image.shape[1]))
-    if min(pixels.shape) < 2:
+        new_len = (float(H), float(W))
+    if min(pixels.shape[-2:]) < 2:
         raise ValueError(
             f"granularity: image {image.shape} is too small for subsample_size={subsample_size}"
         )
@@ -294,20 +336,27 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
     """Steps 1-3 for several channels of one site at once: one :class:`Spectrum` each.
 
     The channels' background-subtracted images are stacked ``[C, h, w]``. On
-    the CPU each scale is one erosion and one reconstruction of the stack (the
-    hybrid algorithm per image) under the previous reconstruction. On the GPU
+    the CPU, per channel, the 16 markers (cross erosions) are reconstructed
+    together on one max-tree of the mask ``pixels``
+    (:func:`hpc_profiler.morphology.reconstruct_markers`). On the GPU
     the 16 markers are eroded first and all ``16 x C`` reconstructions run as
     one iterated geodesic dilation under the fixed mask ``pixels``. The
     longest propagation sets the step count (Mito of the 1080 x 1080
     benchmark site, counted on the CPU: 22 steps at scale 1, 1,121 at scale
-    13), so a site costs ~2 launches per step (~3,000 with the doubling
-    blocks' overshoot: 32 + 64 + ... + 512 + 512 steps) and ~6 host
-    synchronisations, instead of ~16 x 700 x 2 launches and ~100
-    synchronisations scale by scale (estimated; not measured on a GPU). The
-    image-level spectra are copied to the host once, at the end.
+    13), so a site costs 2 launches per step (``maximum_filter``, ``minimum``)
+    times the steps to the last block boundary past convergence (blocks of
+    32, 64, 128, then 256): on the bench site with its illumination
+    correction the audit counts 3,591 launches and 9 checks (one
+    device->host copy each) for ~1,760 steps. Each check drops the images
+    that one step left unchanged, so the late steps touch the few slowest
+    scales, not all 80 images (device memory traffic, not launches, set the
+    GPU's pace there). The image-level spectra are copied to the host once,
+    at the end.
 
-    On the CPU ``rec_k = R(ero_k, mask=pixels)`` is computed as ``R(ero_k, mask=rec_{k-1})``,
-    which is equal: reconstruction by dilation is ``R_g(f)(x) = max over paths
+    The fixed mask gives CellProfiler's result, which reconstructs under the
+    previous reconstruction: ``R(ero_k, mask=pixels) = R(ero_k, mask=rec_{k-1})``
+    (the CPU used the nested masks until the max-tree made one mask cheaper):
+    reconstruction by dilation is ``R_g(f)(x) = max over paths
     P from y to x of min(f(y), min_P g)``; ``rec_{k-1} <= pixels`` gives ``<=``,
     and along an optimal path for ``R_pixels(ero_k)`` every pixel z has
     ``rec_{k-1}(z) >= R_pixels(ero_k)(z) >=`` the path value (``ero_k <=
@@ -321,39 +370,48 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
 
     ``backend`` defaults to :func:`~hpc_profiler.backend.backend_of` the
     images; the tests pass a NumPy backend named "gpu" to run the GPU path on
-    the CPU.
+    the CPU. Benchmarks that swap :func:`reconstruct` for a reference
+    reconstruction get the CPU path scale by scale through it.
     """
     images = list(images)
     if not images:
         return []
     bk = backend if backend is not None else backend_of(*images)
     xp = bk.xp
-    pixels = [
-        background_subtracted(
-            im, subsample_size=subsample_size, image_sample_size=image_sample_size, element_size=element_size,
-        )[0]
-        for im in images
-    ]
-    if len({p.shape for p in pixels}) != 1:
-        raise ValueError(f"granularity: channels of one site differ in shape: {[p.shape for p in pixels]}")
-    stack = xp.stack(pixels)
-    starts = [p.mean() for p in pixels]
+    bg = dict(subsample_size=subsample_size, image_sample_size=image_sample_size, element_size=element_size)
+    if len({tuple(im.shape) for im in images}) != 1:
+        raise ValueError(f"granularity: channels of one site differ in shape: {[im.shape for im in images]}")
+    if bk.is_gpu:
+        # the channels as one stack: a handful of launches per site, not per channel
+        stack = background_subtracted(xp.stack([xp.asarray(im, dtype=xp.float64) for im in images]),
+                                      backend=bk, **bg)[0]
+        pixels = [stack[c] for c in range(len(images))]
+        starts = stack.mean(axis=(-2, -1))
+    else:
+        pixels = [background_subtracted(im, **bg)[0] for im in images]
+        stack = xp.stack(pixels)
+        starts = xp.stack([p.mean() for p in pixels])
     n_steps = int(spectrum_length)
-    recs, losses = [], []
+    recs, losses, pixel_recs = [], [], []
     if bk.is_gpu and n_steps:
         # every scale at once under the fixed mask (the same result, see above):
         # one iterated reconstruction of a [steps, C, h, w] stack, a handful of
         # host synchronisations per site instead of some per scale
         eros, ero = [], stack
+        fp = xp.asarray(CROSS.reshape((1,) * (stack.ndim - 2) + (3, 3)))  # one copy to the device
         for _ in range(n_steps):
-            ero = erode_cross(ero, bk)
+            ero = erode_cross(ero, bk, fp)
             eros.append(ero)
         markers = xp.stack(eros)
         rec_all = reconstruct(markers, xp.broadcast_to(stack, markers.shape), bk)
         diffs = xp.concatenate([stack[None], rec_all[:-1]]) - rec_all
-        losses = list(diffs.mean(axis=(2, 3)))
+        step_means = diffs.mean(axis=(2, 3))
+        losses = [step_means[k] for k in range(n_steps)]  # views, no host loop over a device array
         recs = [rec_all[k] for k in range(n_steps)]
-    else:
+    elif n_steps and reconstruct is not _SHIPPED_RECONSTRUCT:
+        # a benchmark swapped ``reconstruct`` for a reference one: scale by
+        # scale through it, under the previous reconstruction (the path before
+        # the max-tree; the same numbers)
         ero = prev = stack
         for _ in range(n_steps):
             ero = erode_cross(ero, bk)
@@ -362,13 +420,37 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
             losses.append(xp.stack([diff[c].mean() for c in range(len(pixels))]))
             recs.append(rec)
             prev = rec
-    starts = bk.to_numpy(xp.stack(starts)).tolist()
-    losses = bk.to_numpy(xp.stack(losses)).tolist() if losses else []  # [step][channel], one copy
+    elif n_steps:
+        # per channel: the 16 eroded markers written pixel-major, reconstructed
+        # together on one max-tree of the mask (fixed mask, see above), then
+        # unpacked into the reconstructions, the step images and the per-pixel
+        # step matrix of :func:`object_spectrum` (numba, :func:`_cpu_kernels`)
+        from hpc_profiler.morphology import mask_tree, reconstruct_pixel_major
+
+        eroded, unpack = _cpu_kernels()[:2]
+        h, w = stack.shape[1:]
+        diff_all = np.empty((n_steps, len(pixels), h, w))
+        for c in range(len(pixels)):
+            m = np.empty((h * w, n_steps))
+            eroded(np.ascontiguousarray(stack[c]), m)
+            reconstruct_pixel_major(m, mask_tree(stack[c], connectivity=1))
+            unpack(stack[c].reshape(-1), m, diff_all[:, c].reshape(n_steps, -1))
+            pixel_recs.append(m)
+        for k in range(n_steps):
+            diff = diff_all[k]
+            losses.append(xp.stack([diff[c].mean() for c in range(len(pixels))]))
+    # the image-level numbers to the host with ONE copy: [starts; losses per step] x channel
+    host = bk.to_numpy(xp.stack([starts, *losses])).tolist()
+    starts, losses = host[0], host[1:]
     out = []
     for c, p in enumerate(pixels):
         start = max(starts[c], float(np.finfo(float).eps))
         values = [row[c] * 100.0 / start for row in losses]
-        out.append(Spectrum(p, [r[c] for r in recs], values))
+        if pixel_recs:  # CPU: [h, w] views of the pixel-major reconstructions (no copy)
+            m = pixel_recs[c]
+            out.append(Spectrum(p, [m[:, k].reshape(p.shape) for k in range(n_steps)], values, m))
+        else:
+            out.append(Spectrum(p, [r[c] for r in recs], values))
     return out
 
 
@@ -411,7 +493,8 @@ class ObjectSampler(NamedTuple):
     count: object
 
 
-def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: ObjectPixels | None = None) -> ObjectSampler:
+def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: ObjectPixels | None = None,
+                   backend=None) -> ObjectSampler:
     """Build the :class:`ObjectSampler` of a label image (once per object set).
 
     Pixel ``(i, j)`` samples the subsampled grid at ``(i * scale[0], j *
@@ -420,9 +503,12 @@ def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: 
     of every object pixel are summed per (object, low-res pixel) with one
     ``bincount`` over codes laid out object by object in their low-res bounding
     boxes. ``pixels`` is the :func:`~hpc_profiler.features._objects.object_pixels`
-    of ``labels`` when the caller already has it.
+    of ``labels`` when the caller already has it. On the CPU the four sums are
+    one numba pass (:func:`_sampler_sums`, the same additions in the same
+    order); ``backend`` as in :func:`granular_spectra`.
     """
-    xp = backend_of(labels).xp
+    bk = backend if backend is not None else backend_of(labels)
+    xp = bk.xp
     n = int(n_objects)
     (hs, ws), scale = sampling_grid(labels.shape, subsample_size)
     op = pixels if pixels is not None else object_pixels(labels, n)
@@ -432,7 +518,7 @@ def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: 
     c0t, fct, dct, col_ok = _axis_samples(labels.shape[1], scale[1], ws, xp)
     y, x, obj = op.y, op.x, op.obj
     keep = row_ok[y] & col_ok[x]
-    if not bool(keep.all()):
+    if not bk.is_gpu and not bool(keep.all()):  # (the GPU weighs them 0 instead: no host round trip)
         y, x, obj = y[keep], x[keep], obj[keep]
     # low-res bounding box of each object's samples (both bilinear corners)
     ymin, xmin, ymax, xmax = bounding_boxes(op)
@@ -444,19 +530,21 @@ def object_sampler(labels, n_objects: int, subsample_size: float = 0.5, pixels: 
     bw = xp.where(nonempty, c0t[last_c] + dct[last_c] - left + 1, 0)
     end = xp.cumsum(bh * bw)
     base = end - bh * bw
-    total = int(end[-1]) if n else 0
     # code of (object, low-res pixel) = base + (row - top) * bw + (col - left)
-    bwo = bw[obj]
-    k00 = (base - top * bw - left)[obj] + r0t[y] * bwo + c0t[x]
-    dc = dct[x]
-    k10 = k00 + drt[y] * bwo
-    fr, fc = frt[y], fct[x]
-    summed = (
-        xp.bincount(k00, weights=(1 - fr) * (1 - fc), minlength=total)[:total]
-        + xp.bincount(k00 + dc, weights=(1 - fr) * fc, minlength=total)[:total]
-        + xp.bincount(k10, weights=fr * (1 - fc), minlength=total)[:total]
-        + xp.bincount(k10 + dc, weights=fr * fc, minlength=total)[:total]
-    )
+    if not bk.is_gpu:  # one numba pass, four sums added as four bincounts would
+        total = int(end[-1]) if n else 0
+        summed = _cpu_kernels()[3](y, x, obj, r0t, frt, drt, c0t, fct, dct, base - top * bw - left, bw, total)
+    else:  # one bincount of the four corners (sized on the device: no copy of the total)
+        bwo = bw[obj]
+        k00 = (base - top * bw - left)[obj] + r0t[y] * bwo + c0t[x]
+        dc = dct[x]
+        k10 = k00 + drt[y] * bwo
+        kf = keep.astype(xp.float64)
+        fr, fc = frt[y], fct[x]
+        summed = xp.bincount(
+            xp.concatenate([k00, k00 + dc, k10, k10 + dc]),
+            weights=xp.concatenate([(1 - fr) * (1 - fc) * kf, (1 - fr) * fc * kf, fr * (1 - fc) * kf, fr * fc * kf]),
+        )
     codes = xp.nonzero(summed)[0]  # weights are >= 0: zero sums carry nothing
     o = xp.searchsorted(end, codes, side="right")
     local = codes - base[o]
@@ -479,9 +567,17 @@ def _axis_samples(n: int, scale: float, n_small: int, xp):
     return i0, frac, step, ok
 
 
-def _object_means(sampler: ObjectSampler, small, n_objects: int, xp):
-    sums = xp.bincount(sampler.obj, weights=sampler.weight * small.ravel()[sampler.src], minlength=n_objects)
-    return sums[:n_objects] / sampler.count
+def _object_step_means(sampler: ObjectSampler, recs, n_objects: int, xp):
+    """``[K, N]`` per-object means of ``rec_1`` and of ``rec_{k-1} - rec_k`` (k >= 2) of the
+    ``[K, h, w]`` reconstructions, all steps in ONE ``bincount`` (the GPU path: ~10
+    launches per channel and object set instead of ~5 per step)."""
+    K = recs.shape[0]
+    flat = recs.reshape(K, -1)
+    steps = xp.concatenate([flat[:1], flat[:-1] - flat[1:]])
+    vals = steps[:, sampler.src] * sampler.weight
+    codes = sampler.obj + n_objects * xp.arange(K)[:, None]
+    sums = xp.bincount(codes.ravel(), weights=vals.ravel(), minlength=K * n_objects)[: K * n_objects]
+    return sums.reshape(K, n_objects) / sampler.count
 
 
 def _step_sums(obj, src, weight, steps, n_objects):
@@ -497,6 +593,126 @@ def _step_sums(obj, src, weight, steps, n_objects):
 
 
 _step_sums_jit = None
+
+
+def _eroded_markers(image, m):
+    """``m[:, k]`` = ``image`` eroded ``k + 1`` times by the 3x3 cross (border "reflect"), pixel-major.
+
+    The same minimums as :func:`erode_cross` applied ``K`` times (a pixel's
+    missing neighbours outside the image are itself). Rows are computed in a
+    wavefront (row ``r`` of erosion ``k`` at time ``r + k + 1``, when rows
+    ``r - 1 .. r + 1`` of erosion ``k - 1`` exist) into a ring of the last
+    ``K + 3`` rows of every erosion; a row finished by all ``K`` erosions is
+    written to ``m`` in one contiguous pass.
+    """
+    H, W = image.shape
+    K = m.shape[1]
+    D = K + 3
+    ring = np.empty((K + 1, D, W))  # ring[k + 1]: rows of erosion k (ring[0]: the image), row r at r % D
+    for t in range(H + K + 1):
+        for k in range(-1, K):
+            r = t - k - 1
+            if r < 0 or r >= H:
+                continue
+            dst = ring[k + 1, r % D]
+            if k == -1:
+                for c in range(W):
+                    dst[c] = image[r, c]
+                continue
+            src = ring[k]
+            up = src[(r - 1) % D] if r > 0 else src[r % D]
+            mid = src[r % D]
+            down = src[(r + 1) % D] if r < H - 1 else src[r % D]
+            for c in range(W):
+                v = mid[c]
+                a = up[c]
+                if a < v:
+                    v = a
+                a = down[c]
+                if a < v:
+                    v = a
+                if c > 0:
+                    a = mid[c - 1]
+                    if a < v:
+                        v = a
+                if c < W - 1:
+                    a = mid[c + 1]
+                    if a < v:
+                        v = a
+                dst[c] = v
+        r = t - K  # finished by the last erosion at this time
+        if 0 <= r < H:
+            base = r * W
+            for c in range(W):
+                for k in range(K):
+                    m[base + c, k] = ring[k + 1, r % D, c]
+
+
+def _unpack_diffs(pixels, m, diffs):
+    """``diffs[k, p] = rec_{k-1} - rec_k`` (``pixels - rec_1`` first) from the reconstructions ``m[p, k]``."""
+    K = m.shape[1]
+    for p in range(m.shape[0]):
+        prev = pixels[p]
+        for k in range(K):
+            v = m[p, k]
+            diffs[k, p] = prev - v
+            prev = v
+
+
+def _pixel_step_sums(obj, src, weight, recs, n_objects):
+    """:func:`_step_sums` from the pixel-major reconstructions ``recs[p, k]``: the steps
+    ``rec_1``, ``rec_{k-1} - rec_k`` computed on the fly, the same additions in the same order."""
+    K = recs.shape[1]
+    out = np.zeros((K, n_objects))
+    for e in range(obj.size):
+        o = obj[e]
+        p = src[e]
+        w = weight[e]
+        out[0, o] += w * recs[p, 0]
+        for k in range(1, K):
+            out[k, o] += w * (recs[p, k - 1] - recs[p, k])
+    return out
+
+
+def _sampler_sums(y, x, obj, r0t, frt, drt, c0t, fct, dct, offset, bw, total):
+    """The bilinear weights of every object pixel summed per (object, low-res pixel) code
+    (:func:`object_sampler`): four accumulations in pixel order, as its four ``bincount``
+    calls, added in the same order."""
+    a00 = np.zeros(total)
+    a01 = np.zeros(total)
+    a10 = np.zeros(total)
+    a11 = np.zeros(total)
+    for i in range(obj.size):
+        o = obj[i]
+        yy = y[i]
+        xx = x[i]
+        b = bw[o]
+        k00 = offset[o] + r0t[yy] * b + c0t[xx]
+        k10 = k00 + drt[yy] * b
+        dc = dct[xx]
+        fr = frt[yy]
+        fc = fct[xx]
+        a00[k00] += (1 - fr) * (1 - fc)
+        a01[k00 + dc] += (1 - fr) * fc
+        a10[k10] += fr * (1 - fc)
+        a11[k10 + dc] += fr * fc
+    out = np.empty(total)
+    for k in range(total):
+        out[k] = ((a00[k] + a01[k]) + a10[k]) + a11[k]
+    return out
+
+
+_cpu_kernel_cache: list = []
+
+
+def _cpu_kernels():
+    """The numba kernels of the CPU path: (eroded markers, unpack diffs, pixel step sums, sampler sums)."""
+    if not _cpu_kernel_cache:
+        from hpc_profiler.morphology import njit_cached
+
+        _cpu_kernel_cache.extend(njit_cached(f) for f in (_eroded_markers, _unpack_diffs, _pixel_step_sums,
+                                                          _sampler_sums))
+    return _cpu_kernel_cache
 
 
 def _cpu_step_means(sampler: ObjectSampler, recs, n_objects: int):
@@ -519,6 +735,12 @@ def _cpu_step_means(sampler: ObjectSampler, recs, n_objects: int):
     return sums / sampler.count[None, :]
 
 
+def _pixel_step_means(sampler: ObjectSampler, pixel_recs, n_objects: int):
+    """:func:`_cpu_step_means` from :attr:`Spectrum.pixel_recs` (the same sums, bit for bit)."""
+    sums = _cpu_kernels()[2](sampler.obj, sampler.src, sampler.weight, pixel_recs, n_objects)
+    return sums / sampler.count[None, :]
+
+
 def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: ObjectSampler, backend=None):
     """Step 4: per-object granular spectrum ``[spectrum_length, N]`` (NaN for empty objects).
 
@@ -526,8 +748,9 @@ def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: 
     ``subsample_size``. The loss at step k is the object's mean of
     ``rec_{k-1} - rec_k`` (of the original image minus ``rec_1`` first):
     exactly 0 where the step changes nothing in the object, in any order of
-    summation. The GPU sums each step with one ``bincount``; the CPU all steps
-    in one pass (:func:`_cpu_step_means`). ``backend`` as in
+    summation. The GPU sums all steps with one ``bincount``
+    (:func:`_object_step_means`); the CPU all steps in one pass
+    (:func:`_pixel_step_means`). ``backend`` as in
     :func:`granular_spectra`.
     """
     bk = backend if backend is not None else backend_of(labels, image)
@@ -542,9 +765,9 @@ def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: 
         if not recs:
             return xp.zeros((0, n_objects))
         if bk.is_gpu:
-            means = [_object_means(sampler, recs[0], n_objects, xp)]
-            means += [_object_means(sampler, recs[k - 1] - recs[k], n_objects, xp) for k in range(1, len(recs))]
-            means = xp.stack(means)
+            means = _object_step_means(sampler, xp.stack(recs), n_objects, xp)
+        elif spectrum.pixel_recs is not None:
+            means = _pixel_step_means(sampler, spectrum.pixel_recs, n_objects)
         else:
             means = _cpu_step_means(sampler, recs, n_objects)
         losses = xp.concatenate([(current - means[0])[None, :], means[1:]])
@@ -633,14 +856,15 @@ def measure_granularity_channels(
                 raise ValueError(
                     f"granularity {channel}/{obj_name}: labels {labels.shape} and image {image.shape} differ"
                 )
-    counts = {}
-    for obj_name, labels in labels_by_object.items():
-        n = int(n_objects[obj_name])
-        if n and int(labels.max()) > n:
-            raise ValueError(
-                f"granularity {next(iter(images))}/{obj_name}: label {int(labels.max())} exceeds n_objects={n}"
-            )
-        counts[obj_name] = n
+    counts = {o: int(n_objects[o]) for o in labels_by_object}
+    checked = [o for o in labels_by_object if counts[o] and labels_by_object[o].size]
+    if checked:  # every object set's largest label with ONE device->host copy
+        tops = bk.to_numpy(xp.stack([labels_by_object[o].max().astype(xp.int64) for o in checked])).tolist()
+        for obj_name, top in zip(checked, tops):
+            if top > counts[obj_name]:
+                raise ValueError(
+                    f"granularity {next(iter(images))}/{obj_name}: label {top} exceeds n_objects={counts[obj_name]}"
+                )
     samplers = {
         o: (samplers.get(o) if samplers else None) or object_sampler(labels_by_object[o], counts[o], subsample_size)
         for o in labels_by_object
