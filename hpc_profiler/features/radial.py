@@ -400,7 +400,7 @@ def _geometry_objects(py, px, starts, counts, ymin, xmin, ymax, xmax, height, wi
         h = ymax[i] + (1 if ymax[i] < height else 0) - y0
         w = xmax[i] + (1 if xmax[i] < width else 0) - x0
         big = h + w + 2  # above any in-crop distance: "no background in this column"
-        local = np.full((h, w), -1, dtype=np.int64)  # pixel index within the object, -1 outside
+        local = np.full((h, w), -1, dtype=np.int32)  # pixel index within the object, -1 outside
         for p in range(c):
             local[py[s + p] - y0, px[s + p] - x0] = p
         g = np.empty((h, w), dtype=np.int64)
@@ -418,7 +418,8 @@ def _geometry_objects(py, px, starts, counts, ymin, xmin, ymax, xmax, height, wi
                     g[y, x] = g[y + 1, x] + 1
         sq = np.empty(w, dtype=np.int64)
         tq = np.empty(w, dtype=np.int64)
-        dt = np.empty((h, w), dtype=np.int64)
+        best = -1
+        arg = 0
         for y in range(h):  # lower envelope of the parabolas (x - u)^2 + g(u)^2 (columns beyond: none)
             q = 0
             sq[0] = 0
@@ -442,20 +443,19 @@ def _geometry_objects(py, px, starts, counts, ymin, xmin, ymax, xmax, height, wi
                         q += 1
                         sq[q] = u
                         tq[q] = sep
+            ly = local[y]
             for x in range(w - 1, -1, -1):
-                a = x - sq[q]
-                dt[y, x] = a * a + gy[sq[q]] * gy[sq[q]]
+                p = ly[x]
+                if p >= 0:  # an object pixel: its squared distance, and the first farthest pixel
+                    a = x - sq[q]
+                    v2 = a * a + gy[sq[q]] * gy[sq[q]]
+                    d_edge[s + p] = math.sqrt(float(v2))
+                    d_center[s + p] = np.inf
+                    if v2 > best or (v2 == best and p < arg):
+                        best = v2
+                        arg = p
                 if x == tq[q]:
                     q -= 1
-        best = -1
-        arg = 0
-        for p in range(c):
-            v2 = dt[py[s + p] - y0, px[s + p] - x0]
-            d_edge[s + p] = math.sqrt(float(v2))
-            d_center[s + p] = np.inf
-            if v2 > best:
-                best = v2
-                arg = p
         seed[i] = s + arg
         # geodesic distance from the seed (FIFO label-correcting, every pixel at most once queued)
         queue = np.empty(c, dtype=np.int64)
