@@ -267,3 +267,72 @@ def test_geodesic_device_two_step_paths_on_thin_objects():
     b = geodesic_from_seeds(packed, op.flat.shape[0], seeds, backend=twin)
     np.testing.assert_array_equal(a, b)
     assert np.isfinite(a).sum() > 500 and a[np.isfinite(a)].max() > 20
+
+
+def _edge_cases_labels():
+    """Objects against every image edge and corner, one spanning the full height, a split
+    object, thin 8-connected walks, touching neighbours."""
+    rng = np.random.default_rng(11)
+    labels = np.zeros((90, 120), np.int32)
+    labels[0:12, 0:15] = 1            # top-left corner
+    labels[0:10, 15:40] = 2           # top edge, touching 1
+    labels[80:90, 100:120] = 3        # bottom-right corner
+    labels[:, 60:64] = 4              # full height: no background above or below
+    labels[40:52, 0:9] = 5            # left edge
+    labels[30:45, 112:120] = 6        # right edge
+    labels[20:30, 20:30] = 7          # split object: two pieces
+    labels[33:37, 33:37] = 7
+    yy, xx = np.mgrid[0:90, 0:120]
+    labels[(np.hypot(yy - 60, xx - 35) <= 12) & (np.hypot(yy - 60, xx - 35) >= 6)] = 8  # ring
+    for k in (9, 10):
+        y, x = rng.integers(20, 70, 2) + [0, 50]
+        for _ in range(80):
+            if labels[y, x] == 0:
+                labels[y, x] = k
+            y = int(np.clip(y + rng.integers(-1, 2), 0, 89))
+            x = int(np.clip(x + rng.integers(-1, 2), 66, 110))
+    return labels, int(labels.max())
+
+
+@pytest.mark.parametrize("case", ["site0", "site3", "edges"])
+def test_cpu_geometry_equals_packed_canvas_path_to_the_bit(case):
+    """The CPU's per-object numba pass (its own EDT, argmax, geodesic, bins, wedges) against
+    the packed canvas + SciPy transform + label-correcting path (``edges=`` given), and its
+    edge distances against SciPy's transform of each object alone in the whole image
+    (CellProfiler's ``distance_to_edge``: the image edge is not background)."""
+    from scipy import ndimage as ndi
+
+    import hpc_profiler.features.radial as R
+    from hpc_profiler.features._objects import bounding_boxes
+
+    if case == "edges":
+        labels, n = _edge_cases_labels()
+        img = np.random.default_rng(1).random(labels.shape).astype(np.float32)
+    else:
+        labels, n, images = make_site(seed=int(case[-1]))
+        img = np.asarray(images["RNA"], dtype=np.float32)
+    for bins, scaled in ((4, True), (3, False)):
+        op = object_pixels(labels, n)
+        fast = radial_geometry(labels, n, bins=bins, scaled=scaled, max_radius=7, objects=op)
+        slow = radial_geometry(labels, n, bins=bins, scaled=scaled, max_radius=7, objects=op,
+                               edges=R.edge_distances(op))
+        for attr in ("good", "bin", "wedge", "center_y", "center_x"):
+            np.testing.assert_array_equal(getattr(fast, attr), getattr(slow, attr), err_msg=attr)
+        a = measure_radial_distribution(labels, n, img, "X", bins=bins, scaled=scaled, max_radius=7, geometry=fast)
+        b = measure_radial_distribution(labels, n, img, "X", bins=bins, scaled=scaled, max_radius=7, geometry=slow)
+        for k in b:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    assert (~fast.good).any()  # a split object's far piece is left out
+    # the kernel's edge distances = SciPy's transform of each object alone, image edge not background
+    ymin, xmin, ymax, xmax = bounding_boxes(op)
+    d_edge, d_center = np.empty(op.flat.shape[0]), np.empty(op.flat.shape[0])
+    seed = np.empty(n, np.int64)
+    good, bin_, wedge = (np.empty(op.flat.shape[0], t) for t in (np.bool_, np.int64, np.int64))
+    R._geometry_objects_jit(op.y, op.x, op.starts, op.counts, ymin, xmin, ymax, xmax, labels.shape[0],
+                            labels.shape[1], R._STEP_LENGTHS, 4, True, 100.0, d_edge, d_center, seed,
+                            good, bin_, wedge)
+    ref = np.empty_like(d_edge)
+    for i in range(n):
+        sl = slice(op.starts[i], op.starts[i] + op.counts[i])
+        ref[sl] = ndi.distance_transform_edt(labels == i + 1)[op.y[sl], op.x[sl]]
+    np.testing.assert_array_equal(d_edge, ref)
