@@ -20,14 +20,14 @@ MODULES = {"AreaShape": "shape", "Intensity": "intensity", "RadialDistribution":
 
 
 def _entries(module) -> list[Family]:
-    return [v for v in vars(module).values() if isinstance(v, Family)
-            and (v.names.__module__ == module.__name__)]
+    return [v for v in vars(module).values() if isinstance(v, Family) and v.names.__module__ == module.__name__]
 
 
 def test_every_allowed_family_has_one_entry_in_its_own_module():
     assert list(FAMILIES) == list(FEATURE_FAMILIES) and set(MODULES) == set(FEATURE_FAMILIES)
     for p in sorted(PKG.glob("*.py")):
-        mod = importlib.import_module(f"hpc_profiler.features.{p.stem}" if p.stem != "__init__" else "hpc_profiler.features")
+        name = "hpc_profiler.features" + ("" if p.stem == "__init__" else f".{p.stem}")
+        mod = importlib.import_module(name)
         own = _entries(mod)
         if p.stem in MODULES.values():
             fam = next(f for f, m in MODULES.items() if m == p.stem)

@@ -15,6 +15,14 @@ Correlation         MeasureColocalization                 ``correlation.measure_
 Neighbors           MeasureObjectNeighbors                ``neighbors.measure_neighbors``
 ==================  ====================================  ==================================
 
+Each family module ends with its :class:`registry.Family` entry (column names,
+per-object measure function, whether per channel); :data:`FAMILIES` collects
+them and the assembler loops over that registry for the names and the
+per-object measurements. The per-site preparations shared by the object sets
+(Texture's gray levels and image texture, Granularity of every object set at
+once, Correlation's image ranks, AreaShape's host part on the GPU) stay in
+:func:`measure_site`.
+
 :func:`measure_site` runs the families selected in
 :class:`hpc_profiler.config.FeaturesConfig` on the objects Nuclei, Cells and
 Cytoplasm of a site (label images sharing the numbers 1..N) and returns one
@@ -51,9 +59,7 @@ from ..backend import backend_of
 from ..config import FEATURE_FAMILIES, OBJECTS, FeaturesConfig
 from ..sitefile import ObjectTable
 from . import correlation, granularity, intensity, neighbors, radial, shape, texture
-from .intensity import INTENSITY_FEATURES, INTENSITY_LOCATIONS
 from .neighbors import neighbor_distances
-from .radial import RADIAL_FEATURES
 from .registry import Family, ObjectContext
 from .shape import AREASHAPE_FEATURES
 
@@ -72,10 +78,8 @@ __all__ = [
 
 #: The registry: one :class:`registry.Family` per family, from the end of its module, in
 #: :data:`hpc_profiler.config.FEATURE_FAMILIES` order.
-FAMILIES: dict[str, Family] = {
-    m.FAMILY.name: m.FAMILY for m in (shape, intensity, radial, texture, granularity, correlation, neighbors)
-}
-FAMILIES = {f: FAMILIES[f] for f in FEATURE_FAMILIES}
+_ENTRIES = {m.FAMILY.name: m.FAMILY for m in (shape, intensity, radial, texture, granularity, correlation, neighbors)}
+FAMILIES: dict[str, Family] = {f: _ENTRIES[f] for f in FEATURE_FAMILIES}
 #: Columns the assembler computes itself (CellProfiler's Identify modules write them).
 LOCATION_CENTER = ("Location_Center_X", "Location_Center_Y")
 
