@@ -15,6 +15,14 @@ Correlation         MeasureColocalization                 ``correlation.measure_
 Neighbors           MeasureObjectNeighbors                ``neighbors.measure_neighbors``
 ==================  ====================================  ==================================
 
+Each family module ends with its :class:`registry.Family` entry (column names,
+per-object measure function, whether per channel); :data:`FAMILIES` collects
+them and the assembler loops over that registry for the names and the
+per-object measurements. The per-site preparations shared by the object sets
+(Texture's gray levels and image texture, Granularity of every object set at
+once, Correlation's image ranks, AreaShape's host part on the GPU) stay in
+:func:`measure_site`.
+
 :func:`measure_site` runs the families selected in
 :class:`hpc_profiler.config.FeaturesConfig` on the objects Nuclei, Cells and
 Cytoplasm of a site (label images sharing the numbers 1..N) and returns one
@@ -41,7 +49,6 @@ The CPJUMP1 choices made here (see ``docs/feature_differences.md``):
 from __future__ import annotations
 
 import functools
-import importlib
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Optional, Sequence
@@ -51,8 +58,10 @@ import numpy as np
 from ..backend import backend_of
 from ..config import FEATURE_FAMILIES, OBJECTS, FeaturesConfig
 from ..sitefile import ObjectTable
-from .correlation import correlation_feature_names, measure_correlation
-from .neighbors import measure_neighbors, neighbor_feature_names, with_discarded_labels
+from . import correlation, granularity, intensity, neighbors, radial, shape, texture
+from .neighbors import neighbor_distances
+from .registry import Family, ObjectContext
+from .shape import AREASHAPE_FEATURES
 
 __all__ = [
     "SiteFeatures",
@@ -63,25 +72,14 @@ __all__ = [
     "family_of",
     "neighbor_distances",
     "AREASHAPE_FEATURES",
+    "FAMILIES",
+    "Family",
 ]
 
-#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D; ConvexArea from CellProfiler 5).
-AREASHAPE_FEATURES = (
-    "Area", "BoundingBoxArea", "BoundingBoxMaximum_X", "BoundingBoxMaximum_Y", "BoundingBoxMinimum_X",
-    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "ConvexArea", "Eccentricity",
-    "EquivalentDiameter", "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter",
-    "MaximumRadius", "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation",
-    "Perimeter", "Solidity",
-)
-#: MeasureObjectIntensity columns per channel (``Intensity_<name>_<channel>``).
-INTENSITY_FEATURES = (
-    "IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity",
-    "IntegratedIntensityEdge", "MeanIntensityEdge", "StdIntensityEdge", "MinIntensityEdge", "MaxIntensityEdge",
-    "LowerQuartileIntensity", "MedianIntensity", "UpperQuartileIntensity", "MADIntensity", "MassDisplacement",
-)
-#: Location columns MeasureObjectIntensity writes per channel.
-INTENSITY_LOCATIONS = ("CenterMassIntensity_X", "CenterMassIntensity_Y", "MaxIntensity_X", "MaxIntensity_Y")
-RADIAL_FEATURES = ("FracAtD", "MeanFrac", "RadialCV")
+#: The registry: one :class:`registry.Family` per family, from the end of its module, in
+#: :data:`hpc_profiler.config.FEATURE_FAMILIES` order.
+_ENTRIES = {m.FAMILY.name: m.FAMILY for m in (shape, intensity, radial, texture, granularity, correlation, neighbors)}
+FAMILIES: dict[str, Family] = {f: _ENTRIES[f] for f in FEATURE_FAMILIES}
 #: Columns the assembler computes itself (CellProfiler's Identify modules write them).
 LOCATION_CENTER = ("Location_Center_X", "Location_Center_Y")
 
@@ -111,52 +109,18 @@ class SiteFeatures:
 
 
 # ----------------------------------------------------------------- names
-def neighbor_distances(obj: str, params: FeaturesConfig) -> list[Optional[int]]:
-    """Neighbour settings measured for ``obj`` (``None`` = adjacent), CPJUMP1 style."""
-    nb = params.neighbors
-    if obj == "Cells":
-        return [nb.cells_distance] + ([None] if nb.cells_adjacent else [])
-    if obj == "Nuclei":
-        return [nb.nuclei_distance]
-    return []
-
-
-def _zernike_names(degree: int) -> list[str]:
-    return [f"AreaShape_Zernike_{n}_{m}" for n in range(degree + 1) for m in range(n + 1) if (n - m) % 2 == 0]
-
-
-def _texture_names(channel: str, params: FeaturesConfig) -> list[str]:
-    from .texture import DIRECTIONS, HARALICK_FEATURES, texture_feature_name
-
-    t = params.texture
-    return [
-        texture_feature_name(f, channel, s, d, t.gray_levels)
-        for s in t.scales
-        for d in range(len(DIRECTIONS))
-        for f in HARALICK_FEATURES
-    ]
+def _family(family: str) -> Family:
+    if family not in FAMILIES:
+        raise ValueError(f"unknown feature family {family!r}; known: {FEATURE_FAMILIES}")
+    return FAMILIES[family]
 
 
 def family_feature_names(family: str, obj: str, channels: Sequence[str], params: FeaturesConfig) -> list[str]:
     """Column names (without the object prefix) of one family for one object."""
-    if family == "AreaShape":
-        return [f"AreaShape_{f}" for f in AREASHAPE_FEATURES] + _zernike_names(params.zernike_degree)
-    if family == "Intensity":
-        return [f"Intensity_{f}_{c}" for c in channels for f in INTENSITY_FEATURES] + [
-            f"Location_{f}_{c}" for c in channels for f in INTENSITY_LOCATIONS
-        ]
-    if family == "RadialDistribution":
-        b = params.radial.bins
-        return [f"RadialDistribution_{f}_{c}_{i}of{b}" for c in channels for f in RADIAL_FEATURES for i in range(1, b + 1)]
-    if family == "Texture":
-        return [n for c in channels for n in _texture_names(c, params)]
-    if family == "Granularity":
-        return [f"Granularity_{k}_{c}" for c in channels for k in range(1, params.granularity.spectrum_length + 1)]
-    if family == "Correlation":
-        return correlation_feature_names(channels) if len(channels) > 1 else []
-    if family == "Neighbors":
-        return [n for d in neighbor_distances(obj, params) for n in neighbor_feature_names(d)]
-    raise ValueError(f"unknown feature family {family!r}; known: {FEATURE_FAMILIES}")
+    fam = _family(family)
+    if len(channels) < fam.min_channels:
+        return []
+    return fam.names(obj, channels, params)
 
 
 def family_of(name: str) -> str:
@@ -190,10 +154,9 @@ def feature_names(channels: Sequence[str], params: FeaturesConfig) -> dict[str, 
 def image_feature_names(channels: Sequence[str], params: FeaturesConfig) -> list[str]:
     """Image-level columns of :func:`measure_site` (``Image_`` prefixed)."""
     names = [f"Image_Count_{o}" for o in params.objects]
-    if "Texture" in params.families and params.texture.image_texture:
-        names += [f"Image_{n}" for c in channels for n in _texture_names(c, params)]
-    if "Granularity" in params.families:
-        names += [f"Image_Granularity_{k}_{c}" for c in channels for k in range(1, params.granularity.spectrum_length + 1)]
+    for fam in FAMILIES.values():
+        if fam.name in params.families and fam.image_names is not None and len(channels) >= fam.min_channels:
+            names += [f"Image_{n}" for n in fam.image_names(channels, params)]
     return names
 
 
@@ -231,83 +194,32 @@ class _Timer:
         return _Ctx()
 
 
-def _family_module(name: str):
-    return importlib.import_module(f"{__name__}.{name}")
-
-
 def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None,
                      shape_host=None, unfiltered=None) -> dict:
-    """Unprefixed columns of one object from every selected family except Granularity.
+    """Unprefixed columns of one object from every selected family measured per object.
 
     ``image_ranks`` (channel -> dense ranks of the image's pixels, see
     ``correlation.image_dense_ranks``) and ``texture_levels``
     (``texture.texture_levels``) are shared by the object sets of a site;
     ``shape_host`` (device path) is this object's ``shape.host_areashape`` entry.
     ``unfiltered``: the object set's label image before the identification's
-    filters (``Segmentation.unfiltered``) or None.
+    filters (``Segmentation.unfiltered``) or None. Each family runs under its
+    own timer; ``Location_Center_X/Y`` come from AreaShape when it is selected.
     """
-    fams = params.families
-    out = {}
     from ._objects import centroids, object_pixels
 
     op = object_pixels(lab, n)
-    # RadialDistribution computes its own distance transform: AreaShape's per-object
-    # transform (numba) costs several times less, so sharing it no longer pays
-    edge_dist = None
-    if "AreaShape" in fams:  # MeasureObjectSizeShape also returns Location_Center_X/Y
-        with timer("AreaShape"):
-            out.update(
-                _family_module("shape").measure_areashape(
-                    lab, n, zernike_degree=params.zernike_degree, objects=op, host=shape_host,
-                )
-            )
-    else:
+    ctx = ObjectContext(obj=obj, labels=lab, n=n, images=images, channels=channels, params=params, objects=op,
+                        image_ranks=image_ranks, texture_levels=texture_levels, shape_host=shape_host,
+                        unfiltered=unfiltered)
+    out = {}
+    if "AreaShape" not in params.families:
         cy, cx = centroids(op)
         out["Location_Center_X"], out["Location_Center_Y"] = cx, cy
-    if "Intensity" in fams:
-        with timer("Intensity"):
-            mod = _family_module("intensity")
-            edges = mod.edge_pixels(op, labels=lab)  # shared by the channels
-            out.update(mod.measure_intensity_channels(lab, n, images, channels, objects=op, edges=edges))
-    if "RadialDistribution" in fams:
-        with timer("RadialDistribution"):
-            mod = _family_module("radial")
-            r = params.radial
-            geometry = mod.radial_geometry(
-                lab, n, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius, objects=op, edges=edge_dist
-            )
-            for c in channels:
-                out.update(
-                    mod.measure_radial_distribution(
-                        lab, n, images[c], c, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius,
-                        geometry=geometry,
-                    )
-                )
-    if "Texture" in fams:
-        with timer("Texture"):
-            mod = _family_module("texture")
-            t = params.texture
-            out.update(mod.measure_texture_channels(
-                lab, n, {c: images[c] for c in channels}, scales=t.scales, gray_levels=t.gray_levels,
-                levels=texture_levels, objects=op,  # the GPU path builds its pair geometry itself
-                # CellProfiler's record_measurement writes 0 for non-finite values
-                undefined=None if t.undefined_as_nan else 0.0,
-            ))
-    if "Correlation" in fams and len(channels) > 1:
-        with timer("Correlation"):
-            out.update(
-                measure_correlation(
-                    lab, n, images, channels, threshold_percent=params.correlation.threshold_percent, objects=op,
-                    image_ranks=image_ranks,
-                )
-            )
-    if "Neighbors" in fams:
-        with timer("Neighbors"):
-            ext = None
-            if params.neighbors.count_discarded and unfiltered is not None:
-                ext = with_discarded_labels(unfiltered, lab, n)
-            for d in neighbor_distances(obj, params):
-                out.update(measure_neighbors(lab, n, distance=d, with_discarded=ext))
+    for fam in FAMILIES.values():
+        if fam.name in params.families and fam.measure is not None and len(channels) >= fam.min_channels:
+            with timer(fam.name):
+                out.update(fam.measure(ctx))
     return out
 
 
@@ -348,7 +260,7 @@ def _granularity(images, labels, n, channels, params, timer):
     reconstructions on the GPU (one stack per scale) and goes channel by
     channel on the CPU.
     """
-    mod = _family_module("granularity")
+    mod = granularity
     g = params.granularity
     with timer("Granularity"):
         # the per-object upsampling weights depend on the labels only: once per object set
@@ -457,7 +369,7 @@ def measure_site(
     image: dict = {f"Image_Count_{o}": float(n) for o in params.objects}
     texture_levels = None
     if "Texture" in params.families:
-        mod = _family_module("texture")
+        mod = texture
         t = params.texture
         with timer("Texture"):  # the channels' gray levels, shared by the object sets and the image
             texture_levels = mod.texture_levels({c: imgs[c] for c in channels}, t.gray_levels)
@@ -477,12 +389,12 @@ def measure_site(
     if "Correlation" in params.families and len(channels) > 1 and n > 0:
         with timer("Correlation"):  # one value sort per channel, shared by the object sets
             labelled = functools.reduce(lambda a, b: a | b, [labs[o] > 0 for o in params.objects])
-            image_ranks = {c: _family_module("correlation").image_dense_ranks(imgs[c], mask=labelled)
+            image_ranks = {c: correlation.image_dense_ranks(imgs[c], mask=labelled)
                            for c in channels}
     shape_host = {}
     if "AreaShape" in params.families and n > 0 and bk.xp is not np:
         with timer("AreaShape"):  # the hull/transform part on the host: one copy of all label images
-            shape_host = _family_module("shape").host_areashape({o: labs[o] for o in params.objects}, n)
+            shape_host = shape.host_areashape({o: labs[o] for o in params.objects}, n)
     tables = {}
     numbers = np.arange(1, n + 1, dtype=np.int32)
     for o in params.objects:

@@ -579,3 +579,20 @@ def measure_correlation(
 def _quiet(xp):
     """Silence NumPy's 0/0 warnings (CellProfiler's NaN results); CuPy does not warn."""
     return np.errstate(invalid="ignore", divide="ignore")
+
+
+# ----------------------------------------------------------------- registry entry
+def _correlation_names(obj, channels, params) -> list[str]:
+    return correlation_feature_names(channels) if len(channels) > 1 else []
+
+
+def _correlation_measure(ctx) -> dict:
+    return measure_correlation(ctx.labels, ctx.n, ctx.images, ctx.channels,
+                               threshold_percent=ctx.params.correlation.threshold_percent, objects=ctx.objects,
+                               image_ranks=ctx.image_ranks)
+
+
+from .registry import Family  # noqa: E402  (the entry closes the module)
+
+FAMILY = Family(name="Correlation", names=_correlation_names, measure=_correlation_measure, per_channel=True,
+                min_channels=2)

@@ -883,3 +883,15 @@ def measure_granularity_channels(
                                          backend=bk)
                 per_object[obj_name].update({name: values[k] for k, name in enumerate(names)})
     return per_object, image_level
+
+
+# ----------------------------------------------------------------- registry entry
+def _granularity_names(obj, channels, params) -> list[str]:
+    return [f"Granularity_{k}_{c}" for c in channels for k in range(1, params.granularity.spectrum_length + 1)]
+
+
+from hpc_profiler.features.registry import Family  # noqa: E402  (the entry closes the module)
+
+# measured for the whole site at once (measure_granularity_channels: every object set and the image)
+FAMILY = Family(name="Granularity", names=_granularity_names, measure=None, per_channel=True,
+                image_names=lambda channels, params: _granularity_names(None, channels, params))

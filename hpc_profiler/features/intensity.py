@@ -809,3 +809,30 @@ def _array_channels(xp, op: ObjectPixels, ep: "EdgePixels", images, channels) ->
         }
         out.update(cols)
     return out
+
+
+# ----------------------------------------------------------------- registry entry
+#: MeasureObjectIntensity columns per channel (``Intensity_<name>_<channel>``).
+INTENSITY_FEATURES = (
+    "IntegratedIntensity", "MeanIntensity", "StdIntensity", "MinIntensity", "MaxIntensity",
+    "IntegratedIntensityEdge", "MeanIntensityEdge", "StdIntensityEdge", "MinIntensityEdge", "MaxIntensityEdge",
+    "LowerQuartileIntensity", "MedianIntensity", "UpperQuartileIntensity", "MADIntensity", "MassDisplacement",
+)
+#: Location columns MeasureObjectIntensity writes per channel.
+INTENSITY_LOCATIONS = ("CenterMassIntensity_X", "CenterMassIntensity_Y", "MaxIntensity_X", "MaxIntensity_Y")
+
+
+def _intensity_names(obj, channels, params) -> list[str]:
+    return [f"Intensity_{f}_{c}" for c in channels for f in INTENSITY_FEATURES] + [
+        f"Location_{f}_{c}" for c in channels for f in INTENSITY_LOCATIONS
+    ]
+
+
+def _intensity_measure(ctx) -> dict:
+    edges = edge_pixels(ctx.objects, labels=ctx.labels)  # shared by the channels
+    return measure_intensity_channels(ctx.labels, ctx.n, ctx.images, ctx.channels, objects=ctx.objects, edges=edges)
+
+
+from hpc_profiler.features.registry import Family  # noqa: E402  (the entry closes the module)
+
+FAMILY = Family(name="Intensity", names=_intensity_names, measure=_intensity_measure, per_channel=True)

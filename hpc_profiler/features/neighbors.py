@@ -364,3 +364,33 @@ def measure_neighbors(labels, n_objects: int, *, distance: Optional[int], with_d
         f"Neighbors_AngleBetweenNeighbors_{s}": xp.where(has, angle, nan),
     }
     return {k: xp.asarray(out[k], dtype=xp.float64) for k in names}
+
+
+# ----------------------------------------------------------------- registry entry
+def neighbor_distances(obj: str, params) -> list[Optional[int]]:
+    """Neighbour settings measured for ``obj`` (``None`` = adjacent), CPJUMP1 style."""
+    nb = params.neighbors
+    if obj == "Cells":
+        return [nb.cells_distance] + ([None] if nb.cells_adjacent else [])
+    if obj == "Nuclei":
+        return [nb.nuclei_distance]
+    return []
+
+
+def _neighbors_names(obj, channels, params) -> list[str]:
+    return [n for d in neighbor_distances(obj, params) for n in neighbor_feature_names(d)]
+
+
+def _neighbors_measure(ctx) -> dict:
+    ext = None
+    if ctx.params.neighbors.count_discarded and ctx.unfiltered is not None:
+        ext = with_discarded_labels(ctx.unfiltered, ctx.labels, ctx.n)
+    out = {}
+    for d in neighbor_distances(ctx.obj, ctx.params):
+        out.update(measure_neighbors(ctx.labels, ctx.n, distance=d, with_discarded=ext))
+    return out
+
+
+from .registry import Family  # noqa: E402  (the entry closes the module)
+
+FAMILY = Family(name="Neighbors", names=_neighbors_names, measure=_neighbors_measure, per_channel=False)

@@ -1324,3 +1324,31 @@ def _perimeter_euler_kernel(lab, n, lut, coefs, perim, euler):
                 code = (1 if a == lk else 0) + (4 if b == lk else 0) + (2 if c == lk else 0) + (8 if d == lk else 0)
                 euler[lk - 1] += coefs[code]
 
+
+
+# ----------------------------------------------------------------- registry entry
+#: AreaShape columns other than the Zernike moments (CellProfiler 4, 2-D; ConvexArea from CellProfiler 5).
+AREASHAPE_FEATURES = (
+    "Area", "BoundingBoxArea", "BoundingBoxMaximum_X", "BoundingBoxMaximum_Y", "BoundingBoxMinimum_X",
+    "BoundingBoxMinimum_Y", "Center_X", "Center_Y", "Compactness", "ConvexArea", "Eccentricity",
+    "EquivalentDiameter", "EulerNumber", "Extent", "FormFactor", "MajorAxisLength", "MaxFeretDiameter",
+    "MaximumRadius", "MeanRadius", "MedianRadius", "MinFeretDiameter", "MinorAxisLength", "Orientation",
+    "Perimeter", "Solidity",
+)
+
+
+def _areashape_names(obj, channels, params) -> list[str]:
+    zernike = [f"AreaShape_Zernike_{n}_{m}" for n in range(params.zernike_degree + 1) for m in range(n + 1)
+               if (n - m) % 2 == 0]
+    return [f"AreaShape_{f}" for f in AREASHAPE_FEATURES] + zernike
+
+
+def _areashape_measure(ctx) -> dict:
+    # MeasureObjectSizeShape also returns Location_Center_X/Y
+    return measure_areashape(ctx.labels, ctx.n, zernike_degree=ctx.params.zernike_degree, objects=ctx.objects,
+                             host=ctx.shape_host)
+
+
+from hpc_profiler.features.registry import Family  # noqa: E402  (the entry closes the module)
+
+FAMILY = Family(name="AreaShape", names=_areashape_names, measure=_areashape_measure, per_channel=False)

@@ -1155,3 +1155,38 @@ def image_texture_channels(
     return {texture_feature_name(f, c, int(s), d, gray_levels): feats[si * nd + d, ci, k, 0]
             for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(nd)
             for k, f in enumerate(HARALICK_FEATURES)}
+
+
+# ----------------------------------------------------------------- registry entry
+def _texture_channel_names(channel: str, params) -> list[str]:
+    t = params.texture
+    return [
+        texture_feature_name(f, channel, s, d, t.gray_levels)
+        for s in t.scales
+        for d in range(len(DIRECTIONS))
+        for f in HARALICK_FEATURES
+    ]
+
+
+def _texture_names(obj, channels, params) -> list[str]:
+    return [n for c in channels for n in _texture_channel_names(c, params)]
+
+
+def _texture_image_names(channels, params) -> list[str]:
+    return _texture_names(None, channels, params) if params.texture.image_texture else []
+
+
+def _texture_measure(ctx) -> dict:
+    t = ctx.params.texture
+    return measure_texture_channels(
+        ctx.labels, ctx.n, {c: ctx.images[c] for c in ctx.channels}, scales=t.scales, gray_levels=t.gray_levels,
+        levels=ctx.texture_levels, objects=ctx.objects,  # the GPU path builds its pair geometry itself
+        # CellProfiler's record_measurement writes 0 for non-finite values
+        undefined=None if t.undefined_as_nan else 0.0,
+    )
+
+
+from hpc_profiler.features.registry import Family  # noqa: E402  (the entry closes the module)
+
+FAMILY = Family(name="Texture", names=_texture_names, measure=_texture_measure, per_channel=True,
+                image_names=_texture_image_names)
