@@ -25,7 +25,9 @@ import numpy as np
 import pandas as pd
 
 #: attributes that describe the run, not the result (and every ``seconds*`` timing)
-RUN_ATTRS = {"seconds", "time", "backend", "version", "created"}
+#: (``inputs_digest``: the sha1 of the input files' absolute paths, so it differs between two checkouts of the
+#: same batch in two folders)
+RUN_ATTRS = {"seconds", "time", "backend", "version", "created", "inputs_digest"}
 
 
 def _files(root: Path, pattern: str) -> set:
