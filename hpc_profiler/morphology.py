@@ -94,6 +94,46 @@ def njit_cached(fn):
         return numba.njit(cache=False, nogil=True)(fn)
 
 
+def _edt_row_envelope(gy, w, sq, tq):
+    """Lower envelope of the parabolas ``(x - u)^2 + gy[u]^2`` of one row, ``u = 0..w-1``.
+
+    The row pass of Felzenszwalb and Huttenlocher's exact Euclidean distance
+    transform on integer squared distances (``gy``: each column's vertical
+    distance to the background, int64). Fills ``sq`` (the parabolas' columns)
+    and ``tq`` (the first column where each one is lowest) and returns ``q``,
+    the index of the last one; a sweep from ``x = w - 1`` down reads the
+    squared distance ``(x - sq[q])^2 + gy[sq[q]]^2`` and steps ``q -= 1`` at
+    ``x == tq[q]``. Shared by the per-object transforms of
+    :mod:`hpc_profiler.features.shape` and :mod:`hpc_profiler.features.radial`.
+    """
+    q = 0
+    sq[0] = 0
+    tq[0] = 0
+    for u in range(1, w):
+        gu = gy[u] * gy[u]
+        while q >= 0:
+            a = tq[q] - sq[q]
+            b = tq[q] - u
+            if a * a + gy[sq[q]] * gy[sq[q]] <= b * b + gu:
+                break
+            q -= 1
+        if q < 0:
+            q = 0
+            sq[0] = u
+        else:
+            # first column where u's parabola lies below sq[q]'s
+            v = sq[q]
+            sep = (u * u - v * v + gu - gy[v] * gy[v]) // (2 * (u - v)) + 1
+            if sep < w:
+                q += 1
+                sq[q] = u
+                tq[q] = sep
+    return q
+
+
+edt_row_envelope = njit_cached(_edt_row_envelope)
+
+
 def _hybrid(J, I, H, W, full, sweeps, queue, inq):
     """Vincent's hybrid reconstruction of ``J`` under ``I``, in place.
 

@@ -27,43 +27,52 @@ import numpy as np
 
 from hpc_profiler.morphology import njit_cached
 
-__all__ = ["pairwise_sum", "segment_total", "float32_index_keys"]
+__all__ = ["pairwise_block", "pairwise_sum", "segment_total", "float32_index_keys"]
 
 
-def _pairwise_sum(a, lo, n):
-    """``sum(a[lo:lo + n])`` with NumPy's pairwise summation (bit-identical)."""
+def _pairwise_block(a, lo, n):
+    """NumPy's pairwise summation of ``a[lo:lo + n]`` for ``n <= 128``: a plain loop below 8
+    values, else eight interleaved accumulators, then the rest."""
     if n < 8:
         res = 0.0
         for i in range(lo, lo + n):
             res += a[i]
         return res
+    r0 = a[lo]
+    r1 = a[lo + 1]
+    r2 = a[lo + 2]
+    r3 = a[lo + 3]
+    r4 = a[lo + 4]
+    r5 = a[lo + 5]
+    r6 = a[lo + 6]
+    r7 = a[lo + 7]
+    m = n - (n % 8)
+    i = 8
+    while i < m:
+        p = lo + i
+        r0 += a[p]
+        r1 += a[p + 1]
+        r2 += a[p + 2]
+        r3 += a[p + 3]
+        r4 += a[p + 4]
+        r5 += a[p + 5]
+        r6 += a[p + 6]
+        r7 += a[p + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+pairwise_block = njit_cached(_pairwise_block)
+
+
+def _pairwise_sum(a, lo, n):
+    """``sum(a[lo:lo + n])`` with NumPy's pairwise summation (bit-identical)."""
     if n <= 128:
-        r0 = a[lo]
-        r1 = a[lo + 1]
-        r2 = a[lo + 2]
-        r3 = a[lo + 3]
-        r4 = a[lo + 4]
-        r5 = a[lo + 5]
-        r6 = a[lo + 6]
-        r7 = a[lo + 7]
-        m = n - (n % 8)
-        i = 8
-        while i < m:
-            p = lo + i
-            r0 += a[p]
-            r1 += a[p + 1]
-            r2 += a[p + 2]
-            r3 += a[p + 3]
-            r4 += a[p + 4]
-            r5 += a[p + 5]
-            r6 += a[p + 6]
-            r7 += a[p + 7]
-            i += 8
-        res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-        while i < n:
-            res += a[lo + i]
-            i += 1
-        return res
+        return pairwise_block(a, lo, n)
     n2 = n // 2
     n2 -= n2 % 8
     return pairwise_sum(a, lo, n2) + pairwise_sum(a, lo + n2, n - n2)

@@ -80,7 +80,7 @@ import math
 import numpy as np
 
 from hpc_profiler.backend import backend_of
-from hpc_profiler.morphology import njit_cached
+from hpc_profiler.morphology import edt_row_envelope, njit_cached
 from hpc_profiler.features._objects import (
     bounding_boxes,
     check_image_shape,
@@ -421,28 +421,8 @@ def _geometry_objects(py, px, starts, counts, ymin, xmin, ymax, xmax, height, wi
         best = -1
         arg = 0
         for y in range(h):  # lower envelope of the parabolas (x - u)^2 + g(u)^2 (columns beyond: none)
-            q = 0
-            sq[0] = 0
-            tq[0] = 0
             gy = g[y]
-            for u in range(1, w):
-                gu = gy[u] * gy[u]
-                while q >= 0:
-                    a = tq[q] - sq[q]
-                    b = tq[q] - u
-                    if a * a + gy[sq[q]] * gy[sq[q]] <= b * b + gu:
-                        break
-                    q -= 1
-                if q < 0:
-                    q = 0
-                    sq[0] = u
-                else:
-                    v = sq[q]
-                    sep = (u * u - v * v + gu - gy[v] * gy[v]) // (2 * (u - v)) + 1
-                    if sep < w:
-                        q += 1
-                        sq[q] = u
-                        tq[q] = sep
+            q = edt_row_envelope(gy, w, sq, tq)
             ly = local[y]
             for x in range(w - 1, -1, -1):
                 p = ly[x]

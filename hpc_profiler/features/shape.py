@@ -85,6 +85,8 @@ import numba
 import numpy as np
 
 from hpc_profiler.backend import backend_of
+from hpc_profiler.features._cpu_segments import pairwise_block
+from hpc_profiler.morphology import edt_row_envelope
 from hpc_profiler.features._objects import (
     ObjectPixels,
     bounding_boxes,
@@ -1015,52 +1017,17 @@ def _hull_geometry(ostart, ocount, ey, exmin, exmax, cy, cx, ymin, ymax, width, 
 
 
 @_njit
-def _pairwise_block(a, lo, n):
-    """NumPy's pairwise summation of at most 128 values: eight accumulators, then the rest."""
-    if n < 8:
-        res = 0.0
-        for i in range(n):
-            res += a[lo + i]
-        return res
-    r0 = a[lo]
-    r1 = a[lo + 1]
-    r2 = a[lo + 2]
-    r3 = a[lo + 3]
-    r4 = a[lo + 4]
-    r5 = a[lo + 5]
-    r6 = a[lo + 6]
-    r7 = a[lo + 7]
-    i = 8
-    end = n - (n % 8)
-    while i < end:
-        r0 += a[lo + i]
-        r1 += a[lo + i + 1]
-        r2 += a[lo + i + 2]
-        r3 += a[lo + i + 3]
-        r4 += a[lo + i + 4]
-        r5 += a[lo + i + 5]
-        r6 += a[lo + i + 6]
-        r7 += a[lo + i + 7]
-        i += 8
-    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
-    while i < n:
-        res += a[lo + i]
-        i += 1
-    return res
-
-
-@_njit
 def _pairwise(a, lo, n, istack, left):
     """NumPy's pairwise summation of ``a[lo:lo + n]`` (what ``add.reduce``/``reduceat`` compute).
 
-    Blocks of at most 128 values (:func:`_pairwise_block`); a longer run is
+    Blocks of at most 128 values (:func:`~hpc_profiler.features._cpu_segments.pairwise_block`); a longer run is
     split at ``n // 2`` rounded down to a multiple of 8 and the halves'
     sums are added. The recursion is unrolled on a small explicit stack
     (numba's on-disk cache does not support recursive functions): ``istack``
     is a ``(3, 64)`` int64 and ``left`` a ``(64,)`` float64 scratch array.
     """
     if n <= 128:
-        return _pairwise_block(a, lo, n)
+        return pairwise_block(a, lo, n)
     slo = istack[0]
     sn = istack[1]
     state = istack[2]  # 0: new, 1: left half pending, 2: right half pending
@@ -1078,7 +1045,7 @@ def _pairwise(a, lo, n, istack, left):
             state[sp + 1] = 0
             sp += 1
             continue
-        val = _pairwise_block(a, slo[sp], m)
+        val = pairwise_block(a, slo[sp], m)
         sp -= 1
         while sp >= 0 and state[sp] == 2:
             val = left[sp] + val
@@ -1230,29 +1197,8 @@ def _radii_kernel(py, px, starts, counts, ymin, xmin, ymax, xmax, todo, d):
         tq = np.empty(w, dtype=np.int64)
         dt = np.empty((h, w), dtype=np.int64)
         for y in range(h):  # lower envelope of the parabolas (x - u)^2 + g(u)^2
-            q = 0
-            sq[0] = 0
-            tq[0] = 0
             gy = g[y]
-            for u in range(1, w):
-                gu = gy[u] * gy[u]
-                while q >= 0:
-                    a = tq[q] - sq[q]
-                    b = tq[q] - u
-                    if a * a + gy[sq[q]] * gy[sq[q]] <= b * b + gu:
-                        break
-                    q -= 1
-                if q < 0:
-                    q = 0
-                    sq[0] = u
-                else:
-                    # first column where u's parabola lies below sq[q]'s
-                    v = sq[q]
-                    sep = (u * u - v * v + gu - gy[v] * gy[v]) // (2 * (u - v)) + 1
-                    if sep < w:
-                        q += 1
-                        sq[q] = u
-                        tq[q] = sep
+            q = edt_row_envelope(gy, w, sq, tq)
             for x in range(w - 1, -1, -1):
                 a = x - sq[q]
                 dt[y, x] = a * a + gy[sq[q]] * gy[sq[q]]
