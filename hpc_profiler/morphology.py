@@ -94,6 +94,24 @@ def njit_cached(fn):
         return numba.njit(cache=False, nogil=True)(fn)
 
 
+def _edt_columns_up(g):
+    """The upward half of the column pass of the exact EDT, in place: ``g[y] = min(g[y], g[y + 1] + 1)``.
+
+    ``g`` (int64, ``h x w``) holds each pixel's distance to the background
+    above it (the downward half, which each caller does with its own rule for
+    the crop's edge); after this, the vertical distance to the nearest
+    background pixel in its column.
+    """
+    h, w = g.shape
+    for y in range(h - 2, -1, -1):
+        for x in range(w):
+            if g[y + 1, x] + 1 < g[y, x]:
+                g[y, x] = g[y + 1, x] + 1
+
+
+edt_columns_up = njit_cached(_edt_columns_up)
+
+
 def _edt_row_envelope(gy, w, sq, tq):
     """Lower envelope of the parabolas ``(x - u)^2 + gy[u]^2`` of one row, ``u = 0..w-1``.
 

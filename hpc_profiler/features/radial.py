@@ -80,7 +80,7 @@ import math
 import numpy as np
 
 from hpc_profiler.backend import backend_of
-from hpc_profiler.morphology import edt_row_envelope, njit_cached
+from hpc_profiler.morphology import edt_columns_up, edt_row_envelope, njit_cached
 from hpc_profiler.features._objects import (
     bounding_boxes,
     check_image_shape,
@@ -412,10 +412,7 @@ def _geometry_objects(py, px, starts, counts, ymin, xmin, ymax, xmax, height, wi
                     g[y, x] = 0
                 else:
                     g[y, x] = min(g[y - 1, x] + 1, big)
-        for y in range(h - 2, -1, -1):
-            for x in range(w):
-                if g[y + 1, x] + 1 < g[y, x]:
-                    g[y, x] = g[y + 1, x] + 1
+        edt_columns_up(g)
         sq = np.empty(w, dtype=np.int64)
         tq = np.empty(w, dtype=np.int64)
         best = -1

@@ -86,7 +86,7 @@ import numpy as np
 
 from hpc_profiler.backend import backend_of
 from hpc_profiler.features._cpu_segments import pairwise_block
-from hpc_profiler.morphology import edt_row_envelope
+from hpc_profiler.morphology import edt_columns_up, edt_row_envelope
 from hpc_profiler.features._objects import (
     ObjectPixels,
     bounding_boxes,
@@ -1189,10 +1189,7 @@ def _radii_kernel(py, px, starts, counts, ymin, xmin, ymax, xmax, todo, d):
         for y in range(1, h):
             for x in range(w):
                 g[y, x] = g[y - 1, x] + 1 if inside[y, x] else 0
-        for y in range(h - 2, -1, -1):
-            for x in range(w):
-                if g[y + 1, x] + 1 < g[y, x]:
-                    g[y, x] = g[y + 1, x] + 1
+        edt_columns_up(g)
         sq = np.empty(w, dtype=np.int64)
         tq = np.empty(w, dtype=np.int64)
         dt = np.empty((h, w), dtype=np.int64)

@@ -11,6 +11,8 @@
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -36,37 +38,39 @@ class Plan:
     n_tasks: int
 
 
-class ArrayWork:
+class ArrayWork(ABC):
     """The protocol of an array stage (see the module docstring)."""
 
     name = ""
     item = ""  # "site" or "plate"
 
+    @abstractmethod
     def plan(self, cfg: Config, *, dry_run: bool, verify: bool, batch: str) -> Plan:
         """List the stage's items and which are not done (``dry_run``: write nothing)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def launch(self, cfg: Config, todo: Sequence, batch_dir: Path) -> tuple[list, list, Path]:
         """(argument lists of ``map_array``, the items of each task, the site list the tasks read)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def run(self, cfg: Config, sites_path, batch: str, *args) -> dict:
         """The body of one task; returns counts ``{"done", "skipped", "failed", "seconds"}``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def plain_tasks(self, cfg: Config, mpath: Path) -> list[tuple]:
         """The arguments of each task of a plain sbatch array over the whole manifest."""
-        raise NotImplementedError
 
+    @abstractmethod
     def done(self, cfg: Config, item) -> bool:
-        raise NotImplementedError
+        """Whether the item is finished (its output is valid for this config)."""
 
+    @abstractmethod
     def key(self, item) -> str:
-        raise NotImplementedError
+        """The item's name in logs and failure records."""
 
+    @abstractmethod
     def where(self, item) -> dict:
         """The failure record's coordinates of an item (``plate`` and, for sites, ``well`` and ``site``)."""
-        raise NotImplementedError
 
     def progress_total(self, plan: Plan) -> int:
         """What the progress bar counts: sites for extract, tasks (plates) for illum."""

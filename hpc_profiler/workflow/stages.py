@@ -19,6 +19,8 @@ which returns the stage's :class:`StageLine`) and what it writes
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import hashlib
 import json
 import time
@@ -77,21 +79,23 @@ class RunContext:
     result: RunResult = field(default_factory=RunResult)
 
 
-class Stage:
+class Stage(ABC):
     """The protocol (see the module docstring)."""
 
     name = ""
     unit = ""
 
+    @abstractmethod
     def run(self, cfg: Config, ctx: RunContext) -> Optional[StageLine]:
-        raise NotImplementedError
+        """Run what is not done; the stage's summary line, or None when it was skipped."""
 
+    @abstractmethod
     def state(self, cfg: Config) -> str:
         """``up to date``, ``out of date`` or ``not run``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def outputs(self, layout: Layout) -> list[Path]:
-        raise NotImplementedError
+        """The files and folders the stage writes."""
 
 
 # ----------------------------------------------------------------------------- arrays
@@ -223,14 +227,17 @@ def _rows(path) -> int:
 class StampedStage(Stage):
     """An MPI stage run when the digest of its inputs differs from its stamp's."""
 
+    @abstractmethod
     def digest(self, cfg: Config) -> str:
-        raise NotImplementedError
+        """The digest of the stage's inputs; the stage reruns when it differs from its stamp's."""
 
+    @abstractmethod
     def in_process(self, cfg: Config) -> None:
-        raise NotImplementedError
+        """Run the stage in this process (no MPI job)."""
 
+    @abstractmethod
     def items(self, cfg: Config) -> int:
-        raise NotImplementedError
+        """How many items (wells, tasks) the stage covers, for its summary line."""
 
     def run(self, cfg, ctx):
         digest = self.digest(cfg)
