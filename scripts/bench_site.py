@@ -25,6 +25,11 @@ function computed from the site itself is applied first). Printed:
   (``t(N) = t(K) + (t(2K) - t(K)) (N - K) / K``, so image-wide work such as
   granularity's background opening is counted once, not N/K times); the
   output says so. ``--ref-objects 0`` times every object (minutes).
+* with ``--cellprofiler EXE``: CellProfiler itself (headless, one thread, the
+  CPJUMP1 pipeline of ``../shared/cellprofiler``) on the same raw site, its own
+  per-module seconds (``ExecutionTime_*`` of its Image table) per step and
+  family beside ours, and the ratio: the issue's "10x CellProfiler" measured on
+  this machine in this run rather than quoted;
 * Granularity once more on the same masks and corrected images, in this
   process: as shipped and with ``skimage.morphology.reconstruction`` swapped
   in for :mod:`hpc_profiler.morphology`'s (the previous implementation), its
@@ -279,6 +284,79 @@ def max_rel_diff(a, b) -> np.ndarray:
     return d.max(axis=0) if d.shape[0] else np.zeros(d.shape[1])
 
 
+#: CellProfiler module -> the step or family of this benchmark it corresponds to
+CP_MODULE_STEP = {
+    "CorrectIlluminationCalculate": "illum_apply", "CorrectIlluminationApply": "illum_apply",
+    "IdentifyPrimaryObjects": "segmentation", "IdentifySecondaryObjects": "segmentation",
+    "IdentifyTertiaryObjects": "segmentation", "MeasureColocalization": "Correlation",
+    "MeasureGranularity": "Granularity", "MeasureObjectIntensity": "Intensity",
+    "MeasureObjectNeighbors": "Neighbors", "MeasureObjectIntensityDistribution": "RadialDistribution",
+    "MeasureObjectSizeShape": "AreaShape", "MeasureTexture": "Texture",
+}
+
+
+def cellprofiler_seconds(exe: str, pipeline: Path, size: int, cells: int, seed: int, channels) -> dict:
+    """CellProfiler itself on the same raw site, one thread: its own per-module seconds.
+
+    The site's raw 16-bit channels are written as TIFFs with a ``load_data.csv`` and
+    headless CellProfiler runs the pipeline (``-c -r -e imageio_reader``) in a child
+    whose BLAS/OpenMP threads are limited to one. CellProfiler records the CPU seconds (``os.times``) of
+    every module in its Image table (``ExecutionTime_<NN><Module>``); they are summed
+    per step of this benchmark (``CP_MODULE_STEP``), so start-up, pipeline loading and
+    the CSV export are not counted. The child's whole CPU time (``RUSAGE_CHILDREN``,
+    start-up included) is returned beside them. Nothing here reaches a shell.
+    """
+    import csv
+    import resource
+    import tempfile
+
+    import tifffile
+
+    from hpc_profiler.synth import synthesize_site
+
+    s = synthesize_site(seed, size=size, n_cells=cells, channels=tuple(channels))
+    env = dict(os.environ)
+    env.update({v: "1" for v in SINGLE_THREAD_ENV})
+    with tempfile.TemporaryDirectory() as tmp:
+        tin, tout = Path(tmp) / "in", Path(tmp) / "out"
+        tin.mkdir()
+        tout.mkdir()
+        row = {"Metadata_Plate": "BENCH", "Metadata_Well": "A01", "Metadata_Site": "1"}
+        for ch in channels:
+            tifffile.imwrite(tin / f"site_{ch}.tif", np.asarray(s.images[ch], np.uint16))
+            row[f"FileName_{ch}"] = f"site_{ch}.tif"
+            row[f"PathName_{ch}"] = str(tin)
+        with open(tin / "load_data.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(row))
+            w.writeheader()
+            w.writerow(row)
+        cmd = [exe, "-c", "-r", "-e", "imageio_reader", "-p", str(pipeline), "-i", str(tin), "-o", str(tout)]
+        r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+        r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        if res.returncode != 0:
+            raise RuntimeError(f"CellProfiler failed ({res.returncode}): {res.stderr[-2000:]}")
+        tables = sorted(tout.glob("*Image.csv"))
+        if not tables:
+            raise RuntimeError(f"CellProfiler wrote no Image table in {tout}: {sorted(p.name for p in tout.iterdir())}")
+        with open(tables[0], newline="") as fh:
+            image_row = next(csv.DictReader(fh))
+    modules: dict = {}
+    for col, val in image_row.items():
+        if col.startswith("ExecutionTime_"):
+            name = col[len("ExecutionTime_"):].lstrip("0123456789")
+            modules[name] = modules.get(name, 0.0) + float(val)
+    steps: dict = {}
+    for name, sec in modules.items():
+        step = CP_MODULE_STEP.get(name, "other")
+        steps[step] = steps.get(step, 0.0) + sec
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    return {"modules": modules, "steps": steps, "total": sum(modules.values()), "process_cpu": cpu,
+            "process_wall": wall}
+
+
 def single_thread_child(args) -> dict:
     """Run this script in a child with one BLAS/OpenMP thread; returns its JSON result."""
     env = dict(os.environ)
@@ -307,6 +385,11 @@ def main(argv=None) -> int:
                     help="also count launches and host copies per family as on a GPU (counting backend)")
     ap.add_argument("--families", default=None,
                     help="comma-separated feature families to measure (default: the config's)")
+    ap.add_argument("--cellprofiler", default=None, metavar="EXE",
+                    help="also run CellProfiler itself (e.g. VENV/bin/cellprofiler from "
+                         "../shared/cellprofiler/install_cellprofiler.sh) on the same raw site, one thread")
+    ap.add_argument("--cellprofiler-pipeline", default=str(ROOT.parent / "shared/cellprofiler/cpjump1_5ch.cppipe"),
+                    help="pipeline for --cellprofiler (default: the CPJUMP1 pipeline in ../shared/cellprofiler)")
     ap.add_argument("--child-json", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
 
@@ -349,6 +432,14 @@ def main(argv=None) -> int:
         ref, ref_note = reference(imgs, labels, cfg.features, cfg.channels, n, args.ref_objects)
         print(ref_note)
 
+    cp = None
+    if args.cellprofiler:
+        cp = cellprofiler_seconds(args.cellprofiler, Path(args.cellprofiler_pipeline), args.size, args.cells,
+                                  args.seed, cfg.channels)
+        print(f"CellProfiler ({args.cellprofiler}, {Path(args.cellprofiler_pipeline).name}) on the same raw site, "
+              f"one thread: {cp['total']:.2f} s in its modules (ExecutionTime_*), process "
+              f"{cp['process_cpu']:.1f} s CPU / {cp['process_wall']:.1f} s wall with start-up")
+
     gpu = None
     if gpu_available():
         gb = gpu_backend()
@@ -370,35 +461,47 @@ def main(argv=None) -> int:
         head += f" {'cpu_1thr_s':>10s}"
     if ref:
         head += f" {'cp_measure_cpu_s':>16s} {'ratio':>7s}"
+    if cp:
+        head += f" {'cellprofiler_s':>14s} {'ratio':>7s}"
     if gpu:
         head += f" {'gpu_s':>8s} {'cpu/gpu':>8s} {'cpm/gpu':>8s}"
     print(head)
 
-    def row(name, w, c, c1, r, g):
+    def row(name, w, c, c1, r, g, k=None):
         line = f"{name:20s} {w:8.3f} {c:8.3f}"
         if one:
             line += f" {c1:10.3f}"
         if ref:
             line += f" {r:16.2f} {r / max(c1 if one else c, 1e-9):6.1f}x" if r is not None else f" {'-':>16s} {'':7s}"
+        if cp:
+            line += f" {k:14.2f} {k / max(c1 if one else c, 1e-9):6.1f}x" if k is not None else f" {'-':>14s} {'':7s}"
         if gpu:
             line += f" {g:8.3f} {w / max(g, 1e-9):7.1f}x"
             line += f" {r / max(g, 1e-9):7.1f}x" if r is not None else f" {'-':>8s}"
         print(line)
 
+    cps = cp["steps"] if cp else {}
     for st in ("illum_apply", "segmentation"):
-        row(st, wall[st], cput[st], one["cpu"][st] if one else 0, None, gpu[2][st] if gpu else 0)
+        row(st, wall[st], cput[st], one["cpu"][st] if one else 0, None, gpu[2][st] if gpu else 0, cps.get(st))
     for fam in cfg.features.families:
         row(f"  {fam}", feats.seconds.get(fam, 0.0), feats.cpu_seconds.get(fam, 0.0),
             one["fam_cpu"].get(fam, 0.0) if one else 0, ref.get(fam, 0.0) if ref else None,
-            gpu[3].seconds.get(fam, 0.0) if gpu else 0)
+            gpu[3].seconds.get(fam, 0.0) if gpu else 0, cps.get(fam))
     rtot = sum(ref.values()) if ref else None
+    ktot = sum(v for k, v in cps.items() if k not in ("illum_apply", "segmentation", "other")) if cp else None
     row("features", wall["features"], cput["features"], one["cpu"]["features"] if one else 0, rtot,
-        gpu[2]["features"] if gpu else 0)
-    row("TOTAL", wall["total"], cput["total"], one["cpu"]["total"] if one else 0, rtot, gpu[2]["total"] if gpu else 0)
+        gpu[2]["features"] if gpu else 0, ktot)
+    row("TOTAL", wall["total"], cput["total"], one["cpu"]["total"] if one else 0, rtot, gpu[2]["total"] if gpu else 0,
+        cp["total"] if cp else None)
     print("ratio = cp_measure CPU s / hpc_profiler CPU s" + (" (one thread)" if one else "")
           + "; cp_measure's TOTAL is its features only (no illumination or segmentation)")
     print("features cpu = sum of the families' CPU seconds; TOTAL cpu = process_images as a whole "
           "(wall seconds are unreliable on a shared machine)")
+    if cp:
+        print("cellprofiler_s = CellProfiler's own ExecutionTime_* of its modules for this site (CPU seconds, os.times, of a "
+              "one-thread run; illum_apply row = CorrectIlluminationCalculate + Apply; TOTAL includes "
+              f"{cps.get('other', 0.0):.2f} s of LoadData/export); ratio = CellProfiler s / hpc_profiler s"
+              + (" (one thread)" if one else ""))
     if "Granularity" in cfg.features.families and not args.no_granularity_reference:
         g_ours, g_ski, g_same = granularity_vs_skimage(cfg, images, illum, seg, cpu)
         line = (f"Granularity again, same masks, this process: {g_ours:.2f} s CPU; with "
