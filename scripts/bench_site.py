@@ -499,7 +499,8 @@ def main(argv=None) -> int:
           "(wall seconds are unreliable on a shared machine)")
     if cp:
         print("cellprofiler_s = CellProfiler's own ExecutionTime_* of its modules for this site "
-              "(CPU seconds, os.times, of a one-thread run; illum_apply row = CorrectIlluminationCalculate + Apply; TOTAL includes "
+              "(CPU seconds, os.times, of a one-thread run; illum_apply row = CorrectIlluminationCalculate + Apply; "
+              "TOTAL includes "
               f"{cps.get('other', 0.0):.2f} s of LoadData/export); ratio = CellProfiler s / hpc_profiler s"
               + (" (one thread)" if one else ""))
     if "Granularity" in cfg.features.families and not args.no_granularity_reference:
