@@ -88,6 +88,7 @@ import numpy as np
 from .backend import backend_of
 from .config import CellsConfig, DnaBackgroundConfig, NucleiConfig, SegmentationConfig
 from .illumination import dna_background, gaussian_edge_corrected, subtract_background
+from .morphology import edt_columns_up, edt_row_envelope, njit_cached
 
 __all__ = [
     "SATURATION_WARN_FRACTION",
@@ -154,12 +155,56 @@ def threshold_tolerance(image) -> float:
 
     The distinct values are found in the image's own dtype (a float32 image
     sorts twice as fast) and their gaps taken in float64, so the result is
-    that of the float64 image."""
-    xp = backend_of(image).xp
+    that of the float64 image. On the CPU the sort is skipped when two
+    distinct values share a bin ``[k, k + 1) / 65536`` (then the smallest gap
+    is below ``1 / 65536`` and the result is the floor, :func:`_gap_below_floor`;
+    with thousands of distinct values among a million pixels the first such
+    pair comes within a few hundred pixels)."""
+    bk = backend_of(image)
+    xp = bk.xp
+    if not bk.is_gpu and image.size and _gap_below_floor(np.ascontiguousarray(image).ravel()):
+        return 0.5 / 65536
     u = xp.unique(image.ravel())
     if u.size < 2:
         return 0.5 / 65536
     return max(float(xp.min(xp.diff(u.astype(xp.float64)))) / 2.0, 0.5 / 65536)
+
+
+@njit_cached
+def _gap_below_floor(values):
+    """True when two distinct ``values`` lie in one bin ``[k, k + 1) / 65536``,
+    i.e. their difference is below ``1 / 65536`` (exactly: ``v * 65536`` and
+    its floor are exact in float64). False when no such pair exists or the
+    values are not all finite or span more than 2**22 bins (the caller then
+    sorts)."""
+    n = values.size
+    if n < 2:
+        return False
+    lo = math.floor(float(values[0]) * 65536.0)
+    hi = lo
+    for i in range(n):
+        v = float(values[i])
+        if not math.isfinite(v):
+            return False
+        k = math.floor(v * 65536.0)
+        if k < lo:
+            lo = k
+        if k > hi:
+            hi = k
+    nb = int(hi - lo) + 1
+    if nb > 2**22:
+        return False
+    first = np.empty(nb, dtype=np.float64)
+    seen = np.zeros(nb, dtype=np.bool_)
+    for i in range(n):
+        v = float(values[i])
+        b = int(math.floor(v * 65536.0) - lo)
+        if not seen[b]:
+            seen[b] = True
+            first[b] = v
+        elif first[b] != v:
+            return True
+    return False
 
 
 def global_threshold(image, *, method: str, correction_factor: float, lower_bound: float, upper_bound: float):
@@ -268,18 +313,47 @@ def threshold_quality(image, binary) -> tuple[float, float]:
     lo, hi = np.log2(np.min(pert)), np.log2(np.max(pert))
     if lo == hi:
         return wv, float(math.log(int(valid.sum()), 2))
-    fg, bg = pert[fgm & valid], pert[~fgm & valid]
-    if fg.size == 0 or bg.size == 0:
+    n_fg = int(np.count_nonzero(fgm & valid))
+    if n_fg == 0 or n_fg == int(np.count_nonzero(valid)):
         return wv, 0.0
+    # np.histogram(np.log2(pert[side]), 256, range=(lo, hi)) of both sides in one pass
+    hists = np.zeros((2, 256), dtype=np.intp)
+    _two_histograms(np.log2(pert).ravel(), fgm.ravel(), valid.ravel(), lo, hi,
+                    np.linspace(lo, hi, 257, endpoint=True, dtype=np.float64), hists)
     total = 0.0
-    for vals in (fg, bg):
-        h = np.histogram(np.log2(vals), 256, range=(lo, hi))[0]
+    for h in hists:
         h = h[h > 0]
         if h.size == 0:
             h = np.ones(1, int)
         p = h.astype(float) / float(np.sum(h))
         total += float(np.sum(p * np.log2(p)))
     return wv, total
+
+
+@njit_cached
+def _two_histograms(x, fg, valid, first, last, edges, out):
+    """``out[0]`` / ``out[1]``: ``np.histogram(x[fg & valid], n, range=(first, last))`` and
+    the same of ``x[~fg & valid]``, ``n = out.shape[1]``, binned as NumPy's uniform-bin
+    path does: index ``int((x - first) / (last - first) * n)``, ``n`` moved to
+    ``n - 1``, then one step down when ``x`` is below its bin's left edge and one
+    up when at or above the right edge (not past the last bin); values outside
+    ``[first, last]`` (and NaN) are dropped."""
+    n = out.shape[1]
+    denom = last - first
+    for i in range(x.size):
+        if not valid[i]:
+            continue
+        v = x[i]
+        if not (v >= first and v <= last):
+            continue
+        k = int((v - first) / denom * n)
+        if k == n:
+            k -= 1
+        if v < edges[k]:
+            k -= 1
+        if v >= edges[k + 1] and k != n - 1:
+            k += 1
+        out[0 if fg[i] else 1, k] += 1
 
 
 # --------------------------------------------------------------------------- label helpers
@@ -577,6 +651,45 @@ def is_local_maximum(image, labels, radius: float, backend=None):
     return out
 
 
+@njit_cached
+def _edt_plus_noise(fg, noise, out):
+    """``out = ndimage.distance_transform_edt(fg) + noise`` (float64), exactly.
+
+    Meijster's / Felzenszwalb and Huttenlocher's two-pass transform on integer
+    squared distances (the column pass and row envelope shared with the
+    AreaShape kernels, :mod:`hpc_profiler.morphology`), then
+    ``sqrt(float(dy^2 + dx^2))`` - what SciPy computes from its feature
+    transform. As in SciPy, pixels outside the image are not background: a
+    column without background starts at ``big = h + w + 1``, whose parabola
+    lies above every true distance. ``fg`` must hold at least one background
+    pixel (then every row's envelope has a finite column).
+    """
+    h, w = fg.shape
+    big = h + w + 1
+    g = np.empty((h, w), dtype=np.int64)
+    for x in range(w):
+        g[0, x] = big if fg[0, x] else 0
+    for y in range(1, h):
+        for x in range(w):
+            g[y, x] = g[y - 1, x] + 1 if fg[y, x] else 0
+    edt_columns_up(g)
+    sq = np.empty(w, dtype=np.int64)
+    tq = np.empty(w, dtype=np.int64)
+    for y in range(h):
+        gy = g[y]
+        orow = out[y]
+        nrow = noise[y]
+        q = edt_row_envelope(gy, w, sq, tq)
+        for x in range(w - 1, -1, -1):
+            if fg[y, x]:
+                a = x - sq[q]
+                orow[x] = math.sqrt(float(a * a + gy[sq[q]] * gy[sq[q]])) + nrow[x]
+            else:
+                orow[x] = 0.0 + nrow[x]
+            if x == tq[q]:
+                q -= 1
+
+
 def declump_shape(components, min_maxima_distance: float):
     """Split clumped objects by shape (IdentifyPrimaryObjects "Shape"/"Shape"),
     as CellProfiler 5's ``separate_neighboring_objects``.
@@ -607,8 +720,12 @@ def declump_shape(components, min_maxima_distance: float):
     if n == 0:
         return xp.zeros(components.shape, dtype=xp.int32)
     fg = fill_holes(components > 0)
-    dist = ndi.distance_transform_edt(fg).astype(xp.float64)
-    dist = dist + _tie_noise(tuple(components.shape), xp)
+    if bk.is_gpu or bool(fg.all()):  # (the CPU kernel needs a background pixel; SciPy's answer then)
+        dist = ndi.distance_transform_edt(fg).astype(xp.float64)
+        dist = dist + _tie_noise(tuple(components.shape), xp)
+    else:
+        dist = np.empty(fg.shape, dtype=np.float64)
+        _edt_plus_noise(np.ascontiguousarray(fg, dtype=bool), _tie_noise_host(tuple(fg.shape)), dist)
     peaks = is_local_maximum(dist, components, max(1.0, min_maxima_distance - 0.5)) & (dist > 0)
     seeds, _ = ndi.label(peaks, structure=xp.asarray(_EIGHT))
     return watershed_contested(float(dist.max()) - dist, xp.asarray(seeds, dtype=xp.int32), components)
