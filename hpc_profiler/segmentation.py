@@ -96,6 +96,7 @@ __all__ = [
     "SegmentationError",
     "threshold_tolerance",
     "global_threshold",
+    "threshold_li_host",
     "threshold_smoothing_sigma",
     "threshold_quality",
     "binarize",
@@ -207,6 +208,145 @@ def _gap_below_floor(values):
     return False
 
 
+@njit_cached
+def _pairwise_block(a, lo, n):
+    """NumPy's pairwise-sum leaf: ``n <= 128`` values, eight partial sums (fewer than 8: in order)."""
+    if n < 8:
+        res = -0.0
+        for i in range(lo, lo + n):
+            res += a[i]
+        return res
+    r0, r1, r2, r3 = a[lo], a[lo + 1], a[lo + 2], a[lo + 3]
+    r4, r5, r6, r7 = a[lo + 4], a[lo + 5], a[lo + 6], a[lo + 7]
+    i = 8
+    m = n - n % 8
+    while i < m:
+        r0 += a[lo + i]
+        r1 += a[lo + i + 1]
+        r2 += a[lo + i + 2]
+        r3 += a[lo + i + 3]
+        r4 += a[lo + i + 4]
+        r5 += a[lo + i + 5]
+        r6 += a[lo + i + 6]
+        r7 += a[lo + i + 7]
+        i += 8
+    res = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        res += a[lo + i]
+        i += 1
+    return res
+
+
+@njit_cached
+def _pairwise_sum(a, n):
+    """``np.add.reduce(a[:n])`` of a contiguous float64 array, bit for bit: NumPy's
+    pairwise summation (leaves of at most 128 values, :func:`_pairwise_block`;
+    longer runs split in halves at a multiple of 8, the two sums added). The
+    recursion runs on an explicit stack (numba's on-disk cache does not take
+    recursive functions)."""
+    s_lo = np.empty(256, np.int64)
+    s_n = np.empty(256, np.int64)
+    s_up = np.zeros(256, np.bool_)  # children done: add their two sums
+    vals = np.empty(256, np.float64)
+    sp = 1
+    nv = 0
+    s_lo[0] = 0
+    s_n[0] = n
+    s_up[0] = False
+    while sp > 0:
+        lo = s_lo[sp - 1]
+        m = s_n[sp - 1]
+        if m <= 128:
+            vals[nv] = _pairwise_block(a, lo, m)
+            nv += 1
+            sp -= 1
+        elif s_up[sp - 1]:
+            vals[nv - 2] = vals[nv - 2] + vals[nv - 1]
+            nv -= 1
+            sp -= 1
+        else:
+            s_up[sp - 1] = True
+            m2 = m // 2
+            m2 -= m2 % 8
+            s_lo[sp], s_n[sp], s_up[sp] = lo + m2, m - m2, False  # right, summed second
+            s_lo[sp + 1], s_n[sp + 1], s_up[sp + 1] = lo, m2, False  # left, summed first
+            sp += 2
+    return vals[0]
+
+
+@njit_cached
+def _li_split_sums(x, t, fore, back):
+    """``x[x > t].sum()``, its count, ``x[~(x > t)].sum()``, its count (NumPy's sums:
+    the two sides are gathered in order into ``fore`` / ``back``, then summed pairwise)."""
+    nf = 0
+    nb = 0
+    for i in range(x.size):
+        v = x[i]
+        if v > t:
+            fore[nf] = v
+            nf += 1
+        else:
+            back[nb] = v
+            nb += 1
+    return _pairwise_sum(fore, nf), nf, _pairwise_sum(back, nb), nb
+
+
+@njit_cached
+def _shift_to_zero(flat, x):
+    """``x = float64(flat) - min``; returns the minimum (float64), or None when a
+    value is not finite or all are equal (then ``x`` is not filled)."""
+    first = np.float64(flat[0])
+    mn = first
+    distinct = False
+    for i in range(flat.size):
+        v = np.float64(flat[i])
+        if not np.isfinite(v):
+            return None
+        if v != first:
+            distinct = True
+        if v < mn:
+            mn = v
+    if not distinct:
+        return None
+    for i in range(flat.size):
+        x[i] = np.float64(flat[i]) - mn
+    return mn
+
+
+def threshold_li_host(image, tolerance: float):
+    """``skimage.filters.threshold_li(image.astype(float64), tolerance=tolerance)``, same bits,
+    for a NumPy image of finite values that are not all equal (else scikit-image's own).
+
+    scikit-image's loop (Li and Tam's iteration from the mean, in the image
+    shifted to a zero minimum, until a step is at most ``tolerance``) with the
+    two means of each step from one numba pass (:func:`_li_split_sums`, NumPy's
+    pairwise sums of the same values in the same order) instead of two boolean
+    gathers; the step itself is computed on NumPy scalars as scikit-image does.
+    """
+    flat = np.ascontiguousarray(image).ravel()
+    x = np.empty(flat.size, dtype=np.float64)
+    image_min = _shift_to_zero(flat, x) if flat.size else None
+    if image_min is None:  # empty, not finite, or constant
+        import skimage.filters
+
+        return skimage.filters.threshold_li(np.asarray(image, dtype=np.float64), tolerance=tolerance)
+    image_min = np.float64(image_min)
+    t_next = np.float64(_pairwise_sum(x, x.size)) / x.size  # np.mean(x)
+    t_curr = -2 * tolerance
+    fore = np.empty_like(x)
+    back = np.empty_like(x)
+    with np.errstate(divide="ignore", invalid="ignore"):  # an empty side gives NaN, as np.mean([]) does
+        while abs(t_next - t_curr) > tolerance:
+            t_curr = t_next
+            sf, nf, sb, nb = _li_split_sums(x, float(t_curr), fore, back)
+            mean_fore = np.float64(sf) / np.float64(nf)
+            mean_back = np.float64(sb) / np.float64(nb)
+            if mean_back == 0.0:
+                break
+            t_next = (mean_back - mean_fore) / (np.log(mean_back) - np.log(mean_fore))
+    return t_next + image_min
+
+
 def global_threshold(image, *, method: str, correction_factor: float, lower_bound: float, upper_bound: float):
     """CellProfiler's global threshold (``get_global_threshold``).
 
@@ -238,7 +378,10 @@ def global_threshold(image, *, method: str, correction_factor: float, lower_boun
             raw = lo
         elif method == "li":
             tol = threshold_tolerance(image)
-            raw = float(bk.ski.filters.threshold_li(xp.asarray(image, dtype=xp.float64), tolerance=tol))
+            if bk.is_gpu:
+                raw = float(bk.ski.filters.threshold_li(xp.asarray(image, dtype=xp.float64), tolerance=tol))
+            else:
+                raw = float(threshold_li_host(image, tol))
         elif method == "otsu":
             raw = float(bk.ski.filters.threshold_otsu(xp.asarray(image, dtype=xp.float64)))
         else:
