@@ -754,10 +754,9 @@ def is_local_maximum(image, labels, radius: float, backend=None):
     """Pixels of an object whose value is not below that of any pixel of the
     *same* object within ``strel_disk(radius)`` (``centrosome.cpmorphology.is_local_maximum``).
 
-    Pixels of other objects and the background do not count. On the CPU the
-    candidates are the object pixels; each disk offset, nearest first, drops
-    the candidates with a larger same-object neighbour, so after the first
-    ring only the 3 x 3 maxima are left to test. On the GPU every offset is
+    Pixels of other objects and the background do not count. On the CPU one
+    numba pass tests each object pixel against the disk offsets, nearest
+    first, until a larger same-object neighbour (:func:`_local_maxima`). On the GPU every offset is
     one dense comparison of shifted views (4 launches, no synchronisation;
     the same pixels). ``backend`` defaults to the arrays' own.
     """
@@ -781,17 +780,33 @@ def is_local_maximum(image, labels, radius: float, backend=None):
             nb_img = img_p[r + oy : r + oy + h, r + ox : r + ox + w]
             out &= (nb_lab != labels) | (nb_img <= image)
         return out
-    ys, xs = xp.nonzero(labels > 0)
-    lab = labels[ys, xs]
-    val = image[ys, xs]
-    for oy, ox in offsets:
-        if ys.size == 0:
-            break
-        keep = (lab_p[ys + r + oy, xs + r + ox] != lab) | (img_p[ys + r + oy, xs + r + ox] <= val)
-        ys, xs, lab, val = ys[keep], xs[keep], lab[keep], val[keep]
-    out = xp.zeros(labels.shape, dtype=bool)
-    out[ys, xs] = True
+    out = np.zeros(labels.shape, dtype=bool)
+    _local_maxima(np.ascontiguousarray(lab_p), np.ascontiguousarray(img_p), r,
+                  np.array([o[0] for o in offsets], dtype=np.int64), np.array([o[1] for o in offsets], dtype=np.int64), out)
     return out
+
+
+@njit_cached
+def _local_maxima(lab_p, img_p, r, oys, oxs, out):
+    """:func:`is_local_maximum` on the CPU: every object pixel of the ``r``-padded
+    labels, tested against the disk offsets ``(oys, oxs)`` nearest first until one
+    same-object neighbour is larger."""
+    h, w = out.shape
+    n = oys.size
+    for y in range(h):
+        for x in range(w):
+            lab = lab_p[y + r, x + r]
+            if lab <= 0:
+                continue
+            val = img_p[y + r, x + r]
+            peak = True
+            for k in range(n):
+                yy = y + r + oys[k]
+                xx = x + r + oxs[k]
+                if lab_p[yy, xx] == lab and not img_p[yy, xx] <= val:
+                    peak = False
+                    break
+            out[y, x] = peak
 
 
 @njit_cached
