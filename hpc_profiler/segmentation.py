@@ -719,10 +719,15 @@ def fill_label_holes(labels):
     that does not touch the edge (gathered by index; such pixels are never on
     the edge) are reduced per component with labelled
     ``ndimage.maximum``/``minimum``; a component is filled when the two agree.
+    On the CPU the same rule in one numba pass (:func:`_fill_label_holes_cpu`).
     """
     bk = backend_of(labels)
     xp, ndi = bk.xp, bk.ndi
     labels = labels.astype(xp.int32)
+    if not bk.is_gpu:
+        if labels.size:
+            _fill_label_holes_cpu(labels)
+        return labels
     bg = labels == 0
     blab, nb = ndi.label(bg, structure=xp.asarray(_FOUR))
     nb = int(nb)
@@ -748,6 +753,89 @@ def fill_label_holes(labels):
     lut[1:] = xp.where(fill, hi, 0).astype(xp.int32)
     labels[ys, xs] = lut[comp]
     return labels
+
+
+@njit_cached
+def _fill_label_holes_cpu(labels):
+    """:func:`fill_label_holes` in place on a C-contiguous int32 array.
+
+    A breadth-first walk marks the background reachable 4-connectedly from
+    the edge; every other background component is walked in turn, and
+    filled when its pixels with a positive 4-neighbour exist and the largest
+    4-neighbour label over them equals the smallest positive one (the rule
+    of the labelled ``maximum``/``minimum`` reduction of the array version).
+    """
+    h, w = labels.shape
+    seen = np.zeros((h, w), dtype=np.bool_)
+    qy = np.empty(h * w, dtype=np.int64)
+    qx = np.empty(h * w, dtype=np.int64)
+    n = 0
+    any_object = False
+    for y in range(h):
+        for x in range(w):
+            if labels[y, x] != 0:
+                any_object = True
+            elif (y == 0 or y == h - 1 or x == 0 or x == w - 1) and not seen[y, x]:
+                seen[y, x] = True
+                qy[n] = y
+                qx[n] = x
+                n += 1
+    if not any_object:
+        return
+    head = 0
+    while head < n:  # the background reached from the edge
+        y = qy[head]
+        x = qx[head]
+        head += 1
+        for k in range(4):
+            yy = y + (-1 if k == 0 else 1 if k == 3 else 0)
+            xx = x + (-1 if k == 1 else 1 if k == 2 else 0)
+            if 0 <= yy < h and 0 <= xx < w and labels[yy, xx] == 0 and not seen[yy, xx]:
+                seen[yy, xx] = True
+                qy[n] = yy
+                qx[n] = xx
+                n += 1
+    big = np.int64(np.iinfo(np.int32).max) + 1
+    for y0 in range(1, h - 1):
+        for x0 in range(1, w - 1):
+            if labels[y0, x0] != 0 or seen[y0, x0]:
+                continue
+            seen[y0, x0] = True  # a hole candidate: never on the edge, so its 4 neighbours exist
+            qy[0] = y0
+            qx[0] = x0
+            n = 1
+            head = 0
+            hi = np.int64(0)
+            lo = big
+            contact = False
+            while head < n:
+                y = qy[head]
+                x = qx[head]
+                head += 1
+                hp = np.int64(-big)
+                lp = big
+                for k in range(4):
+                    yy = y + (-1 if k == 0 else 1 if k == 3 else 0)
+                    xx = x + (-1 if k == 1 else 1 if k == 2 else 0)
+                    v = np.int64(labels[yy, xx])
+                    if v > hp:
+                        hp = v
+                    if v > 0 and v < lp:
+                        lp = v
+                    if v == 0 and not seen[yy, xx]:
+                        seen[yy, xx] = True
+                        qy[n] = yy
+                        qx[n] = xx
+                        n += 1
+                if hp > 0:
+                    if not contact or hp > hi:
+                        hi = hp
+                    if lp < lo:
+                        lo = lp
+                    contact = True
+            if contact and hi == lo:
+                for j in range(n):
+                    labels[qy[j], qx[j]] = hi
 
 
 def is_local_maximum(image, labels, radius: float, backend=None):
