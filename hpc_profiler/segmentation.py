@@ -369,7 +369,29 @@ def global_threshold(image, *, method: str, correction_factor: float, lower_boun
         ``OrigThreshold``). An empty or constant image gives its value.
     """
     bk = backend_of(image)
+    final, orig = _threshold(image, method, correction_factor, lower_bound, upper_bound)
+    if bk.is_gpu:
+        return tuple(_host_floats(bk, [final, orig]))
+    return final, orig
+
+
+def _threshold(image, method: str, correction_factor: float, lower_bound: float, upper_bound: float):
+    """:func:`global_threshold`; on the GPU ``(final, orig)`` stay 0-d device arrays
+    (no host copy: scikit-image's and cuCIM's thresholds return an empty or
+    constant image's value themselves, and :func:`threshold_tolerance` its floor)."""
+    bk = backend_of(image)
     xp = bk.xp
+    if method not in ("li", "otsu"):
+        raise SegmentationError(f"unknown threshold method {method!r}; known: li, otsu")
+    if bk.is_gpu and image.size:
+        img64 = xp.asarray(image, dtype=xp.float64)
+        if method == "li":
+            raw = bk.ski.filters.threshold_li(img64, tolerance=_threshold_tolerance_device(image))
+        else:
+            raw = bk.ski.filters.threshold_otsu(img64)
+        raw = xp.asarray(raw, dtype=xp.float64)
+        final = xp.minimum(xp.maximum(raw * correction_factor, lower_bound), upper_bound)
+        return final, xp.minimum(xp.maximum(raw, 0.0), 1.0)
     if image.size == 0:
         raw = 0.0
     else:
@@ -377,18 +399,29 @@ def global_threshold(image, *, method: str, correction_factor: float, lower_boun
         if lo == hi:
             raw = lo
         elif method == "li":
-            tol = threshold_tolerance(image)
-            if bk.is_gpu:
-                raw = float(bk.ski.filters.threshold_li(xp.asarray(image, dtype=xp.float64), tolerance=tol))
-            else:
-                raw = float(threshold_li_host(image, tol))
-        elif method == "otsu":
-            raw = float(bk.ski.filters.threshold_otsu(xp.asarray(image, dtype=xp.float64)))
+            raw = float(threshold_li_host(image, threshold_tolerance(image)))
         else:
-            raise SegmentationError(f"unknown threshold method {method!r}; known: li, otsu")
+            raw = float(bk.ski.filters.threshold_otsu(xp.asarray(image, dtype=xp.float64)))
     final = min(max(raw * correction_factor, lower_bound), upper_bound)
     orig = min(max(raw, 0.0), 1.0)
     return final, orig
+
+
+def _threshold_tolerance_device(image):
+    """:func:`threshold_tolerance` as a 0-d device array (the floor when fewer than two values)."""
+    xp = backend_of(image).xp
+    u = xp.unique(image.ravel())  # (a sync: its size)
+    if u.size < 2:
+        return 0.5 / 65536
+    return xp.maximum(xp.min(xp.diff(u.astype(xp.float64))) / 2.0, 0.5 / 65536)
+
+
+def _host_floats(bk, values) -> list:
+    """Python floats of scalars, device ones read back with ONE copy (stacked)."""
+    if not bk.is_gpu:
+        return [float(v) for v in values]
+    xp = bk.xp
+    return bk.to_numpy(xp.stack([xp.asarray(v, dtype=xp.float64).reshape(()) for v in values])).tolist()
 
 
 def threshold_smoothing_sigma(scale: float) -> float:
@@ -409,7 +442,9 @@ def binarize(image, threshold: float, smoothing_scale: float):
 
 def threshold_quality(image, binary) -> tuple[float, float]:
     """CellProfiler's ``Threshold_WeightedVariance`` and ``Threshold_SumOfEntropies``
-    of a thresholded image (``add_fg_bg_measurements``; computed on the host).
+    of a thresholded image (``add_fg_bg_measurements``). On the GPU the
+    statistics are computed on the device (:func:`_threshold_quality_device`)
+    and read back with one copy.
 
     Both clamp the image below at ``max / 256`` and take ``log2``.
     *Weighted variance*: the foreground and background variances of the log
@@ -432,8 +467,11 @@ def threshold_quality(image, binary) -> tuple[float, float]:
     (weighted_variance, sum_of_entropies) : floats
     """
     bk = backend_of(image, binary)
-    img = np.asarray(bk.to_numpy(image))
-    fgm = np.asarray(bk.to_numpy(binary), dtype=bool)
+    if bk.is_gpu:
+        q = _threshold_quality_device(image, binary)
+        return tuple(_host_floats(bk, [q[0], q[1]]))
+    img = np.asarray(image)
+    fgm = np.asarray(binary, dtype=bool)
     valid = ~np.isnan(img)
     if img.size == 0 or not valid.any():
         return 0.0, 0.0
@@ -454,6 +492,8 @@ def threshold_quality(image, binary) -> tuple[float, float]:
     pert = np.exp2(np.log2(base + delta) * noise + (1 - noise) * np.log2(base))
     pert = np.clip(pert, 0, 1)
     lo, hi = np.log2(np.min(pert)), np.log2(np.max(pert))
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # (np.histogram's error, as before)
+        raise ValueError(f"supplied range of [{lo}, {hi}] is not finite")
     if lo == hi:
         return wv, float(math.log(int(valid.sum()), 2))
     n_fg = int(np.count_nonzero(fgm & valid))
@@ -471,6 +511,63 @@ def threshold_quality(image, binary) -> tuple[float, float]:
         p = h.astype(float) / float(np.sum(h))
         total += float(np.sum(p * np.log2(p)))
     return wv, total
+
+
+def _threshold_quality_device(image, binary):
+    """:func:`threshold_quality` on the device: a 2-element float64 array
+    ``(weighted_variance, sum_of_entropies)``, no host copy.
+
+    The same quantities from per-side sums (``bincount`` with weights, in
+    float64: the variances as mean square minus squared mean, so last-bit
+    differences from the CPU's float32 two-pass variances; the perturbed
+    image as ``exp2(a + noise (b - a))``, algebraically the CPU's
+    ``exp2(b noise + (1 - noise) a)``), the two 256-bin histograms as one
+    ``bincount`` of known length (bin from NumPy's formula, then one step down
+    or up against the bin edges), and the special cases of the CPU version as
+    selections. The image must be finite (the CPU version raises otherwise).
+    """
+    bk = backend_of(image, binary)
+    xp = bk.xp
+    f64 = xp.float64
+    if image.size == 0:
+        return xp.zeros(2, dtype=f64)
+    with np.errstate(divide="ignore", invalid="ignore"):  # (the NumPy twin: log2(0) of an all-zero image)
+        return _threshold_quality_terms(xp, image, binary)
+
+
+def _threshold_quality_terms(xp, image, binary):
+    f64 = xp.float64
+    img = xp.asarray(image, dtype=f64)
+    side = xp.where(xp.asarray(binary, dtype=bool), 0, 1).ravel()  # 0: foreground, 1: background
+    minval = xp.max(img) / 256
+    limg = xp.log2(xp.maximum(img, minval)).ravel()
+    # per side: count, sum and sum of squares of the log image (float64)
+    cnt = xp.bincount(side, minlength=2).astype(f64)
+    mean = xp.bincount(side, weights=limg, minlength=2) / xp.maximum(cnt, 1)
+    var = xp.maximum(xp.bincount(side, weights=limg * limg, minlength=2) / xp.maximum(cnt, 1) - mean * mean, 0.0)
+    n_fg, n_bg = cnt[0], cnt[1]
+    wv = xp.where(n_fg == 0, var[1], xp.where(n_bg == 0, var[0], (var * cnt).sum() / xp.maximum(cnt.sum(), 1)))
+    noise = _quality_noise_device(tuple(image.shape), xp)
+    delta = 2.0 ** -8
+    base = xp.clip(xp.maximum(img, minval), delta, 1)
+    lb = xp.log2(base)
+    pert = xp.clip(xp.exp2(lb + noise * (xp.log2(base + delta) - lb)), 0, 1)
+    lp = xp.log2(pert).ravel()
+    lo, hi = xp.min(lp), xp.max(lp)
+    step = xp.where(hi > lo, hi - lo, 1.0) / 256
+    k = xp.clip(((lp - lo) / step).astype(xp.int64), 0, 255)
+    k = k - ((lp < lo + k * step) & (k > 0)) + ((lp >= lo + (k + 1) * step) & (k < 255))
+    hist = xp.bincount(k + 256 * side, minlength=512).reshape(2, 256).astype(f64)
+    p = hist / xp.maximum(hist.sum(axis=1, keepdims=True), 1)
+    entropy = (p * xp.log2(xp.where(hist > 0, p, 1.0))).sum()
+    soe = xp.where(lo == hi, xp.log2(cnt.sum()), xp.where((n_fg == 0) | (n_bg == 0), 0.0, entropy))
+    return xp.where(minval == 0, 0.0, xp.stack([wv, soe]))
+
+
+@functools.lru_cache(maxsize=4)
+def _quality_noise_device(shape, xp):
+    """:func:`_quality_noise_host` on the device of ``xp``, copied there once per shape."""
+    return xp.asarray(_quality_noise_host(shape))
 
 
 @njit_cached
@@ -563,7 +660,7 @@ def _watershed_host(bk, image, markers, mask):
     return bk.asarray(out.astype(np.int32, copy=False))
 
 
-def watershed_contested(image, markers, components):
+def watershed_contested(image, markers, components, *, n_components=None, n_markers=None):
     """Watershed of ``image`` from ``markers`` within the labelled ``components``,
     flooding on the host only the components two or more markers compete for.
 
@@ -586,16 +683,22 @@ def watershed_contested(image, markers, components):
     markers : int array (H, W), 0 = no seed
     components : int array (H, W)
         8-connected labels of the mask (0 = outside).
+    n_components, n_markers : int, optional
+        Upper bounds of the component and marker numbers when known on the
+        host (e.g. from ``ndimage.label``), saving a device->host copy each.
 
     Returns
     -------
     int32 array (H, W)
+
+    On the GPU the contested components go to the host whole-frame (no
+    bounding box to read back first).
     """
     bk = backend_of(image, markers, components)
     xp = bk.xp
-    n_comp = int(components.max()) if components.size else 0
+    n_comp = n_components if n_components is not None else int(components.max()) if components.size else 0
     markers = xp.where(components > 0, markers, 0).astype(xp.int32)
-    n_mark = int(markers.max()) if markers.size else 0
+    n_mark = n_markers if n_markers is not None else int(markers.max()) if markers.size else 0
     if n_comp == 0 or n_mark == 0:
         return xp.zeros(components.shape, dtype=xp.int32)
     seeded = markers > 0
@@ -612,6 +715,11 @@ def watershed_contested(image, markers, components):
     single = (n_labels == 1) & ~contested
     out = xp.where(single[components], label_of[components], 0).astype(xp.int32)
     sel = contested[components]
+    if bk.is_gpu:
+        if xp.flatnonzero(sel).size == 0:  # (a sync, not a copy: CuPy sizes its output)
+            return out
+        flooded = _watershed_host(bk, image, xp.where(sel, markers, 0), sel)
+        return xp.where(sel, flooded, out).astype(xp.int32)
     if not bool(sel.any()):
         return out
     rs, cs = _crop_box(xp, sel)
@@ -731,7 +839,7 @@ def fill_label_holes(labels):
     bg = labels == 0
     blab, nb = ndi.label(bg, structure=xp.asarray(_FOUR))
     nb = int(nb)
-    if nb == 0 or not labels.any():
+    if nb == 0:
         return labels
     touches = xp.zeros(nb + 1, dtype=bool)
     touches[xp.concatenate([blab[0, :], blab[-1, :], blab[:, 0], blab[:, -1]])] = True
@@ -739,7 +847,7 @@ def fill_label_holes(labels):
     ys, xs = xp.nonzero(~touches[blab])
     if ys.size == 0:
         return labels
-    big = int(labels.max()) + 1
+    big = np.iinfo(np.int32).max  # above every label (no host read of the largest)
     around = xp.stack([labels[ys - 1, xs], labels[ys + 1, xs], labels[ys, xs - 1], labels[ys, xs + 1]])
     hi_px = around.max(axis=0)
     lo_px = xp.where(around > 0, around, big).min(axis=0)
@@ -936,7 +1044,7 @@ def _edt_plus_noise(fg, noise, out):
                 q -= 1
 
 
-def declump_shape(components, min_maxima_distance: float):
+def declump_shape(components, min_maxima_distance: float, *, n_components=None, return_count: bool = False):
     """Split clumped objects by shape (IdentifyPrimaryObjects "Shape"/"Shape"),
     as CellProfiler 5's ``separate_neighboring_objects``.
 
@@ -955,6 +1063,10 @@ def declump_shape(components, min_maxima_distance: float):
         8-connected labels of the thresholded image.
     min_maxima_distance : float
         Maxima closer than this are suppressed.
+    n_components : int, optional
+        The number of components when known on the host (``ndimage.label``'s).
+    return_count : bool
+        Also return the number of seeds (a host int, an upper bound of the labels).
 
     Returns
     -------
@@ -962,9 +1074,10 @@ def declump_shape(components, min_maxima_distance: float):
     """
     bk = backend_of(components)
     xp, ndi = bk.xp, bk.ndi
-    n = int(components.max()) if components.size else 0
+    n = n_components if n_components is not None else int(components.max()) if components.size else 0
     if n == 0:
-        return xp.zeros(components.shape, dtype=xp.int32)
+        out = xp.zeros(components.shape, dtype=xp.int32)
+        return (out, 0) if return_count else out
     fg = fill_holes(components > 0)
     if bk.is_gpu or bool(fg.all()):  # (the CPU kernel needs a background pixel; SciPy's answer then)
         dist = ndi.distance_transform_edt(fg).astype(xp.float64)
@@ -973,8 +1086,12 @@ def declump_shape(components, min_maxima_distance: float):
         dist = np.empty(fg.shape, dtype=np.float64)
         _edt_plus_noise(np.ascontiguousarray(fg, dtype=bool), _tie_noise_host(tuple(fg.shape)), dist)
     peaks = is_local_maximum(dist, components, max(1.0, min_maxima_distance - 0.5)) & (dist > 0)
-    seeds, _ = ndi.label(peaks, structure=xp.asarray(_EIGHT))
-    return watershed_contested(float(dist.max()) - dist, xp.asarray(seeds, dtype=xp.int32), components)
+    seeds, n_seeds = ndi.label(peaks, structure=xp.asarray(_EIGHT))
+    n_seeds = int(n_seeds)
+    top = dist.max() if bk.is_gpu else float(dist.max())  # (the same float64 subtraction)
+    out = watershed_contested(top - dist, xp.asarray(seeds, dtype=xp.int32), components,
+                              n_components=n, n_markers=n_seeds)
+    return (out, n_seeds) if return_count else out
 
 
 # --------------------------------------------------------------------------- objects
@@ -999,40 +1116,70 @@ def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
         (CellProfiler's "unedited segmentation"), which IdentifySecondaryObjects
         grows cells from.
     """
+    labels, measurements, unedited, _ = _nuclei(dna, params)
+    measurements = dict(zip(measurements, _host_floats(backend_of(dna), measurements.values())))
+    if return_unedited:
+        return labels, measurements, unedited
+    return labels, measurements
+
+
+def _nuclei(dna, params: NucleiConfig):
+    """:func:`segment_nuclei`: labels, measurements (0-d device arrays on the GPU,
+    floats on the CPU), the unedited objects and their number's upper bound
+    (a host int: the number of declumping seeds)."""
     bk = backend_of(dna)
     xp, ndi = bk.xp, bk.ndi
     img = xp.asarray(dna, dtype=xp.float64)
-    final, orig = global_threshold(
-        dna,
-        method=params.threshold_method,
-        correction_factor=params.correction_factor,
-        lower_bound=params.lower_bound,
-        upper_bound=params.upper_bound,
-    )
+    final, orig = _threshold(dna, params.threshold_method, params.correction_factor,
+                             params.lower_bound, params.upper_bound)
     binary = binarize(img, final, params.smoothing_scale)
     thresholded = binary
     if params.fill_holes:
         binary = fill_holes(binary)
-    components, _ = ndi.label(binary, structure=xp.asarray(_EIGHT))
-    labels = declump_shape(components, params.min_maxima_distance)
-    unedited = labels
-    if params.exclude_border:
-        labels = remove_border_objects(labels)
-    labels = filter_on_size(labels, params.min_diameter, params.max_diameter)
-    if params.fill_holes:
-        labels = fill_label_holes(labels)
-    labels, n = relabel_consecutive(labels)
-    wv, soe = threshold_quality(dna, thresholded)
+    components, n_comp = ndi.label(binary, structure=xp.asarray(_EIGHT))
+    unedited, n_unedited = declump_shape(components, params.min_maxima_distance,
+                                         n_components=int(n_comp), return_count=True)
+    unedited = xp.asarray(unedited, dtype=xp.int32)
+    labels, n = _edit_primary(unedited, n_unedited, params)
+    if bk.is_gpu:
+        q = _threshold_quality_device(dna, thresholded)
+        wv, soe = q[0], q[1]  # (views: no copy)
+    else:
+        wv, soe = threshold_quality(dna, thresholded)
     measurements = {
         "Threshold_FinalThreshold_Nuclei": final,
         "Threshold_OrigThreshold_Nuclei": orig,
         "Threshold_WeightedVariance_Nuclei": wv,
         "Threshold_SumOfEntropies_Nuclei": soe,
-        "Count_Nuclei": float(n),
+        "Count_Nuclei": n,
     }
-    if return_unedited:
-        return labels, measurements, xp.asarray(unedited, dtype=xp.int32)
-    return labels, measurements
+    return labels, measurements, unedited, n_unedited
+
+
+def _edit_primary(unedited, n_unedited: int, params: NucleiConfig):
+    """:func:`remove_border_objects` (when excluded), :func:`filter_on_size`,
+    :func:`fill_label_holes` (when filled) and :func:`relabel_consecutive` of
+    the declumped objects, as one lookup table built from one ``bincount``
+    (an object removed by one filter is removed whole, so the areas the size
+    filter sees are the unedited ones). Returns the labels and their number
+    (a host int on the CPU, a 0-d device array on the GPU)."""
+    xp = backend_of(unedited).xp
+    if n_unedited == 0:
+        return xp.zeros(unedited.shape, dtype=xp.int32), (0 if not backend_of(unedited).is_gpu else xp.zeros((), xp.int64))
+    counts = xp.bincount(unedited.ravel(), minlength=n_unedited + 1)
+    keep = counts > 0
+    if params.exclude_border:
+        keep[xp.concatenate([unedited[0, :], unedited[-1, :], unedited[:, 0], unedited[:, -1]])] = False
+    keep &= (counts >= math.pi * params.min_diameter**2 / 4) & (counts <= math.pi * params.max_diameter**2 / 4)
+    keep[0] = False
+    labels = unedited
+    if params.fill_holes:
+        labels = fill_label_holes(xp.where(keep[labels], labels, 0).astype(xp.int32))
+        keep = xp.bincount(labels.ravel(), minlength=n_unedited + 1) > 0
+        keep[0] = False
+    lut = (xp.cumsum(keep) * keep).astype(xp.int32)
+    n = keep.sum()
+    return lut[labels], (n if backend_of(unedited).is_gpu else int(n))
 
 
 def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None, return_unfiltered: bool = False):
@@ -1062,70 +1209,96 @@ def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None, ret
         ``Count_Cells``.
     unfiltered : int32 array (H, W), only with ``return_unfiltered=True``
     """
+    out = _cells(rna, nuclei, params, unedited_nuclei)
+    cells, measurements, unfiltered = out
+    measurements = dict(zip(measurements, _host_floats(backend_of(rna, nuclei), measurements.values())))
+    if return_unfiltered:
+        return cells, measurements, unfiltered
+    return cells, measurements
+
+
+def _cells(rna, nuclei, params: CellsConfig, unedited_nuclei=None, n_bound=None):
+    """:func:`segment_cells`: cells, measurements (0-d device arrays on the GPU,
+    floats on the CPU), unfiltered cells. ``n_bound``: an upper bound of the
+    nuclei's and unedited nuclei's labels known on the host (else read).
+
+    On the GPU the watershed always runs (a site without final nuclei floods
+    from no seeds: the CPU's empty result, with no host decision)."""
     bk = backend_of(rna, nuclei)
     xp = bk.xp
     img = xp.asarray(rna, dtype=xp.float64)
     if tuple(img.shape) != tuple(nuclei.shape):
         raise SegmentationError(f"cells: image shape {tuple(img.shape)} differs from nuclei {tuple(nuclei.shape)}")
-    final, orig = global_threshold(
-        rna,
-        method=params.threshold_method,
-        correction_factor=params.correction_factor,
-        lower_bound=params.lower_bound,
-        upper_bound=params.upper_bound,
-    )
-    n = int(nuclei.max()) if nuclei.size else 0
+    final, orig = _threshold(rna, params.threshold_method, params.correction_factor,
+                             params.lower_bound, params.upper_bound)
     foreground = binarize(img, final, params.smoothing_scale)
-    wv, soe = threshold_quality(rna, foreground)
+    if bk.is_gpu:
+        q = _threshold_quality_device(rna, foreground)
+        wv, soe = q[0], q[1]  # (views: no copy)
+        if n_bound is None:
+            n_bound = max(int(nuclei.max()) if nuclei.size else 0,
+                          int(unedited_nuclei.max()) if unedited_nuclei is not None and unedited_nuclei.size else 0)
+        n = n_bound
+    else:
+        wv, soe = threshold_quality(rna, foreground)
+        n = int(nuclei.max()) if nuclei.size else 0
+        if n_bound is None:
+            n_bound = max(n, int(unedited_nuclei.max()) if unedited_nuclei is not None and unedited_nuclei.size else 0)
     unfiltered = cells = xp.zeros(img.shape, dtype=xp.int32)
     if n > 0:
-        seeds = nuclei if unedited_nuclei is None else secondary_seeds(unedited_nuclei, nuclei)
+        if unedited_nuclei is None:
+            seeds = nuclei
+        else:
+            seeds = secondary_seeds(unedited_nuclei, nuclei, n_unedited=n_bound)
+        if bk.is_gpu:
+            seeds = xp.where(nuclei.max() > 0, seeds, 0)
         mask = foreground | (seeds > 0)
         cells = _watershed_host(bk, 1.0 - img, seeds.astype(xp.int32), mask)
         if params.fill_holes:
             cells = fill_label_holes(cells)
         unfiltered = cells
         if unedited_nuclei is not None:
-            cells = _keep_final_objects(cells, unedited_nuclei, nuclei, n)
+            cells = _keep_final_objects(cells, unedited_nuclei, nuclei, n, n_unedited=n_bound)
+    count = (xp.bincount(cells.ravel(), minlength=n_bound + 1)[1:] > 0).sum()
     measurements = {
         "Threshold_FinalThreshold_Cells": final,
         "Threshold_OrigThreshold_Cells": orig,
         "Threshold_WeightedVariance_Cells": wv,
         "Threshold_SumOfEntropies_Cells": soe,
-        "Count_Cells": float(int((xp.bincount(cells.ravel(), minlength=n + 1)[1:] > 0).sum())),
+        "Count_Cells": count if bk.is_gpu else float(int(count)),
     }
-    if return_unfiltered:
-        return cells, measurements, unfiltered
-    return cells, measurements
+    return cells, measurements, unfiltered
 
 
-def secondary_seeds(unedited, final):
+def secondary_seeds(unedited, final, *, n_unedited=None):
     """The seeds IdentifySecondaryObjects grows from: the unedited primary
     objects that touch the image edge (whole) and the pixels of the final
     primary objects, in the unedited numbering.
 
     So objects discarded for touching the border still claim their territory,
     objects discarded by the size filter do not (``identifysecondaryobjects``
-    in ``cellprofiler_library``).
+    in ``cellprofiler_library``). ``n_unedited``: an upper bound of the unedited
+    labels when known on the host (else read).
     """
     xp = backend_of(unedited, final).xp
     unedited = unedited.astype(xp.int32)
-    m = int(unedited.max()) if unedited.size else 0
+    m = n_unedited if n_unedited is not None else int(unedited.max()) if unedited.size else 0
     touching = xp.zeros(m + 1, dtype=bool)
     touching[xp.concatenate([unedited[0, :], unedited[-1, :], unedited[:, 0], unedited[:, -1]])] = True
     touching[0] = False
     return xp.where(touching[unedited] | (final > 0), unedited, 0).astype(xp.int32)
 
 
-def unfiltered_nuclei(unedited, params: NucleiConfig):
+def unfiltered_nuclei(unedited, params: NucleiConfig, *, n_unedited=None):
     """CellProfiler's ``small_removed_segmented`` of the primary objects: the
     unedited objects without the border-touching ones (when excluded) and
     without the too-small ones, but with the too-large ones; not hole-filled,
     unedited numbering (``identifyprimaryobjects``: ``filter_on_size(...,
-    return_only_small=True)`` after ``filter_on_border``).
+    return_only_small=True)`` after ``filter_on_border``). ``n_unedited``: an
+    upper bound of the labels when known on the host (else read: one copy).
     """
     xp = backend_of(unedited).xp
-    m = int(unedited.max()) if unedited.size else 0  # the one device->host copy
+    m = n_unedited if n_unedited is not None else int(unedited.max()) if unedited.size else 0
     if m == 0:
         return unedited.astype(xp.int32)
     keep = xp.bincount(unedited.ravel(), minlength=m + 1) >= math.pi * params.min_diameter**2 / 4
@@ -1134,11 +1307,12 @@ def unfiltered_nuclei(unedited, params: NucleiConfig):
     return _lut_apply(xp, unedited, keep)
 
 
-def _keep_final_objects(grown, unedited, final, n_final: int):
+def _keep_final_objects(grown, unedited, final, n_final: int, *, n_unedited=None):
     """Relabel objects grown from ``unedited`` seeds to the ``final`` numbering;
     objects whose seed was filtered out (no final label) become background."""
     xp = backend_of(grown, unedited, final).xp
-    n_unedited = int(unedited.max()) if unedited.size else 0
+    if n_unedited is None:
+        n_unedited = int(unedited.max()) if unedited.size else 0
     lut = xp.zeros(n_unedited + 1, dtype=xp.int32)
     inside = final > 0
     # every final nucleus is exactly one unedited object: map its number over
@@ -1157,15 +1331,29 @@ def cytoplasm(cells, nuclei):
 # --------------------------------------------------------------------------- site
 def channel_warnings(images: Mapping) -> list:
     """QC messages for all-zero or saturated channels (see module docstring)."""
+    filled, values = _channel_stats(images)
+    host = _host_floats(backend_of(*(images[ch] for ch in filled)), values) if filled else []
+    return _channel_messages(images, filled, host)
+
+
+def _channel_stats(images: Mapping):
+    """The channels with pixels and, for each, its maximum and saturated fraction
+    (0-d arrays on the images' device, two per channel, no host copy)."""
+    filled = [ch for ch, img in images.items() if img.size]
+    if not filled:
+        return [], []
+    xp = backend_of(*(images[ch] for ch in filled)).xp
+    values = []
+    for ch in filled:
+        img = images[ch]
+        values += [xp.max(img).astype(xp.float64), xp.mean(img >= 1.0)]
+    return filled, values
+
+
+def _channel_messages(images: Mapping, filled: list, host: list) -> list:
+    """:func:`channel_warnings`' messages from the host values of :func:`_channel_stats`."""
+    stats = {ch: host[2 * i : 2 * i + 2] for i, ch in enumerate(filled)}
     out = []
-    filled = [(ch, img) for ch, img in images.items() if img.size]
-    stats = {}
-    if filled:  # every channel's maximum and saturated fraction with ONE device->host copy
-        bk = backend_of(*(img for _, img in filled))
-        xp = bk.xp
-        host = bk.to_numpy(xp.stack([xp.stack([xp.max(img).astype(xp.float64), xp.mean(img >= 1.0)])
-                                     for _, img in filled])).tolist()
-        stats = {ch: row for (ch, _), row in zip(filled, host)}
     for ch, img in images.items():
         if img.size == 0 or stats[ch][0] <= 0.0:
             out.append(f"channel {ch}: all pixels are zero")
@@ -1210,16 +1398,21 @@ def segment_site(
             raise SegmentationError(f"segmentation: {role} channel {ch!r} is not among the images {list(images)}")
         if images[ch].ndim != 2:
             raise SegmentationError(f"segmentation: channel {ch!r} is not a 2-D image (shape {images[ch].shape})")
-    warnings = channel_warnings(images)
+    filled, stats = _channel_stats(images)
     dna = images[seg.nuclei.channel]
+    bk = backend_of(dna)
+    xp = bk.xp
     if dna_bg.enabled:
         dna = subtract_background(dna, dna_background(dna, dna_bg.block_size, dna_bg.smoothing))
-    nuclei, m_nuc, unedited = segment_nuclei(dna, seg.nuclei, return_unedited=True)
-    cells, m_cells, cells_unfiltered = segment_cells(images[seg.cells.channel], nuclei, seg.cells,
-                                                     unedited_nuclei=unedited, return_unfiltered=True)
+    nuclei, m_nuc, unedited, n_unedited = _nuclei(dna, seg.nuclei)
+    cells, m_cells, cells_unfiltered = _cells(images[seg.cells.channel], nuclei, seg.cells,
+                                              unedited_nuclei=unedited, n_bound=n_unedited)
     cyto = cytoplasm(cells, nuclei)
-    xp = backend_of(cyto).xp
-    n_cyto = int((xp.bincount(cyto.ravel(), minlength=2)[1:] > 0).sum())
-    measurements = {**m_nuc, **m_cells, "Count_Cytoplasm": float(n_cyto)}
-    unfiltered = {"Nuclei": unfiltered_nuclei(unedited, seg.nuclei), "Cells": cells_unfiltered}
+    n_cyto = (xp.bincount(cyto.ravel(), minlength=2)[1:] > 0).sum()
+    measurements = {**m_nuc, **m_cells, "Count_Cytoplasm": n_cyto}
+    # every measurement and the channel QC values with one device->host copy
+    host = _host_floats(bk, [*measurements.values(), *stats])
+    measurements = dict(zip(measurements, host[: len(measurements)]))
+    warnings = _channel_messages(images, filled, host[len(measurements):])
+    unfiltered = {"Nuclei": unfiltered_nuclei(unedited, seg.nuclei, n_unedited=n_unedited), "Cells": cells_unfiltered}
     return Segmentation(nuclei, cells, cyto, measurements, warnings, unfiltered)
