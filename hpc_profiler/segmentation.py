@@ -802,10 +802,16 @@ def fill_holes(binary):
 
     A background pixel stays background when its 4-connected background
     component reaches the image edge; every other one is filled. One
-    labelling and a lookup instead of SciPy's iterated propagation.
+    labelling and a lookup instead of SciPy's iterated propagation (on the
+    CPU one numba walk of the background from the edge, :func:`_fill_holes_cpu`).
     """
     bk = backend_of(binary)
     xp = bk.xp
+    if not bk.is_gpu:
+        out = np.array(binary, dtype=bool, order="C")
+        if out.size:
+            _fill_holes_cpu(out)
+        return out
     bg = ~binary.astype(bool)
     blab, nb = bk.ndi.label(bg, structure=xp.asarray(_FOUR))
     if int(nb) == 0:
@@ -814,6 +820,41 @@ def fill_holes(binary):
     outside[xp.concatenate([blab[0, :], blab[-1, :], blab[:, 0], blab[:, -1]])] = True
     outside[0] = False
     return ~outside[blab]
+
+
+@njit_cached
+def _fill_holes_cpu(fg):
+    """:func:`fill_holes` in place: the background not reached 4-connectedly from
+    the edge (a breadth-first walk) becomes foreground."""
+    h, w = fg.shape
+    seen = np.zeros((h, w), dtype=np.bool_)
+    qy = np.empty(h * w, dtype=np.int64)
+    qx = np.empty(h * w, dtype=np.int64)
+    n = 0
+    for y in range(h):
+        for x in range(w):
+            if not fg[y, x] and (y == 0 or y == h - 1 or x == 0 or x == w - 1):
+                seen[y, x] = True
+                qy[n] = y
+                qx[n] = x
+                n += 1
+    head = 0
+    while head < n:
+        y = qy[head]
+        x = qx[head]
+        head += 1
+        for k in range(4):
+            yy = y + (-1 if k == 0 else 1 if k == 3 else 0)
+            xx = x + (-1 if k == 1 else 1 if k == 2 else 0)
+            if 0 <= yy < h and 0 <= xx < w and not fg[yy, xx] and not seen[yy, xx]:
+                seen[yy, xx] = True
+                qy[n] = yy
+                qx[n] = xx
+                n += 1
+    for y in range(h):
+        for x in range(w):
+            if not seen[y, x]:
+                fg[y, x] = True
 
 
 def fill_label_holes(labels):
@@ -1116,7 +1157,7 @@ def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
         (CellProfiler's "unedited segmentation"), which IdentifySecondaryObjects
         grows cells from.
     """
-    labels, measurements, unedited, _ = _nuclei(dna, params)
+    labels, measurements, unedited, _, _ = _nuclei(dna, params)
     measurements = dict(zip(measurements, _host_floats(backend_of(dna), measurements.values())))
     if return_unedited:
         return labels, measurements, unedited
@@ -1125,8 +1166,8 @@ def segment_nuclei(dna, params: NucleiConfig, *, return_unedited: bool = False):
 
 def _nuclei(dna, params: NucleiConfig):
     """:func:`segment_nuclei`: labels, measurements (0-d device arrays on the GPU,
-    floats on the CPU), the unedited objects and their number's upper bound
-    (a host int: the number of declumping seeds)."""
+    floats on the CPU), the unedited objects, their number's upper bound
+    (a host int: the number of declumping seeds) and their areas (``bincount``)."""
     bk = backend_of(dna)
     xp, ndi = bk.xp, bk.ndi
     img = xp.asarray(dna, dtype=xp.float64)
@@ -1140,7 +1181,7 @@ def _nuclei(dna, params: NucleiConfig):
     unedited, n_unedited = declump_shape(components, params.min_maxima_distance,
                                          n_components=int(n_comp), return_count=True)
     unedited = xp.asarray(unedited, dtype=xp.int32)
-    labels, n = _edit_primary(unedited, n_unedited, params)
+    labels, n, areas = _edit_primary(unedited, n_unedited, params)
     if bk.is_gpu:
         q = _threshold_quality_device(dna, thresholded)
         wv, soe = q[0], q[1]  # (views: no copy)
@@ -1153,7 +1194,7 @@ def _nuclei(dna, params: NucleiConfig):
         "Threshold_SumOfEntropies_Nuclei": soe,
         "Count_Nuclei": n,
     }
-    return labels, measurements, unedited, n_unedited
+    return labels, measurements, unedited, n_unedited, areas
 
 
 def _edit_primary(unedited, n_unedited: int, params: NucleiConfig):
@@ -1161,11 +1202,13 @@ def _edit_primary(unedited, n_unedited: int, params: NucleiConfig):
     :func:`fill_label_holes` (when filled) and :func:`relabel_consecutive` of
     the declumped objects, as one lookup table built from one ``bincount``
     (an object removed by one filter is removed whole, so the areas the size
-    filter sees are the unedited ones). Returns the labels and their number
-    (a host int on the CPU, a 0-d device array on the GPU)."""
+    filter sees are the unedited ones). Returns the labels, their number
+    (a host int on the CPU, a 0-d device array on the GPU) and the unedited
+    objects' areas (None when there are none)."""
     xp = backend_of(unedited).xp
     if n_unedited == 0:
-        return xp.zeros(unedited.shape, dtype=xp.int32), (0 if not backend_of(unedited).is_gpu else xp.zeros((), xp.int64))
+        return (xp.zeros(unedited.shape, dtype=xp.int32),
+                (0 if not backend_of(unedited).is_gpu else xp.zeros((), xp.int64)), None)
     counts = xp.bincount(unedited.ravel(), minlength=n_unedited + 1)
     keep = counts > 0
     if params.exclude_border:
@@ -1179,7 +1222,7 @@ def _edit_primary(unedited, n_unedited: int, params: NucleiConfig):
         keep[0] = False
     lut = (xp.cumsum(keep) * keep).astype(xp.int32)
     n = keep.sum()
-    return lut[labels], (n if backend_of(unedited).is_gpu else int(n))
+    return lut[labels], (n if backend_of(unedited).is_gpu else int(n)), counts
 
 
 def segment_cells(rna, nuclei, params: CellsConfig, *, unedited_nuclei=None, return_unfiltered: bool = False):
@@ -1289,19 +1332,22 @@ def secondary_seeds(unedited, final, *, n_unedited=None):
     return xp.where(touching[unedited] | (final > 0), unedited, 0).astype(xp.int32)
 
 
-def unfiltered_nuclei(unedited, params: NucleiConfig, *, n_unedited=None):
+def unfiltered_nuclei(unedited, params: NucleiConfig, *, n_unedited=None, areas=None):
     """CellProfiler's ``small_removed_segmented`` of the primary objects: the
     unedited objects without the border-touching ones (when excluded) and
     without the too-small ones, but with the too-large ones; not hole-filled,
     unedited numbering (``identifyprimaryobjects``: ``filter_on_size(...,
     return_only_small=True)`` after ``filter_on_border``). ``n_unedited``: an
-    upper bound of the labels when known on the host (else read: one copy).
+    upper bound of the labels when known on the host (else read: one copy);
+    ``areas``: their ``bincount`` (length ``n_unedited + 1``) when already computed.
     """
     xp = backend_of(unedited).xp
     m = n_unedited if n_unedited is not None else int(unedited.max()) if unedited.size else 0
     if m == 0:
         return unedited.astype(xp.int32)
-    keep = xp.bincount(unedited.ravel(), minlength=m + 1) >= math.pi * params.min_diameter**2 / 4
+    if areas is None:
+        areas = xp.bincount(unedited.ravel(), minlength=m + 1)
+    keep = areas >= math.pi * params.min_diameter**2 / 4
     if params.exclude_border:
         keep[xp.concatenate([unedited[0, :], unedited[-1, :], unedited[:, 0], unedited[:, -1]])] = False
     return _lut_apply(xp, unedited, keep)
@@ -1404,7 +1450,7 @@ def segment_site(
     xp = bk.xp
     if dna_bg.enabled:
         dna = subtract_background(dna, dna_background(dna, dna_bg.block_size, dna_bg.smoothing))
-    nuclei, m_nuc, unedited, n_unedited = _nuclei(dna, seg.nuclei)
+    nuclei, m_nuc, unedited, n_unedited, areas = _nuclei(dna, seg.nuclei)
     cells, m_cells, cells_unfiltered = _cells(images[seg.cells.channel], nuclei, seg.cells,
                                               unedited_nuclei=unedited, n_bound=n_unedited)
     cyto = cytoplasm(cells, nuclei)
@@ -1414,5 +1460,6 @@ def segment_site(
     host = _host_floats(bk, [*measurements.values(), *stats])
     measurements = dict(zip(measurements, host[: len(measurements)]))
     warnings = _channel_messages(images, filled, host[len(measurements):])
-    unfiltered = {"Nuclei": unfiltered_nuclei(unedited, seg.nuclei, n_unedited=n_unedited), "Cells": cells_unfiltered}
+    unfiltered = {"Nuclei": unfiltered_nuclei(unedited, seg.nuclei, n_unedited=n_unedited, areas=areas),
+                  "Cells": cells_unfiltered}
     return Segmentation(nuclei, cells, cyto, measurements, warnings, unfiltered)

@@ -163,8 +163,8 @@ def watershed_numpy(image, markers, mask=None) -> np.ndarray:
         raise ValueError(f"watershed: mask {mask.shape} differs from image {image.shape}")
     h, w = image.shape
     W = w + 2
-    img = np.pad(image.astype(np.float64), 1).ravel()
-    out = np.pad((markers * mask).astype(np.int32), 1).ravel()
+    img = np.pad(np.asarray(image, dtype=np.float64), 1).ravel()
+    out = np.pad(np.where(mask, markers, 0).astype(np.int32, copy=False), 1).ravel()
     m = np.pad(mask, 1).ravel()
     if (h + 2) * W >= 2**31:
         raise ValueError(f"watershed: image {image.shape} has 2**31 or more pixels (ages and pixel "
