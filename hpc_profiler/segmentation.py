@@ -485,12 +485,22 @@ def threshold_quality(image, binary) -> tuple[float, float]:
     else:
         nfg, nbg = np.int64(lfg.size), np.int64(lbg.size)  # (a float32 variance times int64 is float64)
         wv = float((np.var(lfg) * nfg + np.var(lbg) * nbg) / (nfg + nbg))
-    clamped = np.where(img < minval, minval, img)
     noise = _quality_noise_host(tuple(img.shape))
     delta = 2.0 ** -8
-    base = np.clip(clamped, delta, 1)
-    pert = np.exp2(np.log2(base + delta) * noise + (1 - noise) * np.log2(base))
-    pert = np.clip(pert, 0, 1)
+    if img.dtype in (np.float32, np.float64) and img.ndim == 2:
+        # the same operations fused (numba, IEEE order kept; log2/exp2 stay NumPy's)
+        flat = np.ascontiguousarray(img).ravel()
+        base = np.empty_like(flat)
+        base_d = np.empty_like(flat)
+        _quality_base(flat, img.dtype.type(minval), img.dtype.type(delta), base, base_d)
+        pert = np.empty(flat.size, dtype=np.float64)
+        _quality_mix(np.log2(base_d), noise.ravel(), np.log2(base), pert)
+        pert = np.clip(np.exp2(pert, out=pert), 0, 1, out=pert).reshape(img.shape)
+    else:
+        clamped = np.where(img < minval, minval, img)
+        base = np.clip(clamped, delta, 1)
+        pert = np.exp2(np.log2(base + delta) * noise + (1 - noise) * np.log2(base))
+        pert = np.clip(pert, 0, 1)
     lo, hi = np.log2(np.min(pert)), np.log2(np.max(pert))
     if not (np.isfinite(lo) and np.isfinite(hi)):  # (np.histogram's error, as before)
         raise ValueError(f"supplied range of [{lo}, {hi}] is not finite")
@@ -568,6 +578,30 @@ def _threshold_quality_terms(xp, image, binary):
 def _quality_noise_device(shape, xp):
     """:func:`_quality_noise_host` on the device of ``xp``, copied there once per shape."""
     return xp.asarray(_quality_noise_host(shape))
+
+
+@njit_cached
+def _quality_base(img, minval, delta, base, base_d):
+    """``base = clip(where(img < minval, minval, img), delta, 1)`` and ``base_d = base + delta``,
+    in the image's dtype (NumPy's casts of the scalars)."""
+    one = base.dtype.type(1.0)
+    for i in range(img.size):
+        v = img[i]
+        if v < minval:
+            v = minval
+        v = max(v, delta) if not np.isnan(v) else v
+        v = min(v, one) if not np.isnan(v) else v
+        base[i] = v
+        base_d[i] = v + delta
+
+
+@njit_cached
+def _quality_mix(a, noise, b, out):
+    """``out = a * noise + (1 - noise) * b`` in float64 (``a``, ``b``: log2 of the
+    shifted and plain bases, in the image's dtype), as NumPy evaluates it."""
+    for i in range(a.size):
+        n = noise[i]
+        out[i] = np.float64(a[i]) * n + (1.0 - n) * np.float64(b[i])
 
 
 @njit_cached
@@ -1388,12 +1422,34 @@ def _channel_stats(images: Mapping):
     filled = [ch for ch, img in images.items() if img.size]
     if not filled:
         return [], []
-    xp = backend_of(*(images[ch] for ch in filled)).xp
+    bk = backend_of(*(images[ch] for ch in filled))
+    xp = bk.xp
     values = []
     for ch in filled:
         img = images[ch]
+        if not bk.is_gpu and img.dtype in (np.float32, np.float64):
+            mx, n_sat = _max_and_saturated(np.ascontiguousarray(img).ravel())
+            if not np.isnan(mx):  # (NaN: NumPy's answer below)
+                values += [np.float64(mx), np.float64(n_sat) / img.size]  # = np.mean(img >= 1.0)
+                continue
         values += [xp.max(img).astype(xp.float64), xp.mean(img >= 1.0)]
     return filled, values
+
+
+@njit_cached
+def _max_and_saturated(flat):
+    """The largest value (NaN if any) and the number of values ``>= 1`` of a float array."""
+    mx = flat[0]
+    n = 0
+    for i in range(flat.size):
+        v = flat[i]
+        if np.isnan(v):
+            return np.nan, 0
+        if v > mx:
+            mx = v
+        if v >= 1.0:
+            n += 1
+    return np.float64(mx), n
 
 
 def _channel_messages(images: Mapping, filled: list, host: list) -> list:
