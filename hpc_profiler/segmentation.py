@@ -58,15 +58,31 @@ except the watershed, our numba implementation of scikit-image 0.24's
 flooding order (:func:`hpc_profiler.watershed.watershed_numpy`; cuCIM has no
 watershed, and the installed scikit-image's may flood differently), which
 runs on the host (``bk.to_numpy``) with one round trip per call. Declumping
-floods on the host only the thresholded objects holding two or more maxima,
-cropped to their bounding box (:func:`watershed_contested`); an object with
-one maximum is itself the result, assigned by a lookup on the device. The
-cells watershed is one full-image call, as CellProfiler's, so that even the
-order in which seeds of equal intensity flood is CellProfiler's. Other hot
-spots are computed by equivalent cheaper means with identical results: the
-per-object local maxima by shrinking candidate sets (:func:`is_local_maximum`),
-hole filling and outlines by one labelling or shifted comparisons
-(:func:`fill_holes`, :func:`fill_label_holes`, :func:`outline`).
+floods on the host only the thresholded objects holding two or more maxima
+(:func:`watershed_contested`; on the CPU cropped to their bounding box, on
+the GPU whole-frame so that no box is read back); an object with one maximum
+is itself the result, assigned by a lookup on the device. The cells
+watershed is one full-image call, as CellProfiler's, so that even the order
+in which seeds of equal intensity flood is CellProfiler's.
+
+On the GPU, :func:`segment_site` reads back from the device once besides
+the watershed's copies: the thresholds stay 0-d device arrays (cuCIM's
+threshold computes them), the threshold QC is computed on the device
+(:func:`_threshold_quality_device`), label numbers are bounded by the
+counts ``ndimage.label`` returns on the host instead of reading maxima, and
+every measurement and the channel QC values come back in one stacked copy.
+
+On the CPU the hot spots are exact numba or restructured equivalents with
+bit-identical results (the tests compare each with the plain SciPy /
+scikit-image / NumPy computation): the distance transform of declumping
+(:func:`_edt_plus_noise`), ``threshold_li`` (:func:`threshold_li_host`,
+NumPy's pairwise sums replicated), the threshold tolerance's sort (skipped
+when two distinct values share a ``1 / 65536`` bin), the threshold QC's
+fused arithmetic and histograms, the per-object local maxima
+(:func:`is_local_maximum`), hole filling (:func:`fill_holes`,
+:func:`fill_label_holes`), and the border and size filters with the
+renumbering as one lookup table. ``numba`` is already a dependency (the
+watershed); its kernels run single-threaded.
 ``scripts/bench_segmentation.py`` reports CPU seconds per step and, where a
 GPU exists, the GPU times.
 
