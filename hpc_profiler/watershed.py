@@ -20,7 +20,10 @@ declumping and IdentifySecondaryObjects' "Watershed - Image" call):
 * the heap is the textbook binary heap (sift up while strictly smaller than
   the parent; sift down to the strictly smaller child, left child first),
   which fixes the order in which items of equal (value, age) -- the markers --
-  are released.
+  are released. Our heap stores 16-byte nodes and pops with Floyd's
+  bottom-up sift-down, which leaves every item where the textbook sift-down
+  would (:func:`_flood`); images of 2**31 pixels or more are refused (ages
+  and pixel indices are packed in 32 bits each).
 
 It is compiled with numba (``numba`` is a dependency for this: a heap loop
 over every pixel in Python would take seconds per site). Results do not
@@ -40,90 +43,101 @@ __all__ = ["watershed", "watershed_numpy"]
 
 
 @njit_cached
-def _key_smaller(va, aa, vb, ab):
-    """(value, age) ``a`` strictly before ``b``: the heap's order."""
-    if va != vb:
-        return va < vb
-    return aa < ab
+def _flood(image, output, todo, markers_at, offsets):
+    """Flood ``output`` (int32, flat, padded) from the pixels ``markers_at``.
 
+    ``todo`` (uint8): 1 for the in-mask pixels without a label yet; cleared
+    as they are labelled. The heap is one float64 array of 16-byte nodes
+    (node ``j`` at slots ``2 j + 2`` and ``2 j + 3``: its value, and
+    ``age << 32 | pixel`` read through an int64 view), so a node and its
+    sibling share a cache line; an item is before another when its value is
+    smaller, or equal with a smaller age.
 
-@njit_cached
-def _push(hv, ha, hi, items, value, age, idx):
-    """Push ``(value, age, idx)`` on the heap of ``items`` entries; returns the new size.
-
-    Sift-up with a hole: the parents that the new item passes move down one
-    level each and the item is written once, where the swaps would leave it
-    (the same comparisons, the same heap).
+    * Push: sift-up with a hole (the parents the new item passes move down one
+      level each; it is written once), moving while strictly before the parent.
+    * Pop: the hole goes down the smaller children (the left one unless the
+      right is strictly before it) to a leaf, and the last item rises from
+      there while its parent is not before it (Floyd's bottom-up sift-down).
+      Along that path the keys do not decrease, so the item ends where the
+      textbook sift-down (stop at the first child not strictly before it)
+      puts it, ties included, with about half the comparisons.
     """
-    child = items
-    while child > 0:
-        parent = (child + 1) // 2 - 1
-        if _key_smaller(value, age, hv[parent], ha[parent]):
-            hv[child] = hv[parent]
-            ha[child] = ha[parent]
-            hi[child] = hi[parent]
-            child = parent
-        else:
-            break
-    hv[child] = value
-    ha[child] = age
-    hi[child] = idx
-    return items + 1
-
-
-@njit_cached
-def _flood(image, output, mask, markers_at, offsets):
     n_max = image.size + markers_at.size + 1
-    hv = np.empty(n_max, np.float64)  # heap values
-    ha = np.empty(n_max, np.int64)  # heap ages
-    hi = np.empty(n_max, np.int64)  # heap pixel indices
+    hv = np.empty(2 * n_max + 2, np.float64)
+    hk = hv.view(np.int64)
     items = 0
+    for k in range(markers_at.size):  # in raster order; all of age 0, so only a smaller value passes
+        v = image[markers_at[k]]
+        child = items
+        while child > 0:
+            parent = (child + 1) // 2 - 1
+            pv = hv[2 * parent + 2]
+            if v < pv:
+                hv[2 * child + 2] = pv
+                hk[2 * child + 3] = hk[2 * parent + 3]
+                child = parent
+            else:
+                break
+        hv[2 * child + 2] = v
+        hk[2 * child + 3] = markers_at[k]
+        items += 1
     age = 1
-    for k in range(markers_at.size):
-        items = _push(hv, ha, hi, items, image[markers_at[k]], 0, markers_at[k])
     nn = offsets.size
     while items > 0:
-        idx = hi[0]
+        idx = hk[3] & 0xFFFFFFFF
         items -= 1
         if items > 0:
-            # sift the last item down from the root with a hole: the smaller
-            # child (strictly smaller than the item, left child first on ties)
-            # moves up; the item is written once where the swaps would leave it
-            xv = hv[items]
-            xa = ha[items]
-            xi = hi[items]
+            xv = hv[2 * items + 2]
+            xk = hk[2 * items + 3]
+            xa = xk >> 32
             i = 0
-            while True:
+            while True:  # the hole down to a leaf
                 left = 2 * i + 1
                 if left >= items:
                     break
+                best = left
                 right = left + 1
-                best = i
-                bv = xv
-                ba = xa
-                if _key_smaller(hv[left], ha[left], xv, xa):
-                    best = left
-                    bv = hv[left]
-                    ba = ha[left]
-                if right < items and _key_smaller(hv[right], ha[right], bv, ba):
-                    best = right
-                if best == i:
-                    break
-                hv[i] = hv[best]
-                ha[i] = ha[best]
-                hi[i] = hi[best]
+                if right < items:
+                    lv = hv[2 * left + 2]
+                    rv = hv[2 * right + 2]
+                    if rv < lv or (rv == lv and (hk[2 * right + 3] >> 32) < (hk[2 * left + 3] >> 32)):
+                        best = right
+                hv[2 * i + 2] = hv[2 * best + 2]
+                hk[2 * i + 3] = hk[2 * best + 3]
                 i = best
-            hv[i] = xv
-            ha[i] = xa
-            hi[i] = xi
+            while i > 0:  # the last item rises while its parent is not before it
+                parent = (i + 1) // 2 - 1
+                pv = hv[2 * parent + 2]
+                if xv < pv or (xv == pv and xa <= (hk[2 * parent + 3] >> 32)):
+                    hv[2 * i + 2] = pv
+                    hk[2 * i + 3] = hk[2 * parent + 3]
+                    i = parent
+                else:
+                    break
+            hv[2 * i + 2] = xv
+            hk[2 * i + 3] = xk
         lab = output[idx]
         for k in range(nn):
             nb = idx + offsets[k]
-            if not mask[nb] or output[nb] != 0:
+            if todo[nb] == 0:
                 continue
+            todo[nb] = 0
             age += 1
             output[nb] = lab
-            items = _push(hv, ha, hi, items, image[nb], age, nb)
+            v = image[nb]
+            child = items
+            while child > 0:  # push: every age so far is smaller, so only a larger value lets it pass
+                parent = (child + 1) // 2 - 1
+                pv = hv[2 * parent + 2]
+                if v < pv:
+                    hv[2 * child + 2] = pv
+                    hk[2 * child + 3] = hk[2 * parent + 3]
+                    child = parent
+                else:
+                    break
+            hv[2 * child + 2] = v
+            hk[2 * child + 3] = (age << 32) | nb
+            items += 1
 
 
 def watershed_numpy(image, markers, mask=None) -> np.ndarray:
@@ -149,11 +163,15 @@ def watershed_numpy(image, markers, mask=None) -> np.ndarray:
         raise ValueError(f"watershed: mask {mask.shape} differs from image {image.shape}")
     h, w = image.shape
     W = w + 2
-    img = np.pad(image.astype(np.float64), 1).ravel()
-    out = np.pad((markers * mask).astype(np.int32), 1).ravel()
+    img = np.pad(np.asarray(image, dtype=np.float64), 1).ravel()
+    out = np.pad(np.where(mask, markers, 0).astype(np.int32, copy=False), 1).ravel()
     m = np.pad(mask, 1).ravel()
+    if (h + 2) * W >= 2**31:
+        raise ValueError(f"watershed: image {image.shape} has 2**31 or more pixels (ages and pixel "
+                         "indices are packed in 32 bits each)")
     offsets = np.array([-W, -1, 1, W, -W - 1, -W + 1, W - 1, W + 1], dtype=np.int64)
-    _flood(img, out, m, np.flatnonzero(out).astype(np.int64), offsets)
+    todo = (m & (out == 0)).view(np.uint8)
+    _flood(img, out, todo, np.flatnonzero(out).astype(np.int64), offsets)
     return out.reshape(h + 2, W)[1:-1, 1:-1].copy()
 
 

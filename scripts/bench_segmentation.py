@@ -11,7 +11,8 @@ CPJUMP1 parameters, and prints per step:
   for one core) of the package code;
 * the CPU time of a reference run in the same process where the cheaper
   equivalents are swapped for the plain SciPy / scikit-image calls they
-  replace (``ndimage.binary_fill_holes``, one full-image watershed for
+  replace (``ndimage.binary_fill_holes``, ``skimage.filters.threshold_li``,
+  one full-image watershed for
   declumping instead of the contested crops, 3 x 3 grey dilation/erosion for
   outlines, ``centrosome.cpmorphology.fill_labeled_holes`` and
   ``is_local_maximum`` when installed), the ratio, and whether the labels
@@ -38,6 +39,7 @@ import time
 
 import numpy as np
 import scipy.ndimage as ndi
+import skimage.filters
 
 import hpc_profiler.segmentation as segmentation
 from hpc_profiler.backend import cpu_backend, gpu_available, gpu_backend
@@ -118,8 +120,10 @@ def plain_scipy_skimage():
 
     plain = {
         "fill_holes": ndi.binary_fill_holes,
-        "watershed_contested": lambda image, markers, comps: watershed_numpy(image, markers, comps > 0),
+        "watershed_contested": lambda image, markers, comps, **bounds: watershed_numpy(image, markers, comps > 0),
         "outline": outline,
+        "threshold_li_host": lambda image, tol: skimage.filters.threshold_li(
+            np.asarray(image, dtype=np.float64), tolerance=tol),
     }
     try:
         from centrosome.cpmorphology import fill_labeled_holes, is_local_maximum
