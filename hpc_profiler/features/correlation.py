@@ -191,16 +191,83 @@ def _subset_ranks_into(ranks, flat, present, out):
     present[:] = 0
 
 
-def _set_values_and_ranks(image, ranks, flat, present, vals, out):
-    """One channel: the object set's values (float64) and its dense ranks from the image ranks (numba)."""
-    for i in range(flat.shape[0]):
-        vals[i] = image[flat[i]]
-    _subset_ranks_into(ranks, flat, present, out)
+def _popcount64(x):
+    """Number of set bits of the uint64 ``x`` (SWAR; numba)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+_popcount64 = njit_cached(_popcount64)
+
+
+def _set_values_and_ranks(image, ranks, flat, words, prefix, vals, out):
+    """One channel: the object set's values (float64) and its dense ranks from the image ranks (numba).
+
+    The ranks present in the set are bits of ``words`` (zeroed uint64
+    scratch, one bit per image rank: 1/64 of an int32 count per rank, so
+    the random accesses stay in the L2 cache); a pixel's rank in the set is
+    the number of set bits below its image rank (a prefix count per word and
+    a popcount). ``words`` is zeroed again on return.
+    """
+    m = flat.shape[0]
+    for i in range(m):
+        p = flat[i]
+        vals[i] = image[p]
+        r = ranks[p]
+        out[i] = r
+        words[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+    acc = 0
+    for w in range(words.shape[0]):
+        prefix[w] = acc
+        acc += _popcount64(words[w])
+    for i in range(m):
+        r = np.int64(out[i])
+        below = words[r >> 6] & ((np.uint64(1) << np.uint64(r & 63)) - np.uint64(1))
+        out[i] = prefix[r >> 6] + _popcount64(below)
+    words[:] = 0
 
 
 _subset_ranks_into = njit_cached(_subset_ranks_into)
 _set_values_and_ranks_jit = njit_cached(_set_values_and_ranks)
 _subset_ranks_jit = njit_cached(_subset_ranks)
+
+
+def _gather_masked_float32(flat, mask, v32, sel):
+    """The values of the pixels where ``mask`` (uint8) is set, as float32, and their indices (numba).
+
+    Returns their number, or 0 when there is none, one is NaN or one is not
+    exactly a float32 (then the caller takes a generic path).
+    """
+    k = 0
+    for p in range(flat.shape[0]):
+        if mask[p]:
+            x = flat[p]
+            y = np.float32(x)
+            if x != x or y != x:
+                return 0
+            v32[k] = y
+            sel[k] = p
+            k += 1
+    return k
+
+
+def _masked_keys(bits, sel):
+    """``key[i] = order(bits[i]) << 32 | sel[i]``: float32 bit patterns in IEEE-754 total order, pixel index (numba)."""
+    out = np.empty(bits.shape[0], dtype=np.uint64)
+    for i in range(bits.shape[0]):
+        u = np.uint64(bits[i])
+        if u >> np.uint64(31):
+            u = np.uint64(0xFFFFFFFF) - u  # negative: reverse the order (~u on 32 bits)
+        else:
+            u = u | np.uint64(0x80000000)
+        out[i] = (u << np.uint64(32)) | np.uint64(sel[i])
+    return out
+
+
+_gather_masked_float32_jit = njit_cached(_gather_masked_float32)
+_masked_keys_jit = njit_cached(_masked_keys)
 
 
 def image_dense_ranks(image, mask=None):
@@ -221,17 +288,16 @@ def image_dense_ranks(image, mask=None):
     """
     xp = backend_of(image).xp
     flat = xp.ravel(image)
-    if xp is np and mask is not None and 0 < flat.size < 2**32:
-        sel = np.flatnonzero(np.ravel(mask))
-        v = flat[sel]
-        if v.dtype == np.float32 or (v.dtype.kind == "f" and bool((v.astype(np.float32) == v).all())):
-            v32 = v.astype(np.float32, copy=False)
-            if sel.size and not bool(np.isnan(v32).any()):
-                hi = float32_index_keys(v32) >> np.uint64(32)
-                key = np.sort((hi << np.uint64(32)) | sel.astype(np.uint64))
-                rank = np.zeros(flat.size, dtype=np.int64)
-                _ranks_into(key, rank)
-                return rank.reshape(image.shape)
+    if xp is np and mask is not None and 0 < flat.size < 2**32 and flat.dtype in (np.float32, np.float64):
+        m = np.ravel(np.asarray(mask, dtype=bool)).view(np.uint8)
+        v32 = np.empty(flat.size, dtype=np.float32)
+        sel = np.empty(flat.size, dtype=np.uint32)
+        k = int(_gather_masked_float32_jit(flat, m, v32, sel))
+        if k > 0:  # the masked values are all float32 (exactly) and none is NaN
+            key = np.sort(_masked_keys_jit((v32[:k] + np.float32(0.0)).view(np.uint32), sel))
+            rank = np.zeros(flat.size, dtype=np.int64)
+            _ranks_into(key, rank)
+            return rank.reshape(image.shape)
     if xp is np and 0 < flat.size < 2**32:
         v32 = None
         if flat.dtype == np.float32:
@@ -527,10 +593,12 @@ def measure_correlation(
         # one numba pass per channel: the set's values and its ranks from the image ranks
         vals = np.empty((len(chans), op.flat.shape[0]))
         ranks = np.empty((len(chans), op.flat.shape[0]))
-        present = np.zeros(int(images[chans[0]].size), dtype=np.int32)
+        nw = (int(images[chans[0]].size) + 63) // 64  # image ranks are below the image's size
+        words = np.zeros(nw, dtype=np.uint64)
+        prefix = np.empty(nw, dtype=np.int64)
         for i, c in enumerate(chans):
-            _set_values_and_ranks_jit(np.ravel(images[c]), np.ravel(image_ranks[c]), op.flat, present, vals[i],
-                                      ranks[i])
+            _set_values_and_ranks_jit(np.ravel(images[c]), np.ravel(image_ranks[c]), op.flat, words, prefix,
+                                      vals[i], ranks[i])
     else:
         vals = xp.stack([xp.ravel(images[c])[op.flat] for c in chans]).astype(xp.float64)
         ranks = []
