@@ -342,3 +342,18 @@ def test_masked_image_ranks_fallbacks_and_set_ranks_by_bits():
     np.testing.assert_array_equal(out, np.searchsorted(np.unique(sub), sub).astype(float))
     np.testing.assert_array_equal(vals, sub.astype(np.float64))
     assert not words.any()  # the scratch is handed back zeroed
+
+
+def test_nonrecursive_pairwise_is_reduceat_bit_for_bit():
+    """The stack-unrolled pairwise sum of the CPU kernels (._pairwise) is add.reduceat's, over all segment sizes."""
+    from hpc_profiler.features._pairwise import block, scratch, segment_total
+
+    rng = np.random.default_rng(15)
+    counts = np.concatenate([np.arange(1, 300), rng.integers(300, 20000, 30)])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    a = rng.random(int(counts.sum())) * rng.choice([1.0, 1e-4, 1e4], int(counts.sum())) - 0.3
+    istack, left = scratch()
+    got = np.array([segment_total(a, int(s), int(c), istack, left) for s, c in zip(starts, counts)])
+    np.testing.assert_array_equal(got, np.add.reduceat(a, starts))
+    for n in range(0, 129):
+        assert block(a, 5, n) == np.add.reduce(a[5:5 + n]), n

@@ -73,7 +73,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..backend import backend_of
-from ._cpu_segments import float32_index_keys, segment_total
+from ._cpu_segments import float32_index_keys
+from ._pairwise import scratch as _pairwise_scratch
+from ._pairwise import segment_total
 from ._objects import ObjectPixels, object_pixels, repeat_index
 from ..morphology import njit_cached
 
@@ -400,7 +402,7 @@ def _array_sums(xp, vals, ranks, starts, counts, idx, factor, ia, ib, rmax):
     return xp.stack([s1, sxx, tot]), pair, both.any(axis=1)
 
 
-def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pair, any_both):
+def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pair, any_both, istack, left):
     """numba twin of :func:`_array_sums`: one walk over each object's pixels.
 
     The sums that can cancel (per channel: total, squared deviations,
@@ -433,7 +435,7 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
         split = i == last and last < n - 1 and c >= 2
         for ch in range(nch):
             v = vals[ch, s:s + c]
-            s1 = _total(v, c, split)
+            s1 = _total(v, c, split, istack, left)
             mean = s1 / np.float64(c)
             vmax = v[0]
             for k in range(1, c):
@@ -450,8 +452,8 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
                 above[ch, k] = a
                 b1[k] = v[k] if a else 0.0
             chan[0, ch, i] = s1
-            chan[1, ch, i] = _total(b0, c, split)
-            chan[2, ch, i] = _total(b1, c, split)
+            chan[1, ch, i] = _total(b0, c, split, istack, left)
+            chan[2, ch, i] = _total(b1, c, split, istack, left)
         for q in range(nq):
             a = ia[q]
             b = ib[q]
@@ -460,7 +462,13 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
             y = vals[b, s:s + c]
             ra = ranks[a, s:s + c]
             rb = ranks[b, s:s + c]
+            da = dev[a]
+            db = dev[b]
+            aa = above[a]
+            ab = above[b]
             b0 = buf[0]
+            for k in range(c):
+                b0[k] = da[k] * db[k]
             # sums of non-negative terms: one sequential pass, no buffers (no
             # cancellation, so within c * 2**-53 relative of the pairwise sum)
             sxc = 0.0
@@ -470,10 +478,10 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
             sxx = 0.0
             syy = 0.0
             sxy = 0.0
+            nb = 0
             for k in range(c):
-                b0[k] = dev[a, k] * dev[b, k]
-                if above[a, k] and above[b, k]:
-                    any_both[q] = True
+                if aa[k] and ab[k]:
+                    nb += 1
                     xc = x[k]
                     yc = y[k]
                     w = (rm - abs(ra[k] - rb[k])) / rm
@@ -484,7 +492,9 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
                     sxx += xc * xc
                     syy += yc * yc
                     sxy += xc * yc
-            pair[0, q, i] = _total(b0, c, split)  # Pearson's numerator cancels: NumPy's own sum
+            if nb > 0:
+                any_both[q] = True
+            pair[0, q, i] = _total(b0, c, split, istack, left)  # Pearson's numerator cancels: NumPy's own sum
             pair[1, q, i] = sxc
             pair[2, q, i] = syc
             pair[3, q, i] = sxw
@@ -494,11 +504,12 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
             pair[7, q, i] = sxy
 
 
-def _total_py(v, c, split):
-    """``add.reduceat`` of ``v[:c]`` as :func:`_rows_segment_sum` computes it (``split``: the patched last object)."""
+def _total_py(v, c, split, istack, left):
+    """``add.reduceat`` of ``v[:c]`` as :func:`_rows_segment_sum` computes it (``split``: the patched last object;
+    ``istack``, ``left``: :func:`._pairwise.scratch`)."""
     if split:
-        return segment_total(v, 0, c - 1) + v[c - 1]
-    return segment_total(v, 0, c)
+        return segment_total(v, 0, c - 1, istack, left) + v[c - 1]
+    return segment_total(v, 0, c, istack, left)
 
 
 _total = njit_cached(_total_py)
@@ -512,7 +523,8 @@ def _cpu_sums(vals, ranks, starts, counts, factor, ia, ib, rmax):
     pair = np.zeros((8, nq, n))
     any_both = np.zeros(nq, dtype=bool)
     _cpu_sums_jit(np.ascontiguousarray(vals), np.ascontiguousarray(ranks), starts.astype(np.int64),
-                  counts.astype(np.int64), float(factor), ia, ib, rmax.astype(np.float64), chan, pair, any_both)
+                  counts.astype(np.int64), float(factor), ia, ib, rmax.astype(np.float64), chan, pair, any_both,
+                  *_pairwise_scratch())
     return chan, pair, any_both
 
 
