@@ -85,7 +85,7 @@ import numba
 import numpy as np
 
 from hpc_profiler.backend import backend_of
-from hpc_profiler.features._cpu_segments import pairwise_block
+from hpc_profiler.features._pairwise import pairwise as _pairwise
 from hpc_profiler.morphology import edt_columns_up, edt_row_envelope
 from hpc_profiler.features._objects import (
     ObjectPixels,
@@ -1014,53 +1014,6 @@ def _hull_geometry(ostart, ocount, ey, exmin, exmax, cy, cx, ymin, ymax, width, 
                 cnt = math.floor(xr + 1e-9) - math.ceil(xl - 1e-9) + 1
                 total += max(cnt, 0.0)
         convex_area[i] = total
-
-
-@_njit
-def _pairwise(a, lo, n, istack, left):
-    """NumPy's pairwise summation of ``a[lo:lo + n]`` (what ``add.reduce``/``reduceat`` compute).
-
-    Blocks of at most 128 values (:func:`~hpc_profiler.features._cpu_segments.pairwise_block`); a longer run is
-    split at ``n // 2`` rounded down to a multiple of 8 and the halves'
-    sums are added. The recursion is unrolled on a small explicit stack
-    (numba's on-disk cache does not support recursive functions): ``istack``
-    is a ``(3, 64)`` int64 and ``left`` a ``(64,)`` float64 scratch array.
-    """
-    if n <= 128:
-        return pairwise_block(a, lo, n)
-    slo = istack[0]
-    sn = istack[1]
-    state = istack[2]  # 0: new, 1: left half pending, 2: right half pending
-    sp = 0
-    slo[0] = lo
-    sn[0] = n
-    while True:
-        m = sn[sp]
-        if m > 128:
-            half = m // 2
-            half -= half % 8
-            state[sp] = 1
-            slo[sp + 1] = slo[sp]
-            sn[sp + 1] = half
-            state[sp + 1] = 0
-            sp += 1
-            continue
-        val = pairwise_block(a, slo[sp], m)
-        sp -= 1
-        while sp >= 0 and state[sp] == 2:
-            val = left[sp] + val
-            sp -= 1
-        if sp < 0:
-            return val
-        # the left half of frame sp is done: keep it, go to the right half
-        left[sp] = val
-        state[sp] = 2
-        half = sn[sp] // 2
-        half -= half % 8
-        slo[sp + 1] = slo[sp] + half
-        sn[sp + 1] = sn[sp] - half
-        state[sp + 1] = 0
-        sp += 1
 
 
 @_njit
