@@ -1124,38 +1124,55 @@ def _radii_kernel(py, px, starts, counts, ymin, xmin, ymax, xmax, todo, d):
     (``regionprops``' image, as MeasureObjectSizeShape sees it): Meijster's
     two-pass exact transform on integer squared distances, then
     ``sqrt(float(dy^2 + dx^2))`` - the value of SciPy's exact transform,
-    written into ``d`` at the object's pixels.
+    written into ``d`` at the object's pixels. The box buffers are allocated
+    once for the largest box; the row pass builds the lower envelope of the
+    rows holding object pixels only and reads it at those pixels (the
+    object's pixels are in raster order, so left to right along a row).
     """
     n = starts.shape[0]
+    maxb = 1
+    maxw = 1
+    for i in range(n):
+        if todo[i] and counts[i] > 0:
+            h = ymax[i] - ymin[i] + 2
+            w = xmax[i] - xmin[i] + 2
+            maxb = max(maxb, h * w)
+            maxw = max(maxw, w)
+    inside_buf = np.zeros(maxb, dtype=np.bool_)
+    g_buf = np.empty(maxb, dtype=np.int64)
+    sq = np.empty(maxw, dtype=np.int64)
+    tq = np.empty(maxw, dtype=np.int64)
     for i in range(n):
         if not todo[i] or counts[i] == 0:
             continue
         h = ymax[i] - ymin[i] + 2
         w = xmax[i] - xmin[i] + 2
-        inside = np.zeros((h, w), dtype=np.bool_)
+        inside = inside_buf[:h * w].reshape((h, w))
+        inside[:, :] = False
         s = starts[i]
-        for p in range(s, s + counts[i]):
+        e = s + counts[i]
+        for p in range(s, e):
             inside[py[p] - ymin[i] + 1, px[p] - xmin[i] + 1] = True
-        g = np.empty((h, w), dtype=np.int64)
+        g = g_buf[:h * w].reshape((h, w))
         for x in range(w):  # vertical distance to background: downwards, then upwards (rows contiguous)
             g[0, x] = 0
         for y in range(1, h):
             for x in range(w):
                 g[y, x] = g[y - 1, x] + 1 if inside[y, x] else 0
         edt_columns_up(g)
-        sq = np.empty(w, dtype=np.int64)
-        tq = np.empty(w, dtype=np.int64)
-        dt = np.empty((h, w), dtype=np.int64)
-        for y in range(h):  # lower envelope of the parabolas (x - u)^2 + g(u)^2
+        p = s
+        while p < e:  # one image row of the object at a time
+            y = py[p] - ymin[i] + 1
             gy = g[y]
-            q = edt_row_envelope(gy, w, sq, tq)
-            for x in range(w - 1, -1, -1):
+            last = edt_row_envelope(gy, w, sq, tq)  # lower envelope of the parabolas (x - u)^2 + g(u)^2
+            q = 0
+            while p < e and py[p] - ymin[i] + 1 == y:
+                x = px[p] - xmin[i] + 1
+                while q < last and tq[q + 1] <= x:  # the parabola lowest at x (tq strictly increases)
+                    q += 1
                 a = x - sq[q]
-                dt[y, x] = a * a + gy[sq[q]] * gy[sq[q]]
-                if x == tq[q]:
-                    q -= 1
-        for p in range(s, s + counts[i]):
-            d[p] = math.sqrt(float(dt[py[p] - ymin[i] + 1, px[p] - xmin[i] + 1]))
+                d[p] = math.sqrt(float(a * a + gy[sq[q]] * gy[sq[q]]))
+                p += 1
 
 
 @_njit
