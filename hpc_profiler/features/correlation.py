@@ -231,8 +231,36 @@ def _set_values_and_ranks(image, ranks, flat, words, prefix, vals, out):
     words[:] = 0
 
 
+def _set_values_and_ranks_all(images, ranks, flat, words, prefix, vals, out):
+    """:func:`_set_values_and_ranks` for all channels at once (``images``, ``ranks``: tuples of flat arrays;
+    ``words``/``prefix``/``vals``/``out``: one row per channel): one walk over the set's pixels (numba)."""
+    m = flat.shape[0]
+    nch = len(images)
+    for i in range(m):
+        p = flat[i]
+        for ch in range(nch):
+            vals[ch, i] = images[ch][p]
+            r = ranks[ch][p]
+            out[ch, i] = r
+            words[ch, r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+    for ch in range(nch):
+        wc = words[ch]
+        pc = prefix[ch]
+        acc = 0
+        for w in range(wc.shape[0]):
+            pc[w] = acc
+            acc += _popcount64(wc[w])
+        oc = out[ch]
+        for i in range(m):
+            r = np.int64(oc[i])
+            below = wc[r >> 6] & ((np.uint64(1) << np.uint64(r & 63)) - np.uint64(1))
+            oc[i] = pc[r >> 6] + _popcount64(below)
+        wc[:] = 0
+
+
 _subset_ranks_into = njit_cached(_subset_ranks_into)
 _set_values_and_ranks_jit = njit_cached(_set_values_and_ranks)
+_set_values_and_ranks_all_jit = njit_cached(_set_values_and_ranks_all)
 _subset_ranks_jit = njit_cached(_subset_ranks)
 
 
@@ -607,11 +635,17 @@ def measure_correlation(
         vals = np.empty((len(chans), op.flat.shape[0]))
         ranks = np.empty((len(chans), op.flat.shape[0]))
         nw = (int(images[chans[0]].size) + 63) // 64  # image ranks are below the image's size
-        words = np.zeros(nw, dtype=np.uint64)
-        prefix = np.empty(nw, dtype=np.int64)
-        for i, c in enumerate(chans):
-            _set_values_and_ranks_jit(np.ravel(images[c]), np.ravel(image_ranks[c]), op.flat, words, prefix,
-                                      vals[i], ranks[i])
+        imgs_flat = tuple(np.ravel(images[c]) for c in chans)
+        ranks_flat = tuple(np.ravel(image_ranks[c]) for c in chans)
+        if len({(a.dtype, a.shape) for a in imgs_flat}) == 1 and len({(a.dtype, a.shape) for a in ranks_flat}) == 1:
+            # one walk over the set's pixels for all channels
+            _set_values_and_ranks_all_jit(imgs_flat, ranks_flat, op.flat, np.zeros((len(chans), nw), np.uint64),
+                                          np.empty((len(chans), nw), np.int64), vals, ranks)
+        else:
+            words = np.zeros(nw, dtype=np.uint64)
+            prefix = np.empty(nw, dtype=np.int64)
+            for i, c in enumerate(chans):
+                _set_values_and_ranks_jit(imgs_flat[i], ranks_flat[i], op.flat, words, prefix, vals[i], ranks[i])
     else:
         vals = xp.stack([xp.ravel(images[c])[op.flat] for c in chans]).astype(xp.float64)
         ranks = []
