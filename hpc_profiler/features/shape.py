@@ -86,7 +86,7 @@ import numpy as np
 
 from hpc_profiler.backend import backend_of
 from hpc_profiler.features._pairwise import pairwise as _pairwise
-from hpc_profiler.morphology import edt_columns_up, edt_row_envelope
+from hpc_profiler.morphology import edt_columns_up, edt_row_envelope, njit_cached
 from hpc_profiler.features._objects import (
     ObjectPixels,
     bounding_boxes,
@@ -765,7 +765,7 @@ def _areashape_host(labels, op: ObjectPixels, edge_distance):
     max_radius = segment_max(d, op.starts, op.counts)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_radius = segment_sum(d, op.starts, op.counts) / area
-    median_radius = segment_median(segment_sort(d, op.obj), op.starts, op.counts)
+    median_radius = _median_radius_host(d, op)
 
     # convex hulls (pixel centres; diamond corners for ConvexArea), Feret diameters, enclosing circle
     eo, ey, exmin, exmax = row_extremes(op)
@@ -815,6 +815,78 @@ def _areashape_host(labels, op: ObjectPixels, edge_distance):
         "Location_Center_Y": cy,
     }
     return out, circle
+
+
+def _median_radius_host(d, op: ObjectPixels):
+    """``segment_median(segment_sort(d, op.obj))`` without the sort, to the bit.
+
+    ``segment_sort`` reads each value back from the sorted key
+    ``(d - lo) + object * scale``; the key is monotone in ``d`` inside an
+    object, so the two middle keys are those of the two middle distances.
+    The distances are square roots of integers (the exact transform's
+    squared distances), so the middle ones are found by counting the
+    integers (:func:`_median_radius_kernel`) and their keys formed as the
+    sort would. Distances that are not such square roots take the sort.
+    """
+    if d.shape[0] == 0:
+        return segment_median(segment_sort(d, op.obj), op.starts, op.counts)
+    v = d.astype(np.float64, copy=False)
+    lo = v.min()
+    scale = 2.0 * (v.max() - lo) + 1.0
+    out = np.full(op.n, np.nan)
+    if _median_radius_kernel(v, op.starts.astype(np.int64), op.counts.astype(np.int64), lo, scale, out):
+        return out
+    return segment_median(segment_sort(d, op.obj), op.starts, op.counts)
+
+
+def _median_radius_kernel(d, starts, counts, lo, scale, out):
+    """Per object, the two middle distances by counting their squared values; their sort keys and the
+    ``numpy.median`` of the values read back (as :func:`segment_median`). False if a distance is not
+    ``sqrt`` of an integer (or their squares exceed the pixel count: the counts would not pay)."""
+    maxs = 0
+    for p in range(d.shape[0]):
+        x = d[p]
+        if not (x >= 0.0 and x < 2.0**20):
+            return False
+        t = np.int64(round(x * x))
+        if math.sqrt(float(t)) != x:
+            return False
+        maxs = max(maxs, t)
+    if maxs > d.shape[0] + 1024:  # a disk of radius r inside an object has ~pi r^2 of its pixels: never here
+        return False
+    hist = np.zeros(maxs + 1, dtype=np.int64)
+    for i in range(starts.shape[0]):
+        c = counts[i]
+        if c == 0:
+            continue
+        s = starts[i]
+        top = 0
+        for p in range(s, s + c):
+            t = np.int64(round(d[p] * d[p]))
+            hist[t] += 1
+            top = max(top, t)
+        k0 = (c - 1) // 2
+        k1 = c // 2
+        t0 = -1
+        t1 = -1
+        acc = 0
+        for t in range(top + 1):
+            acc += hist[t]
+            if t0 < 0 and acc > k0:
+                t0 = t
+            if acc > k1:
+                t1 = t
+                break
+        for t in range(top + 1):
+            hist[t] = 0
+        off = np.float64(i) * scale
+        v0 = ((math.sqrt(float(t0)) - lo) + off - off) + lo
+        v1 = ((math.sqrt(float(t1)) - lo) + off - off) + lo
+        out[i] = 0.5 * (v0 + v1)
+    return True
+
+
+_median_radius_kernel = njit_cached(_median_radius_kernel)
 
 
 def _radii_host(op: ObjectPixels, edge_distance):
