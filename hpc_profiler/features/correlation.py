@@ -35,7 +35,7 @@ computed two ways that give the same numbers (``engine`` of
 
 * on the CPU, a numba kernel walks each object once for all channels and
   pairs; the sums that can cancel (Pearson's) are NumPy's ``add.reduceat``
-  bit for bit (:mod:`._cpu_segments`), the non-negative thresholded sums are
+  bit for bit (:mod:`._pairwise`), the non-negative thresholded sums are
   accumulated in one pass (within ~1e-14 relative);
 * on other backends (the GPU), backend array code stacks the channels and
   the pairs into ``(C, P)`` / ``(Q, P)`` arrays and reduces each stack with
@@ -43,7 +43,9 @@ computed two ways that give the same numbers (``engine`` of
   objects, no device->host copy.
 
 The dense ranks come from one sort per channel (of the site's labelled
-pixels on the CPU), restricted to each object set by flags and a prefix count.
+pixels on the CPU), restricted to each object set by flags and a prefix count
+(on the CPU one bit per image rank, a count per 64-bit word and a popcount,
+for all channels in one walk over the set's pixels).
 
 Where this deliberately follows CellProfiler rather than ``cp_measure`` 0.3.0
 (the test reference), documented in ``docs/feature_differences.md``:
@@ -437,7 +439,7 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
     The sums that can cancel (per channel: total, squared deviations,
     thresholded total; per pair: the products of deviations of Pearson's r)
     are ``add.reduceat``'s to the bit (first value + NumPy's pairwise sum of
-    the rest, see :mod:`._cpu_segments`, including the clamped last object
+    the rest, see :mod:`._pairwise`, including the clamped last object
     that :func:`_rows_segment_sum` patches). The seven thresholded pair sums
     add non-negative terms (intensities in [0, 1], weights in (0, 1]): they
     are accumulated in one pass without buffers, within ``count * 2**-53``

@@ -10,9 +10,10 @@ computed two ways that give the same bits when every pixel is finite
 (``engine`` of :func:`measure_intensity_channels`):
 
 * on the CPU, a numba kernel walks each object once per channel: sums are
-  NumPy's ``add.reduceat`` bit for bit (:mod:`._cpu_segments`), the order
-  statistics come from NumPy's sort of each object's values (exact), the MAD
-  from merging the two sorted runs of deviations below and above the median;
+  NumPy's ``add.reduceat`` bit for bit (:mod:`._pairwise`), the order
+  statistics come from NumPy's sort of each object's values (exact; as
+  float32 when the values are float32), the MAD from a binary search for
+  the middle of the two sorted runs of deviations below and above the median;
   the edge pixels are tested at the labelled pixels only;
 * on other backends (the GPU), backend array code stacks the channels of an
   object set into ``(C, P)`` arrays: every sum in a few ``reduceat`` calls,
