@@ -468,10 +468,27 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
             v = vals[ch, s:s + c]
             s1 = _total(v, c, split, istack, left)
             mean = s1 / np.float64(c)
-            vmax = v[0]
-            for k in range(1, c):
-                if v[k] > vmax or v[k] != v[k]:  # NaN propagates, as in maximum.reduceat
-                    vmax = v[k]
+            if s1 == s1:  # no NaN in v: four running maxima (the same maximum; thr's sign at 0 compares alike)
+                m0 = v[0]
+                m1 = v[0]
+                m2 = v[0]
+                m3 = v[0]
+                k = 1
+                while k + 4 <= c:
+                    m0 = v[k] if v[k] > m0 else m0
+                    m1 = v[k + 1] if v[k + 1] > m1 else m1
+                    m2 = v[k + 2] if v[k + 2] > m2 else m2
+                    m3 = v[k + 3] if v[k + 3] > m3 else m3
+                    k += 4
+                while k < c:
+                    m0 = v[k] if v[k] > m0 else m0
+                    k += 1
+                vmax = max(max(m0, m1), max(m2, m3))
+            else:
+                vmax = v[0]
+                for k in range(1, c):
+                    if v[k] > vmax or v[k] != v[k]:  # NaN propagates, as in maximum.reduceat
+                        vmax = v[k]
             thr = factor * vmax
             b0 = buf[0]
             b1 = buf[1]
