@@ -355,9 +355,6 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
             split = i == last and last < n - 1 and c >= 2
             integ = _reduceat_sum(v, s, c, split, istack, left)
             mean = integ / np.float64(c)
-            vmin = v[s]
-            vmax = v[s]
-            imax = s
             b0 = buf[0]
             b1 = buf[1]
             b2 = buf[2]
@@ -367,11 +364,18 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
                 b0[k - s] = d * d
                 b1[k - s] = yf[k] * vk
                 b2[k - s] = xf[k] * vk
-                if vk < vmin:
-                    vmin = vk
-                if vk > vmax:
-                    vmax = vk
-                    imax = k
+            # the extremes are the sorted segment's ends; the first pixel in raster order equal to
+            # each (so -0.0 / 0.0 ties give the value a scan would keep)
+            lo_v = np.float64(sv[s])
+            hi_v = np.float64(sv[s + c - 1])
+            imin = s
+            while imin < s + c - 1 and v[imin] != lo_v:
+                imin += 1
+            imax = s
+            while imax < s + c - 1 and v[imax] != hi_v:
+                imax += 1
+            vmin = v[imin]
+            vmax = v[imax]
             out[0, i] = integ
             out[1, i] = mean
             out[2, i] = np.sqrt(_reduceat_sum(b0, 0, c, split, istack, left) / np.float64(c))
