@@ -311,3 +311,49 @@ def test_cpu_kernel_equals_array_code_with_nan_pixels():
     for k in cpu:
         np.testing.assert_allclose(cpu[k], arr[k], rtol=1e-13, atol=0, equal_nan=True, err_msg=k)
     assert np.isnan(cpu["Correlation_Correlation_DNA_ER"][1])
+
+
+def test_masked_image_ranks_fallbacks_and_set_ranks_by_bits():
+    """Masked ranks: float32-exact data by the fused key pass, other data by the generic paths (same ranks);
+    an object set's ranks from the per-word bit counts equal ranking the set's values directly."""
+    from hpc_profiler.features.correlation import _set_values_and_ranks_jit, image_dense_ranks
+
+    rng = np.random.default_rng(14)
+    v = rng.integers(0, 300, (50, 70)).astype(np.float32) / np.float32(299.0)
+    mask = rng.random(v.shape) < 0.6
+    ref = np.zeros(v.shape, np.int64)
+    ref[mask] = np.searchsorted(np.unique(v[mask]), v[mask])
+    np.testing.assert_array_equal(image_dense_ranks(v, mask=mask), ref)
+    np.testing.assert_array_equal(image_dense_ranks(v.astype(np.float64), mask=mask), ref)
+    w = v.astype(np.float64) + 1e-12  # not float32-exact: whole-image ranks
+    np.testing.assert_array_equal(image_dense_ranks(w, mask=mask), np.searchsorted(np.unique(w), w))
+    x = v.copy()
+    x[~mask] = np.nan  # NaN outside the mask is not looked at
+    np.testing.assert_array_equal(image_dense_ranks(x, mask=mask), ref)
+    np.testing.assert_array_equal(image_dense_ranks(v, mask=np.zeros(v.shape, bool)),
+                                  np.searchsorted(np.unique(v), v))  # empty mask: whole-image ranks
+    ranks = image_dense_ranks(v, mask=mask).ravel()
+    flat = np.flatnonzero(mask.ravel() & (rng.random(v.size) < 0.5))
+    words = np.zeros((v.size + 63) // 64, np.uint64)
+    prefix = np.empty(words.shape[0], np.int64)
+    vals, out = np.empty(flat.size), np.empty(flat.size)
+    _set_values_and_ranks_jit(np.ravel(v.astype(np.float64)), ranks, flat, words, prefix, vals, out)
+    sub = v.ravel()[flat]
+    np.testing.assert_array_equal(out, np.searchsorted(np.unique(sub), sub).astype(float))
+    np.testing.assert_array_equal(vals, sub.astype(np.float64))
+    assert not words.any()  # the scratch is handed back zeroed
+
+
+def test_nonrecursive_pairwise_is_reduceat_bit_for_bit():
+    """The stack-unrolled pairwise sum of the CPU kernels (._pairwise) is add.reduceat's, over all segment sizes."""
+    from hpc_profiler.features._pairwise import block, scratch, segment_total
+
+    rng = np.random.default_rng(15)
+    counts = np.concatenate([np.arange(1, 300), rng.integers(300, 20000, 30)])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    a = rng.random(int(counts.sum())) * rng.choice([1.0, 1e-4, 1e4], int(counts.sum())) - 0.3
+    istack, left = scratch()
+    got = np.array([segment_total(a, int(s), int(c), istack, left) for s, c in zip(starts, counts)])
+    np.testing.assert_array_equal(got, np.add.reduceat(a, starts))
+    for n in range(0, 129):
+        assert block(a, 5, n) == np.add.reduce(a[5:5 + n]), n

@@ -283,3 +283,18 @@ def test_array_code_launches_do_not_grow_with_objects_and_read_nothing_back():
     (n1, l1), (n2, l2) = counts
     assert n2 > 2 * n1
     assert l1 == l2, counts
+
+
+def test_mad_by_binary_search_equals_numpy_median():
+    """The CPU kernel's MAD (k-th of two sorted runs of deviations) equals NumPy's median of |x - median|,
+    with ties, duplicates of the median, one and two values."""
+    from hpc_profiler.features.intensity import _mad, _quantile
+
+    rng = np.random.default_rng(21)
+    for t in range(400):
+        c = int(rng.integers(1, 60)) if t % 4 else int(rng.integers(60, 3000))
+        x = rng.integers(0, 1 + int(rng.integers(1, 40)), c).astype(np.float64) / 7.0 if t % 2 else rng.random(c)
+        sv = np.concatenate([[9.0, 9.0], np.sort(x)])  # the segment starts at offset 2
+        med = _quantile(sv, 2, c, 0.5)
+        ref = np.median(np.abs(x - med))
+        assert _mad(sv, 2, c, med) == ref, (t, c)

@@ -151,3 +151,29 @@ def test_device_path_equals_cpu_path_with_bounded_launches(distance):
     many = run(lab)
     assert few.launches == many.launches <= 125, (few, many)  # was ~10 per disk offset (~1,100 at distance 5)
     assert many.d2h == 0, many
+
+
+@pytest.mark.parametrize("distance", [5, None])
+def test_cpu_pair_table_equals_offset_loop(distance, monkeypatch):
+    """The CPU's numba pair table (few objects) and its per-offset loop (many objects) give the same numbers;
+    with discarded objects, the numba relabelling equals the array code's (the device path on NumPy)."""
+    import hpc_profiler.features.neighbors as nbm
+    from hpc_profiler._audit import AuditCounter, audit_backend
+
+    lab = _labels()
+    n = int(lab.max())
+    table = measure_neighbors(lab, n, distance=distance)
+    monkeypatch.setattr(nbm, "_PAIR_TABLE_MAX", 0)
+    loop = measure_neighbors(lab, n, distance=distance)
+    for k in table:
+        np.testing.assert_array_equal(table[k], loop[k], err_msg=k)
+    # an "unfiltered" image: the final objects minus object 1, plus two discarded objects
+    unf = np.where(lab == 1, 0, lab).astype(np.int32)
+    unf[:4, :4] = n + 3
+    unf[-3:, -5:] = n + 7
+    cpu = nbm.with_discarded_labels(unf, lab, n)
+    bk = audit_backend(AuditCounter())
+    dev = nbm.with_discarded_labels(bk.asarray(unf), bk.asarray(lab), n)
+    assert (cpu.n_labels, cpu.n_cellprofiler) == (dev.n_labels, dev.n_cellprofiler)
+    np.testing.assert_array_equal(cpu.labels, bk.to_numpy(dev.labels))
+    assert cpu.labels.dtype == np.int32

@@ -356,3 +356,30 @@ def test_device_path_copies_the_labels_once():
     many = run(*make_site(seed=4, size=160, n_ellipses=30)[:2])
     assert few.d2h == many.d2h == 1, (few, many)
     assert few.launches == many.launches <= 2 * 200, (few, many)
+
+
+def test_median_radius_by_counting_equals_the_key_sort():
+    """MedianRadius from the counted squared distances is segment_median(segment_sort(...)) to the bit;
+    distances that are not square roots of integers take the sort."""
+    from hpc_profiler.features._objects import object_pixels, segment_median, segment_sort
+    from hpc_profiler.features.shape import _median_radius_host, _radii_host
+
+    rng = np.random.default_rng(31)
+    lab = np.zeros((160, 160), np.int32)
+    k = 0
+    for cy in range(15, 150, 30):
+        for cx in range(15, 150, 30):
+            k += 1
+            yy, xx = np.ogrid[:160, :160]
+            r = rng.integers(3, 14)
+            lab[((yy - cy) ** 2 / r ** 2 + (xx - cx) ** 2 / rng.integers(2, 14) ** 2 <= 1) & (lab == 0)] = k
+    lab[lab == 4] = 0  # an empty object in the middle
+    op = object_pixels(lab, k + 2)  # and two empty ones at the end
+    d = _radii_host(op, None)
+    ref = segment_median(segment_sort(d, op.obj), op.starts, op.counts)
+    got = _median_radius_host(d, op)
+    np.testing.assert_array_equal(got, ref)
+    assert np.isnan(got[3]) and np.isfinite(got[0])
+    w = d * 1.01  # not square roots of integers: the sort
+    np.testing.assert_array_equal(_median_radius_host(w, op), segment_median(segment_sort(w, op.obj), op.starts,
+                                                                             op.counts))

@@ -35,7 +35,7 @@ computed two ways that give the same numbers (``engine`` of
 
 * on the CPU, a numba kernel walks each object once for all channels and
   pairs; the sums that can cancel (Pearson's) are NumPy's ``add.reduceat``
-  bit for bit (:mod:`._cpu_segments`), the non-negative thresholded sums are
+  bit for bit (:mod:`._pairwise`), the non-negative thresholded sums are
   accumulated in one pass (within ~1e-14 relative);
 * on other backends (the GPU), backend array code stacks the channels and
   the pairs into ``(C, P)`` / ``(Q, P)`` arrays and reduces each stack with
@@ -43,7 +43,9 @@ computed two ways that give the same numbers (``engine`` of
   objects, no device->host copy.
 
 The dense ranks come from one sort per channel (of the site's labelled
-pixels on the CPU), restricted to each object set by flags and a prefix count.
+pixels on the CPU), restricted to each object set by flags and a prefix count
+(on the CPU one bit per image rank, a count per 64-bit word and a popcount,
+for all channels in one walk over the set's pixels).
 
 Where this deliberately follows CellProfiler rather than ``cp_measure`` 0.3.0
 (the test reference), documented in ``docs/feature_differences.md``:
@@ -73,7 +75,9 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..backend import backend_of
-from ._cpu_segments import float32_index_keys, segment_total
+from ._cpu_segments import float32_index_keys
+from ._pairwise import scratch as _pairwise_scratch
+from ._pairwise import segment_total
 from ._objects import ObjectPixels, object_pixels, repeat_index
 from ..morphology import njit_cached
 
@@ -191,20 +195,115 @@ def _subset_ranks_into(ranks, flat, present, out):
     present[:] = 0
 
 
-def _set_values_and_ranks(image, ranks, flat, present, vals, out):
-    """One channel: the object set's values (float64) and its dense ranks from the image ranks (numba)."""
-    for i in range(flat.shape[0]):
-        vals[i] = image[flat[i]]
-    _subset_ranks_into(ranks, flat, present, out)
+def _popcount64(x):
+    """Number of set bits of the uint64 ``x`` (SWAR; numba)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return (x * np.uint64(0x0101010101010101)) >> np.uint64(56)
+
+
+_popcount64 = njit_cached(_popcount64)
+
+
+def _set_values_and_ranks(image, ranks, flat, words, prefix, vals, out):
+    """One channel: the object set's values (float64) and its dense ranks from the image ranks (numba).
+
+    The ranks present in the set are bits of ``words`` (zeroed uint64
+    scratch, one bit per image rank: 1/64 of an int32 count per rank, so
+    the random accesses stay in the L2 cache); a pixel's rank in the set is
+    the number of set bits below its image rank (a prefix count per word and
+    a popcount). ``words`` is zeroed again on return.
+    """
+    m = flat.shape[0]
+    for i in range(m):
+        p = flat[i]
+        vals[i] = image[p]
+        r = ranks[p]
+        out[i] = r
+        words[r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+    acc = 0
+    for w in range(words.shape[0]):
+        prefix[w] = acc
+        acc += _popcount64(words[w])
+    for i in range(m):
+        r = np.int64(out[i])
+        below = words[r >> 6] & ((np.uint64(1) << np.uint64(r & 63)) - np.uint64(1))
+        out[i] = prefix[r >> 6] + _popcount64(below)
+    words[:] = 0
+
+
+def _set_values_and_ranks_all(images, ranks, flat, words, prefix, vals, out):
+    """:func:`_set_values_and_ranks` for all channels at once (``images``, ``ranks``: tuples of flat arrays;
+    ``words``/``prefix``/``vals``/``out``: one row per channel): one walk over the set's pixels (numba)."""
+    m = flat.shape[0]
+    nch = len(images)
+    for i in range(m):
+        p = flat[i]
+        for ch in range(nch):
+            vals[ch, i] = images[ch][p]
+            r = ranks[ch][p]
+            out[ch, i] = r
+            words[ch, r >> 6] |= np.uint64(1) << np.uint64(r & 63)
+    for ch in range(nch):
+        wc = words[ch]
+        pc = prefix[ch]
+        acc = 0
+        for w in range(wc.shape[0]):
+            pc[w] = acc
+            acc += _popcount64(wc[w])
+        oc = out[ch]
+        for i in range(m):
+            r = np.int64(oc[i])
+            below = wc[r >> 6] & ((np.uint64(1) << np.uint64(r & 63)) - np.uint64(1))
+            oc[i] = pc[r >> 6] + _popcount64(below)
+        wc[:] = 0
 
 
 _subset_ranks_into = njit_cached(_subset_ranks_into)
 _set_values_and_ranks_jit = njit_cached(_set_values_and_ranks)
+_set_values_and_ranks_all_jit = njit_cached(_set_values_and_ranks_all)
 _subset_ranks_jit = njit_cached(_subset_ranks)
 
 
+def _gather_masked_float32(flat, mask, v32, sel):
+    """The values of the pixels where ``mask`` (uint8) is set, as float32, and their indices (numba).
+
+    Returns their number, or 0 when there is none, one is NaN or one is not
+    exactly a float32 (then the caller takes a generic path).
+    """
+    k = 0
+    for p in range(flat.shape[0]):
+        if mask[p]:
+            x = flat[p]
+            y = np.float32(x)
+            if x != x or y != x:
+                return 0
+            v32[k] = y
+            sel[k] = p
+            k += 1
+    return k
+
+
+def _masked_keys(bits, sel):
+    """``key[i] = order(bits[i]) << 32 | sel[i]``: float32 bit patterns in IEEE-754 total order, pixel index (numba)."""
+    out = np.empty(bits.shape[0], dtype=np.uint64)
+    for i in range(bits.shape[0]):
+        u = np.uint64(bits[i])
+        if u >> np.uint64(31):
+            u = np.uint64(0xFFFFFFFF) - u  # negative: reverse the order (~u on 32 bits)
+        else:
+            u = u | np.uint64(0x80000000)
+        out[i] = (u << np.uint64(32)) | np.uint64(sel[i])
+    return out
+
+
+_gather_masked_float32_jit = njit_cached(_gather_masked_float32)
+_masked_keys_jit = njit_cached(_masked_keys)
+
+
 def image_dense_ranks(image, mask=None):
-    """Dense rank of every pixel of ``image`` among all its pixels, int64, same shape.
+    """Dense rank of every pixel of ``image`` among all its pixels, same shape (int64; int32 from the masked CPU path).
 
     Computed once per channel and site, then restricted to each object set by
     :func:`subset_dense_rank` (one sort per channel instead of one per
@@ -221,17 +320,17 @@ def image_dense_ranks(image, mask=None):
     """
     xp = backend_of(image).xp
     flat = xp.ravel(image)
-    if xp is np and mask is not None and 0 < flat.size < 2**32:
-        sel = np.flatnonzero(np.ravel(mask))
-        v = flat[sel]
-        if v.dtype == np.float32 or (v.dtype.kind == "f" and bool((v.astype(np.float32) == v).all())):
-            v32 = v.astype(np.float32, copy=False)
-            if sel.size and not bool(np.isnan(v32).any()):
-                hi = float32_index_keys(v32) >> np.uint64(32)
-                key = np.sort((hi << np.uint64(32)) | sel.astype(np.uint64))
-                rank = np.zeros(flat.size, dtype=np.int64)
-                _ranks_into(key, rank)
-                return rank.reshape(image.shape)
+    if xp is np and mask is not None and 0 < flat.size < 2**32 and flat.dtype in (np.float32, np.float64):
+        m = np.ravel(np.asarray(mask, dtype=bool)).view(np.uint8)
+        v32 = np.empty(flat.size, dtype=np.float32)
+        sel = np.empty(flat.size, dtype=np.uint32)
+        k = int(_gather_masked_float32_jit(flat, m, v32, sel))
+        if k > 0:  # the masked values are all float32 (exactly) and none is NaN
+            key = np.sort(_masked_keys_jit((v32[:k] + np.float32(0.0)).view(np.uint32), sel))
+            # int32 (ranks < size < 2**31 here): half the memory of the scattered writes and of the reads per set
+            rank = np.zeros(flat.size, dtype=np.int32 if flat.size < 2**31 else np.int64)
+            _ranks_into(key, rank)
+            return rank.reshape(image.shape)
     if xp is np and 0 < flat.size < 2**32:
         v32 = None
         if flat.dtype == np.float32:
@@ -334,13 +433,13 @@ def _array_sums(xp, vals, ranks, starts, counts, idx, factor, ia, ib, rmax):
     return xp.stack([s1, sxx, tot]), pair, both.any(axis=1)
 
 
-def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pair, any_both):
+def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pair, any_both, istack, left):
     """numba twin of :func:`_array_sums`: one walk over each object's pixels.
 
     The sums that can cancel (per channel: total, squared deviations,
     thresholded total; per pair: the products of deviations of Pearson's r)
     are ``add.reduceat``'s to the bit (first value + NumPy's pairwise sum of
-    the rest, see :mod:`._cpu_segments`, including the clamped last object
+    the rest, see :mod:`._pairwise`, including the clamped last object
     that :func:`_rows_segment_sum` patches). The seven thresholded pair sums
     add non-negative terms (intensities in [0, 1], weights in (0, 1]): they
     are accumulated in one pass without buffers, within ``count * 2**-53``
@@ -367,12 +466,29 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
         split = i == last and last < n - 1 and c >= 2
         for ch in range(nch):
             v = vals[ch, s:s + c]
-            s1 = _total(v, c, split)
+            s1 = _total(v, c, split, istack, left)
             mean = s1 / np.float64(c)
-            vmax = v[0]
-            for k in range(1, c):
-                if v[k] > vmax or v[k] != v[k]:  # NaN propagates, as in maximum.reduceat
-                    vmax = v[k]
+            if s1 == s1:  # no NaN in v: four running maxima (the same maximum; thr's sign at 0 compares alike)
+                m0 = v[0]
+                m1 = v[0]
+                m2 = v[0]
+                m3 = v[0]
+                k = 1
+                while k + 4 <= c:
+                    m0 = v[k] if v[k] > m0 else m0
+                    m1 = v[k + 1] if v[k + 1] > m1 else m1
+                    m2 = v[k + 2] if v[k + 2] > m2 else m2
+                    m3 = v[k + 3] if v[k + 3] > m3 else m3
+                    k += 4
+                while k < c:
+                    m0 = v[k] if v[k] > m0 else m0
+                    k += 1
+                vmax = max(max(m0, m1), max(m2, m3))
+            else:
+                vmax = v[0]
+                for k in range(1, c):
+                    if v[k] > vmax or v[k] != v[k]:  # NaN propagates, as in maximum.reduceat
+                        vmax = v[k]
             thr = factor * vmax
             b0 = buf[0]
             b1 = buf[1]
@@ -384,8 +500,8 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
                 above[ch, k] = a
                 b1[k] = v[k] if a else 0.0
             chan[0, ch, i] = s1
-            chan[1, ch, i] = _total(b0, c, split)
-            chan[2, ch, i] = _total(b1, c, split)
+            chan[1, ch, i] = _total(b0, c, split, istack, left)
+            chan[2, ch, i] = _total(b1, c, split, istack, left)
         for q in range(nq):
             a = ia[q]
             b = ib[q]
@@ -394,7 +510,13 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
             y = vals[b, s:s + c]
             ra = ranks[a, s:s + c]
             rb = ranks[b, s:s + c]
+            da = dev[a]
+            db = dev[b]
+            aa = above[a]
+            ab = above[b]
             b0 = buf[0]
+            for k in range(c):
+                b0[k] = da[k] * db[k]
             # sums of non-negative terms: one sequential pass, no buffers (no
             # cancellation, so within c * 2**-53 relative of the pairwise sum)
             sxc = 0.0
@@ -404,10 +526,10 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
             sxx = 0.0
             syy = 0.0
             sxy = 0.0
+            nb = 0
             for k in range(c):
-                b0[k] = dev[a, k] * dev[b, k]
-                if above[a, k] and above[b, k]:
-                    any_both[q] = True
+                if aa[k] and ab[k]:
+                    nb += 1
                     xc = x[k]
                     yc = y[k]
                     w = (rm - abs(ra[k] - rb[k])) / rm
@@ -418,7 +540,9 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
                     sxx += xc * xc
                     syy += yc * yc
                     sxy += xc * yc
-            pair[0, q, i] = _total(b0, c, split)  # Pearson's numerator cancels: NumPy's own sum
+            if nb > 0:
+                any_both[q] = True
+            pair[0, q, i] = _total(b0, c, split, istack, left)  # Pearson's numerator cancels: NumPy's own sum
             pair[1, q, i] = sxc
             pair[2, q, i] = syc
             pair[3, q, i] = sxw
@@ -428,11 +552,12 @@ def _cpu_sums_kernel(vals, ranks, starts, counts, factor, ia, ib, rmax, chan, pa
             pair[7, q, i] = sxy
 
 
-def _total_py(v, c, split):
-    """``add.reduceat`` of ``v[:c]`` as :func:`_rows_segment_sum` computes it (``split``: the patched last object)."""
+def _total_py(v, c, split, istack, left):
+    """``add.reduceat`` of ``v[:c]`` as :func:`_rows_segment_sum` computes it (``split``: the patched last object;
+    ``istack``, ``left``: :func:`._pairwise.scratch`)."""
     if split:
-        return segment_total(v, 0, c - 1) + v[c - 1]
-    return segment_total(v, 0, c)
+        return segment_total(v, 0, c - 1, istack, left) + v[c - 1]
+    return segment_total(v, 0, c, istack, left)
 
 
 _total = njit_cached(_total_py)
@@ -446,7 +571,8 @@ def _cpu_sums(vals, ranks, starts, counts, factor, ia, ib, rmax):
     pair = np.zeros((8, nq, n))
     any_both = np.zeros(nq, dtype=bool)
     _cpu_sums_jit(np.ascontiguousarray(vals), np.ascontiguousarray(ranks), starts.astype(np.int64),
-                  counts.astype(np.int64), float(factor), ia, ib, rmax.astype(np.float64), chan, pair, any_both)
+                  counts.astype(np.int64), float(factor), ia, ib, rmax.astype(np.float64), chan, pair, any_both,
+                  *_pairwise_scratch())
     return chan, pair, any_both
 
 
@@ -527,10 +653,18 @@ def measure_correlation(
         # one numba pass per channel: the set's values and its ranks from the image ranks
         vals = np.empty((len(chans), op.flat.shape[0]))
         ranks = np.empty((len(chans), op.flat.shape[0]))
-        present = np.zeros(int(images[chans[0]].size), dtype=np.int32)
-        for i, c in enumerate(chans):
-            _set_values_and_ranks_jit(np.ravel(images[c]), np.ravel(image_ranks[c]), op.flat, present, vals[i],
-                                      ranks[i])
+        nw = (int(images[chans[0]].size) + 63) // 64  # image ranks are below the image's size
+        imgs_flat = tuple(np.ravel(images[c]) for c in chans)
+        ranks_flat = tuple(np.ravel(image_ranks[c]) for c in chans)
+        if len({(a.dtype, a.shape) for a in imgs_flat}) == 1 and len({(a.dtype, a.shape) for a in ranks_flat}) == 1:
+            # one walk over the set's pixels for all channels
+            _set_values_and_ranks_all_jit(imgs_flat, ranks_flat, op.flat, np.zeros((len(chans), nw), np.uint64),
+                                          np.empty((len(chans), nw), np.int64), vals, ranks)
+        else:
+            words = np.zeros(nw, dtype=np.uint64)
+            prefix = np.empty(nw, dtype=np.int64)
+            for i, c in enumerate(chans):
+                _set_values_and_ranks_jit(imgs_flat[i], ranks_flat[i], op.flat, words, prefix, vals[i], ranks[i])
     else:
         vals = xp.stack([xp.ravel(images[c])[op.flat] for c in chans]).astype(xp.float64)
         ranks = []

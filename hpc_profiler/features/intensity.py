@@ -10,9 +10,10 @@ computed two ways that give the same bits when every pixel is finite
 (``engine`` of :func:`measure_intensity_channels`):
 
 * on the CPU, a numba kernel walks each object once per channel: sums are
-  NumPy's ``add.reduceat`` bit for bit (:mod:`._cpu_segments`), the order
-  statistics come from NumPy's sort of each object's values (exact), the MAD
-  from merging the two sorted runs of deviations below and above the median;
+  NumPy's ``add.reduceat`` bit for bit (:mod:`._pairwise`), the order
+  statistics come from NumPy's sort of each object's values (exact; as
+  float32 when the values are float32), the MAD from a binary search for
+  the middle of the two sorted runs of deviations below and above the median;
   the edge pixels are tested at the labelled pixels only;
 * on other backends (the GPU), backend array code stacks the channels of an
   object set into ``(C, P)`` arrays: every sum in a few ``reduceat`` calls,
@@ -62,7 +63,8 @@ from typing import Any
 import numpy as np
 
 from hpc_profiler.backend import backend_of
-from hpc_profiler.features._cpu_segments import segment_total
+from hpc_profiler.features._pairwise import scratch as _pairwise_scratch
+from hpc_profiler.features._pairwise import segment_total
 from hpc_profiler.morphology import njit_cached
 from hpc_profiler.features._objects import (
     check_image_shape,
@@ -249,11 +251,12 @@ def _last_nonempty(counts):
     return last
 
 
-def _reduceat_sum(a, s, c, split):
-    """``segment_sum``'s value for one segment (``split``: the clamped last object of reduceat)."""
+def _reduceat_sum(a, s, c, split, istack, left):
+    """``segment_sum``'s value for one segment (``split``: the clamped last object of reduceat;
+    ``istack``, ``left``: :func:`._pairwise.scratch`)."""
     if split:
-        return segment_total(a, s, c - 1) + a[s + c - 1]
-    return segment_total(a, s, c)
+        return segment_total(a, s, c - 1, istack, left) + a[s + c - 1]
+    return segment_total(a, s, c, istack, left)
 
 
 def _quantile(sv, s, c, fraction):
@@ -270,33 +273,57 @@ def _quantile(sv, s, c, fraction):
 
 
 def _mad(sv, s, c, med):
-    """Median of ``|x - med|`` over one sorted segment: merge the two sorted runs of deviations."""
-    m = 0  # values strictly below the median
-    while m < c and np.float64(sv[s + m]) < med:
-        m += 1
+    """Median of ``|x - med|`` over one sorted segment.
+
+    The deviations form two ascending runs, ``med - sv[m - 1 - t]`` (the
+    ``m`` values below the median) and ``sv[m + t] - med`` (the others); the
+    k-th smallest of their union is found by a binary search on how many come
+    from the first run (O(log c), the same subtractions as a merge, so the
+    same value).
+    """
+    lo = 0  # values strictly below the median: binary search in the sorted run
+    hi = c
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if np.float64(sv[s + mid]) < med:
+            lo = mid + 1
+        else:
+            hi = mid
+    m = lo
     k0 = (c - 1) // 2
     k1 = c // 2
-    i = m - 1  # next value below the median (deviations grow downwards)
-    j = m  # next value from the median up
-    v0 = 0.0
-    v1 = 0.0
-    for t in range(k1 + 1):
-        if j >= c or (i >= 0 and med - np.float64(sv[s + i]) < np.float64(sv[s + j]) - med):
-            d = med - np.float64(sv[s + i])
-            i -= 1
-        else:
-            d = np.float64(sv[s + j]) - med
-            j += 1
-        if t == k0:
-            v0 = d
-        if t == k1:
-            v1 = d
+    v0 = _kth_deviation(sv, s, c, m, med, k0)
     if k0 == k1:
         return v0
-    return (v0 + v1) / 2.0
+    return (v0 + _kth_deviation(sv, s, c, m, med, k1)) / 2.0
 
 
-def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, estarts, ecounts, out):
+def _kth_deviation(sv, s, c, m, med, k):
+    """The k-th smallest (0-based) of the deviations ``med - sv[s + m - 1 - t]`` and ``sv[s + m + t] - med``."""
+    nb = c - m
+    lo = max(0, k + 1 - nb)  # how many of the k + 1 smallest come from the run below the median
+    hi = min(k + 1, m)
+    while lo < hi:
+        a = (lo + hi) // 2
+        b = k + 1 - a
+        # more from below while the b-th of the upper run exceeds the (a+1)-th of the lower one
+        if b > 0 and (np.float64(sv[s + m + b - 1]) - med) > (med - np.float64(sv[s + m - 1 - a])):
+            lo = a + 1
+        else:
+            hi = a
+    a = lo
+    b = k + 1 - a
+    out = -np.inf
+    if a > 0:
+        out = med - np.float64(sv[s + m - a])
+    if b > 0:
+        d = np.float64(sv[s + m + b - 1]) - med
+        if d > out:
+            out = d
+    return out
+
+
+def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, estarts, ecounts, out, istack, left):
     """Fill ``out[row, object]`` (rows :data:`_ROWS`) for one channel.
 
     ``v``: float64 values grouped by object in raster order; ``sv``: the same
@@ -326,11 +353,8 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
         if c > 0:
             s = starts[i]
             split = i == last and last < n - 1 and c >= 2
-            integ = _reduceat_sum(v, s, c, split)
+            integ = _reduceat_sum(v, s, c, split, istack, left)
             mean = integ / np.float64(c)
-            vmin = v[s]
-            vmax = v[s]
-            imax = s
             b0 = buf[0]
             b1 = buf[1]
             b2 = buf[2]
@@ -340,14 +364,21 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
                 b0[k - s] = d * d
                 b1[k - s] = yf[k] * vk
                 b2[k - s] = xf[k] * vk
-                if vk < vmin:
-                    vmin = vk
-                if vk > vmax:
-                    vmax = vk
-                    imax = k
+            # the extremes are the sorted segment's ends; the first pixel in raster order equal to
+            # each (so -0.0 / 0.0 ties give the value a scan would keep)
+            lo_v = np.float64(sv[s])
+            hi_v = np.float64(sv[s + c - 1])
+            imin = s
+            while imin < s + c - 1 and v[imin] != lo_v:
+                imin += 1
+            imax = s
+            while imax < s + c - 1 and v[imax] != hi_v:
+                imax += 1
+            vmin = v[imin]
+            vmax = v[imax]
             out[0, i] = integ
             out[1, i] = mean
-            out[2, i] = np.sqrt(_reduceat_sum(b0, 0, c, split) / np.float64(c))
+            out[2, i] = np.sqrt(_reduceat_sum(b0, 0, c, split, istack, left) / np.float64(c))
             out[3, i] = vmin
             out[4, i] = vmax
             out[5, i] = _quantile(sv, s, c, 0.25)
@@ -359,8 +390,8 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
             cm_y = cm_y_all[i]
             cm_x = cm_x_all[i]
             if integ != 0:
-                cmi_y = _reduceat_sum(b1, 0, c, split) / integ
-                cmi_x = _reduceat_sum(b2, 0, c, split) / integ
+                cmi_y = _reduceat_sum(b1, 0, c, split, istack, left) / integ
+                cmi_x = _reduceat_sum(b2, 0, c, split, istack, left) / integ
                 out[9, i] = np.sqrt((cmi_y - cm_y) ** 2 + (cmi_x - cm_x) ** 2)
                 out[10, i] = cmi_x
                 out[11, i] = cmi_y
@@ -370,7 +401,7 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
         if ec > 0:
             es = estarts[i]
             esplit = i == elast and elast < n - 1 and ec >= 2
-            esum = _reduceat_sum(ev, es, ec, esplit)
+            esum = _reduceat_sum(ev, es, ec, esplit, istack, left)
             emean = esum / np.float64(ec)
             emin = ev[es]
             emax = ev[es]
@@ -383,7 +414,7 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
                     emax = ev[k]
             out[14, i] = esum
             out[15, i] = emean
-            out[16, i] = np.sqrt(_reduceat_sum(buf[0], 0, ec, esplit) / np.float64(ec))
+            out[16, i] = np.sqrt(_reduceat_sum(buf[0], 0, ec, esplit, istack, left) / np.float64(ec))
             out[17, i] = emin
             out[18, i] = emax
 
@@ -391,6 +422,7 @@ def _intensity_kernel(v, sv, starts, counts, yf, xf, cm_y_all, cm_x_all, ev, est
 _last_nonempty = njit_cached(_last_nonempty)
 _reduceat_sum = njit_cached(_reduceat_sum)
 _quantile = njit_cached(_quantile)
+_kth_deviation = njit_cached(_kth_deviation)
 _mad = njit_cached(_mad)
 _intensity_jit = njit_cached(_intensity_kernel)
 
@@ -597,6 +629,12 @@ def _measure_cpu(op, ep, image, channel) -> dict:
     res = np.empty((len(_ROWS), n))
     # sorted in the image's own dtype (float32: NumPy's fastest sort; the kernel
     # widens each value it reads, so the order statistics are the same)
+    # float64 values that are all float32 (the pipeline's images) and none negative or -0.0
+    # (whose ties with 0.0 the two sorts could order differently) sort as float32, twice as fast
+    if raw.dtype == np.float64 and raw.size and not bool(np.signbit(raw).any()):
+        r32 = raw.astype(np.float32)
+        if bool((r32 == raw).all()):
+            raw = r32
     sv = _sorted_within(raw, starts, counts)
     if sv.dtype not in (np.float32, np.float64):
         sv = sv.astype(np.float64)
@@ -604,7 +642,8 @@ def _measure_cpu(op, ep, image, channel) -> dict:
     _intensity_jit(np.ascontiguousarray(vals, dtype=np.float64), sv, starts.astype(np.int64, copy=False),
                    counts.astype(np.int64, copy=False), np.ascontiguousarray(yf, np.float64),
                    np.ascontiguousarray(xf, np.float64), cm_y, cm_x, np.ascontiguousarray(evals, np.float64),
-                   estarts.astype(np.int64, copy=False), ecounts.astype(np.int64, copy=False), res)
+                   estarts.astype(np.int64, copy=False), ecounts.astype(np.int64, copy=False), res,
+                   *_pairwise_scratch())
     r = dict(zip(_ROWS, res))
     out = {}
     for key in ("Integrated", "Mean", "Std", "Min", "Max", "LowerQuartile", "Median", "UpperQuartile", "MAD"):

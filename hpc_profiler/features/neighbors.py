@@ -75,6 +75,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 
 from ..backend import backend_of
+from ..morphology import njit_cached
 
 MEASUREMENTS = (
     "NumberOfNeighbors",
@@ -148,15 +149,13 @@ def object_centers(xp, labels, n):
     selection): the order and values of the CPU's sum over the object's
     pixels alone.
     """
-    if xp is np:  # the labelled pixels only: faster on the CPU
-        inside = (labels > 0) & (labels <= n)
-        ys, xs = np.nonzero(inside)
-        idx = labels[inside].astype(np.int64) - 1
-        cnt = np.bincount(idx, minlength=n)[:n].astype(np.float64)
+    if xp is np:  # one numba pass in raster order: the additions of bincount over the labelled pixels
+        cnt = np.zeros(n)
+        sy = np.zeros(n)
+        sx = np.zeros(n)
+        _center_sums_jit(np.ascontiguousarray(labels), n, cnt, sy, sx)
         with np.errstate(invalid="ignore", divide="ignore"):
-            cy = np.bincount(idx, weights=ys.astype(np.float64), minlength=n)[:n] / cnt
-            cx = np.bincount(idx, weights=xs.astype(np.float64), minlength=n)[:n] / cnt
-        return cy, cx, cnt
+            return sy / cnt, sx / cnt, cnt
     flat = labels.ravel()
     k = xp.arange(flat.shape[0])
     w = labels.shape[1]
@@ -181,6 +180,10 @@ def _closest(xp, cy, cx, has, rows: Optional[int] = None):
     return order[:, 0], order[:, 1] if m > 1 else order[:, 0]
 
 
+#: Largest (objects + 1)^2 for which the CPU marks neighbour pairs in a table (64 MiB of flags)
+_PAIR_TABLE_MAX = 2**26
+
+
 def _neighbor_pairs(xp, padded, width: int, base, own, radius: int, n: int):
     """Neighbour pairs and touching outline pixels, every disk offset at once.
 
@@ -198,7 +201,12 @@ def _neighbor_pairs(xp, padded, width: int, base, own, radius: int, n: int):
     touch_offsets = disk_offsets(radius + 0.5)
     in_count = (touch_offsets ** 2).sum(axis=1) <= radius * radius  # the disk of radius ``radius``
     table = np.stack([touch_offsets[:, 0] * width + touch_offsets[:, 1], in_count]).astype(np.int64)
-    if xp is np:  # CPU: one offset at a time (streams through memory; faster than the 2-D gather)
+    if xp is np and (n + 1) ** 2 <= _PAIR_TABLE_MAX:  # CPU: one numba pass, the pairs as bits of an (n+1)^2 table
+        touching = np.zeros(own.shape, dtype=bool)
+        seen = np.zeros((n + 1) ** 2, dtype=np.bool_)
+        _pairs_cpu_jit(padded, base.astype(np.int64), own.astype(np.int64), table[0], table[1], n, touching, seen)
+        return np.flatnonzero(seen), touching  # the unique codes, ascending
+    if xp is np:  # CPU, many objects: one offset at a time (streams through memory)
         touching = np.zeros(own.shape, dtype=bool)
         pair_codes = []
         for off, counted in table.T.tolist():
@@ -216,6 +224,53 @@ def _neighbor_pairs(xp, padded, width: int, base, own, radius: int, n: int):
     pairs = other & (table[1] > 0)[None, :]
     codes = (own[:, None].astype(xp.int64) * (n + 1) + q)[pairs]
     return xp.unique(codes), touching
+
+
+def _center_sums(labels, n, cnt, sy, sx):
+    """Pixel count and sums of the row / column indices of objects 1..n, in raster order (numba)."""
+    h, w = labels.shape
+    for y in range(h):
+        for x in range(w):
+            v = labels[y, x]
+            if v > 0 and v <= n:
+                cnt[v - 1] += 1.0
+                sy[v - 1] += y
+                sx[v - 1] += x
+
+
+def _pairs_cpu(padded, base, own, offsets, counted, n, touching, seen):
+    """:func:`_neighbor_pairs` on the CPU: ``touching`` per outline pixel, ``seen[own * (n + 1) + other]`` (numba)."""
+    for i in range(base.shape[0]):
+        b = base[i]
+        o = own[i]
+        t = False
+        for j in range(offsets.shape[0]):
+            q = padded[b + offsets[j]]
+            if q != 0 and q != o:
+                t = True
+                if counted[j]:
+                    seen[o * (n + 1) + q] = True
+        touching[i] = t
+
+
+def _discarded_cpu(unf, fin, lut, out):
+    """``lut[unf] = fin`` where both are labelled (raster order: the last pixel wins, as NumPy's assignment),
+    then ``out = lut[unf]`` (numba)."""
+    h, w = unf.shape
+    for y in range(h):
+        for x in range(w):
+            u = unf[y, x]
+            f = fin[y, x]
+            if u > 0 and f > 0:
+                lut[u] = f
+    for y in range(h):
+        for x in range(w):
+            out[y, x] = lut[unf[y, x]]
+
+
+_discarded_cpu_jit = njit_cached(_discarded_cpu)
+_center_sums_jit = njit_cached(_center_sums)
+_pairs_cpu_jit = njit_cached(_pairs_cpu)
 
 
 class DiscardedObjects(NamedTuple):
@@ -244,6 +299,17 @@ def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None) ->
     """
     bk = backend_of(unfiltered, final)
     xp = bk.xp
+    if xp is np and np.ndim(unfiltered) == 2 and np.shape(unfiltered) == np.shape(final):
+        unf = np.asarray(unfiltered)
+        unf = np.ascontiguousarray(unf if unf.dtype.kind in "iu" else unf.astype(np.int64))
+        fin = np.ascontiguousarray(final)
+        m = int(unf.max()) if unf.size else 0
+        n = int(n_objects) if n_objects is not None else (int(fin.max()) if fin.size else 0)
+        lut = n + np.arange(m + 1, dtype=np.int64)
+        lut[0] = 0
+        out = np.empty(unf.shape, dtype=np.int32)
+        _discarded_cpu_jit(unf, fin, lut, out)  # the same lookup, in two numba passes
+        return DiscardedObjects(out, n + m, m)
     unfiltered = xp.asarray(unfiltered).astype(xp.int64)
     final = xp.asarray(final)
     m = int(unfiltered.max()) if unfiltered.size else 0

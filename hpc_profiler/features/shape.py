@@ -85,8 +85,8 @@ import numba
 import numpy as np
 
 from hpc_profiler.backend import backend_of
-from hpc_profiler.features._cpu_segments import pairwise_block
-from hpc_profiler.morphology import edt_columns_up, edt_row_envelope
+from hpc_profiler.features._pairwise import pairwise as _pairwise
+from hpc_profiler.morphology import edt_columns_up, edt_row_envelope, njit_cached
 from hpc_profiler.features._objects import (
     ObjectPixels,
     bounding_boxes,
@@ -765,7 +765,7 @@ def _areashape_host(labels, op: ObjectPixels, edge_distance):
     max_radius = segment_max(d, op.starts, op.counts)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean_radius = segment_sum(d, op.starts, op.counts) / area
-    median_radius = segment_median(segment_sort(d, op.obj), op.starts, op.counts)
+    median_radius = _median_radius_host(d, op)
 
     # convex hulls (pixel centres; diamond corners for ConvexArea), Feret diameters, enclosing circle
     eo, ey, exmin, exmax = row_extremes(op)
@@ -815,6 +815,78 @@ def _areashape_host(labels, op: ObjectPixels, edge_distance):
         "Location_Center_Y": cy,
     }
     return out, circle
+
+
+def _median_radius_host(d, op: ObjectPixels):
+    """``segment_median(segment_sort(d, op.obj))`` without the sort, to the bit.
+
+    ``segment_sort`` reads each value back from the sorted key
+    ``(d - lo) + object * scale``; the key is monotone in ``d`` inside an
+    object, so the two middle keys are those of the two middle distances.
+    The distances are square roots of integers (the exact transform's
+    squared distances), so the middle ones are found by counting the
+    integers (:func:`_median_radius_kernel`) and their keys formed as the
+    sort would. Distances that are not such square roots take the sort.
+    """
+    if d.shape[0] == 0:
+        return segment_median(segment_sort(d, op.obj), op.starts, op.counts)
+    v = d.astype(np.float64, copy=False)
+    lo = v.min()
+    scale = 2.0 * (v.max() - lo) + 1.0
+    out = np.full(op.n, np.nan)
+    if _median_radius_kernel(v, op.starts.astype(np.int64), op.counts.astype(np.int64), lo, scale, out):
+        return out
+    return segment_median(segment_sort(d, op.obj), op.starts, op.counts)
+
+
+def _median_radius_kernel(d, starts, counts, lo, scale, out):
+    """Per object, the two middle distances by counting their squared values; their sort keys and the
+    ``numpy.median`` of the values read back (as :func:`segment_median`). False if a distance is not
+    ``sqrt`` of an integer (or their squares exceed the pixel count: the counts would not pay)."""
+    maxs = 0
+    for p in range(d.shape[0]):
+        x = d[p]
+        if not (x >= 0.0 and x < 2.0**20):
+            return False
+        t = np.int64(round(x * x))
+        if math.sqrt(float(t)) != x:
+            return False
+        maxs = max(maxs, t)
+    if maxs > d.shape[0] + 1024:  # a disk of radius r inside an object has ~pi r^2 of its pixels: never here
+        return False
+    hist = np.zeros(maxs + 1, dtype=np.int64)
+    for i in range(starts.shape[0]):
+        c = counts[i]
+        if c == 0:
+            continue
+        s = starts[i]
+        top = 0
+        for p in range(s, s + c):
+            t = np.int64(round(d[p] * d[p]))
+            hist[t] += 1
+            top = max(top, t)
+        k0 = (c - 1) // 2
+        k1 = c // 2
+        t0 = -1
+        t1 = -1
+        acc = 0
+        for t in range(top + 1):
+            acc += hist[t]
+            if t0 < 0 and acc > k0:
+                t0 = t
+            if acc > k1:
+                t1 = t
+                break
+        for t in range(top + 1):
+            hist[t] = 0
+        off = np.float64(i) * scale
+        v0 = ((math.sqrt(float(t0)) - lo) + off - off) + lo
+        v1 = ((math.sqrt(float(t1)) - lo) + off - off) + lo
+        out[i] = 0.5 * (v0 + v1)
+    return True
+
+
+_median_radius_kernel = njit_cached(_median_radius_kernel)
 
 
 def _radii_host(op: ObjectPixels, edge_distance):
@@ -1017,53 +1089,6 @@ def _hull_geometry(ostart, ocount, ey, exmin, exmax, cy, cx, ymin, ymax, width, 
 
 
 @_njit
-def _pairwise(a, lo, n, istack, left):
-    """NumPy's pairwise summation of ``a[lo:lo + n]`` (what ``add.reduce``/``reduceat`` compute).
-
-    Blocks of at most 128 values (:func:`~hpc_profiler.features._cpu_segments.pairwise_block`); a longer run is
-    split at ``n // 2`` rounded down to a multiple of 8 and the halves'
-    sums are added. The recursion is unrolled on a small explicit stack
-    (numba's on-disk cache does not support recursive functions): ``istack``
-    is a ``(3, 64)`` int64 and ``left`` a ``(64,)`` float64 scratch array.
-    """
-    if n <= 128:
-        return pairwise_block(a, lo, n)
-    slo = istack[0]
-    sn = istack[1]
-    state = istack[2]  # 0: new, 1: left half pending, 2: right half pending
-    sp = 0
-    slo[0] = lo
-    sn[0] = n
-    while True:
-        m = sn[sp]
-        if m > 128:
-            half = m // 2
-            half -= half % 8
-            state[sp] = 1
-            slo[sp + 1] = slo[sp]
-            sn[sp + 1] = half
-            state[sp + 1] = 0
-            sp += 1
-            continue
-        val = pairwise_block(a, slo[sp], m)
-        sp -= 1
-        while sp >= 0 and state[sp] == 2:
-            val = left[sp] + val
-            sp -= 1
-        if sp < 0:
-            return val
-        # the left half of frame sp is done: keep it, go to the right half
-        left[sp] = val
-        state[sp] = 2
-        half = sn[sp] // 2
-        half -= half % 8
-        slo[sp + 1] = slo[sp] + half
-        sn[sp + 1] = sn[sp] - half
-        state[sp + 1] = 0
-        sp += 1
-
-
-@_njit
 def _segment_total(a, n, cut_last, istack, left):
     """``add.reduceat`` of one segment ``a[:n]`` as :func:`segment_sum` computes it.
 
@@ -1171,38 +1196,55 @@ def _radii_kernel(py, px, starts, counts, ymin, xmin, ymax, xmax, todo, d):
     (``regionprops``' image, as MeasureObjectSizeShape sees it): Meijster's
     two-pass exact transform on integer squared distances, then
     ``sqrt(float(dy^2 + dx^2))`` - the value of SciPy's exact transform,
-    written into ``d`` at the object's pixels.
+    written into ``d`` at the object's pixels. The box buffers are allocated
+    once for the largest box; the row pass builds the lower envelope of the
+    rows holding object pixels only and reads it at those pixels (the
+    object's pixels are in raster order, so left to right along a row).
     """
     n = starts.shape[0]
+    maxb = 1
+    maxw = 1
+    for i in range(n):
+        if todo[i] and counts[i] > 0:
+            h = ymax[i] - ymin[i] + 2
+            w = xmax[i] - xmin[i] + 2
+            maxb = max(maxb, h * w)
+            maxw = max(maxw, w)
+    inside_buf = np.zeros(maxb, dtype=np.bool_)
+    g_buf = np.empty(maxb, dtype=np.int64)
+    sq = np.empty(maxw, dtype=np.int64)
+    tq = np.empty(maxw, dtype=np.int64)
     for i in range(n):
         if not todo[i] or counts[i] == 0:
             continue
         h = ymax[i] - ymin[i] + 2
         w = xmax[i] - xmin[i] + 2
-        inside = np.zeros((h, w), dtype=np.bool_)
+        inside = inside_buf[:h * w].reshape((h, w))
+        inside[:, :] = False
         s = starts[i]
-        for p in range(s, s + counts[i]):
+        e = s + counts[i]
+        for p in range(s, e):
             inside[py[p] - ymin[i] + 1, px[p] - xmin[i] + 1] = True
-        g = np.empty((h, w), dtype=np.int64)
+        g = g_buf[:h * w].reshape((h, w))
         for x in range(w):  # vertical distance to background: downwards, then upwards (rows contiguous)
             g[0, x] = 0
         for y in range(1, h):
             for x in range(w):
                 g[y, x] = g[y - 1, x] + 1 if inside[y, x] else 0
         edt_columns_up(g)
-        sq = np.empty(w, dtype=np.int64)
-        tq = np.empty(w, dtype=np.int64)
-        dt = np.empty((h, w), dtype=np.int64)
-        for y in range(h):  # lower envelope of the parabolas (x - u)^2 + g(u)^2
+        p = s
+        while p < e:  # one image row of the object at a time
+            y = py[p] - ymin[i] + 1
             gy = g[y]
-            q = edt_row_envelope(gy, w, sq, tq)
-            for x in range(w - 1, -1, -1):
+            last = edt_row_envelope(gy, w, sq, tq)  # lower envelope of the parabolas (x - u)^2 + g(u)^2
+            q = 0
+            while p < e and py[p] - ymin[i] + 1 == y:
+                x = px[p] - xmin[i] + 1
+                while q < last and tq[q + 1] <= x:  # the parabola lowest at x (tq strictly increases)
+                    q += 1
                 a = x - sq[q]
-                dt[y, x] = a * a + gy[sq[q]] * gy[sq[q]]
-                if x == tq[q]:
-                    q -= 1
-        for p in range(s, s + counts[i]):
-            d[p] = math.sqrt(float(dt[py[p] - ymin[i] + 1, px[p] - xmin[i] + 1]))
+                d[p] = math.sqrt(float(a * a + gy[sq[q]] * gy[sq[q]]))
+                p += 1
 
 
 @_njit
