@@ -23,12 +23,13 @@ object (``ignore_zeros=True``) and once per image (``ignore_zeros=False``):
 
 Two implementations, compared with each other in the tests:
 
-* **CPU** (:func:`_texture_kernel`, numba; numba is already a hard dependency
-  for :mod:`hpc_profiler.morphology`): object by object and offset by offset,
-  the pairs of every channel (up to 8 levels read with one 64-bit load per
-  pixel) are counted into a 256 x 256 scratch table and the features are
-  computed from its touched cells, so the work is one pass over the pairs;
-  the whole image is one "object" with zeros kept.
+* **CPU** (:func:`_objects_kernel`, :func:`_image_kernel`, numba; numba is
+  already a hard dependency for :mod:`hpc_profiler.morphology`): object by
+  object and channel by channel, the object's pixel list is walked once in
+  raster order and each pixel is paired with its partners at all 12 offsets,
+  counted into one 256 x 256 scratch table per offset whose touched cells
+  (listed in the order first met) give the features, so the work is one pass
+  over the pixels; the whole image is counted the same way, zeros kept.
 * **GPU** (:func:`_measure_texture_device`, :func:`_image_texture_device`,
   array code through :mod:`hpc_profiler.backend`): one sort of the keys
   ``((channel, offset, object), lo, hi)`` of all pairs of an object set, run
@@ -592,173 +593,194 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, entries, tab, ou
     out[12] = math.sqrt(max(0.0, -math.expm1(-2.0 * mi)))  # sqrt(1 - exp(-2 (HXY2 - HXY)))
 
 
-def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_mode, tab, feats, npairs):
-    """Haralick features of every object, channel and offset (see :func:`_measure_texture_numba`).
+def _objects_kernel(H, W, flat, ys, xs, starts, counts, planes, offsets, tab, feats, npairs):
+    """Per-object Haralick features of every channel and offset (CellProfiler ``run_one``).
 
-    ``flat``/``ys``/``xs``: the objects' pixels grouped by object (``starts``,
-    ``counts``); ``P``: one int64 word per pixel holding the uint8 levels of
-    the ``C <= 8`` channels byte by byte (one load reads every channel).
-    Writes ``feats[g, c, :, o]`` (NaN when there is no pair) and
-    ``npairs[g, c, o]``.
+    ``planes [C, H * W]`` uint8 levels; ``flat``/``ys``/``xs`` the objects'
+    pixels grouped by object (``starts``, ``counts``), in raster order inside
+    an object (:func:`~hpc_profiler.features._objects.object_pixels`). Writes
+    ``feats[g, c, :, o]`` (NaN when there is no pair) and ``npairs[g, c, o]``.
 
-    ``objects_mode`` (CellProfiler's ``run_one``): each object's pixels are
-    copied into a zeroed crop of its bounding box, as mahotas sees the
-    object's ``intensity_image``; the crop is scanned row by row and a pair
-    with a level 0 (which includes any pixel outside the object) is not
-    counted (``ignore_zeros``). The cells counted are listed as they are first
-    touched. Otherwise (``run_image``: one object, the whole image, zeros
-    kept; ``flat`` etc. are not read) the pairs are only counted and the GLCM's cells found by scanning
-    it (cheaper when the pairs far outnumber the cells).
+    Each object's levels are copied into a zeroed crop of its bounding box
+    (as mahotas sees the object's ``intensity_image``), padded by the largest
+    offset to the right, left and below so that every partner lies in the
+    crop. Channel by channel, the object's pixel list is walked once in raster
+    order and each pixel with a nonzero level is paired with its partner at
+    every offset: one 256 x 256 scratch table and touched-cell list per
+    offset, so each GLCM still sees its pairs in raster order and lists its
+    cells in the order they are first touched (the order in which
+    :func:`_haralick_counts` sums them). A pair whose partner has level 0
+    (which includes a partner outside the object; mahotas ``ignore_zeros``)
+    goes to the table's cell 0, preset to 1 so that it is never listed; the
+    pair count is then the number of pairs visited minus that cell's count.
+    Only the object's pixels are visited (not the rest of its bounding box),
+    and a pixel at level 0 is skipped for all the offsets at once.
     """
     n = starts.shape[0]
     G = offsets.shape[0]
-    cnt = np.zeros((C, 65536), np.int32)
-    touched = np.empty((C, 65537), np.int32)
-    nt = np.zeros(C, np.int64)
-    npr = np.zeros(C, np.int64)
+    C = planes.shape[0]
+    mdy = 0
+    mdx = 0
+    for g in range(G):
+        mdy = max(mdy, offsets[g, 0])
+        mdx = max(mdx, abs(offsets[g, 1]))
+    cnt = np.zeros((G, 65536), np.int32)
+    touched = np.empty((G, 65536), np.int32)
+    nt = np.zeros(G, np.int64)
+    shifts = np.zeros(G, np.int64)
     a = np.zeros(256, np.int64)
     hs = np.zeros(512, np.int64)
     hd = np.zeros(256, np.int64)
     seen = np.empty(1024, np.int64)
     entries = np.empty((32896, 3), np.int64)
-    high = np.empty(C, np.int64)
     out = np.empty(13)
-    crop = np.zeros(H * W if objects_mode else 1, np.int64)
+    mmax = 1
+    for o in range(n):
+        mmax = max(mmax, counts[o])
+    local = np.empty(mmax, np.int64)
+    crop = np.zeros(1, np.uint8)
     for o in range(n):
         s0 = starts[o]
         m = counts[o]
-        high[:] = 0
         y0, y1, x0, x1 = H, -1, W, -1
-        if not objects_mode:  # the whole image: its largest levels
-            for t in range(H * W):
-                word = P[t]
-                for c in range(C):
-                    v = (word >> (8 * c)) & 255
-                    if v > high[c]:
-                        high[c] = v
-            m = 0  # no pixel list
         for t in range(s0, s0 + m):
-            word = P[flat[t]]
-            for c in range(C):
-                v = (word >> (8 * c)) & 255
-                if v > high[c]:
-                    high[c] = v
             y0 = min(y0, ys[t])
             y1 = max(y1, ys[t])
             x0 = min(x0, xs[t])
             x1 = max(x1, xs[t])
-        bh, bw = y1 - y0 + 1, x1 - x0 + 1
-        if objects_mode and m:
-            crop[:bh * bw] = 0
-            for t in range(s0, s0 + m):
-                crop[(ys[t] - y0) * bw + xs[t] - x0] = P[flat[t]]
+        bw = x1 - x0 + 1 + 2 * mdx
+        size = (y1 - y0 + 1 + mdy) * bw if m else 0
+        if crop.shape[0] < size:
+            crop = np.zeros(size, np.uint8)
+        for t in range(m):
+            local[t] = (ys[s0 + t] - y0) * bw + xs[s0 + t] - x0 + mdx
         for g in range(G):
-            dy = offsets[g, 0]
-            dx = offsets[g, 1]
-            nt[:] = 0
-            npr[:] = 0
-            if objects_mode:
-                if m and dy < bh and abs(dx) < bw:
-                    for y in range(bh - dy):
-                        row = y * bw
-                        row2 = (y + dy) * bw + dx
-                        for x in range(max(0, -dx), bw - max(0, dx)):
-                            wa = crop[row + x]
-                            if wa == 0:
-                                continue
-                            wb = crop[row2 + x]
-                            if wb == 0:
-                                continue
-                            for c in range(C):
-                                u = (wa >> (8 * c)) & 255
-                                v = (wb >> (8 * c)) & 255
-                                ok = (u != 0) & (v != 0)
-                                # ordered cell (the mirror cells are merged in _haralick_counts);
-                                # a pair with a 0 level goes to cell 0, emptied below (no branch)
-                                cell = (u * 256 + v) * ok
-                                touched[c, nt[c]] = cell  # kept only where the cell was empty
-                                nt[c] += ok & (cnt[c, cell] == 0)
-                                cnt[c, cell] += 1
-                                npr[c] += ok
-                    for c in range(C):
-                        cnt[c, 0] = 0
-            else:  # the whole image, row by row
-                if dy < H and abs(dx) < W:
-                    for y in range(H - dy):
-                        row = y * W
-                        row2 = (y + dy) * W + dx
-                        for x in range(max(0, -dx), W - max(0, dx)):
-                            wa = P[row + x]
-                            wb = P[row2 + x]
-                            for c in range(C):
-                                cnt[c, ((wa >> (8 * c)) & 255) * 256 + ((wb >> (8 * c)) & 255)] += 1
-                    npr[0] = (H - dy) * (W - abs(dx))
-                for c in range(C):
-                    npr[c] = npr[0]
-                    fm1 = high[c] + 1
-                    for u in range(fm1):
-                        for v in range(fm1):
-                            if cnt[c, u * 256 + v]:
-                                touched[c, nt[c]] = u * 256 + v
-                                nt[c] += 1
-            for c in range(C):
-                N = npr[c]
+            shifts[g] = offsets[g, 0] * bw + offsets[g, 1]
+        for c in range(C):
+            high = 0
+            for t in range(m):
+                v = planes[c, flat[s0 + t]]
+                crop[local[t]] = v
+                high = max(high, np.int64(v))
+            for g in range(G):
+                cnt[g, 0] = 1  # the cell of the pairs with a level 0: never listed
+                nt[g] = 0
+            visited = 0
+            for t in range(m):
+                i = local[t]
+                u = np.int32(crop[i])
+                if u == 0:
+                    continue
+                visited += 1
+                row = u * 256
+                for g in range(G):
+                    v = np.int32(crop[i + shifts[g]])
+                    cell = (row + v) * (v != 0)
+                    if cnt[g, cell] == 0:
+                        touched[g, nt[g]] = cell
+                        nt[g] += 1
+                    cnt[g, cell] += 1
+            for t in range(m):
+                crop[local[t]] = 0
+            for g in range(G):
+                N = visited - (cnt[g, 0] - 1)
+                cnt[g, 0] = 0
                 npairs[g, c, o] = N
                 if N == 0:
                     for f in range(13):
                         feats[g, c, f, o] = np.nan
                     continue
-                _haralick_counts(N, high[c] + 1, cnt[c], touched[c], nt[c], a, hs, hd, seen, entries, tab, out)
+                _haralick_counts(N, high + 1, cnt[g], touched[g], nt[g], a, hs, hd, seen, entries, tab, out)
                 for f in range(13):
                     feats[g, c, f, o] = out[f]
+
+
+def _image_kernel(H, W, planes, offsets, tab, feats, npairs):
+    """Whole-image Haralick features of every channel and offset (CellProfiler ``run_image``).
+
+    All pixel pairs are counted, zeros kept. Channel by channel, each pixel is
+    read once and paired with its partner at every offset, one scratch table
+    per offset (the partners of pixels at least the largest offset away from
+    the right, left and bottom edges need no bounds test; the others are
+    tested one by one). Each table is then scanned over the GLCM's ``(high +
+    1)**2`` cells in order for the counted ones. Writes ``feats[g, c, :, 0]``
+    and ``npairs[g, c, 0]``.
+    """
+    G = offsets.shape[0]
+    C = planes.shape[0]
+    mdy = 0
+    mdx = 0
+    for g in range(G):
+        mdy = max(mdy, offsets[g, 0])
+        mdx = max(mdx, abs(offsets[g, 1]))
+    cnt = np.zeros((G, 65536), np.int32)
+    shifts = np.zeros(G, np.int64)
+    for g in range(G):
+        shifts[g] = offsets[g, 0] * W + offsets[g, 1]
+    touched = np.empty(65536, np.int32)
+    a = np.zeros(256, np.int64)
+    hs = np.zeros(512, np.int64)
+    hd = np.zeros(256, np.int64)
+    seen = np.empty(1024, np.int64)
+    entries = np.empty((32896, 3), np.int64)
+    out = np.empty(13)
+    for c in range(C):
+        plane = planes[c]
+        high = 0
+        for t in range(H * W):
+            high = max(high, np.int64(plane[t]))
+        for y in range(H):
+            inner = y < H - mdy
+            for x in range(W):
+                p = y * W + x
+                row = np.int32(plane[p]) * 256
+                if inner and mdx <= x < W - mdx:
+                    for g in range(G):
+                        cnt[g, row + plane[p + shifts[g]]] += 1
+                else:
+                    for g in range(G):
+                        yy = y + offsets[g, 0]
+                        xx = x + offsets[g, 1]
+                        if yy < H and 0 <= xx < W:
+                            cnt[g, row + plane[p + shifts[g]]] += 1
+        fm1 = high + 1
+        for g in range(G):
+            dy = offsets[g, 0]
+            dx = offsets[g, 1]
+            N = (H - dy) * (W - abs(dx)) if dy < H and abs(dx) < W else 0
+            npairs[g, c, 0] = N
+            nt = 0
+            for u in range(fm1):
+                for v in range(fm1):
+                    cell = u * 256 + v
+                    if cnt[g, cell]:
+                        touched[nt] = cell
+                        nt += 1
+            if N == 0:
+                for f in range(13):
+                    feats[g, c, f, 0] = np.nan
+                continue
+            _haralick_counts(N, fm1, cnt[g], touched, nt, a, hs, hd, seen, entries, tab, out)
+            for f in range(13):
+                feats[g, c, f, 0] = out[f]
 
 
 _neg_plog2p = njit_cached(_neg_plog2p)
 _log2_int = njit_cached(_log2_int)
 _haralick_counts = njit_cached(_haralick_counts)
-_texture_kernel = njit_cached(_texture_kernel)
+_objects_kernel = njit_cached(_objects_kernel)
+_image_kernel = njit_cached(_image_kernel)
 
 
-def _pack_levels(qs):
-    """The uint8 level images ``qs`` (up to 8) interleaved byte-wise: one int64 word per pixel."""
-    size = qs[0].size
-    words = np.zeros((size, 8), dtype=np.uint8)
-    for k, q in enumerate(qs):
-        words[:, k] = np.asarray(q, dtype=np.uint8).reshape(-1)
-    return words.view(np.int64).reshape(size)
+def _planes(levels: "TextureLevels", chans) -> np.ndarray:
+    """The uint8 levels of ``chans`` as one C-contiguous ``[C, H * W]`` array (the kernels' input)."""
+    return np.stack([np.asarray(levels.q8[c], dtype=np.uint8).reshape(-1) for c in chans])
 
 
-def _run_kernel(objects_mode: bool, flat, ys, xs, starts, counts, groups, shape, offsets):
-    """Call :func:`_texture_kernel`; returns ``feats [G, C, 13, n]`` and ``npairs [G, C, n]``.
+def _offsets(scales) -> np.ndarray:
+    """``[scales * directions, 2]`` int64 offsets ``(dy, dx)``, scale-major."""
+    return np.asarray([(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS], np.int64).reshape(-1, 2)
 
-    ``groups``: ``(count, words)`` per pass, ``words`` the int64 words of
-    :func:`_pack_levels` holding ``count`` channels; the channels of all the
-    groups in order make the axis ``C``.
-    """
-    h, w = shape
-    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    n = len(starts)
-    n_chan = sum(k for k, _ in groups)
-    feats = np.empty((len(offs), n_chan, 13, n))
-    npairs = np.zeros((len(offs), n_chan, n), np.int64)
-    args = [np.asarray(v, np.int64) for v in (flat, ys, xs, starts, counts)]
-    c0 = 0
-    for k, words in groups:
-        fg, ng = np.empty((len(offs), k, 13, n)), np.zeros((len(offs), k, n), np.int64)
-        _texture_kernel(h, w, *args, words, k, offs, bool(objects_mode), _log2_table(), fg, ng)
-        feats[:, c0:c0 + k] = fg
-        npairs[:, c0:c0 + k] = ng
-        c0 += k
-    return feats, npairs
-
-
-def _level_groups(levels: "TextureLevels", chans):
-    """``(count, int64 words)`` passes of :func:`_run_kernel` for ``chans``, reusing ``levels.packed``."""
-    if [c for group, _ in levels.packed for c in group] == list(chans):
-        return [(len(group), words.view(np.int64) if len(group) > 1 else _pack_levels([words]))
-                for group, words in levels.packed]
-    return [(len(chans[g:g + 8]), _pack_levels([levels.q8[c] for c in chans[g:g + 8]]))
-            for g in range(0, len(chans), 8)]
 
 class TextureLevels(NamedTuple):
     """Quantized levels of a site's channels, shared by its object sets.
@@ -824,7 +846,7 @@ def measure_texture_channels(
     ``objects`` (``_objects.object_pixels(labels, n_objects)``) the grouping
     of the pixels. ``undefined``: the value written for an undefined object
     instead of NaN (CellProfiler writes 0), replaced in one pass over all the
-    columns. On the CPU one numba pass (:func:`_texture_kernel`); on a GPU
+    columns. On the CPU one numba pass (:func:`_objects_kernel`); on a GPU
     one batched pass (:func:`_measure_texture_device`), or with ``geometry``
     (:func:`texture_geometry`) one pass per offset and channel.
     """
@@ -897,19 +919,25 @@ def measure_texture_channels(
 
 def _measure_texture_numba(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
                            out: dict, undefined=None) -> dict:
-    """CPU path of :func:`measure_texture_channels`: one :func:`_texture_kernel` pass.
+    """CPU path of :func:`measure_texture_channels`: one :func:`_objects_kernel` pass.
 
-    Object by object, the valid pairs of each offset are listed once and the
-    GLCM of every channel is counted into a dense 256 x 256 scratch table whose
-    touched cells give the features (no per-pair arrays for the whole site).
+    Object by object and channel by channel, the GLCMs of all the offsets are
+    counted in one walk over the object's pixels (raster order, as
+    ``object_pixels`` groups them), each into its own 256 x 256 scratch table
+    whose touched cells give the features (no per-pair arrays for the site).
     """
     from hpc_profiler.features._objects import object_pixels
 
     if objects is None:
         objects = object_pixels(labels, n_objects)
-    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
-    feats, npairs = _run_kernel(True, objects.flat, objects.y, objects.x, objects.starts, objects.counts,
-                                _level_groups(levels, chans), labels.shape, offsets)
+    offs = _offsets(scales)
+    n = len(objects.starts)
+    feats = np.empty((len(offs), len(chans), 13, n))
+    npairs = np.zeros((len(offs), len(chans), n), np.int64)
+    h, w = labels.shape
+    args = [np.ascontiguousarray(v, dtype=np.int64) for v in (objects.flat, objects.y, objects.x, objects.starts,
+                                                              objects.counts)]
+    _objects_kernel(h, w, *args, _planes(levels, chans), offs, _log2_table(), feats, npairs)
     nd = len(DIRECTIONS)
     return _columns(feats.reshape(len(scales), nd, len(chans), 13, -1).transpose(3, 2, 0, 1, 4),
                     npairs.reshape(len(scales), nd, len(chans), -1).transpose(2, 0, 1, 3),
@@ -1147,10 +1175,10 @@ def image_texture_channels(
     if bk.is_gpu:
         return _image_texture_device(images, chans, levels, scales, gray_levels)
     h, w = levels.q8[chans[0]].shape
-    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
-    none = np.zeros(0, np.int64)  # the kernel reads the whole image, not a pixel list
-    feats, _ = _run_kernel(False, none, none, none, np.zeros(1, np.int64), np.full(1, h * w, np.int64),
-                           _level_groups(levels, chans), (h, w), offsets)
+    offs = _offsets(scales)
+    feats = np.empty((len(offs), len(chans), 13, 1))
+    npairs = np.zeros((len(offs), len(chans), 1), np.int64)
+    _image_kernel(h, w, _planes(levels, chans), offs, _log2_table(), feats, npairs)
     nd = len(DIRECTIONS)
     return {texture_feature_name(f, c, int(s), d, gray_levels): feats[si * nd + d, ci, k, 0]
             for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(nd)
