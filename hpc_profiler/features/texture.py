@@ -30,14 +30,24 @@ Two implementations, compared with each other in the tests:
   counted into one 256 x 256 scratch table per offset whose touched cells
   (listed in the order first met) give the features, so the work is one pass
   over the pixels; the whole image is counted the same way, zeros kept.
-* **GPU** (:func:`_measure_texture_device`, :func:`_image_texture_device`,
-  array code through :mod:`hpc_profiler.backend`): one sort of the keys
-  ``((channel, offset, object), lo, hi)`` of all pairs of an object set, run
-  starts + ``cumsum`` + one ``bincount`` for the distinct entries, and for
-  the whole image one ``bincount`` of known length; then
-  :func:`haralick_from_pairs`. A fixed number of launches per site, no loop
-  over objects and no host read. (:func:`texture_geometry` passed as
-  ``geometry`` selects an older per-offset pass.)
+* **GPU** (:func:`_measure_texture_rows`, :func:`_image_texture_device`,
+  array code through :mod:`hpc_profiler.backend`): the int32 keys ``(object,
+  lo, hi)`` of the pairs of an object set, one row per (channel, offset),
+  sorted row by row; the starts of their runs compacted once (the one
+  data-sized step of an object set) and counted with a ``cumsum``; for the
+  whole image one ``bincount`` of known length; then
+  :func:`haralick_from_pairs` over the distinct GLCM entries, its per-object
+  sums segmented reductions (no atomics on one address) and its histograms
+  ``add.at`` of known length. A fixed number of launches per site, no loop
+  over objects and no device->host copy. ``device_path`` selects the two
+  older passes for timing (``scripts/bench_texture_gpu_paths.py``): one sort
+  of 64-bit keys of all the pairs with the features over one slot per pair
+  (``"batched"``, :func:`_measure_texture_device`; 4x slower than the
+  per-offset pass on an H200, its per-object sums adding 14x more values,
+  nearly all onto the address of the previous one) and one pass per offset
+  and channel (``"offsets"``, or :func:`texture_geometry` passed as
+  ``geometry``; one compaction, so an implicit sync, per offset and
+  channel).
 
 Where this deliberately differs (documented for ``docs``):
 
@@ -91,6 +101,9 @@ HARALICK_FEATURES = (
 
 #: Unit offsets ``(dy, dx)`` of the directions ``_00 .. _03`` (mahotas ``_2d_deltas``).
 DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1))
+
+#: The GPU code paths of :func:`measure_texture_channels` (``device_path``); the first is the default.
+DEVICE_PATHS = ("rows", "batched", "offsets")
 
 #: Largest number of ``bincount`` bins used to count pair codes in one call;
 #: above it the codes are counted with ``xp.unique`` (a sort) instead.
@@ -293,8 +306,23 @@ def _pair_codes(qa, qb, obj, high, n_objects: int, xp, layout: CodeLayout | None
     return o[nz], i[nz], j[nz], counts[nz]
 
 
+def _scatter_sum(index, weights, length: int, xp):
+    """``bincount(index, weights, minlength=length)`` for indices below ``length``, with no host read.
+
+    CuPy's ``bincount`` reads ``max(index)`` on the host to size its output;
+    a zeroed array of the known length and ``add.at`` (atomic adds on a GPU)
+    do not. The same sums in the same order on NumPy, which keeps
+    ``bincount`` (faster there).
+    """
+    if xp is np:
+        return np.bincount(index, weights=weights, minlength=length)[:length]
+    out = xp.zeros(length, dtype=xp.float64)
+    xp.add.at(out, index, weights)
+    return out
+
+
 def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None,
-                        max_pairs: int | None = None):
+                        max_pairs: int | None = None, grouped: bool = False):
     """The 13 Haralick features of per-object symmetric GLCMs given sparsely.
 
     Parameters
@@ -325,17 +353,26 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     """
     n = n_objects
     c = counts.astype(xp.float64)
-    n_pairs = xp.bincount(obj, weights=c, minlength=n)[:n]
+    if grouped:
+        from hpc_profiler.features._objects import segment_sum
+
+        ids = xp.arange(n, dtype=obj.dtype)
+        first = xp.searchsorted(obj, ids, side="left")
+        size = xp.searchsorted(obj, ids, side="right") - first
+
+        def per_obj(w):
+            return segment_sum(w, first, size)
+    else:
+        def per_obj(w):
+            return _scatter_sum(obj, w, n, xp)
+
+    n_pairs = per_obj(c)
     # mass of the entry in the symmetric GLCM (both halves); entries may have count 0
     m = c / xp.maximum(n_pairs, 1.0)[obj]
     lof, hif = lo.astype(xp.float64), hi.astype(xp.float64)
     d = hif - lof
     diag = lo == hi
     half = xp.where(diag, m, 0.5 * m)  # value of one cell of the symmetric GLCM
-
-    def per_obj(w):
-        return xp.bincount(obj, weights=w, minlength=n)[:n]
-
     asm = per_obj(m * half)
     entropy = per_obj(-m * xp.log2(xp.where(half > 0, half, 1.0)))
     idm = per_obj(m / (d * d + 1.0))
@@ -344,12 +381,11 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
         n_levels = int(fm1.max()) if n else 1
     n_lv = max(int(n_levels), 1)
     k = xp.arange(n_lv, dtype=xp.float64)
-    px = (
-        xp.bincount(obj * n_lv + lo, weights=0.5 * m, minlength=n * n_lv)
-        + xp.bincount(obj * n_lv + hi, weights=0.5 * m, minlength=n * n_lv)
-    ).reshape(n, n_lv)
-    pxy = xp.bincount(obj * 2 * n_lv + lo + hi, weights=m, minlength=2 * n * n_lv).reshape(n, 2 * n_lv)
-    pmy = xp.bincount(obj * n_lv + (hi - lo), weights=m, minlength=n * n_lv).reshape(n, n_lv)
+    row = obj * n_lv
+    px = _scatter_sum(row + lo, 0.5 * m, n * n_lv, xp) + _scatter_sum(row + hi, 0.5 * m, n * n_lv, xp)
+    px = px.reshape(n, n_lv)
+    pxy = _scatter_sum(2 * row + lo + hi, m, 2 * n * n_lv, xp).reshape(n, 2 * n_lv)
+    pmy = _scatter_sum(row + (hi - lo), m, n * n_lv, xp).reshape(n, n_lv)
 
     # Variance, SumVariance and Correlation from integer moments: the float64
     # bincounts of integer weights are exact (sums < 2**53) and the numerators
@@ -383,8 +419,7 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     hx = _entropy_rows(px, xp)
     # InfoMeas from the mutual information sum p log2(p / (px_i px_j)) (= 2 HX - HXY) with the
     # ratio's numerator - denominator formed from exact integer counts (see _haralick_counts)
-    marg = (xp.bincount(obj * n_lv + lo, weights=c, minlength=n * n_lv)
-            + xp.bincount(obj * n_lv + hi, weights=c, minlength=n * n_lv))  # integer counts, T per object
+    marg = _scatter_sum(row + lo, c, n * n_lv, xp) + _scatter_sum(row + hi, c, n * n_lv, xp)  # integer counts
     cell = xp.where(diag, 2.0 * c, c)
     den = marg[obj * n_lv + lo] * marg[obj * n_lv + hi]
     den = xp.where(c > 0, den, 1.0)  # entries with count 0 add 0: log1p(0)
@@ -838,6 +873,7 @@ def measure_texture_channels(
     levels: TextureLevels | None = None,
     objects=None,
     undefined=None,
+    device_path: str = "rows",
 ) -> dict:
     """:func:`measure_texture` for every channel of ``images`` (mapping channel -> image).
 
@@ -846,9 +882,15 @@ def measure_texture_channels(
     ``objects`` (``_objects.object_pixels(labels, n_objects)``) the grouping
     of the pixels. ``undefined``: the value written for an undefined object
     instead of NaN (CellProfiler writes 0), replaced in one pass over all the
-    columns. On the CPU one numba pass (:func:`_objects_kernel`); on a GPU
-    one batched pass (:func:`_measure_texture_device`), or with ``geometry``
-    (:func:`texture_geometry`) one pass per offset and channel.
+    columns. On the CPU one numba pass (:func:`_objects_kernel`). On a GPU
+    ``device_path`` (one of :data:`DEVICE_PATHS`) selects the array code:
+    ``"rows"`` (default, :func:`_measure_texture_rows`: one batched sort of
+    32-bit keys per (channel, offset) row, the distinct entries compacted
+    once), ``"batched"`` (:func:`_measure_texture_device`: one sort of 64-bit
+    keys of all the pairs, the features over one slot per pair) or
+    ``"offsets"`` (one pass per offset and channel over the pairs of
+    :func:`texture_geometry`, which ``geometry`` also selects); the three give
+    the same numbers (tests), ``scripts/bench_texture_gpu_paths.py`` times them.
     """
     chans = list(images)
     bk = backend_of(labels, *[images[c] for c in chans])
@@ -871,10 +913,15 @@ def measure_texture_channels(
         return out
     if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
         levels = texture_levels({c: images[c] for c in chans}, gray_levels)
+    if device_path not in DEVICE_PATHS:
+        raise ValueError(f"texture: device_path must be one of {DEVICE_PATHS}, got {device_path!r}")
     if not bk.is_gpu:
         return _measure_texture_numba(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
                                       undefined)
-    if geometry is None:  # the batched device path (a geometry given selects the per-offset one below)
+    if geometry is None and device_path == "rows":
+        return _measure_texture_rows(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
+                                     undefined)
+    if geometry is None and device_path == "batched":
         return _measure_texture_device(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
                                        undefined)
     if geometry is None:
@@ -963,6 +1010,72 @@ def _columns(feats, n_pairs, chans, scales, gray_levels: int, undefined, out: di
     return out
 
 
+def _measure_texture_rows(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
+                          out: dict, undefined=None) -> dict:
+    """GPU path of :func:`measure_texture_channels` (the default): one row per channel and offset.
+
+    Each labelled pixel is paired with its partner at every offset (a
+    ``[offsets, pixels]`` index); a pair is kept when both pixels carry the
+    object's label and nonzero levels. Its key ``(object, lo, hi)`` packs into
+    an int32 (``object << 16 | lo << 8 | hi``, while ``N < 32768``; int64
+    beyond) and each ``(channel, offset)`` row of ``[C * G, pixels]`` keys is
+    sorted on its own (a batched sort of 32-bit keys: half the bytes and
+    radix passes of one global 64-bit sort, no row index in the key). The
+    starts of the runs of valid keys are compacted once per object set (one
+    data-sized ``flatnonzero``, no loop), a ``cumsum`` of the valid flags
+    gives each run's count, and :func:`haralick_from_pairs` sees only the
+    distinct GLCM entries (about 1 / 40 of the pairs on the bench site)
+    instead of one slot per pair, so its per-object bincounts add ~40x fewer
+    values (sorted by object, i.e. onto the same address in a row: atomics
+    that serialise). A fixed number of launches per object set, no host read.
+    """
+    from hpc_profiler.features._objects import object_pixels
+
+    xp = backend_of(labels).xp
+    n = int(n_objects)
+    if objects is None:
+        objects = object_pixels(labels, n)
+    h, w = labels.shape
+    nd = len(DIRECTIONS)
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    n_off, n_ch = len(offsets), len(chans)
+    narrow = n < 32768 and h * w < 2**31
+    itype = xp.int32 if narrow else xp.int64
+    sentinel = 2**31 - 1 if narrow else 2**63 - 1
+    step = xp.asarray([[dy, dx] for dy, dx in offsets], dtype=itype)
+    oy, ox = objects.y.astype(itype), objects.x.astype(itype)
+    ys, xs = oy[None, :] + step[:, 0:1], ox[None, :] + step[:, 1:2]  # [G, M]
+    inside = (ys < h) & (xs >= 0) & (xs < w)
+    partner = xp.where(inside, ys * w + xs, 0)
+    obj = objects.obj.astype(itype)
+    same = inside & (xp.take(xp.ravel(labels), partner) == (obj + 1)[None, :])
+    q = xp.stack([xp.ravel(levels.q8[c]) for c in chans])  # [C, H * W] uint8
+    qa = xp.take(q, objects.flat, axis=1)[:, None, :]  # [C, 1, M]
+    qb = xp.take(q, partner, axis=1)  # [C, G, M]
+    lo = xp.minimum(qa, qb)
+    hi = xp.maximum(qa, qb)
+    keep = same[None, :, :] & (lo > 0)  # mahotas ignore_zeros: lo > 0 iff both levels are
+    key = (obj << 16)[None, None, :] | (lo.astype(itype) << 8) | hi.astype(itype)
+    key = xp.where(keep, key, sentinel).astype(itype, copy=False)
+    m = key.shape[-1]
+    key = xp.sort(key.reshape(n_ch * n_off, m), axis=1)  # rows (channel, offset); sentinels last
+    valid = key != sentinel
+    start = valid.copy()
+    start[:, 1:] &= key[:, 1:] != key[:, :-1]
+    at = xp.flatnonzero(start)  # the one data-sized step: the distinct entries, rows in order
+    seen = xp.cumsum(valid.ravel(), dtype=xp.int32 if valid.size < 2**31 else xp.int64)  # valid keys so far
+    before = xp.where(at > 0, seen[at - 1], 0)  # ... before each run
+    counts = xp.diff(xp.concatenate([before, seen[-1:]]))  # runs end at the next start (sentinels count 0)
+    k = xp.take(key.ravel(), at).astype(xp.int64)
+    glcm = (at // m) * n + (k >> 16)  # (channel, offset, object), ascending
+    high = xp.stack([_largest_levels(levels.q8[c], objects, xp) for c in chans])  # [C, N]
+    fm1 = xp.broadcast_to((high + 1)[:, None, :], (n_ch, n_off, n)).reshape(-1)
+    feats, n_pairs = haralick_from_pairs(glcm, (k >> 8) & 255, k & 255, counts, n_ch * n_off * n, fm1, xp,
+                                         n_levels=256, max_pairs=h * w, grouped=True)
+    return _columns(feats.reshape(13, n_ch, len(scales), nd, n), n_pairs.reshape(n_ch, len(scales), nd, n),
+                    chans, scales, gray_levels, undefined, out, xp)
+
+
 def _measure_texture_device(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
                             out: dict, undefined=None) -> dict:
     """GPU path of :func:`measure_texture_channels`: every channel, offset and object in one pass.
@@ -1049,7 +1162,7 @@ def _image_texture_device(images, chans, levels: TextureLevels, scales, gray_lev
     fm1 = xp.broadcast_to((high + 1)[:, None], (n_ch, n_off)).reshape(-1)
     i, j = (cell // 256) % 256, cell % 256  # cells below the diagonal have count 0
     feats, _ = haralick_from_pairs(cell // 65536, xp.minimum(i, j), xp.maximum(i, j), counts, n_all, fm1, xp,
-                                   n_levels=256, max_pairs=h * w)
+                                   n_levels=256, max_pairs=h * w, grouped=True)  # cells ascend by GLCM
     feats = feats.reshape(13, n_ch, n_off)
     return {texture_feature_name(f, c, int(s), d, gray_levels): feats[k, ci, si * len(DIRECTIONS) + d]
             for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(len(DIRECTIONS))
