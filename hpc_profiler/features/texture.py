@@ -43,8 +43,9 @@ Two implementations, compared with each other in the tests:
   older passes for timing (``scripts/bench_texture_gpu_paths.py``): one sort
   of 64-bit keys of all the pairs with the features over one slot per pair
   (``"batched"``, :func:`_measure_texture_device`; 4x slower than the
-  per-offset pass on an H200, its per-object sums adding 14x more values,
-  nearly all onto the address of the previous one) and one pass per offset
+  per-offset pass on an H200: at 1080^2 its sums add 1.4e9 values, nearly
+  all onto the address of the previous one, against 8.6e7 for the
+  per-offset pass and 7.8e6 here) and one pass per offset
   and channel (``"offsets"``, or :func:`texture_geometry` passed as
   ``geometry``; one compaction, so an implicit sync, per offset and
   channel).
@@ -321,6 +322,31 @@ def _scatter_sum(index, weights, length: int, xp):
     return out
 
 
+def _grouped_sums(ws, first, filled, xp):
+    """Per-object sums of the value arrays ``ws``, whose entries are grouped by object.
+
+    ``first``: each object's first entry (its insertion point when it has
+    none), ``filled``: whether it has any. One ``add.reduceat`` along the rows
+    of the stacked values, with a zero column appended so that the objects
+    after the last entry start inside the array (their sum is that 0) and
+    the last object's segment is not cut; empty objects before the last entry
+    get the next object's first value from ``reduceat`` and are set to 0. On
+    a backend without ``reduceat``, differences of a ``cumsum`` (exact for
+    integer values). No atomics, no host read.
+    """
+    w = xp.stack([xp.asarray(v, dtype=xp.float64) for v in ws])
+    w = xp.concatenate([w, xp.zeros((w.shape[0], 1))], axis=1)
+    try:
+        r = xp.add.reduceat(w, first, axis=1)
+    except (AttributeError, NotImplementedError, TypeError):  # no ufunc.reduceat on this backend
+        cs = xp.cumsum(w, axis=1)
+        ends = xp.concatenate([first[1:], xp.full(1, w.shape[1] - 1, dtype=first.dtype)])
+        start_sum = xp.where(first > 0, cs[:, xp.maximum(first - 1, 0)], 0.0)
+        r = cs[:, xp.maximum(ends - 1, 0)] - start_sum
+    r = xp.where(filled[None, :], r, 0.0)
+    return [r[k] for k in range(len(ws))]
+
+
 def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None,
                         max_pairs: int | None = None, grouped: bool = False):
     """The 13 Haralick features of per-object symmetric GLCMs given sparsely.
@@ -354,28 +380,30 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     n = n_objects
     c = counts.astype(xp.float64)
     if grouped:
-        from hpc_profiler.features._objects import segment_sum
-
         ids = xp.arange(n, dtype=obj.dtype)
         first = xp.searchsorted(obj, ids, side="left")
-        size = xp.searchsorted(obj, ids, side="right") - first
+        filled = xp.searchsorted(obj, ids, side="right") > first
 
-        def per_obj(w):
-            return segment_sum(w, first, size)
+        def per_obj(*ws):
+            return _grouped_sums(ws, first, filled, xp)
     else:
-        def per_obj(w):
-            return _scatter_sum(obj, w, n, xp)
+        def per_obj(*ws):
+            return [_scatter_sum(obj, w, n, xp) for w in ws]
 
-    n_pairs = per_obj(c)
+    lof, hif = lo.astype(xp.float64), hi.astype(xp.float64)
+    s = lof + hif
+    # Variance, SumVariance and Correlation from integer moments: the float64
+    # sums of integer weights are exact (sums < 2**53) and the numerators
+    # are formed in int64, so no cancellation (mahotas' sum(k^2 p) - mu^2 loses
+    # every digit of a covariance near 0; on a GPU the atomics' order then
+    # decided the result) and the numba CPU path gives the same values
+    # (a1: sum over the unordered pairs of lo + hi)
+    n_pairs, a1, a2, s2, b2 = per_obj(c, c * s, c * (lof * lof + hif * hif), c * (lof * hif), c * (s * s))
     # mass of the entry in the symmetric GLCM (both halves); entries may have count 0
     m = c / xp.maximum(n_pairs, 1.0)[obj]
-    lof, hif = lo.astype(xp.float64), hi.astype(xp.float64)
     d = hif - lof
     diag = lo == hi
     half = xp.where(diag, m, 0.5 * m)  # value of one cell of the symmetric GLCM
-    asm = per_obj(m * half)
-    entropy = per_obj(-m * xp.log2(xp.where(half > 0, half, 1.0)))
-    idm = per_obj(m / (d * d + 1.0))
 
     if n_levels is None:
         n_levels = int(fm1.max()) if n else 1
@@ -387,16 +415,6 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     pxy = _scatter_sum(2 * row + lo + hi, m, 2 * n * n_lv, xp).reshape(n, 2 * n_lv)
     pmy = _scatter_sum(row + (hi - lo), m, n * n_lv, xp).reshape(n, n_lv)
 
-    # Variance, SumVariance and Correlation from integer moments: the float64
-    # bincounts of integer weights are exact (sums < 2**53) and the numerators
-    # are formed in int64, so no cancellation (mahotas' sum(k^2 p) - mu^2 loses
-    # every digit of a covariance near 0; on a GPU the atomics' order then
-    # decided the result) and the numba CPU path gives the same values
-    s = lof + hif
-    a1 = per_obj(c * s)  # sum over the unordered pairs of lo + hi
-    a2 = per_obj(c * (lof * lof + hif * hif))
-    s2 = per_obj(c * (lof * hif))
-    b2 = per_obj(c * (s * s))
     T = 2.0 * n_pairs
     if max_pairs is not None and 2 * int(max_pairs) < _EXACT_T:
         ni, a1i = n_pairs.astype(xp.int64), a1.astype(xp.int64)
@@ -425,7 +443,12 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     den = xp.where(c > 0, den, 1.0)  # entries with count 0 add 0: log1p(0)
     num = xp.where(c > 0, cell * (2.0 * n_pairs)[obj], 1.0)
     ratio = xp.log1p((num - den) / den) / math.log(2.0)
-    mi = per_obj(xp.where(c > 0, xp.where(diag, 1.0, 2.0) * cell / xp.maximum(2.0 * n_pairs, 1.0)[obj] * ratio, 0.0))
+    asm, entropy, idm, mi = per_obj(
+        m * half,
+        -m * xp.log2(xp.where(half > 0, half, 1.0)),
+        m / (d * d + 1.0),
+        xp.where(c > 0, xp.where(diag, 1.0, 2.0) * cell / xp.maximum(2.0 * n_pairs, 1.0)[obj] * ratio, 0.0),
+    )
     info1 = xp.where(hx > 0, -mi / xp.where(hx > 0, hx, 1.0), -mi)
     info2 = xp.sqrt(xp.maximum(0.0, -xp.expm1(-2.0 * mi)))
     feats = xp.stack(
