@@ -140,8 +140,9 @@ def quantize(image, gray_levels: int = 256):
     image = xp.asarray(image)
     if image.dtype.kind != "f":
         raise TypeError(f"texture expects a float image in [0, 1], got dtype {image.dtype}")
-    q = xp.multiply(xp.clip(image, 0, 1), 255, dtype=image.dtype)
-    q = xp.clip(xp.rint(q), 0, 255)
+    q = xp.clip(image, 0, 1)  # a new array: scaled and rounded in place, in the image's dtype
+    xp.multiply(q, 255, out=q)
+    xp.rint(q, out=q)  # in [0, 255] already (NaN stays NaN, as a second clip would leave it)
     if gray_levels != 256:
         q = ((q.astype(xp.float64) / 255.0) * (gray_levels - 1)).astype(xp.uint8)
     return q.astype(xp.int32)
@@ -846,7 +847,8 @@ class TextureLevels(NamedTuple):
     ``q8`` maps channel -> uint8 level image (:func:`quantize`); ``packed``
     lists ``(channels, words)``: the levels of up to 8 channels interleaved
     byte-wise in one uint64 word per pixel, so one gather per pixel pair
-    reads every channel's levels (the gathers dominate the per-object cost).
+    reads every channel's levels in the per-offset GPU pass (empty on the
+    CPU, whose kernels read ``q8``; that pass packs them itself then).
     """
 
     gray_levels: int
@@ -860,6 +862,11 @@ def texture_levels(images, gray_levels: int = 256) -> TextureLevels:
     bk = backend_of(*[images[c] for c in chans])
     xp = bk.xp
     q8 = {c: quantize(xp.asarray(images[c]), gray_levels).astype(xp.uint8) for c in chans}
+    return TextureLevels(int(gray_levels), q8, _packed_levels(q8, chans, xp) if bk.is_gpu else [])
+
+
+def _packed_levels(q8, chans, xp) -> list:
+    """:attr:`TextureLevels.packed` of the uint8 levels ``q8`` (read by the per-offset GPU pass only)."""
     packed = []
     for g in range(0, len(chans), 8):
         group = chans[g:g + 8]
@@ -871,7 +878,7 @@ def texture_levels(images, gray_levels: int = 256) -> TextureLevels:
         for k, c in enumerate(group):
             words[:, k] = q8[c].ravel()
         packed.append((tuple(group), words.view(xp.uint64).reshape(size)))
-    return TextureLevels(int(gray_levels), q8, packed)
+    return packed
 
 
 def _gather_levels(words, group, first, shift: int, xp):
@@ -958,7 +965,7 @@ def measure_texture_channels(
         fm1[c] = high[c] + 1
         layout[c] = code_layout(high[c], n_objects, xp)  # shared by the scales and directions
     offsets = [(int(s), d) for s in scales for d in range(len(DIRECTIONS))]
-    for group, words in levels.packed:
+    for group, words in levels.packed or _packed_levels(levels.q8, list(levels.q8), xp):
         wanted = [(k, c) for k, c in enumerate(group) if c in images]
         if not wanted:
             continue
