@@ -3,6 +3,7 @@
 
     python scripts/bench_texture_gpu_paths.py                 # 1080 x 1080, ~220 cells, every path
     python scripts/bench_texture_gpu_paths.py --size 540 --cells 50 --repeat 2
+    python scripts/bench_texture_gpu_paths.py --no-cost-model --repeat 3   # on a GPU: the timings only
 
 The site is ``scripts/bench_site.py``'s (``make_site`` + its illumination
 function, CPJUMP1 config), segmented once on the CPU; its three object sets
@@ -112,6 +113,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--paths", default=None, help="comma-separated subset of DEVICE_PATHS")
+    ap.add_argument("--no-cost-model", action="store_true",
+                    help="skip the cost model (its twin run of 'batched' takes ~1 min of CPU at 1080^2)")
     args = ap.parse_args(argv)
 
     import bench_site
@@ -145,10 +148,11 @@ def main(argv=None) -> int:
     ref = {o: tx.measure_texture_channels(labels[o], n, images, scales=scales, gray_levels=gray_levels,
                                           levels=levels_cpu) for o in labels}
 
-    print("\ncost model (one run on the GPU twin, the three object sets; no GPU needed):")
-    print(f"{'path':8s} {'launches':>8s} {'syncs':>6s} {'d2h':>4s} {'sorted_MB':>10s} {'atomic_adds':>12s} "
-          f"{'same_addr':>10s} {'written_MB':>11s} {'peak_MB':>8s} {'twin_cpu_s':>10s}")
-    for p in paths:
+    if not args.no_cost_model:
+        print("\ncost model (one run on the GPU twin, the three object sets; no GPU needed):")
+        print(f"{'path':8s} {'launches':>8s} {'syncs':>6s} {'d2h':>4s} {'sorted_MB':>10s} {'atomic_adds':>12s} "
+              f"{'same_addr':>10s} {'written_MB':>11s} {'peak_MB':>8s} {'twin_cpu_s':>10s}")
+    for p in [] if args.no_cost_model else paths:
         counts, m, secs = cost_model(p, labels, n, images, scales, gray_levels)
         print(f"{p:8s} {counts.launches:8d} {counts.syncs:6d} {counts.d2h:4d} {m.sorted_bytes / 1e6:10.1f} "
               f"{m.atomic_adds:12d} {m.same_address:10d} {m.written / 1e6:11.1f} {m.peak / 1e6:8.1f} {secs:10.2f}")
