@@ -45,7 +45,7 @@ import numpy as np
 from hpc_profiler.config import CPJUMP1_CHANNELS
 import hpc_profiler.features.granularity as granularity
 from hpc_profiler.features.granularity import granular_spectrum, object_sampler, object_spectrum
-from hpc_profiler.features.texture import measure_image_texture, measure_texture, texture_geometry
+from hpc_profiler.features.texture import measure_image_texture, measure_texture
 from hpc_profiler.synth import synthesize_site
 
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito", "Extra1", "Extra2"]
@@ -100,11 +100,9 @@ def main() -> None:
 
     t0 = time.perf_counter()
     if not args.no_texture:
-        geoms = step("texture geometry", lambda: {o: texture_geometry(lab, scales) for o, lab in labels.items()})
-        for ch, img in images.items():
+        for ch, img in images.items():  # (the CPU path builds no pair geometry: texture_geometry is the GPU's)
             for o, lab in labels.items():
-                step("texture objects", lambda: measure_texture(lab, n, img, ch, scales=scales, gray_levels=256,
-                                                                geometry=geoms[o]))
+                step("texture objects", lambda: measure_texture(lab, n, img, ch, scales=scales, gray_levels=256))
             step("texture image", lambda: measure_image_texture(img, ch, scales=scales, gray_levels=256))
     t_tex = time.perf_counter() - t0
 

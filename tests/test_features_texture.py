@@ -220,18 +220,65 @@ def test_constant_and_degenerate_objects():
 
 
 def test_device_paths_agree(monkeypatch):
-    """GPU code paths on NumPy: the batched pass, the per-offset pass given a pair geometry (its
-    bincount and its sort counting) and the CPU numba path give the same numbers."""
+    """GPU code paths on NumPy: the row-sorted default, the batched pass, the per-offset pass (by name
+    and given a pair geometry; its bincount and its sort counting) and the CPU numba path give the
+    same numbers."""
     labels, n, img = ellipse_site(size=100, n=20, seed=11)
-    base = measure_texture(labels, n, img, "Mito", scales=(3,), gray_levels=256)
-    batched = device_twin(labels, n, {"Mito": img}, scales=(3,), gray_levels=256)
-    geom = texture_geometry(labels, (3,))
-    shared = device_twin(labels, n, {"Mito": img}, scales=(3,), gray_levels=256, geometry=geom)
+    base = measure_texture(labels, n, img, "Mito", scales=(3, 5), gray_levels=256)
+    kw = dict(scales=(3, 5), gray_levels=256)
+    rows = device_twin(labels, n, {"Mito": img}, **kw)
+    batched = device_twin(labels, n, {"Mito": img}, device_path="batched", **kw)
+    offsets = device_twin(labels, n, {"Mito": img}, device_path="offsets", **kw)
+    geom = texture_geometry(labels, (3, 5))
+    shared = device_twin(labels, n, {"Mito": img}, geometry=geom, **kw)
     monkeypatch.setattr(tx, "BINCOUNT_BUDGET", 1)  # force xp.unique counting
-    sorted_path = device_twin(labels, n, {"Mito": img}, scales=(3,), gray_levels=256, geometry=geom)
+    sorted_path = device_twin(labels, n, {"Mito": img}, geometry=geom, **kw)
+    assert tx.DEVICE_PATHS[0] == "rows"
     for key in base:
-        for other in (batched, shared, sorted_path):
+        for other in (rows, batched, offsets, shared, sorted_path):
             np.testing.assert_allclose(other[key], base[key], rtol=1e-9, atol=1e-13, equal_nan=True, err_msg=key)
+    with pytest.raises(ValueError, match="device_path"):
+        tx.measure_texture_channels(labels, n, {"Mito": img}, scales=(3,), device_path="sorted")
+
+
+def test_default_device_path_has_one_data_sized_step():
+    """The default GPU path, counted on the audit backend: no device->host copy and one implicit sync
+    (the compaction of the distinct GLCM entries) per object set, however many objects."""
+    from hpc_profiler._audit import AuditCounter, audit_backend
+    from hpc_profiler.features._objects import object_pixels
+
+    labels, n, img = ellipse_site(size=100, n=20, seed=11)
+    counter = AuditCounter()
+    bk = audit_backend(counter)
+    lab, images = bk.asarray(labels), {"DNA": bk.asarray(img), "ER": bk.asarray(img[::-1].copy())}
+    levels, objects = tx.texture_levels(images, 256), object_pixels(lab, n)
+    with counter.section("texture"):
+        got = tx.measure_texture_channels(lab, n, images, scales=SCALES, levels=levels, objects=objects)
+    c = counter.sections["texture"]
+    assert len(got) == 2 * 13 * 4 * len(SCALES)
+    assert c.d2h == 0 and c.syncs == 1, c
+
+
+def test_kernels_at_the_image_edges():
+    """Objects and images narrower than twice the largest offset (the kernels' bounds-tested edge
+    pixels): an object filling the whole image and the image itself against mahotas."""
+    rng = np.random.default_rng(8)
+    img = rng.random((14, 9)) * 0.2
+    img[rng.random(img.shape) < 0.2] = 0.0
+    labels = np.ones(img.shape, np.int32)
+    q = skimage.util.img_as_ubyte(img)
+    got = measure_texture(labels, 1, img, "AGP", scales=(3, 5), gray_levels=256)
+    whole = measure_image_texture(img, "AGP", scales=(3, 5), gray_levels=256)
+    for s in (3, 5):
+        ref = mahotas.features.haralick(q, distance=s, ignore_zeros=True)
+        ours = np.array([[got[f"Texture_{f}_AGP_{s}_{d:02d}_256"][0] for f in HARALICK_FEATURES] for d in range(4)])
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+        ref = mahotas.features.haralick(q, distance=s)
+        ours = np.array([[whole[f"Texture_{f}_AGP_{s}_{d:02d}_256"] for f in HARALICK_FEATURES] for d in range(4)])
+        np.testing.assert_allclose(ours, ref, rtol=1e-9, atol=1e-12)
+    # no pair at all in a direction: NaN (the whole image: that direction only)
+    tiny = measure_image_texture(img[:4, :4], "AGP", scales=(5,), gray_levels=256)
+    assert all(np.isnan(tiny[f"Texture_{f}_AGP_5_{d:02d}_256"]) for f in HARALICK_FEATURES for d in range(4))
 
 
 def test_errors_name_the_channel():
@@ -340,3 +387,27 @@ def test_numba_path_equals_device_twin():
         assert len(ref) == 13 * 4 * len(SCALES)
         for key, v in ref.items():
             assert img_cpu[key] == pytest.approx(float(to_numpy(v)), rel=1e-9, abs=1e-13), key
+
+
+def test_grouped_sums_match_bincount_with_and_without_reduceat():
+    """The segmented per-object sums of the default GPU path (empty objects first, in the middle and
+    last) equal bincount's; so does the cumsum fallback for backends without ``ufunc.reduceat``."""
+    import types
+
+    rng = np.random.default_rng(3)
+    n = 9
+    sizes = np.array([0, 3, 1, 0, 0, 5, 2, 0, 0])
+    obj = np.repeat(np.arange(n), sizes)
+    ws = [rng.integers(0, 50, obj.size).astype(float), rng.random(obj.size)]
+    ids = np.arange(n)
+    first = np.searchsorted(obj, ids, side="left")
+    filled = np.searchsorted(obj, ids, side="right") > first
+    no_reduceat = types.SimpleNamespace(**{k: getattr(np, k) for k in
+                                           ("stack", "asarray", "float64", "concatenate", "zeros", "cumsum",
+                                            "full", "where", "maximum")})
+    no_reduceat.add = types.SimpleNamespace()  # np.add without reduceat
+    for xp in (np, no_reduceat):
+        got = tx._grouped_sums(ws, first, filled, xp)
+        for g, w in zip(got, ws):
+            np.testing.assert_allclose(g, np.bincount(obj, weights=w, minlength=n), rtol=1e-13, atol=0)
+        np.testing.assert_array_equal(got[0], np.bincount(obj, weights=ws[0], minlength=n))  # integers: exact

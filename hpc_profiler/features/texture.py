@@ -23,20 +23,32 @@ object (``ignore_zeros=True``) and once per image (``ignore_zeros=False``):
 
 Two implementations, compared with each other in the tests:
 
-* **CPU** (:func:`_texture_kernel`, numba; numba is already a hard dependency
-  for :mod:`hpc_profiler.morphology`): object by object and offset by offset,
-  the pairs of every channel (up to 8 levels read with one 64-bit load per
-  pixel) are counted into a 256 x 256 scratch table and the features are
-  computed from its touched cells, so the work is one pass over the pairs;
-  the whole image is one "object" with zeros kept.
-* **GPU** (:func:`_measure_texture_device`, :func:`_image_texture_device`,
-  array code through :mod:`hpc_profiler.backend`): one sort of the keys
-  ``((channel, offset, object), lo, hi)`` of all pairs of an object set, run
-  starts + ``cumsum`` + one ``bincount`` for the distinct entries, and for
-  the whole image one ``bincount`` of known length; then
-  :func:`haralick_from_pairs`. A fixed number of launches per site, no loop
-  over objects and no host read. (:func:`texture_geometry` passed as
-  ``geometry`` selects an older per-offset pass.)
+* **CPU** (:func:`_objects_kernel`, :func:`_image_kernel`, numba; numba is
+  already a hard dependency for :mod:`hpc_profiler.morphology`): object by
+  object and channel by channel, the object's pixel list is walked once in
+  raster order and each pixel is paired with its partners at all 12 offsets,
+  counted into one 256 x 256 scratch table per offset whose touched cells
+  (listed in the order first met) give the features, so the work is one pass
+  over the pixels; the whole image is counted the same way, zeros kept.
+* **GPU** (:func:`_measure_texture_rows`, :func:`_image_texture_device`,
+  array code through :mod:`hpc_profiler.backend`): the int32 keys ``(object,
+  lo, hi)`` of the pairs of an object set, one row per (channel, offset),
+  sorted row by row; the starts of their runs compacted once (the one
+  data-sized step of an object set) and counted with a ``cumsum``; for the
+  whole image one ``bincount`` of known length; then
+  :func:`haralick_from_pairs` over the distinct GLCM entries, its per-object
+  sums segmented reductions (no atomics on one address) and its histograms
+  ``add.at`` of known length. A fixed number of launches per site, no loop
+  over objects and no device->host copy. ``device_path`` selects the two
+  older passes for timing (``scripts/bench_texture_gpu_paths.py``): one sort
+  of 64-bit keys of all the pairs with the features over one slot per pair
+  (``"batched"``, :func:`_measure_texture_device`; 4x slower than the
+  per-offset pass on an H200: at 1080^2 its sums add 1.4e9 values, nearly
+  all onto the address of the previous one, against 8.6e7 for the
+  per-offset pass and 7.8e6 here) and one pass per offset
+  and channel (``"offsets"``, or :func:`texture_geometry` passed as
+  ``geometry``; one compaction, so an implicit sync, per offset and
+  channel).
 
 Where this deliberately differs (documented for ``docs``):
 
@@ -91,6 +103,9 @@ HARALICK_FEATURES = (
 #: Unit offsets ``(dy, dx)`` of the directions ``_00 .. _03`` (mahotas ``_2d_deltas``).
 DIRECTIONS = ((0, 1), (1, 1), (1, 0), (1, -1))
 
+#: The GPU code paths of :func:`measure_texture_channels` (``device_path``); the first is the default.
+DEVICE_PATHS = ("rows", "batched", "offsets")
+
 #: Largest number of ``bincount`` bins used to count pair codes in one call;
 #: above it the codes are counted with ``xp.unique`` (a sort) instead.
 BINCOUNT_BUDGET = 1 << 23
@@ -125,8 +140,9 @@ def quantize(image, gray_levels: int = 256):
     image = xp.asarray(image)
     if image.dtype.kind != "f":
         raise TypeError(f"texture expects a float image in [0, 1], got dtype {image.dtype}")
-    q = xp.multiply(xp.clip(image, 0, 1), 255, dtype=image.dtype)
-    q = xp.clip(xp.rint(q), 0, 255)
+    q = xp.clip(image, 0, 1)  # a new array: scaled and rounded in place, in the image's dtype
+    xp.multiply(q, 255, out=q)
+    xp.rint(q, out=q)  # in [0, 255] already (NaN stays NaN, as a second clip would leave it)
     if gray_levels != 256:
         q = ((q.astype(xp.float64) / 255.0) * (gray_levels - 1)).astype(xp.uint8)
     return q.astype(xp.int32)
@@ -292,8 +308,48 @@ def _pair_codes(qa, qb, obj, high, n_objects: int, xp, layout: CodeLayout | None
     return o[nz], i[nz], j[nz], counts[nz]
 
 
+def _scatter_sum(index, weights, length: int, xp):
+    """``bincount(index, weights, minlength=length)`` for indices below ``length``, with no host read.
+
+    CuPy's ``bincount`` reads ``max(index)`` on the host to size its output;
+    a zeroed array of the known length and ``add.at`` (atomic adds on a GPU)
+    do not. The same sums in the same order on NumPy, which keeps
+    ``bincount`` (faster there).
+    """
+    if xp is np:
+        return np.bincount(index, weights=weights, minlength=length)[:length]
+    out = xp.zeros(length, dtype=xp.float64)
+    xp.add.at(out, index, weights)
+    return out
+
+
+def _grouped_sums(ws, first, filled, xp):
+    """Per-object sums of the value arrays ``ws``, whose entries are grouped by object.
+
+    ``first``: each object's first entry (its insertion point when it has
+    none), ``filled``: whether it has any. One ``add.reduceat`` along the rows
+    of the stacked values, with a zero column appended so that the objects
+    after the last entry start inside the array (their sum is that 0) and
+    the last object's segment is not cut; empty objects before the last entry
+    get the next object's first value from ``reduceat`` and are set to 0. On
+    a backend without ``reduceat``, differences of a ``cumsum`` (exact for
+    integer values). No atomics, no host read.
+    """
+    w = xp.stack([xp.asarray(v, dtype=xp.float64) for v in ws])
+    w = xp.concatenate([w, xp.zeros((w.shape[0], 1))], axis=1)
+    try:
+        r = xp.add.reduceat(w, first, axis=1)
+    except (AttributeError, NotImplementedError, TypeError):  # no ufunc.reduceat on this backend
+        cs = xp.cumsum(w, axis=1)
+        ends = xp.concatenate([first[1:], xp.full(1, w.shape[1] - 1, dtype=first.dtype)])
+        start_sum = xp.where(first > 0, cs[:, xp.maximum(first - 1, 0)], 0.0)
+        r = cs[:, xp.maximum(ends - 1, 0)] - start_sum
+    r = xp.where(filled[None, :], r, 0.0)
+    return [r[k] for k in range(len(ws))]
+
+
 def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: int | None = None,
-                        max_pairs: int | None = None):
+                        max_pairs: int | None = None, grouped: bool = False):
     """The 13 Haralick features of per-object symmetric GLCMs given sparsely.
 
     Parameters
@@ -324,42 +380,42 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     """
     n = n_objects
     c = counts.astype(xp.float64)
-    n_pairs = xp.bincount(obj, weights=c, minlength=n)[:n]
+    if grouped:
+        ids = xp.arange(n, dtype=obj.dtype)
+        first = xp.searchsorted(obj, ids, side="left")
+        filled = xp.searchsorted(obj, ids, side="right") > first
+
+        def per_obj(*ws):
+            return _grouped_sums(ws, first, filled, xp)
+    else:
+        def per_obj(*ws):
+            return [_scatter_sum(obj, w, n, xp) for w in ws]
+
+    lof, hif = lo.astype(xp.float64), hi.astype(xp.float64)
+    s = lof + hif
+    # Variance, SumVariance and Correlation from integer moments: the float64
+    # sums of integer weights are exact (sums < 2**53) and the numerators
+    # are formed in int64, so no cancellation (mahotas' sum(k^2 p) - mu^2 loses
+    # every digit of a covariance near 0; on a GPU the atomics' order then
+    # decided the result) and the numba CPU path gives the same values
+    # (a1: sum over the unordered pairs of lo + hi)
+    n_pairs, a1, a2, s2, b2 = per_obj(c, c * s, c * (lof * lof + hif * hif), c * (lof * hif), c * (s * s))
     # mass of the entry in the symmetric GLCM (both halves); entries may have count 0
     m = c / xp.maximum(n_pairs, 1.0)[obj]
-    lof, hif = lo.astype(xp.float64), hi.astype(xp.float64)
     d = hif - lof
     diag = lo == hi
     half = xp.where(diag, m, 0.5 * m)  # value of one cell of the symmetric GLCM
-
-    def per_obj(w):
-        return xp.bincount(obj, weights=w, minlength=n)[:n]
-
-    asm = per_obj(m * half)
-    entropy = per_obj(-m * xp.log2(xp.where(half > 0, half, 1.0)))
-    idm = per_obj(m / (d * d + 1.0))
 
     if n_levels is None:
         n_levels = int(fm1.max()) if n else 1
     n_lv = max(int(n_levels), 1)
     k = xp.arange(n_lv, dtype=xp.float64)
-    px = (
-        xp.bincount(obj * n_lv + lo, weights=0.5 * m, minlength=n * n_lv)
-        + xp.bincount(obj * n_lv + hi, weights=0.5 * m, minlength=n * n_lv)
-    ).reshape(n, n_lv)
-    pxy = xp.bincount(obj * 2 * n_lv + lo + hi, weights=m, minlength=2 * n * n_lv).reshape(n, 2 * n_lv)
-    pmy = xp.bincount(obj * n_lv + (hi - lo), weights=m, minlength=n * n_lv).reshape(n, n_lv)
+    row = obj * n_lv
+    px = _scatter_sum(row + lo, 0.5 * m, n * n_lv, xp) + _scatter_sum(row + hi, 0.5 * m, n * n_lv, xp)
+    px = px.reshape(n, n_lv)
+    pxy = _scatter_sum(2 * row + lo + hi, m, 2 * n * n_lv, xp).reshape(n, 2 * n_lv)
+    pmy = _scatter_sum(row + (hi - lo), m, n * n_lv, xp).reshape(n, n_lv)
 
-    # Variance, SumVariance and Correlation from integer moments: the float64
-    # bincounts of integer weights are exact (sums < 2**53) and the numerators
-    # are formed in int64, so no cancellation (mahotas' sum(k^2 p) - mu^2 loses
-    # every digit of a covariance near 0; on a GPU the atomics' order then
-    # decided the result) and the numba CPU path gives the same values
-    s = lof + hif
-    a1 = per_obj(c * s)  # sum over the unordered pairs of lo + hi
-    a2 = per_obj(c * (lof * lof + hif * hif))
-    s2 = per_obj(c * (lof * hif))
-    b2 = per_obj(c * (s * s))
     T = 2.0 * n_pairs
     if max_pairs is not None and 2 * int(max_pairs) < _EXACT_T:
         ni, a1i = n_pairs.astype(xp.int64), a1.astype(xp.int64)
@@ -382,14 +438,18 @@ def haralick_from_pairs(obj, lo, hi, counts, n_objects: int, fm1, xp, n_levels: 
     hx = _entropy_rows(px, xp)
     # InfoMeas from the mutual information sum p log2(p / (px_i px_j)) (= 2 HX - HXY) with the
     # ratio's numerator - denominator formed from exact integer counts (see _haralick_counts)
-    marg = (xp.bincount(obj * n_lv + lo, weights=c, minlength=n * n_lv)
-            + xp.bincount(obj * n_lv + hi, weights=c, minlength=n * n_lv))  # integer counts, T per object
+    marg = _scatter_sum(row + lo, c, n * n_lv, xp) + _scatter_sum(row + hi, c, n * n_lv, xp)  # integer counts
     cell = xp.where(diag, 2.0 * c, c)
     den = marg[obj * n_lv + lo] * marg[obj * n_lv + hi]
     den = xp.where(c > 0, den, 1.0)  # entries with count 0 add 0: log1p(0)
     num = xp.where(c > 0, cell * (2.0 * n_pairs)[obj], 1.0)
     ratio = xp.log1p((num - den) / den) / math.log(2.0)
-    mi = per_obj(xp.where(c > 0, xp.where(diag, 1.0, 2.0) * cell / xp.maximum(2.0 * n_pairs, 1.0)[obj] * ratio, 0.0))
+    asm, entropy, idm, mi = per_obj(
+        m * half,
+        -m * xp.log2(xp.where(half > 0, half, 1.0)),
+        m / (d * d + 1.0),
+        xp.where(c > 0, xp.where(diag, 1.0, 2.0) * cell / xp.maximum(2.0 * n_pairs, 1.0)[obj] * ratio, 0.0),
+    )
     info1 = xp.where(hx > 0, -mi / xp.where(hx > 0, hx, 1.0), -mi)
     info2 = xp.sqrt(xp.maximum(0.0, -xp.expm1(-2.0 * mi)))
     feats = xp.stack(
@@ -592,173 +652,194 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, entries, tab, ou
     out[12] = math.sqrt(max(0.0, -math.expm1(-2.0 * mi)))  # sqrt(1 - exp(-2 (HXY2 - HXY)))
 
 
-def _texture_kernel(H, W, flat, ys, xs, starts, counts, P, C, offsets, objects_mode, tab, feats, npairs):
-    """Haralick features of every object, channel and offset (see :func:`_measure_texture_numba`).
+def _objects_kernel(H, W, flat, ys, xs, starts, counts, planes, offsets, tab, feats, npairs):
+    """Per-object Haralick features of every channel and offset (CellProfiler ``run_one``).
 
-    ``flat``/``ys``/``xs``: the objects' pixels grouped by object (``starts``,
-    ``counts``); ``P``: one int64 word per pixel holding the uint8 levels of
-    the ``C <= 8`` channels byte by byte (one load reads every channel).
-    Writes ``feats[g, c, :, o]`` (NaN when there is no pair) and
-    ``npairs[g, c, o]``.
+    ``planes [C, H * W]`` uint8 levels; ``flat``/``ys``/``xs`` the objects'
+    pixels grouped by object (``starts``, ``counts``), in raster order inside
+    an object (:func:`~hpc_profiler.features._objects.object_pixels`). Writes
+    ``feats[g, c, :, o]`` (NaN when there is no pair) and ``npairs[g, c, o]``.
 
-    ``objects_mode`` (CellProfiler's ``run_one``): each object's pixels are
-    copied into a zeroed crop of its bounding box, as mahotas sees the
-    object's ``intensity_image``; the crop is scanned row by row and a pair
-    with a level 0 (which includes any pixel outside the object) is not
-    counted (``ignore_zeros``). The cells counted are listed as they are first
-    touched. Otherwise (``run_image``: one object, the whole image, zeros
-    kept; ``flat`` etc. are not read) the pairs are only counted and the GLCM's cells found by scanning
-    it (cheaper when the pairs far outnumber the cells).
+    Each object's levels are copied into a zeroed crop of its bounding box
+    (as mahotas sees the object's ``intensity_image``), padded by the largest
+    offset to the right, left and below so that every partner lies in the
+    crop. Channel by channel, the object's pixel list is walked once in raster
+    order and each pixel with a nonzero level is paired with its partner at
+    every offset: one 256 x 256 scratch table and touched-cell list per
+    offset, so each GLCM still sees its pairs in raster order and lists its
+    cells in the order they are first touched (the order in which
+    :func:`_haralick_counts` sums them). A pair whose partner has level 0
+    (which includes a partner outside the object; mahotas ``ignore_zeros``)
+    goes to the table's cell 0, preset to 1 so that it is never listed; the
+    pair count is then the number of pairs visited minus that cell's count.
+    Only the object's pixels are visited (not the rest of its bounding box),
+    and a pixel at level 0 is skipped for all the offsets at once.
     """
     n = starts.shape[0]
     G = offsets.shape[0]
-    cnt = np.zeros((C, 65536), np.int32)
-    touched = np.empty((C, 65537), np.int32)
-    nt = np.zeros(C, np.int64)
-    npr = np.zeros(C, np.int64)
+    C = planes.shape[0]
+    mdy = 0
+    mdx = 0
+    for g in range(G):
+        mdy = max(mdy, offsets[g, 0])
+        mdx = max(mdx, abs(offsets[g, 1]))
+    cnt = np.zeros((G, 65536), np.int32)
+    touched = np.empty((G, 65536), np.int32)
+    nt = np.zeros(G, np.int64)
+    shifts = np.zeros(G, np.int64)
     a = np.zeros(256, np.int64)
     hs = np.zeros(512, np.int64)
     hd = np.zeros(256, np.int64)
     seen = np.empty(1024, np.int64)
     entries = np.empty((32896, 3), np.int64)
-    high = np.empty(C, np.int64)
     out = np.empty(13)
-    crop = np.zeros(H * W if objects_mode else 1, np.int64)
+    mmax = 1
+    for o in range(n):
+        mmax = max(mmax, counts[o])
+    local = np.empty(mmax, np.int64)
+    crop = np.zeros(1, np.uint8)
     for o in range(n):
         s0 = starts[o]
         m = counts[o]
-        high[:] = 0
         y0, y1, x0, x1 = H, -1, W, -1
-        if not objects_mode:  # the whole image: its largest levels
-            for t in range(H * W):
-                word = P[t]
-                for c in range(C):
-                    v = (word >> (8 * c)) & 255
-                    if v > high[c]:
-                        high[c] = v
-            m = 0  # no pixel list
         for t in range(s0, s0 + m):
-            word = P[flat[t]]
-            for c in range(C):
-                v = (word >> (8 * c)) & 255
-                if v > high[c]:
-                    high[c] = v
             y0 = min(y0, ys[t])
             y1 = max(y1, ys[t])
             x0 = min(x0, xs[t])
             x1 = max(x1, xs[t])
-        bh, bw = y1 - y0 + 1, x1 - x0 + 1
-        if objects_mode and m:
-            crop[:bh * bw] = 0
-            for t in range(s0, s0 + m):
-                crop[(ys[t] - y0) * bw + xs[t] - x0] = P[flat[t]]
+        bw = x1 - x0 + 1 + 2 * mdx
+        size = (y1 - y0 + 1 + mdy) * bw if m else 0
+        if crop.shape[0] < size:
+            crop = np.zeros(size, np.uint8)
+        for t in range(m):
+            local[t] = (ys[s0 + t] - y0) * bw + xs[s0 + t] - x0 + mdx
         for g in range(G):
-            dy = offsets[g, 0]
-            dx = offsets[g, 1]
-            nt[:] = 0
-            npr[:] = 0
-            if objects_mode:
-                if m and dy < bh and abs(dx) < bw:
-                    for y in range(bh - dy):
-                        row = y * bw
-                        row2 = (y + dy) * bw + dx
-                        for x in range(max(0, -dx), bw - max(0, dx)):
-                            wa = crop[row + x]
-                            if wa == 0:
-                                continue
-                            wb = crop[row2 + x]
-                            if wb == 0:
-                                continue
-                            for c in range(C):
-                                u = (wa >> (8 * c)) & 255
-                                v = (wb >> (8 * c)) & 255
-                                ok = (u != 0) & (v != 0)
-                                # ordered cell (the mirror cells are merged in _haralick_counts);
-                                # a pair with a 0 level goes to cell 0, emptied below (no branch)
-                                cell = (u * 256 + v) * ok
-                                touched[c, nt[c]] = cell  # kept only where the cell was empty
-                                nt[c] += ok & (cnt[c, cell] == 0)
-                                cnt[c, cell] += 1
-                                npr[c] += ok
-                    for c in range(C):
-                        cnt[c, 0] = 0
-            else:  # the whole image, row by row
-                if dy < H and abs(dx) < W:
-                    for y in range(H - dy):
-                        row = y * W
-                        row2 = (y + dy) * W + dx
-                        for x in range(max(0, -dx), W - max(0, dx)):
-                            wa = P[row + x]
-                            wb = P[row2 + x]
-                            for c in range(C):
-                                cnt[c, ((wa >> (8 * c)) & 255) * 256 + ((wb >> (8 * c)) & 255)] += 1
-                    npr[0] = (H - dy) * (W - abs(dx))
-                for c in range(C):
-                    npr[c] = npr[0]
-                    fm1 = high[c] + 1
-                    for u in range(fm1):
-                        for v in range(fm1):
-                            if cnt[c, u * 256 + v]:
-                                touched[c, nt[c]] = u * 256 + v
-                                nt[c] += 1
-            for c in range(C):
-                N = npr[c]
+            shifts[g] = offsets[g, 0] * bw + offsets[g, 1]
+        for c in range(C):
+            high = 0
+            for t in range(m):
+                v = planes[c, flat[s0 + t]]
+                crop[local[t]] = v
+                high = max(high, np.int64(v))
+            for g in range(G):
+                cnt[g, 0] = 1  # the cell of the pairs with a level 0: never listed
+                nt[g] = 0
+            visited = 0
+            for t in range(m):
+                i = local[t]
+                u = np.int32(crop[i])
+                if u == 0:
+                    continue
+                visited += 1
+                row = u * 256
+                for g in range(G):
+                    v = np.int32(crop[i + shifts[g]])
+                    cell = (row + v) * (v != 0)
+                    if cnt[g, cell] == 0:
+                        touched[g, nt[g]] = cell
+                        nt[g] += 1
+                    cnt[g, cell] += 1
+            for t in range(m):
+                crop[local[t]] = 0
+            for g in range(G):
+                N = visited - (cnt[g, 0] - 1)
+                cnt[g, 0] = 0
                 npairs[g, c, o] = N
                 if N == 0:
                     for f in range(13):
                         feats[g, c, f, o] = np.nan
                     continue
-                _haralick_counts(N, high[c] + 1, cnt[c], touched[c], nt[c], a, hs, hd, seen, entries, tab, out)
+                _haralick_counts(N, high + 1, cnt[g], touched[g], nt[g], a, hs, hd, seen, entries, tab, out)
                 for f in range(13):
                     feats[g, c, f, o] = out[f]
+
+
+def _image_kernel(H, W, planes, offsets, tab, feats, npairs):
+    """Whole-image Haralick features of every channel and offset (CellProfiler ``run_image``).
+
+    All pixel pairs are counted, zeros kept. Channel by channel, each pixel is
+    read once and paired with its partner at every offset, one scratch table
+    per offset (the partners of pixels at least the largest offset away from
+    the right, left and bottom edges need no bounds test; the others are
+    tested one by one). Each table is then scanned over the GLCM's ``(high +
+    1)**2`` cells in order for the counted ones. Writes ``feats[g, c, :, 0]``
+    and ``npairs[g, c, 0]``.
+    """
+    G = offsets.shape[0]
+    C = planes.shape[0]
+    mdy = 0
+    mdx = 0
+    for g in range(G):
+        mdy = max(mdy, offsets[g, 0])
+        mdx = max(mdx, abs(offsets[g, 1]))
+    cnt = np.zeros((G, 65536), np.int32)
+    shifts = np.zeros(G, np.int64)
+    for g in range(G):
+        shifts[g] = offsets[g, 0] * W + offsets[g, 1]
+    touched = np.empty(65536, np.int32)
+    a = np.zeros(256, np.int64)
+    hs = np.zeros(512, np.int64)
+    hd = np.zeros(256, np.int64)
+    seen = np.empty(1024, np.int64)
+    entries = np.empty((32896, 3), np.int64)
+    out = np.empty(13)
+    for c in range(C):
+        plane = planes[c]
+        high = 0
+        for t in range(H * W):
+            high = max(high, np.int64(plane[t]))
+        for y in range(H):
+            inner = y < H - mdy
+            for x in range(W):
+                p = y * W + x
+                row = np.int32(plane[p]) * 256
+                if inner and mdx <= x < W - mdx:
+                    for g in range(G):
+                        cnt[g, row + plane[p + shifts[g]]] += 1
+                else:
+                    for g in range(G):
+                        yy = y + offsets[g, 0]
+                        xx = x + offsets[g, 1]
+                        if yy < H and 0 <= xx < W:
+                            cnt[g, row + plane[p + shifts[g]]] += 1
+        fm1 = high + 1
+        for g in range(G):
+            dy = offsets[g, 0]
+            dx = offsets[g, 1]
+            N = (H - dy) * (W - abs(dx)) if dy < H and abs(dx) < W else 0
+            npairs[g, c, 0] = N
+            nt = 0
+            for u in range(fm1):
+                for v in range(fm1):
+                    cell = u * 256 + v
+                    if cnt[g, cell]:
+                        touched[nt] = cell
+                        nt += 1
+            if N == 0:
+                for f in range(13):
+                    feats[g, c, f, 0] = np.nan
+                continue
+            _haralick_counts(N, fm1, cnt[g], touched, nt, a, hs, hd, seen, entries, tab, out)
+            for f in range(13):
+                feats[g, c, f, 0] = out[f]
 
 
 _neg_plog2p = njit_cached(_neg_plog2p)
 _log2_int = njit_cached(_log2_int)
 _haralick_counts = njit_cached(_haralick_counts)
-_texture_kernel = njit_cached(_texture_kernel)
+_objects_kernel = njit_cached(_objects_kernel)
+_image_kernel = njit_cached(_image_kernel)
 
 
-def _pack_levels(qs):
-    """The uint8 level images ``qs`` (up to 8) interleaved byte-wise: one int64 word per pixel."""
-    size = qs[0].size
-    words = np.zeros((size, 8), dtype=np.uint8)
-    for k, q in enumerate(qs):
-        words[:, k] = np.asarray(q, dtype=np.uint8).reshape(-1)
-    return words.view(np.int64).reshape(size)
+def _planes(levels: "TextureLevels", chans) -> np.ndarray:
+    """The uint8 levels of ``chans`` as one C-contiguous ``[C, H * W]`` array (the kernels' input)."""
+    return np.stack([np.asarray(levels.q8[c], dtype=np.uint8).reshape(-1) for c in chans])
 
 
-def _run_kernel(objects_mode: bool, flat, ys, xs, starts, counts, groups, shape, offsets):
-    """Call :func:`_texture_kernel`; returns ``feats [G, C, 13, n]`` and ``npairs [G, C, n]``.
+def _offsets(scales) -> np.ndarray:
+    """``[scales * directions, 2]`` int64 offsets ``(dy, dx)``, scale-major."""
+    return np.asarray([(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS], np.int64).reshape(-1, 2)
 
-    ``groups``: ``(count, words)`` per pass, ``words`` the int64 words of
-    :func:`_pack_levels` holding ``count`` channels; the channels of all the
-    groups in order make the axis ``C``.
-    """
-    h, w = shape
-    offs = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-    n = len(starts)
-    n_chan = sum(k for k, _ in groups)
-    feats = np.empty((len(offs), n_chan, 13, n))
-    npairs = np.zeros((len(offs), n_chan, n), np.int64)
-    args = [np.asarray(v, np.int64) for v in (flat, ys, xs, starts, counts)]
-    c0 = 0
-    for k, words in groups:
-        fg, ng = np.empty((len(offs), k, 13, n)), np.zeros((len(offs), k, n), np.int64)
-        _texture_kernel(h, w, *args, words, k, offs, bool(objects_mode), _log2_table(), fg, ng)
-        feats[:, c0:c0 + k] = fg
-        npairs[:, c0:c0 + k] = ng
-        c0 += k
-    return feats, npairs
-
-
-def _level_groups(levels: "TextureLevels", chans):
-    """``(count, int64 words)`` passes of :func:`_run_kernel` for ``chans``, reusing ``levels.packed``."""
-    if [c for group, _ in levels.packed for c in group] == list(chans):
-        return [(len(group), words.view(np.int64) if len(group) > 1 else _pack_levels([words]))
-                for group, words in levels.packed]
-    return [(len(chans[g:g + 8]), _pack_levels([levels.q8[c] for c in chans[g:g + 8]]))
-            for g in range(0, len(chans), 8)]
 
 class TextureLevels(NamedTuple):
     """Quantized levels of a site's channels, shared by its object sets.
@@ -766,7 +847,8 @@ class TextureLevels(NamedTuple):
     ``q8`` maps channel -> uint8 level image (:func:`quantize`); ``packed``
     lists ``(channels, words)``: the levels of up to 8 channels interleaved
     byte-wise in one uint64 word per pixel, so one gather per pixel pair
-    reads every channel's levels (the gathers dominate the per-object cost).
+    reads every channel's levels in the per-offset GPU pass (empty on the
+    CPU, whose kernels read ``q8``; that pass packs them itself then).
     """
 
     gray_levels: int
@@ -780,6 +862,11 @@ def texture_levels(images, gray_levels: int = 256) -> TextureLevels:
     bk = backend_of(*[images[c] for c in chans])
     xp = bk.xp
     q8 = {c: quantize(xp.asarray(images[c]), gray_levels).astype(xp.uint8) for c in chans}
+    return TextureLevels(int(gray_levels), q8, _packed_levels(q8, chans, xp) if bk.is_gpu else [])
+
+
+def _packed_levels(q8, chans, xp) -> list:
+    """:attr:`TextureLevels.packed` of the uint8 levels ``q8`` (read by the per-offset GPU pass only)."""
     packed = []
     for g in range(0, len(chans), 8):
         group = chans[g:g + 8]
@@ -791,7 +878,7 @@ def texture_levels(images, gray_levels: int = 256) -> TextureLevels:
         for k, c in enumerate(group):
             words[:, k] = q8[c].ravel()
         packed.append((tuple(group), words.view(xp.uint64).reshape(size)))
-    return TextureLevels(int(gray_levels), q8, packed)
+    return packed
 
 
 def _gather_levels(words, group, first, shift: int, xp):
@@ -816,6 +903,7 @@ def measure_texture_channels(
     levels: TextureLevels | None = None,
     objects=None,
     undefined=None,
+    device_path: str = "rows",
 ) -> dict:
     """:func:`measure_texture` for every channel of ``images`` (mapping channel -> image).
 
@@ -824,9 +912,15 @@ def measure_texture_channels(
     ``objects`` (``_objects.object_pixels(labels, n_objects)``) the grouping
     of the pixels. ``undefined``: the value written for an undefined object
     instead of NaN (CellProfiler writes 0), replaced in one pass over all the
-    columns. On the CPU one numba pass (:func:`_texture_kernel`); on a GPU
-    one batched pass (:func:`_measure_texture_device`), or with ``geometry``
-    (:func:`texture_geometry`) one pass per offset and channel.
+    columns. On the CPU one numba pass (:func:`_objects_kernel`). On a GPU
+    ``device_path`` (one of :data:`DEVICE_PATHS`) selects the array code:
+    ``"rows"`` (default, :func:`_measure_texture_rows`: one batched sort of
+    32-bit keys per (channel, offset) row, the distinct entries compacted
+    once), ``"batched"`` (:func:`_measure_texture_device`: one sort of 64-bit
+    keys of all the pairs, the features over one slot per pair) or
+    ``"offsets"`` (one pass per offset and channel over the pairs of
+    :func:`texture_geometry`, which ``geometry`` also selects); the three give
+    the same numbers (tests), ``scripts/bench_texture_gpu_paths.py`` times them.
     """
     chans = list(images)
     bk = backend_of(labels, *[images[c] for c in chans])
@@ -849,10 +943,15 @@ def measure_texture_channels(
         return out
     if levels is None or int(levels.gray_levels) != int(gray_levels) or set(chans) - set(levels.q8):
         levels = texture_levels({c: images[c] for c in chans}, gray_levels)
+    if device_path not in DEVICE_PATHS:
+        raise ValueError(f"texture: device_path must be one of {DEVICE_PATHS}, got {device_path!r}")
     if not bk.is_gpu:
         return _measure_texture_numba(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
                                       undefined)
-    if geometry is None:  # the batched device path (a geometry given selects the per-offset one below)
+    if geometry is None and device_path == "rows":
+        return _measure_texture_rows(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
+                                     undefined)
+    if geometry is None and device_path == "batched":
         return _measure_texture_device(labels, n_objects, chans, levels, scales, gray_levels, objects, out,
                                        undefined)
     if geometry is None:
@@ -866,7 +965,7 @@ def measure_texture_channels(
         fm1[c] = high[c] + 1
         layout[c] = code_layout(high[c], n_objects, xp)  # shared by the scales and directions
     offsets = [(int(s), d) for s in scales for d in range(len(DIRECTIONS))]
-    for group, words in levels.packed:
+    for group, words in levels.packed or _packed_levels(levels.q8, list(levels.q8), xp):
         wanted = [(k, c) for k, c in enumerate(group) if c in images]
         if not wanted:
             continue
@@ -897,19 +996,25 @@ def measure_texture_channels(
 
 def _measure_texture_numba(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
                            out: dict, undefined=None) -> dict:
-    """CPU path of :func:`measure_texture_channels`: one :func:`_texture_kernel` pass.
+    """CPU path of :func:`measure_texture_channels`: one :func:`_objects_kernel` pass.
 
-    Object by object, the valid pairs of each offset are listed once and the
-    GLCM of every channel is counted into a dense 256 x 256 scratch table whose
-    touched cells give the features (no per-pair arrays for the whole site).
+    Object by object and channel by channel, the GLCMs of all the offsets are
+    counted in one walk over the object's pixels (raster order, as
+    ``object_pixels`` groups them), each into its own 256 x 256 scratch table
+    whose touched cells give the features (no per-pair arrays for the site).
     """
     from hpc_profiler.features._objects import object_pixels
 
     if objects is None:
         objects = object_pixels(labels, n_objects)
-    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
-    feats, npairs = _run_kernel(True, objects.flat, objects.y, objects.x, objects.starts, objects.counts,
-                                _level_groups(levels, chans), labels.shape, offsets)
+    offs = _offsets(scales)
+    n = len(objects.starts)
+    feats = np.empty((len(offs), len(chans), 13, n))
+    npairs = np.zeros((len(offs), len(chans), n), np.int64)
+    h, w = labels.shape
+    args = [np.ascontiguousarray(v, dtype=np.int64) for v in (objects.flat, objects.y, objects.x, objects.starts,
+                                                              objects.counts)]
+    _objects_kernel(h, w, *args, _planes(levels, chans), offs, _log2_table(), feats, npairs)
     nd = len(DIRECTIONS)
     return _columns(feats.reshape(len(scales), nd, len(chans), 13, -1).transpose(3, 2, 0, 1, 4),
                     npairs.reshape(len(scales), nd, len(chans), -1).transpose(2, 0, 1, 3),
@@ -933,6 +1038,72 @@ def _columns(feats, n_pairs, chans, scales, gray_levels: int, undefined, out: di
                 for k, f in enumerate(HARALICK_FEATURES):
                     out[texture_feature_name(f, c, s, d, gray_levels)] = feats[k, ci, si, d]
     return out
+
+
+def _measure_texture_rows(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
+                          out: dict, undefined=None) -> dict:
+    """GPU path of :func:`measure_texture_channels` (the default): one row per channel and offset.
+
+    Each labelled pixel is paired with its partner at every offset (a
+    ``[offsets, pixels]`` index); a pair is kept when both pixels carry the
+    object's label and nonzero levels. Its key ``(object, lo, hi)`` packs into
+    an int32 (``object << 16 | lo << 8 | hi``, while ``N < 32768``; int64
+    beyond) and each ``(channel, offset)`` row of ``[C * G, pixels]`` keys is
+    sorted on its own (a batched sort of 32-bit keys: half the bytes and
+    radix passes of one global 64-bit sort, no row index in the key). The
+    starts of the runs of valid keys are compacted once per object set (one
+    data-sized ``flatnonzero``, no loop), a ``cumsum`` of the valid flags
+    gives each run's count, and :func:`haralick_from_pairs` sees only the
+    distinct GLCM entries (about 1 / 40 of the pairs on the bench site)
+    instead of one slot per pair, so its per-object bincounts add ~40x fewer
+    values (sorted by object, i.e. onto the same address in a row: atomics
+    that serialise). A fixed number of launches per object set, no host read.
+    """
+    from hpc_profiler.features._objects import object_pixels
+
+    xp = backend_of(labels).xp
+    n = int(n_objects)
+    if objects is None:
+        objects = object_pixels(labels, n)
+    h, w = labels.shape
+    nd = len(DIRECTIONS)
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    n_off, n_ch = len(offsets), len(chans)
+    narrow = n < 32768 and h * w < 2**31
+    itype = xp.int32 if narrow else xp.int64
+    sentinel = 2**31 - 1 if narrow else 2**63 - 1
+    step = xp.asarray([[dy, dx] for dy, dx in offsets], dtype=itype)
+    oy, ox = objects.y.astype(itype), objects.x.astype(itype)
+    ys, xs = oy[None, :] + step[:, 0:1], ox[None, :] + step[:, 1:2]  # [G, M]
+    inside = (ys < h) & (xs >= 0) & (xs < w)
+    partner = xp.where(inside, ys * w + xs, 0)
+    obj = objects.obj.astype(itype)
+    same = inside & (xp.take(xp.ravel(labels), partner) == (obj + 1)[None, :])
+    q = xp.stack([xp.ravel(levels.q8[c]) for c in chans])  # [C, H * W] uint8
+    qa = xp.take(q, objects.flat, axis=1)[:, None, :]  # [C, 1, M]
+    qb = xp.take(q, partner, axis=1)  # [C, G, M]
+    lo = xp.minimum(qa, qb)
+    hi = xp.maximum(qa, qb)
+    keep = same[None, :, :] & (lo > 0)  # mahotas ignore_zeros: lo > 0 iff both levels are
+    key = (obj << 16)[None, None, :] | (lo.astype(itype) << 8) | hi.astype(itype)
+    key = xp.where(keep, key, sentinel).astype(itype, copy=False)
+    m = key.shape[-1]
+    key = xp.sort(key.reshape(n_ch * n_off, m), axis=1)  # rows (channel, offset); sentinels last
+    valid = key != sentinel
+    start = valid.copy()
+    start[:, 1:] &= key[:, 1:] != key[:, :-1]
+    at = xp.flatnonzero(start)  # the one data-sized step: the distinct entries, rows in order
+    seen = xp.cumsum(valid.ravel(), dtype=xp.int32 if valid.size < 2**31 else xp.int64)  # valid keys so far
+    before = xp.where(at > 0, seen[at - 1], 0)  # ... before each run
+    counts = xp.diff(xp.concatenate([before, seen[-1:]]))  # runs end at the next start (sentinels count 0)
+    k = xp.take(key.ravel(), at).astype(xp.int64)
+    glcm = (at // m) * n + (k >> 16)  # (channel, offset, object), ascending
+    high = xp.stack([_largest_levels(levels.q8[c], objects, xp) for c in chans])  # [C, N]
+    fm1 = xp.broadcast_to((high + 1)[:, None, :], (n_ch, n_off, n)).reshape(-1)
+    feats, n_pairs = haralick_from_pairs(glcm, (k >> 8) & 255, k & 255, counts, n_ch * n_off * n, fm1, xp,
+                                         n_levels=256, max_pairs=h * w, grouped=True)
+    return _columns(feats.reshape(13, n_ch, len(scales), nd, n), n_pairs.reshape(n_ch, len(scales), nd, n),
+                    chans, scales, gray_levels, undefined, out, xp)
 
 
 def _measure_texture_device(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
@@ -1021,7 +1192,7 @@ def _image_texture_device(images, chans, levels: TextureLevels, scales, gray_lev
     fm1 = xp.broadcast_to((high + 1)[:, None], (n_ch, n_off)).reshape(-1)
     i, j = (cell // 256) % 256, cell % 256  # cells below the diagonal have count 0
     feats, _ = haralick_from_pairs(cell // 65536, xp.minimum(i, j), xp.maximum(i, j), counts, n_all, fm1, xp,
-                                   n_levels=256, max_pairs=h * w)
+                                   n_levels=256, max_pairs=h * w, grouped=True)  # cells ascend by GLCM
     feats = feats.reshape(13, n_ch, n_off)
     return {texture_feature_name(f, c, int(s), d, gray_levels): feats[k, ci, si * len(DIRECTIONS) + d]
             for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(len(DIRECTIONS))
@@ -1147,10 +1318,10 @@ def image_texture_channels(
     if bk.is_gpu:
         return _image_texture_device(images, chans, levels, scales, gray_levels)
     h, w = levels.q8[chans[0]].shape
-    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
-    none = np.zeros(0, np.int64)  # the kernel reads the whole image, not a pixel list
-    feats, _ = _run_kernel(False, none, none, none, np.zeros(1, np.int64), np.full(1, h * w, np.int64),
-                           _level_groups(levels, chans), (h, w), offsets)
+    offs = _offsets(scales)
+    feats = np.empty((len(offs), len(chans), 13, 1))
+    npairs = np.zeros((len(offs), len(chans), 1), np.int64)
+    _image_kernel(h, w, _planes(levels, chans), offs, _log2_table(), feats, npairs)
     nd = len(DIRECTIONS)
     return {texture_feature_name(f, c, int(s), d, gray_levels): feats[si * nd + d, ci, k, 0]
             for ci, c in enumerate(chans) for si, s in enumerate(scales) for d in range(nd)
