@@ -305,7 +305,8 @@ def comm_per_rank(queries: pd.DataFrame, class_by: list[str], null_size: int, n_
     Replays the decisions of :mod:`hpc_profiler.evaluate.run` without MPI:
     null owners by :func:`hpc_profiler.mpi.split_balanced` over
     :func:`~hpc_profiler.evaluate.nulls.null_cost`, classes by
-    :func:`~hpc_profiler.evaluate.run.class_partition`. Phases: AP table
+    :func:`~hpc_profiler.evaluate.run.class_partition` over
+    :func:`~hpc_profiler.evaluate.run.class_costs`. Phases: AP table
     allgather (row, AP, n_pos, n_total: 32 B per query from the other ranks),
     p-value allgather (16 B per query), nulls for the class p-values (4 B x
     null size per configuration a rank's classes need and another rank owns),
@@ -313,7 +314,7 @@ def comm_per_rank(queries: pd.DataFrame, class_by: list[str], null_size: int, n_
     """
     from hpc_profiler import mpi
     from hpc_profiler.evaluate import nulls
-    from hpc_profiler.evaluate.run import class_partition
+    from hpc_profiler.evaluate.run import class_costs, class_partition
 
     v = queries.loc[queries["n_pos_pairs"] > 0]
     q = len(v)
@@ -326,7 +327,9 @@ def comm_per_rank(queries: pd.DataFrame, class_by: list[str], null_size: int, n_
     k = len(uniq)
     first = np.full(k, len(conf_arr))
     np.minimum.at(first, gid, vix)
-    parts = class_partition(first, nulls.map_class_cost(np.bincount(gid, minlength=k)), n_ranks)
+    order = np.argsort(gid, kind="stable")
+    bounds = np.searchsorted(gid[order], np.arange(k + 1))
+    parts = class_partition(first, class_costs(vix[order], bounds), n_ranks)
     rank_of_class = np.empty(k, dtype=np.int64)
     for r, part in enumerate(parts):
         rank_of_class[part] = r

@@ -45,6 +45,9 @@ def test_same_numbers_for_1_2_4_ranks(tmp_path, mpirun):
     for n in (2, 4):
         for name, df in results[1].items():
             pd.testing.assert_frame_equal(df, results[n][name], check_exact=True, obj=f"{name} with {n} ranks")
+            # CSV text formatted by row shares on every rank, joined by rank 0: the same bytes
+            assert (tmp_path / f"ranks{n}" / f"{name}.csv").read_bytes() == \
+                (tmp_path / "ranks1" / f"{name}.csv").read_bytes(), f"{name}.csv with {n} ranks"
 
 
 def test_calibration_strong_effects_retrieved_and_null_data_not():
@@ -238,3 +241,28 @@ def test_phase_clock_nests_and_cuts_segments_at_collectives():
     assert abs(sec["total"] - sum(sec[k] for k in PhaseClock.PHASES)) < 1e-9
     seg = clock.work_segments()
     assert len(seg) == 3 and 0.05 <= seg[0] < 0.09 and 0.05 <= seg[1] < 0.09 and seg[2] < 0.02
+
+
+def test_csv_row_shares_join_to_pandas_csv():
+    from hpc_profiler.evaluate.run import _csv_rows
+
+    rng = np.random.default_rng(6)
+    df = pd.DataFrame({"a": rng.normal(size=11), "b": ["x,y"] * 11, "c": [np.nan] * 5 + [1e-300] * 6,
+                       "d": [True, False] * 5 + [True]})
+    for table in (df, df.iloc[:0], df.iloc[:1]):
+        for n in (1, 2, 3, 16):
+            assert "".join(_csv_rows(table, r, n) for r in range(n)) == table.to_csv(index=False)
+
+
+def test_class_costs_count_classes_sharing_a_member_sequence():
+    """Classes with equal member configuration sequences share one null mean: cost split by the sharers."""
+    from hpc_profiler.evaluate import nulls
+    from hpc_profiler.evaluate.run import class_costs
+
+    seqs = [(0, 1, 1), (2,), (0, 1, 1), (1, 1, 0), (2,), (0, 1, 1), (3, 3), ()]
+    bounds = np.concatenate([[0], np.cumsum([len(q) for q in seqs])])
+    member = np.array([c for q in seqs for c in q], dtype=np.int64)
+    share = [seqs.count(q) for q in seqs]
+    np.testing.assert_allclose(class_costs(member, bounds),
+                               nulls.map_class_cost([len(q) for q in seqs], share))
+    assert share[:3] == [3, 2, 3] and len(class_costs(member[:0], np.zeros(1, dtype=np.int64))) == 0

@@ -291,19 +291,22 @@ def map_p_value(map_score: float, member_nulls: np.ndarray) -> float:
     return (num + 1) / (null_mean.shape[0] + 1)
 
 
-#: Permutations per block of :func:`_map_null_counts` (a block of every configuration row stays in cache).
-MAP_BLOCK = 2048
-
-
-def map_class_cost(n_members) -> np.ndarray:
-    """Relative time of one class in :func:`map_p_values`: ``n_members + 3`` row passes (for balancing ranks).
+def map_class_cost(n_members, n_sharing=1) -> np.ndarray:
+    """Relative time of one class in :func:`map_p_values`, in member row passes (for balancing ranks).
 
     Measured per class at 100,000 permutations: ~0.024 ms + 0.010 ms per
     member (4 members 0.064 ms, 14 members 0.163 ms): the compare pass and the
-    first load cost about as much as 2.5 members, so a rank holding the small
-    classes does more than its share of members suggests.
+    Python set-up of a class cost about as much as 2 members, the first load
+    of a null mean ~0.4. Classes whose members have the same sequence of
+    configurations share one null mean (:func:`map_p_values`), so a class
+    pays ``1 / n_sharing`` of its mean: ``2 + (n_members + 0.4) / n_sharing``.
     """
-    return np.asarray(n_members, dtype=np.float64) + 3.0
+    n_members = np.asarray(n_members, dtype=np.float64)
+    return 2.0 + (n_members + 0.4) / np.asarray(n_sharing, dtype=np.float64)
+
+
+#: Permutations per block of :func:`_map_null_counts` (a block of every configuration row stays in cache).
+MAP_BLOCK = 2048
 
 
 def _map_null_counts(table, members, seq_start, cls_seq_start, scores, counts) -> None:

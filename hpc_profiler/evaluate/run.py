@@ -13,7 +13,8 @@ copairs 0.5.5 definitions (``average_precision``, ``p_values``,
 2. the null configurations ``(n_pos, N)`` of all queries are split across
    ranks by cost; each null is drawn once (seeded by ``(seed, n_pos, N)``,
    never by rank) and kept by its owner for later tasks; the owner computes
-   the p-values of every query with that configuration;
+   the p-values of every query with that configuration (gathered with the
+   class p-values of step 3, :class:`DeferredGather`);
 3. class significance, by default the paper's (``class_significance:
    map_permutation``): the mAP of a class against the permutation null of
    its mAP (the mean of its members' nulls), ``p = (#{null > mAP} + 1) /
@@ -22,8 +23,10 @@ copairs 0.5.5 definitions (``average_precision``, ``p_values``,
    ``benchmark/output/for_paper/Figure_4a_source.csv`` of
    jump-cellpainting/2024_Chandrasekaran_NatureMethods holds (a class with
    mAP 1 has ``-log10 p = 5.000004 = -log10(1/100001)``). Classes are split
-   into contiguous runs over ranks (:func:`map_p_values`); each rank fetches
-   the nulls its classes need from their owners (one ``alltoall``).
+   into contiguous runs over ranks balanced by their work
+   (:func:`class_costs`: classes whose members have the same null
+   configurations share one null mean); each rank fetches the nulls its
+   classes need from their owners (one ``alltoall``).
    ``geomean_q`` (the geometric mean of the class's per-query BH q-values)
    remains as an option and is always reported as ``geomean_q_value``.
 
@@ -32,20 +35,30 @@ earlier task retrieved. Directionality tasks (a few matrix products) and the
 table bookkeeping (BH, class means: sorts and bincounts over the queries)
 are repeated on every rank rather than communicated. The numbers are
 identical for any number of ranks. Without MPI the same code runs as one
-process (:func:`hpc_profiler.mpi.get_comm`).
+process (:func:`hpc_profiler.mpi.get_comm`). The output files are written
+by all ranks (:func:`write_outputs`). Every rank times its phases
+(:class:`PhaseClock`: seconds of work and of waiting in each collective,
+``evaluate_profiles(...)["seconds"]``); ``scripts/bench_evaluate.py
+--phases`` prints them per rank.
+
+Synchronization points per retrieval task: the AP allgather, the null
+``alltoall`` and one allgather of the query and class p-values; between
+them every rank works on its own share (AP chunks, owned nulls, classes).
 
 Communication per rank and task (largest over ranks; ``Q`` queries, ``K``
 classes, ``S`` null size, ``C_r`` configurations used by a rank's classes and
-owned elsewhere): AP allgather ``32 Q (P-1)/P`` bytes, p-value allgather
-``16 Q (P-1)/P``, nulls ``4 S C_r``, class p-values ``16 K (P-1)/P``. On the
-JUMP-scale case of ``scripts/bench_evaluate.py`` (53,552 wells, 45,096
-queries, 5,000 classes, 109 configurations, ``S`` = 100,000) at 64 ranks:
-1.35 + 0.68 + 9.9 + 0.08 = about 12 MB received per rank (``C_r`` <= 26:
-a class's replicates sit on plates with different control counts, hence
-different ``N``; classes balanced by
-:func:`~hpc_profiler.evaluate.nulls.map_class_cost`); 16.4 MB of nulls at 2
-ranks and 18.3 MB at 4, measured and replayed (``comm_per_rank`` in the
-benchmark). Per rank this shrinks with ``P`` only in the null term (a rank
+owned elsewhere): AP allgather ``32 Q (P-1)/P`` bytes, nulls ``4 S C_r``,
+query and class p-values ``16 Q (P-1)/P + 16 K (P-1)/P`` (one allgather).
+On the JUMP-scale case (b) of ``scripts/bench_evaluate.py`` (53,552 wells,
+45,096 queries, 5,000 classes, 109 configurations, ``S`` = 100,000) at 64
+ranks: 1.35 + 9.9 + 0.68 + 0.08 = about 12 MB received per rank (``C_r``
+<= 26: a class's replicates sit on plates with different control counts,
+hence different ``N``); 16.4 MB of nulls at 2 ranks and 18.3 MB at 4,
+measured and replayed (``comm_per_rank`` in the benchmark). On issue 15's
+set, case (c) (56,400 wells, 50,391 queries, 10,000 classes, 63
+configurations), replayed with the work-balanced class split: 2 ranks 0.77 +
+10.3 + 0.46 MB, 4 ranks 1.15 + 11.4 + 0.69 MB, 64 ranks 1.51 + 9.2 + 0.91 =
+about 11.6 MB per rank. Per rank this shrinks with ``P`` only in the null term (a rank
 needs the configurations of its classes, at most all of them): at 64 ranks
 the 12 MB take ~1 ms on a 100 Gb/s link: what caps the scaling there is
 the work every rank repeats (task preparation, pair index set-up, BH and the
@@ -252,6 +265,32 @@ def configurations(n_pos: np.ndarray, n_total: np.ndarray) -> tuple[np.ndarray, 
     return np.stack([keys // base, keys % base], axis=1), inv.ravel().astype(np.int64)
 
 
+class DeferredGather:
+    """Several results gathered in one ``allgather``: each producer adds its local part and what to do with all.
+
+    A collective is a synchronization point where every rank waits for the
+    slowest; the query p-values and the class p-values travel together
+    after the class p-values, so the imbalance of the null phase and of the
+    class phase can cancel instead of adding up, and there is one wait
+    fewer. On one process :meth:`run` hands every producer its own part.
+    """
+
+    def __init__(self, comm, name: str = "class_gather"):
+        self.comm, self.name = comm, name
+        self.items: list[tuple] = []
+
+    def add(self, local, finish) -> None:
+        """``finish(parts)`` receives ``local`` of every rank, in rank order, when :meth:`run` is called."""
+        self.items.append((local, finish))
+
+    def run(self) -> None:
+        with phase(self.comm, self.name):
+            gathered = self.comm.allgather([local for local, _ in self.items])
+        for i, (_, finish) in enumerate(self.items):
+            finish([part[i] for part in gathered])
+        self.items = []
+
+
 class NullStore:
     """Nulls owned by this rank, keyed by ``(n_pos, N)``; each is drawn once per run.
 
@@ -284,8 +323,13 @@ class NullStore:
             self.drawn += 1
         return self.sorted[conf]
 
-    def p_values(self, ap: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray) -> np.ndarray:
-        """p-values of all queries (NaN where n_pos = 0), computed by the owners; on every rank."""
+    def p_values(self, ap: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray,
+                 batch: DeferredGather | None = None) -> np.ndarray:
+        """p-values of all queries (NaN where n_pos = 0), computed by the owners; on every rank.
+
+        With ``batch`` the owners' parts travel in that :class:`DeferredGather`:
+        the array is filled when the batch runs.
+        """
         ok = np.flatnonzero((n_pos > 0) & ~np.isnan(ap))
         p = np.full(len(ap), np.nan)
         if len(ok) == 0:
@@ -302,11 +346,16 @@ class NullStore:
                 continue
             sel = ok[order[bounds[ci] : bounds[ci + 1]]]
             local.append((sel, nulls.p_values(ap[sel], self.get(conf))))
-        with phase(self.comm, "p_gather"):
-            gathered = self.comm.allgather(local)
-        for part in gathered:
-            for sel, pv in part:
-                p[sel] = pv
+        def fill(parts):
+            for part in parts:
+                for sel, pv in part:
+                    p[sel] = pv
+
+        if batch is None:
+            with phase(self.comm, "p_gather"):
+                fill(self.comm.allgather(local))
+        else:
+            batch.add(local, fill)
         return p
 
 
@@ -354,13 +403,37 @@ def class_partition(first_conf: np.ndarray, work: np.ndarray, n_parts: int) -> l
     return np.split(order, cuts)
 
 
+def class_costs(member_conf: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """:func:`~hpc_profiler.evaluate.nulls.map_class_cost` of each class, with the classes that share its mean.
+
+    ``member_conf[bounds[c]:bounds[c + 1]]`` are the configuration indices
+    of class ``c``'s members in member order. Classes with the same sequence
+    share one null mean; sequences are told apart by a 64-bit hash (a
+    collision only misjudges the balance, never a result).
+    """
+    n_cls = len(bounds) - 1
+    size = np.diff(bounds)
+    if n_cls == 0:
+        return np.zeros(0)
+    pos = np.arange(len(member_conf)) - np.repeat(bounds[:-1], size)
+    weights = np.random.default_rng(0).integers(1, 2**63, int(size.max()) + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        terms = (member_conf.astype(np.uint64) + np.uint64(1)) * weights[pos]
+        h = np.zeros(n_cls, dtype=np.uint64)
+        nz = size > 0
+        h[nz] = np.add.reduceat(terms, bounds[:-1][nz])
+    _, inv, share = np.unique(np.stack([h, size.astype(np.uint64)], axis=1), axis=0, return_inverse=True,
+                              return_counts=True)
+    return nulls.map_class_cost(size, share[inv.ravel()])
+
+
 def _alltoall(comm, objs: list) -> list:
     """``comm.alltoall`` (objects); the identity on one process."""
     return comm.alltoall(objs) if comm.Get_size() > 1 else list(objs)
 
 
 def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray,
-                 store: NullStore) -> np.ndarray:
+                 store: NullStore, batch: DeferredGather | None = None) -> np.ndarray:
     """Class mAP permutation p-values (copairs ``mean_average_precision``), classes split over ranks.
 
     The null of a class is the float32 mean, permutation by permutation, of its
@@ -375,7 +448,8 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
     Communication per rank (``S`` = null size, ``C_r`` = distinct
     configurations of the rank's classes, ``K`` classes, ``Q`` queries):
     receive at most ``4 S C_r`` bytes of nulls and ``8 K`` bytes of p-values;
-    :attr:`NullStore.bytes_received` counts the nulls.
+    :attr:`NullStore.bytes_received` counts the nulls. With ``batch`` the
+    p-values travel in that :class:`DeferredGather` (filled when it runs).
     """
     comm = store.comm
     n_cls = len(map_scores)
@@ -386,7 +460,7 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
     bounds = np.searchsorted(gid[order], np.arange(n_cls + 1))
     first_conf = np.full(n_cls, len(confs), dtype=np.int64)
     np.minimum.at(first_conf, gid, vix)
-    parts = class_partition(first_conf, nulls.map_class_cost(np.bincount(gid, minlength=n_cls)), comm.Get_size())
+    parts = class_partition(first_conf, class_costs(vix[order], bounds), comm.Get_size())
     me = comm.Get_rank()
     needs = []  # configuration indices each rank needs (known to every rank)
     for part in parts:
@@ -415,11 +489,22 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
     seqs = [[confs[ci] for ci in vix[order[bounds[c]:bounds[c + 1]]]] for c in mine]
     local = (mine, nulls.map_p_values(map_scores[mine], seqs, raw))
     p = np.full(n_cls, np.nan)
-    with phase(comm, "class_gather"):
-        gathered = comm.allgather(local)
-    for cls, pv in gathered:
-        p[cls] = pv
+
+    def fill(parts):
+        for cls, pv in parts:
+            p[cls] = pv
+
+    if batch is None:
+        with phase(comm, "class_gather"):
+            fill(comm.allgather(local))
+    else:
+        batch.add(local, fill)
     return p
+
+
+def _valid_queries(queries: pd.DataFrame) -> pd.DataFrame:
+    """The queries that count for their class: at least one positive and an AP."""
+    return queries.loc[(queries["n_pos_pairs"] > 0) & queries["average_precision"].notna()].reset_index(drop=True)
 
 
 def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullStore | None) -> pd.DataFrame:
@@ -429,11 +514,25 @@ def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullSt
     the paper's and copairs' ``mean_average_precision``), BH over the classes
     of each group of their mAP permutation p-values (:func:`map_p_values`);
     with ``geomean_q`` the geometric mean of the class's query q-values.
+    ``queries`` holds the per-query ``q_value``
+    (:func:`class_table_start` then its ``finish``, in one step).
+    """
+    return class_table_start(queries, spec, ecfg, store)(queries)
+
+
+def class_table_start(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullStore | None,
+                      batch: DeferredGather | None = None):
+    """The part of :func:`class_table` that needs only the APs; returns ``finish(queries) -> table``.
+
+    Classes, their mAP and the class mAP p-values (with ``batch``, gathered
+    when the batch runs, together with the query p-values); ``finish`` takes
+    the queries with their ``q_value`` (after the batch and the per-query BH)
+    and adds the geometric-mean q-values, the class BH and ``retrieved``.
     """
     keys = list(dict.fromkeys(spec.group_by + spec.class_by))
-    valid = queries.loc[(queries["n_pos_pairs"] > 0) & queries["average_precision"].notna()].reset_index(drop=True)
+    valid = _valid_queries(queries)
     if len(valid) == 0:
-        return pd.DataFrame(columns=["task"] + keys + ["mean_average_precision", "q_value", "retrieved"])
+        return lambda q: pd.DataFrame(columns=["task"] + keys + ["mean_average_precision", "q_value", "retrieved"])
     gid, n = sorted_group_ids(valid, keys)
     extra = [k for k in SUMMARY_KEYS if k in valid.columns and k not in keys]
     const = valid[extra].astype(str).groupby(gid, sort=True).nunique()
@@ -447,20 +546,28 @@ def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullSt
     out["mean_normalized_average_precision"] = (
         np.bincount(gid, weights=valid["normalized_average_precision"], minlength=n) / cnt
     )
-    out["geomean_q_value"] = stats.geometric_mean(valid["q_value"].to_numpy(), gid, n)
+    map_p = None
     if ecfg.map_pvalue or ecfg.class_significance == "map_permutation":
         with phase(store.comm, "class_p"):
-            out["map_p_value"] = map_p_values(
+            map_p = map_p_values(
                 out["mean_average_precision"].to_numpy(), np.asarray(gid, dtype=np.int64),
-                valid["n_pos_pairs"].to_numpy(np.int64), valid["n_total_pairs"].to_numpy(np.int64), store,
+                valid["n_pos_pairs"].to_numpy(np.int64), valid["n_total_pairs"].to_numpy(np.int64), store, batch,
             )
-        out["map_q_value"] = np.nan
-        for idx in group_rows(out, spec.group_by):
-            out.loc[idx, "map_q_value"] = stats.bh_qvalues(out.loc[idx, "map_p_value"].to_numpy())
-    qcol = "geomean_q_value" if ecfg.class_significance == "geomean_q" else "map_q_value"
-    out["q_value"] = out[qcol]
-    out["retrieved"] = out["q_value"] < ecfg.q_threshold
-    return out
+
+    def finish(queries_q: pd.DataFrame) -> pd.DataFrame:
+        q = _valid_queries(queries_q)["q_value"].to_numpy()  # the same rows as ``valid``
+        out["geomean_q_value"] = stats.geometric_mean(q, gid, n)
+        if map_p is not None:
+            out["map_p_value"] = map_p
+            out["map_q_value"] = np.nan
+            for idx in group_rows(out, spec.group_by):
+                out.loc[idx, "map_q_value"] = stats.bh_qvalues(out.loc[idx, "map_p_value"].to_numpy())
+        qcol = "geomean_q_value" if ecfg.class_significance == "geomean_q" else "map_q_value"
+        out["q_value"] = out[qcol]
+        out["retrieved"] = out["q_value"] < ecfg.q_threshold
+        return out
+
+    return finish
 
 
 def add_q_values(queries: pd.DataFrame, spec) -> pd.DataFrame:
@@ -724,7 +831,9 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
         ``empty_tasks``: the messages of tasks skipped as empty (mode
         ``warn``, :func:`empty_task_mode`); in mode ``error`` the first empty
         task raises :class:`TaskError`, and so does a run where every task
-        is empty.
+        is empty. ``seconds``: wall and CPU seconds of this rank per phase
+        (:meth:`PhaseClock.seconds`); ``work_segments``: its CPU seconds of
+        work between synchronization points (:meth:`PhaseClock.work_segments`).
     """
     comm = comm or mpi.get_comm()
     bk = get_backend(device)
@@ -771,16 +880,23 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
                     queries["average_precision"].to_numpy(float), queries["n_pos_pairs"].to_numpy(np.int64),
                     queries["n_total_pairs"].to_numpy(np.int64),
                 )
+            # query p-values (owners of the nulls), class p-values (classes split over ranks): one gather
+            batch = DeferredGather(comm)
             with clock("p_values"):
-                queries["p_value"] = store.p_values(
+                p = store.p_values(
                     queries["average_precision"].to_numpy(float),
                     queries["n_pos_pairs"].to_numpy(np.int64),
                     queries["n_total_pairs"].to_numpy(np.int64),
+                    batch,
                 )
+            with clock("class_table"):
+                finish_classes = class_table_start(queries, spec, ecfg, store, batch)
+            batch.run()
             with clock("bh"):
+                queries["p_value"] = p
                 queries = add_q_values(queries, spec)
             with clock("class_table"):
-                classes = class_table(queries, spec, ecfg, store)
+                classes = finish_classes(queries)
                 summary = summarize(classes, name, spec)
             retrieved[name] = classes
             all_q.append(queries)
@@ -900,19 +1016,17 @@ def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
     return table
 
 
-#: Relative cost of writing one table cell as CSV and as Parquet, and of one figure in table cells
-#: (for splitting the files over ranks; measured on the JUMP-scale tables of ``scripts/bench_evaluate.py``).
-WRITE_COST = {"csv": 1.0, "parquet": 0.15, "plot": 2e5}
+#: Relative cost of writing one table cell to Parquet and of one figure, per cell formatted as CSV
+#: (for splitting the files over ranks; measured on the tables of ``scripts/bench_evaluate.py`` case (c)).
+WRITE_COST = {"parquet": 0.15, "plot": 2e5}
 
 
-def output_files(results: dict, csv: bool, plots: bool) -> list[tuple[str, str, float]]:
-    """The files :func:`write_outputs` writes: ``(kind, table or figure, relative cost)``."""
+def output_files(results: dict, plots: bool) -> list[tuple[str, str, float]]:
+    """The Parquet tables and figures :func:`write_outputs` writes: ``(kind, table or figure, relative cost)``."""
     files = []
     for name in ("queries", "classes", "summary", "directionality", "direction_pairs"):
         cells = (len(results[name]) + 1) * (len(results[name].columns) + 1)
         files.append(("parquet", name, WRITE_COST["parquet"] * cells))
-        if csv:
-            files.append(("csv", name, WRITE_COST["csv"] * cells))
     if plots and len(results["classes"]):
         files.append(("plot", "fig4_map.png", WRITE_COST["plot"]))
     if plots and len(results["direction_pairs"]):
@@ -920,24 +1034,34 @@ def output_files(results: dict, csv: bool, plots: bool) -> list[tuple[str, str, 
     return files
 
 
-def write_outputs(results: dict, out_dir: Path, csv: bool, plots: bool, comm=None) -> None:
-    """Parquet (+CSV) tables and the Fig. 4 / Fig. 5 PNGs under ``out_dir``, the files split over the ranks.
+def _csv_rows(df: pd.DataFrame, rank: int, size: int) -> str:
+    """Rank ``rank``'s contiguous share of ``df``'s CSV text; rank 0's starts with the header."""
+    lo, hi = len(df) * rank // size, len(df) * (rank + 1) // size
+    if rank > 0 and hi == lo:
+        return ""
+    return df.iloc[lo:hi].to_csv(index=False, header=rank == 0)
 
-    Every rank holds the same tables; each writes its share of the files
-    (balanced by :data:`WRITE_COST`, :func:`hpc_profiler.mpi.split_balanced`),
-    so rank 0 does not write alone while the others wait. Call it on every
-    rank (or with ``comm`` None on one process to write everything), then
-    barrier before reading the folder.
+
+def write_outputs(results: dict, out_dir: Path, csv: bool, plots: bool, comm=None) -> None:
+    """Parquet (+CSV) tables and the Fig. 4 / Fig. 5 PNGs under ``out_dir``, the work split over the ranks.
+
+    Every rank holds the same tables. The Parquet files and figures are
+    shared out whole (balanced by :data:`WRITE_COST`,
+    :func:`hpc_profiler.mpi.split_balanced`); formatting CSV text, the
+    largest part, is split by rows (each rank formats a contiguous share of
+    every table, rank 0 joins the shares in order and writes the files: the
+    bytes of ``DataFrame.to_csv(index=False)``). So rank 0 does not write
+    alone while the others wait. Call it on every rank (``comm`` None: one
+    process writes everything).
     """
     comm = comm or mpi.SerialComm()
+    rank, size = comm.Get_rank(), comm.Get_size()
     out_dir.mkdir(parents=True, exist_ok=True)
-    files = output_files(results, csv, plots)
-    mine = mpi.split_balanced([f[2] for f in files], comm.Get_size())[comm.Get_rank()]
-    for kind, name, _ in (files[i] for i in mine):
+    names = ("queries", "classes", "summary", "directionality", "direction_pairs")
+    files = output_files(results, plots)
+    for kind, name, _ in (files[i] for i in mpi.split_balanced([f[2] for f in files], size)[rank]):
         if kind == "parquet":
             results[name].to_parquet(out_dir / f"{name}.parquet", index=False)
-        elif kind == "csv":
-            results[name].to_csv(out_dir / f"{name}.csv", index=False)
         elif name == "fig4_map.png":
             from .plots import plot_retrieval
 
@@ -946,6 +1070,12 @@ def write_outputs(results: dict, out_dir: Path, csv: bool, plots: bool, comm=Non
             from .plots import plot_directionality
 
             plot_directionality(results["direction_pairs"], results["directionality"], out_dir / name)
+    if csv:
+        shares = comm.gather([_csv_rows(results[name], rank, size) for name in names], root=0)
+        if rank == 0:
+            for i, name in enumerate(names):
+                with open(out_dir / f"{name}.csv", "w", newline="") as fh:
+                    fh.write("".join(share[i] for share in shares))
 
 
 def evaluate_batch(cfg: Config, comm=None) -> pd.DataFrame:
