@@ -224,7 +224,7 @@ def run_copairs(df: pd.DataFrame, case: str, null_size: int) -> tuple[float, flo
             meta = d.filter(like="Metadata_")
             feats = d[[c for c in d.columns if not c.startswith("Metadata_")]].to_numpy()
             ref = ["Metadata_broad_sample", "Metadata_Reference_Index"]
-            res = average_precision(meta, feats, ref, ["Metadata_Plate"], ["Metadata_Plate"] if case == "b" else [],
+            res = average_precision(meta, feats, ref, ["Metadata_Plate"], ["Metadata_Plate"] if case != "a" else [],
                                     ref, progress_bar=False)
             res = res.loc[res["Metadata_pert_type"] == "trt"].reset_index(drop=True)
             res["p_value"] = p_values(res, null_size, 0, progress_bar=False)
