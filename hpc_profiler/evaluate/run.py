@@ -1016,9 +1016,10 @@ def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
     return table
 
 
-#: Relative cost of writing one table cell to Parquet and of one figure, per cell formatted as CSV
-#: (for splitting the files over ranks; measured on the tables of ``scripts/bench_evaluate.py`` case (c)).
-WRITE_COST = {"parquet": 0.15, "plot": 2e5}
+#: Relative cost of writing one table cell to Parquet and one figure (for splitting the files over ranks):
+#: ~0.27 us per Parquet cell and ~0.35 s per Fig. 4 (CPU, on the tables of ``scripts/bench_evaluate.py``
+#: case (c) at --scale 0.2, 2026-11-28; CSV formatting, ~1.1-1.7 us per cell, is split by rows instead).
+WRITE_COST = {"parquet": 1.0, "plot": 1.3e6}
 
 
 def output_files(results: dict, plots: bool) -> list[tuple[str, str, float]]:
