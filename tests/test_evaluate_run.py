@@ -45,6 +45,9 @@ def test_same_numbers_for_1_2_4_ranks(tmp_path, mpirun):
     for n in (2, 4):
         for name, df in results[1].items():
             pd.testing.assert_frame_equal(df, results[n][name], check_exact=True, obj=f"{name} with {n} ranks")
+            # CSV text formatted by row shares on every rank, joined by rank 0: the same bytes
+            assert (tmp_path / f"ranks{n}" / f"{name}.csv").read_bytes() == \
+                (tmp_path / "ranks1" / f"{name}.csv").read_bytes(), f"{name}.csv with {n} ranks"
 
 
 def test_calibration_strong_effects_retrieved_and_null_data_not():
@@ -179,3 +182,87 @@ def test_sorted_group_ids_equal_multiindex_factorize():
         assert len(rows) == n
         for g, idx in enumerate(rows):
             np.testing.assert_array_equal(idx, t.index.to_numpy()[ref == g])
+
+
+def test_configurations_equal_row_unique():
+    """The 1-D keyed configuration index is np.unique(axis=0)'s, rows and inverse, on awkward counts."""
+    from hpc_profiler.evaluate.run import configurations
+
+    rng = np.random.default_rng(5)
+    for n in (1, 7, 3000):
+        k = rng.integers(0, 40, n)
+        tot = k + rng.choice([0, 1, 63, 2**16, 2**20], n)
+        ref, inv = np.unique(np.stack([k, tot], axis=1), axis=0, return_inverse=True)
+        got, ginv = configurations(k, tot)
+        np.testing.assert_array_equal(got, ref)
+        np.testing.assert_array_equal(ginv, inv.ravel())
+    assert configurations(np.zeros(0, int), np.zeros(0, int))[0].shape == (0, 2)
+
+
+def test_column_codes_cached_equal_encode_columns():
+    from hpc_profiler.evaluate import ap as apk
+    from hpc_profiler.evaluate.run import column_codes
+    from hpc_profiler.evaluate.tasks import prepare_task
+
+    profiles = synthetic_profiles(n_genes=6, plates=3, negcons=4, n_features=8, seed=1)
+    spec = EvaluateConfig().definitions["replicate"]
+    g = prepare_task("replicate", spec, profiles)[0]
+    cols = ["Metadata_broad_sample", "Metadata_Plate", "Metadata_Reference_Index"]
+    first = column_codes(g, cols)
+    np.testing.assert_array_equal(first, apk.encode_columns(g.meta, cols))
+    assert set(g.codes) == set(cols)
+    np.testing.assert_array_equal(column_codes(g, cols[::-1]), apk.encode_columns(g.meta, cols[::-1]))
+
+
+def test_phase_clock_nests_and_cuts_segments_at_collectives():
+    """Inner phases take their own time only; work between collectives becomes one segment each."""
+    import time as _time
+
+    from hpc_profiler.evaluate.run import PhaseClock
+
+    def spin(s):
+        t0 = _time.process_time()
+        while _time.process_time() - t0 < s:
+            pass
+
+    clock = PhaseClock()
+    with clock("ap"):
+        spin(0.05)
+        with clock("ap_gather"):
+            _time.sleep(0.05)  # waiting: wall, no CPU
+        spin(0.02)
+    with clock("class_p"):
+        spin(0.03)
+        with clock("class_gather"):
+            pass
+    sec = clock.seconds()
+    assert 0.07 <= sec["ap_cpu"] < 0.12 and sec["ap_gather"] >= 0.05 and sec["ap_gather_cpu"] < 0.03
+    assert sec["comm"] == sec["ap_gather"] + sec["class_gather"]
+    assert abs(sec["total"] - sum(sec[k] for k in PhaseClock.PHASES)) < 1e-9
+    seg = clock.work_segments()
+    assert len(seg) == 3 and 0.05 <= seg[0] < 0.09 and 0.05 <= seg[1] < 0.09 and seg[2] < 0.02
+
+
+def test_csv_row_shares_join_to_pandas_csv():
+    from hpc_profiler.evaluate.run import _csv_rows
+
+    rng = np.random.default_rng(6)
+    df = pd.DataFrame({"a": rng.normal(size=11), "b": ["x,y"] * 11, "c": [np.nan] * 5 + [1e-300] * 6,
+                       "d": [True, False] * 5 + [True]})
+    for table in (df, df.iloc[:0], df.iloc[:1]):
+        for n in (1, 2, 3, 16):
+            assert "".join(_csv_rows(table, r, n) for r in range(n)) == table.to_csv(index=False)
+
+
+def test_class_costs_count_classes_sharing_a_member_sequence():
+    """Classes with equal member configuration sequences share one null mean: cost split by the sharers."""
+    from hpc_profiler.evaluate import nulls
+    from hpc_profiler.evaluate.run import class_costs
+
+    seqs = [(0, 1, 1), (2,), (0, 1, 1), (1, 1, 0), (2,), (0, 1, 1), (3, 3), ()]
+    bounds = np.concatenate([[0], np.cumsum([len(q) for q in seqs])])
+    member = np.array([c for q in seqs for c in q], dtype=np.int64)
+    share = [seqs.count(q) for q in seqs]
+    np.testing.assert_allclose(class_costs(member, bounds),
+                               nulls.map_class_cost([len(q) for q in seqs], share))
+    assert share[:3] == [3, 2, 3] and len(class_costs(member[:0], np.zeros(1, dtype=np.int64))) == 0

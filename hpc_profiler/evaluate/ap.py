@@ -123,8 +123,10 @@ def find_pairs(same: np.ndarray, diff: np.ndarray, rows=None, max_pairs: int = 1
     where = np.empty(n, dtype=np.int64)
     where[order] = np.arange(n)
     g_sorted, b_sorted = gid[order], block[order]
-    g_lo = np.searchsorted(g_sorted, gid, "left")
-    g_hi = np.searchsorted(g_sorted, gid, "right")
+    # group ids are dense (0..G-1): a group's run in sorted order starts after the smaller groups' rows
+    size = np.bincount(gid)
+    g_hi = np.cumsum(size)[gid]
+    g_lo = g_hi - size[gid]
     first = np.concatenate([[True], (np.diff(g_sorted) != 0) | (np.diff(b_sorted) != 0)])
     run_start = np.maximum.accumulate(np.where(first, np.arange(n), 0))
     run_end = np.append(np.flatnonzero(first)[1:], n)[np.cumsum(first) - 1]

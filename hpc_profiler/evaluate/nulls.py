@@ -291,19 +291,24 @@ def map_p_value(map_score: float, member_nulls: np.ndarray) -> float:
     return (num + 1) / (null_mean.shape[0] + 1)
 
 
+def map_class_cost(n_members, n_sharing=1) -> np.ndarray:
+    """Relative time of one class in :func:`map_p_values`, in member row passes (for balancing ranks).
+
+    Fitted (least squares, CPU seconds at 100,000 permutations, 2026-11-28)
+    over 30 class sets of issue 15's set (``scripts/bench_evaluate.py`` case
+    (c)): ~32 us per class (its compare pass and its Python set-up: the
+    member list, the sequence lookup), ~15 us per distinct member sequence
+    (the first load of a null mean) and ~5 us per member of a distinct
+    sequence. Classes whose members have the same sequence of configurations
+    share one null mean, so a class pays ``1 / n_sharing`` of it:
+    ``6 + (n_members + 3) / n_sharing`` member passes.
+    """
+    n_members = np.asarray(n_members, dtype=np.float64)
+    return 6.0 + (n_members + 3.0) / np.asarray(n_sharing, dtype=np.float64)
+
+
 #: Permutations per block of :func:`_map_null_counts` (a block of every configuration row stays in cache).
 MAP_BLOCK = 2048
-
-
-def map_class_cost(n_members) -> np.ndarray:
-    """Relative time of one class in :func:`map_p_values`: ``n_members + 3`` row passes (for balancing ranks).
-
-    Measured per class at 100,000 permutations: ~0.024 ms + 0.010 ms per
-    member (4 members 0.064 ms, 14 members 0.163 ms): the compare pass and the
-    first load cost about as much as 2.5 members, so a rank holding the small
-    classes does more than its share of members suggests.
-    """
-    return np.asarray(n_members, dtype=np.float64) + 3.0
 
 
 def _map_null_counts(table, members, seq_start, cls_seq_start, scores, counts) -> None:

@@ -13,7 +13,8 @@ copairs 0.5.5 definitions (``average_precision``, ``p_values``,
 2. the null configurations ``(n_pos, N)`` of all queries are split across
    ranks by cost; each null is drawn once (seeded by ``(seed, n_pos, N)``,
    never by rank) and kept by its owner for later tasks; the owner computes
-   the p-values of every query with that configuration;
+   the p-values of every query with that configuration (gathered with the
+   class p-values of step 3, :class:`DeferredGather`);
 3. class significance, by default the paper's (``class_significance:
    map_permutation``): the mAP of a class against the permutation null of
    its mAP (the mean of its members' nulls), ``p = (#{null > mAP} + 1) /
@@ -22,8 +23,10 @@ copairs 0.5.5 definitions (``average_precision``, ``p_values``,
    ``benchmark/output/for_paper/Figure_4a_source.csv`` of
    jump-cellpainting/2024_Chandrasekaran_NatureMethods holds (a class with
    mAP 1 has ``-log10 p = 5.000004 = -log10(1/100001)``). Classes are split
-   into contiguous runs over ranks (:func:`map_p_values`); each rank fetches
-   the nulls its classes need from their owners (one ``alltoall``).
+   into contiguous runs over ranks balanced by their work
+   (:func:`class_costs`: classes whose members have the same null
+   configurations share one null mean); each rank fetches the nulls its
+   classes need from their owners (one ``alltoall``).
    ``geomean_q`` (the geometric mean of the class's per-query BH q-values)
    remains as an option and is always reported as ``geomean_q_value``.
 
@@ -32,20 +35,30 @@ earlier task retrieved. Directionality tasks (a few matrix products) and the
 table bookkeeping (BH, class means: sorts and bincounts over the queries)
 are repeated on every rank rather than communicated. The numbers are
 identical for any number of ranks. Without MPI the same code runs as one
-process (:func:`hpc_profiler.mpi.get_comm`).
+process (:func:`hpc_profiler.mpi.get_comm`). The output files are written
+by all ranks (:func:`write_outputs`). Every rank times its phases
+(:class:`PhaseClock`: seconds of work and of waiting in each collective,
+``evaluate_profiles(...)["seconds"]``); ``scripts/bench_evaluate.py
+--phases`` prints them per rank.
+
+Synchronization points per retrieval task: the AP allgather, the null
+``alltoall`` and one allgather of the query and class p-values; between
+them every rank works on its own share (AP chunks, owned nulls, classes).
 
 Communication per rank and task (largest over ranks; ``Q`` queries, ``K``
 classes, ``S`` null size, ``C_r`` configurations used by a rank's classes and
-owned elsewhere): AP allgather ``32 Q (P-1)/P`` bytes, p-value allgather
-``16 Q (P-1)/P``, nulls ``4 S C_r``, class p-values ``16 K (P-1)/P``. On the
-JUMP-scale case of ``scripts/bench_evaluate.py`` (53,552 wells, 45,096
-queries, 5,000 classes, 109 configurations, ``S`` = 100,000) at 64 ranks:
-1.35 + 0.68 + 9.9 + 0.08 = about 12 MB received per rank (``C_r`` <= 26:
-a class's replicates sit on plates with different control counts, hence
-different ``N``; classes balanced by
-:func:`~hpc_profiler.evaluate.nulls.map_class_cost`); 16.4 MB of nulls at 2
-ranks and 18.3 MB at 4, measured and replayed (``comm_per_rank`` in the
-benchmark). Per rank this shrinks with ``P`` only in the null term (a rank
+owned elsewhere): AP allgather ``32 Q (P-1)/P`` bytes, nulls ``4 S C_r``,
+query and class p-values ``16 Q (P-1)/P + 16 K (P-1)/P`` (one allgather).
+On the JUMP-scale case (b) of ``scripts/bench_evaluate.py`` (53,552 wells,
+45,096 queries, 5,000 classes, 109 configurations, ``S`` = 100,000) at 64
+ranks: 1.35 + 9.9 + 0.68 + 0.08 = about 12 MB received per rank (``C_r``
+<= 26: a class's replicates sit on plates with different control counts,
+hence different ``N``); 16.4 MB of nulls at 2 ranks and 18.3 MB at 4,
+measured and replayed (``comm_per_rank`` in the benchmark). On issue 15's
+set, case (c) (56,400 wells, 50,391 queries, 10,000 classes, 63
+configurations), replayed with the work-balanced class split: 2 ranks 0.77 +
+10.3 + 0.46 MB, 4 ranks 1.15 + 11.4 + 0.69 MB, 64 ranks 1.51 + 9.2 + 0.91 =
+about 11.6 MB per rank. Per rank this shrinks with ``P`` only in the null term (a rank
 needs the configurations of its classes, at most all of them): at 64 ranks
 the 12 MB take ~1 ms on a 100 Gb/s link: what caps the scaling there is
 the work every rank repeats (task preparation, pair index set-up, BH and the
@@ -60,6 +73,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -75,11 +89,27 @@ from .tasks import SUMMARY_KEYS, TaskError, feature_columns, match_rules, prepar
 
 
 # --------------------------------------------------------------------------- AP phase
+def column_codes(group, cols: list[str]) -> np.ndarray:
+    """:func:`hpc_profiler.evaluate.ap.encode_columns` of ``group.meta``, each column factorized once per group.
+
+    The query split, the weights and the pair search all need codes of the
+    same few metadata columns over every row of the group; every rank
+    repeats that work, so each column's codes are kept on the group
+    (``group.codes``) instead of being factorized three times.
+    """
+    out = np.empty((len(group.meta), len(cols)), dtype=np.int64)
+    for c, name in enumerate(cols):
+        if name not in group.codes:
+            group.codes[name] = apk.encode_columns(group.meta, [name])[:, 0]
+        out[:, c] = group.codes[name]
+    return out
+
+
 def query_weights(group) -> np.ndarray:
     """Candidates per query (balancing weight): sizes of its positive and negative sameby groups."""
     w = np.zeros(len(group.meta))
     for cols in (group.pos_sameby, group.neg_sameby):
-        codes = apk.encode_columns(group.meta, cols)
+        codes = column_codes(group, cols)
         gid = apk.group_ids(codes, len(group.meta))
         w += np.bincount(gid)[gid]
     return w
@@ -87,7 +117,7 @@ def query_weights(group) -> np.ndarray:
 
 def _codes(group, cols: list[str]) -> np.ndarray:
     """Codes of ``cols``; a missing multilabel label matches nothing (a unique code per row)."""
-    codes = apk.encode_columns(group.meta, cols)
+    codes = column_codes(group, cols)
     if group.multilabel_col in cols:
         c = cols.index(group.multilabel_col)
         missing = group.meta[group.multilabel_col].isna().to_numpy()
@@ -170,7 +200,7 @@ def query_chunks(group, block_size: int) -> tuple[list[np.ndarray], list[float]]
     perturbation stay together) so a rank's similarity blocks stay dense.
     """
     rows = np.flatnonzero(group.is_query)
-    gid = apk.group_ids(apk.encode_columns(group.meta, group.pos_sameby), len(group.meta))[rows]
+    gid = apk.group_ids(column_codes(group, group.pos_sameby), len(group.meta))[rows]
     rows = rows[np.lexsort([rows, gid])]
     w = query_weights(group)[rows]
     chunks = [rows[i : i + block_size] for i in range(0, len(rows), block_size)]
@@ -189,11 +219,19 @@ def distributed_ap(groups, specs, block_size: int, comm, bk=None) -> list[pd.Dat
     for i in parts[comm.Get_rank()]:
         mine.setdefault(items[i][0], []).append(items[i][1])
     local = []
-    for gi, chunks in sorted(mine.items()):
-        rows = np.sort(np.concatenate(chunks))
-        ap, n_pos, n_total = group_ap(groups[gi], rows, specs[groups[gi].task].similarity, block_size, bk)
-        local.append((gi, rows, ap, n_pos, n_total))
-    gathered = [x for part in comm.allgather(local) for x in part]
+    with phase(comm, "ap"):
+        for gi, chunks in sorted(mine.items()):
+            rows = np.sort(np.concatenate(chunks))
+            ap, n_pos, n_total = group_ap(groups[gi], rows, specs[groups[gi].task].similarity, block_size, bk)
+            local.append((gi, rows, ap, n_pos, n_total))
+    with phase(comm, "ap_gather"):
+        gathered = [x for part in comm.allgather(local) for x in part]
+    with phase(comm, "ap_table"):
+        return _ap_tables(groups, gathered)
+
+
+def _ap_tables(groups, gathered) -> list[pd.DataFrame]:
+    """One AP table per group from the gathered ``(group, rows, ap, n_pos, n_total)`` parts, rows in order."""
     out = []
     for gi, g in enumerate(groups):
         mine_g = [x for x in gathered if x[0] == gi]
@@ -209,6 +247,50 @@ def distributed_ap(groups, specs, block_size: int, comm, bk=None) -> list[pd.Dat
 
 
 # --------------------------------------------------------------------------- null phase
+def configurations(n_pos: np.ndarray, n_total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct ``(n_pos, N)`` rows sorted, and the index of each query's row.
+
+    ``np.unique(np.stack([n_pos, n_total], 1), axis=0, return_inverse=True)``
+    through one int64 key per query (``n_pos (max N + 1) + N``, the same
+    order): a 1-D unique instead of a structured row sort, ~15x faster on
+    50,000 queries, and every rank repeats it.
+    """
+    n_pos, n_total = np.asarray(n_pos, dtype=np.int64), np.asarray(n_total, dtype=np.int64)
+    if len(n_pos) == 0:
+        return np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64)
+    if n_pos.min() < 0 or n_total.min() < 0:
+        raise ValueError("configurations: negative pair counts")
+    base = int(n_total.max()) + 1
+    keys, inv = np.unique(n_pos * base + n_total, return_inverse=True)
+    return np.stack([keys // base, keys % base], axis=1), inv.ravel().astype(np.int64)
+
+
+class DeferredGather:
+    """Several results gathered in one ``allgather``: each producer adds its local part and what to do with all.
+
+    A collective is a synchronization point where every rank waits for the
+    slowest; the query p-values and the class p-values travel together
+    after the class p-values, so the imbalance of the null phase and of the
+    class phase can cancel instead of adding up, and there is one wait
+    fewer. On one process :meth:`run` hands every producer its own part.
+    """
+
+    def __init__(self, comm, name: str = "class_gather"):
+        self.comm, self.name = comm, name
+        self.items: list[tuple] = []
+
+    def add(self, local, finish) -> None:
+        """``finish(parts)`` receives ``local`` of every rank, in rank order, when :meth:`run` is called."""
+        self.items.append((local, finish))
+
+    def run(self) -> None:
+        with phase(self.comm, self.name):
+            gathered = self.comm.allgather([local for local, _ in self.items])
+        for i, (_, finish) in enumerate(self.items):
+            finish([part[i] for part in gathered])
+        self.items = []
+
+
 class NullStore:
     """Nulls owned by this rank, keyed by ``(n_pos, N)``; each is drawn once per run.
 
@@ -233,20 +315,26 @@ class NullStore:
 
     def get(self, conf: tuple) -> np.ndarray:
         if conf not in self.sorted:
-            raw = nulls.null_distribution(conf[0], conf[1], self.size, self.seed)
-            if self.keep_raw:
-                self.raw[conf] = raw
-            self.sorted[conf] = np.sort(raw)
+            with phase(self.comm, "nulls"):
+                raw = nulls.null_distribution(conf[0], conf[1], self.size, self.seed)
+                if self.keep_raw:
+                    self.raw[conf] = raw
+                self.sorted[conf] = np.sort(raw)
             self.drawn += 1
         return self.sorted[conf]
 
-    def p_values(self, ap: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray) -> np.ndarray:
-        """p-values of all queries (NaN where n_pos = 0), computed by the owners; on every rank."""
+    def p_values(self, ap: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray,
+                 batch: DeferredGather | None = None) -> np.ndarray:
+        """p-values of all queries (NaN where n_pos = 0), computed by the owners; on every rank.
+
+        With ``batch`` the owners' parts travel in that :class:`DeferredGather`:
+        the array is filled when the batch runs.
+        """
         ok = np.flatnonzero((n_pos > 0) & ~np.isnan(ap))
         p = np.full(len(ap), np.nan)
         if len(ok) == 0:
             return p
-        confs_arr, inv = np.unique(np.stack([n_pos[ok], n_total[ok]], axis=1), axis=0, return_inverse=True)
+        confs_arr, inv = configurations(n_pos[ok], n_total[ok])
         confs = [(int(k), int(n)) for k, n in confs_arr]
         self.assign(confs)
         me = self.comm.Get_rank()
@@ -258,9 +346,16 @@ class NullStore:
                 continue
             sel = ok[order[bounds[ci] : bounds[ci + 1]]]
             local.append((sel, nulls.p_values(ap[sel], self.get(conf))))
-        for part in self.comm.allgather(local):
-            for sel, pv in part:
-                p[sel] = pv
+        def fill(parts):
+            for part in parts:
+                for sel, pv in part:
+                    p[sel] = pv
+
+        if batch is None:
+            with phase(self.comm, "p_gather"):
+                fill(self.comm.allgather(local))
+        else:
+            batch.add(local, fill)
         return p
 
 
@@ -308,13 +403,37 @@ def class_partition(first_conf: np.ndarray, work: np.ndarray, n_parts: int) -> l
     return np.split(order, cuts)
 
 
+def class_costs(member_conf: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """:func:`~hpc_profiler.evaluate.nulls.map_class_cost` of each class, with the classes that share its mean.
+
+    ``member_conf[bounds[c]:bounds[c + 1]]`` are the configuration indices
+    of class ``c``'s members in member order. Classes with the same sequence
+    share one null mean; sequences are told apart by a 64-bit hash (a
+    collision only misjudges the balance, never a result).
+    """
+    n_cls = len(bounds) - 1
+    size = np.diff(bounds)
+    if n_cls == 0:
+        return np.zeros(0)
+    pos = np.arange(len(member_conf)) - np.repeat(bounds[:-1], size)
+    weights = np.random.default_rng(0).integers(1, 2**63, int(size.max()) + 1, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        terms = (member_conf.astype(np.uint64) + np.uint64(1)) * weights[pos]
+        h = np.zeros(n_cls, dtype=np.uint64)
+        nz = size > 0
+        h[nz] = np.add.reduceat(terms, bounds[:-1][nz])
+    _, inv, share = np.unique(np.stack([h, size.astype(np.uint64)], axis=1), axis=0, return_inverse=True,
+                              return_counts=True)
+    return nulls.map_class_cost(size, share[inv.ravel()])
+
+
 def _alltoall(comm, objs: list) -> list:
     """``comm.alltoall`` (objects); the identity on one process."""
     return comm.alltoall(objs) if comm.Get_size() > 1 else list(objs)
 
 
 def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_total: np.ndarray,
-                 store: NullStore) -> np.ndarray:
+                 store: NullStore, batch: DeferredGather | None = None) -> np.ndarray:
     """Class mAP permutation p-values (copairs ``mean_average_precision``), classes split over ranks.
 
     The null of a class is the float32 mean, permutation by permutation, of its
@@ -329,19 +448,19 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
     Communication per rank (``S`` = null size, ``C_r`` = distinct
     configurations of the rank's classes, ``K`` classes, ``Q`` queries):
     receive at most ``4 S C_r`` bytes of nulls and ``8 K`` bytes of p-values;
-    :attr:`NullStore.bytes_received` counts the nulls.
+    :attr:`NullStore.bytes_received` counts the nulls. With ``batch`` the
+    p-values travel in that :class:`DeferredGather` (filled when it runs).
     """
     comm = store.comm
     n_cls = len(map_scores)
-    conf_arr, vix = np.unique(np.stack([n_pos, n_total], axis=1), axis=0, return_inverse=True)
-    vix = vix.ravel()
+    conf_arr, vix = configurations(n_pos, n_total)
     confs = [(int(k), int(t)) for k, t in conf_arr]
     store.assign(confs)
     order = np.argsort(gid, kind="stable")
     bounds = np.searchsorted(gid[order], np.arange(n_cls + 1))
     first_conf = np.full(n_cls, len(confs), dtype=np.int64)
     np.minimum.at(first_conf, gid, vix)
-    parts = class_partition(first_conf, nulls.map_class_cost(np.bincount(gid, minlength=n_cls)), comm.Get_size())
+    parts = class_partition(first_conf, class_costs(vix[order], bounds), comm.Get_size())
     me = comm.Get_rank()
     needs = []  # configuration indices each rank needs (known to every rank)
     for part in parts:
@@ -357,7 +476,9 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
                     out[confs[ci]] = store.raw[confs[ci]]
         send.append(out)
     raw = {}
-    for part in _alltoall(comm, send):
+    with phase(comm, "null_exchange"):
+        received = _alltoall(comm, send)
+    for part in received:
         raw.update(part)
         store.bytes_received += sum(v.nbytes for v in part.values())
     for ci in needs[me]:
@@ -368,9 +489,22 @@ def map_p_values(map_scores: np.ndarray, gid: np.ndarray, n_pos: np.ndarray, n_t
     seqs = [[confs[ci] for ci in vix[order[bounds[c]:bounds[c + 1]]]] for c in mine]
     local = (mine, nulls.map_p_values(map_scores[mine], seqs, raw))
     p = np.full(n_cls, np.nan)
-    for cls, pv in comm.allgather(local):
-        p[cls] = pv
+
+    def fill(parts):
+        for cls, pv in parts:
+            p[cls] = pv
+
+    if batch is None:
+        with phase(comm, "class_gather"):
+            fill(comm.allgather(local))
+    else:
+        batch.add(local, fill)
     return p
+
+
+def _valid_queries(queries: pd.DataFrame) -> pd.DataFrame:
+    """The queries that count for their class: at least one positive and an AP."""
+    return queries.loc[(queries["n_pos_pairs"] > 0) & queries["average_precision"].notna()].reset_index(drop=True)
 
 
 def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullStore | None) -> pd.DataFrame:
@@ -380,11 +514,25 @@ def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullSt
     the paper's and copairs' ``mean_average_precision``), BH over the classes
     of each group of their mAP permutation p-values (:func:`map_p_values`);
     with ``geomean_q`` the geometric mean of the class's query q-values.
+    ``queries`` holds the per-query ``q_value``
+    (:func:`class_table_start` then its ``finish``, in one step).
+    """
+    return class_table_start(queries, spec, ecfg, store)(queries)
+
+
+def class_table_start(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullStore | None,
+                      batch: DeferredGather | None = None):
+    """The part of :func:`class_table` that needs only the APs; returns ``finish(queries) -> table``.
+
+    Classes, their mAP and the class mAP p-values (with ``batch``, gathered
+    when the batch runs, together with the query p-values); ``finish`` takes
+    the queries with their ``q_value`` (after the batch and the per-query BH)
+    and adds the geometric-mean q-values, the class BH and ``retrieved``.
     """
     keys = list(dict.fromkeys(spec.group_by + spec.class_by))
-    valid = queries.loc[(queries["n_pos_pairs"] > 0) & queries["average_precision"].notna()].reset_index(drop=True)
+    valid = _valid_queries(queries)
     if len(valid) == 0:
-        return pd.DataFrame(columns=["task"] + keys + ["mean_average_precision", "q_value", "retrieved"])
+        return lambda q: pd.DataFrame(columns=["task"] + keys + ["mean_average_precision", "q_value", "retrieved"])
     gid, n = sorted_group_ids(valid, keys)
     extra = [k for k in SUMMARY_KEYS if k in valid.columns and k not in keys]
     const = valid[extra].astype(str).groupby(gid, sort=True).nunique()
@@ -398,19 +546,28 @@ def class_table(queries: pd.DataFrame, spec, ecfg: EvaluateConfig, store: NullSt
     out["mean_normalized_average_precision"] = (
         np.bincount(gid, weights=valid["normalized_average_precision"], minlength=n) / cnt
     )
-    out["geomean_q_value"] = stats.geometric_mean(valid["q_value"].to_numpy(), gid, n)
+    map_p = None
     if ecfg.map_pvalue or ecfg.class_significance == "map_permutation":
-        out["map_p_value"] = map_p_values(
-            out["mean_average_precision"].to_numpy(), np.asarray(gid, dtype=np.int64),
-            valid["n_pos_pairs"].to_numpy(np.int64), valid["n_total_pairs"].to_numpy(np.int64), store,
-        )
-        out["map_q_value"] = np.nan
-        for idx in group_rows(out, spec.group_by):
-            out.loc[idx, "map_q_value"] = stats.bh_qvalues(out.loc[idx, "map_p_value"].to_numpy())
-    qcol = "geomean_q_value" if ecfg.class_significance == "geomean_q" else "map_q_value"
-    out["q_value"] = out[qcol]
-    out["retrieved"] = out["q_value"] < ecfg.q_threshold
-    return out
+        with phase(store.comm, "class_p"):
+            map_p = map_p_values(
+                out["mean_average_precision"].to_numpy(), np.asarray(gid, dtype=np.int64),
+                valid["n_pos_pairs"].to_numpy(np.int64), valid["n_total_pairs"].to_numpy(np.int64), store, batch,
+            )
+
+    def finish(queries_q: pd.DataFrame) -> pd.DataFrame:
+        q = _valid_queries(queries_q)["q_value"].to_numpy()  # the same rows as ``valid``
+        out["geomean_q_value"] = stats.geometric_mean(q, gid, n)
+        if map_p is not None:
+            out["map_p_value"] = map_p
+            out["map_q_value"] = np.nan
+            for idx in group_rows(out, spec.group_by):
+                out.loc[idx, "map_q_value"] = stats.bh_qvalues(out.loc[idx, "map_p_value"].to_numpy())
+        qcol = "geomean_q_value" if ecfg.class_significance == "geomean_q" else "map_q_value"
+        out["q_value"] = out[qcol]
+        out["retrieved"] = out["q_value"] < ecfg.q_threshold
+        return out
+
+    return finish
 
 
 def add_q_values(queries: pd.DataFrame, spec) -> pd.DataFrame:
@@ -565,40 +722,99 @@ def _empty_task(message: str, ecfg: EvaluateConfig, empties: list, comm) -> None
         print(f"WARNING: {message}; task skipped", file=sys.stderr)
 
 
-class TimedComm:
-    """The communicator with the wall and CPU seconds spent in its collectives added to ``clock['comm']``.
+class PhaseClock:
+    """Wall and CPU seconds per named phase on this rank; phases nest, time goes to the innermost.
 
-    Time in a collective is transfer plus waiting for the slowest rank (MPI
-    waits by polling, so waiting also counts as CPU time): the benchmark
-    reports it per rank, which tells load imbalance from serial work.
+    ``with clock("ap"):`` ... ``with clock("ap_gather"):`` ...: the seconds of
+    the inner block count for ``ap_gather`` only, so the phases add up to the
+    time inside them; time outside every phase is ``other``. :meth:`seconds`
+    gives ``{phase: s, phase_cpu: s}``; the benchmark prints it per rank.
+    Phases whose name ends in ``_gather`` or ``_exchange`` are collectives:
+    transfers plus waiting for the slowest rank (MPI waits by polling, so
+    waiting also counts as CPU time), which tells load imbalance from serial
+    work.
+
+    :attr:`segments` are the CPU seconds of work between consecutive
+    collectives (every rank calls the same collectives in the same order, so
+    segment ``i`` of every rank ends at the same synchronization point). The
+    sum over segments of the largest rank's segment is the critical path: the
+    wall time of the run on idle cores, which other load on a shared machine
+    does not inflate the way it inflates wall seconds.
     """
 
-    def __init__(self, comm, clock: dict):
-        self._comm, self._clock = comm, clock
+    #: Phases in the order a task runs them (all reported, zero when a run has none).
+    PHASES = ("prepare", "ap", "ap_gather", "ap_table", "nulls", "p_values", "p_gather", "bh", "class_table",
+              "class_p", "null_exchange", "class_gather", "directionality", "other")
+
+    def __init__(self):
+        self.wall = dict.fromkeys(self.PHASES, 0.0)
+        self.cpu = dict.fromkeys(self.PHASES, 0.0)
+        self.segments: list[float] = []
+        self._work = 0.0  # CPU seconds of work since the last collective
+        self._stack: list[str] = []
+        self._t = _now()
+
+    @staticmethod
+    def collective(phase: str) -> bool:
+        return phase.endswith(("_gather", "_exchange"))
+
+    def _charge(self) -> None:
+        now = _now()
+        top = self._stack[-1] if self._stack else "other"
+        self.wall[top] = self.wall.get(top, 0.0) + now[0] - self._t[0]
+        self.cpu[top] = self.cpu.get(top, 0.0) + now[1] - self._t[1]
+        if not self.collective(top):
+            self._work += now[1] - self._t[1]
+        self._t = now
+
+    @contextmanager
+    def __call__(self, phase: str):
+        self._charge()
+        if self.collective(phase):
+            self.segments.append(self._work)
+            self._work = 0.0
+        self._stack.append(phase)
+        try:
+            yield
+        finally:
+            self._charge()
+            self._stack.pop()
+
+    def seconds(self) -> dict:
+        """Seconds per phase (wall and ``_cpu``), ``comm`` (all collectives) and ``total``, up to now."""
+        self._charge()
+        out = {}
+        for k in self.wall:
+            out[k], out[k + "_cpu"] = self.wall[k], self.cpu[k]
+        coll = [k for k in self.wall if self.collective(k)]
+        out["comm"], out["comm_cpu"] = sum(self.wall[k] for k in coll), sum(self.cpu[k] for k in coll)
+        out["total"], out["total_cpu"] = sum(self.wall.values()), sum(self.cpu.values())
+        return out
+
+    def work_segments(self) -> list[float]:
+        """:attr:`segments` with the work after the last collective, up to now."""
+        self._charge()
+        return self.segments + [self._work]
+
+
+def phase(comm, name: str):
+    """``comm.clock(name)`` on a communicator that carries a :class:`PhaseClock`, else a no-op context."""
+    clock = getattr(comm, "clock", None)
+    return clock(name) if clock is not None else nullcontext()
+
+
+class ClockedComm:
+    """The communicator with the run's :class:`PhaseClock` attached (``comm.clock``); collectives pass through."""
+
+    def __init__(self, comm, clock: PhaseClock):
+        self._comm, self.clock = comm, clock
 
     def __getattr__(self, name):
         return getattr(self._comm, name)
 
-    def _timed(self, name, *args):
-        t0 = _now()
-        out = getattr(self._comm, name)(*args)
-        _tick(self._clock, "comm", t0, _now())
-        return out
-
-    def allgather(self, obj):
-        return self._timed("allgather", obj)
-
-    def alltoall(self, objs):
-        return self._timed("alltoall", objs)
-
 
 def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
-
-
-def _tick(clock: dict, phase: str, start, end) -> None:
-    clock[phase] += end[0] - start[0]
-    clock[phase + "_cpu"] += end[1] - start[1]
 
 
 def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, device: str = "cpu") -> dict:
@@ -615,7 +831,9 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
         ``empty_tasks``: the messages of tasks skipped as empty (mode
         ``warn``, :func:`empty_task_mode`); in mode ``error`` the first empty
         task raises :class:`TaskError`, and so does a run where every task
-        is empty.
+        is empty. ``seconds``: wall and CPU seconds of this rank per phase
+        (:meth:`PhaseClock.seconds`); ``work_segments``: its CPU seconds of
+        work between synchronization points (:meth:`PhaseClock.work_segments`).
     """
     comm = comm or mpi.get_comm()
     bk = get_backend(device)
@@ -623,8 +841,8 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
     all_q, all_c, all_s, all_d, all_dp = [], [], [], [], []
     empties: list[str] = []
     # wall and CPU seconds per phase on this rank (benchmarks)
-    clock = {f"{k}{c}": 0.0 for k in ("prepare", "ap", "p_values", "classes", "comm") for c in ("", "_cpu")}
-    comm = TimedComm(comm, clock)  # "comm": seconds inside collectives, part of the phases
+    clock = PhaseClock()  # wall and CPU seconds per phase on this rank (benchmarks)
+    comm = ClockedComm(comm, clock)
     store = NullStore(ecfg.null_size, ecfg.seed, comm, keep_raw=keep_raw)
     retrieved: dict[str, pd.DataFrame] = {}
     for wave in task_waves(ecfg):
@@ -635,7 +853,8 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
                 act = retrieved[spec.active_from]
                 active = act.loc[act["retrieved"]] if len(act) else act
             if spec.kind == "directionality":
-                d, dp = directionality_task(name, spec, profiles, active)
+                with clock("directionality"):
+                    d, dp = directionality_task(name, spec, profiles, active)
                 if len(d) == 0:
                     _empty_task(f"evaluate task {name!r}: no group has both pair_a and pair_b rows with a true pair "
                                 f"(sharing pair_by {spec.pair_by}) and a null pair; 0 pairs", ecfg, empties, comm)
@@ -643,39 +862,46 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
                 all_d.append(d)
                 all_dp.append(dp)
                 continue
-            t0 = _now()
-            groups = prepare_task(name, spec, profiles, active)
-            t1 = _now()
-            q_tabs = distributed_ap(groups, {name: spec}, ecfg.block_size, comm, bk)
-            t2 = _now()
-            _tick(clock, "prepare", t0, t1)
-            _tick(clock, "ap", t1, t2)
-            queries = pd.concat(q_tabs, ignore_index=True) if q_tabs else pd.DataFrame()
-            problem = empty_task_problem(name, spec, profiles, groups, queries, active)
+            with clock("prepare"):
+                groups = prepare_task(name, spec, profiles, active)
+            with clock("ap"):
+                q_tabs = distributed_ap(groups, {name: spec}, ecfg.block_size, comm, bk)
+            with clock("ap_table"):
+                queries = pd.concat(q_tabs, ignore_index=True) if q_tabs else pd.DataFrame()
+                problem = empty_task_problem(name, spec, profiles, groups, queries, active)
             if problem:
                 _empty_task(problem, ecfg, empties, comm)
                 retrieved[name] = pd.DataFrame(columns=["retrieved"])
                 continue
-            if not spec.queries:  # no query rule: the rows that have a positive
-                queries = queries.loc[queries["n_pos_pairs"] > 0].reset_index(drop=True)
-            queries["normalized_average_precision"] = apk.normalized_ap(
-                queries["average_precision"].to_numpy(float), queries["n_pos_pairs"].to_numpy(np.int64),
-                queries["n_total_pairs"].to_numpy(np.int64),
-            )
-            queries["p_value"] = store.p_values(
-                queries["average_precision"].to_numpy(float),
-                queries["n_pos_pairs"].to_numpy(np.int64),
-                queries["n_total_pairs"].to_numpy(np.int64),
-            )
-            queries = add_q_values(queries, spec)
-            t3 = _now()
-            classes = class_table(queries, spec, ecfg, store)
-            _tick(clock, "p_values", t2, t3)
-            _tick(clock, "classes", t3, _now())
+            with clock("ap_table"):
+                if not spec.queries:  # no query rule: the rows that have a positive
+                    queries = queries.loc[queries["n_pos_pairs"] > 0].reset_index(drop=True)
+                queries["normalized_average_precision"] = apk.normalized_ap(
+                    queries["average_precision"].to_numpy(float), queries["n_pos_pairs"].to_numpy(np.int64),
+                    queries["n_total_pairs"].to_numpy(np.int64),
+                )
+            # query p-values (owners of the nulls), class p-values (classes split over ranks): one gather
+            batch = DeferredGather(comm)
+            with clock("p_values"):
+                p = store.p_values(
+                    queries["average_precision"].to_numpy(float),
+                    queries["n_pos_pairs"].to_numpy(np.int64),
+                    queries["n_total_pairs"].to_numpy(np.int64),
+                    batch,
+                )
+            with clock("class_table"):
+                finish_classes = class_table_start(queries, spec, ecfg, store, batch)
+            batch.run()
+            with clock("bh"):
+                queries["p_value"] = p
+                queries = add_q_values(queries, spec)
+            with clock("class_table"):
+                classes = finish_classes(queries)
+                summary = summarize(classes, name, spec)
             retrieved[name] = classes
             all_q.append(queries)
             all_c.append(classes)
-            all_s.append(summarize(classes, name, spec))
+            all_s.append(summary)
     ran = len(all_q) + len(all_d)
     if empties and ran == 0:
         raise TaskError(f"evaluate: every task was empty ({len(empties)}): " + "; ".join(empties))
@@ -688,7 +914,8 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
         "nulls_drawn": store.drawn,
         "null_bytes_received": store.bytes_received,
         "empty_tasks": empties,
-        "seconds": clock,
+        "seconds": clock.seconds(),
+        "work_segments": clock.work_segments(),
     }
 
 
@@ -789,21 +1016,67 @@ def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
     return table
 
 
-def write_outputs(results: dict, out_dir: Path, csv: bool, plots: bool) -> None:
-    """Parquet (+CSV) tables and the Fig. 4 / Fig. 5 PNGs under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for name in ("queries", "classes", "summary", "directionality", "direction_pairs"):
-        df = results[name]
-        df.to_parquet(out_dir / f"{name}.parquet", index=False)
-        if csv:
-            df.to_csv(out_dir / f"{name}.csv", index=False)
-    if plots:
-        from .plots import plot_directionality, plot_retrieval
+#: Relative cost of writing one table cell to Parquet and one figure (for splitting the files over ranks):
+#: ~0.27 us per Parquet cell and ~0.35 s per Fig. 4 (CPU, on the tables of ``scripts/bench_evaluate.py``
+#: case (c) at --scale 0.2, 2026-11-28; CSV formatting, ~1.1-1.7 us per cell, is split by rows instead).
+WRITE_COST = {"parquet": 1.0, "plot": 1.3e6}
 
-        if len(results["classes"]):
-            plot_retrieval(results["classes"], results["summary"], out_dir / "fig4_map.png")
-        if len(results["direction_pairs"]):
-            plot_directionality(results["direction_pairs"], results["directionality"], out_dir / "fig5_cosine.png")
+
+def output_files(results: dict, plots: bool) -> list[tuple[str, str, float]]:
+    """The Parquet tables and figures :func:`write_outputs` writes: ``(kind, table or figure, relative cost)``."""
+    files = []
+    for name in ("queries", "classes", "summary", "directionality", "direction_pairs"):
+        cells = (len(results[name]) + 1) * (len(results[name].columns) + 1)
+        files.append(("parquet", name, WRITE_COST["parquet"] * cells))
+    if plots and len(results["classes"]):
+        files.append(("plot", "fig4_map.png", WRITE_COST["plot"]))
+    if plots and len(results["direction_pairs"]):
+        files.append(("plot", "fig5_cosine.png", WRITE_COST["plot"]))
+    return files
+
+
+def _csv_rows(df: pd.DataFrame, rank: int, size: int) -> str:
+    """Rank ``rank``'s contiguous share of ``df``'s CSV text; rank 0's starts with the header."""
+    lo, hi = len(df) * rank // size, len(df) * (rank + 1) // size
+    if rank > 0 and hi == lo:
+        return ""
+    return df.iloc[lo:hi].to_csv(index=False, header=rank == 0)
+
+
+def write_outputs(results: dict, out_dir: Path, csv: bool, plots: bool, comm=None) -> None:
+    """Parquet (+CSV) tables and the Fig. 4 / Fig. 5 PNGs under ``out_dir``, the work split over the ranks.
+
+    Every rank holds the same tables. The Parquet files and figures are
+    shared out whole (balanced by :data:`WRITE_COST`,
+    :func:`hpc_profiler.mpi.split_balanced`); formatting CSV text, the
+    largest part, is split by rows (each rank formats a contiguous share of
+    every table, rank 0 joins the shares in order and writes the files: the
+    bytes of ``DataFrame.to_csv(index=False)``). So rank 0 does not write
+    alone while the others wait. Call it on every rank (``comm`` None: one
+    process writes everything).
+    """
+    comm = comm or mpi.SerialComm()
+    rank, size = comm.Get_rank(), comm.Get_size()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    names = ("queries", "classes", "summary", "directionality", "direction_pairs")
+    files = output_files(results, plots)
+    for kind, name, _ in (files[i] for i in mpi.split_balanced([f[2] for f in files], size)[rank]):
+        if kind == "parquet":
+            results[name].to_parquet(out_dir / f"{name}.parquet", index=False)
+        elif name == "fig4_map.png":
+            from .plots import plot_retrieval
+
+            plot_retrieval(results["classes"], results["summary"], out_dir / name)
+        else:
+            from .plots import plot_directionality
+
+            plot_directionality(results["direction_pairs"], results["directionality"], out_dir / name)
+    if csv:
+        shares = comm.gather([_csv_rows(results[name], rank, size) for name in names], root=0)
+        if rank == 0:
+            for i, name in enumerate(names):
+                with open(out_dir / f"{name}.csv", "w", newline="") as fh:
+                    fh.write("".join(share[i] for share in shares))
 
 
 def evaluate_batch(cfg: Config, comm=None) -> pd.DataFrame:
@@ -813,8 +1086,7 @@ def evaluate_batch(cfg: Config, comm=None) -> pd.DataFrame:
         nulls.load_kernels()
         profiles = read_profiles(profiles_path(cfg), cfg.evaluate.drop_nonfinite_features)
         results = evaluate_profiles(profiles, cfg.evaluate, comm, cfg.device)
-        if comm.Get_rank() == 0:
-            write_outputs(results, Layout.of(cfg).evaluate_dir, cfg.evaluate.csv, cfg.evaluate.plots)
+        write_outputs(results, Layout.of(cfg).evaluate_dir, cfg.evaluate.csv, cfg.evaluate.plots, comm)
         comm.barrier()
     return results["summary"]
 
@@ -856,8 +1128,9 @@ def main_evaluate(args) -> int:
         with mpi.abort_on_error(comm):
             nulls.load_kernels()
             results = evaluate_profiles(read_profiles(src, e.drop_nonfinite_features), e, comm, cfg.device)
+            write_outputs(results, out, e.csv, e.plots, comm)
+            comm.barrier()  # every rank's files are written before the run reports them
             if comm.Get_rank() == 0:
-                write_outputs(results, out, e.csv, e.plots)
                 if len(results["summary"]):
                     with pd.option_context("display.width", 160, "display.max_columns", 20):
                         print(results["summary"].to_string(index=False))

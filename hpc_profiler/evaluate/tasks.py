@@ -23,7 +23,7 @@ turns it plus a well-profile table into per-group inputs of the AP engine:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -112,6 +112,8 @@ class TaskGroup:
     #: multilabel only: original row of each (exploded) row, and the label column
     orig: np.ndarray | None = None
     multilabel_col: str | None = None
+    #: integer codes of metadata columns, filled on first use (``hpc_profiler.evaluate.run.column_codes``)
+    codes: dict = field(default_factory=dict, repr=False)
 
 
 def split_labels(values, sep: str) -> list[frozenset]:
