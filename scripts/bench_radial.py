@@ -61,6 +61,11 @@ def run_family(mod, labels, images, r, ops=None):
     for obj, lab in labels.items():
         n = int(lab.max())
         g = mod.radial_geometry(lab, n, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius, objects=ops[obj])
+        if hasattr(mod, "measure_radial_channels"):  # all channels at once, as the family runs
+            cols = mod.measure_radial_channels(lab, n, images, bins=r.bins, scaled=r.scaled,
+                                               max_radius=r.max_radius, geometry=g)
+            out.update({f"{obj}_{k}": v for k, v in cols.items()})
+            continue
         for c, img in images.items():
             cols = mod.measure_radial_distribution(lab, n, img, c, bins=r.bins, scaled=r.scaled,
                                                    max_radius=r.max_radius, geometry=g)

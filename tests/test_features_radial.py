@@ -303,7 +303,6 @@ def test_cpu_geometry_equals_packed_canvas_path_to_the_bit(case):
     from scipy import ndimage as ndi
 
     import hpc_profiler.features.radial as R
-    from hpc_profiler.features._objects import bounding_boxes
 
     if case == "edges":
         labels, n = _edge_cases_labels()
@@ -324,11 +323,10 @@ def test_cpu_geometry_equals_packed_canvas_path_to_the_bit(case):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert (~fast.good).any()  # a split object's far piece is left out
     # the kernel's edge distances = SciPy's transform of each object alone, image edge not background
-    ymin, xmin, ymax, xmax = bounding_boxes(op)
     d_edge, d_center = np.empty(op.flat.shape[0]), np.empty(op.flat.shape[0])
     seed = np.empty(n, np.int64)
     good, bin_, wedge = (np.empty(op.flat.shape[0], t) for t in (np.bool_, np.int64, np.int64))
-    R._geometry_objects_jit(op.y, op.x, op.starts, op.counts, ymin, xmin, ymax, xmax, labels.shape[0],
+    R._geometry_objects_jit(op.y, op.x, op.starts, op.counts, labels.shape[0],
                             labels.shape[1], R._STEP_LENGTHS, 4, True, 100.0, d_edge, d_center, seed,
                             good, bin_, wedge)
     ref = np.empty_like(d_edge)
@@ -336,3 +334,43 @@ def test_cpu_geometry_equals_packed_canvas_path_to_the_bit(case):
         sl = slice(op.starts[i], op.starts[i] + op.counts[i])
         ref[sl] = ndi.distance_transform_edt(labels == i + 1)[op.y[sl], op.x[sl]]
     np.testing.assert_array_equal(d_edge, ref)
+
+
+def test_all_channels_at_once_equal_channel_by_channel_to_the_bit():
+    """measure_radial_channels (one numba pass for the channels' sums, array expressions over a
+    channel axis) against measure_radial_distribution channel by channel: the same bits, also
+    for channels of mixed dtypes (float32 and float64 images)."""
+    from hpc_profiler.features.radial import measure_radial_channels
+
+    labels, n, images = make_site(seed=4)
+    imgs = {c: (np.asarray(images[c], np.float32) if i % 2 else np.asarray(images[c], np.float64))
+            for i, c in enumerate(("DNA", "ER", "Mito"))}
+    geo = radial_geometry(labels, n)
+    together = measure_radial_channels(labels, n, imgs, geometry=geo)
+    alone = {}
+    for c, im in imgs.items():
+        alone.update(measure_radial_distribution(labels, n, im, c, geometry=geo))
+    assert list(together) == list(alone) and len(together) == 3 * 3 * 4
+    for k in alone:
+        np.testing.assert_array_equal(together[k], alone[k], err_msg=k)
+
+
+def test_gpu_path_all_channels_on_cpu_twin_close_to_cpu(monkeypatch):
+    """The device branch of measure_radial_channels (one gather of all channels, scatter-adds of
+    known length) run on NumPy: within the parity bound of the CPU's float32 sums, every channel."""
+    import hpc_profiler.features.radial as R
+    from hpc_profiler.backend import Backend, cpu_backend
+
+    labels, n, images = make_site(seed=2)
+    imgs = {c: np.asarray(images[c], dtype=np.float64) for c in ("DNA", "AGP", "Mito")}
+    cpu = R.measure_radial_channels(labels, n, imgs)
+    twin = Backend("gpu", cpu_backend().xp, cpu_backend().ndi, cpu_backend().ski)
+    monkeypatch.setattr(R, "backend_of", lambda *a: twin)
+    gpu = R.measure_radial_channels(labels, n, imgs)
+    assert list(gpu) == list(cpu)
+    for c in imgs:
+        keys = [k for k in cpu if f"_{c}_" in k]
+        d = np.concatenate([np.abs(gpu[k] - cpu[k]) / np.maximum(np.abs(cpu[k]), 1e-30) for k in keys])
+        d = d[np.isfinite(d)]
+        assert np.median(d) <= 1e-5 and d.max() <= 1e-3, (c, np.median(d), d.max())
+        assert d.max() > 0  # the device sums (float64, rounded once) differ somewhere: the branch ran

@@ -82,7 +82,6 @@ import numpy as np
 from hpc_profiler.backend import backend_of
 from hpc_profiler.morphology import edt_columns_up, edt_row_envelope, njit_cached
 from hpc_profiler.features._objects import (
-    bounding_boxes,
     check_image_shape,
     ObjectPixels,
     edt_at,
@@ -91,7 +90,7 @@ from hpc_profiler.features._objects import (
     segment_argmax,
 )
 
-__all__ = ["measure_radial_distribution", "radial_geometry", "RadialGeometry", "geodesic_from_seeds"]
+__all__ = ["measure_radial_distribution", "measure_radial_channels", "radial_geometry", "RadialGeometry", "geodesic_from_seeds"]
 
 
 class RadialGeometry:
@@ -236,14 +235,20 @@ def float32_sums(bk, keys, values, size: int):
                                      np.ascontiguousarray(values, dtype=np.float32), out)
 
 
-def _channel_sums(image, flat, bin_key, wedge_key, hist, wsum):
-    """Both per-channel float32 sums in one pass (numba, CPU): ``hist[bin_key[i]]`` and
-    ``wsum[wedge_key[i]]`` += ``float32(image[flat[i]])`` for i = 0, 1, ... - each the
-    ordered float32 accumulation of :func:`float32_sums`, to the bit."""
+def _channel_sums(images, flat, bin_key, wedge_key, hist, wsum):
+    """Both per-channel float32 sums of every channel in one pass over the pixels (numba,
+    CPU): ``hist[c, bin_key[i]]`` and ``wsum[c, wedge_key[i]]`` += ``float32(images[c][flat[i]])``
+    for i = 0, 1, ... - per channel the ordered float32 accumulation of
+    :func:`float32_sums`, to the bit (the channels only share the pass)."""
+    nc = len(images)
     for i in range(flat.shape[0]):
-        v = np.float32(image[flat[i]])
-        hist[bin_key[i]] += v
-        wsum[wedge_key[i]] += v
+        f = flat[i]
+        bk = bin_key[i]
+        wk = wedge_key[i]
+        for c in range(nc):
+            v = np.float32(images[c][f])
+            hist[c, bk] += v
+            wsum[c, wk] += v
 
 
 _channel_sums_jit = njit_cached(_channel_sums)
@@ -368,7 +373,7 @@ def geodesic_from_seeds(packed, n_pixels: int, seeds, *, backend=None):
     return dist[:n_pixels]
 
 
-def _geometry_objects(py, px, starts, counts, ymin, xmin, ymax, xmax, height, width, steps,
+def _geometry_objects(py, px, starts, counts, height, width, steps,
                       bins, scaled, max_radius, d_edge, d_center, seed, good, bin_, wedge):
     """Per object alone (numba, CPU): ``d_edge``, the seed and ``d_center`` of its pixels.
 
@@ -384,7 +389,9 @@ def _geometry_objects(py, px, starts, counts, ymin, xmin, ymax, xmax, height, wi
     :func:`_label_correcting`, equal to the bit: see there; ``inf`` where the
     seed does not reach). Objects without pixels get ``seed`` -1. Then per
     pixel, as :func:`radial_geometry`'s array expressions in the same float64
-    operations: ``good`` (reached), ``bin_`` and ``wedge``.
+    operations: ``good`` (reached), ``bin_`` and ``wedge``. The bounding box
+    comes from the object's pixels here (raster order: the first and last
+    pixels give the rows), cheaper than ``bounding_boxes`` of the whole set.
     """
     n = starts.shape[0]
     for i in range(n):
@@ -393,12 +400,23 @@ def _geometry_objects(py, px, starts, counts, ymin, xmin, ymax, xmax, height, wi
         if c == 0:
             seed[i] = -1
             continue
-        top = 1 if ymin[i] > 0 else 0
-        left = 1 if xmin[i] > 0 else 0
-        y0 = ymin[i] - top
-        x0 = xmin[i] - left
-        h = ymax[i] + (1 if ymax[i] < height else 0) - y0
-        w = xmax[i] + (1 if xmax[i] < width else 0) - x0
+        bymin = py[s]
+        bymax = py[s + c - 1] + 1
+        bxmin = px[s]
+        bxmax = px[s]
+        for p in range(s + 1, s + c):
+            xv = px[p]
+            if xv < bxmin:
+                bxmin = xv
+            elif xv > bxmax:
+                bxmax = xv
+        bxmax += 1
+        top = 1 if bymin > 0 else 0
+        left = 1 if bxmin > 0 else 0
+        y0 = bymin - top
+        x0 = bxmin - left
+        h = bymax + (1 if bymax < height else 0) - y0
+        w = bxmax + (1 if bxmax < width else 0) - x0
         big = h + w + 2  # above any in-crop distance: "no background in this column"
         local = np.full((h, w), -1, dtype=np.int32)  # pixel index within the object, -1 outside
         for p in range(c):
@@ -528,7 +546,6 @@ def radial_geometry(labels, n_objects: int, *, bins: int = 4, scaled: bool = Tru
     else:
         # CPU: each object alone in its box, one numba pass (the same distances, seeds and
         # geodesic to the bit as the packed canvas + SciPy transform + label-correcting loop)
-        ymin, xmin, ymax, xmax = bounding_boxes(op)
         n_pix = op.flat.shape[0]
         d_edge = np.empty(n_pix)
         d_center = np.empty(n_pix)
@@ -536,7 +553,7 @@ def radial_geometry(labels, n_objects: int, *, bins: int = 4, scaled: bool = Tru
         good = np.empty(n_pix, dtype=np.bool_)
         bin_ = np.empty(n_pix, dtype=np.int64)
         wedge = np.empty(n_pix, dtype=np.int64)
-        _geometry_objects_jit(op.y, op.x, op.starts, op.counts, ymin, xmin, ymax, xmax,
+        _geometry_objects_jit(op.y, op.x, op.starts, op.counts,
                               int(op.shape[0]), int(op.shape[1]), _STEP_LENGTHS, int(bins), bool(scaled),
                               float(max_radius), d_edge, d_center, idx, good, bin_, wedge)
         ok = idx >= 0
@@ -589,52 +606,80 @@ def measure_radial_distribution(labels, n_objects: int, image, channel: str, *, 
         ``RadialDistribution_{FracAtD,MeanFrac,RadialCV}_{channel}_{i}of{bins}``
         (and ``..._Overflow`` columns for unscaled bins) -> (N,) float64.
     """
-    bk = backend_of(labels, image)
+    return measure_radial_channels(labels, n_objects, {channel: image}, bins=bins, scaled=scaled,
+                                   max_radius=max_radius, geometry=geometry)
+
+
+def _stacked_pixels(bk, images: list, flat):
+    """``(C, M)`` float32 values of the channels at the image indices ``flat`` (device path):
+    one stack of the images and one gather."""
     xp = bk.xp
-    check_image_shape("measure_radial_distribution", channel, image, labels)
+    stack = xp.stack([xp.ravel(im) for im in images])
+    return stack[:, flat].astype(xp.float32)
+
+
+def measure_radial_channels(labels, n_objects: int, images, *, bins: int = 4, scaled: bool = True,
+                            max_radius: int = 100, geometry: RadialGeometry | None = None) -> dict:
+    """:func:`measure_radial_distribution` of several channels at once (``images``: channel -> image).
+
+    The per-channel sums of all channels are formed together - on the CPU in one
+    numba pass over the pixels (:func:`_channel_sums`, each channel's sums in
+    the same order and precision as alone), on the device with one gather of
+    all channels and one scatter-add per sum of known length (no data-sized
+    output) - and the features of every channel come from array expressions
+    over a leading channel axis (the same operations per channel, so the
+    same bits as channel by channel).
+    """
+    channels = list(images)
+    for c in channels:
+        check_image_shape("measure_radial_distribution", c, images[c], labels)
+    bk = backend_of(labels, *[images[c] for c in channels])
+    xp = bk.xp
     g = geometry if geometry is not None else radial_geometry(
         labels, n_objects, bins=bins, scaled=scaled, max_radius=max_radius)
-    op = g.op
-    n = op.n
+    n = g.op.n
     nb = g.bins + 1
+    nc = len(channels)
     s = g.sums
     # CellProfiler's float32 image values, summed in float32 (module docstring)
     if bk.is_gpu:
-        v = xp.ravel(image)[s["flat"]].astype(xp.float32)
-        hist = float32_sums(bk, s["bin_key"], v, n * nb).reshape(n, nb)
-        wsum32 = float32_sums(bk, s["wedge_key"], v, n * nb * 8)
-    else:  # the same two ordered float32 sums, one pass over the pixels
-        hist = np.zeros(n * nb, dtype=np.float32)
-        wsum32 = np.zeros(n * nb * 8, dtype=np.float32)
-        _channel_sums_jit(np.ravel(image), s["flat"], s["bin_key"], s["wedge_key"], hist, wsum32)
-        hist = hist.reshape(n, nb)
+        # float64 sums (scatter-adds into arrays of known length) rounded to float32 once
+        v = _stacked_pixels(bk, [images[c] for c in channels], s["flat"]).astype(xp.float64).ravel()
+        chan = xp.arange(nc, dtype=xp.int64)[:, None]
+        hist = xp.zeros(nc * n * nb, dtype=xp.float64)
+        xp.add.at(hist, (chan * (n * nb) + s["bin_key"][None, :]).ravel(), v)
+        wsum32 = xp.zeros(nc * n * nb * 8, dtype=xp.float64)
+        xp.add.at(wsum32, (chan * (n * nb * 8) + s["wedge_key"][None, :]).ravel(), v)
+        hist = hist.astype(xp.float32).reshape(nc, n, nb)
+        wsum32 = wsum32.astype(xp.float32)
+    else:  # the ordered float32 sums of every channel, one pass over the pixels
+        hist = np.zeros((nc, n * nb), dtype=np.float32)
+        wsum32 = np.zeros((nc, n * nb * 8), dtype=np.float32)
+        ims = tuple(np.ravel(images[c]) for c in channels)
+        if len({a.dtype for a in ims}) > 1:  # one tuple type for numba (float64 holds any float32 exactly)
+            ims = tuple(a.astype(np.float64) for a in ims)
+        _channel_sums_jit(ims, s["flat"], s["bin_key"], s["wedge_key"], hist, wsum32)
+        hist = hist.reshape(nc, n, nb)
     with np.errstate(divide="ignore", invalid="ignore"):
-        frac = (hist / hist.sum(axis=1, keepdims=True)).astype(xp.float64)  # float32 quotient
+        frac = (hist / hist.sum(axis=2, keepdims=True)).astype(xp.float64)  # float32 quotient
         mean_frac = frac / (s["pix_frac"] + np.finfo(float).eps)
-        # wedge means per (object, bin, wedge)
-        wsum = wsum32.reshape(n, nb, 8).astype(xp.float64)
+        # wedge means per (channel, object, bin, wedge)
+        wsum = wsum32.reshape(nc, n, nb, 8).astype(xp.float64)
         present, k = s["present"], s["k"]
         means = xp.where(present, wsum / s["wcnt"], 0.0)
-        mu = means.sum(axis=2) / k
-        var = (xp.where(present, (means - mu[:, :, None]) ** 2, 0.0)).sum(axis=2) / k
+        mu = means.sum(axis=3) / k
+        var = (xp.where(present, (means - mu[..., None]) ** 2, 0.0)).sum(axis=3) / k
         cv = xp.sqrt(var) / mu
     cv = xp.where(k == 0, 0.0, cv)
     cv = xp.where(s["empty"][:, None], xp.nan, cv)
     out = {}
     n_out = g.bins + (0 if g.scaled else 1)
-    for i in range(n_out):
-        suffix = f"{i + 1}of{g.bins}" if i < g.bins else "Overflow"
-        if i == g.bins:
-            names = (f"RadialDistribution_FracAtD_{channel}_Overflow",
-                     f"RadialDistribution_MeanFrac_{channel}_Overflow",
-                     f"RadialDistribution_RadialCV_{channel}_Overflow")
-        else:
-            names = (f"RadialDistribution_FracAtD_{channel}_{suffix}",
-                     f"RadialDistribution_MeanFrac_{channel}_{suffix}",
-                     f"RadialDistribution_RadialCV_{channel}_{suffix}")
-        out[names[0]] = frac[:, i]
-        out[names[1]] = mean_frac[:, i]
-        out[names[2]] = cv[:, i]
+    for j, channel in enumerate(channels):
+        for i in range(n_out):
+            suffix = f"{i + 1}of{g.bins}" if i < g.bins else "Overflow"
+            out[f"RadialDistribution_FracAtD_{channel}_{suffix}"] = frac[j, :, i]
+            out[f"RadialDistribution_MeanFrac_{channel}_{suffix}"] = mean_frac[j, :, i]
+            out[f"RadialDistribution_RadialCV_{channel}_{suffix}"] = cv[j, :, i]
     return out
 
 
@@ -653,11 +698,8 @@ def _radial_measure(ctx) -> dict:
     r = ctx.params.radial
     geometry = radial_geometry(ctx.labels, ctx.n, bins=r.bins, scaled=r.scaled, max_radius=r.max_radius,
                                objects=ctx.objects, edges=None)
-    out = {}
-    for c in ctx.channels:
-        out.update(measure_radial_distribution(ctx.labels, ctx.n, ctx.images[c], c, bins=r.bins, scaled=r.scaled,
-                                               max_radius=r.max_radius, geometry=geometry))
-    return out
+    return measure_radial_channels(ctx.labels, ctx.n, {c: ctx.images[c] for c in ctx.channels}, bins=r.bins,
+                                   scaled=r.scaled, max_radius=r.max_radius, geometry=geometry)
 
 
 from hpc_profiler.features.registry import Family  # noqa: E402  (the entry closes the module)
