@@ -374,3 +374,53 @@ def test_gpu_path_all_channels_on_cpu_twin_close_to_cpu(monkeypatch):
         d = d[np.isfinite(d)]
         assert np.median(d) <= 1e-5 and d.max() <= 1e-3, (c, np.median(d), d.max())
         assert d.max() > 0  # the device sums (float64, rounded once) differ somewhere: the branch ran
+
+
+@pytest.mark.parametrize("case", ["site0", "site3", "edges", "thin"])
+def test_device_geometry_on_cpu_twin_equals_cpu_to_the_bit(case, monkeypatch):
+    """The device geometry (row of tiles + one transform, scatter-max seeds, Jacobi rounds
+    pulling 1- and 2-step path sums in image coordinates), run on NumPy: the same edge
+    distances' bins, seeds, reached pixels and wedges as the CPU's numba pass, and the same
+    features through the device sums (within the parity bound of the float32 sums)."""
+    import hpc_profiler.features.radial as R
+    from hpc_profiler.backend import Backend, cpu_backend
+
+    if case == "edges":
+        labels, n = _edge_cases_labels()
+    elif case == "thin":  # one-pixel-wide 8-connected walks: two-step paths through the background
+        rng = np.random.default_rng(7)
+        labels = np.zeros((160, 160), np.int32)
+        for k in range(1, 13):
+            y, x = rng.integers(20, 140, 2)
+            for _ in range(120):
+                labels[y, x] = labels[y, x] or k
+                y = int(np.clip(y + rng.integers(-1, 2), 0, 159))
+                x = int(np.clip(x + rng.integers(-1, 2), 0, 159))
+        n = int(labels.max())
+    else:
+        labels, n, _ = make_site(seed=int(case[-1]))
+    img = np.random.default_rng(3).random(labels.shape)
+    twin = Backend("gpu", cpu_backend().xp, cpu_backend().ndi, cpu_backend().ski)
+    for bins, scaled in ((4, True), (3, False)):
+        cpu = radial_geometry(labels, n, bins=bins, scaled=scaled, max_radius=7)
+        cpu_cols = R.measure_radial_channels(labels, n, {"X": img}, bins=bins, scaled=scaled, max_radius=7,
+                                             geometry=cpu)
+        with monkeypatch.context() as m:
+            m.setattr(R, "backend_of", lambda *a: twin)
+            dev = radial_geometry(labels, n + 1, bins=bins, scaled=scaled, max_radius=7)  # + an empty object
+            dev_cols = R.measure_radial_channels(labels, n + 1, {"X": img}, bins=bins, scaled=scaled,
+                                                 max_radius=7, geometry=dev)
+        for attr in ("good", "bin", "wedge"):
+            np.testing.assert_array_equal(getattr(dev, attr), getattr(cpu, attr), err_msg=attr)
+        for attr in ("center_y", "center_x"):
+            np.testing.assert_array_equal(getattr(dev, attr)[:n], getattr(cpu, attr), err_msg=attr)
+            assert np.isnan(getattr(dev, attr)[n])
+        d = np.concatenate([np.abs(dev_cols[k][:n] - v) / np.maximum(np.abs(v), 1e-30) for k, v in cpu_cols.items()])
+        assert np.array_equal(np.isnan(d), np.concatenate([np.isnan(v) for v in cpu_cols.values()]))
+        d = d[np.isfinite(d)]
+        assert np.median(d) <= 1e-5 and d.max() <= 1e-3, (np.median(d), d.max())  # the parity bound
+        for k, v in cpu_cols.items():
+            if "RadialCV" in k:
+                assert dev_cols[k][n] == 0 or np.isnan(dev_cols[k][n])
+            else:
+                assert np.isnan(dev_cols[k][n])

@@ -128,7 +128,8 @@ class RadialGeometry:
 
         ``flat`` (image indices of the reached pixels), ``bin_key``
         (``object * (bins + 1) + bin``) and ``wedge_key`` (``bin_key * 8 +
-        wedge``) of those pixels, the pixel fraction per bin ``pix_frac``
+        wedge``) of those pixels (on the device: of every pixel, those not reached in the
+        extra last slot ``bin_slots - 1`` / ``wedge_slots - 1``), the pixel fraction per bin ``pix_frac``
         (N, bins + 1), the pixel count per wedge ``wcnt`` (N, bins + 1, 8,
         at least 1), ``present`` (wedges with pixels), ``k`` (wedges with
         pixels per bin) and ``empty`` (objects without a reached pixel).
@@ -151,6 +152,8 @@ class RadialGeometry:
                 "flat": flat,
                 "bin_key": bin_key,
                 "wedge_key": wedge_key,
+                "bin_slots": n * nb,
+                "wedge_slots": n * nb * 8,
                 "pix_frac": pix_frac,
                 "wcnt": np.maximum(wcnt, 1),
                 "present": present,
@@ -158,26 +161,36 @@ class RadialGeometry:
                 "empty": ~(count.sum(axis=1) > 0),
             }
         if self._sums is None:
+            # device: every pixel keeps its slot; pixels not reached go to one extra slot at
+            # the end (no boolean-mask read, whose size the host would have to learn), and
+            # the counts are scatter-adds into arrays of known length (no bincount sizing)
             xp = backend_of(self.op.flat).xp
             n, nb = self.op.n, self.bins + 1
             good = self.good
-            obj = self.op.obj[good]
-            bin_key = obj * nb + self.bin[good]
-            wedge_key = bin_key * 8 + self.wedge[good]
-            count = xp.bincount(bin_key, minlength=n * nb)[: n * nb].reshape(n, nb).astype(xp.float64)
-            wcnt = xp.bincount(wedge_key, minlength=n * nb * 8)[: n * nb * 8].reshape(n, nb, 8)
+            obj = self.op.obj
+            bin_key = xp.where(good, obj * nb + self.bin, n * nb)
+            wedge_key = xp.where(good, (obj * nb + self.bin) * 8 + self.wedge, n * nb * 8)
+            count = xp.zeros(n * nb + 1, dtype=xp.float64)
+            xp.add.at(count, bin_key, 1.0)
+            count = count[: n * nb].reshape(n, nb)
+            wcnt = xp.zeros(n * nb * 8 + 1, dtype=xp.int64)
+            xp.add.at(wcnt, wedge_key, 1)
+            wcnt = wcnt[: n * nb * 8].reshape(n, nb, 8)
             present = wcnt > 0
+            total = count.sum(axis=1, keepdims=True)
             with np.errstate(divide="ignore", invalid="ignore"):
-                pix_frac = count / count.sum(axis=1, keepdims=True)
+                pix_frac = count / total
             self._sums = {
-                "flat": self.op.flat[good],
+                "flat": self.op.flat,
                 "bin_key": bin_key,
                 "wedge_key": wedge_key,
+                "bin_slots": n * nb + 1,
+                "wedge_slots": n * nb * 8 + 1,
                 "pix_frac": pix_frac,
                 "wcnt": xp.maximum(wcnt, 1),
                 "present": present,
                 "k": present.sum(axis=2),
-                "empty": ~(xp.bincount(obj, minlength=n)[:n] > 0),
+                "empty": ~(total[:, 0] > 0),
             }
         return self._sums
 
@@ -509,6 +522,147 @@ def _geometry_objects(py, px, starts, counts, height, width, steps,
 _geometry_objects_jit = njit_cached(_geometry_objects)
 
 
+def _pull_table(nbrs, n_pixels: int):
+    """``(pulls, first, second)`` of the device rounds (:func:`_device_geometry`).
+
+    ``nbrs`` (8, P): the neighbour of each pixel in each step of ``_STEPS``
+    inside its object, ``P`` where none. Row 0 of ``pulls`` is the pixel
+    itself (cost 0), rows 1-8 the pixel one step back, the other rows the
+    pixel two steps back: ``u --a--> w --b--> v`` for every pair of steps
+    (a step and its reverse left out: they return to ``v``). A pixel ``v``
+    pulls ``(d[u] + s_a) + s_b`` - the float sum of the path, in its order,
+    as the CPU's label-correcting loop adds it. The sentinel column ``P``
+    pulls only from itself.
+    """
+    bk = backend_of(nbrs)
+    xp = bk.xp
+    nb1 = xp.concatenate([nbrs, xp.full((8, 1), n_pixels, dtype=nbrs.dtype)], axis=1)
+    back = nb1[::-1]  # back[k][v] = u with v = u + offset k (offsets of _STEPS are symmetric)
+    s = [step for _, _, step in _STEPS]
+    pairs = [(a, b) for a in range(8) for b in range(8) if a != 7 - b]
+    rows = xp.asarray([8 * a + b for a, b in pairs], dtype=xp.int64)
+    two = back[:, back].reshape(64, n_pixels + 1)[rows]
+    pulls = xp.concatenate([xp.arange(n_pixels + 1, dtype=nbrs.dtype)[None, :], back, two], axis=0)
+    first = xp.asarray([0.0] + s + [s[a] for a, _ in pairs], dtype=xp.float64)[:, None]
+    second = xp.asarray([0.0] * 9 + [s[b] for _, b in pairs], dtype=xp.float64)[:, None]
+    return pulls, first, second
+
+
+def _pull_rounds(dist, pulls, first, second, rounds: int):
+    """``rounds`` Jacobi rounds: every pixel takes the least of its pulled path sums."""
+    for _ in range(rounds):
+        dist = ((dist[pulls] + first) + second).min(axis=0)
+    return dist
+
+
+def _device_geometry(bk, op: ObjectPixels, bins: int, scaled: bool, max_radius) -> RadialGeometry:
+    """:func:`radial_geometry` on the device: no loop over objects, one host read of sizes.
+
+    * Boxes from the raster order (rows) and scatter-min/max (columns).
+    * Each object's tile (box, one background pixel on sides inside the
+      image, a foreground margin of ``max(h, w) + 1`` on sides at the image
+      edge, as :func:`~hpc_profiler.features._objects.pack_objects` with the
+      image edge not background) laid side by side in one row of tiles: the
+      canvas size (total width, tallest tile) and the largest box extent are
+      the one device->host copy; the margins are drawn by per-pixel tests
+      of the canvas, the objects by one scatter; one Euclidean transform
+      (:func:`~hpc_profiler.features._objects.edt_at`) gives ``d_edge``.
+    * Seed = first pixel with the largest ``d_edge`` (scatter-max, then a
+      scatter-min of the candidates' indices; raster order inside an object).
+    * ``d_center``: Jacobi rounds over the pixels' neighbours inside their
+      object (same label, 8-connected, in image coordinates) pulling every
+      1- and 2-step path sum (:func:`_pull_table`); the fixed point is the
+      CPU loop's to the bit (see :func:`_label_correcting`). The rounds run
+      in chunks without host reads, about ``extent / 2 + 2`` first (enough
+      for the shortest paths of an object about as long as its box), then
+      one read per chunk tells whether the last round changed anything.
+    """
+    xp = bk.xp
+    n = op.n
+    P = int(op.flat.shape[0])
+    H, W = op.shape
+    if P == 0:
+        nothing = xp.zeros(0, dtype=xp.int64)
+        return RadialGeometry(op, xp.zeros(0, dtype=bool), nothing, nothing, xp.full(n, xp.nan),
+                              xp.full(n, xp.nan), bins, scaled)
+    obj = op.obj
+    has = op.counts > 0
+    first_px = xp.minimum(op.starts, P - 1)
+    last_px = xp.clip(op.starts + op.counts - 1, 0, P - 1)
+    ymin = xp.where(has, op.y[first_px], 0)
+    ymax = xp.where(has, op.y[last_px] + 1, 0)
+    xmin = xp.full(n, W, dtype=xp.int64)
+    xp.minimum.at(xmin, obj, op.x)
+    xmin = xp.where(has, xmin, 0)
+    xmax = xp.zeros(n, dtype=xp.int64)
+    xp.maximum.at(xmax, obj, op.x + 1)
+    extent = xp.maximum(ymax - ymin, xmax - xmin)
+    margin = extent + 1
+    pt = xp.where(ymin == 0, margin, 1)
+    pb = xp.where(ymax == H, margin, 1)
+    pl = xp.where(xmin == 0, margin, 1)
+    pr = xp.where(xmax == W, margin, 1)
+    th = xp.where(has, ymax - ymin + pt + pb, 0)
+    tw = xp.where(has, xmax - xmin + pl + pr, 0)
+    x0 = xp.cumsum(tw) - tw
+    sizes = bk.to_numpy(xp.stack([tw.sum(), th.max(), extent.max()]))  # the one host read of sizes
+    width_c, height_c, longest = (int(v) for v in sizes)
+    # canvas: margins at the image edge (foreground of no object), then the objects
+    t = xp.searchsorted(x0 + tw, xp.arange(width_c), side="right")  # tile of each canvas column
+    lx = xp.arange(width_c) - x0[t]
+    r = xp.arange(height_c)[:, None]
+    tt, pt_t, pb_t, pl_t, pr_t = th[t], pt[t], pb[t], pl[t], pr[t]
+    mask = (r < tt) & (((r < pt_t) & (ymin[t] == 0)) | ((r >= tt - pb_t) & (ymax[t] == H))
+                       | ((lx < pl_t) & (xmin[t] == 0)) | ((lx >= tw[t] - pr_t) & (xmax[t] == W)))
+    cy = op.y - ymin[obj] + pt[obj]
+    cx = op.x - xmin[obj] + pl[obj] + x0[obj]
+    mask[cy, cx] = True
+    d_edge = edt_at(mask, cy, cx)
+    # seed: the first pixel (raster order) with the largest distance to the edge
+    best = xp.full(n, -1.0)
+    xp.maximum.at(best, obj, d_edge)
+    cand = xp.where(d_edge == best[obj], xp.arange(P, dtype=xp.int64), P)
+    idx = xp.full(n, P, dtype=xp.int64)
+    xp.minimum.at(idx, obj, cand)
+    ok = has
+    idx = xp.where(ok, idx, 0)
+    # neighbours inside the object, in image coordinates
+    index = xp.full(H * W, P, dtype=xp.int64)
+    index[op.flat] = xp.arange(P, dtype=xp.int64)
+    ny = op.y[None, :] + _DY[:, None]
+    nx = op.x[None, :] + _DX[:, None]
+    inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
+    j = index[xp.where(inside, ny * W + nx, 0)]
+    same = inside & (j < P) & (obj[xp.minimum(j, P - 1)] == obj[None, :])
+    pulls, first, second = _pull_table(xp.where(same, j, P), P)
+    dist = xp.full(P + 1, xp.inf)
+    dist[xp.where(ok, idx, P)] = 0.0
+    dist[P] = xp.inf
+    chunk = longest // 2 + 2
+    while True:
+        dist = _pull_rounds(dist, pulls, first, second, chunk - 1)
+        before = dist
+        dist = _pull_rounds(dist, pulls, first, second, 1)
+        if not bool(bk.to_numpy((dist < before).any())):  # one read per chunk
+            break
+        chunk = max(chunk // 2, 4)
+    d_center = dist[:P]
+    good = xp.isfinite(d_center)
+    d_center = xp.where(good, d_center, 0.0)
+    if scaled:
+        norm = d_center / (d_center + d_edge + 0.001)
+    else:
+        norm = d_center / max_radius
+    norm = xp.where(good, norm, 0.0)
+    bin_ = xp.minimum((norm * bins).astype(xp.int64), bins)
+    center_y = xp.where(ok, op.y[idx].astype(xp.float64), xp.nan)
+    center_x = xp.where(ok, op.x[idx].astype(xp.float64), xp.nan)
+    dy = op.y - center_y[obj]
+    dx = op.x - center_x[obj]
+    wedge = (dy > 0).astype(xp.int64) + 2 * (dx > 0) + 4 * (xp.abs(dy) > xp.abs(dx))
+    return RadialGeometry(op, good, bin_, wedge, center_y, center_x, bins, scaled)
+
+
 def edge_distances(op: ObjectPixels):
     """``(packed, d_edge)``: each object alone on a packed canvas, and the distance of
     each of its pixels to the nearest pixel outside it within the image
@@ -530,17 +684,22 @@ def radial_geometry(labels, n_objects: int, *, bins: int = 4, scaled: bool = Tru
                     edges=None) -> RadialGeometry:
     """Centres, distances, bins and wedges of every object (see the module docstring).
 
-    Computed once per object set and reused for every channel; ``edges`` is
-    :func:`edge_distances` of the objects when already computed (then, and on
-    the device, the packed canvas path runs; on the CPU otherwise the numba
-    per-object pass :func:`_geometry_objects`, with the same results to the bit).
+    Computed once per object set and reused for every channel. Three paths,
+    equal to the bit (the tests compare them): ``edges`` given
+    (:func:`edge_distances` of the objects, already computed): the packed
+    canvas, :func:`segment_argmax` and :func:`geodesic_from_seeds`; otherwise
+    on the device :func:`_device_geometry` (no loop over objects, one host read
+    of sizes and one per chunk of rounds), on the CPU the numba per-object pass
+    :func:`_geometry_objects`.
     """
     bk = backend_of(labels)
     xp = bk.xp
     op = objects if objects is not None else object_pixels(labels, n_objects)
     n = op.n
-    if bk.is_gpu or edges is not None:
-        packed, d_edge = edges if edges is not None else edge_distances(op)
+    if bk.is_gpu and edges is None:
+        return _device_geometry(bk, op, bins, scaled, max_radius)
+    if edges is not None:
+        packed, d_edge = edges
         idx, ok = segment_argmax(d_edge, op.obj, n)
         d_center = geodesic_from_seeds(packed, op.flat.shape[0], idx[ok])
     else:
@@ -646,12 +805,13 @@ def measure_radial_channels(labels, n_objects: int, images, *, bins: int = 4, sc
         # float64 sums (scatter-adds into arrays of known length) rounded to float32 once
         v = _stacked_pixels(bk, [images[c] for c in channels], s["flat"]).astype(xp.float64).ravel()
         chan = xp.arange(nc, dtype=xp.int64)[:, None]
-        hist = xp.zeros(nc * n * nb, dtype=xp.float64)
-        xp.add.at(hist, (chan * (n * nb) + s["bin_key"][None, :]).ravel(), v)
-        wsum32 = xp.zeros(nc * n * nb * 8, dtype=xp.float64)
-        xp.add.at(wsum32, (chan * (n * nb * 8) + s["wedge_key"][None, :]).ravel(), v)
-        hist = hist.astype(xp.float32).reshape(nc, n, nb)
-        wsum32 = wsum32.astype(xp.float32)
+        bs, ws = s["bin_slots"], s["wedge_slots"]
+        hist = xp.zeros(nc * bs, dtype=xp.float64)
+        xp.add.at(hist, (chan * bs + s["bin_key"][None, :]).ravel(), v)
+        wsum32 = xp.zeros(nc * ws, dtype=xp.float64)
+        xp.add.at(wsum32, (chan * ws + s["wedge_key"][None, :]).ravel(), v)
+        hist = hist.reshape(nc, bs)[:, : n * nb].astype(xp.float32).reshape(nc, n, nb)
+        wsum32 = wsum32.reshape(nc, ws)[:, : n * nb * 8].astype(xp.float32)
     else:  # the ordered float32 sums of every channel, one pass over the pixels
         hist = np.zeros((nc, n * nb), dtype=np.float32)
         wsum32 = np.zeros((nc, n * nb * 8), dtype=np.float32)
