@@ -328,7 +328,8 @@ def test_cpu_geometry_equals_packed_canvas_path_to_the_bit(case):
     good, bin_, wedge = (np.empty(op.flat.shape[0], t) for t in (np.bool_, np.int64, np.int64))
     R._geometry_objects_jit(op.y, op.x, op.starts, op.counts, labels.shape[0],
                             labels.shape[1], R._STEP_LENGTHS, 4, True, 100.0, d_edge, d_center, seed,
-                            good, bin_, wedge)
+                            good, bin_, wedge, op.flat, *(np.empty(op.flat.shape[0], np.int64) for _ in range(3)),
+                            np.zeros(n * 5 * 8, np.int64))
     ref = np.empty_like(d_edge)
     for i in range(n):
         sl = slice(op.starts[i], op.starts[i] + op.counts[i])

@@ -143,23 +143,7 @@ class RadialGeometry:
             wcnt = np.zeros(n * nb * 8, dtype=np.int64)
             _sum_keys_jit(self.op.obj, self.good, self.bin, self.wedge, self.op.flat, nb,
                           flat, bin_key, wedge_key, wcnt)
-            wcnt = wcnt.reshape(n, nb, 8)
-            count = wcnt.sum(axis=2).astype(np.float64)
-            present = wcnt > 0
-            with np.errstate(divide="ignore", invalid="ignore"):
-                pix_frac = count / count.sum(axis=1, keepdims=True)
-            self._sums = {
-                "flat": flat,
-                "bin_key": bin_key,
-                "wedge_key": wedge_key,
-                "bin_slots": n * nb,
-                "wedge_slots": n * nb * 8,
-                "pix_frac": pix_frac,
-                "wcnt": np.maximum(wcnt, 1),
-                "present": present,
-                "k": present.sum(axis=2),
-                "empty": ~(count.sum(axis=1) > 0),
-            }
+            self._sums = _cpu_sums(n, nb, flat, bin_key, wedge_key, wcnt)
         if self._sums is None:
             # device: every pixel keeps its slot; pixels not reached go to one extra slot at
             # the end (no boolean-mask read, whose size the host would have to learn), and
@@ -193,6 +177,27 @@ class RadialGeometry:
                 "empty": ~(total[:, 0] > 0),
             }
         return self._sums
+
+
+def _cpu_sums(n: int, nb: int, flat, bin_key, wedge_key, wcnt) -> dict:
+    """:attr:`RadialGeometry.sums` on the CPU from the reached pixels' keys and the wedge counts."""
+    wcnt = wcnt.reshape(n, nb, 8)
+    count = wcnt.sum(axis=2).astype(np.float64)
+    present = wcnt > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        pix_frac = count / count.sum(axis=1, keepdims=True)
+    return {
+        "flat": flat,
+        "bin_key": bin_key,
+        "wedge_key": wedge_key,
+        "bin_slots": n * nb,
+        "wedge_slots": n * nb * 8,
+        "pix_frac": pix_frac,
+        "wcnt": np.maximum(wcnt, 1),
+        "present": present,
+        "k": present.sum(axis=2),
+        "empty": ~(count.sum(axis=1) > 0),
+    }
 
 
 def _sum_keys(obj, good, bin_, wedge, flat_all, nb, flat, bin_key, wedge_key, wcnt):
@@ -387,7 +392,8 @@ def geodesic_from_seeds(packed, n_pixels: int, seeds, *, backend=None):
 
 
 def _geometry_objects(py, px, starts, counts, height, width, steps,
-                      bins, scaled, max_radius, d_edge, d_center, seed, good, bin_, wedge):
+                      bins, scaled, max_radius, d_edge, d_center, seed, good, bin_, wedge,
+                      flat_all, key_flat, bin_key, wedge_key, wcnt):
     """Per object alone (numba, CPU): ``d_edge``, the seed and ``d_center`` of its pixels.
 
     For each object, in its bounding box grown by one pixel on every side that
@@ -405,7 +411,12 @@ def _geometry_objects(py, px, starts, counts, height, width, steps,
     operations: ``good`` (reached), ``bin_`` and ``wedge``. The bounding box
     comes from the object's pixels here (raster order: the first and last
     pixels give the rows), cheaper than ``bounding_boxes`` of the whole set.
+    In the same pass, as :func:`_sum_keys`: the reached pixels' image index
+    ``key_flat`` (from ``flat_all``), ``bin_key`` and ``wedge_key`` in pixel
+    order and the pixel count per wedge key ``wcnt``; returns their number.
     """
+    nb = bins + 1
+    j = 0
     n = starts.shape[0]
     for i in range(n):
         c = counts[i]
@@ -431,9 +442,16 @@ def _geometry_objects(py, px, starts, counts, height, width, steps,
         h = bymax + (1 if bymax < height else 0) - y0
         w = bxmax + (1 if bxmax < width else 0) - x0
         big = h + w + 2  # above any in-crop distance: "no background in this column"
-        local = np.full((h, w), -1, dtype=np.int32)  # pixel index within the object, -1 outside
+        # pixel index within the object, -1 outside, in the box with one more -1 pixel on every
+        # side (the geodesic's neighbour reads then need no bounds checks)
+        wp = w + 2
+        padded = np.full((h + 2) * wp, -1, dtype=np.int32)
+        pos = np.empty(c, dtype=np.int64)  # each pixel's position in ``padded``
         for p in range(c):
-            local[py[s + p] - y0, px[s + p] - x0] = p
+            q = (py[s + p] - y0 + 1) * wp + (px[s + p] - x0 + 1)
+            padded[q] = p
+            pos[p] = q
+        local = padded.reshape(h + 2, wp)[1:h + 1, 1:w + 1]
         g = np.empty((h, w), dtype=np.int64)
         for x in range(w):  # vertical distance to background, downwards then upwards
             g[0, x] = big if local[0, x] >= 0 else 0
@@ -480,14 +498,9 @@ def _geometry_objects(py, px, starts, counts, height, width, steps,
             size -= 1
             inq[u] = False
             du = d_center[s + u]
-            uy = py[s + u] - y0
-            ux = px[s + u] - x0
+            pu = pos[u]
             for k in range(8):
-                vy = uy + _DY[k]
-                vx = ux + _DX[k]
-                if vy < 0 or vx < 0 or vy >= h or vx >= w:
-                    continue
-                v = local[vy, vx]
+                v = padded[pu + _DY[k] * wp + _DX[k]]
                 if v < 0:
                     continue
                 nd = du + steps[k]
@@ -513,10 +526,21 @@ def _geometry_objects(py, px, starts, counts, height, width, steps,
             if not ok:
                 norm = 0.0
             b = np.int64(norm * bins)
-            bin_[p] = b if b < bins else bins
+            b = b if b < bins else bins
+            bin_[p] = b
             dy = py[p] - cy
             dx = px[p] - cx
-            wedge[p] = (1 if dy > 0 else 0) + (2 if dx > 0 else 0) + (4 if abs(dy) > abs(dx) else 0)
+            wd = (1 if dy > 0 else 0) + (2 if dx > 0 else 0) + (4 if abs(dy) > abs(dx) else 0)
+            wedge[p] = wd
+            if ok:
+                bk = i * nb + b
+                wk = bk * 8 + wd
+                key_flat[j] = flat_all[p]
+                bin_key[j] = bk
+                wedge_key[j] = wk
+                wcnt[wk] += 1
+                j += 1
+    return j
 
 
 _geometry_objects_jit = njit_cached(_geometry_objects)
@@ -573,9 +597,10 @@ def _device_geometry(bk, op: ObjectPixels, bins: int, scaled: bool, max_radius) 
       object (same label, 8-connected, in image coordinates) pulling every
       1- and 2-step path sum (:func:`_pull_table`); the fixed point is the
       CPU loop's to the bit (see :func:`_label_correcting`). The rounds run
-      in chunks without host reads, about ``extent / 2 + 2`` first (enough
-      for the shortest paths of an object about as long as its box), then
-      one read per chunk tells whether the last round changed anything.
+      in chunks without host reads, ``extent / 4 + 2`` first (enough for a
+      convex object, its centre near the middle of its box), then chunks of
+      ``extent / 8``; one read after each chunk tells whether its last round
+      changed anything.
     """
     xp = bk.xp
     n = op.n
@@ -638,14 +663,17 @@ def _device_geometry(bk, op: ObjectPixels, bins: int, scaled: bool, max_radius) 
     dist = xp.full(P + 1, xp.inf)
     dist[xp.where(ok, idx, P)] = 0.0
     dist[P] = xp.inf
-    chunk = longest // 2 + 2
+    # a round moves the distances two steps: an object whose shortest paths from its centre
+    # take at most about half its box's extent in steps (convex, centre near the middle)
+    # is done after ~extent / 4 rounds; longer paths (around a hole) take further chunks
+    chunk = longest // 4 + 2
     while True:
         dist = _pull_rounds(dist, pulls, first, second, chunk - 1)
         before = dist
         dist = _pull_rounds(dist, pulls, first, second, 1)
         if not bool(bk.to_numpy((dist < before).any())):  # one read per chunk
             break
-        chunk = max(chunk // 2, 4)
+        chunk = max(longest // 8, 4)
     d_center = dist[:P]
     good = xp.isfinite(d_center)
     d_center = xp.where(good, d_center, 0.0)
@@ -712,15 +740,22 @@ def radial_geometry(labels, n_objects: int, *, bins: int = 4, scaled: bool = Tru
         good = np.empty(n_pix, dtype=np.bool_)
         bin_ = np.empty(n_pix, dtype=np.int64)
         wedge = np.empty(n_pix, dtype=np.int64)
-        _geometry_objects_jit(op.y, op.x, op.starts, op.counts,
-                              int(op.shape[0]), int(op.shape[1]), _STEP_LENGTHS, int(bins), bool(scaled),
-                              float(max_radius), d_edge, d_center, idx, good, bin_, wedge)
+        key_flat = np.empty(n_pix, dtype=np.int64)
+        bin_key = np.empty(n_pix, dtype=np.int64)
+        wedge_key = np.empty(n_pix, dtype=np.int64)
+        wcnt = np.zeros(n * (int(bins) + 1) * 8, dtype=np.int64)
+        m = _geometry_objects_jit(op.y, op.x, op.starts, op.counts,
+                                  int(op.shape[0]), int(op.shape[1]), _STEP_LENGTHS, int(bins), bool(scaled),
+                                  float(max_radius), d_edge, d_center, idx, good, bin_, wedge,
+                                  op.flat, key_flat, bin_key, wedge_key, wcnt)
         ok = idx >= 0
         center_y = np.full(n, np.nan)
         center_x = np.full(n, np.nan)
         center_y[ok] = op.y[idx[ok]].astype(np.float64)
         center_x[ok] = op.x[idx[ok]].astype(np.float64)
-        return RadialGeometry(op, good, bin_, wedge, center_y, center_x, bins, scaled)
+        geometry = RadialGeometry(op, good, bin_, wedge, center_y, center_x, bins, scaled)
+        geometry._sums = _cpu_sums(n, int(bins) + 1, key_flat[:m], bin_key[:m], wedge_key[:m], wcnt)
+        return geometry
     good = xp.isfinite(d_center) & ok[op.obj]
     d_center = xp.where(good, d_center, 0.0)
     if scaled:
