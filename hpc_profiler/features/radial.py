@@ -550,24 +550,31 @@ def _pull_table(nbrs, n_pixels: int):
     """``(pulls, first, second)`` of the device rounds (:func:`_device_geometry`).
 
     ``nbrs`` (8, P): the neighbour of each pixel in each step of ``_STEPS``
-    inside its object, ``P`` where none. Row 0 of ``pulls`` is the pixel
-    itself (cost 0), rows 1-8 the pixel one step back, the other rows the
-    pixel two steps back: ``u --a--> w --b--> v`` for every pair of steps
-    (a step and its reverse left out: they return to ``v``). A pixel ``v``
-    pulls ``(d[u] + s_a) + s_b`` - the float sum of the path, in its order,
-    as the CPU's label-correcting loop adds it. The sentinel column ``P``
-    pulls only from itself.
+    inside its object, ``P`` where none. A pixel ``v`` pulls from itself
+    (cost 0), from the pixel one step back and from the pixel two steps
+    back along ``u --a--> w --b--> v`` for every pair of steps (a step and
+    its reverse left out: they return to ``v``) the path's float sum in its
+    order, ``(d[u] + s_a) + s_b``, as the CPU's label-correcting loop adds
+    it. ``first`` (3, 1) holds the first step's lengths ``0, 1, sqrt(2)``;
+    ``pulls`` (rows, P + 1) indexes the flattened ``d + first`` (3, P + 1),
+    so each round adds the first step on 3 rows only; ``second`` (rows, 1) is
+    the second step's length (0 for the one-step rows). The sentinel column
+    ``P`` pulls only from itself.
     """
     bk = backend_of(nbrs)
     xp = bk.xp
+    size = n_pixels + 1
     nb1 = xp.concatenate([nbrs, xp.full((8, 1), n_pixels, dtype=nbrs.dtype)], axis=1)
     back = nb1[::-1]  # back[k][v] = u with v = u + offset k (offsets of _STEPS are symmetric)
     s = [step for _, _, step in _STEPS]
+    code = [1 if step == 1.0 else 2 for step in s]  # row of d + first holding d + s_a
     pairs = [(a, b) for a in range(8) for b in range(8) if a != 7 - b]
     rows = xp.asarray([8 * a + b for a, b in pairs], dtype=xp.int64)
-    two = back[:, back].reshape(64, n_pixels + 1)[rows]
-    pulls = xp.concatenate([xp.arange(n_pixels + 1, dtype=nbrs.dtype)[None, :], back, two], axis=0)
-    first = xp.asarray([0.0] + s + [s[a] for a, _ in pairs], dtype=xp.float64)[:, None]
+    two = back[:, back].reshape(64, size)[rows]
+    offset = xp.asarray([0] + [code[a] * size for a in range(8)] + [code[a] * size for a, _ in pairs],
+                        dtype=xp.int64)[:, None]
+    pulls = xp.concatenate([xp.arange(size, dtype=nbrs.dtype)[None, :], back, two], axis=0) + offset
+    first = xp.asarray([0.0, 1.0, math.sqrt(2.0)], dtype=xp.float64)[:, None]
     second = xp.asarray([0.0] * 9 + [s[b] for _, b in pairs], dtype=xp.float64)[:, None]
     return pulls, first, second
 
@@ -575,7 +582,7 @@ def _pull_table(nbrs, n_pixels: int):
 def _pull_rounds(dist, pulls, first, second, rounds: int):
     """``rounds`` Jacobi rounds: every pixel takes the least of its pulled path sums."""
     for _ in range(rounds):
-        dist = ((dist[pulls] + first) + second).min(axis=0)
+        dist = ((dist[None, :] + first).ravel()[pulls] + second).min(axis=0)
     return dist
 
 
