@@ -157,9 +157,9 @@ class RadialGeometry:
             count = xp.zeros(n * nb + 1, dtype=xp.float64)
             xp.add.at(count, bin_key, 1.0)
             count = count[: n * nb].reshape(n, nb)
-            wcnt = xp.zeros(n * nb * 8 + 1, dtype=xp.int64)
-            xp.add.at(wcnt, wedge_key, 1)
-            wcnt = wcnt[: n * nb * 8].reshape(n, nb, 8)
+            wcnt = xp.zeros(n * nb * 8 + 1, dtype=xp.float64)  # float64 scatter-add, exact counts
+            xp.add.at(wcnt, wedge_key, 1.0)
+            wcnt = wcnt[: n * nb * 8].reshape(n, nb, 8).astype(xp.int64)
             present = wcnt > 0
             total = count.sum(axis=1, keepdims=True)
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -623,11 +623,14 @@ def _device_geometry(bk, op: ObjectPixels, bins: int, scaled: bool, max_radius) 
     last_px = xp.clip(op.starts + op.counts - 1, 0, P - 1)
     ymin = xp.where(has, op.y[first_px], 0)
     ymax = xp.where(has, op.y[last_px] + 1, 0)
-    xmin = xp.full(n, W, dtype=xp.int64)
-    xp.minimum.at(xmin, obj, op.x)
-    xmin = xp.where(has, xmin, 0)
-    xmax = xp.zeros(n, dtype=xp.int64)
-    xp.maximum.at(xmax, obj, op.x + 1)
+    # scatter-min/max in float64 (exact for these integers; CuPy's ufunc.at covers float64)
+    xf = op.x.astype(xp.float64)
+    xmin = xp.full(n, float(W))
+    xp.minimum.at(xmin, obj, xf)
+    xmin = xp.where(has, xmin.astype(xp.int64), 0)
+    xmax = xp.zeros(n, dtype=xp.float64)
+    xp.maximum.at(xmax, obj, xf + 1.0)
+    xmax = xmax.astype(xp.int64)
     extent = xp.maximum(ymax - ymin, xmax - xmin)
     margin = extent + 1
     pt = xp.where(ymin == 0, margin, 1)
@@ -653,16 +656,16 @@ def _device_geometry(bk, op: ObjectPixels, bins: int, scaled: bool, max_radius) 
     # seed: the first pixel (raster order) with the largest distance to the edge
     best = xp.full(n, -1.0)
     xp.maximum.at(best, obj, d_edge)
-    cand = xp.where(d_edge == best[obj], xp.arange(P, dtype=xp.int64), P)
-    idx = xp.full(n, P, dtype=xp.int64)
+    cand = xp.where(d_edge == best[obj], xp.arange(P, dtype=xp.float64), float(P))
+    idx = xp.full(n, float(P))
     xp.minimum.at(idx, obj, cand)
     ok = has
-    idx = xp.where(ok, idx, 0)
+    idx = xp.where(ok, idx.astype(xp.int64), 0)
     # neighbours inside the object, in image coordinates
     index = xp.full(H * W, P, dtype=xp.int64)
     index[op.flat] = xp.arange(P, dtype=xp.int64)
-    ny = op.y[None, :] + _DY[:, None]
-    nx = op.x[None, :] + _DX[:, None]
+    ny = op.y[None, :] + xp.asarray(_DY)[:, None]
+    nx = op.x[None, :] + xp.asarray(_DX)[:, None]
     inside = (ny >= 0) & (ny < H) & (nx >= 0) & (nx < W)
     j = index[xp.where(inside, ny * W + nx, 0)]
     same = inside & (j < P) & (obj[xp.minimum(j, P - 1)] == obj[None, :])
