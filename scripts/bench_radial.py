@@ -9,7 +9,8 @@ segmented once (CPU backend) and its pixels grouped by object (outside the
 timings, as ``measure_site`` shares them between families); then, in this one process with BLAS/OpenMP
 limited to one thread (set before NumPy is imported), the whole
 RadialDistribution family of the site (``radial_geometry`` once per object set,
-``measure_radial_distribution`` per channel; 3 compartments x 5 channels) is
+``measure_radial_channels`` of all channels, or ``measure_radial_distribution`` per channel
+where a revision has no ``measure_radial_channels``; 3 compartments x 5 channels) is
 run with this checkout's ``hpc_profiler/features/radial.py`` and with the
 reference revision's (loaded from ``git show REV:hpc_profiler/features/radial.py``
 as a separate module). Printed: best-of-``--repeat`` CPU seconds of each, the

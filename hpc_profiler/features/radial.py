@@ -21,15 +21,22 @@ Vectorized equivalent
 ---------------------
 CellProfiler colours touching objects and runs one distance transform and one
 propagation per colour. Here every object is copied alone into a tile of one
-canvas (:func:`~hpc_profiler.features._objects.pack_objects`, with margins
-where an object touches the image edge so that, as in CellProfiler, the
-image edge is not background): one Euclidean distance transform of the canvas
-gives ``d_e`` for all objects, and one Bellman-Ford relaxation over the
-object pixels seeded at all centres (:func:`geodesic_from_seeds`) gives the
-exact ``d_c`` - the same shortest paths as ``centrosome.propagate``, with
-gathers and a scatter-min only, so the whole family stays on the device. The
+canvas (tiles side by side in one row, with margins where an object touches
+the image edge so that, as in CellProfiler, the image edge is not
+background): one Euclidean distance transform of the canvas gives ``d_e``
+for all objects; the centres come from a scatter-max; Jacobi rounds over
+the object pixels (each pixel pulls the float sums of its 1- and 2-step
+paths from the pixels of its own object, in image coordinates) give the
+exact ``d_c`` - the same shortest paths as ``centrosome.propagate``. The
+whole family stays on the device with no loop over objects and no output
+whose size depends on the data: one host read of the canvas size per object
+set and one per chunk of rounds (:func:`_device_geometry`). The
 channel-independent parts of the per-channel sums (bin and wedge keys, pixel
-counts) are computed once per object set (``RadialGeometry.sums``).
+counts) are computed once per object set (``RadialGeometry.sums``), and the
+sums of all channels are scatter-adds of known length
+(:func:`measure_radial_channels`). The packed canvas of
+:func:`edge_distances` with :func:`geodesic_from_seeds` (Bellman-Ford rounds
+from the seeds) is a third, independent path the tests compare with both.
 
 That is the device path. On the CPU the same quantities come from one numba
 pass over the objects (:func:`_geometry_objects`): each object alone in its
@@ -37,11 +44,11 @@ bounding box, grown by one background pixel on every side that does not
 touch the image edge (beyond the image edge nothing is background), gets an
 exact Euclidean transform on integer squared distances (Meijster; the value
 ``sqrt(dy^2 + dx^2)`` SciPy's exact transform gives), its first farthest
-pixel, the FIFO label-correcting geodesic from it and the bins and wedges of
-its pixels - equal to the bit to the packed canvas path (the tests compare
-both), several times cheaper than a SciPy transform of a packed canvas. Both
-per-channel float32 sums are then formed in one pass over the pixels
-(:func:`_channel_sums`).
+pixel, the FIFO label-correcting geodesic from it, the bins and wedges of
+its pixels and the sums' keys - equal to the bit to the packed canvas path
+and to the device path (the tests compare them), several times cheaper than
+a SciPy transform of a packed canvas. The per-channel float32 sums of every
+channel are then formed in one pass over the pixels (:func:`_channel_sums`).
 
 Summation order and precision
 -----------------------------
