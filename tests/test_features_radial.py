@@ -377,7 +377,21 @@ def test_gpu_path_all_channels_on_cpu_twin_close_to_cpu(monkeypatch):
         assert d.max() > 0  # the device sums (float64, rounded once) differ somewhere: the branch ran
 
 
-@pytest.mark.parametrize("case", ["site0", "site3", "edges", "thin"])
+def _serpentine_labels():
+    """A serpentine (shortest paths many times its box's extent: the device rounds need
+    several chunks) beside a disk and a ring."""
+    labels = np.zeros((70, 110), np.int32)
+    for r in range(0, 41, 2):  # bars on even rows, joined at alternate ends
+        labels[5 + r, 5:46] = 1
+        if r < 40:
+            labels[6 + r, 45 if (r // 2) % 2 == 0 else 5] = 1
+    yy, xx = np.mgrid[0:70, 0:110]
+    labels[np.hypot(yy - 20, xx - 75) <= 12] = 2
+    labels[(np.hypot(yy - 52, xx - 80) <= 14) & (np.hypot(yy - 52, xx - 80) >= 7)] = 3
+    return labels, 3
+
+
+@pytest.mark.parametrize("case", ["site0", "site3", "edges", "thin", "serpentine"])
 def test_device_geometry_on_cpu_twin_equals_cpu_to_the_bit(case, monkeypatch):
     """The device geometry (row of tiles + one transform, scatter-max seeds, Jacobi rounds
     pulling 1- and 2-step path sums in image coordinates), run on NumPy: the same edge
@@ -386,8 +400,13 @@ def test_device_geometry_on_cpu_twin_equals_cpu_to_the_bit(case, monkeypatch):
     import hpc_profiler.features.radial as R
     from hpc_profiler.backend import Backend, cpu_backend
 
+    rounds = []
     if case == "edges":
         labels, n = _edge_cases_labels()
+    elif case == "serpentine":
+        labels, n = _serpentine_labels()
+        pull_rounds = R._pull_rounds
+        monkeypatch.setattr(R, "_pull_rounds", lambda *a: (rounds.append(a[-1]), pull_rounds(*a))[1])
     elif case == "thin":  # one-pixel-wide 8-connected walks: two-step paths through the background
         rng = np.random.default_rng(7)
         labels = np.zeros((160, 160), np.int32)
@@ -425,3 +444,5 @@ def test_device_geometry_on_cpu_twin_equals_cpu_to_the_bit(case, monkeypatch):
                 assert dev_cols[k][n] == 0 or np.isnan(dev_cols[k][n])
             else:
                 assert np.isnan(dev_cols[k][n])
+    if case == "serpentine":  # the shortest paths outgrew the first chunk of rounds
+        assert len(rounds) > 2 * 2, rounds
