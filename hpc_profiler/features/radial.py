@@ -161,11 +161,12 @@ class RadialGeometry:
             obj = self.op.obj
             bin_key = xp.where(good, obj * nb + self.bin, n * nb)
             wedge_key = xp.where(good, (obj * nb + self.bin) * 8 + self.wedge, n * nb * 8)
+            ones = xp.ones(bin_key.shape[0], dtype=xp.float64)
             count = xp.zeros(n * nb + 1, dtype=xp.float64)
-            xp.add.at(count, bin_key, 1.0)
+            xp.add.at(count, bin_key, ones)
             count = count[: n * nb].reshape(n, nb)
             wcnt = xp.zeros(n * nb * 8 + 1, dtype=xp.float64)  # float64 scatter-add, exact counts
-            xp.add.at(wcnt, wedge_key, 1.0)
+            xp.add.at(wcnt, wedge_key, ones)
             wcnt = wcnt[: n * nb * 8].reshape(n, nb, 8).astype(xp.int64)
             present = wcnt > 0
             total = count.sum(axis=1, keepdims=True)
