@@ -303,7 +303,6 @@ def test_cpu_geometry_equals_packed_canvas_path_to_the_bit(case):
     from scipy import ndimage as ndi
 
     import hpc_profiler.features.radial as R
-    from hpc_profiler.features._objects import bounding_boxes
 
     if case == "edges":
         labels, n = _edge_cases_labels()
@@ -324,15 +323,126 @@ def test_cpu_geometry_equals_packed_canvas_path_to_the_bit(case):
             np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert (~fast.good).any()  # a split object's far piece is left out
     # the kernel's edge distances = SciPy's transform of each object alone, image edge not background
-    ymin, xmin, ymax, xmax = bounding_boxes(op)
     d_edge, d_center = np.empty(op.flat.shape[0]), np.empty(op.flat.shape[0])
     seed = np.empty(n, np.int64)
     good, bin_, wedge = (np.empty(op.flat.shape[0], t) for t in (np.bool_, np.int64, np.int64))
-    R._geometry_objects_jit(op.y, op.x, op.starts, op.counts, ymin, xmin, ymax, xmax, labels.shape[0],
+    R._geometry_objects_jit(op.y, op.x, op.starts, op.counts, labels.shape[0],
                             labels.shape[1], R._STEP_LENGTHS, 4, True, 100.0, d_edge, d_center, seed,
-                            good, bin_, wedge)
+                            good, bin_, wedge, op.flat, *(np.empty(op.flat.shape[0], np.int64) for _ in range(3)),
+                            np.zeros(n * 5 * 8, np.int64))
     ref = np.empty_like(d_edge)
     for i in range(n):
         sl = slice(op.starts[i], op.starts[i] + op.counts[i])
         ref[sl] = ndi.distance_transform_edt(labels == i + 1)[op.y[sl], op.x[sl]]
     np.testing.assert_array_equal(d_edge, ref)
+
+
+def test_all_channels_at_once_equal_channel_by_channel_to_the_bit():
+    """measure_radial_channels (one numba pass for the channels' sums, array expressions over a
+    channel axis) against measure_radial_distribution channel by channel: the same bits, also
+    for channels of mixed dtypes (float32 and float64 images)."""
+    from hpc_profiler.features.radial import measure_radial_channels
+
+    labels, n, images = make_site(seed=4)
+    imgs = {c: (np.asarray(images[c], np.float32) if i % 2 else np.asarray(images[c], np.float64))
+            for i, c in enumerate(("DNA", "ER", "Mito"))}
+    geo = radial_geometry(labels, n)
+    together = measure_radial_channels(labels, n, imgs, geometry=geo)
+    alone = {}
+    for c, im in imgs.items():
+        alone.update(measure_radial_distribution(labels, n, im, c, geometry=geo))
+    assert list(together) == list(alone) and len(together) == 3 * 3 * 4
+    for k in alone:
+        np.testing.assert_array_equal(together[k], alone[k], err_msg=k)
+
+
+def test_gpu_path_all_channels_on_cpu_twin_close_to_cpu(monkeypatch):
+    """The device branch of measure_radial_channels (one gather of all channels, scatter-adds of
+    known length) run on NumPy: within the parity bound of the CPU's float32 sums, every channel."""
+    import hpc_profiler.features.radial as R
+    from hpc_profiler.backend import Backend, cpu_backend
+
+    labels, n, images = make_site(seed=2)
+    imgs = {c: np.asarray(images[c], dtype=np.float64) for c in ("DNA", "AGP", "Mito")}
+    cpu = R.measure_radial_channels(labels, n, imgs)
+    twin = Backend("gpu", cpu_backend().xp, cpu_backend().ndi, cpu_backend().ski)
+    monkeypatch.setattr(R, "backend_of", lambda *a: twin)
+    gpu = R.measure_radial_channels(labels, n, imgs)
+    assert list(gpu) == list(cpu)
+    for c in imgs:
+        keys = [k for k in cpu if f"_{c}_" in k]
+        d = np.concatenate([np.abs(gpu[k] - cpu[k]) / np.maximum(np.abs(cpu[k]), 1e-30) for k in keys])
+        d = d[np.isfinite(d)]
+        assert np.median(d) <= 1e-5 and d.max() <= 1e-3, (c, np.median(d), d.max())
+        assert d.max() > 0  # the device sums (float64, rounded once) differ somewhere: the branch ran
+
+
+def _serpentine_labels():
+    """A serpentine (shortest paths many times its box's extent: the device rounds need
+    several chunks) beside a disk and a ring."""
+    labels = np.zeros((70, 110), np.int32)
+    for r in range(0, 41, 2):  # bars on even rows, joined at alternate ends
+        labels[5 + r, 5:46] = 1
+        if r < 40:
+            labels[6 + r, 45 if (r // 2) % 2 == 0 else 5] = 1
+    yy, xx = np.mgrid[0:70, 0:110]
+    labels[np.hypot(yy - 20, xx - 75) <= 12] = 2
+    labels[(np.hypot(yy - 52, xx - 80) <= 14) & (np.hypot(yy - 52, xx - 80) >= 7)] = 3
+    return labels, 3
+
+
+@pytest.mark.parametrize("case", ["site0", "site3", "edges", "thin", "serpentine"])
+def test_device_geometry_on_cpu_twin_equals_cpu_to_the_bit(case, monkeypatch):
+    """The device geometry (row of tiles + one transform, scatter-max seeds, Jacobi rounds
+    pulling 1- and 2-step path sums in image coordinates), run on NumPy: the same edge
+    distances' bins, seeds, reached pixels and wedges as the CPU's numba pass, and the same
+    features through the device sums (within the parity bound of the float32 sums)."""
+    import hpc_profiler.features.radial as R
+    from hpc_profiler.backend import Backend, cpu_backend
+
+    rounds = []
+    if case == "edges":
+        labels, n = _edge_cases_labels()
+    elif case == "serpentine":
+        labels, n = _serpentine_labels()
+        pull_rounds = R._pull_rounds
+        monkeypatch.setattr(R, "_pull_rounds", lambda *a: (rounds.append(a[-1]), pull_rounds(*a))[1])
+    elif case == "thin":  # one-pixel-wide 8-connected walks: two-step paths through the background
+        rng = np.random.default_rng(7)
+        labels = np.zeros((160, 160), np.int32)
+        for k in range(1, 13):
+            y, x = rng.integers(20, 140, 2)
+            for _ in range(120):
+                labels[y, x] = labels[y, x] or k
+                y = int(np.clip(y + rng.integers(-1, 2), 0, 159))
+                x = int(np.clip(x + rng.integers(-1, 2), 0, 159))
+        n = int(labels.max())
+    else:
+        labels, n, _ = make_site(seed=int(case[-1]))
+    img = np.random.default_rng(3).random(labels.shape)
+    twin = Backend("gpu", cpu_backend().xp, cpu_backend().ndi, cpu_backend().ski)
+    for bins, scaled in ((4, True), (3, False)):
+        cpu = radial_geometry(labels, n, bins=bins, scaled=scaled, max_radius=7)
+        cpu_cols = R.measure_radial_channels(labels, n, {"X": img}, bins=bins, scaled=scaled, max_radius=7,
+                                             geometry=cpu)
+        with monkeypatch.context() as m:
+            m.setattr(R, "backend_of", lambda *a: twin)
+            dev = radial_geometry(labels, n + 1, bins=bins, scaled=scaled, max_radius=7)  # + an empty object
+            dev_cols = R.measure_radial_channels(labels, n + 1, {"X": img}, bins=bins, scaled=scaled,
+                                                 max_radius=7, geometry=dev)
+        for attr in ("good", "bin", "wedge"):
+            np.testing.assert_array_equal(getattr(dev, attr), getattr(cpu, attr), err_msg=attr)
+        for attr in ("center_y", "center_x"):
+            np.testing.assert_array_equal(getattr(dev, attr)[:n], getattr(cpu, attr), err_msg=attr)
+            assert np.isnan(getattr(dev, attr)[n])
+        d = np.concatenate([np.abs(dev_cols[k][:n] - v) / np.maximum(np.abs(v), 1e-30) for k, v in cpu_cols.items()])
+        assert np.array_equal(np.isnan(d), np.concatenate([np.isnan(v) for v in cpu_cols.values()]))
+        d = d[np.isfinite(d)]
+        assert np.median(d) <= 1e-5 and d.max() <= 1e-3, (np.median(d), d.max())  # the parity bound
+        for k, v in cpu_cols.items():
+            if "RadialCV" in k:
+                assert dev_cols[k][n] == 0 or np.isnan(dev_cols[k][n])
+            else:
+                assert np.isnan(dev_cols[k][n])
+    if case == "serpentine":  # the shortest paths outgrew the first chunk of rounds
+        assert len(rounds) > 2 * 2, rounds

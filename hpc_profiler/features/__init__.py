@@ -274,13 +274,9 @@ def _granularity(images, labels, n, channels, params, timer):
     return per_object, image
 
 
-def _host_table(bk, obj: str, cols: dict, expected: Sequence[str], n: int) -> np.ndarray:
-    """``(n, len(expected))`` float32 host table of the columns, with ONE device->host copy.
-
-    The columns are stacked on the device (float64, as computed) and copied
-    to the host together; a column of the wrong length is named in a
-    ValueError.
-    """
+def _device_table(bk, obj: str, cols: dict, expected: Sequence[str], n: int):
+    """``(n, len(expected))`` float64 device stack of the columns (a column of the wrong length
+    is named in a ValueError); :func:`_host_site` copies it to the host."""
     xp = bk.xp
     parts = []
     for k in expected:
@@ -288,22 +284,31 @@ def _host_table(bk, obj: str, cols: dict, expected: Sequence[str], n: int) -> np
         if v.shape[0] != n:
             raise ValueError(f"measure_site: {obj} column {k}: expected {n} values, got {v.shape[0]}")
         parts.append(v)
-    if not parts:
-        return np.empty((n, 0), dtype=np.float32)
-    host = np.asarray(bk.to_numpy(xp.stack(parts, axis=1)), dtype=np.float64)
-    return host.astype(np.float32)
+    return xp.stack(parts, axis=1) if parts else xp.zeros((n, 0), dtype=xp.float64)
 
 
-def _host_scalars(bk, values: dict) -> dict[str, float]:
-    """``{name: float}`` from device scalars (and Python numbers) with one device->host copy."""
+def _host_site(bk, tables: dict, values: dict) -> tuple[dict, dict[str, float]]:
+    """Host float32 tables ``{object: (n, k)}`` and ``{name: float}`` scalars with ONE device->host copy.
+
+    ``tables``: device tables of :func:`_device_table`; ``values``: device scalars or
+    Python numbers. Everything on the device is raveled into one float64 vector, copied
+    once and split on the host (float32 tables, as the values were computed in float64).
+    """
+    xp = bk.xp
     names = list(values)
     dev = [k for k in names if not isinstance(values[k], (int, float))]
-    out = {k: float(values[k]) for k in names if k not in dev}
+    scalars = {k: float(values[k]) for k in names if k not in dev}
+    parts = [t.reshape(-1) for t in tables.values() if t.size]
     if dev:
-        xp = bk.xp
-        host = np.asarray(bk.to_numpy(xp.stack([xp.asarray(values[k], dtype=xp.float64).reshape(()) for k in dev])))
-        out.update({k: float(v) for k, v in zip(dev, host.tolist())})
-    return {k: out[k] for k in names}
+        parts.append(xp.stack([xp.asarray(values[k], dtype=xp.float64).reshape(()) for k in dev]))
+    host = np.asarray(bk.to_numpy(xp.concatenate(parts)), dtype=np.float64) if parts else np.zeros(0)
+    out, at = {}, 0
+    for o, t in tables.items():
+        size = int(t.shape[0]) * int(t.shape[1])
+        out[o] = host[at:at + size].reshape(t.shape).astype(np.float32)
+        at += size
+    scalars.update({k: float(v) for k, v in zip(dev, host[at:].tolist())})
+    return out, {k: scalars[k] for k in names}
 
 
 def measure_site(
@@ -360,12 +365,14 @@ def measure_site(
     if len(shapes) != 1:
         raise ValueError(f"measure_site: images and labels differ in shape: {sorted(shapes)}")
     if n_objects is None:
-        n_objects = max([int(a.max()) if a.size else 0 for a in labs.values()] + [0])
+        # one device->host copy for the largest label of all label images
+        sized = [a.max() for a in labs.values() if a.size]
+        n_objects = int(xp.stack(sized).max()) if sized else 0
     n = int(n_objects)
     names = feature_names(channels, params)
     timer = _Timer(bk)
 
-    # image-level values stay on the device until the one copy of _host_scalars
+    # image-level values stay on the device until the one copy of _host_site
     image: dict = {f"Image_Count_{o}": float(n) for o in params.objects}
     texture_levels = None
     if "Texture" in params.families:
@@ -395,8 +402,7 @@ def measure_site(
     if "AreaShape" in params.families and n > 0 and bk.xp is not np:
         with timer("AreaShape"):  # the hull/transform part on the host: one copy of all label images
             shape_host = shape.host_areashape({o: labs[o] for o in params.objects}, n)
-    tables = {}
-    numbers = np.arange(1, n + 1, dtype=np.int32)
+    device_tables = {}
     for o in params.objects:
         cols = per_object[o]
         if n > 0:
@@ -418,13 +424,7 @@ def measure_site(
                 f"measure_site: {o} columns differ from feature_names: unexpected {extra[:5]}"
                 f"{'...' if len(extra) > 5 else ''}, missing {lost[:5]}{'...' if len(lost) > 5 else ''}"
             )
-        values = _host_table(bk, o, cols, expected, n) if n else np.empty((0, len(expected)), dtype=np.float32)
-        parents = {}
-        if o == "Cells":
-            parents = {"Nuclei": numbers.copy()}
-        elif o == "Cytoplasm":
-            parents = {"Nuclei": numbers.copy(), "Cells": numbers.copy()}
-        tables[o] = ObjectTable(names=list(names[o]), values=values, object_number=numbers.copy(), parents=parents)
+        device_tables[o] = _device_table(bk, o, cols, expected, n) if n else xp.zeros((0, len(expected)))
     expected_image = image_feature_names(channels, params)
     if set(image) != set(expected_image):
         raise ValueError(
@@ -432,5 +432,15 @@ def measure_site(
             f"unexpected {sorted(set(image) - set(expected_image))[:5]}, "
             f"missing {sorted(set(expected_image) - set(image))[:5]}"
         )
-    image = _host_scalars(bk, {k: image[k] for k in expected_image})
+    # every object's table and the image-level values: one device->host copy in all
+    host, image = _host_site(bk, device_tables, {k: image[k] for k in expected_image})
+    tables = {}
+    numbers = np.arange(1, n + 1, dtype=np.int32)
+    for o in params.objects:
+        parents = {}
+        if o == "Cells":
+            parents = {"Nuclei": numbers.copy()}
+        elif o == "Cytoplasm":
+            parents = {"Nuclei": numbers.copy(), "Cells": numbers.copy()}
+        tables[o] = ObjectTable(names=list(names[o]), values=host[o], object_number=numbers.copy(), parents=parents)
     return SiteFeatures(objects=tables, image=image, seconds=timer.seconds, cpu_seconds=timer.cpu_seconds)
