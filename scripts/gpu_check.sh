@@ -14,7 +14,8 @@
 #
 # Prints: the backend, the GPU parity tests (every feature column GPU vs CPU on the same masks,
 # labels, reconstruction), scripts/bench_segmentation.py, scripts/bench_site.py (CPU one thread,
-# and the GPU side by side, CPU/GPU differences per column) and the end-to-end extract
+# and the GPU side by side, CPU/GPU differences per column), scripts/bench_texture_gpu_paths.py
+# (the Texture device paths 'rows', 'batched', 'offsets' timed side by side) and the end-to-end extract
 # throughput on 16 synthetic 1080x1080 sites (scripts/bench_extract_throughput.py, sites/s in
 # steady state). Everything is also written to $OUT/gpu_check.log when $OUT is set.
 set -uo pipefail
@@ -67,6 +68,8 @@ else
   section "scripts/bench_site.py --no-cp-measure --no-granularity-reference (quick)"
   python3 scripts/bench_site.py --no-cp-measure --no-granularity-reference || status=1
 fi
+section "scripts/bench_texture_gpu_paths.py (the three Texture device paths, same site)"
+python3 scripts/bench_texture_gpu_paths.py --no-cost-model --repeat 3 || status=1
 section "scripts/bench_extract_throughput.py (16 sites of 1080 px on the GPU)"
 python3 scripts/bench_extract_throughput.py --device gpu --sites 16 --size 1080 --warmup 2 || status=1
 echo "gpu_check: $((SECONDS - t0)) s, exit status $status"
