@@ -195,7 +195,7 @@ class _Timer:
 
 
 def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=None, texture_levels=None,
-                     shape_host=None, unfiltered=None) -> dict:
+                     shape_host=None, unfiltered=None, unfiltered_max=None) -> dict:
     """Unprefixed columns of one object from every selected family measured per object.
 
     ``image_ranks`` (channel -> dense ranks of the image's pixels, see
@@ -203,7 +203,8 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
     (``texture.texture_levels``) are shared by the object sets of a site;
     ``shape_host`` (device path) is this object's ``shape.host_areashape`` entry.
     ``unfiltered``: the object set's label image before the identification's
-    filters (``Segmentation.unfiltered``) or None. Each family runs under its
+    filters (``Segmentation.unfiltered``) or None, ``unfiltered_max`` its largest
+    label when already read. Each family runs under its
     own timer; ``Location_Center_X/Y`` come from AreaShape when it is selected.
     """
     from ._objects import centroids, object_pixels
@@ -211,7 +212,7 @@ def _object_features(obj, lab, n, images, channels, params, timer, image_ranks=N
     op = object_pixels(lab, n)
     ctx = ObjectContext(obj=obj, labels=lab, n=n, images=images, channels=channels, params=params, objects=op,
                         image_ranks=image_ranks, texture_levels=texture_levels, shape_host=shape_host,
-                        unfiltered=unfiltered)
+                        unfiltered=unfiltered, unfiltered_max=unfiltered_max)
     out = {}
     if "AreaShape" not in params.families:
         cy, cx = centroids(op)
@@ -364,10 +365,23 @@ def measure_site(
     shapes = {tuple(a.shape) for a in (*labs.values(), *imgs.values())}
     if len(shapes) != 1:
         raise ValueError(f"measure_site: images and labels differ in shape: {sorted(shapes)}")
+    unf_labs = {}
+    if unfiltered is not None and "Neighbors" in params.families and params.neighbors.count_discarded:
+        for o in params.objects:
+            if unfiltered.get(o) is not None:
+                unf_labs[o] = xp.asarray(unfiltered[o])
+                if tuple(unf_labs[o].shape) != tuple(labs[o].shape):
+                    raise ValueError(f"measure_site: unfiltered {o} labels have shape {tuple(unf_labs[o].shape)},"
+                                     f" the labels {tuple(labs[o].shape)}")
+    # one device->host copy for the largest label of all label images (and of the unfiltered ones)
+    sized = [o for o in labs if labs[o].size] if n_objects is None else []
+    unf_sized = [o for o in unf_labs if unf_labs[o].size]
+    maxima = [labs[o].max().astype(xp.int64) for o in sized] + [unf_labs[o].max().astype(xp.int64) for o in unf_sized]
+    host_max = [int(v) for v in bk.to_numpy(xp.stack(maxima))] if maxima else []
     if n_objects is None:
-        # one device->host copy for the largest label of all label images
-        sized = [a.max() for a in labs.values() if a.size]
-        n_objects = int(xp.stack(sized).max()) if sized else 0
+        n_objects = max(host_max[:len(sized)], default=0)
+    unf_max = {o: 0 for o in unf_labs}
+    unf_max.update(dict(zip(unf_sized, host_max[len(sized):])))
     n = int(n_objects)
     names = feature_names(channels, params)
     timer = _Timer(bk)
@@ -406,14 +420,9 @@ def measure_site(
     for o in params.objects:
         cols = per_object[o]
         if n > 0:
-            unf = None
-            if unfiltered is not None and unfiltered.get(o) is not None:
-                unf = xp.asarray(unfiltered[o])
-                if tuple(unf.shape) != tuple(labs[o].shape):
-                    raise ValueError(f"measure_site: unfiltered {o} labels have shape {tuple(unf.shape)},"
-                                     f" the labels {tuple(labs[o].shape)}")
             cols.update(_object_features(o, labs[o], n, imgs, channels, params, timer, image_ranks,
-                                         texture_levels, shape_host=shape_host.get(o), unfiltered=unf))
+                                         texture_levels, shape_host=shape_host.get(o), unfiltered=unf_labs.get(o),
+                                         unfiltered_max=unf_max.get(o)))
         if n > 0 and params.empty_objects == "cellprofiler":
             cols = empty_objects_as_cellprofiler(labs[o], n, cols)
         expected = [k[len(o) + 1:] for k in names[o]]

@@ -285,7 +285,8 @@ class DiscardedObjects(NamedTuple):
     n_cellprofiler: int
 
 
-def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None) -> DiscardedObjects:
+def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None,
+                          n_unfiltered: Optional[int] = None) -> DiscardedObjects:
     """The objects :func:`measure_neighbors` takes as ``with_discarded``.
 
     ``unfiltered`` is CellProfiler's ``small_removed_segmented`` of an object
@@ -295,7 +296,8 @@ def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None) ->
     (a discarded object) with unfiltered number u gets N + u (numbers that
     stay unused are objects without pixels, which are never anybody's
     neighbour). The pixels are the unfiltered image's, as CellProfiler
-    measures them. ``n_objects``: N when known. One device->host copy (M).
+    measures them. ``n_objects``: N when known; ``n_unfiltered``: M when known
+    (else one device->host copy reads it).
     """
     bk = backend_of(unfiltered, final)
     xp = bk.xp
@@ -303,7 +305,7 @@ def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None) ->
         unf = np.asarray(unfiltered)
         unf = np.ascontiguousarray(unf if unf.dtype.kind in "iu" else unf.astype(np.int64))
         fin = np.ascontiguousarray(final)
-        m = int(unf.max()) if unf.size else 0
+        m = int(n_unfiltered) if n_unfiltered is not None else (int(unf.max()) if unf.size else 0)
         n = int(n_objects) if n_objects is not None else (int(fin.max()) if fin.size else 0)
         lut = n + np.arange(m + 1, dtype=np.int64)
         lut[0] = 0
@@ -312,7 +314,7 @@ def with_discarded_labels(unfiltered, final, n_objects: Optional[int] = None) ->
         return DiscardedObjects(out, n + m, m)
     unfiltered = xp.asarray(unfiltered).astype(xp.int64)
     final = xp.asarray(final)
-    m = int(unfiltered.max()) if unfiltered.size else 0
+    m = int(n_unfiltered) if n_unfiltered is not None else (int(unfiltered.max()) if unfiltered.size else 0)
     n = int(n_objects) if n_objects is not None else (int(final.max()) if final.size else 0)
     lut = n + xp.arange(m + 1, dtype=xp.int64)
     lut[0] = 0
@@ -450,7 +452,7 @@ def _neighbors_names(obj, channels, params) -> list[str]:
 def _neighbors_measure(ctx) -> dict:
     ext = None
     if ctx.params.neighbors.count_discarded and ctx.unfiltered is not None:
-        ext = with_discarded_labels(ctx.unfiltered, ctx.labels, ctx.n)
+        ext = with_discarded_labels(ctx.unfiltered, ctx.labels, ctx.n, n_unfiltered=ctx.unfiltered_max)
     out = {}
     for d in neighbor_distances(ctx.obj, ctx.params):
         out.update(measure_neighbors(ctx.labels, ctx.n, distance=d, with_discarded=ext))

@@ -44,6 +44,9 @@ class ObjectContext:
         This object's ``shape.host_areashape`` entry (device path) or None.
     unfiltered : (H, W) int array or None
         The object set before the identification's filters (``Segmentation.unfiltered``).
+    unfiltered_max : int or None
+        The largest label of ``unfiltered`` when :func:`measure_site` read it already
+        (with the largest labels of the final sets, in one device->host copy).
     """
 
     obj: str
@@ -57,6 +60,7 @@ class ObjectContext:
     texture_levels: Optional[Mapping[str, Any]] = None
     shape_host: Any = None
     unfiltered: Any = None
+    unfiltered_max: Optional[int] = None
 
 
 @dataclass(frozen=True)
