@@ -383,6 +383,25 @@ def test_cpu_pixel_major_kernels_equal_their_plain_twins():
         for k in range(16):
             ero = G.erode_cross(ero, cpu_backend())
             assert np.array_equal(m[:, k].reshape(shape), ero), (shape, k)
+        # the same erosions on the image's int32 codes (ranks), mapped back to values
+        from hpc_profiler.morphology import mask_tree
+
+        tree = mask_tree(img)
+        assert np.array_equal(tree.values[tree.codes], img) and tree.codes.dtype == np.int32
+        codes = np.empty((img.size, 16), np.int32)
+        eroded(tree.codes, codes)
+        back = np.empty((img.size, 16))
+        G._cpu_kernels()[4](tree.values, codes, back)
+        assert back.tobytes() == m.tobytes(), shape
+    # every object set's per-object sums of every channel in one pass = one bincount each, bit for bit
+    labs = rng.integers(0, 7, (3, 500))
+    chans = rng.random((2, 500)).astype(np.float32)
+    sums = np.zeros((3, 2, 7))
+    G._cpu_kernels()[5](labs, chans, sums)
+    for s_ in range(3):
+        for c in range(2):
+            ref = np.bincount(labs[s_], weights=chans[c].astype(np.float64), minlength=7)
+            assert sums[s_, c].tobytes() == ref.tobytes()
     nuclei, cells, n, img = blob_site(size=160, n=14, seed=9)
     spec = G.granular_spectrum(img, **PARAMS)
     assert spec.pixel_recs is not None and spec.pixel_recs.shape == (spec.pixels.size, CFG.spectrum_length)

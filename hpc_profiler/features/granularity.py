@@ -332,7 +332,8 @@ def background_subtracted(image, *, subsample_size: float = 0.5, image_sample_si
 
 
 def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float = 0.5,
-                     image_sample_size: float = 0.5, element_size: int = 10, backend=None) -> list:
+                     image_sample_size: float = 0.5, element_size: int = 10, backend=None,
+                     workspace: dict | None = None) -> list:
     """Steps 1-3 for several channels of one site at once: one :class:`Spectrum` each.
 
     The channels' background-subtracted images are stacked ``[C, h, w]``. On
@@ -372,6 +373,13 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
     images; the tests pass a NumPy backend named "gpu" to run the GPU path on
     the CPU. Benchmarks that swap :func:`reconstruct` for a reference
     reconstruction get the CPU path scale by scale through it.
+
+    ``workspace`` (CPU): a dict kept between calls, whose big buffers (the
+    pixel-major codes and reconstructions, ~19 and 37 MB per channel at 540 x
+    540) are reused instead of allocated afresh (the first writes to fresh
+    pages cost as much as a kernel). The spectra of one call then share its
+    buffers with the next call's: :func:`measure_granularity_channels`
+    consumes each channel's before the next.
     """
     images = list(images)
     if not images:
@@ -425,20 +433,36 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
         # together on one max-tree of the mask (fixed mask, see above), then
         # unpacked into the reconstructions, the step images and the per-pixel
         # step matrix of :func:`object_spectrum` (numba, :func:`_cpu_kernels`)
-        from hpc_profiler.morphology import mask_tree, reconstruct_pixel_major
+        # per channel: the mask's max-tree and codes (its values as ranks:
+        # int32, compared as the values), the 16 eroded markers written as
+        # codes pixel-major, reconstructed together on the tree (fixed mask,
+        # see above), then turned back into values and unpacked into the step
+        # images of the image-level losses and the pixel-major
+        # reconstructions of :func:`object_spectrum` (numba, :func:`_cpu_kernels`)
+        from hpc_profiler.morphology import mask_tree, reconstruct_codes
 
-        eroded, unpack = _cpu_kernels()[:2]
+        eroded, unpack, _, _, code_values = _cpu_kernels()[:5]
         h, w = stack.shape[1:]
-        diff_all = np.empty((n_steps, len(pixels), h, w))
+        work = workspace if workspace is not None else {}
+        shape = (h * w, n_steps)
+        if work.get("shape") != shape:  # big buffers, reused for every channel (fresh pages cost)
+            work.update(shape=shape, codes=np.empty(shape, np.int32), diffs=np.empty((n_steps, h * w)),
+                        recs=[])
+        codes, diffs = work["codes"], work["diffs"]
+        step_means = np.empty((n_steps, len(pixels)))
         for c in range(len(pixels)):
-            m = np.empty((h * w, n_steps))
-            eroded(np.ascontiguousarray(stack[c]), m)
-            reconstruct_pixel_major(m, mask_tree(stack[c], connectivity=1))
-            unpack(stack[c].reshape(-1), m, diff_all[:, c].reshape(n_steps, -1))
+            tree = mask_tree(stack[c], connectivity=1)
+            eroded(tree.codes, codes)
+            reconstruct_codes(codes, tree)
+            if len(work["recs"]) <= c:
+                work["recs"].append(np.empty(shape))
+            m = work["recs"][c]
+            code_values(tree.values, codes, m)
+            unpack(stack[c].reshape(-1), m, diffs)
+            for k in range(n_steps):
+                step_means[k, c] = diffs[k].mean()
             pixel_recs.append(m)
-        for k in range(n_steps):
-            diff = diff_all[k]
-            losses.append(xp.stack([diff[c].mean() for c in range(len(pixels))]))
+        losses = list(step_means)
     # the image-level numbers to the host with ONE copy: [starts; losses per step] x channel
     host = bk.to_numpy(xp.stack([starts, *losses])).tolist()
     starts, losses = host[0], host[1:]
@@ -599,16 +623,17 @@ def _eroded_markers(image, m):
     """``m[:, k]`` = ``image`` eroded ``k + 1`` times by the 3x3 cross (border "reflect"), pixel-major.
 
     The same minimums as :func:`erode_cross` applied ``K`` times (a pixel's
-    missing neighbours outside the image are itself). Rows are computed in a
-    wavefront (row ``r`` of erosion ``k`` at time ``r + k + 1``, when rows
-    ``r - 1 .. r + 1`` of erosion ``k - 1`` exist) into a ring of the last
-    ``K + 3`` rows of every erosion; a row finished by all ``K`` erosions is
-    written to ``m`` in one contiguous pass.
+    missing neighbours outside the image are itself), on any ordered type
+    (granularity passes the mask's int32 codes, which compare as its values).
+    Rows are computed in a wavefront (row ``r`` of erosion ``k`` at time
+    ``r + k + 1``, when rows ``r - 1 .. r + 1`` of erosion ``k - 1`` exist)
+    into a ring of the last ``K + 3`` rows of every erosion; a row finished
+    by all ``K`` erosions is written to ``m`` in one contiguous pass.
     """
     H, W = image.shape
     K = m.shape[1]
     D = K + 3
-    ring = np.empty((K + 1, D, W))  # ring[k + 1]: rows of erosion k (ring[0]: the image), row r at r % D
+    ring = np.empty((K + 1, D, W), image.dtype)  # ring[k + 1]: rows of erosion k (ring[0]: the image), row r at r % D
     for t in range(H + K + 1):
         for k in range(-1, K):
             r = t - k - 1
@@ -643,9 +668,17 @@ def _eroded_markers(image, m):
         r = t - K  # finished by the last erosion at this time
         if 0 <= r < H:
             base = r * W
+            last = ring[1:, r % D]
             for c in range(W):
                 for k in range(K):
-                    m[base + c, k] = ring[k + 1, r % D, c]
+                    m[base + c, k] = last[k, c]
+
+
+def _code_values(values, codes, recs):
+    """``recs[p, k] = values[codes[p, k]]``: the reconstructed values from their mask codes."""
+    for p in range(codes.shape[0]):
+        for k in range(codes.shape[1]):
+            recs[p, k] = values[codes[p, k]]
 
 
 def _unpack_diffs(pixels, m, diffs):
@@ -657,6 +690,19 @@ def _unpack_diffs(pixels, m, diffs):
             v = m[p, k]
             diffs[k, p] = prev - v
             prev = v
+
+
+def _label_sums(labels, images, sums):
+    """``sums[s, c, l] += images[c, p]`` over the pixels ``p`` of label ``l = labels[s, p]`` (float64
+    additions in pixel order: ``bincount(labels[s], weights=images[c])`` for every object set ``s`` and
+    channel ``c`` in one pass)."""
+    S = labels.shape[0]
+    C = images.shape[0]
+    for p in range(labels.shape[1]):
+        for s in range(S):
+            lab = labels[s, p]
+            for c in range(C):
+                sums[s, c, lab] += np.float64(images[c, p])
 
 
 def _pixel_step_sums(obj, src, weight, recs, n_objects):
@@ -706,12 +752,13 @@ _cpu_kernel_cache: list = []
 
 
 def _cpu_kernels():
-    """The numba kernels of the CPU path: (eroded markers, unpack diffs, pixel step sums, sampler sums)."""
+    """The numba kernels of the CPU path: (eroded markers, unpack diffs, pixel step sums, sampler sums,
+    code values, label sums)."""
     if not _cpu_kernel_cache:
         from hpc_profiler.morphology import njit_cached
 
         _cpu_kernel_cache.extend(njit_cached(f) for f in (_eroded_markers, _unpack_diffs, _pixel_step_sums,
-                                                          _sampler_sums))
+                                                          _sampler_sums, _code_values, _label_sums))
     return _cpu_kernel_cache
 
 
@@ -741,7 +788,8 @@ def _pixel_step_means(sampler: ObjectSampler, pixel_recs, n_objects: int):
     return sums / sampler.count[None, :]
 
 
-def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: ObjectSampler, backend=None):
+def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: ObjectSampler, backend=None,
+                    image_sums=None):
     """Step 4: per-object granular spectrum ``[spectrum_length, N]`` (NaN for empty objects).
 
     ``sampler`` is the :func:`object_sampler` of ``labels`` for the spectrum's
@@ -751,13 +799,18 @@ def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: 
     summation. The GPU sums all steps with one ``bincount``
     (:func:`_object_step_means`); the CPU all steps in one pass
     (:func:`_pixel_step_means`). ``backend`` as in
-    :func:`granular_spectra`.
+    :func:`granular_spectra`. ``image_sums``: the per-object sums of
+    ``image`` (objects 1..N) when the caller has them (the CPU path of
+    :func:`measure_granularity_channels` sums every channel and object set
+    in one pass).
     """
     bk = backend if backend is not None else backend_of(labels, image)
     xp = bk.xp
     n_objects = int(n_objects)
-    weights = xp.asarray(image, dtype=xp.float64).ravel()
-    sums0 = xp.bincount(labels.ravel(), weights=weights, minlength=n_objects + 1)[1 : n_objects + 1]
+    if image_sums is None:
+        weights = xp.asarray(image, dtype=xp.float64).ravel()
+        image_sums = xp.bincount(labels.ravel(), weights=weights, minlength=n_objects + 1)[1 : n_objects + 1]
+    sums0 = image_sums
     recs = spectrum.recs
     with np.errstate(invalid="ignore", divide="ignore"):
         current = sums0 / sampler.count
@@ -872,15 +925,30 @@ def measure_granularity_channels(
     params = dict(spectrum_length=spectrum_length, subsample_size=subsample_size,
                   image_sample_size=image_sample_size, element_size=element_size)
     groups = [list(images)] if bk.is_gpu else [[c] for c in images]
+    image_sums = None
+    if not bk.is_gpu and labels_by_object:
+        # every object set's sum of every channel's pixels (mean_0) in ONE pass (numba):
+        # the additions of one bincount per channel and object set, in the same order
+        top = max(counts.values())
+        sums = np.zeros((len(labels_by_object), len(images), top + 1))
+        # labels above ``top`` were rejected above, unless their set has no objects or no pixels
+        labs = np.stack([np.minimum(np.asarray(lab, np.int64).ravel(), top) if counts[o] and lab.size else
+                         np.zeros(lab.size, np.int64) for o, lab in labels_by_object.items()])
+        _cpu_kernels()[5](labs, np.stack([im.ravel() for im in images.values()]), sums)
+        image_sums = {o: {c: sums[s, i, 1 : counts[o] + 1] for i, c in enumerate(images)}
+                      for s, o in enumerate(labels_by_object)}
+    workspace = {}
     per_object = {o: {} for o in labels_by_object}
     image_level = {}
     for group in groups:
-        for channel, spectrum in zip(group, granular_spectra([images[c] for c in group], backend=bk, **params)):
+        for channel, spectrum in zip(group, granular_spectra([images[c] for c in group], backend=bk,
+                                                            workspace=workspace, **params)):
             names = [granularity_feature_name(k, channel) for k in range(1, int(spectrum_length) + 1)]
             image_level.update(zip(names, spectrum.image_values))
             for obj_name, labels in labels_by_object.items():
                 values = object_spectrum(spectrum, images[channel], labels, counts[obj_name], samplers[obj_name],
-                                         backend=bk)
+                                         backend=bk,
+                                         image_sums=image_sums[obj_name][channel] if image_sums else None)
                 per_object[obj_name].update({name: values[k] for k, name in enumerate(names)})
     return per_object, image_level
 
