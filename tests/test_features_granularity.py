@@ -444,3 +444,22 @@ def test_label_above_n_objects_names_the_object_set():
     with pytest.raises(ValueError, match=rf"granularity DNA/Cells: label {n} exceeds n_objects={n - 1}"):
         measure_granularity_channels({"DNA": img}, {"Nuclei": np.minimum(nuclei, n - 1), "Cells": cells},
                                      {"Nuclei": n - 1, "Cells": n - 1}, **PARAMS)
+
+
+def test_cpu_bilinear_kernel_equals_map_coordinates():
+    """The background's upsampling on the CPU (numba, separable) against
+    ``scipy.ndimage.map_coordinates(order=1)`` at the same coordinates, bit for bit:
+    granularity's scales, odd sizes, ties, samples on the last row and column."""
+    from scipy import ndimage as sndi
+
+    import hpc_profiler.features.granularity as G
+
+    rng = np.random.default_rng(21)
+    for h, w, H, W in [(270, 270, 540, 540), (135, 151, 270, 303), (7, 9, 13, 17), (2, 2, 5, 3), (1, 4, 1, 9)]:
+        img = rng.random((h, w)) * rng.integers(0, 3, (h, w))
+        yc = np.arange(H, dtype=np.float64) * ((h - 1) / max(H - 1, 1))
+        xc = np.arange(W, dtype=np.float64) * ((w - 1) / max(W - 1, 1))
+        ref = sndi.map_coordinates(img, np.stack(np.meshgrid(yc, xc, indexing="ij")), order=1)
+        out = np.empty((H, W))
+        G._cpu_kernels()[6](img, yc, xc, out)
+        assert out.tobytes() == ref.tobytes(), (h, w, H, W)
