@@ -451,7 +451,7 @@ def _sort_codes(I, order, pos, code, codes):
         codes[p] = c
 
 
-def _max_tree(order, pos, code, H, W, full, parent, zpar, rank, low):
+def _max_tree(order, pos, code, H, W, full, parent, zpar, rank, low, link):
     """Max-tree of an ``H x W`` image in sorted-position space (Berger et al. 2007), in ``parent``.
 
     Position ``i`` is pixel ``order[i]`` (:func:`_sort_codes`). Positions are
@@ -464,7 +464,9 @@ def _max_tree(order, pos, code, H, W, full, parent, zpar, rank, low):
     node's members before its children. The last loop makes every parent
     *canonical*: the lowest position of its node (the connected component of
     one grey level of ``{I >= level}``); a position whose parent has the same
-    code is a non-canonical member of that node.
+    code is a non-canonical member of that node. ``link[i]`` is the parent's
+    pixel, ``-1 - pixel`` for a non-canonical position (what
+    :func:`_tree_reconstruct` reads, without a second random access).
     """
     n = H * W
     nk = 8 if full else 4
@@ -534,44 +536,51 @@ def _max_tree(order, pos, code, H, W, full, parent, zpar, rank, low):
         j = parent[i]
         if code[parent[j]] == code[j]:
             parent[i] = parent[j]
+        # the parent's pixel, negative (-1 - pixel) for a non-canonical position
+        j = parent[i]
+        link[i] = -1 - order[j] if code[j] == code[i] and j != i else order[j]
 
 
-def _tree_reconstruct(levels, order, parent, m):
+def _tree_reconstruct(levels, order, link, m):
     """Reconstruct the markers ``m[p, k]`` (pixel-major) under the mask on its max-tree, in place.
 
     ``levels[i]`` is the mask at position ``i`` (its value, or its code:
-    anything that compares as the values do), ``order`` and ``parent`` the
-    positions' pixels and canonical parents (:func:`_max_tree`). Pass 1
-    (children before parents: positions downward) gathers at each node's
-    canonical pixel the largest marker value of its subtree, ``M``. A
-    pixel's value is then the largest, over the nodes from its own to the
-    root, of ``min(level, M)``: the highest level ``t`` at which it is
-    connected through ``{I >= t}`` to a marker value ``>= t``. Pass 2
-    (parents first: positions upward) computes it top-down, writing over
-    ``m``. Only levels and marker values are copied.
+    anything that compares as the values do), ``order`` and ``link`` the
+    positions' pixels and their canonical parents' pixels (:func:`_max_tree`;
+    position 0 is the root). Pass 1 (children before parents: positions
+    downward) gathers at each node's canonical pixel the largest marker
+    value of its subtree, ``M``. A pixel's value is then the largest, over
+    the nodes from its own to the root, of ``min(level, M)``: the highest
+    level ``t`` at which it is connected through ``{I >= t}`` to a marker
+    value ``>= t``. Pass 2 (parents first: positions upward) computes it
+    top-down, writing over ``m``. Only levels and marker values are copied.
     """
-    n = parent.shape[0]
+    n = order.shape[0]
     K = m.shape[1]
     for i in range(n - 1, 0, -1):
         p = order[i]
-        q = order[parent[i]]
+        q = link[i]
+        if q < 0:
+            q = -1 - q
         for k in range(K):
             a = m[p, k]
             if a > m[q, k]:
                 m[q, k] = a
-    for i in range(n):
-        j = parent[i]
+    if n:
+        p = order[0]  # the root
+        lev = levels[0]
+        for k in range(K):
+            a = m[p, k]
+            m[p, k] = a if a < lev else lev
+    for i in range(1, n):
         p = order[i]
-        q = order[j]
-        lev = levels[i]
-        if j == i:  # the root
-            for k in range(K):
-                a = m[p, k]
-                m[p, k] = a if a < lev else lev
-        elif levels[j] == lev:  # non-canonical position: its node's value (q is done)
+        q = link[i]
+        if q < 0:  # non-canonical position: its node's value (computed before)
+            q = -1 - q
             for k in range(K):
                 m[p, k] = m[q, k]
         else:  # canonical position of a node whose parent node is q's
+            lev = levels[i]
             for k in range(K):
                 a = m[p, k]
                 a = a if a < lev else lev
@@ -653,7 +662,7 @@ def reconstruct_markers(seeds, mask, connectivity: int = 1) -> np.ndarray:
     for k0 in range(0, K, _TREE_BLOCK):
         m = np.empty((I.size, min(K, k0 + _TREE_BLOCK) - k0), ft)
         _to_pixel_major_jit(flat_seeds, k0, m)
-        _tree_reconstruct_jit(tree.values, tree.order, tree.parent, m)
+        _tree_reconstruct_jit(tree.values, tree.order, tree.link, m)
         _from_pixel_major_jit(m, k0, flat_out)
     return out
 
@@ -665,7 +674,9 @@ class MaskTree(NamedTuple):
     ``pos``: its inverse; ``values[i]``: the mask at position ``i`` (sorted);
     ``code[i]``: the first position holding that value (equal values, equal
     codes; ``values[code[i]] == values[i]``); ``codes``: each pixel's code,
-    ``[H, W]``; ``parent[i]``: the canonical parent position.
+    ``[H, W]``; ``parent[i]``: the canonical parent position; ``link[i]``: its
+    pixel (``-1 - pixel`` when position ``i`` is a non-canonical member of
+    its parent's node).
     """
 
     order: np.ndarray
@@ -674,6 +685,7 @@ class MaskTree(NamedTuple):
     code: np.ndarray
     codes: np.ndarray
     parent: np.ndarray
+    link: np.ndarray
 
 
 def mask_tree(mask, connectivity: int = 1) -> MaskTree:
@@ -688,9 +700,9 @@ def mask_tree(mask, connectivity: int = 1) -> MaskTree:
     order = np.argsort(I).astype(np.int32)
     pos, code, codes = np.empty(n, np.int32), np.empty(n, np.int32), np.empty((H, W), np.int32)
     _sort_codes_jit(I, order, pos, code, codes.reshape(-1))
-    parent, zpar, rank, low = (np.empty(n, np.int32) for _ in range(4))
-    _max_tree_jit(order, pos, code, H, W, full, parent, zpar, rank, low)
-    return MaskTree(order, pos, I[order], code, codes, parent)
+    parent, zpar, rank, low, link = (np.empty(n, np.int32) for _ in range(5))
+    _max_tree_jit(order, pos, code, H, W, full, parent, zpar, rank, low, link)
+    return MaskTree(order, pos, I[order], code, codes, parent, link)
 
 
 def reconstruct_codes(m: np.ndarray, tree: MaskTree) -> np.ndarray:
@@ -702,5 +714,5 @@ def reconstruct_codes(m: np.ndarray, tree: MaskTree) -> np.ndarray:
     too: ``tree.values[m]`` are the reconstructed values. Half the memory of
     float64 values, the same comparisons. Returns ``m``.
     """
-    _tree_reconstruct_jit(tree.code, tree.order, tree.parent, m)
+    _tree_reconstruct_jit(tree.code, tree.order, tree.link, m)
     return m

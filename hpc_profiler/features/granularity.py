@@ -205,6 +205,11 @@ def _disk_filter(image, radius: int, op: str, bk):
         fp = xp.asarray(fp.reshape((1,) * (image.ndim - 2) + fp.shape))
         filt2 = ndi.minimum_filter if op == "min" else ndi.maximum_filter
         return filt2(image, footprint=fp, mode="reflect")
+    if image.ndim == 2:  # one numba pass (:func:`_disk_minmax`; a min/max is exact in any order)
+        out = np.empty(image.shape)
+        rows, cols = _reflect_rows(image.shape[0], r, np), _reflect_rows(image.shape[1], int(widths.max()), np)
+        _cpu_kernels()[7](np.ascontiguousarray(image, dtype=np.float64), widths, rows, cols, op == "min", out)
+        return out
     filt = ndi.minimum_filter1d if op == "min" else ndi.maximum_filter1d
     pick = xp.minimum if op == "min" else xp.maximum
     h = image.shape[-2]
@@ -739,6 +744,54 @@ def _bilinear(image, yc, xc, out):
             out[a, b] = t
 
 
+def _disk_minmax(image, widths, rows, cols, is_min, out):
+    """Grey erosion (``is_min``) or dilation of ``image`` by the disk whose row ``dy`` spans
+    ``|dx| <= widths[dy + r]``, border "reflect": :func:`_disk_filter` on the CPU. ``rows[k + r]``
+    and ``cols[k + max(widths)]`` are the indices of rows and columns ``k`` under "reflect"
+    (:func:`_reflect_rows`).
+
+    ``F[w]``, the min (max) over ``[x - w, x + w]`` of each row, is built for
+    every width from ``F[w - 1]`` and the two new pixels; the result is the
+    min (max) over the disk's rows of ``F[width of the row]`` of the row
+    ``y + dy``. The same min/max as scikit-image's over the footprint
+    (exact in any order).
+    """
+    H, W = image.shape
+    r = widths.shape[0] // 2
+    R = 0
+    for w in widths:
+        R = max(R, w)
+    F = np.empty((R + 1, H, W))
+    F[0] = image
+    for w in range(1, R + 1):
+        for y in range(H):
+            for x in range(W):
+                v = F[w - 1, y, x]
+                a = image[y, cols[x - w + R]]
+                b = image[y, cols[x + w + R]]
+                if is_min:
+                    v = a if a < v else v
+                    v = b if b < v else v
+                else:
+                    v = a if a > v else v
+                    v = b if b > v else v
+                F[w, y, x] = v
+    for y in range(H):
+        for x in range(W):
+            out[y, x] = F[widths[r], y, x]
+        for dy in range(-r, r + 1):
+            if dy == 0:
+                continue
+            src = F[widths[dy + r], rows[y + dy + r]]
+            for x in range(W):
+                a = src[x]
+                v = out[y, x]
+                if is_min:
+                    out[y, x] = a if a < v else v
+                else:
+                    out[y, x] = a if a > v else v
+
+
 def _label_sums(labels, images, sums):
     """``sums[s, c, l] += images[c, p]`` over the pixels ``p`` of label ``l = labels[s, p]`` (float64
     additions in pixel order: ``bincount(labels[s], weights=images[c])`` for every object set ``s`` and
@@ -800,13 +853,13 @@ _cpu_kernel_cache: list = []
 
 def _cpu_kernels():
     """The numba kernels of the CPU path: (eroded markers, unpack diffs, pixel step sums, sampler sums,
-    code values, label sums, bilinear)."""
+    code values, label sums, bilinear, disk min/max)."""
     if not _cpu_kernel_cache:
         from hpc_profiler.morphology import njit_cached
 
         _cpu_kernel_cache.extend(njit_cached(f) for f in (_eroded_markers, _unpack_diffs, _pixel_step_sums,
                                                           _sampler_sums, _code_values, _label_sums,
-                                                          _bilinear))
+                                                          _bilinear, _disk_minmax))
     return _cpu_kernel_cache
 
 
