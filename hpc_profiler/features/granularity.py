@@ -395,9 +395,19 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
     buffers with the next call's: :func:`measure_granularity_channels`
     consumes each channel's before the next.
     """
+    return _granular_spectra(images, spectrum_length=spectrum_length, subsample_size=subsample_size,
+                             image_sample_size=image_sample_size, element_size=element_size, backend=backend,
+                             workspace=workspace)[0]
+
+
+def _granular_spectra(images, *, spectrum_length, subsample_size, image_sample_size, element_size, backend,
+                      workspace=None, extra=None):
+    """:func:`granular_spectra`, also returning the GPU's ``[K, C, h, w]`` reconstructions (None on the
+    CPU) and the host values of ``extra`` (a 1-D device array brought back in the same copy as the
+    image-level numbers; None without it)."""
     images = list(images)
     if not images:
-        return []
+        return [], None, None
     bk = backend if backend is not None else backend_of(*images)
     xp = bk.xp
     bg = dict(subsample_size=subsample_size, image_sample_size=image_sample_size, element_size=element_size)
@@ -477,8 +487,13 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
                 step_means[k, c] = diffs[k].mean()
             pixel_recs.append(m)
         losses = list(step_means)
-    # the image-level numbers to the host with ONE copy: [starts; losses per step] x channel
-    host = bk.to_numpy(xp.stack([starts, *losses])).tolist()
+    # the image-level numbers to the host with ONE copy: [starts; losses per step] x channel (and ``extra``)
+    numbers = xp.stack([starts, *losses])
+    if extra is not None:
+        flat = bk.to_numpy(xp.concatenate([numbers.ravel(), extra.astype(xp.float64)]))
+        host, extra = flat[: numbers.size].reshape(numbers.shape).tolist(), flat[numbers.size :].tolist()
+    else:
+        host = bk.to_numpy(numbers).tolist()
     starts, losses = host[0], host[1:]
     out = []
     for c, p in enumerate(pixels):
@@ -489,7 +504,7 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
             out.append(Spectrum(p, [m[:, k].reshape(p.shape) for k in range(n_steps)], values, m))
         else:
             out.append(Spectrum(p, [r[c] for r in recs], values))
-    return out
+    return out, (rec_all if bk.is_gpu and n_steps else None), extra
 
 
 def granular_spectrum(image, *, spectrum_length: int = 16, subsample_size: float = 0.5,
@@ -929,6 +944,36 @@ def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: 
     return xp.where(sampler.count[None, :] > 0, out, xp.nan)
 
 
+def _object_spectra_stack(rec_all, images, labels, n_objects: int, sampler: ObjectSampler, xp):
+    """:func:`object_spectrum` of every channel at once (the GPU path): ``[K, C, N]`` from the
+    ``[K, C, h, w]`` reconstructions and the ``[C, H, W]`` images.
+
+    Two ``bincount`` calls for all channels and steps (the objects' sums of
+    the images, and of the steps' upsampled images through ``sampler``), in
+    place of two per channel: each bin adds the same entries in the same
+    order as :func:`object_spectrum`'s.
+    """
+    K, C = rec_all.shape[:2]
+    n = int(n_objects)
+    chans = xp.arange(C)
+    lab = labels.ravel()
+    codes0 = (lab[None, :] + (n + 1) * chans[:, None]).ravel()
+    sums0 = xp.bincount(codes0, weights=images.reshape(C, -1).astype(xp.float64).ravel(),
+                        minlength=C * (n + 1))[: C * (n + 1)].reshape(C, n + 1)[:, 1:]
+    flat = rec_all.reshape(K, C, -1)
+    steps = xp.concatenate([flat[:1], flat[:-1] - flat[1:]])
+    vals = steps[:, :, sampler.src] * sampler.weight
+    codes = sampler.obj + n * xp.arange(K * C)[:, None]
+    sums = xp.bincount(codes.ravel(), weights=vals.ravel(), minlength=K * C * n)[: K * C * n]
+    means = sums.reshape(K, C, n) / sampler.count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        current = sums0 / sampler.count
+        start = xp.maximum(current, np.finfo(float).eps)
+        losses = xp.concatenate([(current - means[0])[None], means[1:]])
+        out = losses * 100.0 / start
+    return xp.where(sampler.count > 0, out, xp.nan)
+
+
 def measure_granularity(
     image,
     channel: str,
@@ -1012,13 +1057,17 @@ def measure_granularity_channels(
                 )
     counts = {o: int(n_objects[o]) for o in labels_by_object}
     checked = [o for o in labels_by_object if counts[o] and labels_by_object[o].size]
-    if checked:  # every object set's largest label with ONE device->host copy
-        tops = bk.to_numpy(xp.stack([labels_by_object[o].max().astype(xp.int64) for o in checked])).tolist()
+
+    def check_labels(tops):
         for obj_name, top in zip(checked, tops):
             if top > counts[obj_name]:
                 raise ValueError(
-                    f"granularity {next(iter(images))}/{obj_name}: label {top} exceeds n_objects={counts[obj_name]}"
-                )
+                    f"granularity {next(iter(images))}/{obj_name}: label {int(top)} exceeds "
+                    f"n_objects={counts[obj_name]}")
+
+    tops = xp.stack([labels_by_object[o].max().astype(xp.int64) for o in checked]) if checked else None
+    if tops is not None and not bk.is_gpu:
+        check_labels(tops.tolist())
     samplers = {
         o: (samplers.get(o) if samplers else None) or object_sampler(labels_by_object[o], counts[o], subsample_size)
         for o in labels_by_object
@@ -1041,6 +1090,25 @@ def measure_granularity_channels(
     workspace = {}
     per_object = {o: {} for o in labels_by_object}
     image_level = {}
+    if bk.is_gpu:
+        # the site's channels as one stack; the labels' check rides on the one copy of the
+        # image-level numbers; the object spectra of every channel with one bincount per object set
+        channels = list(images)
+        spectra, rec_all, tops_host = _granular_spectra([images[c] for c in channels], backend=bk, extra=tops,
+                                                        **params)
+        if tops_host is not None:
+            check_labels(tops_host)
+        stack = xp.stack([images[c] for c in channels]) if rec_all is not None else None
+        names = {c: [granularity_feature_name(k, c) for k in range(1, int(spectrum_length) + 1)] for c in channels}
+        for channel, spectrum in zip(channels, spectra):
+            image_level.update(zip(names[channel], spectrum.image_values))
+        for obj_name, labels in labels_by_object.items():
+            if rec_all is None:
+                continue
+            values = _object_spectra_stack(rec_all, stack, labels, counts[obj_name], samplers[obj_name], xp)
+            for c, channel in enumerate(channels):
+                per_object[obj_name].update({name: values[k, c] for k, name in enumerate(names[channel])})
+        return per_object, image_level
     for group in groups:
         for channel, spectrum in zip(group, granular_spectra([images[c] for c in group], backend=bk,
                                                             workspace=workspace, **params)):
