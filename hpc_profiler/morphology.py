@@ -451,10 +451,29 @@ def _sort_codes(I, order, pos, code, codes):
         codes[p] = c
 
 
-def _max_tree(order, pos, code, H, W, full, parent, zpar, rank, low, link):
-    """Max-tree of an ``H x W`` image in sorted-position space (Berger et al. 2007), in ``parent``.
+def _neighbour_positions(pos, H, W, full, nb):
+    """``nb[p, k]``: the sorted position of pixel ``p``'s ``k``-th neighbour (up, down, left, right,
+    then the diagonals for 8-connectivity), ``-1`` outside the image: one sequential pass, so that
+    :func:`_max_tree` reads one row per pixel instead of three rows of ``pos``."""
+    for r in range(H):
+        for c in range(W):
+            p = r * W + c
+            nb[p, 0] = pos[p - W] if r > 0 else -1
+            nb[p, 1] = pos[p + W] if r < H - 1 else -1
+            nb[p, 2] = pos[p - 1] if c > 0 else -1
+            nb[p, 3] = pos[p + 1] if c < W - 1 else -1
+            if full:
+                nb[p, 4] = pos[p - W - 1] if r > 0 and c > 0 else -1
+                nb[p, 5] = pos[p - W + 1] if r > 0 and c < W - 1 else -1
+                nb[p, 6] = pos[p + W - 1] if r < H - 1 and c > 0 else -1
+                nb[p, 7] = pos[p + W + 1] if r < H - 1 and c < W - 1 else -1
 
-    Position ``i`` is pixel ``order[i]`` (:func:`_sort_codes`). Positions are
+
+def _max_tree(order, nb, code, parent, zpar, rank, low, link):
+    """Max-tree of an image in sorted-position space (Berger et al. 2007), in ``parent``.
+
+    Position ``i`` is pixel ``order[i]`` (:func:`_sort_codes`), ``nb`` its
+    neighbours' positions (:func:`_neighbour_positions`). Positions are
     inserted from the highest down; each joins the components of its already
     inserted neighbours (larger positions) as their new lowest pixel:
     union-find with union by rank and path compression in ``zpar``, ``low[r]``
@@ -468,8 +487,8 @@ def _max_tree(order, pos, code, H, W, full, parent, zpar, rank, low, link):
     pixel, ``-1 - pixel`` for a non-canonical position (what
     :func:`_tree_reconstruct` reads, without a second random access).
     """
-    n = H * W
-    nk = 8 if full else 4
+    n = order.shape[0]
+    nk = nb.shape[1]
     for i in range(n - 1, -1, -1):
         p = order[i]
         parent[i] = i
@@ -477,42 +496,8 @@ def _max_tree(order, pos, code, H, W, full, parent, zpar, rank, low, link):
         rank[i] = 0
         low[i] = i
         zi = i
-        r = p // W
-        c = p - r * W
         for k in range(nk):
-            if k == 0:
-                if r == 0:
-                    continue
-                q = p - W
-            elif k == 1:
-                if r == H - 1:
-                    continue
-                q = p + W
-            elif k == 2:
-                if c == 0:
-                    continue
-                q = p - 1
-            elif k == 3:
-                if c == W - 1:
-                    continue
-                q = p + 1
-            elif k == 4:
-                if r == 0 or c == 0:
-                    continue
-                q = p - W - 1
-            elif k == 5:
-                if r == 0 or c == W - 1:
-                    continue
-                q = p - W + 1
-            elif k == 6:
-                if r == H - 1 or c == 0:
-                    continue
-                q = p + W - 1
-            else:
-                if r == H - 1 or c == W - 1:
-                    continue
-                q = p + W + 1
-            j = pos[q]
+            j = nb[p, k]
             if j <= i:  # not inserted yet
                 continue
             root = j
@@ -603,6 +588,7 @@ def _from_pixel_major(m, k0, dst):
 
 
 _sort_codes_jit = njit_cached(_sort_codes)
+_neighbour_positions_jit = njit_cached(_neighbour_positions)
 _max_tree_jit = njit_cached(_max_tree)
 _tree_reconstruct_jit = njit_cached(_tree_reconstruct)
 _to_pixel_major_jit = njit_cached(_to_pixel_major)
@@ -700,8 +686,10 @@ def mask_tree(mask, connectivity: int = 1) -> MaskTree:
     order = np.argsort(I).astype(np.int32)
     pos, code, codes = np.empty(n, np.int32), np.empty(n, np.int32), np.empty((H, W), np.int32)
     _sort_codes_jit(I, order, pos, code, codes.reshape(-1))
+    nb = np.empty((n, 8 if full else 4), np.int32)
+    _neighbour_positions_jit(pos, H, W, full, nb)
     parent, zpar, rank, low, link = (np.empty(n, np.int32) for _ in range(5))
-    _max_tree_jit(order, pos, code, H, W, full, parent, zpar, rank, low, link)
+    _max_tree_jit(order, nb, code, parent, zpar, rank, low, link)
     return MaskTree(order, pos, I[order], code, codes, parent, link)
 
 
