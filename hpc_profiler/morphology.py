@@ -33,13 +33,14 @@ a float32 (or float16) mask, float64 otherwise).
 :func:`reconstruct_markers` (CPU)
     Several markers under ONE mask (granularity's 16 scales): the mask's
     max-tree (component tree of its upper level sets: a sort and a
-    union-find, Berger et al. 2007) is built once; each marker then costs
-    two linear passes over the tree (subtree maxima of the marker, then
-    ``max over the ancestors of min(level, subtree max)`` top-down), the
-    markers walked together pixel-major. Also only copies values, so
-    bit-identical; per marker 2-7x faster than the hybrid algorithm on
-    granularity's 16 markers, tree included (12 vs 25 ms per 540 x 540
-    reconstruction in ``scripts/bench_texture_granularity.py``, one thread).
+    union-find with union by rank, Berger et al. 2007, in sorted-position
+    space, :func:`mask_tree`) is built once; each marker then costs two
+    linear passes over the tree (subtree maxima of the marker, then ``max
+    over the ancestors of min(level, subtree max)`` top-down), the markers
+    walked together pixel-major. Also only copies values, so bit-identical.
+    Markers made of mask values only (granularity's erosions of the mask)
+    can be held as the mask's int32 codes (:func:`reconstruct_codes`): the
+    same comparisons on half the bytes.
 
 Why numba. Measured with ``scripts/bench_texture_granularity.py`` (one
 thread; the 16 reconstructions of one channel of the 1080 x 1080 synthetic

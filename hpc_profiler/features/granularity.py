@@ -30,14 +30,22 @@ Step 3 is where the time goes: 16 reconstructions per channel, 80 per site.
 They are :mod:`hpc_profiler.morphology`'s. On the CPU all 16 of a channel
 share one mask (the background-subtracted image; proof in
 :func:`granular_spectra`), so its max-tree is built once and every marker
-costs two linear passes over it (:func:`hpc_profiler.morphology.reconstruct_markers`,
-numba, bit-identical to ``skimage.morphology.reconstruction``); the markers
-are written pixel-major by one wavefront erosion kernel and the per-object
-sums read that layout directly (:func:`_cpu_kernels`). Measured with
-``scripts/bench_texture_granularity.py`` (one thread, the 1080 x 1080 bench
-site, same run, 2026-11-28 on the shared 2-core machine): 2.2-2.9x faster
-than the previous CPU path (16 hybrid reconstructions per channel under
-nested masks, itself ~4-5x faster than scikit-image's), bit-identical. On the GPU: iterated geodesic dilation of all 16 scales x 5
+costs two linear passes over it (:func:`hpc_profiler.morphology.mask_tree`,
+:func:`~hpc_profiler.morphology.reconstruct_codes`, numba, bit-identical to
+``skimage.morphology.reconstruction``). The markers are erosions of the
+mask, so they hold mask values only: they are eroded, reconstructed and
+stored as the mask's int32 *codes* (ranks that compare as the values: half
+the memory traffic of float64), written pixel-major by one wavefront
+erosion kernel, and turned back into values once; the per-object sums read
+the pixel-major reconstructions directly (:func:`_cpu_kernels`). The big
+buffers are reused from channel to channel (first writes to fresh pages cost
+as much as a kernel), the background's disk opening and bilinear upsampling
+are numba passes with the arithmetic of SciPy's (:func:`_disk_minmax`,
+:func:`_bilinear`), and the objects' sums of every channel (``mean_0``) are
+one pass over the pixels. Measured in one process against main at 5436048
+(``measure_granularity_channels`` with its samplers, the 1080 x 1080 bench
+site, one thread, CPU seconds, 2026-11-28 on the shared 2-core machine):
+~1.5x faster, bit-identical. On the GPU: iterated geodesic dilation of all 16 scales x 5
 channels of a site as one stack, checked for convergence in doubling blocks,
 never synchronising per step (:func:`granular_spectra`,
 :func:`measure_granularity_channels`).
@@ -55,11 +63,14 @@ quarter of the object pixels instead of a full-resolution interpolation
 channel and object set, on the CPU one numba pass.
 
 GPU launches (``scripts/bench_site.py --audit``; the 1080 x 1080 bench site,
-granularity alone): ~4,550 launches and 19 device->host copies, of which the
-reconstruction's 3,591 and 9 (2 launches per step, one copy per convergence
-check), the samplers' 588 and 6 (mostly
-:func:`~hpc_profiler.features._objects.object_pixels`), the per-object steps
-315; the background of the 5 channels is one stack (20 launches, no copy).
+granularity alone): the reconstruction takes 2 launches per step and one
+device->host copy per convergence check (~3,600 launches and 9 copies); the
+rest is the samplers (mostly
+:func:`~hpc_profiler.features._objects.object_pixels`) and the object
+spectra, which take one ``bincount`` per object set for all channels and
+steps (:func:`_object_spectra_stack`); the background of the 5 channels is
+one stack (20 launches, no copy), and the labels' range check comes back in
+the one copy of the image-level numbers.
 
 **Why the GPU disagreed with the CPU by up to 28 % (issue 13), and the fix.**
 Read against cuCIM's source (``cucim.skimage.morphology`` ``gray``,
