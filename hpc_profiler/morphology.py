@@ -33,13 +33,14 @@ a float32 (or float16) mask, float64 otherwise).
 :func:`reconstruct_markers` (CPU)
     Several markers under ONE mask (granularity's 16 scales): the mask's
     max-tree (component tree of its upper level sets: a sort and a
-    union-find, Berger et al. 2007) is built once; each marker then costs
-    two linear passes over the tree (subtree maxima of the marker, then
-    ``max over the ancestors of min(level, subtree max)`` top-down), the
-    markers walked together pixel-major. Also only copies values, so
-    bit-identical; per marker 2-7x faster than the hybrid algorithm on
-    granularity's 16 markers, tree included (12 vs 25 ms per 540 x 540
-    reconstruction in ``scripts/bench_texture_granularity.py``, one thread).
+    union-find with union by rank, Berger et al. 2007, in sorted-position
+    space, :func:`mask_tree`) is built once; each marker then costs two
+    linear passes over the tree (subtree maxima of the marker, then ``max
+    over the ancestors of min(level, subtree max)`` top-down), the markers
+    walked together pixel-major. Also only copies values, so bit-identical.
+    Markers made of mask values only (granularity's erosions of the mask)
+    can be held as the mask's int32 codes (:func:`reconstruct_codes`): the
+    same comparisons on half the bytes.
 
 Why numba. Measured with ``scripts/bench_texture_granularity.py`` (one
 thread; the 16 reconstructions of one channel of the 1080 x 1080 synthetic
@@ -432,111 +433,140 @@ def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_e
 
 
 # --------------------------------------------------------------------------- one mask, many markers
-def _max_tree(I, order, H, W, full, parent, zpar):
-    """Max-tree of the flat ``H x W`` image ``I`` (Berger et al. 2007), in ``parent``.
+def _sort_codes(I, order, pos, code, codes):
+    """Positions and codes of the pixels once ``order`` sorts ``I`` by increasing value.
 
-    ``order`` sorts the pixels by increasing value. Pixels are inserted from
-    the highest down; each joins the already inserted neighbours' components
-    (union-find with path compression in ``zpar``) as their new root, so a
-    pixel's parent is never above it and every pixel follows its parent in
-    ``order``. The last loop makes every parent *canonical*: the first pixel
-    (in ``order``) of its node, the connected component of one grey level of
-    ``{I >= level}``; a pixel whose parent has the same value is a
-    non-canonical member of that node. ``order[0]`` is the root.
+    ``pos[p]``: the position of pixel ``p`` in ``order``; ``code[i]``: the
+    first position holding the value at position ``i`` (equal values get
+    equal codes, and codes compare as the values do); ``codes[p]``: pixel
+    ``p``'s code.
     """
-    n = H * W
-    for p in range(n):
-        zpar[p] = -1
-    nk = 8 if full else 4
-    for i in range(n - 1, -1, -1):
-        p = order[i]
-        parent[p] = p
-        zpar[p] = p
-        r = p // W
-        c = p - r * W
-        for k in range(nk):
-            if k == 0:
-                if r == 0:
-                    continue
-                q = p - W
-            elif k == 1:
-                if r == H - 1:
-                    continue
-                q = p + W
-            elif k == 2:
-                if c == 0:
-                    continue
-                q = p - 1
-            elif k == 3:
-                if c == W - 1:
-                    continue
-                q = p + 1
-            elif k == 4:
-                if r == 0 or c == 0:
-                    continue
-                q = p - W - 1
-            elif k == 5:
-                if r == 0 or c == W - 1:
-                    continue
-                q = p - W + 1
-            elif k == 6:
-                if r == H - 1 or c == 0:
-                    continue
-                q = p + W - 1
-            else:
-                if r == H - 1 or c == W - 1:
-                    continue
-                q = p + W + 1
-            if zpar[q] == -1:
-                continue
-            root = q
-            while zpar[root] != root:
-                root = zpar[root]
-            while zpar[q] != root:  # path compression
-                nxt = zpar[q]
-                zpar[q] = root
-                q = nxt
-            if root != p:
-                parent[root] = p
-                zpar[root] = p
+    n = order.shape[0]
+    c = 0
     for i in range(n):
         p = order[i]
-        q = parent[p]
-        if I[parent[q]] == I[q]:
-            parent[p] = parent[q]
+        pos[p] = i
+        if i > 0 and I[p] != I[order[i - 1]]:
+            c = i
+        code[i] = c
+        codes[p] = c
 
 
-def _tree_reconstruct(I, order, parent, m):
-    """Reconstruct the markers ``m[p, k]`` (pixel-major) under ``I`` on its max-tree, in place.
+def _neighbour_positions(pos, H, W, full, nb):
+    """``nb[p, k]``: the sorted position of pixel ``p``'s ``k``-th neighbour (up, down, left, right,
+    then the diagonals for 8-connectivity), ``-1`` outside the image: one sequential pass, so that
+    :func:`_max_tree` reads one row per pixel instead of three rows of ``pos``."""
+    for r in range(H):
+        for c in range(W):
+            p = r * W + c
+            nb[p, 0] = pos[p - W] if r > 0 else -1
+            nb[p, 1] = pos[p + W] if r < H - 1 else -1
+            nb[p, 2] = pos[p - 1] if c > 0 else -1
+            nb[p, 3] = pos[p + 1] if c < W - 1 else -1
+            if full:
+                nb[p, 4] = pos[p - W - 1] if r > 0 and c > 0 else -1
+                nb[p, 5] = pos[p - W + 1] if r > 0 and c < W - 1 else -1
+                nb[p, 6] = pos[p + W - 1] if r < H - 1 and c > 0 else -1
+                nb[p, 7] = pos[p + W + 1] if r < H - 1 and c < W - 1 else -1
 
-    Pass 1 (children before parents) gathers at each node's canonical pixel
-    the largest marker value of its subtree, ``M``. A pixel's value is then
-    the largest, over the nodes from its own to the root, of ``min(level,
-    M)``: the highest level ``t`` at which it is connected through ``{I >=
-    t}`` to a marker value ``>= t``. Pass 2 (parents first) computes it
-    top-down, writing over ``m``. Only ``I`` and marker values are copied.
+
+def _max_tree(order, nb, code, parent, zpar, rank, low, link):
+    """Max-tree of an image in sorted-position space (Berger et al. 2007), in ``parent``.
+
+    Position ``i`` is pixel ``order[i]`` (:func:`_sort_codes`), ``nb`` its
+    neighbours' positions (:func:`_neighbour_positions`). Positions are
+    inserted from the highest down; each joins the components of its already
+    inserted neighbours (larger positions) as their new lowest pixel:
+    union-find with union by rank and path compression in ``zpar``, ``low[r]``
+    the lowest (last inserted) position of the set whose root is ``r``, which
+    becomes the child of the new position. A parent's position is therefore
+    below its child's, position 0 is the root, and ``parent`` lists every
+    node's members before its children. The last loop makes every parent
+    *canonical*: the lowest position of its node (the connected component of
+    one grey level of ``{I >= level}``); a position whose parent has the same
+    code is a non-canonical member of that node. ``link[i]`` is the parent's
+    pixel, ``-1 - pixel`` for a non-canonical position (what
+    :func:`_tree_reconstruct` reads, without a second random access).
+    """
+    n = order.shape[0]
+    nk = nb.shape[1]
+    for i in range(n - 1, -1, -1):
+        p = order[i]
+        parent[i] = i
+        zpar[i] = i
+        rank[i] = 0
+        low[i] = i
+        zi = i
+        for k in range(nk):
+            j = nb[p, k]
+            if j <= i:  # not inserted yet
+                continue
+            root = j
+            while zpar[root] != root:
+                root = zpar[root]
+            while zpar[j] != root:  # path compression
+                nxt = zpar[j]
+                zpar[j] = root
+                j = nxt
+            if root != zi:
+                parent[low[root]] = i
+                if rank[zi] < rank[root]:
+                    zpar[zi] = root
+                    low[root] = i
+                    zi = root
+                else:
+                    zpar[root] = zi
+                    if rank[zi] == rank[root]:
+                        rank[zi] += 1
+    for i in range(n):
+        j = parent[i]
+        if code[parent[j]] == code[j]:
+            parent[i] = parent[j]
+        # the parent's pixel, negative (-1 - pixel) for a non-canonical position
+        j = parent[i]
+        link[i] = -1 - order[j] if code[j] == code[i] and j != i else order[j]
+
+
+def _tree_reconstruct(levels, order, link, m):
+    """Reconstruct the markers ``m[p, k]`` (pixel-major) under the mask on its max-tree, in place.
+
+    ``levels[i]`` is the mask at position ``i`` (its value, or its code:
+    anything that compares as the values do), ``order`` and ``link`` the
+    positions' pixels and their canonical parents' pixels (:func:`_max_tree`;
+    position 0 is the root). Pass 1 (children before parents: positions
+    downward) gathers at each node's canonical pixel the largest marker
+    value of its subtree, ``M``. A pixel's value is then the largest, over
+    the nodes from its own to the root, of ``min(level, M)``: the highest
+    level ``t`` at which it is connected through ``{I >= t}`` to a marker
+    value ``>= t``. Pass 2 (parents first: positions upward) computes it
+    top-down, writing over ``m``. Only levels and marker values are copied.
     """
     n = order.shape[0]
     K = m.shape[1]
     for i in range(n - 1, 0, -1):
         p = order[i]
-        q = parent[p]
+        q = link[i]
+        if q < 0:
+            q = -1 - q
         for k in range(K):
             a = m[p, k]
             if a > m[q, k]:
                 m[q, k] = a
-    for i in range(n):
+    if n:
+        p = order[0]  # the root
+        lev = levels[0]
+        for k in range(K):
+            a = m[p, k]
+            m[p, k] = a if a < lev else lev
+    for i in range(1, n):
         p = order[i]
-        q = parent[p]
-        lev = I[p]
-        if q == p:  # the root
-            for k in range(K):
-                a = m[p, k]
-                m[p, k] = a if a < lev else lev
-        elif I[q] == lev:  # non-canonical pixel: its node's value (q is done)
+        q = link[i]
+        if q < 0:  # non-canonical position: its node's value (computed before)
+            q = -1 - q
             for k in range(K):
                 m[p, k] = m[q, k]
-        else:  # canonical pixel of a node whose parent node is q's
+        else:  # canonical position of a node whose parent node is q's
+            lev = levels[i]
             for k in range(K):
                 a = m[p, k]
                 a = a if a < lev else lev
@@ -558,6 +588,8 @@ def _from_pixel_major(m, k0, dst):
             dst[k0 + k, p] = m[p, k]
 
 
+_sort_codes_jit = njit_cached(_sort_codes)
+_neighbour_positions_jit = njit_cached(_neighbour_positions)
 _max_tree_jit = njit_cached(_max_tree)
 _tree_reconstruct_jit = njit_cached(_tree_reconstruct)
 _to_pixel_major_jit = njit_cached(_to_pixel_major)
@@ -588,13 +620,14 @@ def reconstruct_markers(seeds, mask, connectivity: int = 1) -> np.ndarray:
     Notes
     -----
     The mask's max-tree (component tree of its upper level sets; one sort and
-    a union-find, numba) is built once and each marker then costs two linear
-    passes over it (:func:`_tree_reconstruct`), the markers walked together
-    in blocks of :data:`_TREE_BLOCK` (granularity's own path,
-    :func:`hpc_profiler.features.granularity.granular_spectra`, writes its
-    markers pixel-major and calls :func:`mask_tree` and
-    :func:`reconstruct_pixel_major` directly). A mask holding NaN has no order to build a tree on:
-    it falls back to :func:`reconstruct_by_dilation` per marker.
+    a union-find, numba, :func:`mask_tree`) is built once and each marker then
+    costs two linear passes over it (:func:`_tree_reconstruct`), the markers
+    walked together pixel-major in blocks of :data:`_TREE_BLOCK`. Granularity's own path
+    (:func:`hpc_profiler.features.granularity.granular_spectra`) works on the
+    mask's codes instead (its markers are erosions of the mask, so they hold
+    mask values only: :func:`reconstruct_codes`). A mask holding NaN has no
+    order to build a tree on: it falls back to :func:`reconstruct_by_dilation`
+    per marker.
     """
     full = _connectivity(connectivity)
     seeds = np.asarray(seeds)
@@ -607,26 +640,39 @@ def reconstruct_markers(seeds, mask, connectivity: int = 1) -> np.ndarray:
     out = np.empty(seeds.shape, ft)
     if out.size == 0:
         return out
-    I = np.ascontiguousarray(mask, dtype=ft).reshape(-1)
+    I = np.ascontiguousarray(mask, dtype=ft)
     if np.isnan(I).any():
         return reconstruct_by_dilation(seeds, np.broadcast_to(mask, seeds.shape), connectivity)
     flat_out = out.reshape(K, -1)
     flat_seeds = np.ascontiguousarray(seeds, dtype=ft).reshape(K, -1)  # astype(ft), as scikit-image casts
-    tree = mask_tree(I.reshape(H, W), connectivity)
+    tree = mask_tree(I, 1 + int(full))
     for k0 in range(0, K, _TREE_BLOCK):
         m = np.empty((I.size, min(K, k0 + _TREE_BLOCK) - k0), ft)
         _to_pixel_major_jit(flat_seeds, k0, m)
-        reconstruct_pixel_major(m, tree)
+        _tree_reconstruct_jit(tree.values, tree.order, tree.link, m)
         _from_pixel_major_jit(m, k0, flat_out)
     return out
 
 
 class MaskTree(NamedTuple):
-    """The max-tree of a mask (:func:`mask_tree`): flat values, pixel order, canonical parents."""
+    """The max-tree of a mask (:func:`mask_tree`), in sorted-position space.
 
-    values: np.ndarray
+    ``order[i]``: the pixel (flat index) at position ``i`` (increasing value);
+    ``pos``: its inverse; ``values[i]``: the mask at position ``i`` (sorted);
+    ``code[i]``: the first position holding that value (equal values, equal
+    codes; ``values[code[i]] == values[i]``); ``codes``: each pixel's code,
+    ``[H, W]``; ``parent[i]``: the canonical parent position; ``link[i]``: its
+    pixel (``-1 - pixel`` when position ``i`` is a non-canonical member of
+    its parent's node).
+    """
+
     order: np.ndarray
+    pos: np.ndarray
+    values: np.ndarray
+    code: np.ndarray
+    codes: np.ndarray
     parent: np.ndarray
+    link: np.ndarray
 
 
 def mask_tree(mask, connectivity: int = 1) -> MaskTree:
@@ -636,19 +682,26 @@ def mask_tree(mask, connectivity: int = 1) -> MaskTree:
     full = _connectivity(connectivity)
     H, W = mask.shape
     I = np.ascontiguousarray(mask).reshape(-1)
+    n = I.size
     # any order by value will do (ties in any order): the default sort is the fastest
     order = np.argsort(I).astype(np.int32)
-    parent = np.empty(I.size, np.int32)
-    zpar = np.empty(I.size, np.int32)
-    _max_tree_jit(I, order, H, W, full, parent, zpar)
-    return MaskTree(I, order, parent)
+    pos, code, codes = np.empty(n, np.int32), np.empty(n, np.int32), np.empty((H, W), np.int32)
+    _sort_codes_jit(I, order, pos, code, codes.reshape(-1))
+    nb = np.empty((n, 8 if full else 4), np.int32)
+    _neighbour_positions_jit(pos, H, W, full, nb)
+    parent, zpar, rank, low, link = (np.empty(n, np.int32) for _ in range(5))
+    _max_tree_jit(order, nb, code, parent, zpar, rank, low, link)
+    return MaskTree(order, pos, I[order], code, codes, parent, link)
 
 
-def reconstruct_pixel_major(m: np.ndarray, tree: MaskTree) -> np.ndarray:
-    """Reconstruct, in place, the markers held pixel-major in ``m[p, k]`` under ``tree``'s mask.
+def reconstruct_codes(m: np.ndarray, tree: MaskTree) -> np.ndarray:
+    """Reconstruct, in place, markers held as mask codes, pixel-major: ``m[p, k]`` (int32).
 
-    ``m`` is C-contiguous ``[H * W, K]`` of the mask's dtype, every marker
-    ``<= mask`` (not checked). Returns ``m``.
+    ``m[p, k]`` is the :attr:`MaskTree.codes` value of marker ``k`` at pixel
+    ``p``: markers made of mask values only (erosions of the mask, as
+    granularity's), each ``<= mask`` (not checked). The result holds codes
+    too: ``tree.values[m]`` are the reconstructed values. Half the memory of
+    float64 values, the same comparisons. Returns ``m``.
     """
-    _tree_reconstruct_jit(tree.values, tree.order, tree.parent, m)
+    _tree_reconstruct_jit(tree.code, tree.order, tree.link, m)
     return m

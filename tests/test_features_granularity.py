@@ -383,6 +383,25 @@ def test_cpu_pixel_major_kernels_equal_their_plain_twins():
         for k in range(16):
             ero = G.erode_cross(ero, cpu_backend())
             assert np.array_equal(m[:, k].reshape(shape), ero), (shape, k)
+        # the same erosions on the image's int32 codes (ranks), mapped back to values
+        from hpc_profiler.morphology import mask_tree
+
+        tree = mask_tree(img)
+        assert np.array_equal(tree.values[tree.codes], img) and tree.codes.dtype == np.int32
+        codes = np.empty((img.size, 16), np.int32)
+        eroded(tree.codes, codes)
+        back = np.empty((img.size, 16))
+        G._cpu_kernels()[4](tree.values, codes, back)
+        assert back.tobytes() == m.tobytes(), shape
+    # every object set's per-object sums of every channel in one pass = one bincount each, bit for bit
+    labs = rng.integers(0, 7, (3, 500))
+    chans = rng.random((2, 500)).astype(np.float32)
+    sums = np.zeros((3, 2, 7))
+    G._cpu_kernels()[5](labs, chans, sums)
+    for s_ in range(3):
+        for c in range(2):
+            ref = np.bincount(labs[s_], weights=chans[c].astype(np.float64), minlength=7)
+            assert sums[s_, c].tobytes() == ref.tobytes()
     nuclei, cells, n, img = blob_site(size=160, n=14, seed=9)
     spec = G.granular_spectrum(img, **PARAMS)
     assert spec.pixel_recs is not None and spec.pixel_recs.shape == (spec.pixels.size, CFG.spectrum_length)
@@ -425,3 +444,22 @@ def test_label_above_n_objects_names_the_object_set():
     with pytest.raises(ValueError, match=rf"granularity DNA/Cells: label {n} exceeds n_objects={n - 1}"):
         measure_granularity_channels({"DNA": img}, {"Nuclei": np.minimum(nuclei, n - 1), "Cells": cells},
                                      {"Nuclei": n - 1, "Cells": n - 1}, **PARAMS)
+
+
+def test_cpu_bilinear_kernel_equals_map_coordinates():
+    """The background's upsampling on the CPU (numba, separable) against
+    ``scipy.ndimage.map_coordinates(order=1)`` at the same coordinates, bit for bit:
+    granularity's scales, odd sizes, ties, samples on the last row and column."""
+    from scipy import ndimage as sndi
+
+    import hpc_profiler.features.granularity as G
+
+    rng = np.random.default_rng(21)
+    for h, w, H, W in [(270, 270, 540, 540), (135, 151, 270, 303), (7, 9, 13, 17), (2, 2, 5, 3), (1, 4, 1, 9)]:
+        img = rng.random((h, w)) * rng.integers(0, 3, (h, w))
+        yc = np.arange(H, dtype=np.float64) * ((h - 1) / max(H - 1, 1))
+        xc = np.arange(W, dtype=np.float64) * ((w - 1) / max(W - 1, 1))
+        ref = sndi.map_coordinates(img, np.stack(np.meshgrid(yc, xc, indexing="ij")), order=1)
+        out = np.empty((H, W))
+        G._cpu_kernels()[6](img, yc, xc, out)
+        assert out.tobytes() == ref.tobytes(), (h, w, H, W)

@@ -30,14 +30,22 @@ Step 3 is where the time goes: 16 reconstructions per channel, 80 per site.
 They are :mod:`hpc_profiler.morphology`'s. On the CPU all 16 of a channel
 share one mask (the background-subtracted image; proof in
 :func:`granular_spectra`), so its max-tree is built once and every marker
-costs two linear passes over it (:func:`hpc_profiler.morphology.reconstruct_markers`,
-numba, bit-identical to ``skimage.morphology.reconstruction``); the markers
-are written pixel-major by one wavefront erosion kernel and the per-object
-sums read that layout directly (:func:`_cpu_kernels`). Measured with
-``scripts/bench_texture_granularity.py`` (one thread, the 1080 x 1080 bench
-site, same run, 2026-11-28 on the shared 2-core machine): 2.2-2.9x faster
-than the previous CPU path (16 hybrid reconstructions per channel under
-nested masks, itself ~4-5x faster than scikit-image's), bit-identical. On the GPU: iterated geodesic dilation of all 16 scales x 5
+costs two linear passes over it (:func:`hpc_profiler.morphology.mask_tree`,
+:func:`~hpc_profiler.morphology.reconstruct_codes`, numba, bit-identical to
+``skimage.morphology.reconstruction``). The markers are erosions of the
+mask, so they hold mask values only: they are eroded, reconstructed and
+stored as the mask's int32 *codes* (ranks that compare as the values: half
+the memory traffic of float64), written pixel-major by one wavefront
+erosion kernel, and turned back into values once; the per-object sums read
+the pixel-major reconstructions directly (:func:`_cpu_kernels`). The big
+buffers are reused from channel to channel (first writes to fresh pages cost
+as much as a kernel), the background's disk opening and bilinear upsampling
+are numba passes with the arithmetic of SciPy's (:func:`_disk_minmax`,
+:func:`_bilinear`), and the objects' sums of every channel (``mean_0``) are
+one pass over the pixels. Measured in one process against main at 5436048
+(``measure_granularity_channels`` with its samplers, the 1080 x 1080 bench
+site, one thread, CPU seconds, 2026-11-28 on the shared 2-core machine):
+~1.5x faster, bit-identical. On the GPU: iterated geodesic dilation of all 16 scales x 5
 channels of a site as one stack, checked for convergence in doubling blocks,
 never synchronising per step (:func:`granular_spectra`,
 :func:`measure_granularity_channels`).
@@ -55,11 +63,14 @@ quarter of the object pixels instead of a full-resolution interpolation
 channel and object set, on the CPU one numba pass.
 
 GPU launches (``scripts/bench_site.py --audit``; the 1080 x 1080 bench site,
-granularity alone): ~4,550 launches and 19 device->host copies, of which the
-reconstruction's 3,591 and 9 (2 launches per step, one copy per convergence
-check), the samplers' 588 and 6 (mostly
-:func:`~hpc_profiler.features._objects.object_pixels`), the per-object steps
-315; the background of the 5 channels is one stack (20 launches, no copy).
+granularity alone): the reconstruction takes 2 launches per step and one
+device->host copy per convergence check (~3,600 launches and 9 copies); the
+rest is the samplers (mostly
+:func:`~hpc_profiler.features._objects.object_pixels`) and the object
+spectra, which take one ``bincount`` per object set for all channels and
+steps (:func:`_object_spectra_stack`); the background of the 5 channels is
+one stack (20 launches, no copy), and the labels' range check comes back in
+the one copy of the image-level numbers.
 
 **Why the GPU disagreed with the CPU by up to 28 % (issue 13), and the fix.**
 Read against cuCIM's source (``cucim.skimage.morphology`` ``gray``,
@@ -158,6 +169,15 @@ def _upsample(small, out_shape, scale_y: float, scale_x: float, bk):
     xp = bk.xp
     i = xp.arange(out_shape[-2], dtype=xp.float64) * scale_y
     j = xp.arange(out_shape[-1], dtype=xp.float64) * scale_x
+    h, w = small.shape[-2:]
+    if not bk.is_gpu and i.min() >= 0 and i.max() <= h - 1 and j.min() >= 0 and j.max() <= w - 1:
+        # every sample on the grid: the separable numba twin of map_coordinates (:func:`_bilinear`)
+        def sample(im):
+            out = np.empty((i.size, j.size))
+            _cpu_kernels()[6](np.ascontiguousarray(im, dtype=np.float64), i, j, out)
+            return out
+
+        return _each_image(small, sample, xp)
     coords = xp.stack(xp.meshgrid(i, j, indexing="ij"))
     return _each_image(small, lambda im: bk.ndi.map_coordinates(im, coords, order=1), xp)
 
@@ -196,6 +216,11 @@ def _disk_filter(image, radius: int, op: str, bk):
         fp = xp.asarray(fp.reshape((1,) * (image.ndim - 2) + fp.shape))
         filt2 = ndi.minimum_filter if op == "min" else ndi.maximum_filter
         return filt2(image, footprint=fp, mode="reflect")
+    if image.ndim == 2:  # one numba pass (:func:`_disk_minmax`; a min/max is exact in any order)
+        out = np.empty(image.shape)
+        rows, cols = _reflect_rows(image.shape[0], r, np), _reflect_rows(image.shape[1], int(widths.max()), np)
+        _cpu_kernels()[7](np.ascontiguousarray(image, dtype=np.float64), widths, rows, cols, op == "min", out)
+        return out
     filt = ndi.minimum_filter1d if op == "min" else ndi.maximum_filter1d
     pick = xp.minimum if op == "min" else xp.maximum
     h = image.shape[-2]
@@ -332,7 +357,8 @@ def background_subtracted(image, *, subsample_size: float = 0.5, image_sample_si
 
 
 def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float = 0.5,
-                     image_sample_size: float = 0.5, element_size: int = 10, backend=None) -> list:
+                     image_sample_size: float = 0.5, element_size: int = 10, backend=None,
+                     workspace: dict | None = None) -> list:
     """Steps 1-3 for several channels of one site at once: one :class:`Spectrum` each.
 
     The channels' background-subtracted images are stacked ``[C, h, w]``. On
@@ -372,10 +398,27 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
     images; the tests pass a NumPy backend named "gpu" to run the GPU path on
     the CPU. Benchmarks that swap :func:`reconstruct` for a reference
     reconstruction get the CPU path scale by scale through it.
+
+    ``workspace`` (CPU): a dict kept between calls, whose big buffers (the
+    pixel-major codes and reconstructions, ~19 and 37 MB per channel at 540 x
+    540) are reused instead of allocated afresh (the first writes to fresh
+    pages cost as much as a kernel). The spectra of one call then share its
+    buffers with the next call's: :func:`measure_granularity_channels`
+    consumes each channel's before the next.
     """
+    return _granular_spectra(images, spectrum_length=spectrum_length, subsample_size=subsample_size,
+                             image_sample_size=image_sample_size, element_size=element_size, backend=backend,
+                             workspace=workspace)[0]
+
+
+def _granular_spectra(images, *, spectrum_length, subsample_size, image_sample_size, element_size, backend,
+                      workspace=None, extra=None):
+    """:func:`granular_spectra`, also returning the GPU's ``[K, C, h, w]`` reconstructions (None on the
+    CPU) and the host values of ``extra`` (a 1-D device array brought back in the same copy as the
+    image-level numbers; None without it)."""
     images = list(images)
     if not images:
-        return []
+        return [], None, None
     bk = backend if backend is not None else backend_of(*images)
     xp = bk.xp
     bg = dict(subsample_size=subsample_size, image_sample_size=image_sample_size, element_size=element_size)
@@ -425,22 +468,43 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
         # together on one max-tree of the mask (fixed mask, see above), then
         # unpacked into the reconstructions, the step images and the per-pixel
         # step matrix of :func:`object_spectrum` (numba, :func:`_cpu_kernels`)
-        from hpc_profiler.morphology import mask_tree, reconstruct_pixel_major
+        # per channel: the mask's max-tree and codes (its values as ranks:
+        # int32, compared as the values), the 16 eroded markers written as
+        # codes pixel-major, reconstructed together on the tree (fixed mask,
+        # see above), then turned back into values and unpacked into the step
+        # images of the image-level losses and the pixel-major
+        # reconstructions of :func:`object_spectrum` (numba, :func:`_cpu_kernels`)
+        from hpc_profiler.morphology import mask_tree, reconstruct_codes
 
-        eroded, unpack = _cpu_kernels()[:2]
+        eroded, unpack, _, _, code_values = _cpu_kernels()[:5]
         h, w = stack.shape[1:]
-        diff_all = np.empty((n_steps, len(pixels), h, w))
+        work = workspace if workspace is not None else {}
+        shape = (h * w, n_steps)
+        if work.get("shape") != shape:  # big buffers, reused for every channel (fresh pages cost)
+            work.update(shape=shape, codes=np.empty(shape, np.int32), diffs=np.empty((n_steps, h * w)),
+                        recs=[])
+        codes, diffs = work["codes"], work["diffs"]
+        step_means = np.empty((n_steps, len(pixels)))
         for c in range(len(pixels)):
-            m = np.empty((h * w, n_steps))
-            eroded(np.ascontiguousarray(stack[c]), m)
-            reconstruct_pixel_major(m, mask_tree(stack[c], connectivity=1))
-            unpack(stack[c].reshape(-1), m, diff_all[:, c].reshape(n_steps, -1))
+            tree = mask_tree(stack[c], connectivity=1)
+            eroded(tree.codes, codes)
+            reconstruct_codes(codes, tree)
+            if len(work["recs"]) <= c:
+                work["recs"].append(np.empty(shape))
+            m = work["recs"][c]
+            code_values(tree.values, codes, m)
+            unpack(stack[c].reshape(-1), m, diffs)
+            for k in range(n_steps):
+                step_means[k, c] = diffs[k].mean()
             pixel_recs.append(m)
-        for k in range(n_steps):
-            diff = diff_all[k]
-            losses.append(xp.stack([diff[c].mean() for c in range(len(pixels))]))
-    # the image-level numbers to the host with ONE copy: [starts; losses per step] x channel
-    host = bk.to_numpy(xp.stack([starts, *losses])).tolist()
+        losses = list(step_means)
+    # the image-level numbers to the host with ONE copy: [starts; losses per step] x channel (and ``extra``)
+    numbers = xp.stack([starts, *losses])
+    if extra is not None:
+        flat = bk.to_numpy(xp.concatenate([numbers.ravel(), extra.astype(xp.float64)]))
+        host, extra = flat[: numbers.size].reshape(numbers.shape).tolist(), flat[numbers.size :].tolist()
+    else:
+        host = bk.to_numpy(numbers).tolist()
     starts, losses = host[0], host[1:]
     out = []
     for c, p in enumerate(pixels):
@@ -451,7 +515,7 @@ def granular_spectra(images, *, spectrum_length: int = 16, subsample_size: float
             out.append(Spectrum(p, [m[:, k].reshape(p.shape) for k in range(n_steps)], values, m))
         else:
             out.append(Spectrum(p, [r[c] for r in recs], values))
-    return out
+    return out, (rec_all if bk.is_gpu and n_steps else None), extra
 
 
 def granular_spectrum(image, *, spectrum_length: int = 16, subsample_size: float = 0.5,
@@ -599,16 +663,17 @@ def _eroded_markers(image, m):
     """``m[:, k]`` = ``image`` eroded ``k + 1`` times by the 3x3 cross (border "reflect"), pixel-major.
 
     The same minimums as :func:`erode_cross` applied ``K`` times (a pixel's
-    missing neighbours outside the image are itself). Rows are computed in a
-    wavefront (row ``r`` of erosion ``k`` at time ``r + k + 1``, when rows
-    ``r - 1 .. r + 1`` of erosion ``k - 1`` exist) into a ring of the last
-    ``K + 3`` rows of every erosion; a row finished by all ``K`` erosions is
-    written to ``m`` in one contiguous pass.
+    missing neighbours outside the image are itself), on any ordered type
+    (granularity passes the mask's int32 codes, which compare as its values).
+    Rows are computed in a wavefront (row ``r`` of erosion ``k`` at time
+    ``r + k + 1``, when rows ``r - 1 .. r + 1`` of erosion ``k - 1`` exist)
+    into a ring of the last ``K + 3`` rows of every erosion; a row finished
+    by all ``K`` erosions is written to ``m`` in one contiguous pass.
     """
     H, W = image.shape
     K = m.shape[1]
     D = K + 3
-    ring = np.empty((K + 1, D, W))  # ring[k + 1]: rows of erosion k (ring[0]: the image), row r at r % D
+    ring = np.empty((K + 1, D, W), image.dtype)  # ring[k + 1]: rows of erosion k (ring[0]: the image), row r at r % D
     for t in range(H + K + 1):
         for k in range(-1, K):
             r = t - k - 1
@@ -643,9 +708,17 @@ def _eroded_markers(image, m):
         r = t - K  # finished by the last erosion at this time
         if 0 <= r < H:
             base = r * W
+            last = ring[1:, r % D]
             for c in range(W):
                 for k in range(K):
-                    m[base + c, k] = ring[k + 1, r % D, c]
+                    m[base + c, k] = last[k, c]
+
+
+def _code_values(values, codes, recs):
+    """``recs[p, k] = values[codes[p, k]]``: the reconstructed values from their mask codes."""
+    for p in range(codes.shape[0]):
+        for k in range(codes.shape[1]):
+            recs[p, k] = values[codes[p, k]]
 
 
 def _unpack_diffs(pixels, m, diffs):
@@ -657,6 +730,105 @@ def _unpack_diffs(pixels, m, diffs):
             v = m[p, k]
             diffs[k, p] = prev - v
             prev = v
+
+
+def _bilinear(image, yc, xc, out):
+    """``out[a, b]`` = ``map_coordinates(image, (yc[a], xc[b]), order=1)`` for samples on the grid
+    (``0 <= yc <= H - 1``, ``0 <= xc <= W - 1``), bit for bit.
+
+    SciPy's arithmetic (``NI_GeometricTransform``, order 1): the tap at ``s =
+    floor(c)`` weighs ``1 - |s - c|``, the one at ``s + 1`` ``1 - |s - c +
+    1|``; the sum starts at 0 and adds ``value * weight_row * weight_col`` over
+    the taps row by row. A tap past the last row or column has weight 0 and
+    is left out (SciPy adds 0 times its border value).
+    """
+    H, W = image.shape
+    nx = xc.shape[0]
+    x0 = np.empty(nx, np.int64)
+    wx0 = np.empty(nx)
+    wx1 = np.empty(nx)
+    for b in range(nx):
+        s = np.floor(xc[b])
+        x0[b] = int(s)
+        wx0[b] = 1.0 - abs(s - xc[b])
+        wx1[b] = 1.0 - abs(s - xc[b] + 1.0)
+    for a in range(yc.shape[0]):
+        s = np.floor(yc[a])
+        y = int(s)
+        wy0 = 1.0 - abs(s - yc[a])
+        wy1 = 1.0 - abs(s - yc[a] + 1.0)
+        for b in range(nx):
+            x = x0[b]
+            t = 0.0
+            t += (image[y, x] * wy0) * wx0[b]
+            if x + 1 < W:
+                t += (image[y, x + 1] * wy0) * wx1[b]
+            if y + 1 < H:
+                t += (image[y + 1, x] * wy1) * wx0[b]
+                if x + 1 < W:
+                    t += (image[y + 1, x + 1] * wy1) * wx1[b]
+            out[a, b] = t
+
+
+def _disk_minmax(image, widths, rows, cols, is_min, out):
+    """Grey erosion (``is_min``) or dilation of ``image`` by the disk whose row ``dy`` spans
+    ``|dx| <= widths[dy + r]``, border "reflect": :func:`_disk_filter` on the CPU. ``rows[k + r]``
+    and ``cols[k + max(widths)]`` are the indices of rows and columns ``k`` under "reflect"
+    (:func:`_reflect_rows`).
+
+    ``F[w]``, the min (max) over ``[x - w, x + w]`` of each row, is built for
+    every width from ``F[w - 1]`` and the two new pixels; the result is the
+    min (max) over the disk's rows of ``F[width of the row]`` of the row
+    ``y + dy``. The same min/max as scikit-image's over the footprint
+    (exact in any order).
+    """
+    H, W = image.shape
+    r = widths.shape[0] // 2
+    R = 0
+    for w in widths:
+        R = max(R, w)
+    F = np.empty((R + 1, H, W))
+    F[0] = image
+    for w in range(1, R + 1):
+        for y in range(H):
+            for x in range(W):
+                v = F[w - 1, y, x]
+                a = image[y, cols[x - w + R]]
+                b = image[y, cols[x + w + R]]
+                if is_min:
+                    v = a if a < v else v
+                    v = b if b < v else v
+                else:
+                    v = a if a > v else v
+                    v = b if b > v else v
+                F[w, y, x] = v
+    for y in range(H):
+        for x in range(W):
+            out[y, x] = F[widths[r], y, x]
+        for dy in range(-r, r + 1):
+            if dy == 0:
+                continue
+            src = F[widths[dy + r], rows[y + dy + r]]
+            for x in range(W):
+                a = src[x]
+                v = out[y, x]
+                if is_min:
+                    out[y, x] = a if a < v else v
+                else:
+                    out[y, x] = a if a > v else v
+
+
+def _label_sums(labels, images, sums):
+    """``sums[s, c, l] += images[c, p]`` over the pixels ``p`` of label ``l = labels[s, p]`` (float64
+    additions in pixel order: ``bincount(labels[s], weights=images[c])`` for every object set ``s`` and
+    channel ``c`` in one pass)."""
+    S = labels.shape[0]
+    C = images.shape[0]
+    for p in range(labels.shape[1]):
+        for s in range(S):
+            lab = labels[s, p]
+            for c in range(C):
+                sums[s, c, lab] += np.float64(images[c, p])
 
 
 def _pixel_step_sums(obj, src, weight, recs, n_objects):
@@ -706,12 +878,14 @@ _cpu_kernel_cache: list = []
 
 
 def _cpu_kernels():
-    """The numba kernels of the CPU path: (eroded markers, unpack diffs, pixel step sums, sampler sums)."""
+    """The numba kernels of the CPU path: (eroded markers, unpack diffs, pixel step sums, sampler sums,
+    code values, label sums, bilinear, disk min/max)."""
     if not _cpu_kernel_cache:
         from hpc_profiler.morphology import njit_cached
 
         _cpu_kernel_cache.extend(njit_cached(f) for f in (_eroded_markers, _unpack_diffs, _pixel_step_sums,
-                                                          _sampler_sums))
+                                                          _sampler_sums, _code_values, _label_sums,
+                                                          _bilinear, _disk_minmax))
     return _cpu_kernel_cache
 
 
@@ -741,7 +915,8 @@ def _pixel_step_means(sampler: ObjectSampler, pixel_recs, n_objects: int):
     return sums / sampler.count[None, :]
 
 
-def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: ObjectSampler, backend=None):
+def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: ObjectSampler, backend=None,
+                    image_sums=None):
     """Step 4: per-object granular spectrum ``[spectrum_length, N]`` (NaN for empty objects).
 
     ``sampler`` is the :func:`object_sampler` of ``labels`` for the spectrum's
@@ -751,13 +926,18 @@ def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: 
     summation. The GPU sums all steps with one ``bincount``
     (:func:`_object_step_means`); the CPU all steps in one pass
     (:func:`_pixel_step_means`). ``backend`` as in
-    :func:`granular_spectra`.
+    :func:`granular_spectra`. ``image_sums``: the per-object sums of
+    ``image`` (objects 1..N) when the caller has them (the CPU path of
+    :func:`measure_granularity_channels` sums every channel and object set
+    in one pass).
     """
     bk = backend if backend is not None else backend_of(labels, image)
     xp = bk.xp
     n_objects = int(n_objects)
-    weights = xp.asarray(image, dtype=xp.float64).ravel()
-    sums0 = xp.bincount(labels.ravel(), weights=weights, minlength=n_objects + 1)[1 : n_objects + 1]
+    if image_sums is None:
+        weights = xp.asarray(image, dtype=xp.float64).ravel()
+        image_sums = xp.bincount(labels.ravel(), weights=weights, minlength=n_objects + 1)[1 : n_objects + 1]
+    sums0 = image_sums
     recs = spectrum.recs
     with np.errstate(invalid="ignore", divide="ignore"):
         current = sums0 / sampler.count
@@ -773,6 +953,36 @@ def object_spectrum(spectrum: Spectrum, image, labels, n_objects: int, sampler: 
         losses = xp.concatenate([(current - means[0])[None, :], means[1:]])
         out = losses * 100.0 / start
     return xp.where(sampler.count[None, :] > 0, out, xp.nan)
+
+
+def _object_spectra_stack(rec_all, images, labels, n_objects: int, sampler: ObjectSampler, xp):
+    """:func:`object_spectrum` of every channel at once (the GPU path): ``[K, C, N]`` from the
+    ``[K, C, h, w]`` reconstructions and the ``[C, H, W]`` images.
+
+    Two ``bincount`` calls for all channels and steps (the objects' sums of
+    the images, and of the steps' upsampled images through ``sampler``), in
+    place of two per channel: each bin adds the same entries in the same
+    order as :func:`object_spectrum`'s.
+    """
+    K, C = rec_all.shape[:2]
+    n = int(n_objects)
+    chans = xp.arange(C)
+    lab = labels.ravel()
+    codes0 = (lab[None, :] + (n + 1) * chans[:, None]).ravel()
+    sums0 = xp.bincount(codes0, weights=images.reshape(C, -1).astype(xp.float64).ravel(),
+                        minlength=C * (n + 1))[: C * (n + 1)].reshape(C, n + 1)[:, 1:]
+    flat = rec_all.reshape(K, C, -1)
+    steps = xp.concatenate([flat[:1], flat[:-1] - flat[1:]])
+    vals = steps[:, :, sampler.src] * sampler.weight
+    codes = sampler.obj + n * xp.arange(K * C)[:, None]
+    sums = xp.bincount(codes.ravel(), weights=vals.ravel(), minlength=K * C * n)[: K * C * n]
+    means = sums.reshape(K, C, n) / sampler.count
+    with np.errstate(invalid="ignore", divide="ignore"):
+        current = sums0 / sampler.count
+        start = xp.maximum(current, np.finfo(float).eps)
+        losses = xp.concatenate([(current - means[0])[None], means[1:]])
+        out = losses * 100.0 / start
+    return xp.where(sampler.count > 0, out, xp.nan)
 
 
 def measure_granularity(
@@ -858,13 +1068,17 @@ def measure_granularity_channels(
                 )
     counts = {o: int(n_objects[o]) for o in labels_by_object}
     checked = [o for o in labels_by_object if counts[o] and labels_by_object[o].size]
-    if checked:  # every object set's largest label with ONE device->host copy
-        tops = bk.to_numpy(xp.stack([labels_by_object[o].max().astype(xp.int64) for o in checked])).tolist()
+
+    def check_labels(tops):
         for obj_name, top in zip(checked, tops):
             if top > counts[obj_name]:
                 raise ValueError(
-                    f"granularity {next(iter(images))}/{obj_name}: label {top} exceeds n_objects={counts[obj_name]}"
-                )
+                    f"granularity {next(iter(images))}/{obj_name}: label {int(top)} exceeds "
+                    f"n_objects={counts[obj_name]}")
+
+    tops = xp.stack([labels_by_object[o].max().astype(xp.int64) for o in checked]) if checked else None
+    if tops is not None and not bk.is_gpu:
+        check_labels(tops.tolist())
     samplers = {
         o: (samplers.get(o) if samplers else None) or object_sampler(labels_by_object[o], counts[o], subsample_size)
         for o in labels_by_object
@@ -872,15 +1086,49 @@ def measure_granularity_channels(
     params = dict(spectrum_length=spectrum_length, subsample_size=subsample_size,
                   image_sample_size=image_sample_size, element_size=element_size)
     groups = [list(images)] if bk.is_gpu else [[c] for c in images]
+    image_sums = None
+    if not bk.is_gpu and labels_by_object:
+        # every object set's sum of every channel's pixels (mean_0) in ONE pass (numba):
+        # the additions of one bincount per channel and object set, in the same order
+        top = max(counts.values())
+        sums = np.zeros((len(labels_by_object), len(images), top + 1))
+        # labels above ``top`` were rejected above, unless their set has no objects or no pixels
+        labs = np.stack([np.minimum(np.asarray(lab, np.int64).ravel(), top) if counts[o] and lab.size else
+                         np.zeros(lab.size, np.int64) for o, lab in labels_by_object.items()])
+        _cpu_kernels()[5](labs, np.stack([im.ravel() for im in images.values()]), sums)
+        image_sums = {o: {c: sums[s, i, 1 : counts[o] + 1] for i, c in enumerate(images)}
+                      for s, o in enumerate(labels_by_object)}
+    workspace = {}
     per_object = {o: {} for o in labels_by_object}
     image_level = {}
+    if bk.is_gpu:
+        # the site's channels as one stack; the labels' check rides on the one copy of the
+        # image-level numbers; the object spectra of every channel with one bincount per object set
+        channels = list(images)
+        spectra, rec_all, tops_host = _granular_spectra([images[c] for c in channels], backend=bk, extra=tops,
+                                                        **params)
+        if tops_host is not None:
+            check_labels(tops_host)
+        stack = xp.stack([images[c] for c in channels]) if rec_all is not None else None
+        names = {c: [granularity_feature_name(k, c) for k in range(1, int(spectrum_length) + 1)] for c in channels}
+        for channel, spectrum in zip(channels, spectra):
+            image_level.update(zip(names[channel], spectrum.image_values))
+        for obj_name, labels in labels_by_object.items():
+            if rec_all is None:
+                continue
+            values = _object_spectra_stack(rec_all, stack, labels, counts[obj_name], samplers[obj_name], xp)
+            for c, channel in enumerate(channels):
+                per_object[obj_name].update({name: values[k, c] for k, name in enumerate(names[channel])})
+        return per_object, image_level
     for group in groups:
-        for channel, spectrum in zip(group, granular_spectra([images[c] for c in group], backend=bk, **params)):
+        for channel, spectrum in zip(group, granular_spectra([images[c] for c in group], backend=bk,
+                                                            workspace=workspace, **params)):
             names = [granularity_feature_name(k, channel) for k in range(1, int(spectrum_length) + 1)]
             image_level.update(zip(names, spectrum.image_values))
             for obj_name, labels in labels_by_object.items():
                 values = object_spectrum(spectrum, images[channel], labels, counts[obj_name], samplers[obj_name],
-                                         backend=bk)
+                                         backend=bk,
+                                         image_sums=image_sums[obj_name][channel] if image_sums else None)
                 per_object[obj_name].update({name: values[k] for k, name in enumerate(names)})
     return per_object, image_level
 
