@@ -493,6 +493,22 @@ class AuditBackend(Backend):
     def synchronize(self) -> None:
         return None
 
+    def custom_kernel(self, twin, *arrays, **kwargs):
+        """A fused device kernel (:mod:`hpc_profiler._device_kernels`): one launch, computed by
+        its array-call ``twin(*arrays, np, scipy.ndimage, **kwargs)`` on the plain NumPy arrays
+        (in place into the output argument, as the kernel)."""
+        import scipy.ndimage
+
+        c = self.counter
+        if c.depth == 0:
+            c.count("launches")
+        c.depth += 1
+        try:
+            twin(*_unwrap(arrays), np, scipy.ndimage, **kwargs)
+        finally:
+            c.depth -= 1
+        return arrays[-1]
+
 
 def _package_line() -> str:
     """``module.py:line`` of the innermost hpc_profiler frame outside this module."""

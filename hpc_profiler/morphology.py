@@ -77,9 +77,12 @@ References
 """
 from __future__ import annotations
 
+import types
 from typing import NamedTuple
 
 import numpy as np
+
+from hpc_profiler._device_kernels import geodesic_dilation_step
 
 try:  # numba is a hard dependency (setup.cfg); the import error says so clearly
     import numba
@@ -359,12 +362,16 @@ def reconstruct_by_dilation(seed, mask, connectivity: int = 1) -> np.ndarray:
 
 
 def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_every: int = 16,
-                             max_check_every: int = 512):
+                             max_check_every: int = 512, backend=None):
     """Grey reconstruction by dilation as iterated geodesic dilation, on ``xp``'s device.
 
-    ``J <- min(dilate(J), mask)`` until stable, with ``ndi.maximum_filter``
-    over the cross (``connectivity=1``) or the 3x3 square (2) on the last two
-    axes; leading axes are independent images, batched in one launch per step.
+    ``J <- min(dilate(J), mask)`` until stable, over the cross
+    (``connectivity=1``) or the 3x3 square (2) on the last two axes; leading
+    axes are independent images, batched in one launch per step
+    (:func:`hpc_profiler._device_kernels.geodesic_dilation_step`: a fused
+    kernel on CuPy, ``ndi.maximum_filter`` + ``xp.minimum`` elsewhere; two
+    buffers in turn, so the state before the last step is at hand for the
+    convergence check without a copy).
 
     Parameters
     ----------
@@ -374,6 +381,9 @@ def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_e
         ``mask`` may be a broadcast view (one mask for several markers).
     xp, ndi : modules
         The backend's array and ndimage namespaces.
+    backend : Backend, optional
+        The backend itself (the counting backend of :mod:`hpc_profiler._audit`
+        counts the fused step as one launch); default: ``xp`` and ``ndi``.
     check_every, max_check_every : int
         Steps between convergence checks, the only host synchronisations:
         each check compares the last step's input and output per image (one
@@ -397,32 +407,30 @@ def reconstruct_by_iteration(seed, mask, xp, ndi, connectivity: int = 1, check_e
     m = xp.asarray(mask, dtype=ft)
     if current.shape != m.shape or current.ndim < 2:
         raise ValueError(f"reconstruction: seed {current.shape} and mask {m.shape} must be equal, >= 2-D")
-    footprint = np.ones((3, 3), bool) if full else np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], bool)
     from hpc_profiler.backend import to_numpy
+
+    bk = backend if backend is not None else types.SimpleNamespace(xp=xp, ndi=ndi)
 
     shape = current.shape
     H, W = shape[-2:]
     flat = current.reshape(-1, H, W)  # a view of the result (``current`` is a fresh contiguous copy)
     # the masks flattened alike: a view of a full mask, one copy of a broadcast one
-    flat_mask = xp.reshape(xp.broadcast_to(m, shape), (-1, H, W))
-    fp = xp.asarray(footprint.reshape(1, 3, 3))
+    flat_mask = xp.ascontiguousarray(xp.reshape(xp.broadcast_to(m, shape), (-1, H, W)))
     cur, msk, active, active_dev = flat, flat_mask, None, None
     block = int(check_every)
     while True:
         work = xp.empty_like(cur)
-        for i in range(block):
-            if i == block - 1:
-                before = cur.copy()
-            # "nearest" repeats the border pixel, which is already in its own
-            # window: the max over the window is that over the in-image neighbours
-            ndi.maximum_filter(cur, footprint=fp, output=work, mode="nearest")
-            xp.minimum(work, msk, out=cur)
+        for _ in range(block):
+            geodesic_dilation_step(cur, msk, work, bk, full)
+            cur, work = work, cur  # ``work`` now holds the state before this step
         # an image that one step leaves unchanged is at its fixed point (the
         # images are independent): it leaves the active set
-        changed = (cur != before).reshape(cur.shape[0], -1).any(axis=1)
+        changed = (cur != work).reshape(cur.shape[0], -1).any(axis=1)
         flags = np.asarray(to_numpy(changed), dtype=bool)  # the block's one device->host copy
         if active is not None:
             flat[active_dev] = cur
+        elif cur is not flat:
+            flat[...] = cur
         if not flags.any():
             return current
         active = (np.arange(flags.size) if active is None else active)[flags]

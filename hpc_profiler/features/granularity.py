@@ -290,7 +290,7 @@ def reconstruct(marker, mask, bk):
 
     if bk.is_gpu:
         return reconstruct_by_iteration(marker, mask, bk.xp, bk.ndi, connectivity=1, check_every=GPU_CHECK_EVERY,
-                                        max_check_every=GPU_MAX_CHECK_EVERY)
+                                        max_check_every=GPU_MAX_CHECK_EVERY, backend=bk)
     return reconstruct_by_dilation(marker, mask, connectivity=1)
 
 
