@@ -33,13 +33,37 @@ backend).
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from .backend import backend_of
-
 from .morphology import njit_cached  # numba, with the in-memory fallback where no cache dir is usable
 
 __all__ = ["watershed", "watershed_numpy"]
+
+
+@numba.njit(inline="always", cache=True, nogil=True)
+def _push(hv, hk, items, v, key):
+    """Push ``(v, key)`` onto :func:`_flood`'s heap of ``items`` nodes: sift-up with a hole.
+
+    The parents the new item passes move down one level each and it is
+    written once. It passes a parent only when its value is strictly smaller:
+    its age (``key >> 32``) is never smaller than any age already in the heap
+    (the markers all have age 0; each later push has a new, larger age), so a
+    tie never lets it pass.
+    """
+    child = items
+    while child > 0:
+        parent = (child + 1) // 2 - 1
+        pv = hv[2 * parent + 2]
+        if v < pv:
+            hv[2 * child + 2] = pv
+            hk[2 * child + 3] = hk[2 * parent + 3]
+            child = parent
+        else:
+            break
+    hv[2 * child + 2] = v
+    hk[2 * child + 3] = key
 
 
 @njit_cached
@@ -53,8 +77,8 @@ def _flood(image, output, todo, markers_at, offsets):
     sibling share a cache line; an item is before another when its value is
     smaller, or equal with a smaller age.
 
-    * Push: sift-up with a hole (the parents the new item passes move down one
-      level each; it is written once), moving while strictly before the parent.
+    * Push (:func:`_push`): sift-up with a hole, moving while strictly before
+      the parent.
     * Pop: the hole goes down the smaller children (the left one unless the
       right is strictly before it) to a leaf, and the last item rises from
       there while its parent is not before it (Floyd's bottom-up sift-down).
@@ -66,20 +90,8 @@ def _flood(image, output, todo, markers_at, offsets):
     hv = np.empty(2 * n_max + 2, np.float64)
     hk = hv.view(np.int64)
     items = 0
-    for k in range(markers_at.size):  # in raster order; all of age 0, so only a smaller value passes
-        v = image[markers_at[k]]
-        child = items
-        while child > 0:
-            parent = (child + 1) // 2 - 1
-            pv = hv[2 * parent + 2]
-            if v < pv:
-                hv[2 * child + 2] = pv
-                hk[2 * child + 3] = hk[2 * parent + 3]
-                child = parent
-            else:
-                break
-        hv[2 * child + 2] = v
-        hk[2 * child + 3] = markers_at[k]
+    for k in range(markers_at.size):  # in raster order, all of age 0
+        _push(hv, hk, items, image[markers_at[k]], np.int64(markers_at[k]))
         items += 1
     age = 1
     nn = offsets.size
@@ -124,19 +136,7 @@ def _flood(image, output, todo, markers_at, offsets):
             todo[nb] = 0
             age += 1
             output[nb] = lab
-            v = image[nb]
-            child = items
-            while child > 0:  # push: every age so far is smaller, so only a larger value lets it pass
-                parent = (child + 1) // 2 - 1
-                pv = hv[2 * parent + 2]
-                if v < pv:
-                    hv[2 * child + 2] = pv
-                    hk[2 * child + 3] = hk[2 * parent + 3]
-                    child = parent
-                else:
-                    break
-            hv[2 * child + 2] = v
-            hk[2 * child + 3] = (age << 32) | nb
+            _push(hv, hk, items, image[nb], (np.int64(age) << 32) | np.int64(nb))
             items += 1
 
 
