@@ -23,11 +23,12 @@ the GPU runs the array code of each family.
 """
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from hpc_profiler.morphology import njit_cached
 
-__all__ = ["pairwise_block", "pairwise_sum", "segment_total", "float32_index_keys"]
+__all__ = ["pairwise_block", "pairwise_sum", "segment_total", "float32_index_keys", "float32_order_key"]
 
 
 def _pairwise_block(a, lo, n):
@@ -89,16 +90,23 @@ def _segment_total(a, lo, n):
 segment_total = njit_cached(_segment_total)
 
 
+@numba.njit(inline="always", cache=True, nogil=True)
+def float32_order_key(bits, index):
+    """``order(bits) << 32 | index``: a float32 bit pattern (uint32) mapped to an unsigned
+    integer in IEEE-754 total order, in the high word, and ``index`` in the low word (numba)."""
+    u = np.uint64(bits)
+    if u >> np.uint64(31):
+        u = np.uint64(0xFFFFFFFF) - u  # negative: reverse the order (~u on 32 bits)
+    else:
+        u = u | np.uint64(0x80000000)
+    return (u << np.uint64(32)) | np.uint64(index)
+
+
 def _index_keys(bits):
     """``key[i] = order(bits[i]) << 32 | i`` for float32 bit patterns ``bits`` (uint32)."""
     out = np.empty(bits.shape[0], dtype=np.uint64)
     for i in range(bits.shape[0]):
-        u = np.uint64(bits[i])
-        if u >> np.uint64(31):
-            u = np.uint64(0xFFFFFFFF) - u  # negative: reverse the order (~u on 32 bits)
-        else:
-            u = u | np.uint64(0x80000000)
-        out[i] = (u << np.uint64(32)) | np.uint64(i)
+        out[i] = float32_order_key(bits[i], i)
     return out
 
 

@@ -75,7 +75,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from ..backend import backend_of
-from ._cpu_segments import float32_index_keys
+from ._cpu_segments import float32_index_keys, float32_order_key
 from ._pairwise import scratch as _pairwise_scratch
 from ._pairwise import segment_total
 from ._objects import ObjectPixels, object_pixels, repeat_index
@@ -289,12 +289,7 @@ def _masked_keys(bits, sel):
     """``key[i] = order(bits[i]) << 32 | sel[i]``: float32 bit patterns in IEEE-754 total order, pixel index (numba)."""
     out = np.empty(bits.shape[0], dtype=np.uint64)
     for i in range(bits.shape[0]):
-        u = np.uint64(bits[i])
-        if u >> np.uint64(31):
-            u = np.uint64(0xFFFFFFFF) - u  # negative: reverse the order (~u on 32 bits)
-        else:
-            u = u | np.uint64(0x80000000)
-        out[i] = (u << np.uint64(32)) | np.uint64(sel[i])
+        out[i] = float32_order_key(bits[i], sel[i])
     return out
 
 
