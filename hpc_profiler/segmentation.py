@@ -873,17 +873,16 @@ def fill_holes(binary):
 
 
 @njit_cached
-def _fill_holes_cpu(fg):
-    """:func:`fill_holes` in place: the background not reached 4-connectedly from
-    the edge (a breadth-first walk) becomes foreground."""
-    h, w = fg.shape
-    seen = np.zeros((h, w), dtype=np.bool_)
-    qy = np.empty(h * w, dtype=np.int64)
-    qx = np.empty(h * w, dtype=np.int64)
+def _edge_background(bg, seen, qy, qx):
+    """Set ``seen`` on the pixels of ``bg`` (bool, 2-D) reached 4-connectedly from the
+    image edge through ``bg``: a breadth-first walk (``qy``, ``qx``: int64 scratch
+    queues of ``bg.size``). Shared by :func:`_fill_holes_cpu` and
+    :func:`_fill_label_holes_cpu`."""
+    h, w = bg.shape
     n = 0
     for y in range(h):
         for x in range(w):
-            if not fg[y, x] and (y == 0 or y == h - 1 or x == 0 or x == w - 1):
+            if bg[y, x] and (y == 0 or y == h - 1 or x == 0 or x == w - 1) and not seen[y, x]:
                 seen[y, x] = True
                 qy[n] = y
                 qx[n] = x
@@ -896,11 +895,20 @@ def _fill_holes_cpu(fg):
         for k in range(4):
             yy = y + (-1 if k == 0 else 1 if k == 3 else 0)
             xx = x + (-1 if k == 1 else 1 if k == 2 else 0)
-            if 0 <= yy < h and 0 <= xx < w and not fg[yy, xx] and not seen[yy, xx]:
+            if 0 <= yy < h and 0 <= xx < w and bg[yy, xx] and not seen[yy, xx]:
                 seen[yy, xx] = True
                 qy[n] = yy
                 qx[n] = xx
                 n += 1
+
+
+@njit_cached
+def _fill_holes_cpu(fg):
+    """:func:`fill_holes` in place: the background not reached 4-connectedly from
+    the edge (:func:`_edge_background`) becomes foreground."""
+    h, w = fg.shape
+    seen = np.zeros((h, w), dtype=np.bool_)
+    _edge_background(np.logical_not(fg), seen, np.empty(h * w, dtype=np.int64), np.empty(h * w, dtype=np.int64))
     for y in range(h):
         for x in range(w):
             if not seen[y, x]:
@@ -965,35 +973,13 @@ def _fill_label_holes_cpu(labels):
     of the labelled ``maximum``/``minimum`` reduction of the array version).
     """
     h, w = labels.shape
+    bg = labels == 0
+    if bg.all():
+        return
     seen = np.zeros((h, w), dtype=np.bool_)
     qy = np.empty(h * w, dtype=np.int64)
     qx = np.empty(h * w, dtype=np.int64)
-    n = 0
-    any_object = False
-    for y in range(h):
-        for x in range(w):
-            if labels[y, x] != 0:
-                any_object = True
-            elif (y == 0 or y == h - 1 or x == 0 or x == w - 1) and not seen[y, x]:
-                seen[y, x] = True
-                qy[n] = y
-                qx[n] = x
-                n += 1
-    if not any_object:
-        return
-    head = 0
-    while head < n:  # the background reached from the edge
-        y = qy[head]
-        x = qx[head]
-        head += 1
-        for k in range(4):
-            yy = y + (-1 if k == 0 else 1 if k == 3 else 0)
-            xx = x + (-1 if k == 1 else 1 if k == 2 else 0)
-            if 0 <= yy < h and 0 <= xx < w and labels[yy, xx] == 0 and not seen[yy, xx]:
-                seen[yy, xx] = True
-                qy[n] = yy
-                qx[n] = xx
-                n += 1
+    _edge_background(bg, seen, qy, qx)  # the background reached from the edge
     big = np.int64(np.iinfo(np.int32).max) + 1
     for y0 in range(1, h - 1):
         for x0 in range(1, w - 1):
