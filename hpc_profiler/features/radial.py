@@ -594,6 +594,19 @@ def _pull_rounds(dist, pulls, first, second, rounds: int):
     return dist
 
 
+def _radial_bins(d_center, d_edge, good, scaled: bool, bins: int, max_radius, xp):
+    """Each pixel's bin (0..bins; ``bins`` = beyond ``max_radius``) from its distances to the
+    centre and to the edge, CellProfiler's normalisation: ``d_c / (d_c + d_e + 0.001)`` when
+    ``scaled``, else ``d_c / max_radius``; pixels not ``good`` go to bin 0."""
+    d_center = xp.where(good, d_center, 0.0)
+    if scaled:
+        norm = d_center / (d_center + d_edge + 0.001)
+    else:
+        norm = d_center / max_radius
+    norm = xp.where(good, norm, 0.0)
+    return xp.minimum((norm * bins).astype(xp.int64), bins)
+
+
 def _device_geometry(bk, op: ObjectPixels, bins: int, scaled: bool, max_radius) -> RadialGeometry:
     """:func:`radial_geometry` on the device: no loop over objects, one host read of sizes.
 
@@ -695,13 +708,7 @@ def _device_geometry(bk, op: ObjectPixels, bins: int, scaled: bool, max_radius) 
         chunk = max(longest // 4, 4)
     d_center = dist[:P]
     good = xp.isfinite(d_center)
-    d_center = xp.where(good, d_center, 0.0)
-    if scaled:
-        norm = d_center / (d_center + d_edge + 0.001)
-    else:
-        norm = d_center / max_radius
-    norm = xp.where(good, norm, 0.0)
-    bin_ = xp.minimum((norm * bins).astype(xp.int64), bins)
+    bin_ = _radial_bins(d_center, d_edge, good, scaled, bins, max_radius, xp)
     center_y = xp.where(ok, op.y[idx].astype(xp.float64), xp.nan)
     center_x = xp.where(ok, op.x[idx].astype(xp.float64), xp.nan)
     dy = op.y - center_y[obj]
@@ -776,13 +783,7 @@ def radial_geometry(labels, n_objects: int, *, bins: int = 4, scaled: bool = Tru
         geometry._sums = _cpu_sums(n, int(bins) + 1, key_flat[:m], bin_key[:m], wedge_key[:m], wcnt)
         return geometry
     good = xp.isfinite(d_center) & ok[op.obj]
-    d_center = xp.where(good, d_center, 0.0)
-    if scaled:
-        norm = d_center / (d_center + d_edge + 0.001)
-    else:
-        norm = d_center / max_radius
-    norm = xp.where(good, norm, 0.0)
-    bin_ = xp.minimum((norm * bins).astype(xp.int64), bins)
+    bin_ = _radial_bins(d_center, d_edge, good, scaled, bins, max_radius, xp)
     center_y = xp.full(n, xp.nan)
     center_x = xp.full(n, xp.nan)
     center_y[ok] = op.y[idx[ok]].astype(xp.float64)
