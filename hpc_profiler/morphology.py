@@ -644,7 +644,7 @@ def reconstruct_markers(seeds, mask, connectivity: int = 1) -> np.ndarray:
         raise ValueError(f"reconstruction: seeds {seeds.shape} must be [K, H, W] over a mask [H, W], got {mask.shape}")
     _check(seeds, np.broadcast_to(mask, seeds.shape), np)
     ft = _float_type(mask.dtype)
-    K, (H, W) = seeds.shape[0], mask.shape
+    K = seeds.shape[0]
     out = np.empty(seeds.shape, ft)
     if out.size == 0:
         return out

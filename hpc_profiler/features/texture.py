@@ -1040,6 +1040,33 @@ def _columns(feats, n_pairs, chans, scales, gray_levels: int, undefined, out: di
     return out
 
 
+def _object_pairs(labels, objects, obj, chans, levels: TextureLevels, offsets, itype, xp):
+    """The pixel pairs of every object at every offset, for the device paths.
+
+    ``objects``: :class:`~hpc_profiler.features._objects.ObjectPixels` (``M``
+    pixels), ``obj`` their object indices (0-based) in the key dtype, ``offsets``
+    the ``G`` (dy, dx) pairs, ``itype`` the dtype of the pixel arithmetic (None:
+    the coordinates' own). Returns ``lo``, ``hi`` (uint8 ``[C, G, M]``: the
+    smaller and larger level of each pair) and ``keep`` (bool ``[C, G, M]``: the
+    partner is inside the image and the same object, and both levels are
+    nonzero, as mahotas' ``ignore_zeros``).
+    """
+    h, w = labels.shape
+    step = xp.asarray([[dy, dx] for dy, dx in offsets], dtype=xp.int64 if itype is None else itype)
+    oy, ox = (objects.y, objects.x) if itype is None else (objects.y.astype(itype), objects.x.astype(itype))
+    ys, xs = oy[None, :] + step[:, 0:1], ox[None, :] + step[:, 1:2]  # [G, M]
+    inside = (ys < h) & (xs >= 0) & (xs < w)
+    partner = xp.where(inside, ys * w + xs, 0)
+    same = inside & (xp.take(xp.ravel(labels), partner) == (obj + 1)[None, :])
+    q = xp.stack([xp.ravel(levels.q8[c]) for c in chans])  # [C, H * W] uint8
+    qa = xp.take(q, objects.flat, axis=1)[:, None, :]  # [C, 1, M]
+    qb = xp.take(q, partner, axis=1)  # [C, G, M]
+    lo = xp.minimum(qa, qb)
+    hi = xp.maximum(qa, qb)
+    keep = same[None, :, :] & (lo > 0)  # mahotas ignore_zeros: lo > 0 iff both levels are
+    return lo, hi, keep
+
+
 def _measure_texture_rows(labels, n_objects: int, chans, levels: TextureLevels, scales, gray_levels: int, objects,
                           out: dict, undefined=None) -> dict:
     """GPU path of :func:`measure_texture_channels` (the default): one row per channel and offset.
@@ -1072,19 +1099,8 @@ def _measure_texture_rows(labels, n_objects: int, chans, levels: TextureLevels, 
     narrow = n < 32768 and h * w < 2**31
     itype = xp.int32 if narrow else xp.int64
     sentinel = 2**31 - 1 if narrow else 2**63 - 1
-    step = xp.asarray([[dy, dx] for dy, dx in offsets], dtype=itype)
-    oy, ox = objects.y.astype(itype), objects.x.astype(itype)
-    ys, xs = oy[None, :] + step[:, 0:1], ox[None, :] + step[:, 1:2]  # [G, M]
-    inside = (ys < h) & (xs >= 0) & (xs < w)
-    partner = xp.where(inside, ys * w + xs, 0)
     obj = objects.obj.astype(itype)
-    same = inside & (xp.take(xp.ravel(labels), partner) == (obj + 1)[None, :])
-    q = xp.stack([xp.ravel(levels.q8[c]) for c in chans])  # [C, H * W] uint8
-    qa = xp.take(q, objects.flat, axis=1)[:, None, :]  # [C, 1, M]
-    qb = xp.take(q, partner, axis=1)  # [C, G, M]
-    lo = xp.minimum(qa, qb)
-    hi = xp.maximum(qa, qb)
-    keep = same[None, :, :] & (lo > 0)  # mahotas ignore_zeros: lo > 0 iff both levels are
+    lo, hi, keep = _object_pairs(labels, objects, obj, chans, levels, offsets, itype, xp)
     key = (obj << 16)[None, None, :] | (lo.astype(itype) << 8) | hi.astype(itype)
     key = xp.where(keep, key, sentinel).astype(itype, copy=False)
     m = key.shape[-1]
@@ -1129,17 +1145,7 @@ def _measure_texture_device(labels, n_objects: int, chans, levels: TextureLevels
     nd = len(DIRECTIONS)
     offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
     n_off, n_ch = len(offsets), len(chans)
-    step = xp.asarray([[dy, dx] for dy, dx in offsets], dtype=xp.int64)
-    ys, xs = objects.y[None, :] + step[:, 0:1], objects.x[None, :] + step[:, 1:2]  # [G, M]
-    inside = (ys < h) & (xs >= 0) & (xs < w)
-    partner = xp.where(inside, ys * w + xs, 0)
-    same = inside & (xp.take(xp.ravel(labels), partner) == (objects.obj + 1)[None, :])
-    q = xp.stack([xp.ravel(levels.q8[c]) for c in chans])  # [C, H * W] uint8
-    qa = xp.take(q, objects.flat, axis=1)[:, None, :]  # [C, 1, M]
-    qb = xp.take(q, partner, axis=1)  # [C, G, M]
-    lo = xp.minimum(qa, qb)
-    hi = xp.maximum(qa, qb)
-    keep = same[None, :, :] & (lo > 0)  # mahotas ignore_zeros: lo > 0 iff both levels are
+    lo, hi, keep = _object_pairs(labels, objects, objects.obj, chans, levels, offsets, None, xp)
     combo = xp.arange(n_ch * n_off, dtype=xp.int64).reshape(n_ch, n_off, 1) * n + objects.obj[None, None, :]
     key = combo * 65536 + lo.astype(xp.int64) * 256 + hi
     sentinel = n_ch * n_off * n * 65536
