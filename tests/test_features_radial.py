@@ -24,6 +24,20 @@ def _cp_measure_radial(labels, n, image, ch, cfg):
     return out
 
 
+def _thin_walks(lo: int, hi: int):
+    """12 one-pixel-wide 8-connected random walks of 120 steps on 160 x 160, kept in rows and
+    columns ``lo..hi`` (the first object keeps a pixel where walks cross); labels and count."""
+    rng = np.random.default_rng(7)
+    labels = np.zeros((160, 160), np.int32)
+    for k in range(1, 13):
+        y, x = rng.integers(20, 140, 2)
+        for _ in range(120):
+            labels[y, x] = labels[y, x] or k
+            y = int(np.clip(y + rng.integers(-1, 2), lo, hi))
+            x = int(np.clip(x + rng.integers(-1, 2), lo, hi))
+    return labels, int(labels.max())
+
+
 def test_radial_matches_cp_measure():
     labels, n, images = make_site(seed=0)
     geo = radial_geometry(labels, n, bins=CFG.bins, scaled=CFG.scaled, max_radius=CFG.max_radius)
@@ -249,15 +263,7 @@ def test_geodesic_device_two_step_paths_on_thin_objects():
     from hpc_profiler.features._objects import pack_objects
     from hpc_profiler.features.radial import geodesic_from_seeds
 
-    rng = np.random.default_rng(7)
-    labels = np.zeros((160, 160), np.int32)
-    for k in range(1, 13):
-        y, x = rng.integers(20, 140, 2)
-        for _ in range(120):
-            labels[y, x] = labels[y, x] or k
-            y = int(np.clip(y + rng.integers(-1, 2), 1, 158))
-            x = int(np.clip(x + rng.integers(-1, 2), 1, 158))
-    n = int(labels.max())
+    labels, n = _thin_walks(1, 158)
     op = object_pixels(labels, n)
     packed = pack_objects(op, pad=1, image_edge_is_background=False)
     seeds = op.starts[op.counts > 0] + op.counts[op.counts > 0] // 2  # a middle pixel of each object
@@ -408,15 +414,7 @@ def test_device_geometry_on_cpu_twin_equals_cpu_to_the_bit(case, monkeypatch):
         pull_rounds = R._pull_rounds
         monkeypatch.setattr(R, "_pull_rounds", lambda *a: (rounds.append(a[-1]), pull_rounds(*a))[1])
     elif case == "thin":  # one-pixel-wide 8-connected walks: two-step paths through the background
-        rng = np.random.default_rng(7)
-        labels = np.zeros((160, 160), np.int32)
-        for k in range(1, 13):
-            y, x = rng.integers(20, 140, 2)
-            for _ in range(120):
-                labels[y, x] = labels[y, x] or k
-                y = int(np.clip(y + rng.integers(-1, 2), 0, 159))
-                x = int(np.clip(x + rng.integers(-1, 2), 0, 159))
-        n = int(labels.max())
+        labels, n = _thin_walks(0, 159)
     else:
         labels, n, _ = make_site(seed=int(case[-1]))
     img = np.random.default_rng(3).random(labels.shape)

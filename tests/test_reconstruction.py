@@ -47,6 +47,17 @@ def marker_below(mask, rng, kind):
     raise ValueError(kind)
 
 
+def _corridor(n: int) -> np.ndarray:
+    """An n x n serpentine corridor (every other row open, joined at alternating ends),
+    rising slightly along the raster order: the longest geodesic path an image can hold."""
+    mask = np.zeros((n, n))
+    mask[::2] = 1.0
+    for r in range(1, n, 2):
+        mask[r, n - 1 if r % 4 == 1 else 0] = 1.0
+    mask += np.linspace(0, 1e-3, n * n).reshape(n, n) * (mask > 0)
+    return mask
+
+
 @pytest.mark.parametrize("connectivity", [1, 2])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("kind", ["erosion", "minus", "points"])
@@ -91,11 +102,7 @@ def test_serpentine_long_path():
     """A 1-pixel-wide serpentine corridor: the value travels through every corridor
     pixel from one end (worst case of the FIFO and of the iterated algorithm)."""
     n = 41
-    mask = np.zeros((n, n))
-    mask[::2] = 1.0
-    for r in range(1, n, 2):
-        mask[r, n - 1 if r % 4 == 1 else 0] = 1.0
-    mask += np.linspace(0, 1e-3, n * n).reshape(n, n) * (mask > 0)  # no two corridor values tie
+    mask = _corridor(n)  # no two corridor values tie
     seed = np.zeros_like(mask)
     seed[0, 0] = mask.max()
     seed = np.minimum(seed, mask)
@@ -204,12 +211,7 @@ def test_max_tree_serpentine_and_cell_painting_markers():
     """The long corridor, and granularity's 16 cross erosions of a synthetic Cell Painting channel."""
     from hpc_profiler.synth import synthesize_site
 
-    n = 41
-    mask = np.zeros((n, n))
-    mask[::2] = 1.0
-    for r in range(1, n, 2):
-        mask[r, n - 1 if r % 4 == 1 else 0] = 1.0
-    mask += np.linspace(0, 1e-3, n * n).reshape(n, n) * (mask > 0)
+    mask = _corridor(41)
     seed = np.zeros_like(mask)
     seed[0, 0] = mask.max()
     seed = np.minimum(seed, mask)
@@ -245,11 +247,7 @@ def test_iteration_drops_stable_images_from_the_batch():
     a noise image, a marker equal to its mask): the iterated reconstruction goes on with the
     images still changing only, and every image equals scikit-image's, whatever the blocks."""
     n = 21
-    corridor = np.zeros((n, n))
-    corridor[::2] = 1.0
-    for r in range(1, n, 2):
-        corridor[r, n - 1 if r % 4 == 1 else 0] = 1.0
-    corridor += np.linspace(0, 1e-3, n * n).reshape(n, n) * (corridor > 0)
+    corridor = _corridor(n)
     seed0 = np.zeros_like(corridor)
     seed0[0, 0] = corridor[0, 0]
     rng = np.random.default_rng(8)

@@ -1040,6 +1040,20 @@ def _columns(feats, n_pairs, chans, scales, gray_levels: int, undefined, out: di
     return out
 
 
+def _device_setup(labels, n_objects: int, objects, scales):
+    """What both device paths start from: ``xp``, the object count, the object pixels
+    (:func:`~hpc_profiler.features._objects.object_pixels` unless given) and the
+    (dy, dx) offsets, scale by scale in the :data:`DIRECTIONS` order."""
+    from hpc_profiler.features._objects import object_pixels
+
+    xp = backend_of(labels).xp
+    n = int(n_objects)
+    if objects is None:
+        objects = object_pixels(labels, n)
+    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
+    return xp, n, objects, offsets
+
+
 def _object_pairs(labels, objects, obj, chans, levels: TextureLevels, offsets, itype, xp):
     """The pixel pairs of every object at every offset, for the device paths.
 
@@ -1086,15 +1100,9 @@ def _measure_texture_rows(labels, n_objects: int, chans, levels: TextureLevels, 
     values (sorted by object, i.e. onto the same address in a row: atomics
     that serialise). A fixed number of launches per object set, no host read.
     """
-    from hpc_profiler.features._objects import object_pixels
-
-    xp = backend_of(labels).xp
-    n = int(n_objects)
-    if objects is None:
-        objects = object_pixels(labels, n)
+    xp, n, objects, offsets = _device_setup(labels, n_objects, objects, scales)
     h, w = labels.shape
     nd = len(DIRECTIONS)
-    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
     n_off, n_ch = len(offsets), len(chans)
     narrow = n < 32768 and h * w < 2**31
     itype = xp.int32 if narrow else xp.int64
@@ -1135,15 +1143,9 @@ def _measure_texture_device(labels, n_objects: int, chans, levels: TextureLevels
     :func:`haralick_from_pairs` turns into the features. A fixed number of
     launches per object set, no host read.
     """
-    from hpc_profiler.features._objects import object_pixels
-
-    xp = backend_of(labels).xp
-    n = int(n_objects)
-    if objects is None:
-        objects = object_pixels(labels, n)
+    xp, n, objects, offsets = _device_setup(labels, n_objects, objects, scales)
     h, w = labels.shape
     nd = len(DIRECTIONS)
-    offsets = [(int(s) * dy, int(s) * dx) for s in scales for dy, dx in DIRECTIONS]
     n_off, n_ch = len(offsets), len(chans)
     lo, hi, keep = _object_pairs(labels, objects, objects.obj, chans, levels, offsets, None, xp)
     combo = xp.arange(n_ch * n_off, dtype=xp.int64).reshape(n_ch, n_off, 1) * n + objects.obj[None, None, :]
