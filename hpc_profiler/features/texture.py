@@ -652,6 +652,24 @@ def _haralick_counts(N, fm1, cnt, touched, nt, a, hs, hd, seen, entries, tab, ou
     out[12] = math.sqrt(max(0.0, -math.expm1(-2.0 * mi)))  # sqrt(1 - exp(-2 (HXY2 - HXY)))
 
 
+def _offset_reach(offsets):
+    """The largest row offset and the largest absolute column offset of ``offsets [G, 2]``:
+    how far below and to each side a partner can lie (numba)."""
+    mdy = 0
+    mdx = 0
+    for g in range(offsets.shape[0]):
+        mdy = max(mdy, offsets[g, 0])
+        mdx = max(mdx, abs(offsets[g, 1]))
+    return mdy, mdx
+
+
+def _haralick_scratch():
+    """The scratch arrays :func:`_haralick_counts` takes: ``a``, ``hs``, ``hd``, ``seen``,
+    ``entries``, ``out`` (numba)."""
+    return (np.zeros(256, np.int64), np.zeros(512, np.int64), np.zeros(256, np.int64),
+            np.empty(1024, np.int64), np.empty((32896, 3), np.int64), np.empty(13))
+
+
 def _objects_kernel(H, W, flat, ys, xs, starts, counts, planes, offsets, tab, feats, npairs):
     """Per-object Haralick features of every channel and offset (CellProfiler ``run_one``).
 
@@ -678,21 +696,12 @@ def _objects_kernel(H, W, flat, ys, xs, starts, counts, planes, offsets, tab, fe
     n = starts.shape[0]
     G = offsets.shape[0]
     C = planes.shape[0]
-    mdy = 0
-    mdx = 0
-    for g in range(G):
-        mdy = max(mdy, offsets[g, 0])
-        mdx = max(mdx, abs(offsets[g, 1]))
+    mdy, mdx = _offset_reach(offsets)
     cnt = np.zeros((G, 65536), np.int32)
     touched = np.empty((G, 65536), np.int32)
     nt = np.zeros(G, np.int64)
     shifts = np.zeros(G, np.int64)
-    a = np.zeros(256, np.int64)
-    hs = np.zeros(512, np.int64)
-    hd = np.zeros(256, np.int64)
-    seen = np.empty(1024, np.int64)
-    entries = np.empty((32896, 3), np.int64)
-    out = np.empty(13)
+    a, hs, hd, seen, entries, out = _haralick_scratch()
     mmax = 1
     for o in range(n):
         mmax = max(mmax, counts[o])
@@ -767,22 +776,13 @@ def _image_kernel(H, W, planes, offsets, tab, feats, npairs):
     """
     G = offsets.shape[0]
     C = planes.shape[0]
-    mdy = 0
-    mdx = 0
-    for g in range(G):
-        mdy = max(mdy, offsets[g, 0])
-        mdx = max(mdx, abs(offsets[g, 1]))
+    mdy, mdx = _offset_reach(offsets)
     cnt = np.zeros((G, 65536), np.int32)
     shifts = np.zeros(G, np.int64)
     for g in range(G):
         shifts[g] = offsets[g, 0] * W + offsets[g, 1]
     touched = np.empty(65536, np.int32)
-    a = np.zeros(256, np.int64)
-    hs = np.zeros(512, np.int64)
-    hd = np.zeros(256, np.int64)
-    seen = np.empty(1024, np.int64)
-    entries = np.empty((32896, 3), np.int64)
-    out = np.empty(13)
+    a, hs, hd, seen, entries, out = _haralick_scratch()
     for c in range(C):
         plane = planes[c]
         high = 0
@@ -827,6 +827,8 @@ def _image_kernel(H, W, planes, offsets, tab, feats, npairs):
 _neg_plog2p = njit_cached(_neg_plog2p)
 _log2_int = njit_cached(_log2_int)
 _haralick_counts = njit_cached(_haralick_counts)
+_offset_reach = njit_cached(_offset_reach)
+_haralick_scratch = njit_cached(_haralick_scratch)
 _objects_kernel = njit_cached(_objects_kernel)
 _image_kernel = njit_cached(_image_kernel)
 
