@@ -187,6 +187,40 @@ def test_slurm_job_end_words(monkeypatch):
     assert "left the Slurm queue" in orch.slurm_job_end("4")
 
 
+@pytest.mark.parametrize("version, flags, oversubscribe", [
+    ("mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/",
+     ["--mca", "orte_abort_on_non_zero_status", "1"], True),
+    ("mpirun (Open MPI) 3.1.6\n", ["--mca", "orte_abort_on_non_zero_status", "1"], True),
+    ("mpirun (Open MPI) 5.0.3\n\nReport bugs to https://www.open-mpi.org/community/help/",
+     ["--prtemca", "prte_abort_on_non_zero_status", "1"], True),
+    ("HYDRA build details:\n    Version:                                 4.0.2\n", [], False),
+    ("Intel(R) MPI Library for Linux* OS, Version 2021.6 Build 20220227 (id: 28877f3f32)\n", [], False),
+    ("some-launcher 1.0\n", [], False),
+])
+def test_mpirun_gets_the_abort_flag_its_mpi_needs(tmp_path, monkeypatch, capsys, version, flags, oversubscribe):
+    """Each launcher is told to end the job when a rank dies (Open MPI 4 and 5 by different names; Hydra
+    does it by default and refuses Open MPI's flags); an unknown one is named on stderr."""
+    pytest.importorskip("mpi4py")
+    from hpc_profiler.workflow import mpijob
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "version.txt").write_text(version)
+    fake = bin_dir / "mpirun"
+    fake.write_text(f"#!/bin/sh\ncat {bin_dir / 'version.txt'}\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(mpijob, "_UNKNOWN_SAID", False)
+    ranks = (os.cpu_count() or 1) + 1  # more ranks than CPUs: Open MPI needs --oversubscribe
+    cmd = mpijob.mpi_launcher(ranks)
+    assert cmd[:3] == ["mpirun", "-n", str(ranks)]
+    assert ("--oversubscribe" in cmd) == oversubscribe
+    assert [c for c in cmd[3:] if c != "--oversubscribe"] == flags
+    err = capsys.readouterr().err
+    assert ("neither Open MPI nor MPICH" in err) == version.startswith("some-launcher"), err
+    assert mpijob.mpi_launcher(1) is None
+
+
 @pytest.mark.slow
 def test_status_eta_only_while_jobs_run(reference, monkeypatch):
     """No ETA when nothing is queued or running: pending sites will not finish by themselves."""

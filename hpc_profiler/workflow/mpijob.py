@@ -8,7 +8,8 @@ The MPI stages run ``hpc-profiler <stage> CONFIG`` on ``ranks`` ranks:
   per-stage resources as the arrays (:func:`hpc_profiler.workflow.slurm.sbatch_options`),
   submitted only after the arrays it reads have settled (no ``afterok``
   dependency that could never be satisfied), watched with ``squeue``;
-* otherwise ``mpirun -n ranks`` when Open MPI and mpi4py are present;
+* otherwise ``mpirun -n ranks`` when mpirun and mpi4py are present, with the
+  flag its MPI needs to end the job when a rank dies (:func:`mpi_launcher`);
 * else the stage's function in this process. The code path is the same.
 
 Every rank must reach its first barrier within ``executor.mpi_startup_timeout_s``
@@ -37,11 +38,21 @@ class StageError(RuntimeError):
 
 
 def mpi_launcher(ranks: int) -> Optional[list]:
-    """``mpirun -n R`` when Open MPI and mpi4py are usable and R > 1, else None.
+    """``mpirun -n R`` (with the flags its MPI needs to end the job on a lost rank) when mpi4py is
+    importable and R > 1, else None.
 
-    Open MPI 4 is told explicitly to end the whole job when a rank exits
-    non-zero or is killed (``orte_abort_on_non_zero_status``, its default,
-    the counterpart of ``srun --kill-on-bad-exit=1``).
+    A rank that dies must end the whole job, the counterpart of ``srun
+    --kill-on-bad-exit=1``. ``mpirun --version`` says which launcher this is
+    (:func:`mpi_flavour`), and each is told what it needs:
+
+    * Open MPI up to 4 (ORTE): ``--mca orte_abort_on_non_zero_status 1``;
+    * Open MPI 5 (PRRTE): ``--prtemca prte_abort_on_non_zero_status 1``;
+    * MPICH, Intel MPI (Hydra): nothing, Hydra kills the other ranks when one
+      fails unless ``-disable-auto-cleanup`` is given; Open MPI's
+      ``--oversubscribe`` is not passed (Hydra refuses it);
+    * anything else: run as is, with a note on stderr that only the start-up
+      watchdog (:func:`hpc_profiler.mpi.get_comm`) and the abort-on-error guard
+      bound a lost rank.
     """
     if ranks <= 1 or shutil.which("mpirun") is None:
         return None
@@ -49,21 +60,45 @@ def mpi_launcher(ranks: int) -> Optional[list]:
         import mpi4py  # noqa: F401
     except ImportError:
         return None
+    flavour, major = mpi_flavour()
     cmd = ["mpirun", "-n", str(ranks)]
-    if ranks > (os.cpu_count() or 1):
-        cmd.append("--oversubscribe")
-    if _open_mpi_major() == 4:
-        cmd += ["--mca", "orte_abort_on_non_zero_status", "1"]
+    if flavour == "openmpi":
+        if ranks > (os.cpu_count() or 1):
+            cmd.append("--oversubscribe")
+        if major is not None and major >= 5:
+            cmd += ["--prtemca", "prte_abort_on_non_zero_status", "1"]
+        else:
+            cmd += ["--mca", "orte_abort_on_non_zero_status", "1"]
+    elif flavour != "hydra":
+        global _UNKNOWN_SAID
+        if not _UNKNOWN_SAID:
+            _UNKNOWN_SAID = True
+            print("note: `mpirun --version` names neither Open MPI nor MPICH/Intel MPI (Hydra); no flag is "
+                  "passed to end the job when a rank dies, so only hpc-profiler's start-up watchdog "
+                  "(executor.mpi_startup_timeout_s) and its abort on a rank's error bound a lost rank",
+                  file=sys.stderr, flush=True)
     return cmd
 
 
-def _open_mpi_major() -> Optional[int]:
+_UNKNOWN_SAID = False
+
+
+def mpi_flavour() -> tuple[str, Optional[int]]:
+    """(``openmpi`` | ``hydra`` | ``unknown``, major version or None), from ``mpirun --version``."""
     try:
-        out = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=30).stdout
+        out = subprocess.run(["mpirun", "--version"], capture_output=True, text=True, timeout=30)
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    m = re.search(r"Open MPI\)?\s+(\d+)\.", out)
-    return int(m.group(1)) if m else None
+        return "unknown", None
+    text = out.stdout + out.stderr
+    m = re.search(r"Open MPI\)?\s+v?(\d+)\.", text)
+    if m:
+        return "openmpi", int(m.group(1))
+    if "Open MPI" in text or "OpenRTE" in text:
+        return "openmpi", None
+    if "HYDRA" in text.upper() or "Intel(R) MPI" in text:
+        m = re.search(r"Version:\s+(\d+)", text)
+        return "hydra", int(m.group(1)) if m else None
+    return "unknown", None
 
 
 def _mpi_env(cfg: Config) -> dict:
