@@ -11,11 +11,11 @@ work log's span of done sites) and an ETA for the pending sites while
 something is queued or running (without a running job nothing will finish by
 itself, so no ETA is shown).
 
-Dead tasks: a Slurm task of a recorded extract batch that has left the queue
-without writing its result (``kill -9``, ``scancel``, out of memory, node
-failure) while some of its sites are not done shows those sites as failed,
-with the task's Slurm state from ``scontrol`` (:func:`dead_task_failures`),
-even when no driver is waiting to record them.
+Dead tasks: a Slurm task of a recorded extract or illum batch that has left
+the queue without writing its result (``kill -9``, ``scancel``, out of memory,
+node failure) while some of its sites (its plate) are not done shows those
+sites (that plate) as failed, with the task's Slurm state from ``scontrol``
+(:func:`dead_task_failures`), even when no driver is waiting to record them.
 
 The exit code of :func:`main_status` is non-zero while any failure record
 exists, so a script can loop ``until hpc-profiler status CONFIG; do ...``.
@@ -159,15 +159,17 @@ def collect_status(cfg, verify: bool = False) -> BatchStatus:
 
 
 def dead_task_failures(cfg, settled_keys) -> list[dict]:
-    """Failure rows (not written to the table) for the sites of dead extract tasks.
+    """Failure rows (not written to the table) for the sites and plates of dead extract and illum tasks.
 
     A task of a recorded Slurm batch is dead when ``squeue`` no longer lists
-    it and submitit holds no result of it; its sites that are neither done nor
-    already in the failure table (``settled_keys``: (plate, well, site) with
-    the site as text, a set or a callable returning one, called only when a
-    Slurm batch is on record) are failed with the task's Slurm state. A site counts
-    for its most recent batch only, so a site resubmitted in a newer batch is
-    pending, not failed. Nothing is concluded when ``squeue`` does not answer.
+    it and submitit holds no result of it. Its extract sites that are neither
+    done nor already in the failure table (``settled_keys``: (plate, well,
+    site) with the site as text, a set or a callable returning one, called
+    only when a Slurm batch is on record), and its illum plate when that plate
+    has no illumination functions and no failure record, are failed with the
+    task's Slurm state. An item counts for its most recent batch only, so one
+    resubmitted in a newer batch is pending, not failed. Nothing is concluded
+    when ``squeue`` does not answer.
     """
     from submitit.core.utils import JobPaths
 
@@ -178,18 +180,39 @@ def dead_task_failures(cfg, settled_keys) -> list[dict]:
             rec = read_json(b)
         except (OSError, ValueError):
             continue
-        if rec.get("stage") == "extract" and rec.get("kind") == "slurm" and rec.get("job_ids"):
+        if rec.get("stage") in ("extract", "illum") and rec.get("kind") == "slurm" and rec.get("job_ids"):
             records.append((float(rec.get("created", 0)), b.parent, rec))
     if not records:
         return []
-    if callable(settled_keys):
-        settled_keys = settled_keys()
     queue = slurm_queue()
     if queue is None:
         return []
+    if callable(settled_keys):
+        settled_keys = settled_keys()
+    logs = Layout.of(cfg).logs
+
+    def dead(jid) -> bool:
+        return str(jid) not in queue and not JobPaths(logs / "%j", job_id=str(jid), task_id=0).result_pickle.exists()
+
+    def row(stage, jid, rec, reason, plate, well=None, site=None) -> dict:
+        return {"stage": stage, "plate": plate, "well": well, "site": site, "error_type": "TaskLostError",
+                "message": f"task {jid} ended without a result: {reason}", "task": str(jid),
+                "batch": rec.get("batch", ""), "time": "-"}
+
     seen: set = set()
     rows = []
+    illum_failed = None
     for _created, folder, rec in sorted(records, key=lambda r: r[0], reverse=True):  # newest first
+        if rec["stage"] == "illum":
+            if illum_failed is None:
+                illum_failed = {f["plate"] for f in list_failures(cfg, "illum") if not f.get("well")}
+            for jid, plate in zip(rec["job_ids"], rec.get("plates") or []):
+                if ("illum", plate) in seen:
+                    continue
+                seen.add(("illum", plate))
+                if plate not in illum_failed and not illum_done(cfg, plate) and dead(jid):
+                    rows.append(row("illum", jid, rec, slurm_job_end(str(jid)), plate))
+            continue
         try:
             sites = manifest_mod.load_manifest(folder / "sites.parquet")
         except Exception:  # noqa: BLE001 - a batch folder without its site list tells nothing
@@ -200,15 +223,10 @@ def dead_task_failures(cfg, settled_keys) -> list[dict]:
             fresh = [k for k in keys if k not in seen]
             seen.update(keys)
             todo = [k for k in fresh if k not in settled_keys]
-            if not todo or str(jid) in queue:
-                continue
-            if JobPaths(Layout.of(cfg).logs / "%j", job_id=str(jid), task_id=0).result_pickle.exists():
-                continue  # it ended normally; its failures are in the table
+            if not todo or not dead(jid):
+                continue  # a task that ended normally has its failures in the table
             reason = slurm_job_end(str(jid))
-            for plate, well, site in todo:
-                rows.append({"stage": "extract", "plate": plate, "well": well, "site": site,
-                             "error_type": "TaskLostError", "message": f"task {jid} ended without a result: "
-                             f"{reason}", "task": str(jid), "batch": rec.get("batch", ""), "time": "-"})
+            rows += [row("extract", jid, rec, reason, *k) for k in todo]
     return rows
 
 
@@ -217,7 +235,7 @@ def _add_dead_tasks(st: BatchStatus, rows: list) -> None:
     by_plate = {p.plate: p for p in st.plates}
     for r in rows:
         p = by_plate.get(r["plate"])
-        if p is not None and p.pending > 0:
+        if r["stage"] == "extract" and p is not None and p.pending > 0:
             p.pending -= 1
             p.failed += 1
     st.failures = st.failures + rows

@@ -101,19 +101,69 @@ def _env(**extra) -> dict:
 
 
 def _driver(cfg_path: Path, env: dict) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "hpc_profiler", "run", str(cfg_path), "--no-mpi", "--no-report"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-                            start_new_session=True)
+    """``hpc-profiler run`` in its own session, its output to a file (a pipe nobody reads while the
+    test waits on Slurm could fill and stall the driver)."""
+    log = cfg_path.with_suffix(".driver.out")
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([sys.executable, "-m", "hpc_profiler", "run", str(cfg_path), "--no-mpi",
+                                 "--no-report"], stdout=fh, stderr=subprocess.STDOUT, text=True, env=env,
+                                start_new_session=True)
+    proc.log_path = log
+    return proc
+
+
+def _output(proc: subprocess.Popen) -> str:
+    return proc.log_path.read_text(errors="replace")
 
 
 def _wait(proc: subprocess.Popen, timeout: float) -> str:
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, 9)
-        out, _ = proc.communicate()
-        raise AssertionError(f"`hpc-profiler run` still running after {timeout:.0f} s:\n{out[-4000:]}") from None
-    return out
+        proc.wait()
+        raise AssertionError(f"`hpc-profiler run` still running after {timeout:.0f} s:\n"
+                             f"{_output(proc)[-4000:]}") from None
+    return _output(proc)
+
+
+def _until(pred, timeout: float, what: str, proc: subprocess.Popen = None, poll: float = 0.2):
+    """Wait until ``pred()`` is true (the real state: files, the Slurm queue); fail naming ``what`` after
+    ``timeout`` s, or at once when the driver ``proc`` has exited meanwhile."""
+    deadline = time.time() + timeout
+    while True:
+        if pred():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"`hpc-profiler run` exited ({proc.returncode}) while waiting for {what}:\n"
+                                 f"{_output(proc)[-3000:]}")
+        if time.time() > deadline:
+            if proc is not None:
+                os.killpg(proc.pid, 9)
+            raise AssertionError(f"no {what} within {timeout:.0f} s")
+        time.sleep(poll)
+
+
+def _array_ids(cfg, stage: str = "extract") -> list:
+    """The Slurm ids of every task of the stage's recorded batches (empty until the first is submitted)."""
+    bdir = cfg.out / "batches"
+    ids = []
+    for b in sorted(bdir.glob(f"{stage}-*/batch.json")) if bdir.exists() else []:
+        try:
+            ids += orch.read_json(b)["job_ids"]
+        except (OSError, ValueError, KeyError):
+            continue
+    return ids
+
+
+def _queue(ids):
+    """``squeue`` of these ids, or None when there are none yet or squeue does not answer."""
+    return orch.slurm_queue(ids) if ids else None
+
+
+def _queue_length(ids) -> int:
+    q = _queue(ids)
+    return -1 if q is None else len(q)
 
 
 def _temps(out: Path) -> list:
@@ -221,6 +271,29 @@ def test_mpirun_gets_the_abort_flag_its_mpi_needs(tmp_path, monkeypatch, capsys,
     assert mpijob.mpi_launcher(1) is None
 
 
+def test_mpi_job_has_no_dependency_and_kills_the_step_on_a_lost_rank(tmp_path, monkeypatch):
+    """The reduce/evaluate job is submitted without any --dependency (only after the arrays settled), its
+    srun ends the step when a rank dies, and the start-up timeout reaches the ranks."""
+    from hpc_profiler.workflow import mpijob
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "sbatch"
+    fake.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$@\" > {tmp_path / 'args.txt'}\n"
+                    f"env > {tmp_path / 'env.txt'}\necho '4242;cluster'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = load_config(_config(tmp_path, "deps", mpi_startup_timeout_s=33))
+    job = mpijob.submit_mpi_job(cfg, "reduce", 2, mpijob.mpi_args(cfg, "reduce"), mpijob._mpi_env(cfg),
+                                cfg.out / "logs")
+    assert job == "4242"
+    args = (tmp_path / "args.txt").read_text().splitlines()
+    assert not [a for a in args if a.startswith(("--dependency", "-d"))] and "--dependency" not in " ".join(args), args
+    wrap = next(a for a in args if a.startswith("--wrap="))
+    assert "srun --mpi=pmix --kill-on-bad-exit=1 " in wrap and f"--output={cfg.out / 'logs'}/reduce_%j.out" in args
+    assert "HPC_PROFILER_MPI_STARTUP_TIMEOUT_S=33" in (tmp_path / "env.txt").read_text().splitlines()
+
+
 @pytest.mark.slow
 def test_status_eta_only_while_jobs_run(reference, monkeypatch):
     """No ETA when nothing is queued or running: pending sites will not finish by themselves."""
@@ -243,17 +316,22 @@ def test_status_eta_only_while_jobs_run(reference, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.slurm
 def test_task_killed_while_writing_a_site_ends_run_then_rerun_completes(synth, reference, local_slurm):
+    """The task writing site 3 is SIGKILLed half-way through the file. It waits at that point until the
+    other tasks have left the queue (however slowly a loaded machine runs them), so the time from the
+    fault to the driver's exit is the time the driver takes to see the death."""
     cfg_path, cfg = _prepare(synth, reference, "kill_write", local_slurm.partition)
     plate, well, site = _site_names(synth)[2]
-    marker = synth / "kill_write.killed"
+    marker, go = synth / "kill_write.killed", synth / "kill_write.go"
     t0 = time.time()
     proc = _driver(cfg_path, _env(HPCP_TEST_KILL_WRITING=sitefile.site_file_name(plate, well, site),
-                                  HPCP_TEST_KILL_MARKER=marker))
-    out = _wait(proc, 400)
+                                  HPCP_TEST_KILL_MARKER=marker, HPCP_TEST_KILL_GO=go))
+    _until(marker.exists, 600, "task half-way through the site file", proc)
+    _until(lambda: _queue_length(_array_ids(cfg)) == 1, 600, "the other tasks leaving the queue", proc)
+    go.touch()
+    out = _wait(proc, BOUND_S + POLL_S + 120)
     t_end = time.time()
-    assert marker.exists(), out[-3000:]
-    assert t_end - marker.stat().st_mtime <= BOUND_S + POLL_S, out[-3000:]
     assert proc.returncode == 1, out[-3000:]
+    assert t_end - marker.stat().st_mtime <= BOUND_S + POLL_S, out[-3000:]
     assert f"{plate}/{well}/{site}" in out and "SIGKILL" in out, out[-3000:]
     assert "Bypassing sacct error" not in out
     assert _temps(cfg.out), "the fault did not land in the middle of a site file write"
@@ -277,16 +355,11 @@ def test_task_killed_while_writing_a_site_ends_run_then_rerun_completes(synth, r
 def test_scancel_of_one_array_task_ends_run_then_rerun_completes(synth, reference, local_slurm):
     cfg_path, cfg = _prepare(synth, reference, "scancel", local_slurm.partition, array_parallelism=2)
     proc = _driver(cfg_path, _env(HPCP_TEST_HOLD_ARRAY_TASK=1))  # task 1 waits to be cancelled
-    victim = None
-    deadline = time.time() + 300
-    while victim is None and time.time() < deadline and proc.poll() is None:
-        queue = orch.slurm_queue() or {}
-        for b in (cfg.out / "batches").glob("extract-*/batch.json") if (cfg.out / "batches").exists() else []:
-            jid = orch.read_json(b)["job_ids"][1]
-            if queue.get(jid, ("",))[0] == "RUNNING":
-                victim = jid
-        time.sleep(0.2)
-    assert victim is not None, "task 1 of the extract array never ran"
+    _until(lambda: len(_array_ids(cfg)) == 4, 300, "extract array", proc)
+    victim = _array_ids(cfg)[1]
+    # the held task runs and the others are gone: the time to the exit is the driver's alone
+    _until(lambda: _queue(_array_ids(cfg)) == {victim: ("RUNNING", "None")}, 600,
+           f"task {victim} running alone", proc)
     subprocess.run(["scancel", victim], check=True)
     t_fault = time.time()
     out = _wait(proc, BOUND_S + POLL_S + 120)
@@ -360,8 +433,13 @@ def test_rank_killed_in_mpi_init_under_srun_ends_the_job(synth, reference, local
     print(f"srun rank kill: stage ended {t_end - marker.stat().st_mtime:.1f} s after the fault ({t_end - t0:.1f} s)")
 
     monkeypatch.delenv("HPCP_TEST_KILL_RANK")
+    t1 = time.time()
     how, seconds = run_mpi_stage(cfg, "reduce", 2, "slurm")  # the rerun completes
-    assert "slurm job of 2 ranks" in how and 0 < seconds < t_end - t0 + 600
+    wall = time.time() - t1
+    rerun_job = how.split("job ")[-1].rstrip(")")
+    start, end, rc = (float(x) for x in (cfg.out / "logs" / f"reduce_{rerun_job}.time").read_text().split())
+    # the stage time is the srun inside the job, as the job wrote it: not the queue wait, not our polling
+    assert "slurm job of 2 ranks" in how and rc == 0 and seconds == pytest.approx(end - start) and seconds <= wall
     for table in ("well_normalized.parquet", "well_feature_selected.parquet"):
         pd.testing.assert_frame_equal(pd.read_parquet(cfg.out / "profiles" / table),
                                       pd.read_parquet(reference.out / "profiles" / table))
@@ -427,13 +505,9 @@ def test_status_shows_dead_tasks_as_failures_without_a_driver(synth, reference, 
     cfg_path, cfg = _prepare(synth, reference, "status_dead", local_slurm.partition, array_parallelism=1)
     r = orch.submit_stage(cfg, "extract")
     array = r.job_ids[0].split("_")[0]
-    deadline = time.time() + 240
-    while time.time() < deadline and not any(x["status"] == "done" for x in orch.read_worklog(cfg, "extract")):
-        time.sleep(0.2)
+    _until(lambda: any(x["status"] == "done" for x in orch.read_worklog(cfg, "extract")), 600, "first site done")
     subprocess.run(["scancel", array], check=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and orch.slurm_queue(r.job_ids):
-        time.sleep(0.5)
+    _until(lambda: orch.slurm_queue(r.job_ids) == {}, 120, f"array {array} leaving the queue", poll=0.5)
     st = status.collect_status(cfg)
     done = st.totals.done
     assert 1 <= done < 8 and st.totals.failed == 8 - done and st.totals.pending == 0
@@ -447,3 +521,62 @@ def test_status_shows_dead_tasks_as_failures_without_a_driver(synth, reference, 
     assert r2.n_scheduled == 8 - done and not r2.lost
     st = status.collect_status(cfg)
     assert (st.totals.done, st.totals.failed, st.totals.pending) == (8, 0, 0) and not st.failures
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_status_shows_a_dead_illum_task_as_a_failed_plate_without_a_driver(synth, local_slurm, monkeypatch):
+    """`submit illum` without --wait, task 1 (one plate) is cancelled while it runs: `status` alone names
+    that plate's illumination as failed with the Slurm state; the other plate's functions are there."""
+    cfg_path = _config(synth, "status_illum", partition=local_slurm.partition)
+    cfg = load_config(cfg_path)
+    for k, v in _env(HPCP_TEST_HOLD_ARRAY_TASK=1).items():  # sbatch passes the environment to the tasks
+        monkeypatch.setenv(k, v)
+    r = orch.submit_stage(cfg, "illum")
+    assert len(r.job_ids) == 2
+    victim = r.job_ids[1]
+    _until(lambda: orch.slurm_queue(r.job_ids) == {victim: ("RUNNING", "None")}, 600, f"task {victim} running alone")
+    subprocess.run(["scancel", victim], check=True)
+    _until(lambda: orch.slurm_queue(r.job_ids) == {}, 120, f"task {victim} leaving the queue", poll=0.5)
+    st = status.collect_status(cfg)
+    dead = [f for f in st.failures if f["stage"] == "illum"]
+    assert len(dead) == 1 and dead[0]["task"] == victim and dead[0]["error_type"] == "TaskLostError", st.failures
+    assert "CANCELLED" in dead[0]["message"], dead[0]
+    lost_plate = dead[0]["plate"]
+    assert {p.plate: p.illum for p in st.plates} == {p.plate: p.plate != lost_plate for p in st.plates}
+    assert st.eta_s is None and not st.running_jobs
+    rc, text = _status_failed(cfg_path)
+    assert rc == 1 and f"illumination failed for plates: {lost_plate}" in text and "CANCELLED" in text, text
+    assert f"[illum] {lost_plate}: TaskLostError: task {victim} ended without a result: CANCELLED" in text, text
+    # resubmitted (no hold now), the plate's functions are written and status is clean
+    monkeypatch.delenv("HPCP_TEST_HOLD_ARRAY_TASK")
+    r2 = orch.submit_stage(cfg, "illum", wait=True)
+    assert r2.n_scheduled == 1 and not r2.lost
+    st = status.collect_status(cfg)
+    assert not [f for f in st.failures if f["stage"] == "illum"] and all(p.illum for p in st.plates)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_task_waiting_on_a_dependency_that_can_never_be_satisfied_is_failed(tmp_path, local_slurm):
+    """A job held by `afterok` on a failed job would pend forever (DependencyNeverSatisfied, even
+    without accounting): the driver's watch cancels it and reports it within the bound."""
+    import submitit
+
+    bad = subprocess.run(["sbatch", "--parsable", f"--partition={local_slurm.partition}", "--mem=100M",
+                          "--time=2", f"--output={tmp_path / 'bad.out'}", "--wrap=exit 3"],
+                         capture_output=True, text=True, check=True).stdout.strip().split(";")[0]
+    _until(lambda: orch.slurm_queue([bad]) == {}, 600, f"job {bad} to fail", poll=0.5)
+    ex = submitit.AutoExecutor(folder=tmp_path / "logs" / "%j", cluster="slurm")
+    ex.update_parameters(timeout_min=2, mem_gb=0.2, cpus_per_task=1, slurm_partition=local_slurm.partition,
+                         slurm_additional_parameters={"dependency": f"afterok:{bad}"})
+    job = ex.submit(abs, -1)
+    t0 = time.time()
+    (res,) = watch.wait_for([job], kind="slurm", poll_s=POLL_S)
+    dt = time.time() - t0
+    assert isinstance(res, watch.TaskLostError), res
+    assert "DependencyNeverSatisfied" in res.reason and "cancelled by hpc-profiler" in res.reason, res.reason
+    assert res.task == str(job.job_id) and res.log
+    assert dt <= BOUND_S + POLL_S, dt
+    _until(lambda: orch.slurm_queue([job.job_id]) == {}, 60, f"job {job.job_id} cancelled", poll=0.5)
+    print(f"dependency never satisfied: reported {dt:.1f} s after submission")

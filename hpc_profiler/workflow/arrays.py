@@ -76,6 +76,10 @@ class ArrayWork(ABC):
         """What the progress bar counts: sites for extract, tasks (plates) for illum."""
         return plan.n_tasks
 
+    def batch_record(self, todo: Sequence) -> dict:
+        """What ``batch.json`` keeps of the items, so ``status`` can tell which items a dead task held."""
+        return {}
+
 
 class IllumWork(ArrayWork):
     name, item = "illum", "plate"
@@ -103,6 +107,9 @@ class IllumWork(ArrayWork):
 
     def where(self, item):
         return {"plate": item}
+
+    def batch_record(self, todo):
+        return {"plates": list(todo)}  # task i holds plate i (a few hundred names at most)
 
 
 class ExtractWork(ArrayWork):

@@ -223,7 +223,7 @@ def _launch(cfg: Config, work: ArrayWork, kind: str, batch: str, todo: Sequence)
     _write_json_atomic(bdir / "batch.json", {
         "batch": batch, "stage": stage, "kind": kind, "created": time.time(),
         "n_scheduled": len(todo), "n_tasks": len(jobs), "job_ids": [str(j.job_id) for j in jobs],
-        "sites_per_task": cfg.executor.sites_per_task, "config_hash": cfg.hash(),
+        "sites_per_task": cfg.executor.sites_per_task, "config_hash": cfg.hash(), **work.batch_record(todo),
     })
     return jobs, items
 

@@ -14,10 +14,10 @@ tasks and MPI ranks), so Python imports this module at start-up.
     That MPI rank SIGKILLs itself when it imports ``mpi4py.MPI``, i.e. when
     ``MPI_Init`` starts: a rank lost before ``MPI_Init`` completes.
 ``HPCP_TEST_HOLD_ARRAY_TASK=<array index>``
-    That Slurm array task sleeps (up to 10 min) before it writes its first
-    site file, so a test can ``scancel`` it while it is surely running; a
-    task of a few tiny sites otherwise finishes between ``squeue`` saying
-    RUNNING and the ``scancel``.
+    That Slurm array task (of any stage) sleeps up to 10 min as its Python
+    starts, before it does any work, so a test can ``scancel`` it while it is
+    surely running; a task of a few tiny sites otherwise finishes between
+    ``squeue`` saying RUNNING and the ``scancel``.
 """
 import importlib.abc
 import importlib.machinery
@@ -29,6 +29,7 @@ _WRITE = os.environ.get("HPCP_TEST_KILL_WRITING")
 _RANK = os.environ.get("HPCP_TEST_KILL_RANK")
 _MARKER = os.environ.get("HPCP_TEST_KILL_MARKER")
 _HOLD = os.environ.get("HPCP_TEST_HOLD_ARRAY_TASK")
+_GO = os.environ.get("HPCP_TEST_KILL_GO")
 
 
 def _claim() -> bool:
@@ -43,6 +44,13 @@ def _claim() -> bool:
 
 
 def _die() -> None:
+    if _GO:
+        import time
+
+        deadline = time.time() + 600
+        while not os.path.exists(_GO) and time.time() < deadline:
+            time.sleep(0.05)
+        os.utime(_MARKER)  # the marker's mtime is the time of the fault
     sys.stdout.flush()
     sys.stderr.flush()
     os.kill(os.getpid(), signal.SIGKILL)
@@ -56,10 +64,6 @@ def _patch_sitefile(module) -> None:
 
     @contextmanager
     def atomic_path(path, suffix=""):
-        if _HOLD is not None and os.environ.get("SLURM_ARRAY_TASK_ID") == _HOLD:
-            import time
-
-            time.sleep(600)
         with orig(path, suffix) as tmp:
             yield tmp
             if _WRITE and Path(path).name == _WRITE and _claim():
@@ -83,7 +87,7 @@ class _Finder(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path, target=None):
         if name == "mpi4py.MPI" and _RANK is not None and _this_rank() == _RANK and _claim():
             _die()
-        if name == "hpc_profiler.sitefile" and (_WRITE or _HOLD is not None):
+        if name == "hpc_profiler.sitefile" and _WRITE:
             spec = importlib.machinery.PathFinder.find_spec(name, path)
             if spec is None:
                 return None
@@ -98,5 +102,9 @@ class _Finder(importlib.abc.MetaPathFinder):
         return None
 
 
-if _WRITE or _RANK is not None or _HOLD is not None:
+if _WRITE or _RANK is not None:
     sys.meta_path.insert(0, _Finder())
+if _HOLD is not None and os.environ.get("SLURM_ARRAY_TASK_ID") == _HOLD:
+    import time
+
+    time.sleep(600)
