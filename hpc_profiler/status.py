@@ -210,7 +210,7 @@ def dead_task_failures(cfg, settled_keys) -> list[dict]:
                 if ("illum", plate) in seen:
                     continue
                 seen.add(("illum", plate))
-                if plate not in illum_failed and not illum_done(cfg, plate) and dead(jid):
+                if plate not in illum_failed and dead(jid) and not illum_done(cfg, plate):
                     rows.append(row("illum", jid, rec, slurm_job_end(str(jid)), plate))
             continue
         try:

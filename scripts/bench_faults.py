@@ -22,7 +22,7 @@ children's ``PYTHONPATH``), as in ``tests/test_faults.py``. The array faults
 land once the other tasks of the array have left the queue, so the time
 measures how fast the driver sees the death, not the others' work. Prints one
 line per fault: seconds from the fault to the clean exit, the bound (60 s +
-one polling interval; for the watchdog, its timeout + 60 s) and whether the
+one polling interval; for the watchdog, counted from its timeout) and whether the
 exit and its message were right. Exit code 1 when any fault missed its bound
 or its message.
 """
@@ -110,7 +110,7 @@ class Bench:
 
     def report(self, fault: str, seconds: float, bound: float, ok: bool, note: str) -> None:
         self.rows.append((fault, seconds, bound, ok and seconds <= bound))
-        print(f"{fault:<44} {seconds:>7.1f} s  bound {bound:>5.0f} s  "
+        print(f"{fault:<50} {seconds:>7.1f} s  bound {bound:>5.0f} s  "
               f"{'ok' if ok and seconds <= bound else 'MISSED'}  {note}", flush=True)
 
     # ------------------------------------------------------------------ array faults
@@ -203,10 +203,10 @@ class Bench:
         proc = subprocess.run([*mpi_launcher(2), sys.executable, "-c", code],
                               capture_output=True, text=True, timeout=600,
                               env=_env(HPC_PROFILER_MPI_STARTUP_TIMEOUT_S=timeout))
-        dt = time.time() - t0
+        dt = time.time() - t0 - timeout  # the fault: the start-up timeout passing without the barrier
         ok = proc.returncode != 0 and "did not complete within 5 s" in proc.stderr
-        self.report("rank never reaching the first barrier", dt, timeout + BOUND_S, ok,
-                    f"mpirun exit {proc.returncode} (from mpirun's start)")
+        self.report("rank never reaching the first barrier (5 s)", dt, BOUND_S + self.poll, ok,
+                    f"mpirun exit {proc.returncode} (seconds after the 5 s timeout)")
 
     def dependency_never_satisfied(self) -> None:
         import submitit
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     root.mkdir(parents=True, exist_ok=True)
     try:
         bench = Bench(root, a.poll)
-        print(f"{'fault':<44} {'to exit':>9}  {'bound':>11}", flush=True)
+        print(f"{'fault':<50} {'to exit':>9}  {'bound':>11}", flush=True)
         bench.kill_mid_write()
         bench.scancel_one_task()
         bench.rank_killed_in_mpi_init("slurm")

@@ -333,7 +333,7 @@ def test_task_killed_while_writing_a_site_ends_run_then_rerun_completes(synth, r
     assert proc.returncode == 1, out[-3000:]
     assert t_end - marker.stat().st_mtime <= BOUND_S + POLL_S, out[-3000:]
     assert f"{plate}/{well}/{site}" in out and "SIGKILL" in out, out[-3000:]
-    assert "Bypassing sacct error" not in out
+    assert "Bypassing sacct error" not in out and out.count("note: sacct failed") <= 1, out[-3000:]
     assert _temps(cfg.out), "the fault did not land in the middle of a site file write"
     fails = {(f["plate"], f["well"], f["site"]): f for f in orch.list_failures(cfg, "extract")}
     assert (plate, well, site) in fails and fails[(plate, well, site)]["error_type"] == "TaskLostError"
@@ -491,10 +491,11 @@ def test_rank_that_misses_the_first_barrier_is_killed_by_the_startup_watchdog(mp
     assert "passed the barrier" not in proc.stdout
     assert "[rank 0] error: MPI start-up (MPI_Init and the first barrier) did not complete within 3 s" in proc.stderr, \
         proc.stderr
-    assert dt < 60, dt
-    # with the ranks in step, the barrier is passed and the watchdog stays silent
-    proc = mpirun([mpirun.python, "-c", code.replace("== '1'", "== 'none'")], n=2, timeout=120,
-                  env={"HPC_PROFILER_MPI_STARTUP_TIMEOUT_S": "30"})
+    assert dt <= 3 + BOUND_S, dt  # the fault is the 3 s timeout passing; the bound after it
+    # with the ranks in step, the barrier is passed and the watchdog stays silent (a generous timeout:
+    # a loaded machine may take a while to start two Pythons)
+    proc = mpirun([mpirun.python, "-c", code.replace("== '1'", "== 'none'")], n=2, timeout=300,
+                  env={"HPC_PROFILER_MPI_STARTUP_TIMEOUT_S": "120"})
     assert proc.stdout.count("passed the barrier") == 2 and "start-up" not in proc.stderr
 
 
