@@ -246,7 +246,7 @@ def test_slurm_job_end_words(monkeypatch):
     ("HYDRA build details:\n    Version:                                 4.0.2\n", [], False),
     ("Intel(R) MPI Library for Linux* OS, Version 2021.6 Build 20220227 (id: 28877f3f32)\n", [], False),
     ("some-launcher 1.0\n", [], False),
-])
+], ids=["openmpi4", "openmpi3", "openmpi5", "mpich", "intelmpi", "unknown"])
 def test_mpirun_gets_the_abort_flag_its_mpi_needs(tmp_path, monkeypatch, capsys, version, flags, oversubscribe):
     """Each launcher is told to end the job when a rank dies (Open MPI 4 and 5 by different names; Hydra
     does it by default and refuses Open MPI's flags); an unknown one is named on stderr."""
@@ -403,6 +403,30 @@ def test_lost_task_resubmitted_once_with_max_retries_1(synth, reference, local_s
     keys = {(s.plate, s.well, str(s.site)) for s in again}
     assert (plate, well, site) in keys and len(keys) <= 2  # the killed task's unfinished sites, no others
     _assert_same_outputs(cfg, reference)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+def test_task_lost_again_after_its_retry_ends_the_run_with_a_summary(synth, reference, local_slurm):
+    """max_retries: 1 and the site's task dies both times: one resubmission, then exit 1 with the summary
+    (task, Slurm state, sites, log), the sites in the failure table; never a wait on a dependency."""
+    cfg_path, cfg = _prepare(synth, reference, "retry_lost", local_slurm.partition, max_retries=1)
+    plate, well, site = _site_names(synth)[4]
+    marker = synth / "retry_lost.killed"
+    proc = _driver(cfg_path, _env(HPCP_TEST_KILL_WRITING=sitefile.site_file_name(plate, well, site),
+                                  HPCP_TEST_KILL_MARKER=marker, HPCP_TEST_KILL_TIMES=2))
+    out = _wait(proc, 600)
+    assert marker.exists() and Path(f"{marker}.2").exists(), out[-3000:]
+    assert proc.returncode == 1, out[-3000:]
+    assert out.count("resubmitting") == 1 and "retry 1 of 1" in out, out[-3000:]
+    assert "task(s) ended without a result after 1 retry (executor.max_retries)" in out, out[-3000:]
+    summary = [ln for ln in out.splitlines() if ln.strip().startswith("task ") and f"{plate}/{well}/{site}" in ln]
+    assert summary and "SIGKILL" in summary[0] and "; log " in summary[0], out[-3000:]
+    fails = {(f["plate"], f["well"], f["site"]): f for f in orch.list_failures(cfg, "extract")}
+    assert (plate, well, site) in fails and "SIGKILL" in fails[(plate, well, site)]["message"]
+    assert not (cfg.out / "profiles").exists()
+    batches = list((cfg.out / "batches").glob("extract-*/batch.json"))
+    assert len(batches) == 2
 
 
 def _mpi_inputs(synth, reference, name, partition):

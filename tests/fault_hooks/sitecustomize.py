@@ -33,14 +33,17 @@ _GO = os.environ.get("HPCP_TEST_KILL_GO")
 
 
 def _claim() -> bool:
-    """True for the one process that may die (creates the marker)."""
+    """True for a process that may die: creates the marker, or with ``HPCP_TEST_KILL_TIMES=n`` the
+    first of ``marker``, ``marker.2``, ... ``marker.n`` that does not exist yet."""
     if not _MARKER:
         return False
-    try:
-        os.close(os.open(_MARKER, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        return True
-    except FileExistsError:
-        return False
+    for i in range(1, int(os.environ.get("HPCP_TEST_KILL_TIMES", "1")) + 1):
+        try:
+            os.close(os.open(_MARKER if i == 1 else f"{_MARKER}.{i}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            return True
+        except FileExistsError:
+            continue
+    return False
 
 
 def _die() -> None:
