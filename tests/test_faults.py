@@ -235,6 +235,13 @@ def test_slurm_job_end_words(monkeypatch):
     assert orch.slurm_job_end("5") == ("FAILED, reason NonZeroExitCode, exit code 137: a process of the task "
                                        "was killed by signal 9 (SIGKILL)")
     assert "left the Slurm queue" in orch.slurm_job_end("4")
+    # the states the issue lists, as scontrol shows them (a time limit is named as such, not "exit 1")
+    infos.update({"6": {"JobState": "TIMEOUT", "Reason": "TimeLimit", "ExitCode": "0:15"},
+                  "7": {"JobState": "NODE_FAIL", "Reason": "NodeDown", "ExitCode": "0:0"},
+                  "8": {"JobState": "PREEMPTED", "Reason": "None", "ExitCode": "0:15"}})
+    assert orch.slurm_job_end("6") == "TIMEOUT, reason TimeLimit, killed by signal 15 (SIGTERM)"
+    assert orch.slurm_job_end("7") == "NODE_FAIL, reason NodeDown"
+    assert orch.slurm_job_end("8") == "PREEMPTED, killed by signal 15 (SIGTERM)"
 
 
 @pytest.mark.parametrize("version, flags, oversubscribe", [
@@ -292,6 +299,40 @@ def test_mpi_job_has_no_dependency_and_kills_the_step_on_a_lost_rank(tmp_path, m
     wrap = next(a for a in args if a.startswith("--wrap="))
     assert "srun --mpi=pmix --kill-on-bad-exit=1 " in wrap and f"--output={cfg.out / 'logs'}/reduce_%j.out" in args
     assert "HPC_PROFILER_MPI_STARTUP_TIMEOUT_S=33" in (tmp_path / "env.txt").read_text().splitlines()
+
+
+def test_mpi_job_errors_name_the_job_its_log_and_the_slurm_state(tmp_path, monkeypatch):
+    """What the driver says when the reduce job ends at its time limit, or can never start (the Slurm
+    queries replaced by their answers; scancel by a recorder)."""
+    from hpc_profiler.workflow import mpijob
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scancel").write_text(f"#!/bin/sh\necho \"$@\" >> {tmp_path / 'scancel.txt'}\n")
+    (bin_dir / "scancel").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cfg = load_config(_config(tmp_path, "msg"))
+    logs = cfg.out / "logs"
+    logs.mkdir(parents=True)
+    (logs / "reduce_99.out").write_text("rank 0 reading sites\nslurmstepd: error: *** JOB 99 CANCELLED DUE TO "
+                                        "TIME LIMIT ***\n")
+    monkeypatch.setattr(mpijob, "submit_mpi_job", lambda *a, **k: "99")
+    monkeypatch.setattr(mpijob, "slurm_queue", lambda ids: {})
+    info = {"JobState": "TIMEOUT", "Reason": "TimeLimit", "ExitCode": "0:15"}
+    monkeypatch.setattr(mpijob, "slurm_job_info", lambda j: info)
+    monkeypatch.setattr(watch, "slurm_job_info", lambda j: info)
+    monkeypatch.setattr(mpijob.shutil, "which", lambda exe: f"/usr/bin/{exe}")
+    with pytest.raises(StageError) as err:
+        run_mpi_stage(cfg, "reduce", 2, "slurm")
+    msg = str(err.value)
+    assert msg.startswith("reduce: Slurm job 99 TIMEOUT, reason TimeLimit, killed by signal 15 (SIGTERM); "
+                          f"log {logs / 'reduce_99.out'}:"), msg
+    assert "CANCELLED DUE TO TIME LIMIT" in msg
+    monkeypatch.setattr(mpijob, "slurm_queue", lambda ids: {"99": ("PENDING", "DependencyNeverSatisfied")})
+    with pytest.raises(StageError) as err:
+        run_mpi_stage(cfg, "reduce", 2, "slurm")
+    assert "Slurm job 99 can never start (DependencyNeverSatisfied); cancelled it" in str(err.value)
+    assert (tmp_path / "scancel.txt").read_text().split() == ["99"]
 
 
 @pytest.mark.slow
