@@ -80,7 +80,7 @@ import numpy as np
 import pandas as pd
 
 from .. import mpi
-from ..backend import get_backend, to_numpy
+from ..backend import get_backend, gpu_available, to_numpy
 from ..config import Config, ConfigError, EvaluateConfig, default_eval_tasks, load_config_or_report
 from ..layout import Layout
 from . import ap as apk
@@ -817,6 +817,18 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
+def _cosine_backend(device: str):
+    """The GPU backend when ``device`` asks for it (``gpu``, or ``auto`` with a GPU), else None (NumPy).
+
+    On the CPU the cosine blocks are NumPy on the host; building the CPU
+    :class:`~hpc_profiler.backend.Backend` would import ``scipy.ndimage``
+    (~0.3 CPU s on every rank) for nothing.
+    """
+    if device == "cpu" or (device == "auto" and not gpu_available()):
+        return None
+    return get_backend(device)
+
+
 def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, device: str = "cpu") -> dict:
     """Run the configured tasks on a profile table; every rank returns the same tables.
 
@@ -836,7 +848,7 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
         work between synchronization points (:meth:`PhaseClock.work_segments`).
     """
     comm = comm or mpi.get_comm()
-    bk = get_backend(device)
+    bk = _cosine_backend(device)
     keep_raw = ecfg.map_pvalue or ecfg.class_significance == "map_permutation"
     all_q, all_c, all_s, all_d, all_dp = [], [], [], [], []
     empties: list[str] = []
