@@ -1,8 +1,9 @@
 """evaluate stage driver: MPI rank independence, calibration, CLI, config errors, outputs."""
 from __future__ import annotations
 
-import sys
+import json
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -34,11 +35,22 @@ def test_same_numbers_for_1_2_4_ranks(tmp_path, mpirun):
     results = {}
     for n in (1, 2, 4):
         out = tmp_path / f"ranks{n}"
+        times = tmp_path / f"times{n}"
+        times.mkdir()
         plots = [] if n == 2 else ["--no-plots"]
         proc = mpirun([mpirun.python, "-m", "hpc_profiler.evaluate", cfg, "--profiles", src, "--out", out, *plots],
-                      n=n, timeout=300)
+                      n=n, timeout=600, env={"HPC_PROFILER_EVALUATE_TIMES": str(times)})
         assert f"evaluate: {n} rank(s)" in proc.stdout
         results[n] = _tables(out)
+        # every rank wrote its stage times (scripts/bench_evaluate.py reads them), stages in order
+        recs = [json.loads((times / f"rank{r}.json").read_text()) for r in range(n)]
+        assert sorted(p.name for p in times.iterdir()) == [f"rank{r}.json" for r in range(n)]
+        for r, rec in enumerate(recs):
+            assert (rec["rank"], rec["ranks"]) == (r, n)
+            assert list(rec["stages"]) == ["startup", "mpi_start", "config", "kernels", "read", "evaluate", "write",
+                                           "final_barrier"]
+            assert rec["stages"]["startup"]["cpu"] > 0 and all(v["cpu"] >= 0 for v in rec["stages"].values())
+            assert rec["phases"]["ap_cpu"] > 0 and len(rec["work_segments"]) >= 3
     assert (tmp_path / "ranks2" / "fig4_map.png").stat().st_size > 1000
     assert (tmp_path / "ranks2" / "fig5_cosine.png").stat().st_size > 1000
     assert len(results[1]["queries"]) > 50 and results[1]["summary"]["task"].nunique() >= 3

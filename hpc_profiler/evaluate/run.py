@@ -71,6 +71,8 @@ per class) within each (task, group); empty tasks are errors
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -1117,9 +1119,60 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     return parser
 
 
+#: A folder where every rank of ``hpc-profiler evaluate`` writes ``rank<r>.json`` (:class:`StageTimes`),
+#: for ``scripts/bench_evaluate.py``; unset (the default), nothing is written.
+TIMES_ENV = "HPC_PROFILER_EVALUATE_TIMES"
+
+
+def _seconds_since_start() -> float | None:
+    """Wall seconds since this process started (Linux ``/proc``; None elsewhere), 10 ms resolution."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = float(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StageTimes:
+    """Wall and CPU seconds of one rank of ``hpc-profiler evaluate``, stage by stage, from the process's start.
+
+    ``startup`` is everything before :func:`main_evaluate` (interpreter,
+    imports, argument parsing, the CLI's preflight): its CPU seconds are the
+    process's CPU time at that point, its wall seconds the process's age
+    (:func:`_seconds_since_start`). Then ``mpi_start`` (``MPI_Init``, the
+    start-up watchdog), ``kernels`` (numba), ``read``, ``evaluate`` (with the
+    phases of :class:`PhaseClock`), ``write`` and ``final_barrier``. Written
+    only when :data:`TIMES_ENV` names a folder.
+    """
+
+    def __init__(self):
+        self.stages = {"startup": (_seconds_since_start(), time.process_time())}
+        self._t = _now()
+
+    def mark(self, name: str) -> None:
+        now = _now()
+        self.stages[name] = (now[0] - self._t[0], now[1] - self._t[1])
+        self._t = now
+
+    def save(self, comm, results: dict) -> None:
+        folder = os.environ.get(TIMES_ENV)
+        if not folder:
+            return
+        rec = {"rank": comm.Get_rank(), "ranks": comm.Get_size(),
+               "stages": {k: {"wall": w, "cpu": c} for k, (w, c) in self.stages.items()},
+               "phases": results["seconds"], "work_segments": results["work_segments"],
+               "null_bytes_received": results["null_bytes_received"]}
+        Path(folder, f"rank{comm.Get_rank()}.json").write_text(json.dumps(rec))
+
+
 def main_evaluate(args) -> int:
     """``hpc-profiler evaluate CONFIG``; under ``mpirun -n N`` the ranks share the work."""
+    stages = StageTimes()
     comm = mpi.get_comm()
+    stages.mark("mpi_start")
     cfg = load_config_or_report(args.config, report=comm.Get_rank() == 0)
     if cfg is None:
         return 2
@@ -1136,12 +1189,20 @@ def main_evaluate(args) -> int:
         e.empty_task = "error"
     src = Path(args.profiles) if args.profiles else profiles_path(cfg)
     out = Path(args.out) if args.out else Layout.of(cfg).evaluate_dir
+    stages.mark("config")
     try:
         with mpi.abort_on_error(comm):
             nulls.load_kernels()
-            results = evaluate_profiles(read_profiles(src, e.drop_nonfinite_features), e, comm, cfg.device)
+            stages.mark("kernels")
+            profiles = read_profiles(src, e.drop_nonfinite_features)
+            stages.mark("read")
+            results = evaluate_profiles(profiles, e, comm, cfg.device)
+            stages.mark("evaluate")
             write_outputs(results, out, e.csv, e.plots, comm)
+            stages.mark("write")
             comm.barrier()  # every rank's files are written before the run reports them
+            stages.mark("final_barrier")
+            stages.save(comm, results)
             if comm.Get_rank() == 0:
                 if len(results["summary"]):
                     with pd.option_context("display.width", 160, "display.max_columns", 20):
