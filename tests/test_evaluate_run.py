@@ -146,19 +146,19 @@ def test_cli_reports_missing_column_and_bad_profiles(tmp_path):
     profiles.drop(columns=["Metadata_Plate"]).to_parquet(src)
     cfg = _write_config(tmp_path, tasks=["replicate"])
     proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(cfg), "--profiles", str(src)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "task 'replicate'" in proc.stderr and "Metadata_Plate" in proc.stderr
     bad = profiles.copy()
     bad.loc[3, "Feature_000"] = np.nan
     bad.to_parquet(src)
     strict = _write_config(tmp_path, tasks=["replicate"], drop_nonfinite_features=False)
     proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(strict), "--profiles", str(src)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "non-finite" in proc.stderr and bad.loc[3, "Metadata_Well"] in proc.stderr
     # the default drops the feature, says so, and evaluates the rest
     default = _write_config(tmp_path, tasks=["replicate"])
     proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(default), "--profiles", str(src),
-                           "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=120)
+                           "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "dropped 1 of 8 feature(s) with non-finite values" in proc.stderr and "Feature_000" in proc.stderr
     assert (tmp_path / "ev" / "queries.parquet").exists()
