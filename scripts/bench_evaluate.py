@@ -62,6 +62,27 @@ BLAS is single-threaded for ours (one rank = one core: the ranks through
 OMP/OPENBLAS_NUM_THREADS unless the caller set them, the in-process run
 through threadpoolctl); copairs runs with its defaults (its thread pool, BLAS
 threads). Nothing is asserted; the machine's other load shows in the numbers.
+
+The whole command (``cmd`` columns, :func:`command_time`): ``mpirun -n N
+hpc-profiler evaluate CONFIG --profiles P --out D`` with plots off, timed
+from outside from the start of ``mpirun`` to its exit: launching the ranks,
+the interpreter and imports, the CLI's preflight, ``MPI_Init``, the numba
+kernels, reading the Parquet table, the evaluation, writing Parquet and CSV
+and the exit; the profiles file is written once before (not timed). This is
+what a user waits for; the ``mpirun -n N`` rows above time only
+:func:`evaluate_profiles` plus writing, from a barrier after reading. Every
+rank also reports its wall and CPU seconds per stage (``startup``: the
+process's CPU time when :func:`~hpc_profiler.evaluate.run.main_evaluate`
+starts, i.e. interpreter, imports, argument parsing, preflight; then
+``mpi_start``, ``config``, ``kernels``, ``read``, ``evaluate``, ``write``,
+``final_barrier``); the stage table prints them for each rank and
+``added_N``, the CPU seconds N ranks spend beyond 1 rank per stage (work
+every rank does in full, per-rank set-up, and waiting in collectives, which
+MPI spends polling). ``cmd_efficiency_N`` = ``t1 / (N tN)`` of the whole
+command; ``cmd_cpu_efficiency_N`` the same from CPU seconds (busiest rank),
+steadier under other load; ``cmd_serial_cpu_N`` the sum of ``added_N``;
+``copairs_over_cmd1`` copairs' time (in process, reading excluded) over
+the whole 1-rank command.
 """
 from __future__ import annotations
 

@@ -278,3 +278,21 @@ def test_class_costs_count_classes_sharing_a_member_sequence():
     np.testing.assert_allclose(class_costs(member, bounds),
                                nulls.map_class_cost([len(q) for q in seqs], share))
     assert share[:3] == [3, 2, 3] and len(class_costs(member[:0], np.zeros(1, dtype=np.int64))) == 0
+
+
+def test_rank_start_up_imports_no_scipy_stats_or_ndimage():
+    """Every rank pays its imports: scipy.stats (~1 CPU s) only for directionality, scipy.ndimage never on the CPU."""
+    code = (
+        "import sys\n"
+        "from hpc_profiler.config import EvaluateConfig\n"
+        "from hpc_profiler.evaluate.run import evaluate_profiles\n"
+        "from hpc_profiler.evaluate.synth import synthetic_profiles\n"
+        "df = synthetic_profiles(n_genes=4, plates=2, negcons=4, n_features=8, effect=2.0, seed=0)\n"
+        "ecfg = EvaluateConfig(null_size=200, seed=0, tasks=['replicate'], plots=False)\n"
+        "n = len(evaluate_profiles(df, ecfg, device='cpu')['queries'])\n"
+        "print(n, 'scipy.stats' in sys.modules, 'scipy.ndimage' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    n, stats_loaded, ndi_loaded = proc.stdout.split()
+    assert int(n) > 0 and (stats_loaded, ndi_loaded) == ("False", "False"), proc.stdout

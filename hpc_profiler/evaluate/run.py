@@ -36,10 +36,13 @@ table bookkeeping (BH, class means: sorts and bincounts over the queries)
 are repeated on every rank rather than communicated. The numbers are
 identical for any number of ranks. Without MPI the same code runs as one
 process (:func:`hpc_profiler.mpi.get_comm`). The output files are written
-by all ranks (:func:`write_outputs`). Every rank times its phases
+by all ranks (:func:`write_outputs`); under MPI a Parquet table's feature
+columns are decoded in shares, one per rank, and exchanged
+(:func:`read_parquet_shared`). Every rank times its phases
 (:class:`PhaseClock`: seconds of work and of waiting in each collective,
 ``evaluate_profiles(...)["seconds"]``); ``scripts/bench_evaluate.py
---phases`` prints them per rank.
+--phases`` prints them per rank; ``hpc-profiler evaluate`` also reports the
+stages around them, from the process's start (:class:`StageTimes`).
 
 Synchronization points per retrieval task: the AP allgather, the null
 ``alltoall`` and one allgather of the query and class p-values; between
