@@ -127,7 +127,7 @@ def test_empty_task_warn_mode_cli_runs_the_rest_and_exits_3(tmp_path, profiles):
         path = tmp_path / f"{mode}.yaml"
         path.write_text(yaml.safe_dump(cfg))
         proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(path), "--profiles", str(src)],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=300)
         assert proc.returncode == code, proc.stderr
         assert "task 'replicate': no positive pairs" in proc.stderr and "'Metadata_Plate'" in proc.stderr
         out = tmp_path / mode / "evaluate" / "queries.parquet"
@@ -178,14 +178,55 @@ def test_default_task_list_skips_tasks_the_batch_cannot_run_loudly(tmp_path, cap
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump({"output_dir": str(tmp_path / "o"), "evaluate": {"null_size": 300, "plots": False}}))
     base = [sys.executable, "-m", "hpc_profiler.evaluate", str(cfg), "--profiles", str(src)]
-    proc = subprocess.run(base, capture_output=True, text=True, timeout=180)
+    proc = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0 and "WARNING: evaluate task 'compound_orf'" in proc.stderr
     assert (tmp_path / "o" / "evaluate" / "classes.parquet").exists()
     proc = subprocess.run(base + ["--strict", "--out", str(tmp_path / "strict")], capture_output=True, text=True,
-                          timeout=180)
+                          timeout=300)
     assert proc.returncode == 2 and "error: evaluate task 'compound_orf': no positive pairs" in proc.stderr
     assert not (tmp_path / "strict").exists()
     # every task empty: an error even in warn mode
     with pytest.raises(TaskError, match="every task was empty"):
         evaluate_profiles(two.loc[two["Metadata_Plate"].str.endswith("P1")],
                           EvaluateConfig(null_size=300, plots=False, tasks=["replicate"], empty_task="warn"))
+
+
+_SHARED_READ = """
+import sys
+import pandas as pd
+from hpc_profiler import mpi
+from hpc_profiler.evaluate.run import read_parquet_shared, read_profile_table
+
+comm = mpi.get_comm()
+for path in sys.argv[1:]:
+    took = read_parquet_shared(path, comm) is not None
+    mine = read_profile_table(path, comm)  # features decoded in shares over the ranks where it can
+    whole = read_profile_table(path)  # this rank alone, the whole file (pd.read_parquet)
+    pd.testing.assert_frame_equal(mine, whole, check_exact=True)
+    assert mine.columns.tolist() == whole.columns.tolist() and (mine.index == whole.index).all()
+    blocks = [b.values.shape for b in mine._mgr.blocks if b.dtype == "float64"]
+    print(f"rank {comm.Get_rank()} {path.rsplit('/', 1)[-1]} shared={took} equal blocks={blocks}", flush=True)
+"""
+
+
+@pytest.mark.mpi
+def test_parquet_read_in_shares_equals_the_whole_file(tmp_path, mpirun):
+    """Ranks decode shares of the feature columns and exchange them: the same table as pd.read_parquet, bit for bit."""
+    rng = np.random.default_rng(0)
+    n = 37
+    x = rng.normal(size=(n, 7))
+    x[3, 2], x[5, 6] = np.nan, np.inf  # missing and non-finite values travel as they are
+    df = pd.DataFrame(x, columns=[f"Cells_F{i}" for i in range(7)], index=np.arange(100, 100 + n))
+    df.insert(0, "Metadata_Plate", [f"P{i % 3}" for i in range(n)])
+    df.insert(1, "Metadata_Well", [f"W{i:03d}" for i in range(n)])
+    df["Image_PathName_DNA"] = "/x"  # left out (not a compartment feature), never decoded by the shared read
+    shared = tmp_path / "shared.parquet"
+    df.to_parquet(shared)  # a stored (non-range) index
+    ints = tmp_path / "ints.parquet"
+    df.assign(Cells_F0=np.arange(n)).reset_index(drop=True).to_parquet(ints)  # an int feature: whole-file read
+    for ranks in (2, 3):  # 3 ranks: 7 columns in shares of 2, 2, 3
+        proc = mpirun([mpirun.python, "-c", _SHARED_READ, shared, ints], n=ranks, timeout=600)
+        out = proc.stdout.splitlines()
+        for r in range(ranks):
+            assert f"rank {r} shared.parquet shared=True equal blocks=[(7, {n})]" in out, proc.stdout
+            assert f"rank {r} ints.parquet shared=False equal blocks=[(6, {n})]" in out, proc.stdout

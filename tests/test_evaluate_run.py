@@ -1,8 +1,9 @@
 """evaluate stage driver: MPI rank independence, calibration, CLI, config errors, outputs."""
 from __future__ import annotations
 
-import sys
+import json
 import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -34,11 +35,22 @@ def test_same_numbers_for_1_2_4_ranks(tmp_path, mpirun):
     results = {}
     for n in (1, 2, 4):
         out = tmp_path / f"ranks{n}"
+        times = tmp_path / f"times{n}"
+        times.mkdir()
         plots = [] if n == 2 else ["--no-plots"]
         proc = mpirun([mpirun.python, "-m", "hpc_profiler.evaluate", cfg, "--profiles", src, "--out", out, *plots],
-                      n=n, timeout=300)
+                      n=n, timeout=600, env={"HPC_PROFILER_EVALUATE_TIMES": str(times)})
         assert f"evaluate: {n} rank(s)" in proc.stdout
         results[n] = _tables(out)
+        # every rank wrote its stage times (scripts/bench_evaluate.py reads them), stages in order
+        recs = [json.loads((times / f"rank{r}.json").read_text()) for r in range(n)]
+        assert sorted(p.name for p in times.iterdir()) == [f"rank{r}.json" for r in range(n)]
+        for r, rec in enumerate(recs):
+            assert (rec["rank"], rec["ranks"]) == (r, n)
+            assert list(rec["stages"]) == ["startup", "mpi_start", "config", "kernels", "read", "evaluate", "write",
+                                           "final_barrier"]
+            assert rec["stages"]["startup"]["cpu"] > 0 and all(v["cpu"] >= 0 for v in rec["stages"].values())
+            assert rec["phases"]["ap_cpu"] > 0 and len(rec["work_segments"]) >= 3
     assert (tmp_path / "ranks2" / "fig4_map.png").stat().st_size > 1000
     assert (tmp_path / "ranks2" / "fig5_cosine.png").stat().st_size > 1000
     assert len(results[1]["queries"]) > 50 and results[1]["summary"]["task"].nunique() >= 3
@@ -134,19 +146,19 @@ def test_cli_reports_missing_column_and_bad_profiles(tmp_path):
     profiles.drop(columns=["Metadata_Plate"]).to_parquet(src)
     cfg = _write_config(tmp_path, tasks=["replicate"])
     proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(cfg), "--profiles", str(src)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "task 'replicate'" in proc.stderr and "Metadata_Plate" in proc.stderr
     bad = profiles.copy()
     bad.loc[3, "Feature_000"] = np.nan
     bad.to_parquet(src)
     strict = _write_config(tmp_path, tasks=["replicate"], drop_nonfinite_features=False)
     proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(strict), "--profiles", str(src)],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "non-finite" in proc.stderr and bad.loc[3, "Metadata_Well"] in proc.stderr
     # the default drops the feature, says so, and evaluates the rest
     default = _write_config(tmp_path, tasks=["replicate"])
     proc = subprocess.run([sys.executable, "-m", "hpc_profiler.evaluate", str(default), "--profiles", str(src),
-                           "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=120)
+                           "--out", str(tmp_path / "ev")], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "dropped 1 of 8 feature(s) with non-finite values" in proc.stderr and "Feature_000" in proc.stderr
     assert (tmp_path / "ev" / "queries.parquet").exists()
@@ -266,3 +278,21 @@ def test_class_costs_count_classes_sharing_a_member_sequence():
     np.testing.assert_allclose(class_costs(member, bounds),
                                nulls.map_class_cost([len(q) for q in seqs], share))
     assert share[:3] == [3, 2, 3] and len(class_costs(member[:0], np.zeros(1, dtype=np.int64))) == 0
+
+
+def test_rank_start_up_imports_no_scipy_stats_or_ndimage():
+    """Every rank pays its imports: scipy.stats (~1 CPU s) only for directionality, scipy.ndimage never on the CPU."""
+    code = (
+        "import sys\n"
+        "from hpc_profiler.config import EvaluateConfig\n"
+        "from hpc_profiler.evaluate.run import evaluate_profiles\n"
+        "from hpc_profiler.evaluate.synth import synthetic_profiles\n"
+        "df = synthetic_profiles(n_genes=4, plates=2, negcons=4, n_features=8, effect=2.0, seed=0)\n"
+        "ecfg = EvaluateConfig(null_size=200, seed=0, tasks=['replicate'], plots=False)\n"
+        "n = len(evaluate_profiles(df, ecfg, device='cpu')['queries'])\n"
+        "print(n, 'scipy.stats' in sys.modules, 'scipy.ndimage' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    n, stats_loaded, ndi_loaded = proc.stdout.split()
+    assert int(n) > 0 and (stats_loaded, ndi_loaded) == ("False", "False"), proc.stdout

@@ -172,9 +172,22 @@ def build_rank_lists(pos_same, pos_diff, neg_same, neg_diff, rows=None) -> RankL
     return RankLists(q, c, lab)
 
 
+def _xp(a):
+    """``(xp, to_numpy)`` of the backend owning ``a``; NumPy itself for a NumPy array.
+
+    A NumPy array is the CPU backend's (``backend_of`` would say so, after
+    importing ``scipy.ndimage`` to build that backend: ~0.3 CPU s at every
+    rank's start-up that the evaluation never uses).
+    """
+    if type(a) is np.ndarray:
+        return np, np.asarray
+    bk = backend_of(a)
+    return bk.xp, bk.to_numpy
+
+
 def unit_rows(feats):
     """Rows scaled to unit Euclidean norm (backend of ``feats``), float64."""
-    xp = backend_of(feats).xp
+    xp = _xp(feats)[0]
     x = xp.asarray(feats, dtype=xp.float64)
     return x / xp.linalg.norm(x, axis=1)[:, None]
 
@@ -201,8 +214,7 @@ def pair_similarity(unit, query, cand, *, absolute: bool = False, block_size: in
     absolute : bool
         Absolute cosine (both directions of an effect count).
     """
-    bk = backend_of(unit)
-    xp = bk.xp
+    xp, to_numpy = _xp(unit)
     out = np.empty(len(query), dtype=np.float32)
     if len(query) == 0:
         return out
@@ -226,7 +238,7 @@ def pair_similarity(unit, query, cand, *, absolute: bool = False, block_size: in
         vals = s[xp.asarray(ri), xp.asarray(ci)]
         if absolute:
             vals = xp.abs(vals)
-        out[a:b] = bk.to_numpy(vals.astype(xp.float32))
+        out[a:b] = to_numpy(vals.astype(xp.float32))
     return out
 
 

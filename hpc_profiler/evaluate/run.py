@@ -36,10 +36,13 @@ table bookkeeping (BH, class means: sorts and bincounts over the queries)
 are repeated on every rank rather than communicated. The numbers are
 identical for any number of ranks. Without MPI the same code runs as one
 process (:func:`hpc_profiler.mpi.get_comm`). The output files are written
-by all ranks (:func:`write_outputs`). Every rank times its phases
+by all ranks (:func:`write_outputs`); under MPI a Parquet table's feature
+columns are decoded in shares, one per rank, and exchanged
+(:func:`read_parquet_shared`). Every rank times its phases
 (:class:`PhaseClock`: seconds of work and of waiting in each collective,
 ``evaluate_profiles(...)["seconds"]``); ``scripts/bench_evaluate.py
---phases`` prints them per rank.
+--phases`` prints them per rank; ``hpc-profiler evaluate`` also reports the
+stages around them, from the process's start (:class:`StageTimes`).
 
 Synchronization points per retrieval task: the AP allgather, the null
 ``alltoall`` and one allgather of the query and class p-values; between
@@ -62,7 +65,10 @@ about 11.6 MB per rank. Per rank this shrinks with ``P`` only in the null term (
 needs the configurations of its classes, at most all of them): at 64 ranks
 the 12 MB take ~1 ms on a 100 Gb/s link: what caps the scaling there is
 the work every rank repeats (task preparation, pair index set-up, BH and the
-class table), not the transfers.
+class table), not the transfers. Reading a Parquet table in shares adds, once
+per run, ``8 n F (P-1)/P`` bytes per rank (``n`` wells, ``F`` features): 133 MB
+at 64 ranks for 56,400 x 300 (~11 ms at 100 Gb/s), against every rank
+reading the 169 MB file (10.8 GB from the file system at 64 ranks).
 
 Deliberate differences from copairs: BH q-values are computed per query (and
 per class) within each (task, group); empty tasks are errors
@@ -71,6 +77,8 @@ per class) within each (task, group); empty tasks are errors
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext
@@ -80,7 +88,7 @@ import numpy as np
 import pandas as pd
 
 from .. import mpi
-from ..backend import get_backend, to_numpy
+from ..backend import get_backend, gpu_available, to_numpy
 from ..config import Config, ConfigError, EvaluateConfig, default_eval_tasks, load_config_or_report
 from ..layout import Layout
 from . import ap as apk
@@ -817,6 +825,18 @@ def _now() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
+def _cosine_backend(device: str):
+    """The GPU backend when ``device`` asks for it (``gpu``, or ``auto`` with a GPU), else None (NumPy).
+
+    On the CPU the cosine blocks are NumPy on the host; building the CPU
+    :class:`~hpc_profiler.backend.Backend` would import ``scipy.ndimage``
+    (~0.3 CPU s on every rank) for nothing.
+    """
+    if device == "cpu" or (device == "auto" and not gpu_available()):
+        return None
+    return get_backend(device)
+
+
 def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, device: str = "cpu") -> dict:
     """Run the configured tasks on a profile table; every rank returns the same tables.
 
@@ -836,7 +856,7 @@ def evaluate_profiles(profiles: pd.DataFrame, ecfg: EvaluateConfig, comm=None, d
         work between synchronization points (:meth:`PhaseClock.work_segments`).
     """
     comm = comm or mpi.get_comm()
-    bk = get_backend(device)
+    bk = _cosine_backend(device)
     keep_raw = ecfg.map_pvalue or ecfg.class_significance == "map_permutation"
     all_q, all_c, all_s, all_d, all_dp = [], [], [], [], []
     empties: list[str] = []
@@ -943,42 +963,101 @@ def profile_format(path) -> str:
     return "csv"
 
 
-def read_profile_table(path) -> pd.DataFrame:
-    """A well-profile table from Parquet, CSV or gzip-compressed CSV (pycytominer's outputs).
+def profile_columns(names) -> tuple[list, list, list]:
+    """Metadata, feature and left-out columns of a profile table with these column names.
 
-    The format comes from the file's content (:func:`profile_format`).
     Metadata are the ``Metadata_`` columns (pycytominer ``infer_cp_features(metadata=True)``);
     features are the CellProfiler compartment columns (``Cells_``,
     ``Cytoplasm_``, ``Nuclei_``, pycytominer's default) when the table has any,
-    else every other column. Other columns (e.g. ``Image_*`` paths, an unnamed
-    index) are left out and named on stderr; a non-numeric feature column is
-    an error naming the file and the column.
+    else every other column; the rest is left out.
     """
-    fmt = profile_format(path)
-    if fmt == "parquet":
-        table = pd.read_parquet(path)
-    else:
-        # metadata as strings (a plate named 0001 stays "0001"), features as numbers
-        cols = pd.read_csv(path, nrows=0, compression="gzip" if fmt == "csv.gz" else None).columns
-        dtypes = {c: str for c in cols if str(c).startswith("Metadata_")}
-        table = pd.read_csv(path, compression="gzip" if fmt == "csv.gz" else None, dtype=dtypes,
-                            keep_default_na=True, low_memory=False)
-    meta = [c for c in table.columns if str(c).startswith("Metadata_")]
-    rest = [c for c in table.columns if not str(c).startswith("Metadata_")]
+    meta = [c for c in names if str(c).startswith("Metadata_")]
+    rest = [c for c in names if not str(c).startswith("Metadata_")]
     cp = [c for c in rest if str(c).startswith(CP_COMPARTMENTS)]
     feats = cp if cp else rest
-    left_out = [c for c in rest if c not in set(feats)]
+    chosen = set(feats)
+    return meta, feats, [c for c in rest if c not in chosen]
+
+
+def read_parquet_shared(path, comm) -> tuple[pd.DataFrame, list] | None:
+    """The metadata and feature columns of a Parquet table, each rank decoding a share of the features.
+
+    Every rank reads the metadata columns and a contiguous share of the
+    feature columns (Parquet stores columns apart, so a rank decodes only its
+    share), and the shares are exchanged in one ``Allgatherv`` (8 bytes per
+    value; 135 MB for 56,400 wells x 300 features, once over shared memory):
+    every rank then holds what ``pd.read_parquet`` gives for those columns,
+    the same values in the same single float64 block, for a fraction of the
+    decoding each rank did before. Returns the table and the left-out
+    column names, or None (read the whole file on every rank) on one rank,
+    when a feature column is not float64 or names repeat; the decision
+    depends only on the file, so every rank takes the same path.
+    """
+    if comm is None or comm.Get_size() == 1:
+        return None
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(path)
+    schema, n_rows = pf.schema_arrow, pf.metadata.num_rows
+    index_cols = {c for c in (schema.pandas_metadata or {}).get("index_columns", []) if isinstance(c, str)}
+    names = [c for c in schema.names if c not in index_cols]
+    meta, feats, left_out = profile_columns(names)
+    if (not meta or not feats or len(set(schema.names)) != len(schema.names)
+            or any(schema.field(c).type != pa.float64() for c in feats) or len(feats) * n_rows >= 2**31):
+        return None
+    from mpi4py import MPI
+
+    size, rank = comm.Get_size(), comm.Get_rank()
+    cut = [len(feats) * r // size for r in range(size + 1)]
+    mine = feats[cut[rank] : cut[rank + 1]]
+    send = np.empty((len(mine), n_rows))
+    if mine:
+        for i, col in enumerate(pq.read_table(path, columns=mine, use_pandas_metadata=False).columns):
+            send[i] = col.to_numpy()  # a null is NaN, as in pd.read_parquet
+    values = np.empty((len(feats), n_rows))  # feature-major: pandas' own layout of one float64 block
+    counts = [(cut[r + 1] - cut[r]) * n_rows for r in range(size)]
+    comm.Allgatherv(send, [values, counts, [c * n_rows for c in cut[:-1]], MPI.DOUBLE])
+    base = pd.read_parquet(path, columns=meta)  # with the stored index, as the whole file would have it
+    return pd.concat([base, pd.DataFrame(values.T, index=base.index, columns=feats, copy=False)], axis=1), left_out
+
+
+def read_profile_table(path, comm=None) -> pd.DataFrame:
+    """A well-profile table from Parquet, CSV or gzip-compressed CSV (pycytominer's outputs).
+
+    The format comes from the file's content (:func:`profile_format`);
+    columns as :func:`profile_columns` tells them apart. Other columns (e.g.
+    ``Image_*`` paths, an unnamed index) are left out and named on stderr; a
+    non-numeric feature column is an error naming the file and the column.
+    With ``comm`` of several ranks a Parquet table's features are decoded in
+    shares (:func:`read_parquet_shared`); every rank gets the same table.
+    """
+    fmt = profile_format(path)
+    shared = read_parquet_shared(path, comm) if fmt == "parquet" else None
+    if shared is not None:
+        table, left_out = shared
+        meta, feats, _ = profile_columns(list(table.columns))
+    else:
+        if fmt == "parquet":
+            table = pd.read_parquet(path)
+        else:
+            # metadata as strings (a plate named 0001 stays "0001"), features as numbers
+            cols = pd.read_csv(path, nrows=0, compression="gzip" if fmt == "csv.gz" else None).columns
+            dtypes = {c: str for c in cols if str(c).startswith("Metadata_")}
+            table = pd.read_csv(path, compression="gzip" if fmt == "csv.gz" else None, dtype=dtypes,
+                                keep_default_na=True, low_memory=False)
+        meta, feats, left_out = profile_columns(list(table.columns))
     bad = [c for c in feats if not pd.api.types.is_numeric_dtype(table[c])]
     if bad:
         raise ValueError(f"evaluate: {path}: feature column {bad[0]!r} is not numeric ({len(bad)} such column(s)); "
                          f"name metadata columns with the Metadata_ prefix")
-    if left_out and mpi.get_comm().Get_rank() == 0:
+    if left_out and (comm or mpi.get_comm()).Get_rank() == 0:
         print(f"evaluate: {path}: left out {len(left_out)} column(s) that are neither Metadata_ nor "
               f"{'/'.join(CP_COMPARTMENTS)} features (e.g. {left_out[0]!r})", file=sys.stderr)
     return table[meta + feats]
 
 
-def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
+def read_profiles(path: Path, drop_nonfinite: bool = False, comm=None) -> pd.DataFrame:
     """Read the well table (:func:`read_profile_table`); checks that features are finite.
 
     With ``drop_nonfinite`` a feature that is NaN or infinite in any well is
@@ -988,7 +1067,7 @@ def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
     stderr. Without it such a well is an error that names it.
     """
     try:
-        table = read_profile_table(path)
+        table = read_profile_table(path, comm)
     except (OSError, EOFError) as exc:
         raise FileNotFoundError(f"evaluate: cannot read profiles {path}: {exc}") from exc
     except ValueError as exc:
@@ -1002,7 +1081,7 @@ def read_profiles(path: Path, drop_nonfinite: bool = False) -> pd.DataFrame:
         bad_cols = [f for f, ok in zip(feats, finite.all(axis=0)) if not ok]
         if len(bad_cols) == len(feats):
             raise ValueError(f"evaluate: {path}: every feature is non-finite in some well")
-        if mpi.get_comm().Get_rank() == 0:
+        if (comm or mpi.get_comm()).Get_rank() == 0:
             print(f"evaluate: dropped {len(bad_cols)} of {len(feats)} feature(s) with non-finite values "
                   f"in some well (e.g. {bad_cols[0]})", file=sys.stderr)
         table = table.drop(columns=bad_cols)
@@ -1084,7 +1163,7 @@ def evaluate_batch(cfg: Config, comm=None) -> pd.DataFrame:
     comm = comm or mpi.get_comm()
     with mpi.abort_on_error(comm):
         nulls.load_kernels()
-        profiles = read_profiles(profiles_path(cfg), cfg.evaluate.drop_nonfinite_features)
+        profiles = read_profiles(profiles_path(cfg), cfg.evaluate.drop_nonfinite_features, comm)
         results = evaluate_profiles(profiles, cfg.evaluate, comm, cfg.device)
         write_outputs(results, Layout.of(cfg).evaluate_dir, cfg.evaluate.csv, cfg.evaluate.plots, comm)
         comm.barrier()
@@ -1105,9 +1184,60 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     return parser
 
 
+#: A folder where every rank of ``hpc-profiler evaluate`` writes ``rank<r>.json`` (:class:`StageTimes`),
+#: for ``scripts/bench_evaluate.py``; unset (the default), nothing is written.
+TIMES_ENV = "HPC_PROFILER_EVALUATE_TIMES"
+
+
+def _seconds_since_start() -> float | None:
+    """Wall seconds since this process started (Linux ``/proc``; None elsewhere), 10 ms resolution."""
+    try:
+        with open("/proc/self/stat") as fh:
+            start_ticks = float(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class StageTimes:
+    """Wall and CPU seconds of one rank of ``hpc-profiler evaluate``, stage by stage, from the process's start.
+
+    ``startup`` is everything before :func:`main_evaluate` (interpreter,
+    imports, argument parsing, the CLI's preflight): its CPU seconds are the
+    process's CPU time at that point, its wall seconds the process's age
+    (:func:`_seconds_since_start`). Then ``mpi_start`` (``MPI_Init``, the
+    start-up watchdog), ``kernels`` (numba), ``read``, ``evaluate`` (with the
+    phases of :class:`PhaseClock`), ``write`` and ``final_barrier``. Written
+    only when :data:`TIMES_ENV` names a folder.
+    """
+
+    def __init__(self):
+        self.stages = {"startup": (_seconds_since_start(), time.process_time())}
+        self._t = _now()
+
+    def mark(self, name: str) -> None:
+        now = _now()
+        self.stages[name] = (now[0] - self._t[0], now[1] - self._t[1])
+        self._t = now
+
+    def save(self, comm, results: dict) -> None:
+        folder = os.environ.get(TIMES_ENV)
+        if not folder:
+            return
+        rec = {"rank": comm.Get_rank(), "ranks": comm.Get_size(),
+               "stages": {k: {"wall": w, "cpu": c} for k, (w, c) in self.stages.items()},
+               "phases": results["seconds"], "work_segments": results["work_segments"],
+               "null_bytes_received": results["null_bytes_received"]}
+        Path(folder, f"rank{comm.Get_rank()}.json").write_text(json.dumps(rec))
+
+
 def main_evaluate(args) -> int:
     """``hpc-profiler evaluate CONFIG``; under ``mpirun -n N`` the ranks share the work."""
+    stages = StageTimes()
     comm = mpi.get_comm()
+    stages.mark("mpi_start")
     cfg = load_config_or_report(args.config, report=comm.Get_rank() == 0)
     if cfg is None:
         return 2
@@ -1124,12 +1254,20 @@ def main_evaluate(args) -> int:
         e.empty_task = "error"
     src = Path(args.profiles) if args.profiles else profiles_path(cfg)
     out = Path(args.out) if args.out else Layout.of(cfg).evaluate_dir
+    stages.mark("config")
     try:
         with mpi.abort_on_error(comm):
             nulls.load_kernels()
-            results = evaluate_profiles(read_profiles(src, e.drop_nonfinite_features), e, comm, cfg.device)
+            stages.mark("kernels")
+            profiles = read_profiles(src, e.drop_nonfinite_features, comm)
+            stages.mark("read")
+            results = evaluate_profiles(profiles, e, comm, cfg.device)
+            stages.mark("evaluate")
             write_outputs(results, out, e.csv, e.plots, comm)
+            stages.mark("write")
             comm.barrier()  # every rank's files are written before the run reports them
+            stages.mark("final_barrier")
+            stages.save(comm, results)
             if comm.Get_rank() == 0:
                 if len(results["summary"]):
                     with pd.option_context("display.width", 160, "display.max_columns", 20):

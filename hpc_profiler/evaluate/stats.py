@@ -8,11 +8,14 @@
 * :func:`directionality`: 5th/95th percentiles of a null of cosines, share of
   true pairs beyond each, Fisher's exact test (``scipy.stats.fisher_exact``)
   of positive vs negative excess against the null (CPJUMP1 Fig. 5).
+
+SciPy is imported inside :func:`directionality`, its only user: ``scipy.stats``
+costs ~1 CPU s to import, paid by every MPI rank of ``hpc-profiler evaluate``
+at start-up whether or not a directionality task runs.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats as sps
 
 
 def bh_qvalues(p: np.ndarray) -> np.ndarray:
@@ -58,6 +61,8 @@ def directionality(true_cos: np.ndarray, null_cos: np.ndarray) -> dict:
         ``n_true, n_null, null_p5, null_p95, frac_below_p5, frac_above_p95,
         odds_ratio, fisher_p``.
     """
+    from scipy import stats as sps
+
     true_cos = np.asarray(true_cos, dtype=np.float64)
     null_cos = np.asarray(null_cos, dtype=np.float64)
     if len(true_cos) == 0 or len(null_cos) == 0:
