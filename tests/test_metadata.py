@@ -86,6 +86,35 @@ def test_known_wells_of_each_modality_from_barcodes():
     assert md.cpjump1_well_metadata(["SYN-1"]).empty
 
 
+
+def test_every_shipped_table_has_a_license_notice():
+    """Each data file of the package is named in a LICENSE-*.txt of hpc_profiler/data (with its source)."""
+    notices = {p.name: p.read_text() for p in DATA.glob("LICENSE-*.txt")}
+    assert "LICENSE-CPJUMP1-metadata.txt" in notices
+    text = "\n".join(notices.values())
+    data_files = [p.name for p in DATA.iterdir() if p.is_file() and not p.name.startswith(("LICENSE-", "__", "."))]
+    assert data_files
+    assert [f for f in data_files if f not in text] == []
+    cpjump1 = notices["LICENSE-CPJUMP1-metadata.txt"]
+    for name in md.PLATE_MAPS.values():
+        assert name in cpjump1
+    assert "CC0 1.0" in cpjump1 and "cpg0000-jump-pilot" in cpjump1
+
+
+def test_package_never_reads_the_shared_reference_folder():
+    """Only tests and scripts may read ../shared; no string in the package's modules names it."""
+    import ast
+
+    pkg = DATA.parent
+    hits = []
+    for path in sorted(pkg.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                v = node.value.replace("\\", "/")
+                if "../shared" in v or "/work/shared" in v or v.strip("/") == "shared" or v.startswith("shared/"):
+                    hits.append(f"{path.relative_to(pkg)}:{node.lineno}: {v!r}")
+    assert hits == []
+
 def test_every_barcode_has_a_map_cell_type_and_timepoint():
     info = md.plate_info()
     assert len(info) == 51 and info["Metadata_Plate"].is_unique
