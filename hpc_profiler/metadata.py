@@ -2,13 +2,17 @@
 
 The tables in ``hpc_profiler/data`` are the real CPJUMP1 annotations
 (jump-cellpainting/pilot-cpjump1-fov-data, ``metadata/moa``: compounds with
-their target gene, CRISPR guides and ORFs with their gene) and the real plate
-maps of the ``2020_11_04_CPJUMP1`` batch (jump-cellpainting/pilot-cpjump1-data,
+their target gene, CRISPR guides and ORFs with their gene; and the compound
+plate map ``C-7210-01-CMP-013``) and the real plate maps of the
+``2020_11_04_CPJUMP1`` batch (jump-cellpainting/pilot-cpjump1-data,
 ``metadata/platemaps/2020_11_04_CPJUMP1``): ``barcode_platemap.csv`` (plate
-barcode -> plate map), the compound map ``C-7210-01-CMP-013``, the CRISPR map
-``DXH.92.93.94.95.A`` and the ORF map ``DOG.30.31.32.33.A``; plus each
-barcode's cell type and timepoint (``cpjump1_plate_descriptions.csv``, the
-plate table of that repository's README). See ``LICENSE-CPJUMP1-metadata.txt``.
+barcode -> plate map), the CRISPR map ``DXH.92.93.94.95.A`` and the ORF map
+``DOG.30.31.32.33.A``; plus each barcode's cell type and timepoint
+(``cpjump1_plate_descriptions.csv``, the plate table of that repository's
+README). Licenses: ``LICENSE-CPJUMP1-metadata.txt`` (the fov-data files under
+that repository's BSD 3-Clause license; pilot-cpjump1-data has no license file,
+and its plate maps are redistributed as the Cell Painting Gallery's CC0 1.0
+release of cpg0000-jump-pilot).
 From them this module builds the per-well table that profiling and the
 benchmark need (the ``Metadata_*`` columns that pycytominer's ``annotate``
 joins onto well profiles).

@@ -27,6 +27,9 @@ feature columns per compartment), then measures in fresh processes
   fresh process with its peak RSS; and our import + reduce of that same SQLite
   file, 1 rank, for the like-for-like ratio.
 
+* with ``--pycytominer-large``: the same comparison on the large plate as well
+  (its SQLite, pycytominer's peak RSS then grows with the plate; ours does not).
+
 Ratios are against the pycytominer run of this same invocation; nothing is
 asserted. Timings on a shared machine are noisy.
 """
@@ -197,6 +200,8 @@ def main(argv=None) -> int:
     ap.add_argument("--features", type=int, default=30, help="feature columns per compartment")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--keep", help="keep the data in this folder (default: a temporary one)")
+    ap.add_argument("--pycytominer-large", action="store_true",
+                    help="also run pycytominer (and ours on the same SQLite) on the large plate")
     args = ap.parse_args(argv)
 
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="bench_import_"))
@@ -218,6 +223,11 @@ def main(argv=None) -> int:
         runs["small SQLite, 1 rank"] = run_ours(db, tmp / "out_q1", 1)
         feats = [c for c in runs["small SQLite, 1 rank"]["wells"].columns if not c.startswith("Metadata_")]
         pcm = run_pycytominer(db, feats, tmp)
+        pcm_large = None
+        if args.pycytominer_large:
+            db_large = build_sqlite(tmp / "large" / "PLATE-L", tmp / "PLATE-L.sqlite")
+            runs["large SQLite, 1 rank"] = run_ours(db_large, tmp / "out_ql1", 1)
+            pcm_large = run_pycytominer(db_large, feats, tmp)
 
         print()
         print(f"{'run':<24} {'rows':>10} {'import s':>9} {'reduce s':>9} {'rows/s':>10}  peak RSS per rank, MiB")
@@ -229,18 +239,27 @@ def main(argv=None) -> int:
             peaks = ", ".join(f"{a:.0f}/{b:.0f}" for a, b in zip(r["peak_import_mb"], r["peak_reduce_mb"]))
             print(f"{name:<24} {r['rows']:>10,} {r['import_s']:>9.1f} {r['reduce_s']:>9.1f} {r['rows'] / sec:>10,.0f}"
                   f"  import/reduce {peaks}")
-        pcm_rows = 3 * pcm["cells"]
-        print(f"{'pycytominer, small SQLite':<24} {pcm_rows:>10,} {pcm['seconds']:>9.1f} {'':>9} "
-              f"{pcm_rows / pcm['seconds']:>10,.0f}  {pcm['peak_mb']:.0f} (one process)")
-
-        print("(pycytominer runs on the small plate only: SingleCells merges a plate's single cells in one table, "
-              "which for the large plate would not fit this shared machine next to the other runs)")
-        q = runs["small SQLite, 1 rank"]
-        ours_rate = q["rows"] / (q["import_s"] + q["reduce_s"])
+        pcms = {"small": pcm, "large": pcm_large}
+        for plate, p in pcms.items():
+            if p is None:
+                continue
+            rows = 3 * p["cells"]
+            print(f"{'pycytominer, ' + plate + ' SQLite':<24} {rows:>10,} {p['seconds']:>9.1f} {'':>9} "
+                  f"{rows / p['seconds']:>10,.0f}  {p['peak_mb']:.0f} (one process)")
+        if pcm_large is None:
+            print("(pycytominer runs on the small plate only unless --pycytominer-large: SingleCells merges a "
+                  "plate's single cells in one table)")
         print()
-        print(f"same SQLite, 1 rank vs pycytominer SingleCells+aggregate: {ours_rate / (pcm_rows / pcm['seconds']):.2f}x "
-              f"rows/s; max relative difference of the well medians {max_rel_diff(q['wells'], pcm['wells'], feats):.1e} "
-              f"(site files float32)")
+        for plate, p in pcms.items():
+            if p is None:
+                continue
+            q = runs[f"{plate} SQLite, 1 rank"]
+            ours_rate = q["rows"] / (q["import_s"] + q["reduce_s"])
+            rate = 3 * p["cells"] / p["seconds"]
+            print(f"{plate} plate, same SQLite, 1 rank vs pycytominer SingleCells+aggregate: {ours_rate / rate:.2f}x "
+                  f"rows/s; peak RSS {max(q['peak_import_mb'] + q['peak_reduce_mb']):.0f} vs {p['peak_mb']:.0f} MiB; "
+                  f"max relative difference of the well medians {max_rel_diff(q['wells'], p['wells'], feats):.1e} "
+                  f"(site files float32)")
         l1, l2, s1 = runs["large, 1 rank"], runs["large, 2 ranks"], runs["small, 1 rank"]
         if l2 is not None:
             t1, t2 = l1["import_s"] + l1["reduce_s"], l2["import_s"] + l2["reduce_s"]

@@ -11,6 +11,7 @@ columns and one table per compartment with prefixed columns, linked by
 """
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import yaml
 
 from hpc_profiler import cpimport
 from hpc_profiler.config import from_dict, load_config
-from hpc_profiler.mpi import SerialComm
+from hpc_profiler.mpi import STARTUP_TIMEOUT_ENV, SerialComm
 from hpc_profiler.reduce import reduce_batch
 from hpc_profiler.sitefile import read_site_file
 
@@ -129,6 +130,14 @@ def test_site_folders_match_pycytominer(tmp_path, reference, dtype, rtol):
     assert site.attrs["backend"] == "cellprofiler"
     assert set(site.objects["Cytoplasm"].parents) == {"Cells", "Nuclei"}
     assert site.image["Image_Count_Cells"] == 89.0
+    # the image table's other Metadata_* columns are carried to the site files and the well profiles
+    for d in sorted(p for p in SITES.iterdir() if p.is_dir()):
+        img = pd.read_csv(d / "Image.csv").iloc[0]
+        well = ours[ours["Metadata_Well"] == img["Metadata_Well"]].iloc[0]
+        for col in ("Metadata_Row", "Metadata_Col", "Metadata_FieldID", "Metadata_ChannelName",
+                    "Metadata_AbsTime"):
+            assert str(well[col]) == str(img[col]), (d.name, col)
+    assert json.loads(site.attrs["metadata"])["Metadata_AbsTime"] == "2021-04-07T17:32:25.107-04:00"
 
 
 def test_sqlite_matches_pycytominer(tmp_path, sqlite_db, reference):
@@ -235,6 +244,13 @@ def test_plate_from_folder_when_no_metadata_plate(tmp_path):
     images, problems = cpimport.inspect_table_set(ts[0], from_dict({}).cellprofiler)
     assert problems == []
     assert (images[0]["plate"], images[0]["well"], images[0]["site"]) == ("MYPLATE", "B03", "2")
+    out = tmp_path / "out"
+    out.mkdir()
+    cfg = load_config(write_config(out / "config.yaml", out))
+    summary = cpimport.import_cellprofiler(cfg, tmp_path / "MYPLATE", SerialComm(), verbose=False)
+    assert summary["sites_written"] == 1 and summary["cells"] == 89
+    site = read_site_file(next((out / "sites").rglob("*.h5")))
+    assert (site.attrs["plate"], site.attrs["well"], str(site.attrs["site"])) == ("MYPLATE", "B03", "2")
 
 
 @pytest.mark.mpi
@@ -246,8 +262,11 @@ def test_two_ranks_equal_one(tmp_path, sqlite_db, mpirun):
         out = tmp_path / "mpi" / name
         out.mkdir(parents=True)
         cfg_path = write_config(out / "config.yaml", out)
-        mpirun([mpirun.python, "-m", "hpc_profiler.cpimport", str(src), str(cfg_path), "-q"], n=2, timeout=180)
-        mpirun([mpirun.python, "-m", "hpc_profiler.reduce", str(cfg_path)], n=2, timeout=180)
+        # hang guards, not speed bounds: a loaded 2-core CI machine may start the ranks slowly
+        env = {STARTUP_TIMEOUT_ENV: "600"}
+        mpirun([mpirun.python, "-m", "hpc_profiler.cpimport", str(src), str(cfg_path), "-q"], n=2, timeout=900,
+               env=env)
+        mpirun([mpirun.python, "-m", "hpc_profiler.reduce", str(cfg_path)], n=2, timeout=900, env=env)
         summary = pd.read_json(out / "import" / "import_summary.json", typ="series")
         assert summary["ranks"] == 2 and summary["sites_written"] == 2
         assert [r["sites"] for r in summary["per_rank"]] == [1, 1]

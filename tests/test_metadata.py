@@ -86,6 +86,35 @@ def test_known_wells_of_each_modality_from_barcodes():
     assert md.cpjump1_well_metadata(["SYN-1"]).empty
 
 
+
+def test_every_shipped_table_has_a_license_notice():
+    """Each data file of the package is named in a LICENSE-*.txt of hpc_profiler/data (with its source)."""
+    notices = {p.name: p.read_text() for p in DATA.glob("LICENSE-*.txt")}
+    assert "LICENSE-CPJUMP1-metadata.txt" in notices
+    text = "\n".join(notices.values())
+    data_files = [p.name for p in DATA.iterdir() if p.is_file() and not p.name.startswith(("LICENSE-", "__", "."))]
+    assert data_files
+    assert [f for f in data_files if f not in text] == []
+    cpjump1 = notices["LICENSE-CPJUMP1-metadata.txt"]
+    for name in md.PLATE_MAPS.values():
+        assert name in cpjump1
+    assert "CC0 1.0" in cpjump1 and "cpg0000-jump-pilot" in cpjump1
+
+
+def test_package_never_reads_the_shared_reference_folder():
+    """Only tests and scripts may read ../shared; no string in the package's modules names it."""
+    import ast
+
+    pkg = DATA.parent
+    hits = []
+    for path in sorted(pkg.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                v = node.value.replace("\\", "/")
+                if "../shared" in v or "/work/shared" in v or v.strip("/") == "shared" or v.startswith("shared/"):
+                    hits.append(f"{path.relative_to(pkg)}:{node.lineno}: {v!r}")
+    assert hits == []
+
 def test_every_barcode_has_a_map_cell_type_and_timepoint():
     info = md.plate_info()
     assert len(info) == 51 and info["Metadata_Plate"].is_unique
@@ -212,3 +241,81 @@ def test_well_metadata_table():
     c1 = wm[wm["Metadata_Plate"] == "SYN-COMPOUND-1"].drop(columns="Metadata_Plate").reset_index(drop=True)
     c2 = wm[wm["Metadata_Plate"] == "SYN-COMPOUND-2"].drop(columns="Metadata_Plate").reset_index(drop=True)
     pd.testing.assert_frame_equal(c1, c2)  # replicate plates share the layout
+
+
+#: The ``hpc-profiler run`` test: two replicate barcodes per modality (same cell type and timepoint, so
+#: that evaluate's replicate task has positives) and the LoadData wells of every plate (KNOWN_WELLS among them).
+RUN_BARCODES = {"compound": ["BR00117010", "BR00117011"], "crispr": ["BR00118041", "BR00118042"],
+                "orf": ["BR00117006", "BR00118050"]}
+RUN_WELLS = {"compound": ["A01", "A02", "A03", "B02"], "crispr": ["A01", "A13", "A20", "E01"],
+             "orf": ["A01", "A13", "C03", "E01"]}
+
+
+@pytest.mark.slow
+def test_run_on_cpjump1_loaddata_with_only_barcodes(tmp_path, capsys):
+    """``hpc-profiler run`` on a CPJUMP1-style LoadData CSV whose only plate information is the barcode.
+
+    The images are a small synthetic batch (two plates per modality, 4 wells, 1 site, 256 px); its
+    LoadData CSV is rewritten to name real CPJUMP1 barcodes and wells, and no
+    ``input.well_metadata_csv`` is given. The whole command runs (illum, extract, reduce with the
+    default negcon normalization, evaluate), and the profiles carry each well's perturbation, gene,
+    control type, cell type and timepoint as read by hand from the public plate maps (KNOWN_WELLS).
+    """
+    import yaml
+
+    from hpc_profiler import cli
+    from hpc_profiler.config import SynthConfig
+    from hpc_profiler.synth import generate_batch, plate_names
+
+    channels = ["DNA", "ER", "RNA", "AGP", "Mito"]
+    sc = SynthConfig(modalities=list(RUN_BARCODES), replicate_plates=2, wells=4, sites_per_well=1,
+                     size=256, cells_per_site=16, seed=1)
+    src = tmp_path / "images"
+    generate_batch(sc, src, channels)
+    barcode, wells_of = {}, {}
+    for name, modality in plate_names(sc).items():
+        barcode[name] = RUN_BARCODES[modality][int(name.rsplit("-", 1)[1]) - 1]
+        wells_of[barcode[name]] = RUN_WELLS[modality]
+    ld = pd.read_csv(src / "load_data.csv")
+    ld["Metadata_Plate"] = ld["Metadata_Plate"].map(barcode)
+    for plate, wells in wells_of.items():
+        rows = ld.index[ld["Metadata_Plate"] == plate]
+        assert len(rows) == len(wells)
+        ld.loc[rows, "Metadata_Well"] = wells
+    loaddata = src / "cpjump1_load_data.csv"
+    ld.to_csv(loaddata, index=False)
+    assert [c for c in ld.columns if c.startswith("Metadata_")] == ["Metadata_Plate", "Metadata_Well",
+                                                                   "Metadata_Site"]
+
+    out = tmp_path / "out"
+    cfg_path = tmp_path / "config.yaml"
+    cfg_path.write_text(yaml.safe_dump({
+        "name": "cpjump1-barcodes", "device": "cpu", "output_dir": str(out),
+        "input": {"loaddata_csv": str(loaddata)},
+        "illumination": {"downsample": 2, "median_filter_size": 25},
+        "executor": {"kind": "debug", "cpus_per_task": 1},
+        "evaluate": {"null_size": 200},
+    }))
+    rc = cli.main(["run", str(cfg_path), "--executor", "debug", "--no-mpi", "--no-report"])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.out + printed.err
+
+    norm = pd.read_parquet(out / "profiles" / "well_normalized.parquet")
+    assert sorted(zip(norm["Metadata_Plate"], norm["Metadata_Well"])) == sorted(
+        (p, w) for p, ws in wells_of.items() for w in ws)
+    assert (norm["Metadata_Object_Count"] > 0).all(), "sites without cells: the profiles compare nothing"
+    norm = norm.set_index(["Metadata_Plate", "Metadata_Well"])
+    checked = {m: 0 for m in md.MODALITIES}
+    for (plate, well), (bs, gene, pert, ctl, cell, tp) in KNOWN_WELLS.items():
+        row = norm.loc[(plate, well)]
+        got = (row["Metadata_broad_sample"], _none(row["Metadata_gene"]), row["Metadata_pert_type"],
+               _none(row["Metadata_control_type"]), row["Metadata_cell_type"], int(row["Metadata_timepoint"]))
+        assert got == (bs, gene, pert, ctl, cell, tp), (plate, well)
+        checked[row["Metadata_modality"]] += 1
+    assert all(n >= 3 for n in checked.values()), checked
+    # the replicate barcode of each modality: the same plate map, so the same annotations well by well
+    for modality, (first, second) in RUN_BARCODES.items():
+        cols = ["Metadata_broad_sample", "Metadata_pert_type", "Metadata_modality", "Metadata_Plate_Map_Name"]
+        pd.testing.assert_frame_equal(norm.loc[first, cols], norm.loc[second, cols])
+    summary = pd.read_parquet(out / "evaluate" / "summary.parquet")
+    assert len(summary) > 0
