@@ -64,7 +64,23 @@ def _cmd_config_check(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen_command(argv) -> str | None:
+    """The subcommand named on a command line (its first word that is not an option), or None."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole ``hpc-profiler`` parser.
+
+    ``only`` names the one subcommand whose module is imported to add its
+    arguments; the others are listed with their help but left unconfigured.
+    ``main`` passes the command being run, so an MPI rank of ``evaluate`` does
+    not import segmentation, Slurm or plotting modules it never uses (each rank
+    pays its imports in full). ``None`` (the docs generator) builds them all.
+    """
     p = argparse.ArgumentParser(
         prog="hpc-profiler",
         description="Cell Painting images to single-cell features, well profiles and the CPJUMP1 benchmark, "
@@ -88,8 +104,10 @@ def build_parser() -> argparse.ArgumentParser:
     cp.set_defaults(func=_cmd_config_check)
 
     for name, module, add, main, help_ in SUBCOMMANDS:
-        mod = importlib.import_module(f"hpc_profiler.{module}")
         sp = sub.add_parser(name, help=help_, description=help_)
+        if only is not None and name != only:
+            continue
+        mod = importlib.import_module(f"hpc_profiler.{module}")
         getattr(mod, add)(sp)
         sp.set_defaults(func=getattr(mod, main))
     return p
@@ -129,7 +147,8 @@ def _preflight(args) -> int:
 
 
 def main(argv=None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(only=_chosen_command(argv))
     args = parser.parse_args(argv)
     try:
         if args.command in PREFLIGHT:
