@@ -82,6 +82,11 @@ class Site:
     def sort_key(self):
         return (self.plate, self.well, self.site)
 
+    def has_own_illum(self, channels) -> bool:
+        """Whether the source names an illumination function for each of ``channels``
+        (CellProfiler's own, used instead of the plate's function of the illum stage)."""
+        return bool(self.illum_files) and all(ch in self.illum_files for ch in channels)
+
 
 @dataclass(frozen=True)
 class SiteProblem:
