@@ -458,3 +458,52 @@ def test_illum_digest_of_files_without_the_attribute_and_of_own_functions(tmp_pa
     assert sitefile.illum_matches("abc", None)
     own = Site("P", "A01", 1, {"DNA": "x"}, {"DNA": "/cp/IllumDNA.npy"})
     assert own.has_own_illum(["DNA"]) and not own.has_own_illum(["DNA", "ER"])
+
+
+def _reference_loaddata(csv_path, channels) -> list:
+    """The LoadData reading before the column-index reader: csv.DictReader, pathlib per file."""
+    import csv as csv_mod
+
+    base = Path(csv_path).resolve().parent
+
+    def join(folder, name):
+        p = Path(os.path.expanduser(folder)) if folder else Path()
+        return str((p if p.is_absolute() else base / p) / name)
+
+    out = []
+    with open(csv_path, newline="") as fh:
+        for row in csv_mod.DictReader(fh):
+            files = {ch: join((row[f"PathName_Orig{ch}"] or "").strip(), (row[f"FileName_Orig{ch}"] or "").strip())
+                     for ch in channels}
+            out.append(Site(row["Metadata_Plate"].strip(), manifest_mod.normalize_well(row["Metadata_Well"]),
+                            int(row["Metadata_Site"].strip()), files))
+    return manifest_mod.sort_sites(out)
+
+
+def test_loaddata_reader_equals_the_dictreader_reference(tmp_path):
+    """Folders relative, absolute, with ``..``, ``.`` or a trailing slash, file names with a sub-folder,
+    wells as ``b3``/``B03``, a blank line, a short row padded: the same sites as the reference reader;
+    saved and loaded back (column-wise) the same again."""
+    channels = ["DNA", "ER"]
+    folders = ["img", "./img/", "../x/img", str(tmp_path / "abs"), str(tmp_path / "abs") + "/", "", "/"]
+    lines = ["Metadata_Plate,Metadata_Well,Metadata_Site,FileName_OrigDNA,PathName_OrigDNA,FileName_OrigER,"
+             "PathName_OrigER,Extra"]
+    k = 0
+    for p in ("P2", "P1"):
+        for w in ("b3", "B04", "a12", "P24", "c1"):
+            for s in (2, 1):
+                k += 1
+                f = folders[k % len(folders)]
+                name = f"sub/{p}_{k}_DNA.tif" if k % 3 == 0 else f"{p}_{k}_DNA.tif"
+                lines.append(f" {p} ,{w},{s},{name},{f},{p}_{k}_ER.tif,{folders[(k + 2) % len(folders)]},x")
+    lines.insert(5, "")
+    lines.append("P9,A01,1,a.tif,img,b.tif")  # short row: Extra missing
+    csv_path = tmp_path / "ld" / "load_data.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text("\n".join(lines) + "\n")
+    got = manifest_mod.manifest_from_loaddata(csv_path, channels)
+    ref = _reference_loaddata(csv_path, channels)
+    assert len(got) == len(lines) - 2 and got == ref
+    assert {s.files["DNA"].rsplit("/", 1)[0] for s in got} >= {str(tmp_path / "ld" / "img"), str(tmp_path / "ld" / ".." / "x" / "img"),
+                                                              str(tmp_path / "abs"), str(tmp_path / "ld"), ""}
+    assert manifest_mod.load_manifest(manifest_mod.save_manifest(got, tmp_path / "m.parquet")) == ref
