@@ -276,6 +276,7 @@ def read_ledgers(out) -> LedgerRecords:
     recs: dict = {}
     res = LedgerRecords(recs)
     parse = parse_record
+    get = recs.get
     for path, _size, _mtime in ledger_files(out):
         try:
             with open(path, "rb") as fh:
@@ -283,15 +284,26 @@ def read_ledgers(out) -> LedgerRecords:
         except OSError:
             continue
         res.n_files += 1
-        for line in text.split("\n"):
-            if not line:
-                continue
-            res.n_lines += 1
-            rec = parse(line)
+        lines = text.split("\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        res.n_lines += len(lines)
+        for line in lines:
+            p = line.split("\t")
+            # parse_record, inlined for the common case (a whole line of the current format):
+            # 370,000 calls are a second on a loaded login node
+            if len(p) == 9 and p[8] == ".":
+                try:
+                    rec = {"k": p[0], "f": p[1], "size": int(p[2]), "mtime": int(p[3]), "h": p[4],
+                           "s": float(p[5]), "t": float(p[6]), "i": p[7]}
+                except ValueError:
+                    rec = None
+            else:
+                rec = parse(line)
             if rec is None:
                 res.n_bad_lines += 1
                 continue
-            old = recs.get(rec["k"])
+            old = get(rec["k"])
             if old is None or rec["t"] >= old["t"]:
                 recs[rec["k"]] = rec
     return res
@@ -474,8 +486,8 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
             prefix = f"{plate}_{well}_s"
             names = listings.get(d)
             if names is None:
-                try:
-                    names = {e.name for e in os.scandir(d) if not e.name.startswith(".")}
+                try:  # temporaries (".<name>.<id>.tmp.h5") never equal a site file's name
+                    names = set(os.listdir(d))
                 except (FileNotFoundError, NotADirectoryError):
                     names = set()
                 listings[d] = names

@@ -507,3 +507,24 @@ def test_loaddata_reader_equals_the_dictreader_reference(tmp_path):
     assert {s.files["DNA"].rsplit("/", 1)[0] for s in got} >= {str(tmp_path / "ld" / "img"), str(tmp_path / "ld" / ".." / "x" / "img"),
                                                               str(tmp_path / "abs"), str(tmp_path / "ld"), ""}
     assert manifest_mod.load_manifest(manifest_mod.save_manifest(got, tmp_path / "m.parquet")) == ref
+
+
+def test_run_counts_the_cells_of_the_sites_it_extracted_only(finished, monkeypatch):
+    """``run``'s extract line: the cells of the sites it scheduled (opened: those), none when it scheduled none."""
+    from types import SimpleNamespace
+
+    from hpc_profiler.workflow import stages
+
+    cfg, sites = finished
+    bdir = cfg.out / "batches" / "extract-x"
+    bdir.mkdir(parents=True)
+    manifest_mod.save_manifest(sites[3:5], bdir / "sites.parquet")
+    opened = []
+    real = sitefile.read_site_file
+    monkeypatch.setattr(sitefile, "read_site_file", lambda p, **k: opened.append(p) or real(p, **k))
+    ctx = stages.RunContext(kind="debug", sites=sites)
+    cells = stages.STAGES["extract"].cells(cfg, ctx, SimpleNamespace(n_scheduled=2, batch_dir=bdir))
+    reference = sum(int(real(orch.pipeline.site_path(cfg, s)).image["Image_Count_Cells"]) for s in sites[3:5])
+    assert cells == reference == 6 and len(opened) == 2
+    assert stages.STAGES["extract"].cells(cfg, ctx, SimpleNamespace(n_scheduled=0, batch_dir=None)) is None
+    assert len(opened) == 2
