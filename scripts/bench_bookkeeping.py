@@ -331,8 +331,8 @@ def main(argv=None) -> int:
         print(f"  illum_pending                   {il['t_illum_pending']:8.2f} s ({il['illum_files']} function files "
               f"opened); the per-plate filter it replaced {il['t_illum_per_plate']:.2f} s "
               f"({il['t_illum_per_plate'] / il['t_illum_pending']:.1f}x)")
-        print(f"  submit illum --dry-run          {il['t_submit_illum']:8.2f} s (the saved manifest, the LoadData CSV "
-              f"unchanged; then illum_pending)")
+        print(f"  submit illum --dry-run          {il['t_submit_illum']:8.2f} s (a dry run parses the LoadData CSV, "
+              f"then illum_pending)")
         print(f"  manifest read as Site objects   {il['t_manifest_sites']:8.2f} s; as columns (status, submit) "
               f"{il['t_manifest_columns']:.2f} s")
         per_file_ms = today_s["t_pending"] / args.sample * 1e3
