@@ -71,6 +71,7 @@ import h5py
 import numpy as np
 
 from . import sitefile
+from .backend import to_numpy
 from .layout import Layout
 from .sitefile import pack_group  # noqa: F401 - the name packers and readers import from here
 
@@ -178,8 +179,8 @@ def function_digest(functions, memo: bool = False) -> str:
     BLAKE2b (8 bytes, 16 hex digits) of the sorted channel names, shapes and
     float32 bytes: the arrays as :func:`hpc_profiler.illumination.save_illum`
     stores them, so the digest of the functions the illum stage computed and
-    of those the extract stage reads back from the file are the same. CuPy
-    arrays are copied to the host. ``memo`` reuses the digest of the last
+    of those the extract stage reads back from the file are the same. Device
+    arrays are copied to the host (:func:`hpc_profiler.backend.to_numpy`). ``memo`` reuses the digest of the last
     mapping passed with ``memo`` when it is the same object (an extract task
     hands one loaded mapping per plate to every site).
     """
@@ -188,10 +189,7 @@ def function_digest(functions, memo: bool = False) -> str:
         return _MEMO[1]
     h = hashlib.blake2b(digest_size=8)
     for ch in sorted(functions, key=str):
-        a = functions[ch]
-        if not isinstance(a, np.ndarray) and hasattr(a, "get"):
-            a = a.get()  # CuPy -> NumPy
-        a = np.ascontiguousarray(a, dtype=np.float32)
+        a = np.ascontiguousarray(to_numpy(functions[ch]), dtype=np.float32)
         h.update(f"{ch}\0{a.shape}\0".encode())
         h.update(a.tobytes())
     d = h.hexdigest()

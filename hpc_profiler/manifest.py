@@ -397,7 +397,8 @@ def load_manifest(path, indices: Optional[Sequence[int]] = None) -> list[Site]:
     # column by column (a row-wise to_pylist costs a dict per row: seconds at 370,000 sites)
     plates, wells, numbers = (table.column(k).to_pylist() for k in ("plate", "well", "site"))
     files = [table.column(f"file_{c}").to_pylist() for c in channels]
-    illums = [(c, v) for c in channels for v in [table.column(f"illum_{c}").to_pylist()] if any(x is not None for x in v)]
+    illums = [(c, v) for c in channels for v in [table.column(f"illum_{c}").to_pylist()]
+              if any(x is not None for x in v)]
     sites = []
     for i, (plate, well, number, *fv) in enumerate(zip(plates, wells, numbers, *files)):
         f = dict(zip(channels, fv)) if None not in fv else {c: x for c, x in zip(channels, fv) if x is not None}

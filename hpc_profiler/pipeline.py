@@ -118,9 +118,9 @@ def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False
     fixed image makes :func:`illum_valid` false and the function is redone.
     It also records the functions' content digest (``function_digest``,
     :func:`hpc_profiler.ledger.function_digest`): sites extracted with another
-    function are then out of date. Returns the file path, or ``None`` when illumination correction is
-    disabled or every site of the plate names CellProfiler illumination files
-    of its own.
+    function are then out of date. Returns the file path, or ``None`` when
+    illumination correction is disabled or every site of the plate names
+    CellProfiler illumination files of its own.
     """
     from . import illumination
     from .images import SiteInputError, load_site_images

@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from hpc_profiler import illumination, ledger, manifest as M, orchestrate as orch, pipeline, run, sitefile, status
+from hpc_profiler import (illumination, ledger, manifest as M, orchestrate as orch, pipeline, run, sitefile,
+                          status)
 from hpc_profiler.layout import Layout
 from hpc_profiler.workflow import arrays as wf_arrays, plan as wf_plan, sites as wf_sites, stages as wf_stages
 from hpc_profiler.sources import build_manifest
