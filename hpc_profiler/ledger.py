@@ -314,7 +314,9 @@ class SiteScan:
 
     ``done[i]`` is the state of ``sites[i]``. ``problems`` are
     ``(site key, path, reason)`` for sites the ledger calls done whose file is now
-    missing, changed or invalid (pending again). ``unrecorded`` are the
+    missing, changed or invalid (pending again); ``illum_stale`` counts, per
+    plate, the sites recorded with an earlier illumination function of their
+    plate (pending again). ``unrecorded`` are the
     ``(index, key)`` of sites found done by opening their file without a current record
     (:func:`record_unrecorded` adds them to the ledger). The counters say what
     the scan cost: ledger files read, illumination digests read (one per
@@ -326,6 +328,7 @@ class SiteScan:
     unrecorded: list = field(default_factory=list)
     paths: dict = field(default_factory=dict)  # index -> name of a done site opened or packed (else its loose file)
     illum: dict = field(default_factory=dict)  # index -> illum_digest of a site file opened and found done
+    illum_stale: dict = field(default_factory=dict)  # plate -> sites recorded with an earlier illumination function
     n_ledger_files: int = 0
     n_illum_files: int = 0
     n_listings: int = 0
@@ -456,7 +459,10 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
                 scan.n_illum_files += cfg.illumination.enabled
         key = f"{plate}/{well}/{site}"
         rec = recs.get(key)
-        current = rec is not None and rec["h"] == chash and (exp is None or rec["i"] in (None, none, exp))
+        current = rec is not None and rec["h"] == chash
+        if current and exp is not None and rec["i"] not in (None, none, exp):
+            current = False  # made with an earlier illumination function of its plate
+            scan.illum_stale[plate] = scan.illum_stale.get(plate, 0) + 1
         if rec is not None and sep in rec["f"]:  # packed
             if current:
                 pfile, group = rec["f"].rsplit(sep, 1)

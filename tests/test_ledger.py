@@ -404,7 +404,7 @@ def test_redone_illumination_makes_exactly_that_plates_sites_pending(tmp_path):
     assert orch.pipeline.illum_path(cfg, "PLATE1").stat().st_ino != inode  # a new file renamed into place
     assert ledger.plate_illum_digest(cfg, "PLATE1") == digests["PLATE1"]
     scan = ledger.scan_sites(cfg, sites)
-    assert pending(scan) == bad and scan.n_opened == 0 and scan.problems == []
+    assert pending(scan) == bad and scan.n_opened == 0 and scan.problems == [] and scan.illum_stale == {}
 
     # PLATE2's unreadable images fixed: its function is redone from 6 sites instead of 4
     fix_bad_files(batch)
@@ -423,9 +423,12 @@ def test_redone_illumination_makes_exactly_that_plates_sites_pending(tmp_path):
     stale = sitefile.validate_site_file(orch.pipeline.site_path(cfg, sites[-1]), cfg.hash(), new)
     assert not stale.ok and "illumination function" in stale.reason and stale.illum_digest == digests["PLATE2"]
     assert pending(ledger.scan_sites(cfg, sites, verify=True, workers=1)) == plate2
+    assert scan.illum_stale == {"PLATE2": len(plate2) - len(bad)}  # the 2 bad sites were never recorded
     st = status.collect_status(cfg)
     by_plate = {p.plate: p for p in st.plates}
     assert (by_plate["PLATE1"].done, by_plate["PLATE2"].done) == (6, 0)
+    assert ("4 site(s) of plate(s) PLATE2 were made with an earlier illumination function"
+            in status.format_status(st))
     assert orch.submit_stage(cfg, "extract", dry_run=True).n_scheduled == len(plate2)
 
     # the next extract redoes PLATE2's sites with the new function and skips PLATE1's
