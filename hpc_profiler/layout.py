@@ -162,15 +162,17 @@ class Layout:
         return self.root / STAMPED[stage] / "_stage.json"
 
     # ------------------------------------------------------------------ done / valid
-    def site_done(self, plate: str, well: str, site) -> bool:
-        """Whether the site's result validates for :attr:`config_hash`: its file (complete flag,
-        config hash), or its group of the plate's packed file. The deep check of one site; for
-        many use :func:`hpc_profiler.ledger.scan_columns`, which reads the completion ledger."""
-        if sitefile.validate_site_file(self.site(plate, well, site), self.config_hash).ok:
+    def site_done(self, plate: str, well: str, site, illum_digest: Optional[str] = None) -> bool:
+        """Whether the site's result validates for :attr:`config_hash` (and, given
+        ``illum_digest``, the plate's current illumination function: :func:`sitefile.illum_matches`):
+        its file (complete flag, config hash), or its group of the plate's packed file. The deep
+        check of one site; for many use :func:`hpc_profiler.ledger.scan_columns`, which reads the
+        completion ledger."""
+        if sitefile.validate_site_file(self.site(plate, well, site), self.config_hash, illum_digest).ok:
             return True
         packed = self.packed(plate)
         return packed.exists() and sitefile.validate_site_file(
-            sitefile.site_ref(packed, sitefile.pack_group(well, site)), self.config_hash).ok
+            sitefile.site_ref(packed, sitefile.pack_group(well, site)), self.config_hash, illum_digest).ok
 
 
 def as_layout(where) -> Layout:

@@ -6,7 +6,7 @@ site on a parallel file system: minutes per ``status`` at CPJUMP1 scale
 (370,000 sites). Instead, every extract task appends one line per finished
 site to its own ledger file, one tab-separated line per record::
 
-    <out>/ledger/<task>.tsv    <plate/well/site> <file> <size> <mtime ns> <config hash> <seconds> <time> .
+    <out>/ledger/<task>.tsv    <plate/well/site> <file> <size> <mtime ns> <config hash> <seconds> <time> <illum> .
 
 ``file`` is relative to ``<out>`` (``sites/<plate>/<row>/<name>.h5``); a site
 packed into its plate's file (:func:`hpc_profiler.pack.pack_plate`) is named
@@ -26,7 +26,8 @@ the cut line first).
   on local disk, inside the 10 s budget, and it catches truncated files).
 
 A site is trusted as done only when the newest record for it carries the
-current config hash and its file exists with the recorded size and mtime.
+current config hash and the current illumination function of its plate, and
+its file exists with the recorded size and mtime.
 Only files that exist without such a record (a task killed between writing
 the file and its record, a file changed since its record, outputs written
 before the ledger existed) are opened and validated the old way; a record
@@ -37,9 +38,27 @@ every existing site file in parallel processes, with a progress bar.
 
 Records are keyed by site: several records for one site (a requeued task, a
 lost race, a repack) count once, the newest winning.
+
+Illumination functions. The config hash does not change when a plate's
+illumination function is redone (an image that was unreadable is fixed, the
+plate gains images), yet every site extracted with the old function is then
+out of date. The illum stage stores the function's content digest
+(:func:`function_digest`, of the float32 arrays as saved) in the function's
+file (attribute ``function_digest``); the extract stage stores the digest of
+the function it used in the site file (attribute ``illum_digest``,
+:data:`hpc_profiler.sitefile.ILLUM_NONE` when it used none of the illum
+stage's: illumination off, CellProfiler's own functions) and the ledger
+record copies it (field ``illum``). A scan reads one digest per plate
+(:func:`plate_illum_digest`: one attribute of the plate's function file, so
+the cost stays O(tasks + plates)) and a record made with another function is
+stale: the site is pending, without opening its file. Redoing a function with
+the same inputs gives the same arrays, hence the same digest, and leaves the
+sites done. Records of the older 8-field format and site files without the
+attribute (from before the digest, CellProfiler imports) are not compared.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 import time
@@ -48,7 +67,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
+import h5py
+import numpy as np
+
 from . import sitefile
+from .backend import to_numpy
 from .layout import Layout
 from .sitefile import pack_group  # noqa: F401 - the name packers and readers import from here
 
@@ -95,39 +118,127 @@ class LedgerWriter:
         finally:
             os.close(fd)
 
-    def record(self, key: str, path, config_hash: str, seconds: float = 0.0) -> dict:
-        """Record that site ``key`` is finished in ``path`` (a file or a packed site name)."""
+    def record(self, key: str, path, config_hash: str, seconds: float = 0.0, illum: Optional[str] = None) -> dict:
+        """Record that site ``key`` is finished in ``path`` (a file or a packed site name).
+
+        ``illum`` is the digest of the illumination function the site was made
+        with; by default it is read from the site's ``illum_digest`` attribute
+        (one open of the file the task has just written).
+        """
         file, group = sitefile.split_ref(path)
         st = os.stat(file)
+        if illum is None:
+            illum = site_illum_digest(path)
         rel = os.path.relpath(file, self.out)
         rec = {"k": key, "f": rel if group is None else sitefile.site_ref(rel, group), "size": st.st_size,
-               "mtime": st.st_mtime_ns, "h": config_hash, "s": round(float(seconds), 3), "t": time.time()}
+               "mtime": st.st_mtime_ns, "h": config_hash, "s": round(float(seconds), 3), "t": time.time(),
+               "i": illum}
         self._append(format_record(rec).encode())
         return rec
 
 
 SUFFIX = ".tsv"
-_FIELDS = ("k", "f", "size", "mtime", "h", "s", "t")
+_FIELDS = ("k", "f", "size", "mtime", "h", "s", "t", "i")
 
 
 def format_record(rec: dict) -> str:
     """One ledger line (tab-separated, ending in ``.``); keys and paths with tabs or newlines are refused."""
-    for k in ("k", "f", "h"):
+    rec = dict(rec, i=rec.get("i") or sitefile.ILLUM_NONE)
+    for k in ("k", "f", "h", "i"):
         if any(c in str(rec[k]) for c in "\t\n\r"):
             raise ValueError(f"ledger: {k} {rec[k]!r} contains a tab or a line break")
     return "\t".join(str(rec[k]) for k in _FIELDS) + "\t.\n"
 
 
 def parse_record(line: str) -> Optional[dict]:
-    """The record of one ledger line, or None for a line cut by a kill (or otherwise malformed)."""
+    """The record of one ledger line, or None for a line cut by a kill (or otherwise malformed).
+
+    A line of the older format (8 fields, no illumination digest) gives ``i`` None.
+    """
     p = line.split("\t")
-    if len(p) != 8 or p[7] != ".":
+    n = len(p)
+    if n == 9:
+        if p[8] != ".":
+            return None
+        i = p[7]
+    elif n == 8 and p[7] == ".":
+        i = None
+    else:
         return None
     try:
         return {"k": p[0], "f": p[1], "size": int(p[2]), "mtime": int(p[3]), "h": p[4], "s": float(p[5]),
-                "t": float(p[6])}
+                "t": float(p[6]), "i": i}
     except ValueError:
         return None
+
+
+# =========================================================================== illumination digests
+def function_digest(functions, memo: bool = False) -> str:
+    """Content digest of one plate's illumination functions (channel -> 2-D array).
+
+    BLAKE2b (8 bytes, 16 hex digits) of the sorted channel names, shapes and
+    float32 bytes: the arrays as :func:`hpc_profiler.illumination.save_illum`
+    stores them, so the digest of the functions the illum stage computed and
+    of those the extract stage reads back from the file are the same. Device
+    arrays are copied to the host (:func:`hpc_profiler.backend.to_numpy`). ``memo`` reuses the digest of the last
+    mapping passed with ``memo`` when it is the same object (an extract task
+    hands one loaded mapping per plate to every site).
+    """
+    global _MEMO
+    if memo and _MEMO is not None and _MEMO[0] is functions:
+        return _MEMO[1]
+    h = hashlib.blake2b(digest_size=8)
+    for ch in sorted(functions, key=str):
+        a = np.ascontiguousarray(to_numpy(functions[ch]), dtype=np.float32)
+        h.update(f"{ch}\0{a.shape}\0".encode())
+        h.update(a.tobytes())
+    d = h.hexdigest()
+    if memo:
+        _MEMO = (functions, d)
+    return d
+
+
+_MEMO = None  # (the last mapping digested with memo=True, its digest)
+_CONTENT: dict = {}  # (path, size, mtime ns) -> content digest of a function file without the attribute
+
+
+def illum_file_digest(path) -> Optional[str]:
+    """The digest of the functions in an illumination file; None when the file is missing or unreadable.
+
+    The file's ``function_digest`` attribute (written by the illum stage), or,
+    for a file without it (written before the digest, or brought in through
+    ``input.illum_dir``), :func:`function_digest` of its datasets (read once per
+    file version in a process).
+    """
+    try:
+        st = os.stat(path)
+        with h5py.File(path, "r") as f:
+            d = f.attrs.get("function_digest")
+            if d is not None:
+                return d.decode() if isinstance(d, bytes) else str(d)
+            key = (str(path), st.st_size, st.st_mtime_ns)
+            if key not in _CONTENT:
+                _CONTENT[key] = function_digest({ch: f[ch][()] for ch in f.keys()})
+            return _CONTENT[key]
+    except (OSError, KeyError):
+        return None
+
+
+def plate_illum_digest(cfg, plate: str) -> Optional[str]:
+    """The digest of ``plate``'s current illumination function (:func:`illum_file_digest` of
+    :meth:`Layout.illum`); None when illumination is off or the plate has no function file."""
+    if not cfg.illumination.enabled:
+        return None
+    return illum_file_digest(Layout.of(cfg).illum(plate))
+
+
+def site_illum_digest(ref) -> str:
+    """A site's ``illum_digest`` attribute (:data:`sitefile.ILLUM_NONE` when it has none)."""
+    with sitefile.open_site(ref) as f:
+        d = f.attrs.get("illum_digest")
+    if d is None:
+        return sitefile.ILLUM_NONE
+    return d.decode() if isinstance(d, bytes) else str(d)
 
 
 # =========================================================================== reading
@@ -163,6 +274,7 @@ def read_ledgers(out) -> LedgerRecords:
     recs: dict = {}
     res = LedgerRecords(recs)
     parse = parse_record
+    get = recs.get
     for path, _size, _mtime in ledger_files(out):
         try:
             with open(path, "rb") as fh:
@@ -170,15 +282,26 @@ def read_ledgers(out) -> LedgerRecords:
         except OSError:
             continue
         res.n_files += 1
-        for line in text.split("\n"):
-            if not line:
-                continue
-            res.n_lines += 1
-            rec = parse(line)
+        lines = text.split("\n")
+        if lines and not lines[-1]:
+            lines.pop()
+        res.n_lines += len(lines)
+        for line in lines:
+            p = line.split("\t")
+            # parse_record, inlined for the common case (a whole line of the current format):
+            # 370,000 calls are a second on a loaded login node
+            if len(p) == 9 and p[8] == ".":
+                try:
+                    rec = {"k": p[0], "f": p[1], "size": int(p[2]), "mtime": int(p[3]), "h": p[4],
+                           "s": float(p[5]), "t": float(p[6]), "i": p[7]}
+                except ValueError:
+                    rec = None
+            else:
+                rec = parse(line)
             if rec is None:
                 res.n_bad_lines += 1
                 continue
-            old = recs.get(rec["k"])
+            old = get(rec["k"])
             if old is None or rec["t"] >= old["t"]:
                 recs[rec["k"]] = rec
     return res
@@ -191,18 +314,23 @@ class SiteScan:
 
     ``done[i]`` is the state of ``sites[i]``. ``problems`` are
     ``(site key, path, reason)`` for sites the ledger calls done whose file is now
-    missing, changed or invalid (pending again). ``unrecorded`` are the
+    missing, changed or invalid (pending again); ``illum_stale`` counts, per
+    plate, the sites recorded with an earlier illumination function of their
+    plate (pending again). ``unrecorded`` are the
     ``(index, key)`` of sites found done by opening their file without a current record
     (:func:`record_unrecorded` adds them to the ledger). The counters say what
-    the scan cost: ledger files read, folders listed, files stat'ed, site
-    files opened.
+    the scan cost: ledger files read, illumination digests read (one per
+    plate), folders listed, files stat'ed, site files opened.
     """
 
     done: list
     problems: list = field(default_factory=list)
     unrecorded: list = field(default_factory=list)
     paths: dict = field(default_factory=dict)  # index -> name of a done site opened or packed (else its loose file)
+    illum: dict = field(default_factory=dict)  # index -> illum_digest of a site file opened and found done
+    illum_stale: dict = field(default_factory=dict)  # plate -> sites recorded with an earlier illumination function
     n_ledger_files: int = 0
+    n_illum_files: int = 0
     n_listings: int = 0
     n_stats: int = 0
     n_opened: int = 0
@@ -220,27 +348,30 @@ class SiteScan:
 
     @property
     def files_read(self) -> int:
-        """Files opened for reading: ledger files and site files."""
-        return self.n_ledger_files + self.n_opened
+        """Files opened for reading: ledger files, illumination function files and site files."""
+        return self.n_ledger_files + self.n_illum_files + self.n_opened
 
 
-def _validate_one(args) -> tuple[bool, str]:
-    ref, chash = args
-    st = sitefile.validate_site_file(ref, chash)
-    return st.ok, st.reason
+def _validate_one(args) -> tuple[bool, str, Optional[str]]:
+    ref, chash, illum = args
+    st = sitefile.validate_site_file(ref, chash, illum)
+    return st.ok, st.reason, st.illum_digest
 
 
-def validate_many(refs: Sequence[str], config_hash: str, *, workers: Optional[int] = None,
-                  progress: bool = False, desc: str = "validating site files") -> list[tuple[bool, str]]:
-    """:func:`sitefile.validate_site_file` of each of ``refs``, in worker processes when many.
+def validate_many(refs: Sequence[str], config_hash: str, *, illum: Optional[Sequence] = None,
+                  workers: Optional[int] = None, progress: bool = False,
+                  desc: str = "validating site files") -> list[tuple[bool, str, Optional[str]]]:
+    """:func:`sitefile.validate_site_file` of each of ``refs``, in worker processes when many:
+    ``(ok, reason, the file's illum_digest)`` each.
 
-    ``progress`` shows a tqdm bar on stderr (when it is a terminal) and a
-    line per tenth otherwise.
+    ``illum`` gives, per ref, the digest of its plate's current illumination
+    function (None: not compared). ``progress`` shows a tqdm bar on stderr
+    (when it is a terminal) and a line per tenth otherwise.
     """
     n = len(refs)
     if n == 0:
         return []
-    args = [(r, config_hash) for r in refs]
+    args = [(r, config_hash, None if illum is None else illum[k]) for k, r in enumerate(refs)]
     workers = workers or min(8, os.cpu_count() or 1)
     bar = None
     if progress:
@@ -283,6 +414,10 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
     ``i``), as a manifest's Parquet file holds them: a status of 370,000 sites
     builds no per-site objects.
 
+    A record (or, for a file without one, the file) made with another
+    illumination function than its plate's current one is stale: one digest
+    is read per plate (:func:`plate_illum_digest`), none per site.
+
     Parameters
     ----------
     cfg : Config
@@ -303,18 +438,31 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
     scan = SiteScan(done=[False] * len(plates), n_ledger_files=led.n_files)
     listings: dict = {}
     pack_stats: dict = {}
-    candidates: list = []  # (index, path, record or None, note, key)
+    candidates: list = []  # (index, path, record or None, note, key, the plate's illum digest)
     sep = sitefile.PACK_SEP
+    none = sitefile.ILLUM_NONE
     done = scan.done
     stat_ = os.stat
     last_pw = None  # the manifest is sorted by plate and well: folder and names change rarely
     names: set = set()
     d = prefix = ""
+    illum_of: dict = {}  # plate -> digest of its current illumination function (None: not compared)
+    last_plate = exp = None
 
     for i, (plate, well, site) in enumerate(zip(plates, wells, numbers)):
+        if plate != last_plate:
+            last_plate = plate
+            if plate in illum_of:
+                exp = illum_of[plate]
+            else:
+                exp = illum_of[plate] = plate_illum_digest(cfg, plate)
+                scan.n_illum_files += cfg.illumination.enabled
         key = f"{plate}/{well}/{site}"
         rec = recs.get(key)
         current = rec is not None and rec["h"] == chash
+        if current and exp is not None and rec["i"] not in (None, none, exp):
+            current = False  # made with an earlier illumination function of its plate
+            scan.illum_stale[plate] = scan.illum_stale.get(plate, 0) + 1
         if rec is not None and sep in rec["f"]:  # packed
             if current:
                 pfile, group = rec["f"].rsplit(sep, 1)
@@ -329,7 +477,7 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
                 ref = f"{out}/{rec['f']}"
                 if st is not None and st.st_size == rec["size"] and st.st_mtime_ns == rec["mtime"]:
                     if verify:
-                        candidates.append((i, ref, rec, "", key))
+                        candidates.append((i, ref, rec, "", key, exp))
                     else:
                         done[i] = True
                         scan.paths[i] = ref
@@ -342,8 +490,8 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
             prefix = f"{plate}_{well}_s"
             names = listings.get(d)
             if names is None:
-                try:
-                    names = {e.name for e in os.scandir(d) if not e.name.startswith(".")}
+                try:  # temporaries (".<name>.<id>.tmp.h5") never equal a site file's name
+                    names = set(os.listdir(d))
                 except (FileNotFoundError, NotADirectoryError):
                     names = set()
                 listings[d] = names
@@ -355,7 +503,7 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
                 scan.problems.append((key, path, "recorded as done but the file is missing"))
             continue
         if verify or rec is None:
-            candidates.append((i, path, rec if current else None, "", key))
+            candidates.append((i, path, rec if current else None, "", key, exp))
             continue
         if stat:
             try:
@@ -371,19 +519,22 @@ def scan_columns(cfg, plates: Sequence, wells: Sequence, numbers: Sequence, *, v
         if same:
             if current:
                 done[i] = True
-            # else: the file of another config hash, unchanged since recorded: stale, pending
+            # else: the file of another config hash or illumination function, unchanged since
+            # recorded: stale, pending
             continue
         note = f"changed since recorded ({rec['size']} -> {st.st_size} bytes)" if current else ""
-        candidates.append((i, path, rec if current else None, note, key))
+        candidates.append((i, path, rec if current else None, note, key, exp))
 
-    results = validate_many([c[1] for c in candidates], chash, workers=workers, progress=progress)
+    results = validate_many([c[1] for c in candidates], chash, illum=[c[5] for c in candidates], workers=workers,
+                            progress=progress)
     scan.n_opened = len(candidates)
-    for (i, path, rec, note, key), (ok, reason) in zip(candidates, results):
+    for (i, path, rec, note, key, _exp), (ok, reason, found) in zip(candidates, results):
         if ok:
             scan.done[i] = True
             scan.paths[i] = path
             if rec is None or note:
                 scan.unrecorded.append((i, key))
+                scan.illum[i] = found
         elif rec is not None:
             scan.problems.append((key, path, f"{note}: {reason}" if note else reason))
     scan.seconds = time.perf_counter() - t0
@@ -399,7 +550,7 @@ def record_unrecorded(cfg, scan: SiteScan, task: str) -> int:
     n = 0
     for i, key in scan.unrecorded:
         try:
-            w.record(key, scan.paths[i], chash)
+            w.record(key, scan.paths[i], chash, illum=scan.illum.get(i) or sitefile.ILLUM_NONE)
             n += 1
         except FileNotFoundError:
             continue  # removed since the scan: it is found pending next time

@@ -42,6 +42,7 @@ def pack_plate(cfg, plate: str, sites: Sequence, *, remove_loose: bool = True) -
     counts = {"packed": 0, "from_loose": 0, "from_pack": 0, "removed": 0, "bytes": 0}
     if not todo:
         return counts
+    illum = {}  # site key -> the illumination digest its group carries (copied with the group)
     with atomic_path(dest, suffix=".h5") as tmp, h5py.File(tmp, "w") as fd:
         fd.attrs["plate"] = str(plate)
         fd.attrs["config_hash"] = chash
@@ -50,12 +51,14 @@ def pack_plate(cfg, plate: str, sites: Sequence, *, remove_loose: bool = True) -
             with sitefile.open_site(ref) as src:
                 if not bool(src.attrs.get("complete", False)) or src.attrs.get("config_hash") != chash:
                     raise OSError(f"{ref}: not a finished site file of this config; not packed")
+                d = src.attrs.get("illum_digest")
+                illum[s.key] = sitefile.ILLUM_NONE if d is None else str(d)
                 src.file.copy(src, fd, name=group)
             counts["from_pack" if sitefile.PACK_SEP in str(ref) else "from_loose"] += 1
         fd.attrs["complete"] = True
     w = LedgerWriter(cfg.out, f"pack-{plate}")
     for s, _ in todo:
-        w.record(s.key, sitefile.site_ref(dest, pack_group(s.well, s.site)), chash)
+        w.record(s.key, sitefile.site_ref(dest, pack_group(s.well, s.site)), chash, illum=illum[s.key])
     counts["packed"] = len(todo)
     counts["bytes"] = dest.stat().st_size
     if remove_loose:

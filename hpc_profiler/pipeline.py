@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Optional
 
-from . import sitefile
+from . import ledger, sitefile
 from .backend import get_backend
 from .config import Config
 from .layout import Layout
@@ -116,9 +116,11 @@ def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False
     files, and nothing is written. The file records its input stamp
     (:func:`illum_inputs`, the unreadable files with size and mtime), so a
     fixed image makes :func:`illum_valid` false and the function is redone.
-    Returns the file path, or ``None`` when illumination correction is
-    disabled or every site of the plate names CellProfiler illumination files
-    of its own.
+    It also records the functions' content digest (``function_digest``,
+    :func:`hpc_profiler.ledger.function_digest`): sites extracted with another
+    function are then out of date. Returns the file path, or ``None`` when
+    illumination correction is disabled or every site of the plate names
+    CellProfiler illumination files of its own.
     """
     from . import illumination
     from .images import SiteInputError, load_site_images
@@ -158,6 +160,7 @@ def illum_plate(cfg: Config, plate: str, sites: Iterable, *, force: bool = False
         "n_sites": acc.count,
         "n_skipped": len(skipped),
         "inputs_digest": illum_inputs(plate_sites)[0],
+        "function_digest": ledger.function_digest(functions),
         "unreadable": json.dumps(unreadable_stamp(bad_files)),
         "downsample": ic.downsample,
         "median_filter_size": ic.median_filter_size,
@@ -246,6 +249,11 @@ def extract_site(cfg: Config, site, illum: Optional[dict] = None, *, images: Opt
     ``images`` (channel -> float image in [0, 1]) skips the read, for a caller
     that prefetched them (:func:`storage.prefetched`).
 
+    The file records the digest of the plate's illumination function it was
+    made with (``illum_digest``; :data:`sitefile.ILLUM_NONE` without one of the
+    illum stage's), and a file made with another function than the plate's
+    current one is not valid: it is made again.
+
     Raises :class:`images.SiteInputError` naming the file for unreadable or
     missing images; other exceptions (e.g. a segmentation failure) propagate
     with the site named, for the task runner to record.
@@ -253,8 +261,14 @@ def extract_site(cfg: Config, site, illum: Optional[dict] = None, *, images: Opt
     from .images import load_site_images
 
     out = site_path(cfg, site)
-    if not force and sitefile.validate_site_file(out, cfg.hash()).ok:
-        return out
+    plate_fn = cfg.illumination.enabled and not site.has_own_illum(cfg.channels)  # the illum stage's function
+    if not force:
+        expected = None
+        if plate_fn:
+            expected = (ledger.function_digest(illum, memo=True) if illum is not None
+                        else ledger.plate_illum_digest(cfg, site.plate))
+        if sitefile.validate_site_file(out, cfg.hash(), expected).ok:
+            return out
     bk = get_backend(cfg.device)
     t0 = time.perf_counter()
     if images is None:
@@ -288,6 +302,8 @@ def extract_site(cfg: Config, site, illum: Optional[dict] = None, *, images: Opt
             "Cytoplasm": bk.to_numpy(seg.cytoplasm),
         },
         timings=seconds,
-        attrs={"warnings": "\n".join(getattr(seg, "warnings", []) or [])},
+        attrs={"warnings": "\n".join(getattr(seg, "warnings", []) or []),
+               "illum_digest": (ledger.function_digest(illum, memo=True) if plate_fn and illum is not None
+                                else sitefile.ILLUM_NONE)},
     )
     return path

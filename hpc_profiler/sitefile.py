@@ -3,7 +3,9 @@
 Layout (h5py)::
 
     /                       attrs: plate, well, site, config_hash, version, backend,
-                                   created, seconds_<stage>..., complete (written last)
+                                   created, seconds_<stage>..., illum_digest (the plate's
+                                   illumination function it was made with, see
+                                   hpc_profiler.ledger), complete (written last)
     /objects/<Object>/features        float32 [n_objects, n_features] (float64 when the table's dtype is)
     /objects/<Object>/feature_names   str [n_features]  (e.g. Cells_Intensity_MeanIntensity_DNA)
     /objects/<Object>/object_number   int32 [n_objects]
@@ -86,6 +88,7 @@ class SiteData:
 class SiteFileStatus:
     ok: bool
     reason: str = ""
+    illum_digest: Optional[str] = None  # the file's ``illum_digest`` attribute (None: the file has none)
 
 
 def site_file_name(plate: str, well: str, site) -> str:
@@ -212,8 +215,25 @@ def write_site_file(
     return path
 
 
-def validate_site_file(path, config_hash: Optional[str] = None) -> SiteFileStatus:
-    """Whether ``path`` is a finished site file (for the given config hash).
+#: ``illum_digest`` of a site made without an illumination function of the illum stage
+#: (illumination off, or CellProfiler's own functions named by the manifest)
+ILLUM_NONE = "-"
+
+
+def illum_matches(found: Optional[str], expected: Optional[str]) -> bool:
+    """Whether a site made with illumination function ``found`` (its ``illum_digest``) is
+    current when its plate's function is now ``expected``.
+
+    ``expected`` None: nothing to compare (illumination off, or the plate has no
+    function file). ``found`` None or :data:`ILLUM_NONE`: the site used no function
+    of the illum stage (CellProfiler's own, an import) or predates the digest.
+    """
+    return expected is None or found is None or found == ILLUM_NONE or found == expected
+
+
+def validate_site_file(path, config_hash: Optional[str] = None, illum_digest: Optional[str] = None) -> SiteFileStatus:
+    """Whether ``path`` is a finished site file (for the given config hash and,
+    given ``illum_digest``, made with that illumination function: :func:`illum_matches`).
 
     ``path`` may also name a packed site (``<packed file>::<group>``).
     """
@@ -228,11 +248,16 @@ def validate_site_file(path, config_hash: Optional[str] = None) -> SiteFileStatu
                 return SiteFileStatus(False, f"stale (config hash {f.attrs.get('config_hash')} != {config_hash})")
             if "objects" not in f or "image" not in f:
                 return SiteFileStatus(False, "incomplete (groups missing)")
+            found = f.attrs.get("illum_digest")
+            found = None if found is None else str(found)
+            if not illum_matches(found, illum_digest):
+                return SiteFileStatus(False, f"stale (made with illumination function {found}, the plate's is "
+                                             f"now {illum_digest})", found)
     except KeyError as exc:
         return SiteFileStatus(False, f"missing from the packed file ({exc})" if group else f"unreadable ({exc})")
     except OSError as exc:
         return SiteFileStatus(False, f"unreadable ({exc})")
-    return SiteFileStatus(True, "ok")
+    return SiteFileStatus(True, "ok", found)
 
 
 def _decode(a) -> list[str]:

@@ -283,6 +283,10 @@ def format_status(st: BatchStatus, failed: bool = False) -> str:
             lines.append(f"  {key}: {path}: {reason}")
         if not failed and len(st.damaged) > 5:
             lines.append(f"  ... {len(st.damaged) - 5} more; list them with --failed")
+    stale = getattr(st.scan, "illum_stale", None)
+    if stale:
+        lines.append(f"{sum(stale.values())} site(s) of plate(s) {', '.join(sorted(stale))} were made with an earlier "
+                     "illumination function of their plate (pending again)")
     if st.failures:
         lines.append(f"{len(st.failures)} failure(s)" + ("" if failed else "; list them with --failed"))
     if failed:

@@ -11,14 +11,23 @@ Builds two batches under a temporary folder (local disk):
   placeholder files of the same size (the new method never opens them).
 * ``sample``: the first ``--sample`` sites alone, all real site files.
 
+Illumination is on: every plate has its function file (tiny functions with
+the attributes the illum stage writes, its content digest among them), the
+site files and ledger records carry that digest, so the new method reads one
+digest per plate besides the ledger (issue 19's illumination check).
+
 Today's method (open and validate every site file serially, and stat every
 site file for the reduce stamp, as on main before the ledger) is run on the
 sample batch and extrapolated linearly to ``--sites`` (every part of it is
 O(sites)); running it on 370,000 real files would take minutes on this
 machine and need 370,000 real site files. The new method runs on both
 batches. Every line prints seconds, the ratio today / new, and the number of
-files read (ledger files + site files opened; folder listings and stats are
-printed separately). The page cache is warm (each timing is the second of
+files read (today: site files opened; new: ledger files + illumination
+files + site files opened; folder listings and stats are printed
+separately). Then, at ``--sites``: ``illum_pending`` (one pass over the
+sites, then one function file per plate) beside the per-plate filter it
+replaced (every site scanned once per plate), ``submit illum --dry-run``, and
+reading the manifest (Site objects, and the columns status and submit use). The page cache is warm (each timing is the second of
 two runs), as in the issue's measurement.
 
     python scripts/bench_bookkeeping.py                      # 370,000 sites
@@ -39,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from hpc_profiler import ledger, manifest as M, orchestrate as orch, run, sitefile, status
+from hpc_profiler import (illumination, ledger, manifest as M, orchestrate as orch, pipeline, run, sitefile,
+                          status)
 from hpc_profiler.layout import Layout
 from hpc_profiler.workflow import arrays as wf_arrays, plan as wf_plan, sites as wf_sites, stages as wf_stages
 from hpc_profiler.sources import build_manifest
@@ -71,7 +81,7 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     cfg_path.write_text(yaml.safe_dump({
         "name": "bench", "output_dir": str(out), "input": {"loaddata_csv": str(csv_path)},
-        "illumination": {"enabled": False}, "executor": {"kind": "local", "sites_per_task": per_task},
+        "executor": {"kind": "local", "sites_per_task": per_task},
     }))
     with open(csv_path, "w", newline="") as fh:
         w = csv.writer(fh)
@@ -84,6 +94,7 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
     msites = [M.Site(p, w, f, {ch: f"{root}/{p}/{p}_{w}_f{f}_{ch}.tiff" for ch in CPJUMP1_CHANNELS})
               for p, w, f in sites]
     orch.ensure_manifest(cfg)  # as submit leaves it: the manifest and the stamp of its source
+    illum = write_illum(cfg, msites)
     names = ["Cells_Intensity_MeanIntensity_DNA", "Cells_AreaShape_Area"]
     template_size = None
     made = set()
@@ -104,7 +115,8 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
                 sitefile.write_site_file(path, plate=s.plate, well=s.well, site=s.site, config_hash=chash,
                                          backend="numpy", image={"Image_Count_Cells": 4},
                                          objects={"Cells": sitefile.ObjectTable(names, rng.random((4, 2)),
-                                                                                np.arange(1, 5))})
+                                                                                np.arange(1, 5))},
+                                         attrs={"illum_digest": illum[s.plate]})
                 st = os.stat(path)
                 template_size = template_size or st.st_size
             else:
@@ -114,13 +126,28 @@ def write_batch(root: Path, sites: list, n_real: int, per_task: int) -> Path:
                 os.close(fd)
             rel = os.path.relpath(path, out)
             lines.append(ledger.format_record({"k": s.key, "f": rel, "size": st.st_size, "mtime": st.st_mtime_ns,
-                                               "h": chash, "s": 1.0, "t": t}))
+                                               "h": chash, "s": 1.0, "t": t, "i": illum[s.plate]}))
             work.append(json.dumps({"key": s.key, "status": "done", "start": t, "end": t + 1.0, "seconds": 1.0,
                                     "task": f"1000_{task}", "batch": "b1"}))
             t += 0.01
         (led_dir / f"1000_{task}{ledger.SUFFIX}").write_text("".join(lines))
         (work_dir / f"1000_{task}.jsonl").write_text("\n".join(work) + "\n")
     return cfg_path
+
+
+def write_illum(cfg, msites) -> dict:
+    """Each plate's illumination file, as the illum stage writes it (tiny functions); plate -> digest."""
+    by_plate: dict = {}
+    for s in msites:
+        by_plate.setdefault(s.plate, []).append(s)
+    out = {}
+    for k, (plate, ps) in enumerate(sorted(by_plate.items())):
+        fns = {ch: np.full((4, 4), 1.0 + k + j / 10, np.float32) for j, ch in enumerate(cfg.channels)}
+        out[plate] = ledger.function_digest(fns)
+        illumination.save_illum(pipeline.illum_path(cfg, plate), fns, {
+            "plate": plate, "config_hash": cfg.hash(), "inputs_digest": pipeline.illum_inputs(ps)[0],
+            "unreadable": "[]", "function_digest": out[plate]})
+    return out
 
 
 # ---------------------------------------------------------------- today's method (main before issue 19)
@@ -221,7 +248,45 @@ def measure(cfg_path: Path, method: str) -> dict:
     assert st.totals.done == n - len(pending) and sub.n_scheduled == len(pending), (st.totals, sub)
     return {"sites": n, "pending": len(pending), "t_pending": t_pending, "t_status": t_status,
             "t_submit": t_submit, "ledger_files": scan.n_ledger_files, "opened": scan.n_opened,
-            "listings": scan.n_listings, "stats": scan.n_stats}
+            "listings": scan.n_listings, "stats": scan.n_stats, "illum_files": scan.n_illum_files}
+
+
+def per_plate_illum_pending(cfg, sites) -> list:
+    """The filter ``illum_pending`` replaced: the sites scanned once per plate (O(sites x plates))."""
+    plates = sorted({s.plate for s in sites})
+    out = []
+    for plate in plates:
+        ps = [s for s in sites if s.plate == plate]
+        if pipeline.plate_needs_illum(cfg, ps) and not orch.illum_done(cfg, plate, ps):
+            out.append(plate)
+    return out
+
+
+def measure_illum_and_manifest(cfg_path: Path) -> dict:
+    """illum_pending (new and per plate), submit illum --dry-run, the manifest read two ways."""
+    cfg = load_config(cfg_path)
+    opened = []
+    real_valid = pipeline.illum_valid
+
+    def counting_valid(path, *a, **k):
+        opened.append(path)
+        return real_valid(path, *a, **k)
+
+    res = {}
+    res["t_manifest_sites"], sites = timed(lambda: M.load_manifest(orch.manifest_path(cfg)))
+    res["t_manifest_columns"], cols = timed(lambda: orch.SiteColumns.read(orch.manifest_path(cfg)))
+    assert len(cols) == len(sites)
+    pipeline.illum_valid = counting_valid
+    try:
+        res["t_illum_pending"], new = timed(lambda: orch.illum_pending(cfg, sites))
+        res["illum_files"] = len(opened) // 2  # two timed calls
+        res["t_illum_per_plate"], old = timed(lambda: per_plate_illum_pending(cfg, sites), repeat=1)
+        res["t_submit_illum"], sub = timed(lambda: orch.submit_stage(cfg, "illum", dry_run=True, kind="local"))
+    finally:
+        pipeline.illum_valid = real_valid
+    assert new == old == [] and sub.n_scheduled == 0, (new, old, sub)
+    res["plates"] = len({s.plate for s in sites})
+    return res
 
 
 def main(argv=None) -> int:
@@ -254,14 +319,23 @@ def main(argv=None) -> int:
                                          (f"{args.sites} sites (today extrapolated)", today_s, new_n, scale)):
             print(label)
             files_t = int(res_t["opened"] * ext)
-            files_n = res_n["ledger_files"] + res_n["opened"]
+            files_n = res_n["ledger_files"] + res_n["illum_files"] + res_n["opened"]
             for what, key in (("pending-site computation", "t_pending"), ("status", "t_status"),
                               ("submit extract --dry-run", "t_submit")):
                 tt, tn = res_t[key] * ext, res_n[key]
                 print(f"  {what:32s}{tt:12.2f}{tn:10.2f}{tt / tn:10.1f}x{files_t:>12d} /{files_n:>8d}")
-        print(f"\nnew method at {args.sites} sites: {new_n['ledger_files']} ledger files read, "
-              f"{new_n['opened']} site files opened, {new_n['listings']} folder listings, {new_n['stats']} stats; "
-              f"pending {new_n['pending']}")
+        print(f"\nnew method at {args.sites} sites: {new_n['ledger_files']} ledger files and {new_n['illum_files']} "
+              f"illumination files read, {new_n['opened']} site files opened, {new_n['listings']} folder listings, "
+              f"{new_n['stats']} stats; pending {new_n['pending']}")
+        il = measure_illum_and_manifest(big)
+        print(f"\nat {args.sites} sites, {il['plates']} plates:")
+        print(f"  illum_pending                   {il['t_illum_pending']:8.2f} s ({il['illum_files']} function files "
+              f"opened); the per-plate filter it replaced {il['t_illum_per_plate']:.2f} s "
+              f"({il['t_illum_per_plate'] / il['t_illum_pending']:.1f}x)")
+        print(f"  submit illum --dry-run          {il['t_submit_illum']:8.2f} s (a dry run parses the LoadData CSV, "
+              f"then illum_pending)")
+        print(f"  manifest read as Site objects   {il['t_manifest_sites']:8.2f} s; as columns (status, submit) "
+              f"{il['t_manifest_columns']:.2f} s")
         per_file_ms = today_s["t_pending"] / args.sample * 1e3
         slow = per_file_ms / 0.89
         print(f"today's check here: {per_file_ms:.2f} ms per site file; the issue measured 0.89 ms on local disk, so "

@@ -225,10 +225,17 @@ def test_site_files_digest_follows_the_ledger(finished, tmp_path):
 
 def test_record_format_round_trip_and_refusals(tmp_path):
     rec = {"k": "P 1/B02/3", "f": "sites/P 1/B/P 1_B02_s3.h5", "size": 10, "mtime": 12345678901234567,
-           "h": "abc", "s": 1.25, "t": 1.7e9}
+           "h": "abc", "s": 1.25, "t": 1.7e9, "i": "0123456789abcdef"}
     line = ledger.format_record(rec)
     assert line.endswith("\t.\n") and ledger.parse_record(line.rstrip("\n")) == rec
     assert ledger.parse_record(line[:-4]) is None and ledger.parse_record("x\ty") is None
+    for cut in range(1, len(line) - 2):  # a kill may cut a line anywhere: no prefix parses
+        assert ledger.parse_record(line[:cut]) is None, line[:cut]
+    no_illum = {k: v for k, v in rec.items() if k != "i"}
+    assert ledger.parse_record(ledger.format_record(no_illum).rstrip("\n"))["i"] == sitefile.ILLUM_NONE
+    # a line of the format before the illumination digest (8 fields) still reads, digest unknown
+    old = "\t".join(str(rec[k]) for k in ("k", "f", "size", "mtime", "h", "s", "t")) + "\t."
+    assert ledger.parse_record(old) == dict(rec, i=None)
     with pytest.raises(ValueError, match="tab or a line break"):
         ledger.format_record(dict(rec, k="P\t1/B02/3"))
 
@@ -347,3 +354,189 @@ def test_illum_pending_groups_sites_once(tmp_path):
     off = load_config(write_cfg(tmp_path / "c2.yaml", tmp_path / "out"))
     off.illumination.enabled = False
     assert orch.illum_pending(off, sites) == []
+
+
+def test_redone_illumination_makes_exactly_that_plates_sites_pending(tmp_path):
+    """A plate's illumination function redone with other inputs -> its sites pending; same function -> none.
+
+    The real illum and extract task bodies on the tiny batch of test_orchestrate,
+    illumination on: PLATE2 has two unreadable sites, so its function is made
+    from 4 of 6 sites; fixing them redoes PLATE2's function (the image list is
+    the same, the fixed images are read now) and every PLATE2 site extracted
+    with the old function is out of date, while PLATE1's are not. The
+    reference is the hand count (PLATE2's sites) and the deep check of each
+    file against its plate's current function.
+    """
+    from test_orchestrate import fix_bad_files, make_batch
+    from test_orchestrate import write_config as write_orch_config
+
+    from hpc_profiler import illumination
+
+    batch = make_batch(tmp_path / "data")
+    cfg = load_config(write_orch_config(tmp_path / "c.yaml", batch["csv"], tmp_path / "out", kind="debug",
+                                        sections={"features": {"families": ["Intensity"]}}))
+    sites = orch.load_or_build_manifest(cfg)
+    mpath = orch.manifest_path(cfg)
+    plates = sorted({s.plate for s in sites})
+    assert plates == ["PLATE1", "PLATE2"]
+    for p in plates:
+        assert orch.run_illum_plate(cfg, mpath, p)["done"] == 1
+    digests = {p: ledger.plate_illum_digest(cfg, p) for p in plates}
+    for p in plates:  # the digest the illum stage stored is that of the arrays the extract stage reads back
+        assert digests[p] == ledger.function_digest(illumination.load_illum(orch.pipeline.illum_path(cfg, p)))
+    first = orch.run_extract_range(cfg, mpath, 0, len(sites))
+    assert (first["done"], first["failed"]) == (len(sites) - 2, 2)  # PLATE2's two bad sites
+    bad = {s.key for s in sites if not orch.site_done(cfg, s)}
+    assert len(bad) == 2 and all(k.startswith("PLATE2/") for k in bad)
+    recs = ledger.read_ledgers(cfg.out).records
+    assert {r["i"] for k, r in recs.items()} == set(digests.values())
+    assert all(recs[s.key]["i"] == digests[s.plate] for s in sites if s.key not in bad)
+
+    def pending(scan):
+        return {s.key for s, d in zip(sites, scan.done) if not d}
+
+    scan = ledger.scan_sites(cfg, sites)
+    assert pending(scan) == bad and scan.n_opened == 0 and scan.n_illum_files == len(plates)
+
+    # PLATE1's function redone from the same images: the same arrays, so nothing is out of date
+    inode = orch.pipeline.illum_path(cfg, "PLATE1").stat().st_ino
+    orch.pipeline.illum_plate(cfg, "PLATE1", sites, force=True)
+    assert orch.pipeline.illum_path(cfg, "PLATE1").stat().st_ino != inode  # a new file renamed into place
+    assert ledger.plate_illum_digest(cfg, "PLATE1") == digests["PLATE1"]
+    scan = ledger.scan_sites(cfg, sites)
+    assert pending(scan) == bad and scan.n_opened == 0 and scan.problems == [] and scan.illum_stale == {}
+
+    # PLATE2's unreadable images fixed: its function is redone from 6 sites instead of 4
+    fix_bad_files(batch)
+    assert orch.illum_pending(cfg, sites) == ["PLATE2"]
+    assert orch.run_illum_plate(cfg, mpath, "PLATE2")["done"] == 1
+    new = ledger.plate_illum_digest(cfg, "PLATE2")
+    assert new != digests["PLATE2"]
+    plate2 = {s.key for s in sites if s.plate == "PLATE2"}
+    scan = ledger.scan_sites(cfg, sites)
+    assert pending(scan) == plate2  # exactly that plate's sites
+    # from the ledger and one digest per plate: no site file opened, files read ~ tasks + plates
+    assert (scan.n_opened, scan.n_illum_files, scan.problems) == (0, len(plates), [])
+    assert scan.files_read == scan.n_ledger_files + len(plates)
+    deep = {s.key for s in sites if not orch.site_done(cfg, s)}  # the deep check of every file agrees
+    assert deep == plate2
+    stale = sitefile.validate_site_file(orch.pipeline.site_path(cfg, sites[-1]), cfg.hash(), new)
+    assert not stale.ok and "illumination function" in stale.reason and stale.illum_digest == digests["PLATE2"]
+    assert pending(ledger.scan_sites(cfg, sites, verify=True, workers=1)) == plate2
+    assert scan.illum_stale == {"PLATE2": len(plate2) - len(bad)}  # the 2 bad sites were never recorded
+    st = status.collect_status(cfg)
+    by_plate = {p.plate: p for p in st.plates}
+    assert (by_plate["PLATE1"].done, by_plate["PLATE2"].done) == (6, 0)
+    assert ("4 site(s) of plate(s) PLATE2 were made with an earlier illumination function"
+            in status.format_status(st))
+    assert orch.submit_stage(cfg, "extract", dry_run=True).n_scheduled == len(plate2)
+
+    # the next extract redoes PLATE2's sites with the new function and skips PLATE1's
+    again = orch.run_extract_range(cfg, mpath, 0, len(sites))
+    assert (again["done"], again["skipped"], again["failed"]) == (len(plate2), len(sites) - len(plate2), 0)
+    scan = ledger.scan_sites(cfg, sites)
+    assert scan.n_done == len(sites) and scan.n_opened == 0
+    assert all(sitefile.validate_site_file(orch.pipeline.site_path(cfg, s)).illum_digest == new
+               for s in sites if s.plate == "PLATE2")
+
+
+def test_illum_digest_of_files_without_the_attribute_and_of_own_functions(tmp_path):
+    """A function file without ``function_digest`` (older, or from input.illum_dir) is digested from
+    its arrays; a site made with CellProfiler's own functions is not compared with the plate's."""
+    from hpc_profiler import illumination
+
+    rng = np.random.default_rng(1)
+    fns = {ch: rng.random((8, 8)).astype(np.float32) + 1 for ch in ("DNA", "ER")}
+    path = illumination.save_illum(tmp_path / "P_illum.h5", fns)  # no attributes
+    assert ledger.illum_file_digest(path) == ledger.function_digest(fns)
+    assert ledger.function_digest(illumination.load_illum(path)) == ledger.function_digest(fns)
+    # device arrays (the audit backend's, the CPU twin of CuPy's) digest as their host copies
+    from hpc_profiler._audit import audit_backend
+
+    bk = audit_backend()
+    on_device = {ch: bk.asarray(a) for ch, a in fns.items()}
+    assert not isinstance(on_device["DNA"], np.ndarray)
+    assert ledger.function_digest(on_device) == ledger.function_digest(fns)
+    assert ledger.function_digest({ch: a.astype(np.float64) for ch, a in fns.items()}) == ledger.function_digest(fns)
+    fns2 = dict(fns, ER=fns["ER"] * 1.001)
+    assert ledger.function_digest(fns2) != ledger.function_digest(fns)
+    illumination.save_illum(path, fns2)
+    assert ledger.illum_file_digest(path) == ledger.function_digest(fns2)  # a new version of the file
+    assert ledger.illum_file_digest(tmp_path / "none.h5") is None
+    # the matching rule: a site of the illum stage's function must match; one made with none is not compared
+    assert sitefile.illum_matches("abc", "abc") and not sitefile.illum_matches("abc", "abd")
+    assert sitefile.illum_matches(sitefile.ILLUM_NONE, "abd") and sitefile.illum_matches(None, "abd")
+    assert sitefile.illum_matches("abc", None)
+    own = Site("P", "A01", 1, {"DNA": "x"}, {"DNA": "/cp/IllumDNA.npy"})
+    assert own.has_own_illum(["DNA"]) and not own.has_own_illum(["DNA", "ER"])
+
+
+def _reference_loaddata(csv_path, channels) -> list:
+    """The LoadData reading before the column-index reader: csv.DictReader, pathlib per file."""
+    import csv as csv_mod
+
+    base = Path(csv_path).resolve().parent
+
+    def join(folder, name):
+        p = Path(os.path.expanduser(folder)) if folder else Path()
+        return str((p if p.is_absolute() else base / p) / name)
+
+    out = []
+    with open(csv_path, newline="") as fh:
+        for row in csv_mod.DictReader(fh):
+            files = {ch: join((row[f"PathName_Orig{ch}"] or "").strip(), (row[f"FileName_Orig{ch}"] or "").strip())
+                     for ch in channels}
+            out.append(Site(row["Metadata_Plate"].strip(), manifest_mod.normalize_well(row["Metadata_Well"]),
+                            int(row["Metadata_Site"].strip()), files))
+    return manifest_mod.sort_sites(out)
+
+
+def test_loaddata_reader_equals_the_dictreader_reference(tmp_path):
+    """Folders relative, absolute, with ``..``, ``.`` or a trailing slash, file names with a sub-folder,
+    wells as ``b3``/``B03``, a blank line, a short row padded: the same sites as the reference reader;
+    saved and loaded back (column-wise) the same again."""
+    channels = ["DNA", "ER"]
+    folders = ["img", "./img/", "../x/img", str(tmp_path / "abs"), str(tmp_path / "abs") + "/", "", "/"]
+    lines = ["Metadata_Plate,Metadata_Well,Metadata_Site,FileName_OrigDNA,PathName_OrigDNA,FileName_OrigER,"
+             "PathName_OrigER,Extra"]
+    k = 0
+    for p in ("P2", "P1"):
+        for w in ("b3", "B04", "a12", "P24", "c1"):
+            for s in (2, 1):
+                k += 1
+                f = folders[k % len(folders)]
+                name = f"sub/{p}_{k}_DNA.tif" if k % 3 == 0 else f"{p}_{k}_DNA.tif"
+                lines.append(f" {p} ,{w},{s},{name},{f},{p}_{k}_ER.tif,{folders[(k + 2) % len(folders)]},x")
+    lines.insert(5, "")
+    lines.append("P9,A01,1,a.tif,img,b.tif")  # short row: Extra missing
+    csv_path = tmp_path / "ld" / "load_data.csv"
+    csv_path.parent.mkdir()
+    csv_path.write_text("\n".join(lines) + "\n")
+    got = manifest_mod.manifest_from_loaddata(csv_path, channels)
+    ref = _reference_loaddata(csv_path, channels)
+    assert len(got) == len(lines) - 2 and got == ref
+    ld = tmp_path / "ld"
+    assert {s.files["DNA"].rsplit("/", 1)[0] for s in got} >= {str(ld / "img"), str(ld / ".." / "x" / "img"),
+                                                              str(tmp_path / "abs"), str(ld), ""}
+    assert manifest_mod.load_manifest(manifest_mod.save_manifest(got, tmp_path / "m.parquet")) == ref
+
+
+def test_run_counts_the_cells_of_the_sites_it_extracted_only(finished, monkeypatch):
+    """``run``'s extract line: the cells of the sites it scheduled (opened: those), none when it scheduled none."""
+    from types import SimpleNamespace
+
+    from hpc_profiler.workflow import stages
+
+    cfg, sites = finished
+    bdir = cfg.out / "batches" / "extract-x"
+    bdir.mkdir(parents=True)
+    manifest_mod.save_manifest(sites[3:5], bdir / "sites.parquet")
+    opened = []
+    real = sitefile.read_site_file
+    monkeypatch.setattr(sitefile, "read_site_file", lambda p, **k: opened.append(p) or real(p, **k))
+    ctx = stages.RunContext(kind="debug", sites=sites)
+    cells = stages.STAGES["extract"].cells(cfg, ctx, SimpleNamespace(n_scheduled=2, batch_dir=bdir))
+    reference = sum(int(real(orch.pipeline.site_path(cfg, s)).image["Image_Count_Cells"]) for s in sites[3:5])
+    assert cells == reference == 6 and len(opened) == 2
+    assert stages.STAGES["extract"].cells(cfg, ctx, SimpleNamespace(n_scheduled=0, batch_dir=None)) is None
+    assert len(opened) == 2

@@ -1,7 +1,8 @@
 """What of a batch is done: sites from the completion ledger, plates' illumination functions.
 
 * A site is done when the completion ledger names its file with the current
-  config hash and the file is there with the recorded size and mtime
+  config hash and its plate's current illumination function (digest), and the
+  file is there with the recorded size and mtime
   (:func:`hpc_profiler.ledger.scan_columns`); a file without such a record is
   validated the old way, and ``verify=True`` validates every file.
 * A plate's illumination is done when its file carries the config hash, the
@@ -17,11 +18,21 @@ from ..layout import Layout
 from .sites import SiteColumns
 
 
+def site_illum_digest(cfg: Config, site) -> Optional[str]:
+    """The digest of the illumination function ``site`` must have been made with: its plate's
+    current one (:func:`hpc_profiler.ledger.plate_illum_digest`), None when illumination is off,
+    the site names CellProfiler's own functions, or the plate has no function file yet."""
+    if not cfg.illumination.enabled or site.has_own_illum(cfg.channels):
+        return None
+    return ledger.plate_illum_digest(cfg, site.plate)
+
+
 def site_done(cfg: Config, site) -> bool:
     """A site is done when its file (or its group of the plate's packed file) validates for the
-    current config hash (:meth:`hpc_profiler.layout.Layout.site_done`). The deep check of one
-    site; for many sites use :func:`pending_sites`, which reads the ledger."""
-    return Layout.of(cfg).site_done(site.plate, site.well, site.site)
+    current config hash and was made with its plate's current illumination function
+    (:meth:`hpc_profiler.layout.Layout.site_done`, :func:`site_illum_digest`). The deep check of
+    one site; for many sites use :func:`pending_sites`, which reads the ledger."""
+    return Layout.of(cfg).site_done(site.plate, site.well, site.site, site_illum_digest(cfg, site))
 
 
 def illum_done(cfg: Config, plate: str, sites: Optional[Sequence] = None) -> bool:
@@ -63,7 +74,7 @@ def pending_sites(cfg: Config, sites: Sequence, verify: bool = False, record_tas
 
     With ``record_task``, sites found done by opening a file that had no
     current record (a task killed between file and record, outputs from before
-    the ledger) are recorded in ``ledger/<record_task>.jsonl``, so the next
+    the ledger) are recorded in ``ledger/<record_task>.tsv``, so the next
     scan trusts them without opening them.
     """
     scan = scan_sites(cfg, sites, verify=verify, progress=verify)

@@ -105,7 +105,8 @@ class ArrayStage(Stage):
     def __init__(self, name: str, unit: str):
         self.name, self.unit = name, unit
 
-    def cells(self, cfg: Config, ctx: RunContext) -> Optional[int]:
+    def cells(self, cfg: Config, ctx: RunContext, sub) -> Optional[int]:
+        """Cells of the items this run scheduled (``sub``: the :class:`SubmitResult`); None: not counted."""
         return None
 
     def run(self, cfg, ctx):
@@ -116,7 +117,7 @@ class ArrayStage(Stage):
         note = f"({sub.n_done} of {sub.n_total} already done)" if sub.n_done else ""
         if sub.retries:
             note += f" ({sub.retries} resubmission(s) of lost tasks' items)"
-        line = StageLine(self.name, sub.n_scheduled, self.unit, dt, fails, self.cells(cfg, ctx),
+        line = StageLine(self.name, sub.n_scheduled, self.unit, dt, fails, self.cells(cfg, ctx, sub),
                          skipped=sub.n_scheduled == 0, note=note.strip())
         ctx.result.failures += fails
         if sub.lost:
@@ -143,8 +144,15 @@ class ExtractStage(ArrayStage):
     def __init__(self):
         super().__init__("extract", "sites")
 
-    def cells(self, cfg, ctx):
-        return count_cells(Layout.of(cfg), ctx.sites)
+    def cells(self, cfg, ctx, sub):
+        # the sites this run extracted (its line's count), not every finished site: an up-to-date
+        # batch of 370,000 sites would open 370,000 files to print one number
+        listed = sub.batch_dir / "sites.parquet" if sub.batch_dir is not None else None
+        if not sub.n_scheduled or listed is None or not listed.exists():
+            return None
+        from .. import manifest as manifest_mod
+
+        return count_cells(Layout.of(cfg), manifest_mod.load_manifest(listed))
 
     def outputs(self, layout):
         return sorted(layout.sites_dir.glob("*/*/*.h5")) if layout.sites_dir.exists() else []
