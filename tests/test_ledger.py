@@ -341,6 +341,37 @@ def test_manifest_rebuilt_only_when_the_loaddata_csv_changes(tmp_path):
     assert [s.key for s in orch.load_or_build_manifest(cfg)] == [f"P1/A01/{i}" for i in range(1, 6)]
 
 
+def test_illum_dry_run_reads_the_saved_manifest_and_writes_nothing(tmp_path, monkeypatch):
+    import csv as csv_mod
+
+    from hpc_profiler.config import CPJUMP1_CHANNELS
+    from hpc_profiler.workflow import sites as sites_mod
+
+    csv_path = tmp_path / "load_data.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv_mod.writer(fh)
+        w.writerow(["Metadata_Plate", "Metadata_Well", "Metadata_Site"]
+                   + [c for ch in CPJUMP1_CHANNELS for c in (f"FileName_Orig{ch}", f"PathName_Orig{ch}")])
+        for plate in ("P1", "P2"):
+            w.writerow([plate, "A01", 1] + [x for ch in CPJUMP1_CHANNELS for x in (f"{plate}_{ch}.tif", "img")])
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(yaml.safe_dump({"name": "m", "output_dir": str(tmp_path / "out"),
+                                        "input": {"loaddata_csv": str(csv_path)}}))
+    cfg = load_config(cfg_path)
+    assert orch.submit_stage(cfg, "illum", dry_run=True, kind="debug").n_total == 2
+    assert not (tmp_path / "out").exists()  # no manifest yet: parsed, and nothing written
+    orch.manifest_columns(cfg, rebuild=True)  # a real submission saves it
+
+    def no_parse(_cfg):
+        raise AssertionError("the LoadData CSV was parsed again")
+
+    from hpc_profiler.workflow import arrays as arrays_mod
+
+    monkeypatch.setattr(sites_mod, "build_manifest", no_parse)
+    monkeypatch.setattr(arrays_mod, "build_manifest", no_parse, raising=False)
+    assert orch.submit_stage(cfg, "illum", dry_run=True, kind="debug").n_scheduled == 2
+
+
 def test_illum_pending_groups_sites_once(tmp_path):
     from hpc_profiler.config import CPJUMP1_CHANNELS
 

@@ -22,7 +22,6 @@ import submitit
 from .. import ledger, manifest as manifest_mod
 from ..config import Config
 from ..layout import Layout
-from ..sources import build_manifest
 from . import OrchestrationError
 from .plan import chunk_ranges, illum_done, illum_pending, scan_sites, site_done
 from .sites import load_or_build_manifest, manifest_columns, manifest_path, plates_of
@@ -85,7 +84,7 @@ class IllumWork(ArrayWork):
     name, item = "illum", "plate"
 
     def plan(self, cfg, *, dry_run, verify, batch):
-        sites = build_manifest(cfg)[0] if dry_run else load_or_build_manifest(cfg, rebuild=True)
+        sites = load_or_build_manifest(cfg, rebuild=True, write=not dry_run)
         todo = illum_pending(cfg, sites)
         return Plan(len(plates_of(sites)), todo, len(todo))
 

@@ -78,16 +78,18 @@ def ensure_manifest(cfg: Config, rebuild: bool = False) -> Path:
     return path
 
 
-def load_or_build_manifest(cfg: Config, rebuild: bool = False) -> list:
+def load_or_build_manifest(cfg: Config, rebuild: bool = False, write: bool = True) -> list:
     """The batch's sites: ``<out>/manifest.parquet``, built from ``cfg.input`` when missing.
 
     ``rebuild`` builds it again unless it was built from the LoadData CSV as
     it is now (:func:`manifest_is_current`), so sites added to the input are
-    picked up.
+    picked up. ``write=False`` (a dry run) builds without saving.
     """
     path = manifest_path(cfg)
     if path.exists() and (not rebuild or manifest_is_current(cfg)):
         return manifest_mod.load_manifest(path)
+    if not write:
+        return build_manifest(cfg)[0]
     return _build_and_save_manifest(cfg)
 
 
