@@ -236,8 +236,9 @@ def illumination_fig(illum_files: Sequence, channels: Optional[Sequence[str]] = 
         return None
     with h5py.File(files[0], "r") as f:
         order = _channel_order(list(f.keys()), channels)
+    # constrained layout keeps the title above the first row of panels and their colour bars
     fig, axes = plt.subplots(len(files), len(order), figsize=(2.5 * len(order) + 0.5, 2.3 * len(files) + 0.6),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for r, p in enumerate(files):
         with h5py.File(p, "r") as f:
             n_sites = f.attrs.get("n_sites")
