@@ -135,3 +135,33 @@ def test_index_has_captions_summary_table_and_csv_links(tmp_path):
     (tmp_path / "evaluate" / "summary.parquet").unlink()
     text = report.write_index(tmp_path, "batch", [], [], summary=pd.DataFrame()).read_text()
     assert "No benchmark summary" in text and "Empty DataFrame" not in text
+
+
+def _inside_and_clear(fig):
+    """The figure's title lies inside the figure and above every panel title (drawn, in pixels)."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    fb = fig.bbox
+    tb = fig._suptitle.get_window_extent(r)
+    assert fb.x0 <= tb.x0 and tb.x1 <= fb.x1 and tb.y1 <= fb.y1, (tb, fb)  # not cut off
+    for ax in fig.axes:
+        if ax.get_visible() and ax.get_title():
+            assert ax.title.get_window_extent(r).y1 <= tb.y0 + 1, ax.get_title()  # not over a panel
+
+
+def test_figure_titles_fit_and_clear_the_panels(tmp_path):
+    """Fig. 5 with one panel (the demo's case) kept its title in the picture; the
+    illumination title did not sit on the first row of panels."""
+    from hpc_profiler.evaluate import plots
+    from hpc_profiler.illumination import save_illum
+
+    pairs = pd.DataFrame({"task": "direction_orf_crispr", "group": "U2OS",
+                          "cosine": [-0.2, 0.25, 0.45, 0.5], "true_pair": [False, False, False, True]})
+    _inside_and_clear(plots.directionality_figure(pairs, pd.DataFrame()))
+    chans = ["DNA", "ER", "RNA", "AGP", "Mito"]
+    files = []
+    for plate in ("P1", "P2", "P3"):
+        f = tmp_path / f"{plate}_illum.h5"
+        save_illum(f, {ch: np.ones((8, 8), np.float32) * (i + 1) for i, ch in enumerate(chans)}, {"n_sites": 3})
+        files.append(f)
+    _inside_and_clear(report.illumination_fig(files, chans))
