@@ -62,25 +62,36 @@ CELL_COLOR = (0.1, 1.0, 0.1)
 NUCLEUS_COLOR = (1.0, 0.2, 1.0)
 
 
-def outline_overlay(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray) -> np.ndarray:
+def outline_overlay(image: np.ndarray, nuclei: np.ndarray, cells: np.ndarray, width: int = 1) -> np.ndarray:
     """RGB picture of ``image`` (gray) with cell outlines in green and nuclei in magenta.
 
-    Each outline (the objects' inner boundary pixels) gets a black rim one
-    pixel wide on both sides, so that a light outline stays visible on bright
-    nuclei; nuclei are drawn after cells.
+    Each outline (the objects' inner boundary pixels, thickened inwards to
+    ``width`` pixels) gets a black rim (``max(1, width // 2)`` pixels) on both
+    sides, so that a light outline stays visible on bright nuclei; nuclei are
+    drawn after cells. A ``width`` of about the factor by which the picture is
+    shrunk for display keeps every outline in the shrunk picture.
     """
     from scipy.ndimage import binary_dilation
     from skimage.segmentation import find_boundaries
 
+    width = max(1, int(width))
     g = _stretch(np.asarray(image, dtype=np.float32))
     rgb = np.stack([g, g, g], axis=-1)
     for labels, color in ((cells, CELL_COLOR), (nuclei, NUCLEUS_COLOR)):
         if labels is None:
             continue
         line = find_boundaries(labels, mode="inner")
-        rgb[binary_dilation(line) & ~line] = 0.0
+        if width > 1:
+            line = binary_dilation(line, iterations=width - 1) & (labels > 0)
+        rgb[binary_dilation(line, iterations=max(1, width // 2)) & ~line] = 0.0
         rgb[line] = color
     return rgb
+
+
+def display_shrink(image_px: int, panel_in: float, dpi: float) -> int:
+    """About how many image pixels share one pixel of a ``panel_in`` inch panel at ``dpi``
+    (the panel's drawing area taken as 85 % of it); at least 1."""
+    return max(1, int(round(image_px / (0.85 * panel_in * dpi))))
 
 
 def outline_montage(sites: Sequence, cfg, path, max_sites: int = 4) -> Optional[Path]:
@@ -111,20 +122,30 @@ def outline_montage(sites: Sequence, cfg, path, max_sites: int = 4) -> Optional[
             break
     if not rows:
         return None
-    return _save(montage_figure(rows, cfg.channels), path, dpi=110)
+    return _save(montage_figure(rows, cfg.channels, dpi=110), path, dpi=110)
 
 
-def montage_figure(rows, channels: Sequence[str]):
-    """The montage figure: ``rows`` of ``(site, images by channel, nuclei, cells)``."""
+#: Width of one montage panel, inches.
+PANEL_IN = 2.7
+
+
+def montage_figure(rows, channels: Sequence[str], dpi: float = 110):
+    """The montage figure: ``rows`` of ``(site, images by channel, nuclei, cells)``.
+
+    A site is shrunk to fit its panel at ``dpi``; the outlines are drawn that
+    many pixels wide (:func:`display_shrink`), so that none drops out of the
+    shrunk picture (1-pixel lines of a 400 px site at 110 dpi vanished in part).
+    """
     from matplotlib.patches import Patch
 
     plt = _plt()
     nch = len(channels)
-    fig, axes = plt.subplots(len(rows), nch, figsize=(2.7 * nch, 2.8 * len(rows) + 0.6), squeeze=False)
+    fig, axes = plt.subplots(len(rows), nch, figsize=(PANEL_IN * nch, 2.8 * len(rows) + 0.6), squeeze=False)
     for r, (site, images, nuc, cel) in enumerate(rows):
         for c, ch in enumerate(channels):
             ax = axes[r, c]
-            ax.imshow(outline_overlay(images[ch], nuc, cel), interpolation="nearest")
+            width = display_shrink(max(np.shape(images[ch])), PANEL_IN, dpi)
+            ax.imshow(outline_overlay(images[ch], nuc, cel, width=width), interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{ch} channel", fontsize=9)
@@ -236,8 +257,9 @@ def illumination_fig(illum_files: Sequence, channels: Optional[Sequence[str]] = 
         return None
     with h5py.File(files[0], "r") as f:
         order = _channel_order(list(f.keys()), channels)
+    # constrained layout keeps the title above the first row of panels and their colour bars
     fig, axes = plt.subplots(len(files), len(order), figsize=(2.5 * len(order) + 0.5, 2.3 * len(files) + 0.6),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for r, p in enumerate(files):
         with h5py.File(p, "r") as f:
             n_sites = f.attrs.get("n_sites")

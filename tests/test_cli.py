@@ -81,3 +81,17 @@ def test_a_command_imports_only_its_own_module():
                        cwd=REPO)
     assert r.returncode == 0, r.stderr
     assert "hpc_profiler.orchestrate" in r.stdout
+
+
+def test_run_prints_no_raw_empty_dataframe_for_a_batch_without_benchmark():
+    """A single-plate batch has no replicate on another plate: the summary says so in words."""
+    import pandas as pd
+
+    from hpc_profiler.run import format_summary
+
+    empty = pd.DataFrame(columns=["task", "n_classes", "fraction_retrieved"])
+    for summary in (None, empty):
+        text = format_summary(summary)
+        assert text == "(no benchmark summary)" and "Empty DataFrame" not in text
+    row = pd.DataFrame({"task": ["replicate"], "n_classes": [10], "fraction_retrieved": [0.4]})
+    assert format_summary(row).splitlines()[1].split() == ["replicate", "10", "0.400"]

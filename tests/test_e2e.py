@@ -13,6 +13,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -133,20 +134,32 @@ def test_interrupted_run_resumes_without_redoing_sites(batch, reference):
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-m", "hpc_profiler", "run", str(cfgp), "--no-mpi", "--no-report"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    # the output is read while the run goes on (a full pipe would block it), line by line
+    lines: list = []
+
+    def read_lines():
+        for raw in proc.stdout:
+            lines.append(raw)
+
+    reader = threading.Thread(target=read_lines, daemon=True)
+    reader.start()
+    progress = re.compile(rb"^extract: (\d+)/32 sites \(\d+%\), [0-9.]+ sites/s, ETA ")
     sites = Path(cfg.out) / "sites"
-    deadline = time.time() + 300
+    # generous: on a loaded 2-core machine the first sites wait for the workers' start and numba's compilation
+    deadline = time.time() + 900
     while time.time() < deadline:
         done = [p for p in sites.rglob("*.h5") if not p.name.startswith(".")] if sites.exists() else []
-        if len(done) >= 6:
+        if len(done) >= 6 and any(progress.match(x) for x in list(lines)):
             break
         if proc.poll() is not None:
             break
         time.sleep(0.2)
-    assert proc.poll() is None, "the run finished before it could be interrupted"
+    assert proc.poll() is None, "the run ended before it could be interrupted:\n" + b"".join(lines).decode()[-2000:]
     os.killpg(proc.pid, signal.SIGKILL)  # the run and its local workers, as a Ctrl-C on a shell would
-    proc.wait(timeout=30)
+    proc.wait(timeout=60)
+    reader.join(timeout=60)
     # a run whose output is not a terminal printed site-by-site progress during extract
-    printed = proc.stdout.read().decode(errors="replace")
+    printed = b"".join(lines).decode(errors="replace")
     counts = [int(m) for m in re.findall(r"^extract: (\d+)/32 sites \(\d+%\), [0-9.]+ sites/s, ETA ", printed, re.M)]
     assert counts and max(counts) >= 1, printed[-2000:]
     assert counts == sorted(counts), counts

@@ -29,6 +29,29 @@ def test_outline_overlay_colors_exactly_the_object_boundaries():
         assert np.all(rgb[rim] == 0)
 
 
+def test_outlines_survive_the_shrink_to_the_panel():
+    """A 1-pixel outline loses its odd rows and columns when the picture is shown at half size
+    (the montage shows a 400 px site in ~250 px); drawn 2 pixels wide, all four sides stay."""
+    img = np.full((32, 32), 0.9)  # a bright nucleus on a bright field
+    nuclei = np.zeros((32, 32), np.int32)
+    nuclei[11:19, 11:19] = 1  # edges on rows/columns 11 (odd) and 18 (even)
+
+    def sides_after_half(width):
+        rgb = report.outline_overlay(img, nuclei, None, width=width)[::2, ::2]  # nearest-neighbour half size
+        magenta = np.all(np.isclose(rgb, report.NUCLEUS_COLOR), axis=-1)
+        rows, cols = np.nonzero(magenta)
+        return {"top": (rows == rows.min()).sum() >= 3 and rows.min() <= 6,
+                "bottom": rows.max() >= 9, "left": cols.min() <= 6, "right": cols.max() >= 9} if len(rows) else {}
+
+    thin = sides_after_half(1)
+    assert thin and not thin["top"]  # the top edge (odd row) is gone
+    assert all(sides_after_half(2).values()) and len(sides_after_half(2)) == 4
+    thick = report.outline_overlay(img, nuclei, None, width=2)
+    magenta = np.all(np.isclose(thick, report.NUCLEUS_COLOR), axis=-1)
+    assert not magenta[~(nuclei > 0)].any()  # thickened inwards only
+    assert [report.display_shrink(n, 2.7, 110) for n in (20, 400, 1080)] == [1, 2, 4]
+
+
 def test_plate_grid_places_wells():
     g = report.plate_grid(["A01", "B03", "P24"], [1.0, 2.0, 3.0])
     assert g.shape == (16, 24) and g[0, 0] == 1 and g[1, 2] == 2 and g[15, 23] == 3
@@ -135,3 +158,33 @@ def test_index_has_captions_summary_table_and_csv_links(tmp_path):
     (tmp_path / "evaluate" / "summary.parquet").unlink()
     text = report.write_index(tmp_path, "batch", [], [], summary=pd.DataFrame()).read_text()
     assert "No benchmark summary" in text and "Empty DataFrame" not in text
+
+
+def _inside_and_clear(fig):
+    """The figure's title lies inside the figure and above every panel title (drawn, in pixels)."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    fb = fig.bbox
+    tb = fig._suptitle.get_window_extent(r)
+    assert fb.x0 <= tb.x0 and tb.x1 <= fb.x1 and tb.y1 <= fb.y1, (tb, fb)  # not cut off
+    for ax in fig.axes:
+        if ax.get_visible() and ax.get_title():
+            assert ax.title.get_window_extent(r).y1 <= tb.y0 + 1, ax.get_title()  # not over a panel
+
+
+def test_figure_titles_fit_and_clear_the_panels(tmp_path):
+    """Fig. 5 with one panel (the demo's case) kept its title in the picture; the
+    illumination title did not sit on the first row of panels."""
+    from hpc_profiler.evaluate import plots
+    from hpc_profiler.illumination import save_illum
+
+    pairs = pd.DataFrame({"task": "direction_orf_crispr", "group": "U2OS",
+                          "cosine": [-0.2, 0.25, 0.45, 0.5], "true_pair": [False, False, False, True]})
+    _inside_and_clear(plots.directionality_figure(pairs, pd.DataFrame()))
+    chans = ["DNA", "ER", "RNA", "AGP", "Mito"]
+    files = []
+    for plate in ("P1", "P2", "P3"):
+        f = tmp_path / f"{plate}_illum.h5"
+        save_illum(f, {ch: np.ones((8, 8), np.float32) * (i + 1) for i, ch in enumerate(chans)}, {"n_sites": 3})
+        files.append(f)
+    _inside_and_clear(report.illumination_fig(files, chans))

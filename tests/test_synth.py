@@ -204,8 +204,10 @@ def test_effect_for_structure():
         orf = lay_o.loc[lay_o["Metadata_gene"] == g, "Metadata_broad_sample"].iloc[0]
         c = _cos(effect_for(guide, g, "crispr").as_vector(), effect_for(orf, g, "orf").as_vector())
         (opp_dir if orf_sign(g) < 0 else same_dir).append(c)
-    assert np.mean(sis) > 0.6 and abs(np.mean(unrel)) < 0.2
-    assert np.mean(same_dir) > 0.6 and np.mean(opp_dir) < -0.6
+    # sisters share the gene component, unrelated perturbations nothing; the own component keeps
+    # sisters clearly less alike than replicates (cosine 1)
+    assert 0.2 < np.mean(sis) < 0.5 and abs(np.mean(unrel)) < 0.1
+    assert np.mean(same_dir) > 0.2 and np.mean(opp_dir) < -0.2
     assert 0.25 < len(opp_dir) / len(genes) < 0.75
 
 

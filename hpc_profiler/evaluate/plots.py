@@ -86,7 +86,8 @@ def directionality_figure(pairs: pd.DataFrame, table: pd.DataFrame = None):
     panels = list(pairs.groupby(["task", "group"], sort=True))
     ncols = min(3, max(1, len(panels)))
     nrows = -(-len(panels) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.8 * nrows), squeeze=False)
+    # at least 7 in wide: the two-line title fits above a single panel
+    fig, axes = plt.subplots(nrows, ncols, figsize=(max(7.0, 4.6 * ncols), 3.8 * nrows + 0.4), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.set_visible(False)
     for ax, ((task, group), df) in zip(axes.flat, panels):
@@ -105,7 +106,7 @@ def directionality_figure(pairs: pd.DataFrame, table: pd.DataFrame = None):
         ax.set_xlabel("cosine similarity of the pair")
         ax.set_ylabel("density")
         ax.legend(fontsize=7, loc="upper left")
-    fig.suptitle("Directionality (CPJUMP1 Fig. 5): do same-gene pairs lean to one side of the null?", fontsize=10)
+    fig.suptitle("Directionality (CPJUMP1 Fig. 5)\ndo same-gene pairs lean to one side of the null?", fontsize=10)
     fig.tight_layout()
     return fig
 
