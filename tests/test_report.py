@@ -188,3 +188,17 @@ def test_figure_titles_fit_and_clear_the_panels(tmp_path):
         save_illum(f, {ch: np.ones((8, 8), np.float32) * (i + 1) for i, ch in enumerate(chans)}, {"n_sites": 3})
         files.append(f)
     _inside_and_clear(report.illumination_fig(files, chans))
+
+
+def test_montage_shows_plates_spread_over_the_batch():
+    """12 plates (4 replicates x 3 modalities, sorted by name): the montage shows every modality."""
+    from hpc_profiler.manifest import Site
+    from hpc_profiler.workflow.stages import montage_sites
+
+    plates = [f"SYN-{m}-{r}" for m in ("COMPOUND", "CRISPR", "ORF") for r in (1, 2, 3, 4)]
+    sites = [Site(p, w, n, {}) for p in plates for w in ("A01", "B02", "C03") for n in (1, 2)]
+    picked = montage_sites(sites)
+    assert [s.plate for s in picked] == ["SYN-COMPOUND-1", "SYN-CRISPR-1", "SYN-CRISPR-4", "SYN-ORF-4"]
+    assert all((s.well, s.site) == ("B02", 2) for s in picked)  # the middle site of each plate
+    assert [s.plate for s in montage_sites(sites[:12])] == ["SYN-COMPOUND-1", "SYN-COMPOUND-2"]
+    assert montage_sites([]) == []

@@ -332,6 +332,20 @@ class ReportStage(Stage):
         return [layout.report, *sorted(layout.qc_dir.glob("*.png"))]
 
 
+def montage_sites(sites, n: int = 4) -> list:
+    """The sites the outline montage shows: the middle site of ``n`` plates spread over the sorted
+    plate names, so a batch of several modalities shows each of them rather than ``n`` replicates."""
+    plates = sorted({s.plate for s in sites})
+    if not plates:
+        return []
+    spread = sorted({round(i * (len(plates) - 1) / max(n - 1, 1)) for i in range(n)})
+    pick = []
+    for plate in (plates[i] for i in spread):
+        ps = [s for s in sites if s.plate == plate]
+        pick.append(ps[len(ps) // 2])
+    return pick
+
+
 def qc_report(cfg: Config, sites) -> tuple[list, Optional[Path]]:
     """QC pictures (montage, plate heat maps, illumination) and the index page."""
     import pandas as pd
@@ -341,13 +355,7 @@ def qc_report(cfg: Config, sites) -> tuple[list, Optional[Path]]:
     layout = Layout.of(cfg)
     qc = layout.qc_dir
     pics = []
-    plates = sorted({s.plate for s in sites})
-    pick = []
-    for plate in plates[:4]:
-        ps = [s for s in sites if s.plate == plate]
-        if ps:
-            pick.append(ps[len(ps) // 2])
-    pics.append(report.outline_montage(pick, cfg, qc / "outlines_montage.png", max_sites=4))
+    pics.append(report.outline_montage(montage_sites(sites), cfg, qc / "outlines_montage.png", max_sites=4))
     agg = layout.profile("well_aggregated.parquet")
     if agg.exists():
         pics.append(report.plate_heatmaps(pd.read_parquet(agg), qc / "plate_heatmaps.png"))
