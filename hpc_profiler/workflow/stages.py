@@ -355,6 +355,7 @@ def qc_report(cfg: Config, sites) -> tuple[list, Optional[Path]]:
     layout = Layout.of(cfg)
     qc = layout.qc_dir
     pics = []
+    plates = sorted({s.plate for s in sites})
     pics.append(report.outline_montage(montage_sites(sites), cfg, qc / "outlines_montage.png", max_sites=4))
     agg = layout.profile("well_aggregated.parquet")
     if agg.exists():
