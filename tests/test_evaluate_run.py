@@ -296,3 +296,27 @@ def test_rank_start_up_imports_no_scipy_stats_or_ndimage():
     assert proc.returncode == 0, proc.stderr
     n, stats_loaded, ndi_loaded = proc.stdout.split()
     assert int(n) > 0 and (stats_loaded, ndi_loaded) == ("False", "False"), proc.stdout
+
+
+def test_evaluate_command_imports_no_site_file_or_segmentation_modules(tmp_path):
+    """The whole ``hpc-profiler evaluate`` command (CLI, preflight, kernels, read, evaluate, write) on one rank
+    imports neither h5py (site files, ~0.1 s) nor the segmentation kernels of hpc_profiler.morphology: every
+    MPI rank pays its imports in full."""
+    profiles = synthetic_profiles(n_genes=4, plates=2, negcons=4, n_features=8, effect=2.0, seed=0)
+    src = tmp_path / "p.parquet"
+    profiles.to_parquet(src)
+    cfg = _write_config(tmp_path, tasks=["replicate"], plots=False)
+    out = tmp_path / "ev"
+    unwanted = ["h5py", "hpc_profiler.sitefile", "hpc_profiler.morphology", "hpc_profiler._device_kernels",
+                "scipy.ndimage", "scipy.stats", "matplotlib"]
+    code = (
+        "import sys\n"
+        "from hpc_profiler.cli import main\n"
+        f"rc = main(['evaluate', {str(cfg)!r}, '--profiles', {str(src)!r}, '--out', {str(out)!r}])\n"
+        f"print('LOADED', rc, [m for m in {unwanted!r} if m in sys.modules], 'numba' in sys.modules)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = proc.stdout.strip().splitlines()[-1]
+    assert line == "LOADED 0 [] True", proc.stdout + proc.stderr
+    assert len(pd.read_parquet(out / "queries.parquet")) > 0

@@ -29,7 +29,9 @@ convention, which shifts such p-values by at most ``P(null == AP)``.
 Null generation uses NumPy's ``Generator`` on the host so that the numbers
 are the same on CPU and GPU installations.
 
-Compiled kernels (numba, already a dependency for morphology): Floyd's set
+Compiled kernels (numba, already a dependency for morphology; imported here
+directly, not through :mod:`hpc_profiler.morphology`, whose import pulls in
+the segmentation kernels the evaluate ranks never run): Floyd's set
 logic and the null APs (:func:`_floyd_null_ap`) and the class mAP nulls
 (:func:`_map_null_counts`) run as loops over blocks of permutations that stay
 in cache, instead of NumPy passes over ``(k, null_size)`` temporaries. They
@@ -44,9 +46,19 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 
-from ..morphology import njit_cached
+def njit_cached(fn):
+    """``numba.njit(cache=True, nogil=True)``, or without the on-disk cache where none is usable.
+
+    The same rule as :func:`hpc_profiler.morphology.njit_cached`.
+    """
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(cache=False, nogil=True)(fn)
+
 
 #: Elements per generated chunk (bounds memory of a null).
 CHUNK_ELEMENTS = 1 << 23
