@@ -441,12 +441,15 @@ def load_kernels() -> float:
     and cache loading, paid once per process (per MPI rank). Entry points call
     this before they read the profiles so that the cost is a start-up cost of
     the rank, not a stall inside the first null; benchmarks report it apart.
+    Loaded with the signatures the nulls call them with (every call of a run
+    is a cache hit). :func:`_floyd_positions`, used only for nulls with over
+    128 positives or 65,536 candidates, is left to load at its first call:
+    every rank would pay for loading it, most runs never call it.
     """
     t0 = time.perf_counter()
     total = 9
     draws = np.zeros((2, 1), dtype=np.int16)
     _floyd_null_ap(draws, total, np.empty(1, dtype=np.float32))
-    _floyd_positions(draws, total)
     table = np.zeros((1, 1), dtype=np.float32)
     one = np.zeros(2, dtype=np.int64)
     one[1] = 1
