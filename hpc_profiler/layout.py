@@ -19,15 +19,16 @@ the whole config. The layout (``<out>`` is the config's ``output_dir``)::
     qc/*.png, index.html              the report
 
 This module imports nothing of the package but :mod:`hpc_profiler.sitefile`
-(the site-file naming) and is the bottom of the orchestration layer.
+(the site-file naming) and is the bottom of the orchestration layer. It
+imports :mod:`~hpc_profiler.sitefile` (and with it h5py, ~0.1 s) only in the
+methods that name or check site files: ``hpc-profiler evaluate`` needs the
+layout's folders on every MPI rank but no site file.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
-
-from . import sitefile
 
 #: Stages whose finished outputs carry a stage stamp (``_stage.json``, see :meth:`Layout.stamp`).
 STAMPED = {"reduce": "profiles", "evaluate": "evaluate"}
@@ -89,6 +90,8 @@ class Layout:
 
     def site(self, plate: str, well: str, site) -> Path:
         """``sites/<plate>/<row>/<plate>_<well>_s<site>.h5`` (:func:`hpc_profiler.sitefile.site_file_path`)."""
+        from . import sitefile
+
         return sitefile.site_file_path(self.root, plate, well, site)
 
     def site_of(self, site) -> Path:
@@ -100,6 +103,8 @@ class Layout:
         return self.root / "packed"
 
     def packed(self, plate: str) -> Path:
+        from . import sitefile
+
         return sitefile.packed_path(self.root, plate)
 
     @property
@@ -114,6 +119,8 @@ class Layout:
         """One failure record: per site, or per plate (``well`` None: a plate's illum failure)."""
         if well is None:
             return self.failures_dir(stage) / f"{plate}.json"
+        from . import sitefile
+
         return self.failures_dir(stage) / str(plate) / f"{Path(sitefile.site_file_name(plate, well, site)).stem}.json"
 
     @property
@@ -168,6 +175,8 @@ class Layout:
         its file (complete flag, config hash), or its group of the plate's packed file. The deep
         check of one site; for many use :func:`hpc_profiler.ledger.scan_columns`, which reads the
         completion ledger."""
+        from . import sitefile
+
         if sitefile.validate_site_file(self.site(plate, well, site), self.config_hash, illum_digest).ok:
             return True
         packed = self.packed(plate)

@@ -29,7 +29,9 @@ convention, which shifts such p-values by at most ``P(null == AP)``.
 Null generation uses NumPy's ``Generator`` on the host so that the numbers
 are the same on CPU and GPU installations.
 
-Compiled kernels (numba, already a dependency for morphology): Floyd's set
+Compiled kernels (numba, already a dependency for morphology; imported here
+directly, not through :mod:`hpc_profiler.morphology`, whose import pulls in
+the segmentation kernels the evaluate ranks never run): Floyd's set
 logic and the null APs (:func:`_floyd_null_ap`) and the class mAP nulls
 (:func:`_map_null_counts`) run as loops over blocks of permutations that stay
 in cache, instead of NumPy passes over ``(k, null_size)`` temporaries. They
@@ -44,9 +46,19 @@ from __future__ import annotations
 
 import time
 
+import numba
 import numpy as np
 
-from ..morphology import njit_cached
+def njit_cached(fn):
+    """``numba.njit(cache=True, nogil=True)``, or without the on-disk cache where none is usable.
+
+    The same rule as :func:`hpc_profiler.morphology.njit_cached`.
+    """
+    try:
+        return numba.njit(cache=True, nogil=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(cache=False, nogil=True)(fn)
+
 
 #: Elements per generated chunk (bounds memory of a null).
 CHUNK_ELEMENTS = 1 << 23
@@ -429,12 +441,15 @@ def load_kernels() -> float:
     and cache loading, paid once per process (per MPI rank). Entry points call
     this before they read the profiles so that the cost is a start-up cost of
     the rank, not a stall inside the first null; benchmarks report it apart.
+    Loaded with the signatures the nulls call them with (every call of a run
+    is a cache hit). :func:`_floyd_positions`, used only for nulls with over
+    128 positives or 65,536 candidates, is left to load at its first call:
+    every rank would pay for loading it, most runs never call it.
     """
     t0 = time.perf_counter()
     total = 9
     draws = np.zeros((2, 1), dtype=np.int16)
     _floyd_null_ap(draws, total, np.empty(1, dtype=np.float32))
-    _floyd_positions(draws, total)
     table = np.zeros((1, 1), dtype=np.float32)
     one = np.zeros(2, dtype=np.int64)
     one[1] = 1
