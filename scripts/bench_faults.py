@@ -37,10 +37,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 HOOKS = REPO / "tests" / "fault_hooks"
+sys.path.insert(0, str(REPO / "tests"))
+from fault_config import write_fault_config  # noqa: E402  (the config tests/test_faults.py runs)
 BOUND_S = 60.0
 CHANNELS = ["DNA", "ER", "RNA", "AGP", "Mito"]
 
@@ -51,23 +52,6 @@ def _until(pred, timeout: float, what: str, poll: float = 0.2) -> None:
         if time.time() > deadline:
             raise RuntimeError(f"no {what} within {timeout:.0f} s")
         time.sleep(poll)
-
-
-def _write_config(root: Path, name: str, poll: float, partition=None, **executor) -> Path:
-    ex = {"kind": "slurm", "sites_per_task": 2, "cpus_per_task": 1, "mem_gb": 1, "time_min": 10,
-          "array_parallelism": 4, "max_retries": 0, "poll_interval_s": poll, "mpi_ranks": 2,
-          "mpi_startup_timeout_s": 20}
-    if partition:
-        ex["partition"] = partition
-    ex.update(executor)
-    cfg = {"name": "faults", "device": "cpu", "output_dir": str(root / name),
-           "input": {"loaddata_csv": str(root / "synth" / "load_data.csv"),
-                     "well_metadata_csv": str(root / "synth" / "well_metadata.csv")},
-           "illumination": {"downsample": 2, "median_filter_size": 10}, "features": {"families": ["Intensity"]},
-           "executor": ex, "evaluate": {"null_size": 200}}
-    p = root / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
 
 
 def _env(**extra) -> dict:
@@ -91,7 +75,7 @@ class Bench:
         self.root, self.poll, self.partition = root, poll, _partition()
         generate_batch(SynthConfig(modalities=["compound"], replicate_plates=2, wells=4, sites_per_well=1, size=192,
                                    cells_per_site=10, seed=5), root / "synth", CHANNELS)
-        self.ref = load_config(_write_config(root, "reference", poll, kind="debug"))
+        self.ref = load_config(write_fault_config(root, "reference", poll, kind="debug"))
         t0 = time.time()
         res = run_batch(self.ref, ranks=1, report=False, out=lambda s: None)
         assert res.failures == 0
@@ -101,7 +85,7 @@ class Bench:
     def prepare(self, name: str, sites: bool = False, **executor):
         from hpc_profiler.config import load_config
 
-        path = _write_config(self.root, name, self.poll, partition=self.partition, **executor)
+        path = write_fault_config(self.root, name, self.poll, partition=self.partition, **executor)
         cfg = load_config(path)
         shutil.copytree(self.ref.out / "illum", cfg.out / "illum")
         if sites:

@@ -26,13 +26,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import yaml
 
 from hpc_profiler import orchestrate as orch
 from hpc_profiler.workflow import watch
 from hpc_profiler import sitefile, status
 from hpc_profiler.config import load_config
 from hpc_profiler.run import StageError, run_batch, run_mpi_stage
+
+from fault_config import write_fault_config
 
 HOOKS = Path(__file__).resolve().parent / "fault_hooks"
 BOUND_S = 60.0
@@ -53,21 +54,7 @@ def synth(tmp_path_factory):
 
 
 def _config(root: Path, name: str, partition=None, **executor) -> Path:
-    sd = root / "synth"
-    ex = {"kind": "slurm", "sites_per_task": 2, "cpus_per_task": 1, "mem_gb": 1, "time_min": 10,
-          "array_parallelism": 4, "max_retries": 0, "poll_interval_s": POLL_S, "mpi_ranks": 2,
-          "mpi_startup_timeout_s": 20}
-    if partition:
-        ex["partition"] = partition
-    ex.update(executor)
-    cfg = {"name": "faults", "device": "cpu", "output_dir": str(root / name),
-           "input": {"loaddata_csv": str(sd / "load_data.csv"), "well_metadata_csv": str(sd / "well_metadata.csv")},
-           "illumination": {"downsample": 2, "median_filter_size": 10},
-           "features": {"families": ["Intensity"]},
-           "executor": ex, "evaluate": {"null_size": 200}}
-    p = root / f"{name}.yaml"
-    p.write_text(yaml.safe_dump(cfg))
-    return p
+    return write_fault_config(root, name, POLL_S, partition, **executor)
 
 
 @pytest.fixture(scope="module")
