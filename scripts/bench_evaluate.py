@@ -46,7 +46,14 @@ between each two synchronization points: the wall time on idle cores).
 ``machine_efficiency_2`` is ``t1`` over the time of two 1-rank runs at once
 (``--solo``): the efficiency two ranks would have if sharing the machine's
 cores (caches, memory bandwidth, clock) were the only loss; the code's
-efficiency cannot exceed it. ``efficiency_write_n`` includes writing the
+efficiency cannot exceed it. ``median_efficiency_2`` is the same ratio from
+the medians of the interleaved runs (the typical run, where ``efficiency_2``
+is the best against the best); ``page_faults`` the minor page faults of the
+busiest rank's evaluation. ``--heap-ab`` also times ``mpirun -n 1`` and
+``-n 2`` with glibc's default heap (``HPC_PROFILER_RETAIN_FREED_MEMORY=0``,
+:mod:`hpc_profiler.heap` off), interleaved with the others:
+``heap_off_*``. ``launcher_s`` is ``mpirun -n 2 true`` alone
+(:func:`launcher_time`), part of every whole-command time. ``efficiency_write_n`` includes writing the
 tables (Parquet and CSV, split over the ranks), as ``hpc-profiler evaluate``
 does. With fewer cores than ranks
 (``os.cpu_count()``), the ranks share cores and the 4-rank row says
@@ -118,9 +125,6 @@ def one_thread():
 REPO = Path(__file__).resolve().parents[1]
 MPI_ENV = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 sys.path.insert(0, str(REPO))
-
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 from hpc_profiler.config import EvalTaskConfig, EvaluateConfig  # noqa: E402
 from hpc_profiler.evaluate.synth import synthetic_profiles  # noqa: E402
@@ -274,15 +278,20 @@ def worker(path: str, case: str, null_size: int, solo: bool = False) -> None:
     communicator) at the same time as the others: the 1-rank time when the
     machine's cores are all busy (shared caches, memory bandwidth, clock).
     """
-    from hpc_profiler import mpi
+    from hpc_profiler import heap, mpi
     from hpc_profiler.evaluate import nulls
     from hpc_profiler.evaluate.run import write_outputs
 
+    heap.retain_freed_memory()  # as hpc-profiler evaluate does at its start (off with heap.ENV=0)
     comm = mpi.get_comm()
     load = nulls.load_kernels()  # numba start-up of the rank, as hpc-profiler evaluate does before reading
     df = pd.read_parquet(path)
     comm.barrier()
+    import resource
+
+    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t, cpu, res = run_ours(df, case, null_size, mpi.SerialComm() if solo else comm)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0  # page faults of the evaluation
     ecfg = ecfg_for(case, null_size)
     with tempfile.TemporaryDirectory() as tmp:  # as hpc-profiler evaluate writes them (plots off, as configured)
         out = Path(comm.bcast(tmp if comm.Get_rank() == 0 else None, root=0)) if not solo else Path(tmp)
@@ -292,7 +301,8 @@ def worker(path: str, case: str, null_size: int, solo: bool = False) -> None:
         comm.barrier()  # the other ranks' files are written before rank 0 removes the folder
         tw = t + time.perf_counter() - t0
     secs = {**res["seconds"], "write": w, "write_cpu": wc}
-    info = comm.gather((t, secs, res["null_bytes_received"], cpu, load, tw, res["work_segments"] + [wc]), root=0)
+    info = comm.gather((t, secs, res["null_bytes_received"], cpu, load, tw, res["work_segments"] + [wc], faults),
+                       root=0)
     if comm.Get_rank() == 0:
         seg = np.array([i[6] for i in info])
         print(json.dumps({"seconds": max(i[0] for i in info), "seconds_with_write": max(i[5] for i in info),
@@ -301,16 +311,17 @@ def worker(path: str, case: str, null_size: int, solo: bool = False) -> None:
                           "path_cpu": float(seg[:, :-1].max(axis=0).sum()), "path_cpu_with_write": float(
                               seg.max(axis=0).sum()),
                           "kernel_load_s": round(max(i[4] for i in info), 2),
+                          "page_faults": max(i[7] for i in info),
                           "queries": len(res["queries"]),
                           "phases": {k: round(max(i[1][k] for i in info), 3) for k in info[0][1]},
                           "phases_per_rank": [{k: round(v, 3) for k, v in i[1].items()} for i in info],
                           "null_mb_received": round(max(i[2] for i in info) / 2**20, 1)}))
 
 
-def mpi_time(path: Path, case: str, null_size: int, n: int, solo: bool = False) -> dict | None:
+def mpi_time(path: Path, case: str, null_size: int, n: int, solo: bool = False, extra_env=None) -> dict | None:
     if shutil.which("mpirun") is None or importlib.util.find_spec("mpi4py") is None:
         return None
-    env = {**os.environ, **MPI_ENV, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    env = {**os.environ, **MPI_ENV, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(extra_env or {})}
     cmd = ["mpirun", "-n", str(n), "--oversubscribe", sys.executable, __file__, "--worker", str(path),
            "--case", case, "--null-size", str(null_size)] + (["--solo"] if solo else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
@@ -318,6 +329,36 @@ def mpi_time(path: Path, case: str, null_size: int, n: int, solo: bool = False) 
         print(proc.stdout, proc.stderr, file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+#: Turns :func:`hpc_profiler.heap.retain_freed_memory` off in a rank (``--heap-ab``).
+HEAP_ENV = "HPC_PROFILER_RETAIN_FREED_MEMORY"
+
+
+def launcher_time(repeat: int) -> float | None:
+    """Best wall seconds of ``mpirun -n 2 true``: the launcher's own start and exit, in every ``cmd`` time.
+
+    Open MPI's PMIx tries munge authentication first; where munge is installed
+    but ``munged`` is not running it retries for ~2.3 s on every ``mpirun``
+    (and every singleton ``MPI_Init``). A run that prints over 1 s here says
+    so; ``PMIX_MCA_psec=native`` or a running ``munged`` removes it.
+    """
+    if shutil.which("mpirun") is None:
+        return None
+    env = {**os.environ, **MPI_ENV}
+    best = None
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        proc = subprocess.run(["mpirun", "-n", "2", "--oversubscribe", "true"], capture_output=True, env=env,
+                              timeout=600)
+        t = time.perf_counter() - t0
+        if proc.returncode == 0:
+            best = t if best is None else min(best, t)
+    if best is not None:
+        print(f"launcher: mpirun -n 2 true takes {best:.2f} s"
+              + (" (over 1 s: is munged down? PMIx retries munge; PMIX_MCA_psec=native avoids it)"
+                 if best > 1.0 else ""), flush=True)
+    return best
 
 
 #: Stages of one rank of ``hpc-profiler evaluate`` (:class:`hpc_profiler.evaluate.run.StageTimes`), in order.
@@ -465,7 +506,8 @@ def bench(case: str, df: pd.DataFrame, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "profiles.parquet"
         df.to_parquet(path)
-        best, solo, cmd = {}, {}, {}
+        best, solo, cmd, times, best_off, times_off = {}, {}, {}, {}, {}, {}
+        launcher = launcher_time(args.repeat)
         for _ in range(args.repeat):  # interleaved: slow spells of other load touch every rank count alike
             for n in (1, 2, 4):
                 r = command_time(path, case, args.null_size, n)
@@ -483,6 +525,14 @@ def bench(case: str, df: pd.DataFrame, args) -> dict:
                     # best of --repeat runs: other load on a shared machine only ever adds time
                     if n not in best or r["seconds"] < best[n]["seconds"]:
                         best[n] = r
+                    times.setdefault(n, []).append(r["seconds"])
+                if args.heap_ab and n <= 2:  # the same ranks with glibc's default heap (hpc_profiler.heap off)
+                    r = mpi_time(path, case, args.null_size, n, extra_env={HEAP_ENV: "0"})
+                    if r:
+                        print(f"mpirun -n {n}, glibc's default heap: {r['seconds']:.2f} s", flush=True)
+                        if n not in best_off or r["seconds"] < best_off[n]["seconds"]:
+                            best_off[n] = r
+                        times_off.setdefault(n, []).append(r["seconds"])
             r = mpi_time(path, case, args.null_size, 2, solo=True)
             if r and (not solo or r["seconds"] < solo["seconds"]):
                 solo = r
@@ -510,11 +560,20 @@ def bench(case: str, df: pd.DataFrame, args) -> dict:
                 row[f"efficiency_write_{n}"] = round(best[1]["seconds_with_write"]
                                                      / (n * best[n]["seconds_with_write"]), 2)
                 row[f"null_mb_rank_{n}"] = best[n]["null_mb_received"]
+        if len(times.get(2, [])) > 1:  # medians of the interleaved runs: the typical run, not the luckiest
+            row["median_efficiency_2"] = round(np.median(times[1]) / (2 * np.median(times[2])), 2)
+        if 1 in best_off and 2 in best_off:
+            row["heap_off_mpi1_s"] = round(best_off[1]["seconds"], 2)
+            row["heap_off_mpi2_s"] = round(best_off[2]["seconds"], 2)
+            row["heap_off_efficiency_2"] = round(best_off[1]["seconds"] / (2 * best_off[2]["seconds"]), 2)
+            row["heap_off_median_efficiency_2"] = round(np.median(times_off[1]) / (2 * np.median(times_off[2])), 2)
         if solo:  # 1-rank runs on every core at once: what sharing the machine alone costs 2 ranks
             row["solo2_s"] = round(solo["seconds"], 2)
             row["machine_efficiency_2"] = round(t1 / solo["seconds"], 2)
         if "copairs_s" in row:
             row["copairs_over_mpi1"] = round(row["copairs_s"] / t1, 1)
+    if launcher is not None:
+        row["launcher_s"] = round(launcher, 2)
     if 1 in cmd:  # the whole hpc-profiler evaluate command, as a user waits for it
         c1 = cmd[1]
         row["cmd1_s"] = round(c1["seconds"], 2)
@@ -542,6 +601,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2, help="runs of every timing (the best is kept)")
     ap.add_argument("--skip-copairs-b", action="store_true", help="time only ours on (b) and (c)")
     ap.add_argument("--phases", action="store_true", help="print the seconds per phase of every rank")
+    ap.add_argument("--heap-ab", action="store_true",
+                    help="also time mpirun -n 1 and -n 2 with glibc's default heap (HPC_PROFILER_RETAIN_FREED_MEMORY=0)")
     ap.add_argument("--worker")
     ap.add_argument("--solo", action="store_true")
     ap.add_argument("--case", default="a")

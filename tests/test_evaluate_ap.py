@@ -92,6 +92,21 @@ def test_pair_similarity_blocks_equal_rowwise_cosine():
     np.testing.assert_allclose(apk.pair_similarity(apk.unit_rows(x), q, c, absolute=True), np.abs(got), atol=1e-7)
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_unit_rows_of_is_the_full_gather_bit_for_bit(order):
+    """Chunked gather-and-scale equals ``unit_rows(feats[rows])`` exactly, for pandas' F-ordered blocks too."""
+    rng = np.random.default_rng(3)
+    feats = np.asarray(rng.normal(size=(2500, 300)) * rng.lognormal(size=300), order=order)
+    rows = np.sort(rng.choice(2500, 1700, replace=False))
+    full = apk.unit_rows(feats[rows])
+    for chunk in (1, 7, 1024, 5000):
+        got = apk.unit_rows_of(feats, rows, chunk=chunk)
+        assert got.flags.c_contiguous and got.dtype == np.float64
+        np.testing.assert_array_equal(got, full)
+    np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, rtol=0, atol=1e-15)
+    assert apk.unit_rows_of(feats, rows[:0]).shape == (0, 300)
+
+
 @pytest.mark.parametrize("total", [7, 40])
 def test_null_one_positive_is_one_over_uniform_rank(total):
     m = 10000

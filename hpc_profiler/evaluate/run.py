@@ -87,7 +87,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .. import mpi
+from .. import heap, mpi
 from ..backend import get_backend, gpu_available, to_numpy
 from ..config import Config, ConfigError, EvaluateConfig, default_eval_tasks, load_config_or_report
 from ..layout import Layout
@@ -188,8 +188,10 @@ def group_ap(group, rows: np.ndarray, similarity: str, block_size: int, bk=None)
     need_rows = np.flatnonzero(need)
     local = np.full(len(meta), -1, dtype=np.int64)
     local[need_rows] = np.arange(len(need_rows))
-    feats = group.feats[need_rows]
-    unit = apk.unit_rows(feats if bk is None else bk.asarray(feats))
+    if bk is None:
+        unit = apk.unit_rows_of(group.feats, need_rows)
+    else:
+        unit = apk.unit_rows(bk.asarray(group.feats[need_rows]))
     sim = np.empty(len(rl), dtype=np.float32)
     for lab in (True, False):  # find_pairs yields each kind grouped by the sameby group of the query
         sel = np.flatnonzero(rl.positive == lab)
@@ -1236,6 +1238,7 @@ class StageTimes:
 def main_evaluate(args) -> int:
     """``hpc-profiler evaluate CONFIG``; under ``mpirun -n N`` the ranks share the work."""
     stages = StageTimes()
+    heap.retain_freed_memory()  # freed arrays' pages serve the next ones: no fault storm in every rank
     comm = mpi.get_comm()
     stages.mark("mpi_start")
     cfg = load_config_or_report(args.config, report=comm.Get_rank() == 0)
