@@ -53,7 +53,20 @@ busiest rank's evaluation. ``--heap-ab`` also times ``mpirun -n 1`` and
 ``-n 2`` with glibc's default heap (``HPC_PROFILER_RETAIN_FREED_MEMORY=0``,
 :mod:`hpc_profiler.heap` off), interleaved with the others:
 ``heap_off_*``. ``launcher_s`` is ``mpirun -n 2 true`` alone
-(:func:`launcher_time`), part of every whole-command time. ``efficiency_write_n`` includes writing the
+(:func:`launcher_time`), part of every whole-command time.
+
+``--replay-runs K`` measures the ranks without the machine in the way: an
+``mpirun -n 2`` (and ``-n 4``) run records what every collective returned on
+every rank (:class:`RecordingComm`), then each rank runs again alone in a
+fresh process, its collectives answered from the recording
+(:class:`ReplayComm`: the same splits and the same data from the other
+ranks, so the same work and the same tables; the pickling of what it sends
+and the unpickling of what it receives are kept, transfers and waiting are
+not). The slowest replayed rank is the N-rank time on cores that do not slow
+each other, the "quiet machine" a shared 2-vCPU VM is not (there two
+independent copies of one 1-rank run slow each other: ``machine_efficiency_2``).
+``replay_efficiency_N`` = best ``mpirun -n 1`` / (N x best slowest replayed
+rank), K interleaved runs; ``replay_median_efficiency_N`` from the medians. ``efficiency_write_n`` includes writing the
 tables (Parquet and CSV, split over the ranks), as ``hpc-profiler evaluate``
 does. With fewer cores than ranks
 (``os.cpu_count()``), the ranks share cores and the 4-rank row says
@@ -98,6 +111,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -271,7 +285,94 @@ def run_ours(df: pd.DataFrame, case: str, null_size: int, comm=None) -> tuple[fl
     return time.perf_counter() - t0, time.process_time() - c0, res
 
 
-def worker(path: str, case: str, null_size: int, solo: bool = False) -> None:
+class RecordingComm:
+    """A rank's communicator that keeps what every collective returned (``--replay``'s recording run)."""
+
+    COLLECTIVES = ("allgather", "alltoall", "bcast", "allreduce", "gather", "scatter")
+
+    def __init__(self, comm):
+        self._comm, self.records = comm, []
+
+    def Get_rank(self) -> int:
+        return self._comm.Get_rank()
+
+    def Get_size(self) -> int:
+        return self._comm.Get_size()
+
+    def barrier(self) -> None:
+        self._comm.barrier()
+        self.records.append(("barrier", None))
+
+    def __getattr__(self, name):
+        fn = getattr(self._comm, name)
+        if name not in self.COLLECTIVES:
+            return fn
+
+        def call(*args, **kwargs):
+            out = fn(*args, **kwargs)
+            self.records.append((name, pickle.dumps(out, protocol=pickle.HIGHEST_PROTOCOL)))
+            return out
+
+        return call
+
+
+class ReplayComm:
+    """One rank of a recorded run, alone: each collective returns what it returned in that run.
+
+    The rank's own work is the same (same splits, same data from the other
+    ranks), but no other rank shares the machine: its time is what the rank
+    would take on a core of its own. The send side is still serialized and
+    the received objects unpickled inside the call, as mpi4py does; only the
+    transfer and the waiting are left out.
+    """
+
+    def __init__(self, rank: int, size: int, records: list):
+        self._rank, self._size, self._records = rank, size, list(records)
+
+    def Get_rank(self) -> int:
+        return self._rank
+
+    def Get_size(self) -> int:
+        return self._size
+
+    def _next(self, name: str):
+        got, data = self._records.pop(0)
+        if got != name:
+            raise RuntimeError(f"replay: the rank called {name}, the recording has {got}")
+        return data
+
+    def barrier(self) -> None:
+        self._next("barrier")
+
+    def __getattr__(self, name):
+        if name not in RecordingComm.COLLECTIVES:
+            raise AttributeError(name)
+
+        def call(obj=None, *args, **kwargs):
+            pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)  # the send side's serialization
+            return pickle.loads(self._next(name))
+
+        return call
+
+
+def replay_worker(path: str, case: str, null_size: int, record_dir: str, rank: int, size: int) -> None:
+    """Rank ``rank`` of a recorded ``mpirun -n size`` run, alone in this process: read, then the timed evaluation.
+
+    Reads only the recording this benchmark wrote itself (its own temporary folder).
+    """
+    from hpc_profiler import heap
+    from hpc_profiler.evaluate import nulls
+
+    heap.retain_freed_memory()
+    nulls.load_kernels()
+    with open(Path(record_dir) / f"rank{rank}.pkl", "rb") as fh:
+        records = pickle.load(fh)
+    df = pd.read_parquet(path)
+    t, cpu, res = run_ours(df, case, null_size, ReplayComm(rank, size, records))
+    print(json.dumps({"seconds": t, "cpu_seconds": cpu, "phases": {k: round(v, 3) for k, v in res["seconds"].items()}}))
+
+
+def worker(path: str, case: str, null_size: int, solo: bool = False, record_dir: str | None = None) -> None:
     """Body of one mpirun rank: read, barrier, time evaluate_profiles and writing the tables, report from rank 0.
 
     ``solo``: every rank runs the whole evaluation alone (one-process
@@ -290,7 +391,11 @@ def worker(path: str, case: str, null_size: int, solo: bool = False) -> None:
     import resource
 
     faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    t, cpu, res = run_ours(df, case, null_size, mpi.SerialComm() if solo else comm)
+    eval_comm = mpi.SerialComm() if solo else (RecordingComm(comm) if record_dir else comm)
+    t, cpu, res = run_ours(df, case, null_size, eval_comm)
+    if record_dir:  # what the collectives returned, for --replay (this benchmark's own folder)
+        with open(Path(record_dir) / f"rank{comm.Get_rank()}.pkl", "wb") as fh:
+            pickle.dump(eval_comm.records, fh, protocol=pickle.HIGHEST_PROTOCOL)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0  # page faults of the evaluation
     ecfg = ecfg_for(case, null_size)
     with tempfile.TemporaryDirectory() as tmp:  # as hpc-profiler evaluate writes them (plots off, as configured)
@@ -318,17 +423,47 @@ def worker(path: str, case: str, null_size: int, solo: bool = False) -> None:
                           "null_mb_received": round(max(i[2] for i in info) / 2**20, 1)}))
 
 
-def mpi_time(path: Path, case: str, null_size: int, n: int, solo: bool = False, extra_env=None) -> dict | None:
+def mpi_time(path: Path, case: str, null_size: int, n: int, solo: bool = False, extra_env=None,
+             record_dir: Path | None = None) -> dict | None:
     if shutil.which("mpirun") is None or importlib.util.find_spec("mpi4py") is None:
         return None
     env = {**os.environ, **MPI_ENV, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", **(extra_env or {})}
     cmd = ["mpirun", "-n", str(n), "--oversubscribe", sys.executable, __file__, "--worker", str(path),
-           "--case", case, "--null-size", str(null_size)] + (["--solo"] if solo else [])
+           "--case", case, "--null-size", str(null_size)] + (["--solo"] if solo else []) + (
+              ["--record", str(record_dir)] if record_dir else [])
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if proc.returncode != 0:
         print(proc.stdout, proc.stderr, file=sys.stderr)
         return None
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def replay_time(path: Path, case: str, null_size: int, n: int) -> list[dict] | None:
+    """``mpirun -n n`` recording what each rank's collectives returned, then every rank replayed alone.
+
+    Each rank runs again in a fresh process of its own, one after the
+    other (:class:`ReplayComm`): the same work, but with no other rank on
+    the machine. The slowest replayed rank is the 2-rank time on cores that
+    do not slow each other (transfers and waiting left out; the send
+    side's pickling and the receive side's unpickling kept).
+    """
+    with tempfile.TemporaryDirectory() as tmp:
+        if mpi_time(path, case, null_size, n, record_dir=Path(tmp)) is None:
+            return None
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        for key in list(env):
+            if key.startswith(("OMPI_", "PMI", "PMIX")):  # a plain process: not under the launcher
+                env.pop(key)
+        out = []
+        for r in range(n):
+            cmd = [sys.executable, __file__, "--replay", tmp, "--replay-rank", str(r), "--replay-size", str(n),
+                   "--worker", str(path), "--case", case, "--null-size", str(null_size)]
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+            if proc.returncode != 0:
+                print(proc.stdout, proc.stderr, file=sys.stderr)
+                return None
+            out.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return out
 
 
 #: Turns :func:`hpc_profiler.heap.retain_freed_memory` off in a rank (``--heap-ab``).
@@ -536,6 +671,27 @@ def bench(case: str, df: pd.DataFrame, args) -> dict:
             r = mpi_time(path, case, args.null_size, 2, solo=True)
             if r and (not solo or r["seconds"] < solo["seconds"]):
                 solo = r
+        replay = {1: [], 2: [], 4: []}  # seconds: mpirun -n 1; slowest replayed rank of 2 and of 4
+        for _ in range(args.replay_runs):  # interleaved with 1-rank runs, as the main loop
+            r = mpi_time(path, case, args.null_size, 1)
+            if not r:
+                break
+            replay[1].append(r["seconds"])
+            line = f"mpirun -n 1: {r['seconds']:.2f} s"
+            for n in (2, 4):
+                ranks = replay_time(path, case, args.null_size, n)
+                if ranks:
+                    replay[n].append(max(x["seconds"] for x in ranks))
+                    line += f"; mpirun -n {n} replayed rank by rank: " + ", ".join(
+                        f"{x['seconds']:.2f}" for x in ranks) + " s"
+            print(line, flush=True)
+        for n in (2, 4):
+            if replay[1] and replay[n]:
+                row[f"replay_mpi{n}_s"] = round(min(replay[n]), 2)
+                row[f"replay_efficiency_{n}"] = round(min(replay[1]) / (n * min(replay[n])), 2)
+                row[f"replay_median_efficiency_{n}"] = round(np.median(replay[1]) / (n * np.median(replay[n])), 2)
+        if replay[1]:
+            row["replay_mpi1_s"] = round(min(replay[1]), 2)
         for n, r in best.items():
             print(f"mpirun -n {n} best:", json.dumps({k: v for k, v in r.items() if k != "phases_per_rank"}),
                   flush=True)
@@ -603,12 +759,22 @@ def main() -> int:
     ap.add_argument("--phases", action="store_true", help="print the seconds per phase of every rank")
     ap.add_argument("--heap-ab", action="store_true",
                     help="also time mpirun -n 1 and -n 2 with glibc's default heap (HPC_PROFILER_RETAIN_FREED_MEMORY=0)")
+    ap.add_argument("--replay-runs", type=int, default=0,
+                    help="also record mpirun -n 2 and replay each rank alone, this many times, "
+                         "interleaved with mpirun -n 1 (the 2-rank time on cores that do not slow each other)")
     ap.add_argument("--worker")
+    ap.add_argument("--record")
+    ap.add_argument("--replay")
+    ap.add_argument("--replay-rank", type=int, default=0)
+    ap.add_argument("--replay-size", type=int, default=2)
     ap.add_argument("--solo", action="store_true")
     ap.add_argument("--case", default="a")
     args = ap.parse_args()
+    if args.replay:
+        replay_worker(args.worker, args.case, args.null_size, args.replay, args.replay_rank, args.replay_size)
+        return 0
     if args.worker:
-        worker(args.worker, args.case, args.null_size, args.solo)
+        worker(args.worker, args.case, args.null_size, args.solo, args.record)
         return 0
     rows = []
     if "a" in args.cases:
