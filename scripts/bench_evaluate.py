@@ -3,6 +3,7 @@
 
     python scripts/bench_evaluate.py                       # (a) CPJUMP1 size and (c) at --scale 0.2
     python scripts/bench_evaluate.py --cases c --scale 1.0 --repeat 2 --phases  # the set (56,400 wells)
+    python scripts/bench_evaluate.py --cases c --scale 1.0 --repeat 3 --replay-runs 6 --phases  # + ranks replayed alone
     python scripts/bench_evaluate.py --cases b --scale 1.0 --repeat 1   # (b) at JUMP scale (about 53,500 wells)
     python scripts/bench_evaluate.py --null-size 20000 --skip-copairs-b
 
