@@ -1,20 +1,16 @@
 """scripts/bench_evaluate.py --replay-runs: a rank replayed alone does its live work and gets the live tables."""
 from __future__ import annotations
 
-import importlib.util
 import pickle
-from pathlib import Path
 
 import pytest
+from script_module import SCRIPTS, load_script
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "bench_evaluate.py"
+SCRIPT = SCRIPTS / "bench_evaluate.py"
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("bench_evaluate", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("bench_evaluate")
 
 
 @pytest.mark.parametrize("n", [2, 3])

@@ -18,23 +18,20 @@ scikit-image is installed.
 from __future__ import annotations
 
 import csv
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hpc_profiler.watershed import watershed_numpy
+from script_module import SCRIPTS, load_script
 
 DATA = Path(__file__).parent / "data" / "cellprofiler"
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_cellprofiler.py"
+SCRIPT = SCRIPTS / "compare_cellprofiler.py"
 
 
 def _compare_module():
-    spec = importlib.util.spec_from_file_location("compare_cellprofiler", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_cellprofiler")
 
 
 @pytest.fixture(scope="module")

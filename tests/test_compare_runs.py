@@ -1,22 +1,19 @@
 """scripts/compare_runs.py: outputs compared by content, a changed value or a missing file reported."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
+from script_module import SCRIPTS, load_script
 
-SCRIPT = Path(__file__).parents[1] / "scripts" / "compare_runs.py"
+SCRIPT = SCRIPTS / "compare_runs.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("compare_runs", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("compare_runs")
 
 
 def _run(root: Path) -> Path:

@@ -160,11 +160,9 @@ def test_missing_inputs_are_named():
 
 def test_feature_docs_up_to_date():
     """docs/features.md is generated from feature_names (scripts/gen_feature_docs.py)."""
-    import importlib.util
+    from script_module import load_script
 
     root = Path(__file__).resolve().parents[1]
-    spec = importlib.util.spec_from_file_location("gen_feature_docs", root / "scripts" / "gen_feature_docs.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_script("gen_feature_docs")
     doc = root / "docs" / "features.md"
     assert doc.exists() and doc.read_text() == mod.render(), "run: python scripts/gen_feature_docs.py"
