@@ -272,8 +272,7 @@ def test_map_p_values_equal_map_p_value_and_copairs_mean():
 def test_load_kernels_loads_only_the_kernels_every_run_calls():
     """Every rank pays for the kernels it loads: the rarely used per-permutation Floyd kernel waits for its
     first call (a null with over 128 positives), and then gives the NumPy stream bit for bit."""
-    import subprocess
-    import sys
+    from snippet import run_snippet
 
     code = (
         "from hpc_profiler.evaluate import nulls\n"
@@ -283,6 +282,5 @@ def test_load_kernels_loads_only_the_kernels_every_run_calls():
         "nulls.null_distribution(131, 5000, 10, seed=6)\n"
         "print(len(nulls._floyd_positions.signatures))\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["1", "1", "0", "1"], proc.stdout
+    out = run_snippet(code)
+    assert out.split() == ["1", "1", "0", "1"], out

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from snippet import run_snippet
 
 from hpc_profiler.config import ConfigError, EvaluateConfig, from_dict
 from hpc_profiler.evaluate.run import evaluate_batch, evaluate_profiles, task_waves
@@ -309,10 +310,9 @@ def test_rank_start_up_imports_no_scipy_stats_or_ndimage():
         "n = len(evaluate_profiles(df, ecfg, device='cpu')['queries'])\n"
         "print(n, 'scipy.stats' in sys.modules, 'scipy.ndimage' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    n, stats_loaded, ndi_loaded = proc.stdout.split()
-    assert int(n) > 0 and (stats_loaded, ndi_loaded) == ("False", "False"), proc.stdout
+    out = run_snippet(code)
+    n, stats_loaded, ndi_loaded = out.split()
+    assert int(n) > 0 and (stats_loaded, ndi_loaded) == ("False", "False"), out
 
 
 def test_evaluate_command_imports_no_site_file_or_segmentation_modules(tmp_path):
@@ -332,8 +332,7 @@ def test_evaluate_command_imports_no_site_file_or_segmentation_modules(tmp_path)
         f"rc = main(['evaluate', {str(cfg)!r}, '--profiles', {str(src)!r}, '--out', {str(out)!r}])\n"
         f"print('LOADED', rc, [m for m in {unwanted!r} if m in sys.modules], 'numba' in sys.modules)\n"
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    line = proc.stdout.strip().splitlines()[-1]
-    assert line == "LOADED 0 [] True", proc.stdout + proc.stderr
+    out_text = run_snippet(code)
+    line = out_text.strip().splitlines()[-1]
+    assert line == "LOADED 0 [] True", out_text
     assert len(pd.read_parquet(out / "queries.parquet")) > 0
